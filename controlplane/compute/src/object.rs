@@ -1,0 +1,67 @@
+//! The objects the index consumes, as both sources (manifest files, the
+//! Kubernetes API) produce them: plain k8s-openapi types, not yet validated.
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+/// One Kubernetes object of a kind Setpoint reads.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClusterObject {
+    Service(Service),
+    EndpointSlice(EndpointSlice),
+    Node(Node),
+    Pod(Pod),
+    Namespace(Namespace),
+    NetworkPolicy(NetworkPolicy),
+}
+
+impl ClusterObject {
+    /// The API kind, as written in manifests.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClusterObject::Service(_) => "Service",
+            ClusterObject::EndpointSlice(_) => "EndpointSlice",
+            ClusterObject::Node(_) => "Node",
+            ClusterObject::Pod(_) => "Pod",
+            ClusterObject::Namespace(_) => "Namespace",
+            ClusterObject::NetworkPolicy(_) => "NetworkPolicy",
+        }
+    }
+
+    /// `namespace/name` for namespaced kinds, `name` for cluster-scoped ones;
+    /// empty parts stay empty rather than failing, validation reports them.
+    pub fn key(&self) -> ObjectKey {
+        let meta = match self {
+            ClusterObject::Service(o) => &o.metadata,
+            ClusterObject::EndpointSlice(o) => &o.metadata,
+            ClusterObject::Node(o) => &o.metadata,
+            ClusterObject::Pod(o) => &o.metadata,
+            ClusterObject::Namespace(o) => &o.metadata,
+            ClusterObject::NetworkPolicy(o) => &o.metadata,
+        };
+        ObjectKey {
+            kind: self.kind(),
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// Identity of an object: kind, namespace (empty for cluster-scoped), name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    pub kind: &'static str,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.namespace.is_empty() {
+            write!(f, "{}/{}", self.kind, self.name)
+        } else {
+            write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
