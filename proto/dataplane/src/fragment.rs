@@ -1,0 +1,321 @@
+//! [`Fragment`]: a flat, canonical collection of dataplane atoms with its
+//! running digest. A whole node state is one fragment or several disjoint
+//! ones (see [`crate::NodeDataplane`]).
+//!
+//! Collections are persistent maps (`imbl`): cloning a fragment is O(1) and
+//! an edit copies only the path to the edited entry, so the control plane
+//! can keep the previous revision while building the next, and share one
+//! fragment between thousands of nodes.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use imbl::{OrdMap, OrdSet};
+
+use crate::digest::{self, Accumulator, Digest};
+use crate::model::{Chain, ChainKey, Jump, SetEntry, SetSpec, VirtualServer, VirtualServerKey};
+
+/// A flat collection of atoms. Every mutation keeps the digest accumulator
+/// in step, so [`Fragment::digest`] is O(1).
+///
+/// Set entries may be present for a set whose [`SetSpec`] lives in another
+/// fragment of the same node; validation checks the whole node.
+#[derive(Clone, Debug, Default)]
+pub struct Fragment {
+    sets: OrdMap<String, SetSpec>,
+    entries: OrdMap<String, OrdSet<SetEntry>>,
+    virtual_servers: OrdMap<VirtualServerKey, Arc<VirtualServer>>,
+    addresses: OrdSet<IpAddr>,
+    chains: OrdMap<ChainKey, Arc<Chain>>,
+    jumps: OrdSet<Jump>,
+    acc: Accumulator,
+}
+
+impl PartialEq for Fragment {
+    fn eq(&self, other: &Self) -> bool {
+        self.acc.count() == other.acc.count()
+            && self.sets == other.sets
+            && self.entries == other.entries
+            && self.virtual_servers == other.virtual_servers
+            && self.addresses == other.addresses
+            && self.chains == other.chains
+            && self.jumps == other.jumps
+    }
+}
+impl Eq for Fragment {}
+
+impl Fragment {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn digest(&self) -> Digest {
+        self.acc.finish()
+    }
+
+    pub fn accumulator(&self) -> &Accumulator {
+        &self.acc
+    }
+
+    /// Number of atoms (set definitions, entries, virtual servers,
+    /// addresses, chains, jumps).
+    pub fn atom_count(&self) -> u64 {
+        self.acc.count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.acc.count() == 0
+    }
+
+    // --- sets ---
+
+    pub fn sets(&self) -> impl Iterator<Item = (&String, &SetSpec)> {
+        self.sets.iter()
+    }
+
+    pub fn set(&self, name: &str) -> Option<&SetSpec> {
+        self.sets.get(name)
+    }
+
+    /// Defines (or redefines) a set; returns the previous definition.
+    pub fn put_set(&mut self, name: impl Into<String>, spec: SetSpec) -> Option<SetSpec> {
+        let name = name.into();
+        self.acc.add(&digest::hash_set(&name, &spec));
+        let old = self.sets.insert(name.clone(), spec);
+        if let Some(old) = &old {
+            self.acc.remove(&digest::hash_set(&name, old));
+        }
+        old
+    }
+
+    /// Removes a set's definition (not its entries).
+    pub fn remove_set(&mut self, name: &str) -> Option<SetSpec> {
+        let old = self.sets.remove(name)?;
+        self.acc.remove(&digest::hash_set(name, &old));
+        Some(old)
+    }
+
+    /// Entries per set name, sets in name order.
+    pub fn all_entries(&self) -> impl Iterator<Item = (&String, &OrdSet<SetEntry>)> {
+        self.entries.iter()
+    }
+
+    pub fn entries(&self, set: &str) -> Option<&OrdSet<SetEntry>> {
+        self.entries.get(set)
+    }
+
+    pub fn entry_count(&self, set: &str) -> usize {
+        self.entries.get(set).map_or(0, OrdSet::len)
+    }
+
+    /// Adds an entry; false if it was already there.
+    pub fn add_entry(&mut self, set: &str, entry: SetEntry) -> bool {
+        let hash = digest::hash_entry(set, &entry);
+        let members = match self.entries.get_mut(set) {
+            Some(members) => members,
+            None => {
+                self.entries.insert(set.to_string(), OrdSet::new());
+                match self.entries.get_mut(set) {
+                    Some(members) => members,
+                    None => return false,
+                }
+            }
+        };
+        if members.insert(entry).is_none() {
+            self.acc.add(&hash);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Removes an entry; false if it was not there.
+    pub fn remove_entry(&mut self, set: &str, entry: &SetEntry) -> bool {
+        let Some(members) = self.entries.get_mut(set) else {
+            return false;
+        };
+        if members.remove(entry).is_none() {
+            return false;
+        }
+        if members.is_empty() {
+            self.entries.remove(set);
+        }
+        self.acc.remove(&digest::hash_entry(set, entry));
+        true
+    }
+
+    /// Removes every entry of a set; returns how many there were.
+    pub fn clear_entries(&mut self, set: &str) -> usize {
+        let Some(members) = self.entries.remove(set) else {
+            return 0;
+        };
+        for entry in &members {
+            self.acc.remove(&digest::hash_entry(set, entry));
+        }
+        members.len()
+    }
+
+    // --- IPVS ---
+
+    pub fn virtual_servers(
+        &self,
+    ) -> impl Iterator<Item = (&VirtualServerKey, &Arc<VirtualServer>)> {
+        self.virtual_servers.iter()
+    }
+
+    pub fn virtual_server(&self, key: &VirtualServerKey) -> Option<&Arc<VirtualServer>> {
+        self.virtual_servers.get(key)
+    }
+
+    pub fn virtual_server_count(&self) -> usize {
+        self.virtual_servers.len()
+    }
+
+    pub fn put_virtual_server(
+        &mut self,
+        key: VirtualServerKey,
+        vs: Arc<VirtualServer>,
+    ) -> Option<Arc<VirtualServer>> {
+        self.acc.add(&digest::hash_virtual_server(&key, &vs));
+        let old = self.virtual_servers.insert(key, vs);
+        if let Some(old) = &old {
+            self.acc.remove(&digest::hash_virtual_server(&key, old));
+        }
+        old
+    }
+
+    pub fn remove_virtual_server(&mut self, key: &VirtualServerKey) -> Option<Arc<VirtualServer>> {
+        let old = self.virtual_servers.remove(key)?;
+        self.acc.remove(&digest::hash_virtual_server(key, &old));
+        Some(old)
+    }
+
+    // --- addresses ---
+
+    pub fn addresses(&self) -> impl Iterator<Item = &IpAddr> {
+        self.addresses.iter()
+    }
+
+    pub fn has_address(&self, addr: &IpAddr) -> bool {
+        self.addresses.contains(addr)
+    }
+
+    pub fn add_address(&mut self, addr: IpAddr) -> bool {
+        if self.addresses.insert(addr).is_none() {
+            self.acc.add(&digest::hash_address(&addr));
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn remove_address(&mut self, addr: &IpAddr) -> bool {
+        if self.addresses.remove(addr).is_some() {
+            self.acc.remove(&digest::hash_address(addr));
+            true
+        } else {
+            false
+        }
+    }
+
+    // --- iptables ---
+
+    pub fn chains(&self) -> impl Iterator<Item = (&ChainKey, &Arc<Chain>)> {
+        self.chains.iter()
+    }
+
+    pub fn chain(&self, key: &ChainKey) -> Option<&Arc<Chain>> {
+        self.chains.get(key)
+    }
+
+    pub fn put_chain(&mut self, key: ChainKey, chain: Arc<Chain>) -> Option<Arc<Chain>> {
+        self.acc.add(&digest::hash_chain(&key, &chain));
+        let old = self.chains.insert(key.clone(), chain);
+        if let Some(old) = &old {
+            self.acc.remove(&digest::hash_chain(&key, old));
+        }
+        old
+    }
+
+    pub fn remove_chain(&mut self, key: &ChainKey) -> Option<Arc<Chain>> {
+        let old = self.chains.remove(key)?;
+        self.acc.remove(&digest::hash_chain(key, &old));
+        Some(old)
+    }
+
+    pub fn jumps(&self) -> impl Iterator<Item = &Jump> {
+        self.jumps.iter()
+    }
+
+    pub fn add_jump(&mut self, jump: Jump) -> bool {
+        let hash = digest::hash_jump(&jump);
+        if self.jumps.insert(jump).is_none() {
+            self.acc.add(&hash);
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn remove_jump(&mut self, jump: &Jump) -> bool {
+        if self.jumps.remove(jump).is_some() {
+            self.acc.remove(&digest::hash_jump(jump));
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Adds every atom of `other`; atoms present in both are kept once.
+    /// Returns how many of `other`'s atoms were already here, which is zero
+    /// when the two fragments are disjoint.
+    pub fn absorb(&mut self, other: &Fragment) -> u64 {
+        let before = self.atom_count();
+        for (name, spec) in other.sets() {
+            if self.set(name) != Some(spec) {
+                self.put_set(name.clone(), spec.clone());
+            }
+        }
+        for (set, members) in other.all_entries() {
+            for entry in members {
+                self.add_entry(set, entry.clone());
+            }
+        }
+        for (key, vs) in other.virtual_servers() {
+            if self.virtual_server(key) != Some(vs) {
+                self.put_virtual_server(*key, vs.clone());
+            }
+        }
+        for addr in other.addresses() {
+            self.add_address(*addr);
+        }
+        for (key, chain) in other.chains() {
+            if self.chain(key) != Some(chain) {
+                self.put_chain(key.clone(), chain.clone());
+            }
+        }
+        for jump in other.jumps() {
+            self.add_jump(jump.clone());
+        }
+        before + other.atom_count() - self.atom_count()
+    }
+
+    pub(crate) fn sets_map(&self) -> &OrdMap<String, SetSpec> {
+        &self.sets
+    }
+    pub(crate) fn entries_map(&self) -> &OrdMap<String, OrdSet<SetEntry>> {
+        &self.entries
+    }
+    pub(crate) fn virtual_servers_map(&self) -> &OrdMap<VirtualServerKey, Arc<VirtualServer>> {
+        &self.virtual_servers
+    }
+    pub(crate) fn addresses_set(&self) -> &OrdSet<IpAddr> {
+        &self.addresses
+    }
+    pub(crate) fn chains_map(&self) -> &OrdMap<ChainKey, Arc<Chain>> {
+        &self.chains
+    }
+    pub(crate) fn jumps_set(&self) -> &OrdSet<Jump> {
+        &self.jumps
+    }
+}

@@ -1,0 +1,584 @@
+//! The atoms of a node's dataplane: set definitions and entries, IPVS
+//! virtual servers with their real servers, service addresses, iptables
+//! chains and the jumps into them from built-in chains.
+//!
+//! Every type here has a total order (the canonical order of the state) and
+//! a textual form that matches the kernel tools (`ipset save`, `ipvsadm-save`,
+//! `iptables-save`), so that what we print is what an operator would see.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::sync::{Arc, OnceLock};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// Longest set name the kernel accepts (`IPSET_MAXNAMELEN` is 32 with the NUL).
+pub const MAX_SET_NAME_LEN: usize = 31;
+/// Longest chain name iptables accepts (`XT_EXTENSION_MAXNAMELEN` is 29 with the NUL).
+pub const MAX_CHAIN_NAME_LEN: usize = 28;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    Inet,
+    Inet6,
+}
+
+impl Family {
+    pub fn of(addr: &IpAddr) -> Family {
+        match addr {
+            IpAddr::V4(_) => Family::Inet,
+            IpAddr::V6(_) => Family::Inet6,
+        }
+    }
+
+    pub fn of_net(net: &IpNet) -> Family {
+        match net {
+            IpNet::V4(_) => Family::Inet,
+            IpNet::V6(_) => Family::Inet6,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::Inet => "inet",
+            Family::Inet6 => "inet6",
+        }
+    }
+
+    pub const ALL: [Family; 2] = [Family::Inet, Family::Inet6];
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+            Protocol::Sctp => "sctp",
+        }
+    }
+
+    pub const ALL: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Protocol {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            "sctp" => Ok(Protocol::Sctp),
+            other => Err(format!("unknown protocol {other:?}")),
+        }
+    }
+}
+
+/// The ipset types Setpoint uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum SetType {
+    #[serde(rename = "hash:ip")]
+    HashIp,
+    #[serde(rename = "hash:ip,port")]
+    HashIpPort,
+    #[serde(rename = "hash:ip,port,ip")]
+    HashIpPortIp,
+    #[serde(rename = "hash:ip,port,net")]
+    HashIpPortNet,
+    #[serde(rename = "hash:net")]
+    HashNet,
+    #[serde(rename = "bitmap:port")]
+    BitmapPort,
+}
+
+impl SetType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SetType::HashIp => "hash:ip",
+            SetType::HashIpPort => "hash:ip,port",
+            SetType::HashIpPortIp => "hash:ip,port,ip",
+            SetType::HashIpPortNet => "hash:ip,port,net",
+            SetType::HashNet => "hash:net",
+            SetType::BitmapPort => "bitmap:port",
+        }
+    }
+
+    /// Whether an entry has the shape this set type stores.
+    pub fn accepts(self, entry: &SetEntry) -> bool {
+        matches!(
+            (self, entry),
+            (SetType::HashIp, SetEntry::Ip(_))
+                | (SetType::HashIpPort, SetEntry::IpPort { .. })
+                | (SetType::HashIpPortIp, SetEntry::IpPortIp { .. })
+                | (SetType::HashIpPortNet, SetEntry::IpPortNet { .. })
+                | (SetType::HashNet, SetEntry::Net { .. })
+                | (SetType::BitmapPort, SetEntry::Port(_))
+        )
+    }
+}
+
+impl fmt::Display for SetType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a set is created. `family` is meaningless for `bitmap:port` and kept
+/// as `inet` there by convention.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct SetSpec {
+    #[serde(rename = "type")]
+    pub kind: SetType,
+    pub family: Family,
+    /// The kernel refuses adds past this many entries.
+    pub maxelem: u32,
+    /// Operator-facing description, also written as the set's comment.
+    pub comment: String,
+}
+
+/// One member of a set, in the shapes of the set types above.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SetEntry {
+    Ip(IpAddr),
+    IpPort {
+        ip: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    },
+    IpPortIp {
+        ip: IpAddr,
+        protocol: Protocol,
+        port: u16,
+        ip2: IpAddr,
+    },
+    IpPortNet {
+        ip: IpAddr,
+        protocol: Protocol,
+        port: u16,
+        net: IpNet,
+    },
+    /// `nomatch` carves an exception out of a wider net in the same set.
+    Net {
+        net: IpNet,
+        nomatch: bool,
+    },
+    Port(u16),
+}
+
+impl SetEntry {
+    /// The address family of the entry, `None` for bare ports; a
+    /// two-address entry of mixed families reports the first and fails
+    /// validation through [`SetEntry::is_single_family`].
+    pub fn family(&self) -> Option<Family> {
+        match self {
+            SetEntry::Ip(ip)
+            | SetEntry::IpPort { ip, .. }
+            | SetEntry::IpPortIp { ip, .. }
+            | SetEntry::IpPortNet { ip, .. } => Some(Family::of(ip)),
+            SetEntry::Net { net, .. } => Some(Family::of_net(net)),
+            SetEntry::Port(_) => None,
+        }
+    }
+
+    pub fn is_single_family(&self) -> bool {
+        match self {
+            SetEntry::IpPortIp { ip, ip2, .. } => Family::of(ip) == Family::of(ip2),
+            SetEntry::IpPortNet { ip, net, .. } => Family::of(ip) == Family::of_net(net),
+            _ => true,
+        }
+    }
+}
+
+/// Prints the entry as `ipset save` does (`10.96.0.10,tcp:80`), except that
+/// host nets keep their prefix length so the text parses back to the same
+/// entry.
+impl fmt::Display for SetEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SetEntry::Ip(ip) => write!(f, "{ip}"),
+            SetEntry::IpPort { ip, protocol, port } => write!(f, "{ip},{protocol}:{port}"),
+            SetEntry::IpPortIp {
+                ip,
+                protocol,
+                port,
+                ip2,
+            } => write!(f, "{ip},{protocol}:{port},{ip2}"),
+            SetEntry::IpPortNet {
+                ip,
+                protocol,
+                port,
+                net,
+            } => write!(f, "{ip},{protocol}:{port},{net}"),
+            SetEntry::Net { net, nomatch } => {
+                write!(f, "{net}")?;
+                if *nomatch {
+                    f.write_str(" nomatch")?;
+                }
+                Ok(())
+            }
+            SetEntry::Port(port) => write!(f, "{port}"),
+        }
+    }
+}
+
+impl FromStr for SetEntry {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = |why: &str| format!("set entry {text:?}: {why}");
+        if let Some(net) = text.strip_suffix(" nomatch") {
+            let net = net.parse::<IpNet>().map_err(|e| bad(&e.to_string()))?;
+            return Ok(SetEntry::Net { net, nomatch: true });
+        }
+        let parts: Vec<&str> = text.split(',').collect();
+        let proto_port = |s: &str| -> Result<(Protocol, u16), String> {
+            let (proto, port) = s
+                .rsplit_once(':')
+                .ok_or_else(|| bad("expected proto:port"))?;
+            let protocol = proto.parse::<Protocol>().map_err(|e| bad(&e))?;
+            let port = port.parse::<u16>().map_err(|e| bad(&e.to_string()))?;
+            Ok((protocol, port))
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().map_err(|e| bad(&e.to_string()));
+        match parts.as_slice() {
+            [one] if one.contains('/') => Ok(SetEntry::Net {
+                net: one
+                    .parse()
+                    .map_err(|e: ipnet::AddrParseError| bad(&e.to_string()))?,
+                nomatch: false,
+            }),
+            [one] if one.bytes().all(|b| b.is_ascii_digit()) => Ok(SetEntry::Port(
+                one.parse()
+                    .map_err(|e: std::num::ParseIntError| bad(&e.to_string()))?,
+            )),
+            [one] => Ok(SetEntry::Ip(ip(one)?)),
+            [a, pp] => {
+                let (protocol, port) = proto_port(pp)?;
+                Ok(SetEntry::IpPort {
+                    ip: ip(a)?,
+                    protocol,
+                    port,
+                })
+            }
+            [a, pp, c] => {
+                let (protocol, port) = proto_port(pp)?;
+                if c.contains('/') {
+                    Ok(SetEntry::IpPortNet {
+                        ip: ip(a)?,
+                        protocol,
+                        port,
+                        net: c
+                            .parse()
+                            .map_err(|e: ipnet::AddrParseError| bad(&e.to_string()))?,
+                    })
+                } else {
+                    Ok(SetEntry::IpPortIp {
+                        ip: ip(a)?,
+                        protocol,
+                        port,
+                        ip2: ip(c)?,
+                    })
+                }
+            }
+            _ => Err(bad("unrecognised shape")),
+        }
+    }
+}
+
+impl Serialize for SetEntry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for SetEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// IPVS scheduling algorithms (the kernel's `ip_vs_<name>` modules).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduler {
+    Rr,
+    Wrr,
+    Lc,
+    Wlc,
+    Sh,
+    Dh,
+    Sed,
+    Nq,
+    Mh,
+}
+
+impl Scheduler {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheduler::Rr => "rr",
+            Scheduler::Wrr => "wrr",
+            Scheduler::Lc => "lc",
+            Scheduler::Wlc => "wlc",
+            Scheduler::Sh => "sh",
+            Scheduler::Dh => "dh",
+            Scheduler::Sed => "sed",
+            Scheduler::Nq => "nq",
+            Scheduler::Mh => "mh",
+        }
+    }
+
+    pub const ALL: [Scheduler; 9] = [
+        Scheduler::Rr,
+        Scheduler::Wrr,
+        Scheduler::Lc,
+        Scheduler::Wlc,
+        Scheduler::Sh,
+        Scheduler::Dh,
+        Scheduler::Sed,
+        Scheduler::Nq,
+        Scheduler::Mh,
+    ];
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Scheduler {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Scheduler::ALL
+            .into_iter()
+            .find(|sched| sched.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown IPVS scheduler {s:?} (expected one of rr, wrr, lc, wlc, sh, dh, sed, nq, mh)")
+            })
+    }
+}
+
+/// Identity of a virtual server. Ordered by address first so that a node's
+/// own NodePort virtual servers sit together in the canonical order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct VirtualServerKey {
+    pub address: IpAddr,
+    pub protocol: Protocol,
+    pub port: u16,
+}
+
+impl VirtualServerKey {
+    pub fn family(&self) -> Family {
+        Family::of(&self.address)
+    }
+}
+
+/// `10.96.0.10:80` / `[fd00::10]:80`, as ipvsadm prints service addresses.
+impl fmt::Display for VirtualServerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", std::net::SocketAddr::new(self.address, self.port))
+    }
+}
+
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Forward {
+    #[default]
+    Masq,
+    Route,
+    Tunnel,
+}
+
+impl Forward {
+    /// The ipvsadm flag for this forwarding method.
+    pub fn ipvsadm_flag(self) -> &'static str {
+        match self {
+            Forward::Masq => "-m",
+            Forward::Route => "-g",
+            Forward::Tunnel => "-i",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct RealServer {
+    pub address: IpAddr,
+    pub port: u16,
+    pub weight: u32,
+    #[serde(default)]
+    pub forward: Forward,
+}
+
+/// A virtual server's settings and its real servers, sorted by
+/// (address, port) with no duplicates. Shared between every node and every
+/// key (ClusterIP, NodePort, external IP) that sees the same backends, hence
+/// kept behind an `Arc` and hashed once.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VirtualServer {
+    pub scheduler: Scheduler,
+    /// ClientIP session affinity: IPVS persistence timeout in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence_timeout: Option<u32>,
+    pub real_servers: Vec<RealServer>,
+    #[serde(skip)]
+    body_hash: OnceLock<[u8; 32]>,
+}
+
+impl VirtualServer {
+    /// Builds a virtual server, putting real servers in canonical order; of
+    /// two real servers with the same address and port the first is kept.
+    pub fn new(
+        scheduler: Scheduler,
+        persistence_timeout: Option<u32>,
+        mut real_servers: Vec<RealServer>,
+    ) -> Self {
+        real_servers.sort();
+        real_servers.dedup_by(|b, a| (a.address, a.port) == (b.address, b.port));
+        VirtualServer {
+            scheduler,
+            persistence_timeout,
+            real_servers,
+            body_hash: OnceLock::new(),
+        }
+    }
+
+    /// A copy with the same settings and no real servers.
+    pub fn settings_only(&self) -> VirtualServer {
+        VirtualServer::new(self.scheduler, self.persistence_timeout, Vec::new())
+    }
+
+    pub fn real_server(&self, address: IpAddr, port: u16) -> Option<&RealServer> {
+        self.real_servers
+            .binary_search_by(|rs| (rs.address, rs.port).cmp(&(address, port)))
+            .ok()
+            .map(|i| &self.real_servers[i])
+    }
+
+    pub(crate) fn body_hash(&self) -> &[u8; 32] {
+        self.body_hash
+            .get_or_init(|| crate::digest::hash_virtual_server_body(self))
+    }
+
+    pub fn same_settings(&self, other: &VirtualServer) -> bool {
+        self.scheduler == other.scheduler && self.persistence_timeout == other.persistence_timeout
+    }
+}
+
+impl PartialEq for VirtualServer {
+    fn eq(&self, other: &Self) -> bool {
+        self.same_settings(other) && self.real_servers == other.real_servers
+    }
+}
+impl Eq for VirtualServer {}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Table {
+    Filter,
+    Nat,
+    Mangle,
+    Raw,
+}
+
+impl Table {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Table::Filter => "filter",
+            Table::Nat => "nat",
+            Table::Mangle => "mangle",
+            Table::Raw => "raw",
+        }
+    }
+
+    /// The built-in chains of this table, which Setpoint never declares or
+    /// flushes; it only inserts its jumps into them.
+    pub fn builtin_chains(self) -> &'static [&'static str] {
+        match self {
+            Table::Filter => &["INPUT", "FORWARD", "OUTPUT"],
+            Table::Nat => &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
+            Table::Mangle => &["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"],
+            Table::Raw => &["PREROUTING", "OUTPUT"],
+        }
+    }
+}
+
+/// Identity of one of Setpoint's own chains.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ChainKey {
+    pub family: Family,
+    pub table: Table,
+    pub name: String,
+}
+
+/// One rule: the arguments that follow `-A CHAIN` in `iptables-restore`
+/// input, one token per element (a comment with spaces is one token).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Rule(pub Vec<String>);
+
+impl Rule {
+    pub fn new<I, S>(args: I) -> Rule
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Rule(args.into_iter().map(Into::into).collect())
+    }
+
+    /// The value following `flag`, for each occurrence.
+    fn values_of<'a>(&'a self, flag: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0
+            .windows(2)
+            .filter(move |w| w[0] == flag)
+            .map(|w| w[1].as_str())
+    }
+
+    /// Names of the sets this rule matches on (`--match-set NAME dirs`).
+    pub fn referenced_sets(&self) -> impl Iterator<Item = &str> {
+        self.values_of("--match-set")
+    }
+
+    /// The rule's jump or goto target, if any.
+    pub fn target(&self) -> Option<&str> {
+        self.values_of("-j").chain(self.values_of("-g")).next()
+    }
+}
+
+/// An ordered list of rules; a chain is always replaced whole.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Chain {
+    pub rules: Vec<Rule>,
+}
+
+/// A rule Setpoint inserts at the top of a built-in chain to reach its own
+/// chains. The agent keeps exactly these and removes stale ones it owns.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Jump {
+    pub family: Family,
+    pub table: Table,
+    /// The built-in chain the rule sits in (`PREROUTING`, `INPUT`, …).
+    pub from: String,
+    pub rule: Rule,
+}
+
+/// A shared, immutable virtual server.
+pub type SharedVirtualServer = Arc<VirtualServer>;

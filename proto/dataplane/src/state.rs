@@ -1,0 +1,139 @@
+//! [`NodeDataplane`]: one node's whole desired state.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::digest::{Accumulator, Digest};
+use crate::fragment::Fragment;
+use crate::wire::WireState;
+
+/// A node's full desired dataplane, made of named, disjoint fragments.
+///
+/// The split into fragments is how the control plane shares work and
+/// memory (one fragment for what every node has, one per zone, one per
+/// node); it is not part of the state's meaning. Equality, the digest,
+/// `diff` and every render look only at the union of the fragments.
+///
+/// Fragments must be disjoint: an atom (an entry, a virtual server, …) may
+/// sit in one fragment only. [`NodeDataplane::validate`] checks it.
+#[derive(Clone, Debug, Default)]
+pub struct NodeDataplane {
+    parts: BTreeMap<String, Arc<Fragment>>,
+}
+
+/// The part name used for a state that was not split.
+pub const WHOLE: &str = "whole";
+
+impl NodeDataplane {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A state held in one fragment, as the agent keeps it.
+    pub fn from_fragment(fragment: Fragment) -> Self {
+        let mut parts = BTreeMap::new();
+        parts.insert(WHOLE.to_string(), Arc::new(fragment));
+        NodeDataplane { parts }
+    }
+
+    pub fn from_parts<I, S>(parts: I) -> Self
+    where
+        I: IntoIterator<Item = (S, Arc<Fragment>)>,
+        S: Into<String>,
+    {
+        NodeDataplane {
+            parts: parts.into_iter().map(|(n, f)| (n.into(), f)).collect(),
+        }
+    }
+
+    pub fn parts(&self) -> impl Iterator<Item = (&String, &Arc<Fragment>)> {
+        self.parts.iter()
+    }
+
+    pub fn part(&self, name: &str) -> Option<&Arc<Fragment>> {
+        self.parts.get(name)
+    }
+
+    pub fn set_part(&mut self, name: impl Into<String>, fragment: Arc<Fragment>) {
+        self.parts.insert(name.into(), fragment);
+    }
+
+    pub fn remove_part(&mut self, name: &str) -> Option<Arc<Fragment>> {
+        self.parts.remove(name)
+    }
+
+    pub fn accumulator(&self) -> Accumulator {
+        let mut acc = Accumulator::default();
+        for part in self.parts.values() {
+            acc.merge(part.accumulator());
+        }
+        acc
+    }
+
+    /// The stable digest of the state: equal exactly when the states are.
+    pub fn digest(&self) -> Digest {
+        self.accumulator().finish()
+    }
+
+    pub fn atom_count(&self) -> u64 {
+        self.accumulator().count()
+    }
+
+    /// The union of all fragments as one. O(1) for a single fragment.
+    pub fn flatten(&self) -> Fragment {
+        flatten(self.parts.values())
+    }
+
+    /// Atoms that sit in more than one fragment (zero in a valid state).
+    pub fn overlap(&self) -> u64 {
+        let mut parts = self.parts.values();
+        let Some(first) = parts.next() else {
+            return 0;
+        };
+        let mut whole = Fragment::clone(first);
+        parts.map(|p| whole.absorb(p)).sum()
+    }
+}
+
+pub(crate) fn flatten<'a>(mut parts: impl Iterator<Item = &'a Arc<Fragment>>) -> Fragment {
+    let Some(first) = parts.next() else {
+        return Fragment::new();
+    };
+    let mut whole = Fragment::clone(first);
+    for part in parts {
+        whole.absorb(part);
+    }
+    whole
+}
+
+impl PartialEq for NodeDataplane {
+    fn eq(&self, other: &Self) -> bool {
+        if self.parts.len() == other.parts.len()
+            && self
+                .parts
+                .iter()
+                .zip(&other.parts)
+                .all(|((na, a), (nb, b))| na == nb && (Arc::ptr_eq(a, b) || a == b))
+        {
+            return true;
+        }
+        self.flatten() == other.flatten()
+    }
+}
+impl Eq for NodeDataplane {}
+
+impl Serialize for NodeDataplane {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        WireState::from_fragment(&self.flatten(), self.digest()).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeDataplane {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let wire = WireState::deserialize(d)?;
+        let fragment = wire.into_fragment().map_err(serde::de::Error::custom)?;
+        Ok(NodeDataplane::from_fragment(fragment))
+    }
+}
