@@ -270,6 +270,7 @@ pub fn hash_jump(jump: &Jump) -> [u8; 32] {
         .str(jump.family.as_str())
         .str(jump.table.as_str())
         .str(&jump.from)
+        .u16(jump.position)
         .rule(&jump.rule)
         .finish()
 }

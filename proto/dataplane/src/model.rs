@@ -577,6 +577,9 @@ pub struct Jump {
     pub table: Table,
     /// The built-in chain the rule sits in (`PREROUTING`, `INPUT`, …).
     pub from: String,
+    /// Place among Setpoint's jumps in the same built-in chain, lowest
+    /// first; all of them go before rules Setpoint does not own.
+    pub position: u16,
     pub rule: Rule,
 }
 
