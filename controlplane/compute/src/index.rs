@@ -1,0 +1,640 @@
+//! The incremental index: cluster objects in, per-node states out.
+//!
+//! ```text
+//!  upsert/delete ──▶ objects ──commit()──▶ plans (one per Service)
+//!                                              │ diff old/new atoms
+//!                     base ─┐                  ▼
+//!                  services ┼─▶ fragments: services (all nodes), zone/<z>, node/<n>
+//!                  zone/<z> ┤
+//!                  node/<n> ┘─▶ NodeDataplane per node (4 shared Arcs)
+//! ```
+//!
+//! A change to one Service or EndpointSlice replans that Service only and
+//! edits only the fragments its atoms live in; every node shares the
+//! `services` fragment and its zone's fragment.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::networking::v1 as networking;
+use setpoint_dataplane::{Family, Fragment, NodeDataplane, SetEntry};
+
+use crate::convert::{self, Rejection, ServiceOutcome, SliceOutcome};
+use crate::layout::{ComputeConfig, SetId, base_fragment};
+use crate::model::{EndpointSlice, Node, Service, ServiceId};
+use crate::object::{ClusterObject, ObjectKey};
+use crate::plan::{Atom, Frontend, NodeScope, ServicePlan, frontends, plan_service};
+
+pub const PART_BASE: &str = "base";
+pub const PART_SERVICES: &str = "services";
+
+/// A fragment under construction, with reference counts for atoms that
+/// several Services may contribute (a shared load balancer IP, the hairpin
+/// entry of a pod behind two Services).
+#[derive(Clone, Debug, Default)]
+struct Builder {
+    fragment: Arc<Fragment>,
+    shared: HashMap<(SetId, Family, SetEntry), u32>,
+    addresses: HashMap<IpAddr, u32>,
+}
+
+impl Builder {
+    fn add(&mut self, atom: &Atom) {
+        match atom {
+            Atom::Entry(set, family, entry) => {
+                let count = self
+                    .shared
+                    .entry((*set, *family, entry.clone()))
+                    .or_insert(0);
+                *count += 1;
+                if *count == 1 {
+                    Arc::make_mut(&mut self.fragment).add_entry(&set.name(*family), entry.clone());
+                }
+            }
+            Atom::Address(ip) => {
+                let count = self.addresses.entry(*ip).or_insert(0);
+                *count += 1;
+                if *count == 1 {
+                    Arc::make_mut(&mut self.fragment).add_address(*ip);
+                }
+            }
+            Atom::VirtualServer(key, vs) => {
+                Arc::make_mut(&mut self.fragment).put_virtual_server(*key, vs.clone());
+            }
+        }
+    }
+
+    fn remove(&mut self, atom: &Atom) {
+        match atom {
+            Atom::Entry(set, family, entry) => {
+                let key = (*set, *family, entry.clone());
+                if let Some(count) = self.shared.get_mut(&key) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.shared.remove(&key);
+                        Arc::make_mut(&mut self.fragment).remove_entry(&set.name(*family), entry);
+                    }
+                }
+            }
+            Atom::Address(ip) => {
+                if let Some(count) = self.addresses.get_mut(ip) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.addresses.remove(ip);
+                        Arc::make_mut(&mut self.fragment).remove_address(ip);
+                    }
+                }
+            }
+            Atom::VirtualServer(key, _) => {
+                Arc::make_mut(&mut self.fragment).remove_virtual_server(key);
+            }
+        }
+    }
+
+    /// Replaces `old` atoms by `new` ones, touching only those that differ.
+    /// Returns whether anything changed.
+    fn replace(&mut self, old: &[Atom], new: &[Atom]) -> bool {
+        if old == new {
+            return false;
+        }
+        let mut changed = false;
+        for atom in old.iter().filter(|a| !new.contains(a)) {
+            self.remove(atom);
+            changed = true;
+        }
+        for atom in new.iter().filter(|a| !old.contains(a)) {
+            self.add(atom);
+            changed = true;
+        }
+        changed
+    }
+}
+
+/// What a commit changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CommitOutcome {
+    /// Nodes whose state differs from the previous commit.
+    pub changed_nodes: BTreeSet<Arc<str>>,
+    pub replanned_services: usize,
+}
+
+/// A problem with an object, kept until the object changes or goes away.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub object: ObjectKey,
+    pub rejection: Rejection,
+    /// True when the whole object was set aside; false for a warning about
+    /// a part of it (one endpoint, one annotation, a port conflict).
+    pub skipped: bool,
+}
+
+#[derive(Default)]
+pub struct Index {
+    config: ComputeConfig,
+    base: Arc<Fragment>,
+    services: HashMap<ServiceId, Service>,
+    slices: HashMap<(Arc<str>, Arc<str>), EndpointSlice>,
+    slices_by_service: HashMap<ServiceId, BTreeSet<(Arc<str>, Arc<str>)>>,
+    nodes: BTreeMap<Arc<str>, Node>,
+    pods: BTreeMap<ObjectKey, core::Pod>,
+    namespaces: BTreeMap<ObjectKey, core::Namespace>,
+    policies: BTreeMap<ObjectKey, networking::NetworkPolicy>,
+    problems: BTreeMap<ObjectKey, Vec<Problem>>,
+    ignored: BTreeMap<ObjectKey, &'static str>,
+
+    claims: HashMap<Frontend, BTreeSet<ServiceId>>,
+    claimed_by: HashMap<ServiceId, Vec<Frontend>>,
+    plans: HashMap<ServiceId, ServicePlan>,
+    /// Nodes each plan has node atoms for, as of that plan.
+    scopes: HashMap<ServiceId, NodeScope>,
+    services_all_nodes: BTreeSet<ServiceId>,
+    services_by_host: HashMap<Arc<str>, BTreeSet<ServiceId>>,
+    zone_services: BTreeSet<ServiceId>,
+
+    global: Builder,
+    cluster_atoms: Vec<Atom>,
+    zones: BTreeMap<Option<Arc<str>>, Builder>,
+    node_fragments: HashMap<Arc<str>, Builder>,
+
+    dirty_services: BTreeSet<ServiceId>,
+    dirty_nodes: BTreeSet<Arc<str>>,
+    nodes_changed: bool,
+}
+
+impl Index {
+    pub fn new(config: ComputeConfig) -> Self {
+        Index {
+            base: Arc::new(base_fragment(&config)),
+            config,
+            ..Default::default()
+        }
+    }
+
+    pub fn config(&self) -> &ComputeConfig {
+        &self.config
+    }
+
+    /// Adds or replaces an object. Takes effect at the next [`Index::commit`].
+    pub fn upsert(&mut self, object: ClusterObject) {
+        let key = object.key();
+        self.problems.remove(&key);
+        self.ignored.remove(&key);
+        match object {
+            ClusterObject::Service(svc) => {
+                let id = ServiceId::new(&key.namespace, &key.name);
+                match convert::service(&svc, "default") {
+                    ServiceOutcome::Proxied(model, warnings) => {
+                        self.note(&key, warnings, false);
+                        self.services.insert(id.clone(), model);
+                    }
+                    ServiceOutcome::Ignored(why) => {
+                        self.ignored.insert(key, why);
+                        self.services.remove(&id);
+                    }
+                    ServiceOutcome::Rejected(r) => {
+                        self.note(&key, vec![r], true);
+                        self.services.remove(&id);
+                    }
+                }
+                self.dirty_services.insert(id);
+            }
+            ClusterObject::EndpointSlice(slice) => {
+                let slot = (
+                    Arc::from(key.namespace.as_str()),
+                    Arc::from(key.name.as_str()),
+                );
+                self.remove_slice(&slot);
+                match convert::endpoint_slice(&slice, "default") {
+                    SliceOutcome::Used(model, warnings) => {
+                        self.note(&key, warnings, false);
+                        self.dirty_services.insert(model.service.clone());
+                        self.slices_by_service
+                            .entry(model.service.clone())
+                            .or_default()
+                            .insert(slot.clone());
+                        self.slices.insert(slot, model);
+                    }
+                    SliceOutcome::Ignored(why) => {
+                        self.ignored.insert(key, why);
+                    }
+                    SliceOutcome::Rejected(r) => self.note(&key, vec![r], true),
+                }
+            }
+            ClusterObject::Node(node) => {
+                let name: Arc<str> = Arc::from(key.name.as_str());
+                match convert::node(&node) {
+                    Ok(model) => {
+                        if self.nodes.get(&name) != Some(&model) {
+                            self.nodes.insert(name.clone(), model);
+                            self.dirty_nodes.insert(name);
+                            self.nodes_changed = true;
+                        }
+                    }
+                    Err(r) => {
+                        self.note(&key, vec![r], true);
+                        if self.nodes.remove(&name).is_some() {
+                            self.dirty_nodes.insert(name);
+                            self.nodes_changed = true;
+                        }
+                    }
+                }
+            }
+            ClusterObject::Pod(pod) => {
+                self.pods.insert(key, pod);
+            }
+            ClusterObject::Namespace(ns) => {
+                self.namespaces.insert(key, ns);
+            }
+            ClusterObject::NetworkPolicy(policy) => {
+                self.policies.insert(key, policy);
+            }
+        }
+    }
+
+    /// Removes an object. Takes effect at the next [`Index::commit`].
+    pub fn delete(&mut self, key: &ObjectKey) {
+        self.problems.remove(key);
+        self.ignored.remove(key);
+        match key.kind {
+            "Service" => {
+                let id = ServiceId::new(&key.namespace, &key.name);
+                self.services.remove(&id);
+                self.dirty_services.insert(id);
+            }
+            "EndpointSlice" => {
+                let slot = (
+                    Arc::from(key.namespace.as_str()),
+                    Arc::from(key.name.as_str()),
+                );
+                self.remove_slice(&slot);
+            }
+            "Node" => {
+                let name: Arc<str> = Arc::from(key.name.as_str());
+                if self.nodes.remove(&name).is_some() {
+                    self.dirty_nodes.insert(name);
+                    self.nodes_changed = true;
+                }
+            }
+            "Pod" => {
+                self.pods.remove(key);
+            }
+            "Namespace" => {
+                self.namespaces.remove(key);
+            }
+            "NetworkPolicy" => {
+                self.policies.remove(key);
+            }
+            _ => {}
+        }
+    }
+
+    fn remove_slice(&mut self, slot: &(Arc<str>, Arc<str>)) {
+        if let Some(old) = self.slices.remove(slot) {
+            self.dirty_services.insert(old.service.clone());
+            if let Some(set) = self.slices_by_service.get_mut(&old.service) {
+                set.remove(slot);
+                if set.is_empty() {
+                    self.slices_by_service.remove(&old.service);
+                }
+            }
+        }
+    }
+
+    fn note(&mut self, key: &ObjectKey, rejections: Vec<Rejection>, skipped: bool) {
+        if rejections.is_empty() {
+            return;
+        }
+        let list = self.problems.entry(key.clone()).or_default();
+        list.extend(rejections.into_iter().map(|rejection| Problem {
+            object: key.clone(),
+            rejection,
+            skipped,
+        }));
+    }
+
+    /// Current problems, by object.
+    pub fn problems(&self) -> impl Iterator<Item = &Problem> {
+        self.problems.values().flatten()
+    }
+
+    /// Objects Setpoint deliberately does not proxy, with the reason.
+    pub fn ignored(&self) -> impl Iterator<Item = (&ObjectKey, &&'static str)> {
+        self.ignored.iter()
+    }
+
+    pub fn node_names(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.nodes.keys()
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.get(name)
+    }
+
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    fn zone_keys(&self) -> Vec<Option<Arc<str>>> {
+        let mut zones: Vec<Option<Arc<str>>> =
+            self.nodes.values().map(|n| n.zone.clone()).collect();
+        zones.push(None);
+        zones.sort();
+        zones.dedup();
+        zones
+    }
+
+    /// Applies every pending change and reports which nodes changed.
+    pub fn commit(&mut self) -> CommitOutcome {
+        let mut outcome = CommitOutcome::default();
+        let mut global_changed = false;
+        let mut changed_zones: BTreeSet<Option<Arc<str>>> = BTreeSet::new();
+
+        if self.nodes_changed {
+            let zones = self.zone_keys();
+            let known: Vec<Option<Arc<str>>> = self.zones.keys().cloned().collect();
+            if zones != known {
+                // Per-zone views are built per known zone; a new or vanished
+                // zone means every zone-aware Service is planned again.
+                self.dirty_services
+                    .extend(self.zone_services.iter().cloned());
+                for zone in &zones {
+                    self.zones.entry(zone.clone()).or_default();
+                }
+                self.zones.retain(|z, _| zones.contains(z));
+                changed_zones.extend(zones);
+            }
+            let cluster_atoms = self.cluster_cidr_atoms();
+            let old = std::mem::take(&mut self.cluster_atoms);
+            global_changed |= self.global.replace(&old, &cluster_atoms);
+            self.cluster_atoms = cluster_atoms;
+        }
+
+        // Claims first: a Service that loses or wins a frontend is replanned.
+        let mut dirty: BTreeSet<ServiceId> = std::mem::take(&mut self.dirty_services);
+        for id in dirty.clone() {
+            let new = self.services.get(&id).map(frontends).unwrap_or_default();
+            let old = self.claimed_by.remove(&id).unwrap_or_default();
+            for f in old.iter().filter(|f| !new.contains(f)) {
+                if let Some(set) = self.claims.get_mut(f) {
+                    let was = set.first().cloned();
+                    set.remove(&id);
+                    if let Some(winner) = set.first().filter(|w| Some(*w) != was.as_ref()) {
+                        dirty.insert(winner.clone());
+                    }
+                    if set.is_empty() {
+                        self.claims.remove(f);
+                    }
+                }
+            }
+            for f in new.iter().filter(|f| !old.contains(f)) {
+                let set = self.claims.entry(*f).or_default();
+                let was = set.first().cloned();
+                set.insert(id.clone());
+                if let Some(loser) = was.filter(|w| set.first() != Some(w)) {
+                    dirty.insert(loser);
+                }
+            }
+            if !new.is_empty() {
+                self.claimed_by.insert(id, new);
+            }
+        }
+
+        let zones = self.zone_keys();
+        for id in &dirty {
+            outcome.replanned_services += 1;
+            let old = self.plans.remove(id);
+            let new = self.plan(id, &zones);
+            global_changed |= self.global.replace(
+                old.as_ref().map_or(&[][..], |p| &p.global),
+                new.as_ref().map_or(&[][..], |p| &p.global),
+            );
+            let old_zoned = old.as_ref().is_some_and(ServicePlan::has_zone_atoms);
+            let new_zoned = new.as_ref().is_some_and(ServicePlan::has_zone_atoms);
+            if old_zoned || new_zoned {
+                for (zone, builder) in self.zones.iter_mut() {
+                    let before = old
+                        .as_ref()
+                        .map(|p| p.atoms_for_zone(zone.as_ref()))
+                        .unwrap_or_default();
+                    let after = new
+                        .as_ref()
+                        .map(|p| p.atoms_for_zone(zone.as_ref()))
+                        .unwrap_or_default();
+                    if builder.replace(&before, &after) {
+                        changed_zones.insert(zone.clone());
+                    }
+                }
+            }
+            if new_zoned {
+                self.zone_services.insert(id.clone());
+            } else {
+                self.zone_services.remove(id);
+            }
+            // Node atoms, skipping nodes rebuilt from scratch below.
+            let old_scope = self.scopes.remove(id);
+            let new_scope = new.as_ref().map(ServicePlan::node_scope);
+            let candidates: Vec<Arc<str>> = match (&old_scope, &new_scope) {
+                (Some(NodeScope::All), _) | (_, Some(NodeScope::All)) => {
+                    self.nodes.keys().cloned().collect()
+                }
+                _ => {
+                    let mut names: Vec<Arc<str>> = Vec::new();
+                    for scope in [&old_scope, &new_scope].into_iter().flatten() {
+                        if let NodeScope::Only(hosts) = scope {
+                            names.extend(hosts.iter().cloned());
+                        }
+                    }
+                    names.sort();
+                    names.dedup();
+                    names
+                }
+            };
+            for name in candidates {
+                if self.dirty_nodes.contains(&name) {
+                    continue;
+                }
+                let Some(node) = self.nodes.get(&name) else {
+                    continue;
+                };
+                let before = match (&old, &old_scope) {
+                    (Some(p), Some(scope)) if scope.contains(&name) => {
+                        p.atoms_for_node(node, &self.config)
+                    }
+                    _ => Vec::new(),
+                };
+                let after = match (&new, &new_scope) {
+                    (Some(p), Some(scope)) if scope.contains(&name) => {
+                        p.atoms_for_node(node, &self.config)
+                    }
+                    _ => Vec::new(),
+                };
+                let builder = self.node_fragments.entry(name.clone()).or_default();
+                if builder.replace(&before, &after) {
+                    outcome.changed_nodes.insert(name);
+                }
+            }
+            self.unindex_scope(id, old_scope.as_ref());
+            if let Some(scope) = &new_scope {
+                self.index_scope(id, scope);
+                self.scopes.insert(id.clone(), scope.clone());
+            }
+            if let Some(plan) = new {
+                self.plans.insert(id.clone(), plan);
+            }
+        }
+
+        for name in std::mem::take(&mut self.dirty_nodes) {
+            match self.nodes.get(&name) {
+                None => {
+                    self.node_fragments.remove(&name);
+                }
+                Some(node) => {
+                    let mut builder = Builder::default();
+                    let mut ids: BTreeSet<&ServiceId> = self.services_all_nodes.iter().collect();
+                    ids.extend(self.services_by_host.get(&name).into_iter().flatten());
+                    for id in ids {
+                        if let Some(plan) = self.plans.get(id) {
+                            for atom in plan.atoms_for_node(node, &self.config) {
+                                builder.add(&atom);
+                            }
+                        }
+                    }
+                    self.node_fragments.insert(name.clone(), builder);
+                }
+            }
+            outcome.changed_nodes.insert(name);
+        }
+        self.nodes_changed = false;
+
+        if global_changed {
+            outcome.changed_nodes.extend(self.nodes.keys().cloned());
+        } else if !changed_zones.is_empty() {
+            for (name, node) in &self.nodes {
+                if changed_zones.contains(&node.zone) {
+                    outcome.changed_nodes.insert(name.clone());
+                }
+            }
+        }
+        outcome.changed_nodes.retain(|n| self.nodes.contains_key(n));
+        outcome
+    }
+
+    fn index_scope(&mut self, id: &ServiceId, scope: &NodeScope) {
+        match scope {
+            NodeScope::All => {
+                self.services_all_nodes.insert(id.clone());
+            }
+            NodeScope::Only(hosts) => {
+                for host in hosts {
+                    self.services_by_host
+                        .entry(host.clone())
+                        .or_default()
+                        .insert(id.clone());
+                }
+            }
+        }
+    }
+
+    fn unindex_scope(&mut self, id: &ServiceId, scope: Option<&NodeScope>) {
+        match scope {
+            None => {}
+            Some(NodeScope::All) => {
+                self.services_all_nodes.remove(id);
+            }
+            Some(NodeScope::Only(hosts)) => {
+                for host in hosts {
+                    if let Some(set) = self.services_by_host.get_mut(host) {
+                        set.remove(id);
+                        if set.is_empty() {
+                            self.services_by_host.remove(host);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn plan(&mut self, id: &ServiceId, zones: &[Option<Arc<str>>]) -> Option<ServicePlan> {
+        let svc = self.services.get(id)?;
+        let slices: Vec<&EndpointSlice> = self
+            .slices_by_service
+            .get(id)
+            .into_iter()
+            .flatten()
+            .filter_map(|slot| self.slices.get(slot))
+            .collect();
+        let claims = &self.claims;
+        let mut lost = Vec::new();
+        let owns = |f: &Frontend| claims.get(f).and_then(|s| s.first()) == Some(id);
+        for f in frontends(svc) {
+            if !owns(&f)
+                && let Some(winner) = claims.get(&f).and_then(|s| s.first())
+            {
+                lost.push(Rejection {
+                    object: format!("Service {id}"),
+                    reason: format!("{f} is also claimed by Service {winner}, which keeps it"),
+                });
+            }
+        }
+        let plan = plan_service(svc, &slices, zones, &self.config, &owns);
+        let key = ObjectKey {
+            kind: "Service",
+            namespace: id.namespace.to_string(),
+            name: id.name.to_string(),
+        };
+        if let Some(list) = self.problems.get_mut(&key) {
+            list.retain(|p| !p.rejection.reason.contains("is also claimed by"));
+        }
+        self.note(&key, lost, false);
+        Some(plan)
+    }
+
+    fn cluster_cidr_atoms(&self) -> Vec<Atom> {
+        let mut nets: Vec<ipnet::IpNet> = if self.config.cluster_cidrs.is_empty() {
+            self.nodes
+                .values()
+                .flat_map(|n| n.pod_cidrs.iter().copied())
+                .collect()
+        } else {
+            self.config.cluster_cidrs.clone()
+        };
+        nets.sort();
+        nets.dedup();
+        nets.into_iter()
+            .map(|net| {
+                Atom::Entry(
+                    SetId::ClusterCidr,
+                    Family::of_net(&net),
+                    SetEntry::Net {
+                        net,
+                        nomatch: false,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The desired state of one node, or `None` for an unknown node.
+    pub fn node_state(&self, name: &str) -> Option<NodeDataplane> {
+        let node = self.nodes.get(name)?;
+        let mut parts: Vec<(String, Arc<Fragment>)> = vec![
+            (PART_BASE.to_string(), self.base.clone()),
+            (PART_SERVICES.to_string(), self.global.fragment.clone()),
+        ];
+        if let Some(zone) = self.zones.get(&node.zone) {
+            let label = node.zone.as_deref().unwrap_or("-");
+            parts.push((format!("zone/{label}"), zone.fragment.clone()));
+        }
+        if let Some(own) = self.node_fragments.get(name) {
+            parts.push((format!("node/{name}"), own.fragment.clone()));
+        }
+        Some(NodeDataplane::from_parts(parts))
+    }
+
+    /// The keys of virtual servers in the shared fragment; for tests.
+    pub fn shared_virtual_servers(&self) -> usize {
+        self.global.fragment.virtual_server_count()
+    }
+}
