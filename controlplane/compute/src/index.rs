@@ -27,6 +27,9 @@ use crate::model::{EndpointSlice, Node, Service, ServiceId};
 use crate::object::{ClusterObject, ObjectKey};
 use crate::plan::{Atom, Frontend, NodeScope, ServicePlan, frontends, plan_service};
 
+/// `(namespace, name)` of an EndpointSlice.
+type SliceKey = (Arc<str>, Arc<str>);
+
 pub const PART_BASE: &str = "base";
 pub const PART_SERVICES: &str = "services";
 
@@ -135,8 +138,8 @@ pub struct Index {
     config: ComputeConfig,
     base: Arc<Fragment>,
     services: HashMap<ServiceId, Service>,
-    slices: HashMap<(Arc<str>, Arc<str>), EndpointSlice>,
-    slices_by_service: HashMap<ServiceId, BTreeSet<(Arc<str>, Arc<str>)>>,
+    slices: HashMap<SliceKey, EndpointSlice>,
+    slices_by_service: HashMap<ServiceId, BTreeSet<SliceKey>>,
     nodes: BTreeMap<Arc<str>, Node>,
     pods: BTreeMap<ObjectKey, core::Pod>,
     namespaces: BTreeMap<ObjectKey, core::Namespace>,
@@ -290,7 +293,7 @@ impl Index {
         }
     }
 
-    fn remove_slice(&mut self, slot: &(Arc<str>, Arc<str>)) {
+    fn remove_slice(&mut self, slot: &SliceKey) {
         if let Some(old) = self.slices.remove(slot) {
             self.dirty_services.insert(old.service.clone());
             if let Some(set) = self.slices_by_service.get_mut(&old.service) {

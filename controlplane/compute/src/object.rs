@@ -6,6 +6,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 /// One Kubernetes object of a kind Setpoint reads.
+// Objects are moved once from a source into the index; boxing would only
+// add an allocation per object.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum ClusterObject {
     Service(Service),

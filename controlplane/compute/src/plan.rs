@@ -358,7 +358,7 @@ impl PortPlan {
     }
 
     /// Ready backends, or else the serving-but-terminating ones.
-    fn usable<'a>(&'a self, keep: impl Fn(&Backend) -> bool) -> Vec<&'a Backend> {
+    fn usable(&self, keep: impl Fn(&Backend) -> bool) -> Vec<&Backend> {
         let ready: Vec<&Backend> = self.ready().filter(|b| keep(b)).collect();
         if !ready.is_empty() {
             return ready;
