@@ -1,1 +1,8 @@
-fn main() {}
+//! `setpoint-controlplane`: see `cli.rs` for the commands.
+
+mod cli;
+mod render;
+
+fn main() -> std::process::ExitCode {
+    cli::run()
+}

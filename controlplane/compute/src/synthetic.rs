@@ -1,0 +1,191 @@
+//! Synthetic clusters for benchmarks and scale tests: deterministic, sized
+//! by [`ClusterShape`], with the mix of Service kinds a real cluster has.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::object::ClusterObject;
+
+#[derive(Clone, Copy, Debug)]
+pub struct ClusterShape {
+    pub nodes: usize,
+    pub services: usize,
+    pub endpoints: usize,
+    pub zones: usize,
+}
+
+impl ClusterShape {
+    /// The scale the design targets.
+    pub const TARGET: ClusterShape = ClusterShape {
+        nodes: 5_000,
+        services: 10_000,
+        endpoints: 100_000,
+        zones: 3,
+    };
+}
+
+/// What kind of Service index `i` is: most are plain ClusterIP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+    InternalLocal,
+    Topology,
+}
+
+pub fn kind_of(i: usize) -> Kind {
+    match i % 100 {
+        0..=4 => Kind::NodePort,
+        5..=6 => Kind::LoadBalancer,
+        7 => Kind::InternalLocal,
+        8..=9 => Kind::Topology,
+        _ => Kind::ClusterIp,
+    }
+}
+
+fn meta(namespace: Option<&str>, name: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_string()),
+        namespace: namespace.map(str::to_string),
+        ..Default::default()
+    }
+}
+
+pub fn node_name(i: usize) -> String {
+    format!("node-{i:05}")
+}
+
+fn zone_name(i: usize, shape: &ClusterShape) -> String {
+    format!("zone-{}", i % shape.zones.max(1))
+}
+
+pub fn node(i: usize, shape: &ClusterShape) -> ClusterObject {
+    let mut labels = BTreeMap::new();
+    labels.insert("topology.kubernetes.io/zone".to_string(), zone_name(i, shape));
+    ClusterObject::Node(core::Node {
+        metadata: ObjectMeta {
+            labels: Some(labels),
+            ..meta(None, &node_name(i))
+        },
+        spec: Some(core::NodeSpec {
+            pod_cidrs: Some(vec![format!("10.{}.{}.0/24", i / 256, i % 256)]),
+            ..Default::default()
+        }),
+        status: Some(core::NodeStatus {
+            addresses: Some(vec![core::NodeAddress {
+                type_: "InternalIP".to_string(),
+                address: format!("172.16.{}.{}", i / 250, i % 250 + 1),
+            }]),
+            ..Default::default()
+        }),
+    })
+}
+
+pub fn service_name(i: usize) -> String {
+    format!("svc-{i:05}")
+}
+
+pub fn service(i: usize) -> ClusterObject {
+    let kind = kind_of(i);
+    let cluster_ip = format!("10.{}.{}.{}", 96 + i / 65536, (i / 256) % 256, i % 256);
+    let node_port = matches!(kind, Kind::NodePort | Kind::LoadBalancer).then(|| 30000 + (i % 2700) as i32);
+    let spec = core::ServiceSpec {
+        type_: Some(
+            match kind {
+                Kind::NodePort => "NodePort",
+                Kind::LoadBalancer => "LoadBalancer",
+                _ => "ClusterIP",
+            }
+            .to_string(),
+        ),
+        cluster_ip: Some(cluster_ip.clone()),
+        cluster_ips: Some(vec![cluster_ip]),
+        ports: Some(vec![core::ServicePort {
+            name: Some("http".to_string()),
+            port: 80,
+            protocol: Some("TCP".to_string()),
+            node_port,
+            ..Default::default()
+        }]),
+        internal_traffic_policy: (kind == Kind::InternalLocal).then(|| "Local".to_string()),
+        traffic_distribution: (kind == Kind::Topology).then(|| "PreferClose".to_string()),
+        ..Default::default()
+    };
+    let status = (kind == Kind::LoadBalancer).then(|| core::ServiceStatus {
+        load_balancer: Some(core::LoadBalancerStatus {
+            ingress: Some(vec![core::LoadBalancerIngress {
+                ip: Some(format!("198.18.{}.{}", (i / 256) % 256, i % 256)),
+                ..Default::default()
+            }]),
+        }),
+        ..Default::default()
+    });
+    ClusterObject::Service(core::Service {
+        metadata: meta(Some("bench"), &service_name(i)),
+        spec: Some(spec),
+        status,
+    })
+}
+
+/// The slice of Service `i`, with `per_service` endpoints spread over the
+/// nodes; `generation` flips the readiness of one endpoint so that each
+/// generation is a one-endpoint change.
+pub fn slice(i: usize, shape: &ClusterShape, generation: usize) -> ClusterObject {
+    let per_service = (shape.endpoints / shape.services.max(1)).max(1);
+    let mut endpoints = Vec::with_capacity(per_service);
+    for k in 0..per_service {
+        let global = i * per_service + k;
+        let node = (global * 7919) % shape.nodes.max(1);
+        // Each node hosts about endpoints/nodes pods; derive a host number
+        // from the endpoint's global position so addresses are unique.
+        let host = global / shape.nodes.max(1) + 2;
+        let address = format!("10.{}.{}.{}", node / 256, node % 256, host % 254 + 1);
+        let zone = zone_name(node, shape);
+        let hints = (kind_of(i) == Kind::Topology).then(|| discovery::EndpointHints {
+            for_zones: Some(vec![discovery::ForZone { name: zone.clone() }]),
+            ..Default::default()
+        });
+        endpoints.push(discovery::Endpoint {
+            addresses: vec![address],
+            conditions: Some(discovery::EndpointConditions {
+                ready: Some(!(generation % 2 == 1 && k == generation % per_service)),
+                ..Default::default()
+            }),
+            node_name: Some(node_name(node)),
+            zone: Some(zone),
+            hints,
+            ..Default::default()
+        });
+    }
+    let mut labels = BTreeMap::new();
+    labels.insert("kubernetes.io/service-name".to_string(), service_name(i));
+    ClusterObject::EndpointSlice(discovery::EndpointSlice {
+        metadata: ObjectMeta {
+            labels: Some(labels),
+            ..meta(Some("bench"), &format!("{}-abcde", service_name(i)))
+        },
+        address_type: "IPv4".to_string(),
+        endpoints,
+        ports: Some(vec![discovery::EndpointPort {
+            name: Some("http".to_string()),
+            port: Some(8080),
+            protocol: Some("TCP".to_string()),
+            ..Default::default()
+        }]),
+    })
+}
+
+/// Every object of the cluster.
+pub fn cluster(shape: &ClusterShape) -> Vec<ClusterObject> {
+    let mut out = Vec::with_capacity(shape.nodes + 2 * shape.services);
+    out.extend((0..shape.nodes).map(|i| node(i, shape)));
+    for i in 0..shape.services {
+        out.push(service(i));
+        out.push(slice(i, shape, 0));
+    }
+    out
+}

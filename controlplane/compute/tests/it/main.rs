@@ -1,0 +1,18 @@
+//! Integration tests of `setpoint-compute`: Kubernetes objects in, a node's
+//! desired dataplane out, checked as compact lines through one helper
+//! ([`support::check`]).
+
+mod support;
+
+mod bad_input;
+mod cluster_ip;
+mod conflicts;
+mod endpoints;
+mod external;
+mod ignored;
+mod incremental;
+mod node_port;
+mod properties;
+mod scheduling;
+mod topology;
+mod traffic_policy;
