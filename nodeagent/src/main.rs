@@ -1,1 +1,7 @@
-fn main() {}
+//! `setpoint-agent`: see `cli.rs` for the commands.
+
+mod cli;
+
+fn main() -> std::process::ExitCode {
+    cli::run()
+}
