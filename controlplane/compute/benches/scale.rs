@@ -31,6 +31,16 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.min(sorted.len() - 1)]
 }
 
+fn kind_label(kind: synthetic::Kind) -> &'static str {
+    match kind {
+        synthetic::Kind::ClusterIp => "ClusterIP",
+        synthetic::Kind::NodePort => "NodePort",
+        synthetic::Kind::LoadBalancer => "LoadBalancer",
+        synthetic::Kind::InternalLocal => "InternalLocal",
+        synthetic::Kind::Topology => "Topology",
+    }
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; nothing else to parse.
     let shape = ClusterShape {
@@ -85,13 +95,23 @@ fn main() {
     }
     drop(states);
 
+    // SETPOINT_BENCH_ONLY=NodePort (or ClusterIP, …) changes only Services
+    // of that kind, to look at one case in isolation.
+    let only = std::env::var("SETPOINT_BENCH_ONLY").ok();
+    let picks: Vec<usize> = (0..shape.services * 10)
+        .map(|j| (j * 7907) % shape.services)
+        .filter(|i| {
+            only.as_deref()
+                .is_none_or(|k| kind_label(synthetic::kind_of(*i)) == k)
+        })
+        .take(changes)
+        .collect();
     let mut generation: HashMap<usize, usize> = HashMap::new();
     let mut commit_times = Vec::with_capacity(changes);
     let mut with_digests = Vec::with_capacity(changes);
     let mut touched = Vec::with_capacity(changes);
     let mut changed_digests = Vec::with_capacity(changes);
-    for j in 0..changes {
-        let i = (j * 7907) % shape.services;
+    for &i in &picks {
         let g = generation.entry(i).or_insert(0);
         *g += 1;
         let slice = synthetic::slice(i, &shape, *g);
@@ -101,8 +121,7 @@ fn main() {
         let t1 = Instant::now();
         let mut really_changed = 0usize;
         for name in &outcome.changed_nodes {
-            if let Some(state) = index.node_state(name) {
-                let digest = state.digest();
+            if let Some(digest) = index.node_digest(name) {
                 if digests.insert(name.clone(), digest) != Some(digest) {
                     really_changed += 1;
                 }
@@ -118,8 +137,11 @@ fn main() {
     with_digests.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!(
-        "incremental (one endpoint changes, {} changes): commit p50 {:.3} ms p99 {:.3} ms max {:.3} ms",
-        changes,
+        "incremental (one endpoint changes, {} changes{}): commit p50 {:.3} ms p99 {:.3} ms max {:.3} ms",
+        picks.len(),
+        only.as_deref()
+            .map(|k| format!(", {k} only"))
+            .unwrap_or_default(),
         ms(percentile(&commit_times, 0.5)),
         ms(percentile(&commit_times, 0.99)),
         ms(*commit_times.last().unwrap_or(&Duration::ZERO)),
@@ -130,15 +152,8 @@ fn main() {
         ms(percentile(&with_digests, 0.99)),
     );
     let mut kinds: HashMap<&str, (usize, usize)> = HashMap::new();
-    for (j, (&t, &c)) in touched.iter().zip(&changed_digests).enumerate() {
-        let i = (j * 7907) % shape.services;
-        let kind = match synthetic::kind_of(i) {
-            synthetic::Kind::ClusterIp => "ClusterIP",
-            synthetic::Kind::NodePort => "NodePort",
-            synthetic::Kind::LoadBalancer => "LoadBalancer",
-            synthetic::Kind::InternalLocal => "internalTrafficPolicy=Local",
-            synthetic::Kind::Topology => "topology hints",
-        };
+    for ((&t, &c), &i) in touched.iter().zip(&changed_digests).zip(&picks) {
+        let kind = kind_label(synthetic::kind_of(i));
         let e = kinds.entry(kind).or_insert((0, 0));
         e.0 += 1;
         e.1 = e.1.max(t.max(c));
@@ -149,7 +164,10 @@ fn main() {
         println!("  {kind}: {count} changes, at most {max_touched} node states touched per change");
     }
     let mean_touched = touched.iter().sum::<usize>() as f64 / touched.len().max(1) as f64;
-    let mean_changed = changed_digests.iter().sum::<usize>() as f64 / changed_digests.len().max(1) as f64;
-    println!("node states touched per change: mean {mean_touched:.0} reported, {mean_changed:.0} with a new digest");
+    let mean_changed =
+        changed_digests.iter().sum::<usize>() as f64 / changed_digests.len().max(1) as f64;
+    println!(
+        "node states touched per change: mean {mean_touched:.0} reported, {mean_changed:.0} with a new digest"
+    );
     println!("peak RSS at end: {:.0} MiB", peak_rss_mib().unwrap_or(0.0));
 }

@@ -65,7 +65,10 @@ fn zone_name(i: usize, shape: &ClusterShape) -> String {
 
 pub fn node(i: usize, shape: &ClusterShape) -> ClusterObject {
     let mut labels = BTreeMap::new();
-    labels.insert("topology.kubernetes.io/zone".to_string(), zone_name(i, shape));
+    labels.insert(
+        "topology.kubernetes.io/zone".to_string(),
+        zone_name(i, shape),
+    );
     ClusterObject::Node(core::Node {
         metadata: ObjectMeta {
             labels: Some(labels),
@@ -92,7 +95,10 @@ pub fn service_name(i: usize) -> String {
 pub fn service(i: usize) -> ClusterObject {
     let kind = kind_of(i);
     let cluster_ip = format!("10.{}.{}.{}", 96 + i / 65536, (i / 256) % 256, i % 256);
-    let node_port = matches!(kind, Kind::NodePort | Kind::LoadBalancer).then(|| 30000 + (i % 2700) as i32);
+    // Unique while there are fewer than 2,768 NodePort Services (the
+    // default range): 7 of every 100 Services have one.
+    let node_port = matches!(kind, Kind::NodePort | Kind::LoadBalancer)
+        .then(|| 30000 + ((i / 100 * 7 + i % 100) % 2768) as i32);
     let spec = core::ServiceSpec {
         type_: Some(
             match kind {

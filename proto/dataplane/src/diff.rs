@@ -259,13 +259,13 @@ pub fn diff_fragments(a: &Fragment, b: &Fragment) -> Diff {
         match item {
             DiffItem::Add(key, vs) => vs_changes.push(Change::VirtualServerAdded {
                 key: *key,
-                virtual_server: vs.clone(),
+                virtual_server: vs.vs.clone(),
             }),
             DiffItem::Remove(key, _) => vs_changes.push(Change::VirtualServerRemoved { key: *key }),
             DiffItem::Update {
                 old: (key, old),
                 new: (_, new),
-            } => diff_virtual_server(*key, old, new, &mut vs_changes),
+            } => diff_virtual_server(*key, &old.vs, &new.vs, &mut vs_changes),
         }
     }
     changes.extend(vs_changes);

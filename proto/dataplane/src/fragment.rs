@@ -15,6 +15,21 @@ use imbl::{OrdMap, OrdSet};
 use crate::digest::{self, Accumulator, Digest};
 use crate::model::{Chain, ChainKey, Jump, SetEntry, SetSpec, VirtualServer, VirtualServerKey};
 
+/// A virtual server with its atom hash, kept so that removing or replacing
+/// it does not hash it again.
+#[derive(Clone, Debug)]
+pub(crate) struct HashedVirtualServer {
+    pub(crate) vs: Arc<VirtualServer>,
+    hash: [u8; 32],
+}
+
+impl PartialEq for HashedVirtualServer {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.vs, &other.vs) || (self.hash == other.hash && self.vs == other.vs)
+    }
+}
+impl Eq for HashedVirtualServer {}
+
 /// A flat collection of atoms. Every mutation keeps the digest accumulator
 /// in step, so [`Fragment::digest`] is O(1).
 ///
@@ -24,7 +39,7 @@ use crate::model::{Chain, ChainKey, Jump, SetEntry, SetSpec, VirtualServer, Virt
 pub struct Fragment {
     sets: OrdMap<String, SetSpec>,
     entries: OrdMap<String, OrdSet<SetEntry>>,
-    virtual_servers: OrdMap<VirtualServerKey, Arc<VirtualServer>>,
+    virtual_servers: OrdMap<VirtualServerKey, HashedVirtualServer>,
     addresses: OrdSet<IpAddr>,
     chains: OrdMap<ChainKey, Arc<Chain>>,
     jumps: OrdSet<Jump>,
@@ -160,11 +175,11 @@ impl Fragment {
     pub fn virtual_servers(
         &self,
     ) -> impl Iterator<Item = (&VirtualServerKey, &Arc<VirtualServer>)> {
-        self.virtual_servers.iter()
+        self.virtual_servers.iter().map(|(k, h)| (k, &h.vs))
     }
 
     pub fn virtual_server(&self, key: &VirtualServerKey) -> Option<&Arc<VirtualServer>> {
-        self.virtual_servers.get(key)
+        self.virtual_servers.get(key).map(|h| &h.vs)
     }
 
     pub fn virtual_server_count(&self) -> usize {
@@ -176,18 +191,21 @@ impl Fragment {
         key: VirtualServerKey,
         vs: Arc<VirtualServer>,
     ) -> Option<Arc<VirtualServer>> {
-        self.acc.add(&digest::hash_virtual_server(&key, &vs));
-        let old = self.virtual_servers.insert(key, vs);
-        if let Some(old) = &old {
-            self.acc.remove(&digest::hash_virtual_server(&key, old));
-        }
-        old
+        let hash = digest::hash_virtual_server(&key, &vs);
+        self.acc.add(&hash);
+        let old = self
+            .virtual_servers
+            .insert(key, HashedVirtualServer { vs, hash });
+        old.map(|old| {
+            self.acc.remove(&old.hash);
+            old.vs
+        })
     }
 
     pub fn remove_virtual_server(&mut self, key: &VirtualServerKey) -> Option<Arc<VirtualServer>> {
         let old = self.virtual_servers.remove(key)?;
-        self.acc.remove(&digest::hash_virtual_server(key, &old));
-        Some(old)
+        self.acc.remove(&old.hash);
+        Some(old.vs)
     }
 
     // --- addresses ---
@@ -306,7 +324,7 @@ impl Fragment {
     pub(crate) fn entries_map(&self) -> &OrdMap<String, OrdSet<SetEntry>> {
         &self.entries
     }
-    pub(crate) fn virtual_servers_map(&self) -> &OrdMap<VirtualServerKey, Arc<VirtualServer>> {
+    pub(crate) fn virtual_servers_map(&self) -> &OrdMap<VirtualServerKey, HashedVirtualServer> {
         &self.virtual_servers
     }
     pub(crate) fn addresses_set(&self) -> &OrdSet<IpAddr> {
