@@ -23,8 +23,10 @@ use crate::model::{
 };
 use crate::state::{NodeDataplane, flatten};
 
-/// One typed change. Changes are listed in the order the variants are
-/// declared, then by key.
+/// One typed change. A diff lists changes in the order the variants are
+/// declared, then by key. That order is canonical, not an apply order for
+/// the kernel: the agent's planner sequences kernel operations
+/// make-before-break (a set is destroyed only after no rule uses it).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "change", rename_all = "snake_case")]
 pub enum Change {
@@ -99,6 +101,29 @@ pub enum Change {
 }
 
 impl Change {
+    /// Position of the variant in the declaration: the order of a diff.
+    fn rank(&self) -> u8 {
+        match self {
+            Change::SetCreated { .. } => 0,
+            Change::SetRedefined { .. } => 1,
+            Change::EntriesAdded { .. } => 2,
+            Change::EntriesRemoved { .. } => 3,
+            Change::SetDestroyed { .. } => 4,
+            Change::AddressAdded { .. } => 5,
+            Change::AddressRemoved { .. } => 6,
+            Change::VirtualServerAdded { .. } => 7,
+            Change::VirtualServerEdited { .. } => 8,
+            Change::VirtualServerRemoved { .. } => 9,
+            Change::RealServerAdded { .. } => 10,
+            Change::RealServerEdited { .. } => 11,
+            Change::RealServerRemoved { .. } => 12,
+            Change::ChainReplaced { .. } => 13,
+            Change::ChainRemoved { .. } => 14,
+            Change::JumpAdded { .. } => 15,
+            Change::JumpRemoved { .. } => 16,
+        }
+    }
+
     /// How many atoms the change touches: entries count one each.
     pub fn size(&self) -> usize {
         match self {
@@ -290,6 +315,9 @@ pub fn diff_fragments(a: &Fragment, b: &Fragment) -> Diff {
             }
         }
     }
+    // Within each variant the changes are already in key order; a stable
+    // sort by variant keeps it.
+    changes.sort_by_key(Change::rank);
     Diff { changes }
 }
 

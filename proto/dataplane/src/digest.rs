@@ -224,9 +224,12 @@ pub fn hash_entry(set: &str, entry: &SetEntry) -> [u8; 32] {
 
 pub(crate) fn hash_virtual_server_body(vs: &VirtualServer) -> [u8; 32] {
     let mut e = Encoder::new(TAG_VS_BODY);
-    e.str(vs.scheduler.as_str())
-        .u32(vs.persistence_timeout.unwrap_or(0))
-        .u32(vs.real_servers.len() as u32);
+    e.str(vs.scheduler.as_str());
+    match vs.persistence_timeout {
+        None => e.u8(0),
+        Some(timeout) => e.u8(1).u32(timeout),
+    };
+    e.u32(vs.real_servers.len() as u32);
     for rs in &vs.real_servers {
         e.ip(&rs.address)
             .u16(rs.port)

@@ -431,7 +431,12 @@ pub struct RealServer {
 /// (address, port) with no duplicates. Shared between every node and every
 /// key (ClusterIP, NodePort, external IP) that sees the same backends, hence
 /// kept behind an `Arc` and hashed once.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+///
+/// Build it with [`VirtualServer::new`] (deserialising goes through it too):
+/// the body hash is cached on first use, so a field edited afterwards would
+/// not be seen by the digest. A clone starts with no cached hash.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(from = "VirtualServerFields")]
 pub struct VirtualServer {
     pub scheduler: Scheduler,
     /// ClientIP session affinity: IPVS persistence timeout in seconds.
@@ -450,7 +455,8 @@ impl VirtualServer {
         persistence_timeout: Option<u32>,
         mut real_servers: Vec<RealServer>,
     ) -> Self {
-        real_servers.sort();
+        // Stable sort on the identity only, so the first duplicate is kept.
+        real_servers.sort_by_key(|rs| (rs.address, rs.port));
         real_servers.dedup_by(|b, a| (a.address, a.port) == (b.address, b.port));
         VirtualServer {
             scheduler,
@@ -479,6 +485,32 @@ impl VirtualServer {
 
     pub fn same_settings(&self, other: &VirtualServer) -> bool {
         self.scheduler == other.scheduler && self.persistence_timeout == other.persistence_timeout
+    }
+}
+
+impl Clone for VirtualServer {
+    fn clone(&self) -> Self {
+        VirtualServer::new(
+            self.scheduler,
+            self.persistence_timeout,
+            self.real_servers.clone(),
+        )
+    }
+}
+
+/// The serialised fields of a [`VirtualServer`], turned into one by `new`.
+#[derive(Deserialize)]
+struct VirtualServerFields {
+    scheduler: Scheduler,
+    #[serde(default)]
+    persistence_timeout: Option<u32>,
+    #[serde(default)]
+    real_servers: Vec<RealServer>,
+}
+
+impl From<VirtualServerFields> for VirtualServer {
+    fn from(f: VirtualServerFields) -> Self {
+        VirtualServer::new(f.scheduler, f.persistence_timeout, f.real_servers)
     }
 }
 

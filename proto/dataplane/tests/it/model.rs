@@ -58,7 +58,6 @@ fn virtual_server_keeps_one_real_server_per_address_and_port() {
 /// `VirtualServer::new` documents that "of two real servers with the same
 /// address and port the first is kept".
 #[test]
-#[ignore = "BUG: model.rs VirtualServer::new sorts by every field (weight, forward) before dedup_by, so the duplicate with the lowest weight is kept, not the first"]
 fn virtual_server_keeps_the_first_of_duplicate_real_servers() {
     let heavy = RealServer {
         address: ip("10.244.1.5"),

@@ -469,7 +469,6 @@ fn json_with_a_bad_entry_names_it() {
 /// A `Diff` read from the wire must hold canonical virtual servers (real
 /// servers sorted, no duplicates), as `VirtualServer::new` builds them.
 #[test]
-#[ignore = "BUG: model.rs VirtualServer derives Deserialize, which skips VirtualServer::new: a Diff from the wire can carry unsorted or duplicated real servers into the applied state"]
 fn diff_from_the_wire_holds_canonical_virtual_servers() {
     let change = json!([{
         "change": "virtual_server_added",
