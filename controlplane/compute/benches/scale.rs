@@ -121,10 +121,10 @@ fn main() {
         let t1 = Instant::now();
         let mut really_changed = 0usize;
         for name in &outcome.changed_nodes {
-            if let Some(digest) = index.node_digest(name) {
-                if digests.insert(name.clone(), digest) != Some(digest) {
-                    really_changed += 1;
-                }
+            if let Some(digest) = index.node_digest(name)
+                && digests.insert(name.clone(), digest) != Some(digest)
+            {
+                really_changed += 1;
             }
         }
         let t2 = Instant::now();

@@ -21,6 +21,8 @@ use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::networking::v1 as networking;
 use setpoint_dataplane::{Digest, Family, Fragment, NodeDataplane, SetEntry};
 
+use rayon::prelude::*;
+
 use crate::convert::{self, Rejection, ServiceOutcome, SliceOutcome};
 use crate::layout::{ComputeConfig, SetId, base_fragment};
 use crate::model::{EndpointSlice, Node, Service, ServiceId};
@@ -104,6 +106,16 @@ impl Builder {
         }
         let mut changed = false;
         for atom in old.iter().filter(|a| !new.contains(a)) {
+            // A virtual server whose key stays is overwritten in place by
+            // the add below: one map update instead of two.
+            if let Atom::VirtualServer(key, _) = atom
+                && new
+                    .iter()
+                    .any(|n| matches!(n, Atom::VirtualServer(k, _) if k == key))
+            {
+                changed = true;
+                continue;
+            }
             self.remove(atom);
             changed = true;
         }
@@ -159,7 +171,8 @@ pub struct Index {
     global: Builder,
     cluster_atoms: Vec<Atom>,
     zones: BTreeMap<Option<Arc<str>>, Builder>,
-    node_fragments: HashMap<Arc<str>, Builder>,
+    /// Same keys as `nodes` after every commit.
+    node_fragments: BTreeMap<Arc<str>, Builder>,
 
     dirty_services: BTreeSet<ServiceId>,
     dirty_nodes: BTreeSet<Arc<str>>,
@@ -452,40 +465,45 @@ impl Index {
                 hosts.dedup();
             }
             let config = &self.config;
-            let dirty_nodes = &self.dirty_nodes;
-            let fragments = &mut self.node_fragments;
-            let mut visit = |name: &Arc<str>, node: &Node| {
-                if !dirty_nodes.is_empty() && dirty_nodes.contains(name) {
-                    return;
-                }
+            let node_atoms = |node: &Node| {
                 let atoms =
                     |plan: &Option<ServicePlan>, scope: &Option<NodeScope>| match (plan, scope) {
-                        (Some(p), Some(scope)) if scope.contains(name) => {
+                        (Some(p), Some(scope)) if scope.contains(&node.name) => {
                             p.atoms_for_node(node, config)
                         }
                         _ => Vec::new(),
                     };
-                let before = atoms(&old, &old_scope);
-                let after = atoms(&new, &new_scope);
-                if before == after {
-                    return;
-                }
-                let builder = match fragments.get_mut(name) {
-                    Some(builder) => builder,
-                    None => fragments.entry(name.clone()).or_default(),
-                };
-                if builder.replace(&before, &after) {
-                    touched.push(name.clone());
-                }
+                (atoms(&old, &old_scope), atoms(&new, &new_scope))
             };
             if every_node {
-                for (name, node) in &self.nodes {
-                    visit(name, node);
+                // Nodes added in this commit have no builder yet and are
+                // built whole below; the rest are edited in parallel.
+                let mut work: Vec<(&Node, &mut Builder)> = Vec::with_capacity(self.nodes.len());
+                let mut nodes = self.nodes.values().peekable();
+                for (name, builder) in self.node_fragments.iter_mut() {
+                    while nodes.next_if(|n| n.name < *name).is_some() {}
+                    if let Some(node) = nodes.next_if(|n| n.name == *name) {
+                        work.push((node, builder));
+                    }
                 }
+                let changed: Vec<Arc<str>> = work
+                    .par_iter_mut()
+                    .filter_map(|(node, builder)| {
+                        let (before, after) = node_atoms(node);
+                        builder.replace(&before, &after).then(|| node.name.clone())
+                    })
+                    .collect();
+                touched.extend(changed);
             } else {
                 for host in hosts {
-                    if let Some((name, node)) = self.nodes.get_key_value(host) {
-                        visit(name, node);
+                    let (Some(node), Some(builder)) =
+                        (self.nodes.get(host), self.node_fragments.get_mut(host))
+                    else {
+                        continue;
+                    };
+                    let (before, after) = node_atoms(node);
+                    if builder.replace(&before, &after) {
+                        touched.push(node.name.clone());
                     }
                 }
             }
@@ -499,15 +517,16 @@ impl Index {
             }
         }
 
-        for name in std::mem::take(&mut self.dirty_nodes) {
-            match self.nodes.get(&name) {
-                None => {
-                    self.node_fragments.remove(&name);
-                }
-                Some(node) => {
+        // Nodes added or changed are built whole, in parallel.
+        let dirty_nodes: Vec<Arc<str>> =
+            std::mem::take(&mut self.dirty_nodes).into_iter().collect();
+        let rebuilt: Vec<(Arc<str>, Option<Builder>)> = dirty_nodes
+            .par_iter()
+            .map(|name| {
+                let builder = self.nodes.get(name).map(|node| {
                     let mut builder = Builder::default();
                     let mut ids: BTreeSet<&ServiceId> = self.services_all_nodes.iter().collect();
-                    ids.extend(self.services_by_host.get(&name).into_iter().flatten());
+                    ids.extend(self.services_by_host.get(name).into_iter().flatten());
                     for id in ids {
                         if let Some(plan) = self.plans.get(id) {
                             for atom in plan.atoms_for_node(node, &self.config) {
@@ -515,7 +534,18 @@ impl Index {
                             }
                         }
                     }
+                    builder
+                });
+                (name.clone(), builder)
+            })
+            .collect();
+        for (name, builder) in rebuilt {
+            match builder {
+                Some(builder) => {
                     self.node_fragments.insert(name.clone(), builder);
+                }
+                None => {
+                    self.node_fragments.remove(&name);
                 }
             }
             touched.push(name);

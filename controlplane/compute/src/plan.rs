@@ -210,7 +210,6 @@ impl ServicePlan {
     /// Atoms for one node.
     pub fn atoms_for_node(&self, node: &Node, config: &ComputeConfig) -> Vec<Atom> {
         let mut out = Vec::new();
-        let node_ips: Vec<IpAddr> = nodeport_addresses(config, &node.addresses).collect();
         for p in &self.ports {
             let key = |address| VirtualServerKey {
                 address,
@@ -222,7 +221,11 @@ impl ServicePlan {
                 Level::Zone => p.zone_view(node.zone.as_ref()),
                 Level::Node => p.node_view(node),
             };
-            let local = p.local_backends(node);
+            let local = if p.internal_local || p.external_local {
+                p.local_backends(node)
+            } else {
+                Vec::new()
+            };
             let local_vs = || p.virtual_server(&local);
             let internal_on_node = p.internal_local || p.cluster_level == Level::Node;
             if internal_on_node {
@@ -259,7 +262,10 @@ impl ServicePlan {
             }
             if let Some(node_port) = p.node_port {
                 let vs = external_vs.clone().unwrap_or_else(cluster_vs);
-                for ip in node_ips.iter().filter(|ip| Family::of(ip) == p.family) {
+                let node_ips = nodeport_addresses(config, &node.addresses)
+                    .filter(|ip| Family::of(ip) == p.family);
+                for ip in node_ips {
+                    let ip = &ip;
                     out.push(Atom::VirtualServer(
                         VirtualServerKey {
                             address: *ip,

@@ -1,1 +1,214 @@
-//! placeholder
+//! Sources of cluster objects. For now: Kubernetes manifests on disk.
+//!
+//! ```text
+//!  path ──► files (*.yaml, *.yml, *.json; sorted) ──► documents ──► objects
+//!                                                        │            │
+//!               syntax errors, bad objects ──────────────┴──► LoadReport.skipped
+//!               other kinds ─────────────────────────────────► LoadReport.ignored_kinds
+//!               duplicates (last wins) ──────────────────────► LoadReport.warnings
+//! ```
+//!
+//! Only an unreadable path fails a load ([`SourceError`]); anything wrong
+//! inside a file skips that document or object and is reported in the
+//! [`LoadReport`]. Objects are not validated beyond deserializing: that is
+//! the index's job.
+
+mod documents;
+mod objects;
+mod report;
+
+use std::collections::{HashMap, HashSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use setpoint_compute::{ClusterObject, ObjectKey};
+
+pub use report::{LoadReport, Skipped, SourceError};
+
+/// Loads every object under `path`: one file, or every `*.yaml`, `*.yml`
+/// and `*.json` file below a directory, in sorted path order. Entries whose
+/// name starts with `.` are not descended into (`.git`, and the `..data`
+/// links of a mounted ConfigMap). A file given directly is read whatever its
+/// name; `.json` files are read as JSON, others as YAML.
+///
+/// When two documents define the same kind/namespace/name, the later one
+/// (in sorted file order, then document order) wins, with a warning.
+pub fn load_path(path: &Path) -> Result<LoadReport, SourceError> {
+    let files = manifest_files(path)?;
+    let mut loader = Loader::default();
+    for file in &files {
+        let bytes = fs::read(file).map_err(|source| SourceError::Read {
+            path: file.clone(),
+            source,
+        })?;
+        loader.file(file, &bytes);
+    }
+    let report = loader.finish();
+    tracing::debug!(
+        path = %path.display(),
+        files = files.len(),
+        objects = report.objects.len(),
+        skipped = report.skipped.len(),
+        "loaded manifests"
+    );
+    Ok(report)
+}
+
+/// Parses in-memory manifest text as if it were the file `origin` (which is
+/// not read: it names the text in reports, and a `.json` extension selects
+/// JSON).
+pub fn parse_str(text: &str, origin: &Path) -> LoadReport {
+    let mut loader = Loader::default();
+    loader.text(origin, text);
+    loader.finish()
+}
+
+/// Accumulates a report over files, keeping one object per key.
+#[derive(Default)]
+struct Loader {
+    report: LoadReport,
+    /// Position in `report.objects` and origin of each key's current object.
+    seen: HashMap<ObjectKey, (usize, String)>,
+}
+
+impl Loader {
+    fn file(&mut self, path: &Path, bytes: &[u8]) {
+        let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+        match std::str::from_utf8(bytes) {
+            Ok(text) => self.text(path, text),
+            Err(err) => self.report.skipped.push(Skipped {
+                file: path.to_path_buf(),
+                document: 0,
+                kind: None,
+                name: None,
+                reason: format!("not UTF-8 text: {err}"),
+            }),
+        }
+    }
+
+    fn text(&mut self, path: &Path, text: &str) {
+        let docs = if is_json(path) {
+            documents::json(text)
+        } else {
+            documents::yaml(text)
+        };
+        for doc in docs {
+            let outcomes = match doc.value {
+                Ok(value) => objects::decode(value),
+                Err(reason) => vec![objects::Outcome::Skipped {
+                    kind: None,
+                    name: None,
+                    reason,
+                }],
+            };
+            for outcome in outcomes {
+                match outcome {
+                    objects::Outcome::Object { object, item } => {
+                        let mut origin = format!("{} doc {}", path.display(), doc.index);
+                        if !item.is_empty() {
+                            origin = format!("{origin} {item}");
+                        }
+                        self.add(*object, origin);
+                    }
+                    objects::Outcome::Skipped { kind, name, reason } => {
+                        self.report.skipped.push(Skipped {
+                            file: path.to_path_buf(),
+                            document: doc.index,
+                            kind,
+                            name,
+                            reason,
+                        });
+                    }
+                    objects::Outcome::Ignored { kind } => {
+                        *self.report.ignored_kinds.entry(kind).or_default() += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    fn add(&mut self, object: ClusterObject, origin: String) {
+        let key = object.key();
+        match self.seen.get_mut(&key) {
+            Some((at, previous)) => {
+                self.report
+                    .warnings
+                    .push(format!("duplicate {key}: {origin} replaces {previous}"));
+                if let Some(slot) = self.report.objects.get_mut(*at) {
+                    *slot = object;
+                }
+                *previous = origin;
+            }
+            None => {
+                self.seen.insert(key, (self.report.objects.len(), origin));
+                self.report.objects.push(object);
+            }
+        }
+    }
+
+    fn finish(self) -> LoadReport {
+        self.report
+    }
+}
+
+fn is_json(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|ext| ext.eq_ignore_ascii_case("json"))
+}
+
+fn is_manifest(path: &Path) -> bool {
+    path.extension().is_some_and(|ext| {
+        ["yaml", "yml", "json"]
+            .iter()
+            .any(|m| ext.eq_ignore_ascii_case(m))
+    })
+}
+
+fn read_error(path: &Path) -> impl FnOnce(std::io::Error) -> SourceError {
+    let path = path.to_path_buf();
+    move |source| SourceError::Read { path, source }
+}
+
+/// `root` itself if it is not a directory, else the manifest files below it.
+fn manifest_files(root: &Path) -> Result<Vec<PathBuf>, SourceError> {
+    let meta = fs::metadata(root).map_err(read_error(root))?;
+    if !meta.is_dir() {
+        return Ok(vec![root.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    walk(root, &mut files, &mut HashSet::new())?;
+    files.sort();
+    Ok(files)
+}
+
+/// Follows symlinks, but visits each real directory once (no loops).
+fn walk(
+    dir: &Path,
+    files: &mut Vec<PathBuf>,
+    visited: &mut HashSet<PathBuf>,
+) -> Result<(), SourceError> {
+    if !visited.insert(fs::canonicalize(dir).map_err(read_error(dir))?) {
+        return Ok(());
+    }
+    for entry in fs::read_dir(dir).map_err(read_error(dir))? {
+        let path = entry.map_err(read_error(dir))?.path();
+        if path
+            .file_name()
+            .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
+        {
+            continue;
+        }
+        match fs::metadata(&path) {
+            Ok(meta) if meta.is_dir() => walk(&path, files, visited)?,
+            Ok(meta) if meta.is_file() && is_manifest(&path) => files.push(path),
+            // Sockets, fifos and the like are never manifests.
+            Ok(_) => {}
+            // A manifest we cannot even stat (a dangling link) is unreadable.
+            Err(source) if is_manifest(&path) => {
+                return Err(SourceError::Read { path, source });
+            }
+            Err(_) => {}
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! `load_path`: files and directories on disk.
+
+use std::fs;
+use std::path::Path;
+
+use setpoint_compute::ClusterObject;
+use setpoint_source::{LoadReport, SourceError, load_path};
+use tempfile::TempDir;
+
+use crate::{render, trim_lines};
+
+/// A temporary directory holding `files` (relative path → content).
+fn tree(files: &[(&str, &[u8])]) -> TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (path, content) in files {
+        let path = dir.path().join(path);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).expect("mkdir");
+        }
+        fs::write(path, content).expect("write");
+    }
+    dir
+}
+
+fn node(name: &str) -> String {
+    format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n")
+}
+
+/// Renders the report with `dir/` cut from paths.
+#[track_caller]
+fn check_load(dir: &Path, report: &LoadReport, expected: &str) {
+    let prefix = format!("{}/", dir.display());
+    assert_eq!(
+        render(report).replace(&prefix, "").trim(),
+        trim_lines(expected)
+    );
+}
+
+#[test]
+fn a_single_file() {
+    let dir = tree(&[(
+        "all.yaml",
+        format!("{}---\n{}", node("n1"), node("n2")).as_bytes(),
+    )]);
+    let report = load_path(&dir.path().join("all.yaml")).expect("loads");
+    check_load(dir.path(), &report, "object Node/n1\nobject Node/n2");
+}
+
+#[test]
+fn a_file_given_directly_is_read_whatever_its_name() {
+    let dir = tree(&[("manifest.txt", node("n1").as_bytes())]);
+    let report = load_path(&dir.path().join("manifest.txt")).expect("loads");
+    check_load(dir.path(), &report, "object Node/n1");
+}
+
+#[test]
+fn a_directory_is_read_recursively_in_sorted_order() {
+    let dir = tree(&[
+        ("b.yaml", node("b").as_bytes()),
+        (
+            "a.json",
+            br#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "a-json"}}"#,
+        ),
+        ("a/z.yml", node("a-z").as_bytes()),
+        ("sub/deeper/c.YAML", node("c").as_bytes()),
+        // Not manifests, or hidden: never read.
+        ("README.md", b"not: [yaml"),
+        ("notes.txt", node("txt").as_bytes()),
+        (".git/config.yaml", node("hidden").as_bytes()),
+        ("..data/x.yaml", node("configmap-link").as_bytes()),
+    ]);
+    let report = load_path(dir.path()).expect("loads");
+    check_load(
+        dir.path(),
+        &report,
+        "
+        object Node/a-z
+        object Node/a-json
+        object Node/b
+        object Node/c
+        ",
+    );
+}
+
+#[test]
+fn bad_files_are_reported_and_the_others_still_load() {
+    let dir = tree(&[
+        ("1-syntax.yaml", b"kind: [\n"),
+        ("2-binary.yaml", b"\xff\xfe\x00garbage"),
+        ("3-bad.json", b"{\"kind\": "),
+        ("4-good.yaml", node("n1").as_bytes()),
+        ("5-bom.yaml", format!("\u{feff}{}", node("n2")).as_bytes()),
+    ]);
+    let report = load_path(dir.path()).expect("loads");
+    check_load(
+        dir.path(),
+        &report,
+        "
+        object Node/n1
+        object Node/n2
+        skipped 1-syntax.yaml doc 1: invalid YAML: did not find expected node content at line 2 column 1, while parsing a flow node
+        skipped 2-binary.yaml: not UTF-8 text: invalid utf-8 sequence of 1 bytes from index 0
+        skipped 3-bad.json doc 1: invalid JSON: EOF while parsing a value at line 1 column 9
+        ",
+    );
+}
+
+#[test]
+fn a_later_file_replaces_a_duplicate_with_a_warning() {
+    let service = |port: u16| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\n\
+             spec: {{ports: [{{port: {port}}}]}}\n"
+        )
+    };
+    let dir = tree(&[
+        ("a.yaml", service(80).as_bytes()),
+        (
+            "b/c.yaml",
+            format!("{}---\n{}", node("n1"), service(81)).as_bytes(),
+        ),
+    ]);
+    let report = load_path(dir.path()).expect("loads");
+    // `b/c.yaml` sorts after `a.yaml`, so its Service wins, in the first one's place.
+    check_load(
+        dir.path(),
+        &report,
+        "
+        object Service/default/web
+        object Node/n1
+        warning duplicate Service/default/web: b/c.yaml doc 2 replaces a.yaml doc 1
+        ",
+    );
+    let ClusterObject::Service(service) = &report.objects[0] else {
+        panic!("not a service: {:?}", report.objects[0]);
+    };
+    let port = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .map(|p| p[0].port);
+    assert_eq!(port, Some(81));
+}
+
+#[test]
+fn a_missing_path_is_an_error_naming_it() {
+    let dir = tree(&[]);
+    let missing = dir.path().join("nope");
+    let err = load_path(&missing).expect_err("missing path");
+    assert!(
+        err.to_string().contains(&missing.display().to_string()),
+        "{err}"
+    );
+    let SourceError::Read { path, source } = &err;
+    assert_eq!(path, &missing);
+    assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_dangling_manifest_link_is_an_error_naming_it() {
+    let dir = tree(&[("a.yaml", node("n1").as_bytes())]);
+    let link = dir.path().join("b.yaml");
+    std::os::unix::fs::symlink(dir.path().join("gone.yaml"), &link).expect("symlink");
+    let err = load_path(dir.path()).expect_err("dangling link");
+    assert!(err.to_string().contains("b.yaml"), "{err}");
+}
+
+#[cfg(unix)]
+#[test]
+fn symlinked_directories_are_followed_once() {
+    let dir = tree(&[("real/a.yaml", node("n1").as_bytes())]);
+    std::os::unix::fs::symlink(dir.path(), dir.path().join("real/loop")).expect("symlink");
+    let report = load_path(dir.path()).expect("loads");
+    check_load(dir.path(), &report, "object Node/n1");
+}
