@@ -9,7 +9,11 @@ use setpoint_compute::ComputeConfig;
 use setpoint_dataplane::{Format, Scheduler};
 
 #[derive(Parser, Debug)]
-#[command(name = "setpoint-controlplane", version, about = "Setpoint control plane: computes every node's ipset / IPVS / iptables state")]
+#[command(
+    name = "setpoint-controlplane",
+    version,
+    about = "Setpoint control plane: computes every node's ipset / IPVS / iptables state"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,10 +32,18 @@ pub struct ComputeArgs {
     #[arg(long, default_value = "rr", env = "SETPOINT_IPVS_SCHEDULER")]
     pub ipvs_scheduler: Scheduler,
     /// Serve NodePorts only on node addresses inside these CIDRs (repeatable; default: all).
-    #[arg(long = "nodeport-addresses", value_delimiter = ',', env = "SETPOINT_NODEPORT_ADDRESSES")]
+    #[arg(
+        long = "nodeport-addresses",
+        value_delimiter = ',',
+        env = "SETPOINT_NODEPORT_ADDRESSES"
+    )]
     pub nodeport_addresses: Vec<IpNet>,
     /// Pod CIDRs of the cluster (repeatable; default: the Nodes' podCIDRs).
-    #[arg(long = "cluster-cidr", value_delimiter = ',', env = "SETPOINT_CLUSTER_CIDR")]
+    #[arg(
+        long = "cluster-cidr",
+        value_delimiter = ',',
+        env = "SETPOINT_CLUSTER_CIDR"
+    )]
     pub cluster_cidrs: Vec<IpNet>,
     /// Masquerade all traffic to cluster IPs.
     #[arg(long, env = "SETPOINT_MASQUERADE_ALL")]

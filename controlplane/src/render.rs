@@ -22,22 +22,37 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
     }
     index.commit();
     for problem in index.problems() {
-        let what = if problem.skipped { "skipped" } else { "warning" };
+        let what = if problem.skipped {
+            "skipped"
+        } else {
+            "warning"
+        };
         eprintln!("{what}: {}", problem.rejection);
     }
     let Some(state) = index.node_state(&args.node) else {
         let known: Vec<&str> = index.node_names().map(|n| &**n).collect();
         if known.is_empty() {
-            bail!("node {:?} not found: the manifests define no Nodes", args.node);
+            bail!(
+                "node {:?} not found: the manifests define no Nodes",
+                args.node
+            );
         }
-        bail!("node {:?} not found; known nodes: {}", args.node, known.join(", "));
+        bail!(
+            "node {:?} not found; known nodes: {}",
+            args.node,
+            known.join(", ")
+        );
     };
     let problems = state.validate();
     if !problems.is_empty() {
         for p in &problems {
             eprintln!("invalid: {p}");
         }
-        bail!("the computed state of node {} is not valid ({} problems)", args.node, problems.len());
+        bail!(
+            "the computed state of node {} is not valid ({} problems)",
+            args.node,
+            problems.len()
+        );
     }
     let text = setpoint_dataplane::render(&state, args.format);
     std::io::stdout()
