@@ -44,7 +44,12 @@ fn endpoint_selection_table() {
         ),
         (
             "terminating but not serving is never used",
-            vec![mk_ep("10.244.1.7").ready(false).serving(false).terminating(true)],
+            vec![
+                mk_ep("10.244.1.7")
+                    .ready(false)
+                    .serving(false)
+                    .terminating(true),
+            ],
             &[
                 "vs tcp 10.96.10.40:80 rr -> none",
                 "set SP-NO-ENDPOINTS 10.96.10.40,tcp:80",
@@ -52,7 +57,12 @@ fn endpoint_selection_table() {
         ),
         (
             "serving but neither ready nor terminating is not used",
-            vec![mk_ep("10.244.1.7").ready(false).serving(true).terminating(false)],
+            vec![
+                mk_ep("10.244.1.7")
+                    .ready(false)
+                    .serving(true)
+                    .terminating(false),
+            ],
             &[
                 "vs tcp 10.96.10.40:80 rr -> none",
                 "set SP-NO-ENDPOINTS 10.96.10.40,tcp:80",
@@ -145,7 +155,12 @@ fn slice_in_another_namespace_does_not_feed_the_service() {
             .port("http", "TCP", 8080)
             .eps(&[("10.244.3.9", "node-c")]),
     ]);
-    check(objects, "node-a", "vs", &["vs tcp 10.96.10.40:80 rr -> none"]);
+    check(
+        objects,
+        "node-a",
+        "vs",
+        &["vs tcp 10.96.10.40:80 rr -> none"],
+    );
 }
 
 #[test]
@@ -159,11 +174,19 @@ fn fqdn_slice_and_slice_without_service_label_are_ignored() {
             .ep(mk_ep("payments.example.com")),
         unlabelled,
     ]);
-    let index = check(objects, "node-a", "vs", &["vs tcp 10.96.10.40:80 rr -> none"]);
+    let index = check(
+        objects,
+        "node-a",
+        "vs",
+        &["vs tcp 10.96.10.40:80 rr -> none"],
+    );
     let ignored: Vec<String> = index.ignored().map(|(k, _)| k.to_string()).collect();
     assert_eq!(
         ignored,
-        ["EndpointSlice/shop/payments-fqdn", "EndpointSlice/shop/stray"]
+        [
+            "EndpointSlice/shop/payments-fqdn",
+            "EndpointSlice/shop/stray"
+        ]
     );
     assert_eq!(problems(&index), Vec::<String>::new());
 }

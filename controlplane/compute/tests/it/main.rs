@@ -8,6 +8,7 @@ mod bad_input;
 mod cluster_ip;
 mod conflicts;
 mod endpoints;
+mod examples;
 mod external;
 mod ignored;
 mod incremental;

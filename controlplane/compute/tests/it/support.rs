@@ -476,7 +476,10 @@ pub fn state_of(index: &Index, node: &str) -> NodeDataplane {
         .node_state(node)
         .unwrap_or_else(|| panic!("no state for node {node}"));
     let problems = state.validate();
-    assert!(problems.is_empty(), "state of {node} is invalid: {problems:#?}");
+    assert!(
+        problems.is_empty(),
+        "state of {node} is invalid: {problems:#?}"
+    );
     state
 }
 
@@ -485,7 +488,10 @@ pub fn index_of(objects: impl IntoIterator<Item = ClusterObject>) -> Index {
     index_with(ComputeConfig::default(), objects)
 }
 
-pub fn index_with(config: ComputeConfig, objects: impl IntoIterator<Item = ClusterObject>) -> Index {
+pub fn index_with(
+    config: ComputeConfig,
+    objects: impl IntoIterator<Item = ClusterObject>,
+) -> Index {
     let mut index = Index::new(config);
     for o in objects {
         index.upsert(o);
@@ -525,8 +531,16 @@ pub fn expect_lines(index: &Index, node: &str, filter: &str, expected: &[&str]) 
             "node {node}, filter {filter:?}\n--- expected\n{}\n--- actual\n{}\n--- missing\n{}\n--- unexpected\n{}\n",
             want.join("\n"),
             actual.join("\n"),
-            missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
-            extra.iter().map(|s| s.as_str()).collect::<Vec<_>>().join("\n"),
+            missing
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
+            extra
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join("\n"),
         );
     }
 }

@@ -36,8 +36,14 @@ fn zone_hinted() -> SliceB {
 #[test]
 fn zone_hints_select_same_zone_endpoints() {
     for (node, expected) in [
-        ("node-a", "vs tcp 10.96.10.50:80 rr -> 10.244.1.5:8080 10.244.2.5:8080"),
-        ("node-b", "vs tcp 10.96.10.50:80 rr -> 10.244.1.5:8080 10.244.2.5:8080"),
+        (
+            "node-a",
+            "vs tcp 10.96.10.50:80 rr -> 10.244.1.5:8080 10.244.2.5:8080",
+        ),
+        (
+            "node-b",
+            "vs tcp 10.96.10.50:80 rr -> 10.244.1.5:8080 10.244.2.5:8080",
+        ),
         ("node-c", "vs tcp 10.96.10.50:80 rr -> 10.244.3.5:8080"),
         // No endpoint is hinted for zone-3, and node-e has no zone: all.
         ("node-d", ALL),
