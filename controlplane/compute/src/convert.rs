@@ -152,13 +152,14 @@ pub fn service(svc: &core::Service, default_namespace: &str) -> ServiceOutcome {
                 .map_err(|_| format!("loadBalancerSourceRange {range:?} is not a CIDR"))?;
             load_balancer_source_ranges.push(net.trunc());
         }
-        // A zero CIDR admits everyone: no firewall at all, as kube-proxy does.
-        if load_balancer_source_ranges
+        // A zero CIDR admits everyone of its family: no firewall for that
+        // family, as kube-proxy (which runs one proxier per family) does.
+        let open: Vec<Family> = load_balancer_source_ranges
             .iter()
-            .any(|n| n.prefix_len() == 0)
-        {
-            load_balancer_source_ranges.clear();
-        }
+            .filter(|n| n.prefix_len() == 0)
+            .map(Family::of_net)
+            .collect();
+        load_balancer_source_ranges.retain(|n| !open.contains(&Family::of_net(n)));
         let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
         let externally_reachable =
             type_ == "NodePort" || type_ == "LoadBalancer" || !external_ips.is_empty();

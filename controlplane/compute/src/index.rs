@@ -101,30 +101,58 @@ impl Builder {
     /// Replaces `old` atoms by `new` ones, touching only those that differ.
     /// Returns whether anything changed.
     fn replace(&mut self, old: &[Atom], new: &[Atom]) -> bool {
+        self.apply(old, new, Pass::Both)
+    }
+
+    /// The part of a replacement `pass` asks for. Atoms of one plan are
+    /// distinct (plans deduplicate them), so presence is all that counts.
+    fn apply(&mut self, old: &[Atom], new: &[Atom], pass: Pass) -> bool {
         if old == new {
             return false;
         }
         let mut changed = false;
-        for atom in old.iter().filter(|a| !new.contains(a)) {
-            // A virtual server whose key stays is overwritten in place by
-            // the add below: one map update instead of two.
-            if let Atom::VirtualServer(key, _) = atom
-                && new
-                    .iter()
-                    .any(|n| matches!(n, Atom::VirtualServer(k, _) if k == key))
-            {
+        if pass != Pass::Extend {
+            for atom in old.iter().filter(|a| !new.contains(a)) {
                 changed = true;
-                continue;
+                // A virtual server whose key stays is overwritten in place by
+                // the addition: one map update instead of two.
+                if let Atom::VirtualServer(key, _) = atom
+                    && new
+                        .iter()
+                        .any(|n| matches!(n, Atom::VirtualServer(k, _) if k == key))
+                {
+                    continue;
+                }
+                self.remove(atom);
             }
-            self.remove(atom);
-            changed = true;
         }
-        for atom in new.iter().filter(|a| !old.contains(a)) {
-            self.add(atom);
-            changed = true;
+        if pass != Pass::Retract {
+            for atom in new.iter().filter(|a| !old.contains(a)) {
+                self.add(atom);
+                changed = true;
+            }
         }
         changed
     }
+}
+
+/// Which half of a replacement to do. When a frontend changes owner within
+/// one commit, every Service's removals run before any Service's additions,
+/// so the old owner's removal cannot delete the new owner's virtual server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pass {
+    Retract,
+    Extend,
+    Both,
+}
+
+/// A Service's plan before and after this commit.
+struct PlanChange {
+    id: ServiceId,
+    old: Option<ServicePlan>,
+    new: Option<ServicePlan>,
+    old_scope: Option<NodeScope>,
+    new_scope: Option<NodeScope>,
 }
 
 /// What a commit changed.
@@ -366,6 +394,9 @@ impl Index {
         let mut outcome = CommitOutcome::default();
         let mut global_changed = false;
         let mut changed_zones: BTreeSet<Option<Arc<str>>> = BTreeSet::new();
+        // Zones whose fragment was created in this commit: nothing of any
+        // old plan is in them yet.
+        let mut new_zones: BTreeSet<Option<Arc<str>>> = BTreeSet::new();
 
         if self.nodes_changed {
             let zones = self.zone_keys();
@@ -376,7 +407,10 @@ impl Index {
                 self.dirty_services
                     .extend(self.zone_services.iter().cloned());
                 for zone in &zones {
-                    self.zones.entry(zone.clone()).or_default();
+                    if !self.zones.contains_key(zone) {
+                        self.zones.insert(zone.clone(), Builder::default());
+                        new_zones.insert(zone.clone());
+                    }
                 }
                 self.zones.retain(|z, _| zones.contains(z));
                 changed_zones.extend(zones);
@@ -389,6 +423,7 @@ impl Index {
 
         // Claims first: a Service that loses or wins a frontend is replanned.
         let mut dirty: BTreeSet<ServiceId> = std::mem::take(&mut self.dirty_services);
+        let mut owners_changed = false;
         for id in dirty.clone() {
             let new = self.services.get(&id).map(frontends).unwrap_or_default();
             let old = self.claimed_by.remove(&id).unwrap_or_default();
@@ -398,6 +433,7 @@ impl Index {
                     set.remove(&id);
                     if let Some(winner) = set.first().filter(|w| Some(*w) != was.as_ref()) {
                         dirty.insert(winner.clone());
+                        owners_changed = true;
                     }
                     if set.is_empty() {
                         self.claims.remove(f);
@@ -410,6 +446,7 @@ impl Index {
                 set.insert(id.clone());
                 if let Some(loser) = was.filter(|w| set.first() != Some(w)) {
                     dirty.insert(loser);
+                    owners_changed = true;
                 }
             }
             if !new.is_empty() {
@@ -419,101 +456,52 @@ impl Index {
 
         let zones = self.zone_keys();
         let mut touched: Vec<Arc<str>> = Vec::new();
+        let mut changes: Vec<PlanChange> = Vec::with_capacity(dirty.len());
         for id in &dirty {
             outcome.replanned_services += 1;
             let old = self.plans.remove(id);
+            let old_scope = self.scopes.remove(id);
             let new = self.plan(id, &zones);
-            global_changed |= self.global.replace(
-                old.as_ref().map_or(&[][..], |p| &p.global),
-                new.as_ref().map_or(&[][..], |p| &p.global),
-            );
-            let old_zoned = old.as_ref().is_some_and(ServicePlan::has_zone_atoms);
-            let new_zoned = new.as_ref().is_some_and(ServicePlan::has_zone_atoms);
-            if old_zoned || new_zoned {
-                for (zone, builder) in self.zones.iter_mut() {
-                    let before = old
-                        .as_ref()
-                        .map(|p| p.atoms_for_zone(zone.as_ref()))
-                        .unwrap_or_default();
-                    let after = new
-                        .as_ref()
-                        .map(|p| p.atoms_for_zone(zone.as_ref()))
-                        .unwrap_or_default();
-                    if builder.replace(&before, &after) {
-                        changed_zones.insert(zone.clone());
-                    }
-                }
+            let new_scope = new.as_ref().map(ServicePlan::node_scope);
+            changes.push(PlanChange {
+                id: id.clone(),
+                old,
+                new,
+                old_scope,
+                new_scope,
+            });
+        }
+        let passes: &[Pass] = if owners_changed {
+            &[Pass::Retract, Pass::Extend]
+        } else {
+            &[Pass::Both]
+        };
+        for pass in passes {
+            for change in &changes {
+                global_changed |=
+                    self.apply_change(change, *pass, &new_zones, &mut touched, &mut changed_zones);
             }
-            if new_zoned {
+        }
+        for change in changes {
+            let PlanChange {
+                id,
+                new,
+                old_scope,
+                new_scope,
+                ..
+            } = change;
+            if new.as_ref().is_some_and(ServicePlan::has_zone_atoms) {
                 self.zone_services.insert(id.clone());
             } else {
-                self.zone_services.remove(id);
+                self.zone_services.remove(&id);
             }
-            // Node atoms, skipping nodes rebuilt from scratch below.
-            let old_scope = self.scopes.remove(id);
-            let new_scope = new.as_ref().map(ServicePlan::node_scope);
-            let every_node = matches!(old_scope, Some(NodeScope::All))
-                || matches!(new_scope, Some(NodeScope::All));
-            let mut hosts: Vec<&Arc<str>> = Vec::new();
-            if !every_node {
-                for scope in [&old_scope, &new_scope].into_iter().flatten() {
-                    if let NodeScope::Only(list) = scope {
-                        hosts.extend(list.iter());
-                    }
-                }
-                hosts.sort();
-                hosts.dedup();
-            }
-            let config = &self.config;
-            let node_atoms = |node: &Node| {
-                let atoms =
-                    |plan: &Option<ServicePlan>, scope: &Option<NodeScope>| match (plan, scope) {
-                        (Some(p), Some(scope)) if scope.contains(&node.name) => {
-                            p.atoms_for_node(node, config)
-                        }
-                        _ => Vec::new(),
-                    };
-                (atoms(&old, &old_scope), atoms(&new, &new_scope))
-            };
-            if every_node {
-                // Nodes added in this commit have no builder yet and are
-                // built whole below; the rest are edited in parallel.
-                let mut work: Vec<(&Node, &mut Builder)> = Vec::with_capacity(self.nodes.len());
-                let mut nodes = self.nodes.values().peekable();
-                for (name, builder) in self.node_fragments.iter_mut() {
-                    while nodes.next_if(|n| n.name < *name).is_some() {}
-                    if let Some(node) = nodes.next_if(|n| n.name == *name) {
-                        work.push((node, builder));
-                    }
-                }
-                let changed: Vec<Arc<str>> = work
-                    .par_iter_mut()
-                    .filter_map(|(node, builder)| {
-                        let (before, after) = node_atoms(node);
-                        builder.replace(&before, &after).then(|| node.name.clone())
-                    })
-                    .collect();
-                touched.extend(changed);
-            } else {
-                for host in hosts {
-                    let (Some(node), Some(builder)) =
-                        (self.nodes.get(host), self.node_fragments.get_mut(host))
-                    else {
-                        continue;
-                    };
-                    let (before, after) = node_atoms(node);
-                    if builder.replace(&before, &after) {
-                        touched.push(node.name.clone());
-                    }
-                }
-            }
-            self.unindex_scope(id, old_scope.as_ref());
-            if let Some(scope) = &new_scope {
-                self.index_scope(id, scope);
-                self.scopes.insert(id.clone(), scope.clone());
+            self.unindex_scope(&id, old_scope.as_ref());
+            if let Some(scope) = new_scope {
+                self.index_scope(&id, &scope);
+                self.scopes.insert(id.clone(), scope);
             }
             if let Some(plan) = new {
-                self.plans.insert(id.clone(), plan);
+                self.plans.insert(id, plan);
             }
         }
 
@@ -569,6 +557,104 @@ impl Index {
         touched.dedup();
         outcome.changed_nodes = touched.into_iter().collect();
         outcome
+    }
+
+    /// Edits the fragments a plan change touches; returns whether the
+    /// shared `services` fragment changed.
+    fn apply_change(
+        &mut self,
+        change: &PlanChange,
+        pass: Pass,
+        new_zones: &BTreeSet<Option<Arc<str>>>,
+        touched: &mut Vec<Arc<str>>,
+        changed_zones: &mut BTreeSet<Option<Arc<str>>>,
+    ) -> bool {
+        let PlanChange {
+            old,
+            new,
+            old_scope,
+            new_scope,
+            ..
+        } = change;
+        let global_changed = self.global.apply(
+            old.as_ref().map_or(&[][..], |p| &p.global),
+            new.as_ref().map_or(&[][..], |p| &p.global),
+            pass,
+        );
+        let old_zoned = old.as_ref().is_some_and(ServicePlan::has_zone_atoms);
+        let new_zoned = new.as_ref().is_some_and(ServicePlan::has_zone_atoms);
+        if old_zoned || new_zoned {
+            for (zone, builder) in self.zones.iter_mut() {
+                let before = old
+                    .as_ref()
+                    .filter(|_| !new_zones.contains(zone))
+                    .map(|p| p.atoms_for_zone(zone.as_ref()))
+                    .unwrap_or_default();
+                let after = new
+                    .as_ref()
+                    .map(|p| p.atoms_for_zone(zone.as_ref()))
+                    .unwrap_or_default();
+                if builder.apply(&before, &after, pass) {
+                    changed_zones.insert(zone.clone());
+                }
+            }
+        }
+        let every_node =
+            matches!(old_scope, Some(NodeScope::All)) || matches!(new_scope, Some(NodeScope::All));
+        let config = &self.config;
+        let node_atoms = |node: &Node| {
+            let atoms = |plan: &Option<ServicePlan>, scope: &Option<NodeScope>| match (plan, scope)
+            {
+                (Some(p), Some(scope)) if scope.contains(&node.name) => {
+                    p.atoms_for_node(node, config)
+                }
+                _ => Vec::new(),
+            };
+            (atoms(old, old_scope), atoms(new, new_scope))
+        };
+        if every_node {
+            // Nodes added in this commit have no builder yet and are built
+            // whole afterwards; the rest are edited in parallel.
+            let mut work: Vec<(&Node, &mut Builder)> = Vec::with_capacity(self.nodes.len());
+            let mut nodes = self.nodes.values().peekable();
+            for (name, builder) in self.node_fragments.iter_mut() {
+                while nodes.next_if(|n| n.name < *name).is_some() {}
+                if let Some(node) = nodes.next_if(|n| n.name == *name) {
+                    work.push((node, builder));
+                }
+            }
+            let changed: Vec<Arc<str>> = work
+                .par_iter_mut()
+                .filter_map(|(node, builder)| {
+                    let (before, after) = node_atoms(node);
+                    builder
+                        .apply(&before, &after, pass)
+                        .then(|| node.name.clone())
+                })
+                .collect();
+            touched.extend(changed);
+        } else {
+            let mut hosts: Vec<&Arc<str>> = Vec::new();
+            for scope in [old_scope, new_scope].into_iter().flatten() {
+                if let NodeScope::Only(list) = scope {
+                    hosts.extend(list.iter());
+                }
+            }
+            hosts.sort();
+            hosts.dedup();
+            for host in hosts {
+                let (Some(node), Some(builder)) =
+                    (self.nodes.get(host), self.node_fragments.get_mut(host))
+                else {
+                    continue;
+                };
+                let (before, after) = node_atoms(node);
+                if builder.apply(&before, &after, pass) {
+                    touched.push(node.name.clone());
+                }
+            }
+        }
+        global_changed
     }
 
     fn index_scope(&mut self, id: &ServiceId, scope: &NodeScope) {

@@ -32,8 +32,9 @@ impl ClusterObject {
         }
     }
 
-    /// `namespace/name` for namespaced kinds, `name` for cluster-scoped ones;
-    /// empty parts stay empty rather than failing, validation reports them.
+    /// `namespace/name` for namespaced kinds (`default` when unset), `name`
+    /// for cluster-scoped ones; an empty name stays empty and is reported by
+    /// validation.
     pub fn key(&self) -> ObjectKey {
         let meta = match self {
             ClusterObject::Service(o) => &o.metadata,
@@ -43,9 +44,18 @@ impl ClusterObject {
             ClusterObject::Namespace(o) => &o.metadata,
             ClusterObject::NetworkPolicy(o) => &o.metadata,
         };
+        let namespace = match self {
+            ClusterObject::Node(_) | ClusterObject::Namespace(_) => String::new(),
+            // As the API server does for an object created without one.
+            _ => meta
+                .namespace
+                .clone()
+                .filter(|ns| !ns.is_empty())
+                .unwrap_or_else(|| "default".to_string()),
+        };
         ObjectKey {
             kind: self.kind(),
-            namespace: meta.namespace.clone().unwrap_or_default(),
+            namespace,
             name: meta.name.clone().unwrap_or_default(),
         }
     }

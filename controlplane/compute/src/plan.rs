@@ -94,6 +94,21 @@ pub fn frontends(svc: &Service) -> Vec<Frontend> {
     out
 }
 
+/// Drops repeated atoms, keeping the first: a plan lists each atom once,
+/// which the index's reference counts rely on (an LB IP also listed as an
+/// external IP, two ports with the same target port).
+fn dedup(mut atoms: Vec<Atom>) -> Vec<Atom> {
+    let mut i = 0;
+    while i < atoms.len() {
+        if atoms[..i].contains(&atoms[i]) {
+            atoms.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+    atoms
+}
+
 /// How widely one endpoint selection is shared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
@@ -204,7 +219,7 @@ impl ServicePlan {
                 }
             }
         }
-        out
+        dedup(out)
     }
 
     /// Atoms for one node.
@@ -323,7 +338,7 @@ impl ServicePlan {
                 ));
             }
         }
-        out
+        dedup(out)
     }
 }
 
@@ -653,7 +668,7 @@ pub fn plan_service(
     }
     ServicePlan {
         id: svc.id.clone(),
-        global,
+        global: dedup(global),
         ports,
         health_check_node_port: svc.health_check_node_port,
     }

@@ -180,8 +180,6 @@ fn configured_cluster_cidrs_replace_node_pod_cidrs() {
 }
 
 #[test]
-#[ignore = "BUG: index.rs Index::upsert(): a Service without metadata.namespace is keyed \
-            (\"\", name) while its model and its slices say (\"default\", name)"]
 fn objects_without_namespace_are_in_default() {
     let mut svc = mk_service("x", "web")
         .cluster_ip("10.96.0.10")

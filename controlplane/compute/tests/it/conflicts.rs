@@ -101,8 +101,6 @@ fn winner_moving_away_releases_the_frontend() {
 }
 
 #[test]
-#[ignore = "BUG: index.rs commit() replans the new winner before the loser, and the \
-            loser's removal of the virtual server key deletes the winner's"]
 fn a_new_winner_takes_the_frontend_from_an_existing_service() {
     let mut index = index_of(cluster(objs![
         svc("default", "b", "10.96.0.10", 80),
@@ -191,8 +189,6 @@ fn same_node_port_in_two_services() {
 }
 
 #[test]
-#[ignore = "BUG: index.rs commit() replans the new winner before the loser, and the \
-            loser's removal of the virtual server key deletes the winner's"]
 fn a_new_winner_takes_a_node_port_from_an_existing_service() {
     let b = || {
         objs![

@@ -213,8 +213,6 @@ fn examples_one_object_per_commit_in_file_order() {
 }
 
 #[test]
-#[ignore = "BUG: index.rs commit() leaves the fragment of a zone that appears after a \
-            zone-aware Service was planned empty"]
 fn examples_one_object_per_commit_nodes_last() {
     // As after a control plane restart whose Node watch syncs last.
     let mut objects = example_objects();

@@ -183,8 +183,6 @@ fn dual_stack_source_ranges_apply_per_family() {
 }
 
 #[test]
-#[ignore = "BUG: convert.rs service(): a zero-length range of one family (::/0) also \
-            drops the other family's ranges, opening the IPv4 load balancer to everyone"]
 fn zero_source_range_of_one_family_keeps_the_other_family_firewalled() {
     let objects = cluster(objs![
         mk_service("default", "gw")

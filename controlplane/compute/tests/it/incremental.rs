@@ -229,8 +229,6 @@ fn zone_hinted_catalog() -> Vec<ClusterObject> {
 }
 
 #[test]
-#[ignore = "BUG: index.rs commit(): a zone builder created for a new zone stays empty \
-            because old and new plans give it the same atoms"]
 fn a_node_in_a_new_zone_gets_the_zone_aware_virtual_servers() {
     let (index, changed) = apply(
         cluster(zone_hinted_catalog()),
@@ -267,8 +265,6 @@ fn a_node_moving_to_another_known_zone_follows_its_hints() {
 }
 
 #[test]
-#[ignore = "BUG: index.rs Builder::replace(): reference counts leak when an atom's \
-            multiplicity changes between the old and the new plan"]
 fn an_address_listed_twice_by_one_service_is_unbound_when_the_service_goes() {
     // The load balancer IP is also listed as an external IP: the plan
     // contributes its address (and SP-IPVS-IPS entry) twice.
@@ -290,8 +286,6 @@ fn an_address_listed_twice_by_one_service_is_unbound_when_the_service_goes() {
 }
 
 #[test]
-#[ignore = "BUG: index.rs Builder::replace(): reference counts leak when an atom's \
-            multiplicity changes between the old and the new plan"]
 fn a_hairpin_entry_shared_by_two_ports_goes_with_the_service() {
     // Two service ports target the same endpoint port: one hairpin entry,
     // contributed twice by the plan.

@@ -292,8 +292,6 @@ proptest! {
     }
 
     #[test]
-    #[ignore = "BUG: index.rs commit() drops a new winner's virtual server, leaves a new \
-                zone's fragment empty, and Builder::replace() leaks reference counts"]
     fn incremental_equals_fresh_everything(batches in ops(pool(EVERYTHING).len())) {
         run(EVERYTHING, batches)?;
     }
