@@ -8,6 +8,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use setpoint_dataplane::{Family, Protocol};
 
 use crate::model::{Endpoint, EndpointSlice, Node, Service, ServiceId, ServicePort, SlicePort};
@@ -62,11 +63,25 @@ fn parse_protocol(value: Option<&str>) -> Result<Protocol, String> {
     }
 }
 
+/// Namespace, name and report label (`Kind namespace/name`) of a
+/// namespaced object.
+fn identify<'a>(
+    meta: &'a ObjectMeta,
+    kind: &str,
+    default_namespace: &'a str,
+) -> (&'a str, &'a str, String) {
+    let namespace = meta
+        .namespace
+        .as_deref()
+        .filter(|ns| !ns.is_empty())
+        .unwrap_or(default_namespace);
+    let name = meta.name.as_deref().unwrap_or_default();
+    (namespace, name, format!("{kind} {namespace}/{name}"))
+}
+
 pub fn service(svc: &core::Service, default_namespace: &str) -> ServiceOutcome {
     let meta = &svc.metadata;
-    let namespace = meta.namespace.as_deref().unwrap_or(default_namespace);
-    let name = meta.name.as_deref().unwrap_or_default();
-    let object = format!("Service {namespace}/{name}");
+    let (namespace, name, object) = identify(meta, "Service", default_namespace);
     let reject = |reason: String| {
         ServiceOutcome::Rejected(Rejection {
             object: object.clone(),
@@ -236,9 +251,7 @@ pub enum SliceOutcome {
 
 pub fn endpoint_slice(slice: &discovery::EndpointSlice, default_namespace: &str) -> SliceOutcome {
     let meta = &slice.metadata;
-    let namespace = meta.namespace.as_deref().unwrap_or(default_namespace);
-    let name = meta.name.as_deref().unwrap_or_default();
-    let object = format!("EndpointSlice {namespace}/{name}");
+    let (namespace, name, object) = identify(meta, "EndpointSlice", default_namespace);
     let reject = |reason: String| {
         SliceOutcome::Rejected(Rejection {
             object: object.clone(),
