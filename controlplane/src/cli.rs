@@ -51,6 +51,10 @@ pub struct ComputeArgs {
     /// fwmark bit used to request masquerading (kube-proxy uses 14).
     #[arg(long, default_value_t = 18, value_parser = clap::value_parser!(u8).range(0..=31), env = "SETPOINT_MASQUERADE_BIT")]
     pub masquerade_bit: u8,
+    /// Apply NetworkPolicy also to traffic from a node to its own pods
+    /// (Kubernetes allows it always, for kubelet probes).
+    #[arg(long, env = "SETPOINT_POLICE_NODE_TRAFFIC")]
+    pub police_node_traffic: bool,
 }
 
 impl ComputeArgs {
@@ -61,6 +65,7 @@ impl ComputeArgs {
             cluster_cidrs,
             masquerade_all,
             masquerade_bit,
+            police_node_traffic,
         } = self.clone();
         ComputeConfig {
             default_scheduler: ipvs_scheduler,
@@ -68,6 +73,7 @@ impl ComputeArgs {
             cluster_cidrs,
             masquerade_all,
             masquerade_bit,
+            police_node_traffic,
             ..ComputeConfig::default()
         }
     }

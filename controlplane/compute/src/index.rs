@@ -17,8 +17,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1 as core;
-use k8s_openapi::api::networking::v1 as networking;
 use setpoint_dataplane::{Digest, Family, Fragment, NodeDataplane, SetEntry};
 
 use rayon::prelude::*;
@@ -28,6 +26,7 @@ use crate::layout::{ComputeConfig, SetId, base_fragment};
 use crate::model::{EndpointSlice, Node, Service, ServiceId};
 use crate::object::{ClusterObject, ObjectKey};
 use crate::plan::{Atom, Frontend, NodeScope, ServicePlan, frontends, plan_service};
+use crate::policy::{self, PolicyView};
 
 /// `(namespace, name)` of an EndpointSlice.
 type SliceKey = (Arc<str>, Arc<str>);
@@ -181,9 +180,10 @@ pub struct Index {
     slices: HashMap<SliceKey, EndpointSlice>,
     slices_by_service: HashMap<ServiceId, BTreeSet<SliceKey>>,
     nodes: BTreeMap<Arc<str>, Node>,
-    pods: BTreeMap<ObjectKey, core::Pod>,
-    namespaces: BTreeMap<ObjectKey, core::Namespace>,
-    policies: BTreeMap<ObjectKey, networking::NetworkPolicy>,
+    /// Pods, namespace labels and policies, validated, for policy compute.
+    policy_view: PolicyView,
+    policy_dirty: bool,
+    policy_fragments: BTreeMap<Arc<str>, Arc<Fragment>>,
     problems: BTreeMap<ObjectKey, Vec<Problem>>,
     ignored: BTreeMap<ObjectKey, &'static str>,
 
@@ -286,13 +286,40 @@ impl Index {
                 }
             }
             ClusterObject::Pod(pod) => {
-                self.pods.insert(key, pod);
+                let slot = (key.namespace.clone(), key.name.clone());
+                match policy::convert_pod(&pod) {
+                    Ok(Some(model)) => {
+                        self.policy_view.pods.insert(slot, model);
+                    }
+                    Ok(None) => {
+                        self.policy_view.pods.remove(&slot);
+                    }
+                    Err(r) => {
+                        self.note(&key, vec![r], true);
+                        self.policy_view.pods.remove(&slot);
+                    }
+                }
+                self.policy_dirty = true;
             }
             ClusterObject::Namespace(ns) => {
-                self.namespaces.insert(key, ns);
+                self.policy_view.namespaces.insert(
+                    key.name.clone(),
+                    ns.metadata.labels.clone().unwrap_or_default(),
+                );
+                self.policy_dirty = true;
             }
-            ClusterObject::NetworkPolicy(policy) => {
-                self.policies.insert(key, policy);
+            ClusterObject::NetworkPolicy(np) => {
+                let slot = (key.namespace.clone(), key.name.clone());
+                match policy::convert_policy(&np) {
+                    Ok(model) => {
+                        self.policy_view.policies.insert(slot, model);
+                    }
+                    Err(r) => {
+                        self.note(&key, vec![r], true);
+                        self.policy_view.policies.remove(&slot);
+                    }
+                }
+                self.policy_dirty = true;
             }
         }
     }
@@ -322,13 +349,15 @@ impl Index {
                 }
             }
             "Pod" => {
-                self.pods.remove(key);
+                let slot = (key.namespace.clone(), key.name.clone());
+                self.policy_dirty |= self.policy_view.pods.remove(&slot).is_some();
             }
             "Namespace" => {
-                self.namespaces.remove(key);
+                self.policy_dirty |= self.policy_view.namespaces.remove(&key.name).is_some();
             }
             "NetworkPolicy" => {
-                self.policies.remove(key);
+                let slot = (key.namespace.clone(), key.name.clone());
+                self.policy_dirty |= self.policy_view.policies.remove(&slot).is_some();
             }
             _ => {}
         }
@@ -538,6 +567,9 @@ impl Index {
             }
             touched.push(name);
         }
+        if self.policy_dirty || self.nodes_changed {
+            touched.extend(self.recompute_policy());
+        }
         self.nodes_changed = false;
 
         if global_changed {
@@ -557,6 +589,39 @@ impl Index {
         touched.dedup();
         outcome.changed_nodes = touched.into_iter().collect();
         outcome
+    }
+
+    /// Rebuilds every node's policy fragment; returns the nodes whose
+    /// policy fragment changed.
+    fn recompute_policy(&mut self) -> Vec<Arc<str>> {
+        self.policy_dirty = false;
+        let view = &self.policy_view;
+        let police = self.config.police_node_traffic;
+        let fresh: Vec<(Arc<str>, Fragment)> = self
+            .nodes
+            .keys()
+            .collect::<Vec<_>>()
+            .par_iter()
+            .map(|name| ((*name).clone(), view.node_fragment(name, police)))
+            .collect();
+        let mut changed = Vec::new();
+        let mut next = BTreeMap::new();
+        for (name, fragment) in fresh {
+            let same = self
+                .policy_fragments
+                .get(&name)
+                .is_some_and(|old| old.digest() == fragment.digest());
+            if same {
+                if let Some(old) = self.policy_fragments.remove(&name) {
+                    next.insert(name, old);
+                }
+            } else {
+                changed.push(name.clone());
+                next.insert(name, Arc::new(fragment));
+            }
+        }
+        self.policy_fragments = next;
+        changed
     }
 
     /// Edits the fragments a plan change touches; returns whether the
@@ -766,6 +831,9 @@ impl Index {
         if let Some(own) = self.node_fragments.get(name) {
             parts.push((format!("node/{name}"), own.fragment.clone()));
         }
+        if let Some(policy) = self.policy_fragments.get(name).filter(|f| !f.is_empty()) {
+            parts.push((format!("policy/{name}"), policy.clone()));
+        }
         Some(NodeDataplane::from_parts(parts))
     }
 
@@ -780,6 +848,9 @@ impl Index {
         }
         if let Some(own) = self.node_fragments.get(name) {
             acc.merge(own.fragment.accumulator());
+        }
+        if let Some(policy) = self.policy_fragments.get(name) {
+            acc.merge(policy.accumulator());
         }
         Some(acc.finish())
     }

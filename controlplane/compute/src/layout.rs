@@ -26,6 +26,9 @@ pub struct ComputeConfig {
     pub masquerade_bit: u8,
     /// maxelem of every set Setpoint creates.
     pub set_max_elements: u32,
+    /// Apply NetworkPolicy to traffic from a node to its own pods too.
+    /// Off by default: Kubernetes always allows it (kubelet probes).
+    pub police_node_traffic: bool,
 }
 
 impl Default for ComputeConfig {
@@ -37,6 +40,7 @@ impl Default for ComputeConfig {
             masquerade_all: false,
             masquerade_bit: 18,
             set_max_elements: 262_144,
+            police_node_traffic: false,
         }
     }
 }

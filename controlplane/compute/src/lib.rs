@@ -15,6 +15,7 @@ pub mod layout;
 pub mod model;
 pub mod object;
 pub mod plan;
+pub mod policy;
 pub mod synthetic;
 
 pub use index::{CommitOutcome, Index, Problem};

@@ -1,0 +1,872 @@
+//! NetworkPolicy → per-node ipsets and filter chains, for the pods on that
+//! node.
+//!
+//! ```text
+//!  FORWARD, OUTPUT ─▶ SP-POLICY ─┬─ established/related: RETURN
+//!                                ├─ -s <pod ip> ─▶ SP-E-<pod>   egress of an isolated local pod
+//!                                └─ -d <pod ip> ─▶ SP-I-<pod>   ingress of an isolated local pod
+//!  SP-E/SP-I-<pod>: one rule per (policy rule, peer, port) → RETURN when allowed; last rule DROP
+//! ```
+//!
+//! Peers are sets, never rules per address: one `hash:ip` set per distinct
+//! pod selector (named after the selector, so its name stays when members
+//! change), one `hash:net` set per ipBlock (except-ranges as `nomatch`), and
+//! for named ports in egress one `hash:ip,port` set of (peer IP, its port).
+//! Chains are bounded by the node's pods, never by the cluster.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1 as core;
+use k8s_openapi::api::networking::v1 as networking;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use setpoint_dataplane::{
+    Chain, ChainKey, Family, Fragment, Jump, Protocol, Rule, SetEntry, SetSpec, SetType, Table,
+};
+use sha2::{Digest as _, Sha256};
+
+use crate::convert::Rejection;
+
+pub const CHAIN_POLICY: &str = "SP-POLICY";
+
+/// A label selector, validated.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Selector {
+    pub match_labels: BTreeMap<String, String>,
+    pub expressions: Vec<Expression>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Expression {
+    In(String, BTreeSet<String>),
+    NotIn(String, BTreeSet<String>),
+    Exists(String),
+    DoesNotExist(String),
+}
+
+impl Selector {
+    /// The empty selector matches everything.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.expressions.iter().all(|e| match e {
+                Expression::In(k, values) => labels.get(k).is_some_and(|v| values.contains(v)),
+                Expression::NotIn(k, values) => labels.get(k).is_none_or(|v| !values.contains(v)),
+                Expression::Exists(k) => labels.contains_key(k),
+                Expression::DoesNotExist(k) => !labels.contains_key(k),
+            })
+    }
+
+    fn canonical(&self) -> String {
+        let mut out = String::new();
+        for (k, v) in &self.match_labels {
+            out.push_str(&format!("{k}={v};"));
+        }
+        let mut exprs: Vec<String> = self
+            .expressions
+            .iter()
+            .map(|e| match e {
+                Expression::In(k, v) => format!("{k} in {v:?}"),
+                Expression::NotIn(k, v) => format!("{k} notin {v:?}"),
+                Expression::Exists(k) => format!("{k} exists"),
+                Expression::DoesNotExist(k) => format!("!{k}"),
+            })
+            .collect();
+        exprs.sort();
+        out.push_str(&exprs.join(";"));
+        out
+    }
+}
+
+fn selector(sel: Option<&LabelSelector>) -> Result<Selector, String> {
+    let Some(sel) = sel else {
+        return Ok(Selector {
+            match_labels: BTreeMap::new(),
+            expressions: Vec::new(),
+        });
+    };
+    let mut expressions = Vec::new();
+    for e in sel.match_expressions.iter().flatten() {
+        let values: BTreeSet<String> = e.values.iter().flatten().cloned().collect();
+        expressions.push(match e.operator.as_str() {
+            "In" if !values.is_empty() => Expression::In(e.key.clone(), values),
+            "NotIn" if !values.is_empty() => Expression::NotIn(e.key.clone(), values),
+            "Exists" if values.is_empty() => Expression::Exists(e.key.clone()),
+            "DoesNotExist" if values.is_empty() => Expression::DoesNotExist(e.key.clone()),
+            op @ ("In" | "NotIn") => {
+                return Err(format!("matchExpressions {op} on {:?} needs values", e.key));
+            }
+            op @ ("Exists" | "DoesNotExist") => {
+                return Err(format!(
+                    "matchExpressions {op} on {:?} takes no values",
+                    e.key
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "matchExpressions operator {other:?} is not In, NotIn, Exists or DoesNotExist"
+                ));
+            }
+        });
+    }
+    Ok(Selector {
+        match_labels: sel.match_labels.clone().unwrap_or_default(),
+        expressions,
+    })
+}
+
+/// Which namespaces a pod peer is drawn from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Namespaces {
+    /// The policy's own namespace (a bare `podSelector`).
+    Own(String),
+    Selected(Selector),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PodPeer {
+    pub namespaces: Namespaces,
+    pub pods: Selector,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Peer {
+    Pods(PodPeer),
+    Block { cidr: IpNet, except: Vec<IpNet> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortRef {
+    Number(u16),
+    Name(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSpec {
+    pub protocol: Protocol,
+    /// `None`: every port of the protocol.
+    pub port: Option<PortRef>,
+    pub end_port: Option<u16>,
+}
+
+/// One ingress or egress rule; empty lists mean "everyone" / "every port".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyRule {
+    pub peers: Vec<Peer>,
+    pub ports: Vec<PortSpec>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub namespace: String,
+    pub name: String,
+    pub pod_selector: Selector,
+    /// `None` when the policy does not isolate for ingress.
+    pub ingress: Option<Vec<PolicyRule>>,
+    pub egress: Option<Vec<PolicyRule>>,
+}
+
+/// A pod as policy sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    pub namespace: String,
+    pub name: String,
+    pub node: Option<Arc<str>>,
+    pub ips: Vec<IpAddr>,
+    pub labels: BTreeMap<String, String>,
+    pub host_network: bool,
+    /// (name, protocol, port) of every named container port.
+    pub named_ports: Vec<(String, Protocol, u16)>,
+}
+
+impl Pod {
+    fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.named_ports
+            .iter()
+            .find(|(n, p, _)| n == name && *p == protocol)
+            .map(|(_, _, port)| *port)
+    }
+}
+
+fn protocol(value: Option<&str>) -> Result<Protocol, String> {
+    match value.unwrap_or("TCP") {
+        "TCP" => Ok(Protocol::Tcp),
+        "UDP" => Ok(Protocol::Udp),
+        "SCTP" => Ok(Protocol::Sctp),
+        other => Err(format!("protocol {other:?} is not TCP, UDP or SCTP")),
+    }
+}
+
+pub fn convert_policy(p: &networking::NetworkPolicy) -> Result<Policy, Rejection> {
+    let namespace = p
+        .metadata
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".to_string());
+    let name = p.metadata.name.clone().unwrap_or_default();
+    let reject = |reason: String| Rejection {
+        object: format!("NetworkPolicy {namespace}/{name}"),
+        reason,
+    };
+    if name.is_empty() {
+        return Err(reject("metadata.name is missing".into()));
+    }
+    let Some(spec) = &p.spec else {
+        return Err(reject("spec is missing".into()));
+    };
+    let pod_selector =
+        selector(spec.pod_selector.as_ref()).map_err(|e| reject(format!("podSelector: {e}")))?;
+    let types: Vec<&str> = match &spec.policy_types {
+        Some(t) => t.iter().map(String::as_str).collect(),
+        None if spec.egress.is_some() => vec!["Ingress", "Egress"],
+        None => vec!["Ingress"],
+    };
+    for t in &types {
+        if !matches!(*t, "Ingress" | "Egress") {
+            return Err(reject(format!(
+                "policyTypes {t:?} is not Ingress or Egress"
+            )));
+        }
+    }
+    let peer = |from_pod: Option<&LabelSelector>,
+                from_ns: Option<&LabelSelector>,
+                block: Option<&networking::IPBlock>|
+     -> Result<Peer, String> {
+        if let Some(block) = block {
+            let cidr = block
+                .cidr
+                .parse::<IpNet>()
+                .map_err(|_| format!("ipBlock cidr {:?} is not a CIDR", block.cidr))?
+                .trunc();
+            let mut except = Vec::new();
+            for e in block.except.iter().flatten() {
+                let net = e
+                    .parse::<IpNet>()
+                    .map_err(|_| format!("ipBlock except {e:?} is not a CIDR"))?
+                    .trunc();
+                if Family::of_net(&net) != Family::of_net(&cidr) || !cidr.contains(&net) {
+                    return Err(format!("ipBlock except {e} is not inside {cidr}"));
+                }
+                except.push(net);
+            }
+            except.sort();
+            except.dedup();
+            return Ok(Peer::Block { cidr, except });
+        }
+        let pods = selector(from_pod)?;
+        let namespaces = match from_ns {
+            None => Namespaces::Own(namespace.clone()),
+            Some(ns) => Namespaces::Selected(selector(Some(ns))?),
+        };
+        Ok(Peer::Pods(PodPeer { namespaces, pods }))
+    };
+    let ports =
+        |list: Option<&Vec<networking::NetworkPolicyPort>>| -> Result<Vec<PortSpec>, String> {
+            let mut out = Vec::new();
+            for p in list.into_iter().flatten() {
+                let protocol = protocol(p.protocol.as_deref())?;
+                use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+                let port = match &p.port {
+                    None => None,
+                    Some(IntOrString::Int(n)) => Some(PortRef::Number(
+                        u16::try_from(*n)
+                            .ok()
+                            .filter(|n| *n != 0)
+                            .ok_or_else(|| format!("port {n} is out of range 1-65535"))?,
+                    )),
+                    Some(IntOrString::String(s)) => Some(PortRef::Name(s.clone())),
+                };
+                let end_port =
+                    match (p.end_port, &port) {
+                        (None, _) => None,
+                        (Some(end), Some(PortRef::Number(start))) => {
+                            Some(u16::try_from(end).ok().filter(|e| e >= start).ok_or_else(
+                                || format!("endPort {end} is below port {start} or out of range"),
+                            )?)
+                        }
+                        (Some(_), _) => return Err("endPort needs a numeric port".to_string()),
+                    };
+                out.push(PortSpec {
+                    protocol,
+                    port,
+                    end_port,
+                });
+            }
+            Ok(out)
+        };
+    let ingress = if types.contains(&"Ingress") {
+        let mut rules = Vec::new();
+        for r in spec.ingress.iter().flatten() {
+            let peers = r
+                .from
+                .iter()
+                .flatten()
+                .map(|p| {
+                    peer(
+                        p.pod_selector.as_ref(),
+                        p.namespace_selector.as_ref(),
+                        p.ip_block.as_ref(),
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| reject(format!("ingress: {e}")))?;
+            let ports = ports(r.ports.as_ref()).map_err(|e| reject(format!("ingress: {e}")))?;
+            rules.push(PolicyRule { peers, ports });
+        }
+        Some(rules)
+    } else {
+        None
+    };
+    let egress = if types.contains(&"Egress") {
+        let mut rules = Vec::new();
+        for r in spec.egress.iter().flatten() {
+            let peers =
+                r.to.iter()
+                    .flatten()
+                    .map(|p| {
+                        peer(
+                            p.pod_selector.as_ref(),
+                            p.namespace_selector.as_ref(),
+                            p.ip_block.as_ref(),
+                        )
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| reject(format!("egress: {e}")))?;
+            let ports = ports(r.ports.as_ref()).map_err(|e| reject(format!("egress: {e}")))?;
+            rules.push(PolicyRule { peers, ports });
+        }
+        Some(rules)
+    } else {
+        None
+    };
+    Ok(Policy {
+        namespace,
+        name,
+        pod_selector,
+        ingress,
+        egress,
+    })
+}
+
+/// A pod as policy needs it, or `None` for a pod that neither is policed
+/// nor can be a peer (no IP yet, finished).
+pub fn convert_pod(p: &core::Pod) -> Result<Option<Pod>, Rejection> {
+    let namespace = p
+        .metadata
+        .namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "default".to_string());
+    let name = p.metadata.name.clone().unwrap_or_default();
+    let reject = |reason: String| Rejection {
+        object: format!("Pod {namespace}/{name}"),
+        reason,
+    };
+    let status = p.status.as_ref();
+    if matches!(
+        status.and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    ) {
+        return Ok(None);
+    }
+    let mut ips = Vec::new();
+    let listed: Vec<&str> = match status.and_then(|s| s.pod_ips.as_ref()) {
+        Some(list) if !list.is_empty() => list.iter().map(|i| i.ip.as_str()).collect(),
+        _ => status
+            .and_then(|s| s.pod_ip.as_deref())
+            .into_iter()
+            .collect(),
+    };
+    for text in listed {
+        let ip = text
+            .parse::<IpAddr>()
+            .map_err(|_| reject(format!("pod IP {text:?} is not an IP address")))?;
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    if ips.is_empty() {
+        return Ok(None);
+    }
+    let spec = p.spec.as_ref();
+    let mut named_ports = Vec::new();
+    for c in spec.map(|s| s.containers.as_slice()).unwrap_or_default() {
+        for port in c.ports.iter().flatten() {
+            if let Some(port_name) = &port.name {
+                let number = u16::try_from(port.container_port)
+                    .ok()
+                    .filter(|n| *n != 0)
+                    .ok_or_else(|| {
+                        reject(format!(
+                            "containerPort {} is out of range",
+                            port.container_port
+                        ))
+                    })?;
+                named_ports.push((
+                    port_name.clone(),
+                    protocol(port.protocol.as_deref()).map_err(reject)?,
+                    number,
+                ));
+            }
+        }
+    }
+    Ok(Some(Pod {
+        namespace,
+        name,
+        node: spec.and_then(|s| s.node_name.as_deref()).map(Arc::from),
+        ips,
+        labels: p.metadata.labels.clone().unwrap_or_default(),
+        host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+        named_ports,
+    }))
+}
+
+fn short_hash(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    hex::encode(&digest[..8]).to_uppercase()
+}
+
+fn family_tag(family: Family) -> &'static str {
+    match family {
+        Family::Inet => "",
+        Family::Inet6 => "6",
+    }
+}
+
+/// Everything policy compute reads.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyView {
+    pub pods: BTreeMap<(String, String), Pod>,
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    pub policies: BTreeMap<(String, String), Policy>,
+}
+
+impl PolicyView {
+    fn namespace_matches(&self, scope: &Namespaces, namespace: &str) -> bool {
+        match scope {
+            Namespaces::Own(ns) => ns == namespace,
+            Namespaces::Selected(sel) => {
+                let empty = BTreeMap::new();
+                sel.matches(self.namespaces.get(namespace).unwrap_or(&empty))
+            }
+        }
+    }
+
+    /// Pods (not host-network) a pod peer selects.
+    fn peer_pods<'a>(&'a self, peer: &'a PodPeer) -> impl Iterator<Item = &'a Pod> + 'a {
+        self.pods.values().filter(move |p| {
+            !p.host_network
+                && self.namespace_matches(&peer.namespaces, &p.namespace)
+                && peer.pods.matches(&p.labels)
+        })
+    }
+
+    /// Policies selecting a pod, split by direction.
+    fn selecting<'a>(&'a self, pod: &'a Pod) -> impl Iterator<Item = &'a Policy> + 'a {
+        self.policies.values().filter(move |pol| {
+            pol.namespace == pod.namespace && pol.pod_selector.matches(&pod.labels)
+        })
+    }
+
+    /// The policy part of one node's state: chains for its pods and the sets
+    /// those chains use.
+    pub fn node_fragment(&self, node: &str, police_node_traffic: bool) -> Fragment {
+        let mut builder = NodePolicy {
+            view: self,
+            fragment: Fragment::new(),
+            dispatch: BTreeMap::new(),
+        };
+        for pod in self.pods.values() {
+            if pod.host_network || pod.node.as_deref() != Some(node) {
+                continue;
+            }
+            let policies: Vec<&Policy> = self.selecting(pod).collect();
+            let ingress: Vec<&PolicyRule> = policies
+                .iter()
+                .filter_map(|p| p.ingress.as_ref())
+                .flatten()
+                .collect();
+            let egress: Vec<&PolicyRule> = policies
+                .iter()
+                .filter_map(|p| p.egress.as_ref())
+                .flatten()
+                .collect();
+            let isolated_in = policies.iter().any(|p| p.ingress.is_some());
+            let isolated_out = policies.iter().any(|p| p.egress.is_some());
+            for family in Family::ALL {
+                let ips: Vec<IpAddr> = pod
+                    .ips
+                    .iter()
+                    .copied()
+                    .filter(|ip| Family::of(ip) == family)
+                    .collect();
+                if ips.is_empty() {
+                    continue;
+                }
+                if isolated_out {
+                    let chain = format!(
+                        "SP-E-{}",
+                        short_hash(&format!("{}/{}", pod.namespace, pod.name))
+                    );
+                    let rules = builder.rules(pod, family, &egress, Direction::Egress);
+                    builder.pod_chain(family, &chain, rules);
+                    for ip in &ips {
+                        builder.dispatch(family, 0, Rule::new(["-s", &host(ip), "-j", &chain]));
+                    }
+                }
+                if isolated_in {
+                    let chain = format!(
+                        "SP-I-{}",
+                        short_hash(&format!("{}/{}", pod.namespace, pod.name))
+                    );
+                    let rules = builder.rules(pod, family, &ingress, Direction::Ingress);
+                    builder.pod_chain(family, &chain, rules);
+                    for ip in &ips {
+                        builder.dispatch(family, 1, Rule::new(["-d", &host(ip), "-j", &chain]));
+                    }
+                }
+            }
+        }
+        builder.finish(police_node_traffic)
+    }
+}
+
+fn host(ip: &IpAddr) -> String {
+    match ip {
+        IpAddr::V4(_) => format!("{ip}/32"),
+        IpAddr::V6(_) => format!("{ip}/128"),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Ingress,
+    Egress,
+}
+
+struct NodePolicy<'a> {
+    view: &'a PolicyView,
+    fragment: Fragment,
+    /// SP-POLICY rules per family: (stage, rule); egress checks first.
+    dispatch: BTreeMap<Family, Vec<(u8, Rule)>>,
+}
+
+impl NodePolicy<'_> {
+    fn dispatch(&mut self, family: Family, stage: u8, rule: Rule) {
+        self.dispatch.entry(family).or_default().push((stage, rule));
+    }
+
+    fn pod_chain(&mut self, family: Family, name: &str, mut rules: Vec<Rule>) {
+        rules.push(Rule::new(["-j", "DROP"]));
+        self.fragment.put_chain(
+            ChainKey {
+                family,
+                table: Table::Filter,
+                name: name.to_string(),
+            },
+            Arc::new(Chain { rules }),
+        );
+    }
+
+    fn ensure_set(
+        &mut self,
+        name: &str,
+        kind: SetType,
+        family: Family,
+        comment: String,
+        entries: Vec<SetEntry>,
+    ) {
+        if self.fragment.set(name).is_some() {
+            return;
+        }
+        self.fragment.put_set(
+            name,
+            SetSpec {
+                kind,
+                family,
+                maxelem: 262_144,
+                comment,
+            },
+        );
+        for e in entries {
+            self.fragment.add_entry(name, e);
+        }
+    }
+
+    /// The set of IPs of a pod peer, created on first use.
+    fn pod_set(&mut self, peer: &PodPeer, family: Family) -> String {
+        let key = match &peer.namespaces {
+            Namespaces::Own(ns) => format!("ns={ns}|pods={}", peer.pods.canonical()),
+            Namespaces::Selected(sel) => {
+                format!("nssel={}|pods={}", sel.canonical(), peer.pods.canonical())
+            }
+        };
+        let name = format!("SP-P{}-{}", family_tag(family), short_hash(&key));
+        let entries: Vec<SetEntry> = self
+            .view
+            .peer_pods(peer)
+            .flat_map(|p| p.ips.iter().copied())
+            .filter(|ip| Family::of(ip) == family)
+            .map(SetEntry::Ip)
+            .collect();
+        self.ensure_set(
+            &name,
+            SetType::HashIp,
+            family,
+            format!("pods: {key}"),
+            entries,
+        );
+        name
+    }
+
+    /// (IP, port) of the pods a peer selects that name `port` for `protocol`.
+    fn named_port_set(
+        &mut self,
+        peer: Option<&PodPeer>,
+        port: &str,
+        protocol: Protocol,
+        family: Family,
+    ) -> String {
+        let scope = match peer {
+            None => "all".to_string(),
+            Some(peer) => match &peer.namespaces {
+                Namespaces::Own(ns) => format!("ns={ns}|pods={}", peer.pods.canonical()),
+                Namespaces::Selected(sel) => {
+                    format!("nssel={}|pods={}", sel.canonical(), peer.pods.canonical())
+                }
+            },
+        };
+        let key = format!("{scope}|port={port}/{}", protocol.as_str());
+        let name = format!("SP-N{}-{}", family_tag(family), short_hash(&key));
+        let pods: Vec<&Pod> = match peer {
+            None => self
+                .view
+                .pods
+                .values()
+                .filter(|p| !p.host_network)
+                .collect(),
+            Some(peer) => self.view.peer_pods(peer).collect(),
+        };
+        let entries: Vec<SetEntry> = pods
+            .into_iter()
+            .filter_map(|p| p.named_port(port, protocol).map(|n| (p, n)))
+            .flat_map(|(p, n)| {
+                p.ips
+                    .iter()
+                    .filter(move |ip| Family::of(ip) == family)
+                    .map(move |ip| SetEntry::IpPort {
+                        ip: *ip,
+                        protocol,
+                        port: n,
+                    })
+            })
+            .collect();
+        self.ensure_set(
+            &name,
+            SetType::HashIpPort,
+            family,
+            format!("named port: {key}"),
+            entries,
+        );
+        name
+    }
+
+    /// The set of an ipBlock; `None` when the block is of the other family.
+    fn block_set(&mut self, cidr: &IpNet, except: &[IpNet], family: Family) -> Option<String> {
+        if Family::of_net(cidr) != family {
+            return None;
+        }
+        let key = format!("{cidr} except {except:?}");
+        let name = format!("SP-B{}-{}", family_tag(family), short_hash(&key));
+        // hash:net holds prefixes of length 1 and up: /0 is two halves.
+        let mut entries: Vec<SetEntry> = if cidr.prefix_len() == 0 {
+            match cidr.subnets(1) {
+                Ok(halves) => halves
+                    .map(|net| SetEntry::Net {
+                        net,
+                        nomatch: false,
+                    })
+                    .collect(),
+                Err(_) => Vec::new(),
+            }
+        } else {
+            vec![SetEntry::Net {
+                net: *cidr,
+                nomatch: false,
+            }]
+        };
+        entries.extend(except.iter().map(|net| SetEntry::Net {
+            net: *net,
+            nomatch: true,
+        }));
+        self.ensure_set(
+            &name,
+            SetType::HashNet,
+            family,
+            format!("ipBlock {key}"),
+            entries,
+        );
+        Some(name)
+    }
+
+    /// RETURN rules allowing what `rules` allow for `pod` in `direction`.
+    fn rules(
+        &mut self,
+        pod: &Pod,
+        family: Family,
+        rules: &[&PolicyRule],
+        direction: Direction,
+    ) -> Vec<Rule> {
+        let dir = match direction {
+            Direction::Ingress => "src",
+            Direction::Egress => "dst",
+        };
+        let mut out = Vec::new();
+        for rule in rules {
+            // Peer matches: `None` is "any peer".
+            let mut peers: Vec<(Option<String>, Option<&PodPeer>)> = Vec::new();
+            if rule.peers.is_empty() {
+                peers.push((None, None));
+            }
+            for peer in &rule.peers {
+                match peer {
+                    Peer::Pods(p) => {
+                        let set = self.pod_set(p, family);
+                        peers.push((Some(set), Some(p)));
+                    }
+                    Peer::Block { cidr, except } => {
+                        if let Some(set) = self.block_set(cidr, except, family) {
+                            peers.push((Some(set), None));
+                        }
+                    }
+                }
+            }
+            let any_port = [PortSpec {
+                protocol: Protocol::Tcp,
+                port: None,
+                end_port: None,
+            }];
+            let ports: &[PortSpec] = if rule.ports.is_empty() {
+                &any_port
+            } else {
+                &rule.ports
+            };
+            for (set, pod_peer) in &peers {
+                for port in ports {
+                    let mut args: Vec<String> = Vec::new();
+                    let peer_match = |args: &mut Vec<String>| {
+                        if let Some(set) = set {
+                            args.extend(["-m", "set", "--match-set", set, dir].map(String::from));
+                        }
+                    };
+                    if rule.ports.is_empty() {
+                        peer_match(&mut args);
+                    } else {
+                        match &port.port {
+                            None => {
+                                peer_match(&mut args);
+                                args.extend(["-p", port.protocol.as_str()].map(String::from));
+                            }
+                            Some(PortRef::Number(n)) => {
+                                peer_match(&mut args);
+                                let range = match port.end_port {
+                                    Some(end) if end != *n => format!("{n}:{end}"),
+                                    _ => n.to_string(),
+                                };
+                                args.extend(
+                                    ["-p", port.protocol.as_str(), "--dport", &range]
+                                        .map(String::from),
+                                );
+                            }
+                            Some(PortRef::Name(name)) => match direction {
+                                Direction::Ingress => {
+                                    // The name is the local pod's own port.
+                                    let Some(n) = pod.named_port(name, port.protocol) else {
+                                        continue;
+                                    };
+                                    peer_match(&mut args);
+                                    args.extend(
+                                        ["-p", port.protocol.as_str(), "--dport", &n.to_string()]
+                                            .map(String::from),
+                                    );
+                                }
+                                Direction::Egress => {
+                                    // The name is each destination pod's port: a
+                                    // set of (IP, port) replaces both matches.
+                                    if set.is_some() && pod_peer.is_none() {
+                                        continue; // an ipBlock has no named ports
+                                    }
+                                    let named =
+                                        self.named_port_set(*pod_peer, name, port.protocol, family);
+                                    args.extend(
+                                        ["-m", "set", "--match-set", &named, "dst,dst"]
+                                            .map(String::from),
+                                    );
+                                }
+                            },
+                        }
+                    }
+                    args.extend(["-j", "RETURN"].map(String::from));
+                    out.push(Rule(args));
+                }
+            }
+        }
+        out
+    }
+
+    fn finish(mut self, police_node_traffic: bool) -> Fragment {
+        for (family, mut rules) in std::mem::take(&mut self.dispatch) {
+            rules.sort_by_key(|(stage, _)| *stage);
+            let mut chain = vec![Rule::new([
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "RELATED,ESTABLISHED",
+                "-j",
+                "RETURN",
+            ])];
+            if !police_node_traffic {
+                // Kubernetes: traffic from a pod's own node is always allowed
+                // (kubelet probes).
+                chain.push(Rule::new([
+                    "-m",
+                    "addrtype",
+                    "--src-type",
+                    "LOCAL",
+                    "-j",
+                    "RETURN",
+                ]));
+            }
+            chain.extend(rules.into_iter().map(|(_, r)| r));
+            self.fragment.put_chain(
+                ChainKey {
+                    family,
+                    table: Table::Filter,
+                    name: CHAIN_POLICY.to_string(),
+                },
+                Arc::new(Chain { rules: chain }),
+            );
+            for from in ["FORWARD", "OUTPUT"] {
+                self.fragment.add_jump(Jump {
+                    family,
+                    table: Table::Filter,
+                    from: from.to_string(),
+                    position: 0,
+                    rule: Rule::new([
+                        "-m",
+                        "comment",
+                        "--comment",
+                        "setpoint network policy",
+                        "-j",
+                        CHAIN_POLICY,
+                    ]),
+                });
+            }
+        }
+        self.fragment
+    }
+}
