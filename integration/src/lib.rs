@@ -3,6 +3,8 @@
 
 use std::process::{Command, Output};
 
+pub mod cluster;
+
 /// A network namespace created for one test and deleted on drop, also when
 /// the test fails.
 pub struct Netns {
@@ -83,7 +85,7 @@ fn run_ok(cmd: &mut Command) -> anyhow::Result<String> {
 /// find the tools; there is no silent skip.
 pub fn require_root_and_tools() {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc_geteuid() };
+    let euid = unsafe { libc::geteuid() };
     assert_eq!(
         euid, 0,
         "these tests create network namespaces and need root (run them via scripts/test as root)"
@@ -103,9 +105,4 @@ pub fn require_root_and_tools() {
             "{tool} is not installed: scripts/test installs it (apt-get install ipset iptables iproute2)"
         );
     }
-}
-
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }

@@ -1,0 +1,398 @@
+//! A one-node cluster made of network namespaces, routed like Calico:
+//!
+//! ```text
+//!   pod netns (eth0 10.244.1.N/32, default via 169.254.1.1)
+//!        │ veth
+//!   node netns (route 10.244.1.N/32 dev vhN, proxy_arp, ip_forward) ── veth ── outside netns (192.168.250.2)
+//! ```
+//!
+//! Each pod runs TCP and UDP echo listeners in-process (sockets created in
+//! the pod's namespace); probes connect from inside a source namespace. The
+//! node namespace gets Setpoint's rendered state via the real `ipset` and
+//! `iptables-restore`.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+
+use crate::Netns;
+
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 250, 1);
+pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 250, 2);
+
+/// Runs `f` on a fresh thread that has entered the named network namespace;
+/// sockets made there stay in that namespace wherever they are used later.
+pub fn in_netns<T, F>(netns: &str, f: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let path = format!("/var/run/netns/{netns}");
+    std::thread::spawn(move || -> anyhow::Result<T> {
+        let file = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+        // SAFETY: setns on a valid namespace fd changes only this thread's
+        // network namespace; the thread ends right after `f`.
+        let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        if rc != 0 {
+            bail!("setns {path}: {}", std::io::Error::last_os_error());
+        }
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow!("thread in {netns} panicked"))?
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// The ports every pod listens on.
+pub const PORTS: [(Proto, u16); 4] = [
+    (Proto::Tcp, 80),
+    (Proto::Tcp, 81),
+    (Proto::Udp, 80),
+    (Proto::Udp, 81),
+];
+
+pub struct PodNet {
+    /// `namespace/name`.
+    pub id: String,
+    pub ip: Ipv4Addr,
+    netns: Netns,
+}
+
+/// The node, its pods, and a host outside the cluster.
+pub struct NodeNet {
+    pub node: Netns,
+    pub outside: Netns,
+    pub pods: Vec<PodNet>,
+    stop: Arc<AtomicBool>,
+    servers: Vec<JoinHandle<()>>,
+}
+
+impl NodeNet {
+    /// Builds the topology for `pods` (`namespace/name`, IP) and starts
+    /// their listeners.
+    pub fn build(pods: &[(String, Ipv4Addr)]) -> anyhow::Result<NodeNet> {
+        let node = Netns::create("node")?;
+        let outside = Netns::create("ext")?;
+        node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"], None)?;
+        link(
+            &node,
+            "vext",
+            &outside,
+            &format!("{NODE_IP}/24"),
+            &format!("{OUTSIDE_IP}/24"),
+        )?;
+        outside.exec(
+            &["ip", "route", "add", "default", "via", &NODE_IP.to_string()],
+            None,
+        )?;
+        // Proxy ARP answers for 169.254.1.1 only if the node can route it.
+        node.exec(
+            &[
+                "ip",
+                "route",
+                "add",
+                "default",
+                "via",
+                &OUTSIDE_IP.to_string(),
+            ],
+            None,
+        )?;
+        let mut nets = Vec::new();
+        for (i, (id, ip)) in pods.iter().enumerate() {
+            let pod = Netns::create("pod")?;
+            let host_if = format!("vh{i}");
+            let tmp_if = format!("vp{i}-{}", std::process::id() % 100_000);
+            node.exec(
+                &[
+                    "ip", "link", "add", &host_if, "type", "veth", "peer", "name", &tmp_if,
+                ],
+                None,
+            )?;
+            node.exec(&["ip", "link", "set", &tmp_if, "netns", pod.name()], None)?;
+            pod.exec(&["ip", "link", "set", &tmp_if, "name", "eth0"], None)?;
+            pod.exec(
+                &["ip", "addr", "add", &format!("{ip}/32"), "dev", "eth0"],
+                None,
+            )?;
+            pod.exec(&["ip", "link", "set", "eth0", "up"], None)?;
+            pod.exec(
+                &[
+                    "ip",
+                    "route",
+                    "add",
+                    "169.254.1.1",
+                    "dev",
+                    "eth0",
+                    "scope",
+                    "link",
+                ],
+                None,
+            )?;
+            pod.exec(
+                &[
+                    "ip",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    "169.254.1.1",
+                    "dev",
+                    "eth0",
+                ],
+                None,
+            )?;
+            node.exec(&["ip", "link", "set", &host_if, "up"], None)?;
+            node.exec(
+                &[
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv4.conf.{host_if}.proxy_arp=1"),
+                ],
+                None,
+            )?;
+            // Proxy ARP replies wait up to 0.8 s by default: longer than a probe.
+            node.exec(
+                &[
+                    "sysctl",
+                    "-qw",
+                    &format!("net.ipv4.neigh.{host_if}.proxy_delay=0"),
+                ],
+                None,
+            )?;
+            node.exec(
+                &["ip", "route", "add", &format!("{ip}/32"), "dev", &host_if],
+                None,
+            )?;
+            nets.push(PodNet {
+                id: id.clone(),
+                ip: *ip,
+                netns: pod,
+            });
+        }
+        let mut net = NodeNet {
+            node,
+            outside,
+            pods: nets,
+            stop: Arc::new(AtomicBool::new(false)),
+            servers: Vec::new(),
+        };
+        net.start_listeners()?;
+        Ok(net)
+    }
+
+    fn start_listeners(&mut self) -> anyhow::Result<()> {
+        for pod in &self.pods {
+            let ip = pod.ip;
+            let sockets = in_netns(pod.netns.name(), move || -> anyhow::Result<Vec<Socket>> {
+                let mut out = Vec::new();
+                for (proto, port) in PORTS {
+                    let addr = SocketAddr::from((ip, port));
+                    out.push(match proto {
+                        Proto::Tcp => Socket::Tcp(TcpListener::bind(addr)?),
+                        Proto::Udp => Socket::Udp(UdpSocket::bind(addr)?),
+                    });
+                }
+                Ok(out)
+            })??;
+            for socket in sockets {
+                let stop = self.stop.clone();
+                self.servers
+                    .push(std::thread::spawn(move || serve(socket, &stop)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces whatever the node namespace holds by `ipset` and
+    /// `iptables` texts (as `setpoint-controlplane render` prints them).
+    pub fn apply(&self, ipset: &str, iptables: &str) -> anyhow::Result<()> {
+        // Without --noflush the named tables are replaced whole: the node
+        // namespace belongs to the test.
+        let empty = "*filter\nCOMMIT\n*nat\nCOMMIT\n";
+        self.node.exec(&["iptables-restore", "-w"], Some(empty))?;
+        self.node.exec(&["ipset", "destroy"], None)?;
+        self.node.exec(&["ipset", "restore"], Some(ipset))?;
+        self.node
+            .exec(&["iptables-restore", "-w"], Some(iptables))?;
+        Ok(())
+    }
+
+    /// Probes every (source, destination pod, port) at once; sources are
+    /// the pods and `outside`. Returns reachability by (source, dest, port).
+    pub fn probe_all(&self) -> anyhow::Result<Matrix> {
+        let mut sources: Vec<(String, String)> = self
+            .pods
+            .iter()
+            .map(|p| (p.id.clone(), p.netns.name().to_string()))
+            .collect();
+        sources.push(("outside".to_string(), self.outside.name().to_string()));
+        let mut handles = Vec::new();
+        for (src, netns) in &sources {
+            for dst in &self.pods {
+                for (proto, port) in PORTS {
+                    let (src, netns, dst_id, ip) =
+                        (src.clone(), netns.clone(), dst.id.clone(), dst.ip);
+                    handles.push(std::thread::spawn(move || {
+                        let ok =
+                            in_netns(&netns, move || probe(proto, SocketAddr::from((ip, port))));
+                        ((src, dst_id, proto, port), ok)
+                    }));
+                }
+            }
+        }
+        let mut matrix = Matrix::default();
+        for h in handles {
+            let (key, ok) = h.join().map_err(|_| anyhow!("probe thread panicked"))?;
+            matrix.0.insert(key, ok?);
+        }
+        Ok(matrix)
+    }
+}
+
+impl Drop for NodeNet {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.servers.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+fn link(a: &Netns, a_if: &str, b: &Netns, a_addr: &str, b_addr: &str) -> anyhow::Result<()> {
+    let b_if = format!("{a_if}-p");
+    a.exec(
+        &[
+            "ip", "link", "add", a_if, "type", "veth", "peer", "name", &b_if,
+        ],
+        None,
+    )?;
+    a.exec(&["ip", "link", "set", &b_if, "netns", b.name()], None)?;
+    a.exec(&["ip", "addr", "add", a_addr, "dev", a_if], None)?;
+    a.exec(&["ip", "link", "set", a_if, "up"], None)?;
+    b.exec(&["ip", "addr", "add", b_addr, "dev", &b_if], None)?;
+    b.exec(&["ip", "link", "set", &b_if, "up"], None)?;
+    Ok(())
+}
+
+enum Socket {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
+}
+
+fn serve(socket: Socket, stop: &AtomicBool) {
+    match socket {
+        Socket::Tcp(listener) => {
+            if listener.set_nonblocking(true).is_err() {
+                return;
+            }
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((conn, _)) => drop(conn),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        }
+        Socket::Udp(udp) => {
+            if udp
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .is_err()
+            {
+                return;
+            }
+            let mut buf = [0u8; 64];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((n, from)) = udp.recv_from(&mut buf) {
+                    let _ = udp.send_to(&buf[..n], from);
+                }
+            }
+        }
+    }
+}
+
+const PROBE_TIMEOUT: Duration = Duration::from_millis(600);
+
+fn probe(proto: Proto, dst: SocketAddr) -> bool {
+    match proto {
+        Proto::Tcp => TcpStream::connect_timeout(&dst, PROBE_TIMEOUT).is_ok(),
+        Proto::Udp => {
+            let Ok(udp) = UdpSocket::bind("0.0.0.0:0") else {
+                return false;
+            };
+            if udp.set_read_timeout(Some(PROBE_TIMEOUT)).is_err()
+                || udp.send_to(b"ping", dst).is_err()
+            {
+                return false;
+            }
+            let mut buf = [0u8; 16];
+            matches!(udp.recv_from(&mut buf), Ok((4, from)) if from == dst)
+        }
+    }
+}
+
+/// Observed or expected reachability: (source, destination pod, protocol, port) → allowed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Matrix(pub BTreeMap<(String, String, Proto, u16), bool>);
+
+impl Matrix {
+    /// A table per (protocol, port): rows are sources, columns destinations;
+    /// `.` reachable, `X` blocked.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let dsts: Vec<&String> = {
+            let mut d: Vec<&String> = self.0.keys().map(|k| &k.1).collect();
+            d.sort();
+            d.dedup();
+            d
+        };
+        let srcs: Vec<&String> = {
+            let mut s: Vec<&String> = self.0.keys().map(|k| &k.0).collect();
+            s.sort();
+            s.dedup();
+            s
+        };
+        for (proto, port) in PORTS {
+            out.push_str(&format!("{proto}/{port}\n{:>9}", ""));
+            for d in &dsts {
+                out.push_str(&format!(" {:>5}", short(d)));
+            }
+            out.push('\n');
+            for s in &srcs {
+                out.push_str(&format!("{:>9}", short(s)));
+                for d in &dsts {
+                    let cell = match self.0.get(&((*s).clone(), (*d).clone(), proto, port)) {
+                        Some(true) => ".",
+                        Some(false) => "X",
+                        None => "?",
+                    };
+                    out.push_str(&format!(" {cell:>5}"));
+                }
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+fn short(id: &str) -> String {
+    id.to_string()
+}

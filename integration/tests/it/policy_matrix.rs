@@ -1,0 +1,468 @@
+//! NetworkPolicy on real packets: the upstream e2e layout (namespaces x, y,
+//! z; pods a, b, c; labels `pod=<name>`, `ns=<name>`), one node namespace,
+//! every (source, destination, port) probed, the whole matrix asserted.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use setpoint_compute::{ClusterObject, ComputeConfig, Index};
+use setpoint_dataplane::{Format, render};
+use setpoint_integration::cluster::{Matrix, NodeNet, PORTS, Proto};
+use setpoint_integration::require_root_and_tools;
+
+const NAMESPACES: [&str; 3] = ["x", "y", "z"];
+const PODS: [&str; 3] = ["a", "b", "c"];
+
+fn pod_ip(ns: usize, pod: usize) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, 1, (10 + ns * 3 + pod) as u8)
+}
+
+fn pod_id(ns: usize, pod: usize) -> String {
+    format!("{}/{}", NAMESPACES[ns], PODS[pod])
+}
+
+/// The cluster without policies, as manifests.
+fn cluster_yaml() -> String {
+    let mut out = format!(
+        "apiVersion: v1
+kind: Node
+metadata: {{name: node-1}}
+spec: {{podCIDR: 10.244.1.0/24}}
+status: {{addresses: [{{type: InternalIP, address: {}}}]}}
+",
+        setpoint_integration::cluster::NODE_IP
+    );
+    for (n, ns) in NAMESPACES.iter().enumerate() {
+        out.push_str(&format!(
+            "---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {ns}, labels: {{ns: {ns}, kubernetes.io/metadata.name: {ns}}}}}
+"
+        ));
+        for (p, pod) in PODS.iter().enumerate() {
+            out.push_str(&format!(
+                "---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {pod}, namespace: {ns}, labels: {{pod: {pod}, ns: {ns}}}}}
+spec:
+  nodeName: node-1
+  containers:
+  - name: c
+    ports:
+    - {{name: serve-80-tcp, containerPort: 80, protocol: TCP}}
+    - {{name: serve-81-tcp, containerPort: 81, protocol: TCP}}
+    - {{name: serve-80-udp, containerPort: 80, protocol: UDP}}
+    - {{name: serve-81-udp, containerPort: 81, protocol: UDP}}
+status: {{phase: Running, podIP: {ip}, podIPs: [{{ip: {ip}}}]}}
+",
+                ip = pod_ip(n, p)
+            ));
+        }
+    }
+    out
+}
+
+fn objects(yaml: &str) -> Vec<ClusterObject> {
+    let report = setpoint_source::parse_str(yaml, Path::new("scenario.yaml"));
+    assert!(
+        report.skipped.is_empty(),
+        "scenario manifests: {:?}",
+        report.skipped
+    );
+    report.objects
+}
+
+fn pods() -> Vec<(String, Ipv4Addr)> {
+    let mut out = Vec::new();
+    for n in 0..3 {
+        for p in 0..3 {
+            out.push((pod_id(n, p), pod_ip(n, p)));
+        }
+    }
+    out
+}
+
+/// Expected reachability, built by rules over (source, destination, port).
+struct Expect(Matrix);
+
+impl Expect {
+    fn all(allowed: bool) -> Expect {
+        let mut m = Matrix::default();
+        let mut sources: Vec<String> = pods().into_iter().map(|p| p.0).collect();
+        sources.push("outside".to_string());
+        for src in &sources {
+            for (dst, _) in pods() {
+                for (proto, port) in PORTS {
+                    m.0.insert(
+                        (src.clone(), dst.clone(), proto, port),
+                        allowed || *src == dst,
+                    );
+                }
+            }
+        }
+        Expect(m)
+    }
+
+    /// Sets every cell that all three filters accept; a pod reaching itself
+    /// never leaves its namespace and stays allowed.
+    fn set(
+        mut self,
+        src: impl Fn(&str) -> bool,
+        dst: impl Fn(&str) -> bool,
+        port: impl Fn(Proto, u16) -> bool,
+        allowed: bool,
+    ) -> Expect {
+        for ((s, d, proto, p), cell) in self.0.0.iter_mut() {
+            if src(s) && dst(d) && port(*proto, *p) && s != d {
+                *cell = allowed;
+            }
+        }
+        self
+    }
+}
+
+fn any(_: &str) -> bool {
+    true
+}
+fn any_port(_: Proto, _: u16) -> bool {
+    true
+}
+fn in_ns(ns: &'static str) -> impl Fn(&str) -> bool {
+    move |id| id.starts_with(&format!("{ns}/"))
+}
+fn is(id: &'static str) -> impl Fn(&str) -> bool {
+    move |x| x == id
+}
+
+/// Applies `policies` (YAML) on the node and compares the probed matrix.
+fn check(net: &NodeNet, policies: &str, expected: &Expect) {
+    let mut index = Index::new(ComputeConfig::default());
+    for o in objects(&cluster_yaml()) {
+        index.upsert(o);
+    }
+    if !policies.trim().is_empty() {
+        for o in objects(policies) {
+            index.upsert(o);
+        }
+    }
+    index.commit();
+    let problems: Vec<String> = index.problems().map(|p| p.rejection.to_string()).collect();
+    assert!(problems.is_empty(), "{problems:?}");
+    let state = index.node_state("node-1").expect("node-1");
+    assert!(state.validate().is_empty(), "{:?}", state.validate());
+    net.apply(
+        &render(&state, Format::Ipset),
+        &render(&state, Format::Iptables),
+    )
+    .expect("rendered state applies");
+    let observed = net.probe_all().expect("probes run");
+    if observed != expected.0 {
+        panic!(
+            "reachability differs\nexpected:\n{}\nobserved:\n{}\nrules:\n{}",
+            expected.0.render(),
+            observed.render(),
+            render(&state, Format::Iptables)
+                .lines()
+                .filter(|l| l.contains("SP-I-") || l.contains("SP-E-") || l.contains("SP-POLICY"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+}
+
+fn net() -> NodeNet {
+    require_root_and_tools();
+    NodeNet::build(&pods()).expect("namespaces build")
+}
+
+#[test]
+fn no_policy_allows_everything() {
+    let net = net();
+    check(&net, "", &Expect::all(true));
+}
+
+#[test]
+fn default_deny_ingress() {
+    let net = net();
+    check(
+        &net,
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: x}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+",
+        &Expect::all(true).set(any, in_ns("x"), any_port, false),
+    );
+}
+
+#[test]
+fn default_deny_egress() {
+    let net = net();
+    check(
+        &net,
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: x}
+spec: {podSelector: {}, policyTypes: [Egress]}
+",
+        &Expect::all(true).set(in_ns("x"), any, any_port, false),
+    );
+}
+
+#[test]
+fn allow_from_same_namespace() {
+    let net = net();
+    check(
+        &net,
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: same, namespace: x}
+spec:
+  podSelector: {}
+  ingress: [{from: [{podSelector: {}}]}]
+",
+        &Expect::all(true).set(any, in_ns("x"), any_port, false).set(
+            in_ns("x"),
+            in_ns("x"),
+            any_port,
+            true,
+        ),
+    );
+}
+
+#[test]
+fn namespace_and_pod_selector_in_one_peer_is_and() {
+    let net = net();
+    check(
+        &net,
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: and, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: b}}}]
+",
+        &Expect::all(true).set(any, is("x/a"), any_port, false).set(
+            is("y/b"),
+            is("x/a"),
+            any_port,
+            true,
+        ),
+    );
+}
+
+#[test]
+fn namespace_and_pod_selector_in_two_peers_is_or() {
+    let net = net();
+    check(
+        &net,
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: or, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from: [{namespaceSelector: {matchLabels: {ns: y}}}, {podSelector: {matchLabels: {pod: b}}}]
+",
+        &Expect::all(true)
+            .set(any, is("x/a"), any_port, false)
+            .set(in_ns("y"), is("x/a"), any_port, true)
+            .set(is("x/b"), is("x/a"), any_port, true),
+    );
+}
+
+#[test]
+fn match_expressions_select_namespaces() {
+    let net = net();
+    check(
+        &net,
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: expr, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from:
+    - namespaceSelector:
+        matchExpressions: [{key: ns, operator: NotIn, values: [x, y]}]
+",
+        &Expect::all(true).set(any, is("x/a"), any_port, false).set(
+            in_ns("z"),
+            is("x/a"),
+            any_port,
+            true,
+        ),
+    );
+}
+
+#[test]
+fn ip_block_with_except() {
+    let net = net();
+    // x/b is 10.244.1.11: the only pod carved out of the allowed block.
+    check(
+        &net,
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: block, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from: [{ipBlock: {cidr: 10.244.1.0/24, except: [10.244.1.11/32]}}]
+",
+        &Expect::all(true)
+            .set(is("x/b"), is("x/a"), any_port, false)
+            .set(is("outside"), is("x/a"), any_port, false),
+    );
+}
+
+#[test]
+fn ip_block_everything_admits_the_outside() {
+    let net = net();
+    check(
+        &net,
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: world, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from: [{ipBlock: {cidr: 0.0.0.0/0, except: [10.244.1.0/24]}}]
+",
+        &Expect::all(true).set(any, is("x/a"), any_port, false).set(
+            is("outside"),
+            is("x/a"),
+            any_port,
+            true,
+        ),
+    );
+}
+
+#[test]
+fn named_port_ingress() {
+    let net = net();
+    check(
+        &net,
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: named, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{ports: [{port: serve-81-tcp, protocol: TCP}]}]
+",
+        &Expect::all(true).set(any, is("x/a"), |p, n| !(p == Proto::Tcp && n == 81), false),
+    );
+}
+
+#[test]
+fn end_port_range_and_protocol() {
+    let net = net();
+    check(
+        &net,
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: range, namespace: x}
+spec:
+  podSelector: {}
+  ingress: [{ports: [{port: 80, endPort: 81, protocol: TCP}]}]
+",
+        &Expect::all(true).set(any, in_ns("x"), |p, _| p == Proto::Udp, false),
+    );
+}
+
+#[test]
+fn udp_port_only() {
+    let net = net();
+    check(
+        &net,
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: udp, namespace: y}
+spec:
+  podSelector: {matchLabels: {pod: c}}
+  ingress: [{ports: [{port: 81, protocol: UDP}]}]
+",
+        &Expect::all(true).set(any, is("y/c"), |p, n| !(p == Proto::Udp && n == 81), false),
+    );
+}
+
+#[test]
+fn policies_on_one_pod_are_a_union() {
+    let net = net();
+    check(
+        &net,
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-y, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: port-80, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{ports: [{port: 80, protocol: TCP}]}]
+",
+        &Expect::all(true)
+            .set(any, is("x/a"), any_port, false)
+            .set(in_ns("y"), is("x/a"), any_port, true)
+            .set(any, is("x/a"), |p, n| p == Proto::Tcp && n == 80, true),
+    );
+}
+
+#[test]
+fn egress_to_a_namespace_on_a_named_port() {
+    let net = net();
+    check(
+        &net,
+        "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: egress, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{namespaceSelector: {matchLabels: {ns: y}}}]
+    ports: [{port: serve-80-udp, protocol: UDP}]
+",
+        &Expect::all(true).set(is("x/a"), any, any_port, false).set(
+            is("x/a"),
+            in_ns("y"),
+            |p, n| p == Proto::Udp && n == 80,
+            true,
+        ),
+    );
+}
+
+#[test]
+fn a_label_change_flips_a_row() {
+    let net = net();
+    let policy = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: only-b, namespace: x}
+spec:
+  podSelector: {matchLabels: {pod: a}}
+  ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {role: client}}}]}]
+";
+    let denied = Expect::all(true).set(any, is("x/a"), any_port, false);
+    check(&net, policy, &denied);
+    let relabel = format!(
+        "{policy}---
+apiVersion: v1
+kind: Pod
+metadata: {{name: c, namespace: z, labels: {{pod: c, ns: z, role: client}}}}
+spec: {{nodeName: node-1, containers: [{{name: c}}]}}
+status: {{phase: Running, podIP: {ip}}}
+",
+        ip = pod_ip(2, 2)
+    );
+    check(
+        &net,
+        &relabel,
+        &denied.set(is("z/c"), is("x/a"), any_port, true),
+    );
+}
