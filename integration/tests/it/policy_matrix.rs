@@ -466,3 +466,227 @@ status: {{phase: Running, podIP: {ip}}}
         &denied.set(is("z/c"), is("x/a"), any_port, true),
     );
 }
+
+fn policy(name: &str, namespace: &str, spec: &str) -> String {
+    format!(
+        "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n{spec}"
+    )
+}
+
+#[test]
+fn an_empty_rule_allows_everything_despite_a_deny() {
+    let net = net();
+    let deny = policy("deny", "x", "  podSelector: {}\n  policyTypes: [Ingress]\n");
+    let allow = policy("allow", "x", "  podSelector: {}\n  ingress: [{}]\n");
+    check(&net, &format!("{deny}{allow}"), &Expect::all(true));
+}
+
+#[test]
+fn ingress_from_every_namespace_keeps_the_outside_out() {
+    let net = net();
+    check(
+        &net,
+        &policy(
+            "all-ns",
+            "y",
+            "  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {}}]}]\n",
+        ),
+        &Expect::all(true).set(is("outside"), in_ns("y"), any_port, false),
+    );
+}
+
+#[test]
+fn pod_selector_expressions_exists_and_not_in() {
+    let net = net();
+    check(
+        &net,
+        &policy(
+            "expr",
+            "x",
+            "  podSelector: {matchLabels: {pod: a}}
+  ingress:
+  - from: [{podSelector: {matchExpressions: [{key: pod, operator: Exists}, {key: pod, operator: NotIn, values: [b]}]}}]
+",
+        ),
+        &Expect::all(true)
+            .set(any, is("x/a"), any_port, false)
+            .set(is("x/c"), is("x/a"), any_port, true),
+    );
+}
+
+#[test]
+fn does_not_exist_selects_unlabelled_pods_only() {
+    let net = net();
+    check(
+        &net,
+        &policy(
+            "dne",
+            "z",
+            "  podSelector: {matchExpressions: [{key: tier, operator: DoesNotExist}]}\n  policyTypes: [Ingress]\n",
+        ),
+        &Expect::all(true).set(any, in_ns("z"), any_port, false),
+    );
+}
+
+#[test]
+fn pod_selector_in_isolates_only_those_pods() {
+    let net = net();
+    check(
+        &net,
+        &policy(
+            "in",
+            "y",
+            "  podSelector: {matchExpressions: [{key: pod, operator: In, values: [a, b]}]}\n  policyTypes: [Ingress]\n",
+        ),
+        &Expect::all(true).set(any, is("y/a"), any_port, false).set(
+            any,
+            is("y/b"),
+            any_port,
+            false,
+        ),
+    );
+}
+
+#[test]
+fn egress_to_an_ip_block() {
+    let net = net();
+    // 10.244.1.12/30 holds x/c, y/a, y/b and y/c.
+    check(
+        &net,
+        &policy(
+            "egress-block",
+            "x",
+            "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{to: [{ipBlock: {cidr: 10.244.1.12/30}}]}]\n",
+        ),
+        &Expect::all(true)
+            .set(is("x/a"), any, any_port, false)
+            .set(is("x/a"), is("x/c"), any_port, true)
+            .set(is("x/a"), in_ns("y"), any_port, true),
+    );
+}
+
+#[test]
+fn ingress_and_egress_on_one_pod() {
+    let net = net();
+    check(
+        &net,
+        &policy(
+            "both",
+            "x",
+            "  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Ingress, Egress]
+  ingress: [{from: [{namespaceSelector: {matchLabels: {ns: y}}}]}]
+  egress: [{to: [{namespaceSelector: {matchLabels: {ns: z}}}]}]
+",
+        ),
+        &Expect::all(true)
+            .set(any, is("x/a"), any_port, false)
+            .set(in_ns("y"), is("x/a"), any_port, true)
+            .set(is("x/a"), any, any_port, false)
+            .set(is("x/a"), in_ns("z"), any_port, true),
+    );
+}
+
+#[test]
+fn deleting_a_policy_opens_again() {
+    let net = net();
+    let deny = policy(
+        "deny",
+        "x",
+        "  podSelector: {}\n  policyTypes: [Ingress, Egress]\n",
+    );
+    check(
+        &net,
+        &deny,
+        &Expect::all(true).set(any, in_ns("x"), any_port, false).set(
+            in_ns("x"),
+            any,
+            any_port,
+            false,
+        ),
+    );
+    check(&net, "", &Expect::all(true));
+}
+
+#[test]
+fn egress_deny_everywhere_leaves_only_loopback() {
+    let net = net();
+    let spec = "  podSelector: {}\n  policyTypes: [Egress]\n";
+    let all = format!(
+        "{}{}{}",
+        policy("d", "x", spec),
+        policy("d", "y", spec),
+        policy("d", "z", spec)
+    );
+    check(
+        &net,
+        &all,
+        &Expect::all(false).set(is("outside"), any, any_port, true),
+    );
+}
+
+#[test]
+fn several_ports_in_one_rule() {
+    let net = net();
+    check(
+        &net,
+        &policy(
+            "ports",
+            "z",
+            "  podSelector: {matchLabels: {pod: b}}\n  ingress: [{ports: [{port: 80, protocol: TCP}, {port: 81, protocol: UDP}]}]\n",
+        ),
+        &Expect::all(true).set(
+            any,
+            is("z/b"),
+            |p, n| !((p == Proto::Tcp && n == 80) || (p == Proto::Udp && n == 81)),
+            false,
+        ),
+    );
+}
+
+#[test]
+fn egress_to_a_services_backing_pods() {
+    let net = net();
+    // The Service selects pod=b in y; the policy lets x/a reach exactly
+    // those pods, on the service's target port.
+    let service = "---
+apiVersion: v1
+kind: Service
+metadata: {name: backend, namespace: y}
+spec: {clusterIP: 10.96.0.20, selector: {pod: b}, ports: [{port: 80, targetPort: 80}]}
+";
+    let egress = policy(
+        "to-backend",
+        "x",
+        "  podSelector: {matchLabels: {pod: a}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{namespaceSelector: {matchLabels: {ns: y}}, podSelector: {matchLabels: {pod: b}}}]
+    ports: [{port: 80, protocol: TCP}]
+",
+    );
+    check(
+        &net,
+        &format!("{service}{egress}"),
+        &Expect::all(true).set(is("x/a"), any, any_port, false).set(
+            is("x/a"),
+            is("y/b"),
+            |p, n| p == Proto::Tcp && n == 80,
+            true,
+        ),
+    );
+}
+
+#[test]
+fn egress_on_a_named_port_to_everyone() {
+    let net = net();
+    check(
+        &net,
+        &policy(
+            "named-any",
+            "x",
+            "  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{ports: [{port: serve-81-tcp, protocol: TCP}]}]\n",
+        ),
+        &Expect::all(true).set(is("x/a"), any, |p, n| !(p == Proto::Tcp && n == 81), false),
+    );
+}
