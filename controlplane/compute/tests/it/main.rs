@@ -13,6 +13,7 @@ mod external;
 mod ignored;
 mod incremental;
 mod node_port;
+mod policy;
 mod properties;
 mod scheduling;
 mod topology;
