@@ -26,7 +26,7 @@ use crate::layout::{ComputeConfig, SetId, base_fragment};
 use crate::model::{EndpointSlice, Node, Service, ServiceId};
 use crate::object::{ClusterObject, ObjectKey};
 use crate::plan::{Atom, Frontend, NodeScope, ServicePlan, frontends, plan_service};
-use crate::policy::{self, PolicyView};
+use crate::policy::{self, PeerUse, PolicyView};
 
 /// `(namespace, name)` of an EndpointSlice.
 type SliceKey = (Arc<str>, Arc<str>);
@@ -182,8 +182,16 @@ pub struct Index {
     nodes: BTreeMap<Arc<str>, Node>,
     /// Pods, namespace labels and policies, validated, for policy compute.
     policy_view: PolicyView,
-    policy_dirty: bool,
+    /// Every node's policy fragment must be rebuilt (a namespace, policy or
+    /// node changed).
+    policy_full: bool,
+    /// Pods changed since the last commit: (before, after).
+    policy_pod_changes: Vec<(Option<policy::Pod>, Option<policy::Pod>)>,
     policy_fragments: BTreeMap<Arc<str>, Arc<Fragment>>,
+    /// Which nodes have sets drawn from each peer, so that a pod change
+    /// rebuilds only the nodes whose sets it enters or leaves.
+    peer_nodes: HashMap<PeerUse, BTreeSet<Arc<str>>>,
+    node_peers: HashMap<Arc<str>, Vec<PeerUse>>,
     problems: BTreeMap<ObjectKey, Vec<Problem>>,
     ignored: BTreeMap<ObjectKey, &'static str>,
 
@@ -287,26 +295,27 @@ impl Index {
             }
             ClusterObject::Pod(pod) => {
                 let slot = (key.namespace.clone(), key.name.clone());
-                match policy::convert_pod(&pod) {
-                    Ok(Some(model)) => {
-                        self.policy_view.pods.insert(slot, model);
-                    }
-                    Ok(None) => {
-                        self.policy_view.pods.remove(&slot);
-                    }
+                let new = match policy::convert_pod(&pod) {
+                    Ok(model) => model,
                     Err(r) => {
                         self.note(&key, vec![r], true);
-                        self.policy_view.pods.remove(&slot);
+                        None
                     }
+                };
+                let old = match &new {
+                    Some(model) => self.policy_view.pods.insert(slot, model.clone()),
+                    None => self.policy_view.pods.remove(&slot),
+                };
+                if old != new {
+                    self.policy_pod_changes.push((old, new));
                 }
-                self.policy_dirty = true;
             }
             ClusterObject::Namespace(ns) => {
-                self.policy_view.namespaces.insert(
-                    key.name.clone(),
-                    ns.metadata.labels.clone().unwrap_or_default(),
-                );
-                self.policy_dirty = true;
+                let labels = ns.metadata.labels.clone().unwrap_or_default();
+                if self.policy_view.namespaces.get(&key.name) != Some(&labels) {
+                    self.policy_view.namespaces.insert(key.name.clone(), labels);
+                    self.policy_full = true;
+                }
             }
             ClusterObject::NetworkPolicy(np) => {
                 let slot = (key.namespace.clone(), key.name.clone());
@@ -319,7 +328,7 @@ impl Index {
                         self.policy_view.policies.remove(&slot);
                     }
                 }
-                self.policy_dirty = true;
+                self.policy_full = true;
             }
         }
     }
@@ -350,14 +359,16 @@ impl Index {
             }
             "Pod" => {
                 let slot = (key.namespace.clone(), key.name.clone());
-                self.policy_dirty |= self.policy_view.pods.remove(&slot).is_some();
+                if let Some(old) = self.policy_view.pods.remove(&slot) {
+                    self.policy_pod_changes.push((Some(old), None));
+                }
             }
             "Namespace" => {
-                self.policy_dirty |= self.policy_view.namespaces.remove(&key.name).is_some();
+                self.policy_full |= self.policy_view.namespaces.remove(&key.name).is_some();
             }
             "NetworkPolicy" => {
                 let slot = (key.namespace.clone(), key.name.clone());
-                self.policy_dirty |= self.policy_view.policies.remove(&slot).is_some();
+                self.policy_full |= self.policy_view.policies.remove(&slot).is_some();
             }
             _ => {}
         }
@@ -567,8 +578,12 @@ impl Index {
             }
             touched.push(name);
         }
-        if self.policy_dirty || self.nodes_changed {
-            touched.extend(self.recompute_policy());
+        if self.policy_full || self.nodes_changed {
+            self.policy_pod_changes.clear();
+            touched.extend(self.recompute_policy(None));
+        } else if !self.policy_pod_changes.is_empty() {
+            let affected = self.nodes_affected_by_pod_changes();
+            touched.extend(self.recompute_policy(Some(affected)));
         }
         self.nodes_changed = false;
 
@@ -591,37 +606,105 @@ impl Index {
         outcome
     }
 
-    /// Rebuilds every node's policy fragment; returns the nodes whose
-    /// policy fragment changed.
-    fn recompute_policy(&mut self) -> Vec<Arc<str>> {
-        self.policy_dirty = false;
+    /// Nodes whose policy fragment a pod change can alter: the pod's node
+    /// (before and after) and the nodes with sets whose members change — the
+    /// pod enters or leaves them, or a member's addresses or ports change.
+    fn nodes_affected_by_pod_changes(&mut self) -> BTreeSet<Arc<str>> {
+        let mut affected = BTreeSet::new();
+        for (old, new) in std::mem::take(&mut self.policy_pod_changes) {
+            for pod in [&old, &new].into_iter().flatten() {
+                if let Some(node) = &pod.node {
+                    affected.insert(node.clone());
+                }
+            }
+            let same_addresses = match (&old, &new) {
+                (Some(a), Some(b)) => a.ips == b.ips && a.named_ports == b.named_ports,
+                _ => false,
+            };
+            for (peer, nodes) in &self.peer_nodes {
+                let was = old
+                    .as_ref()
+                    .is_some_and(|p| self.policy_view.peer_has(peer, p));
+                let is = new
+                    .as_ref()
+                    .is_some_and(|p| self.policy_view.peer_has(peer, p));
+                if was != is || (is && !same_addresses) {
+                    affected.extend(nodes.iter().cloned());
+                }
+            }
+        }
+        affected
+    }
+
+    /// Rebuilds the policy fragment of `only` those nodes, or of every node;
+    /// returns the nodes whose policy fragment changed.
+    fn recompute_policy(&mut self, only: Option<BTreeSet<Arc<str>>>) -> Vec<Arc<str>> {
+        self.policy_full = false;
+        let targets: Vec<Arc<str>> = match &only {
+            None => self.nodes.keys().cloned().collect(),
+            Some(set) => set
+                .iter()
+                .filter(|n| self.nodes.contains_key(*n))
+                .cloned()
+                .collect(),
+        };
         let view = &self.policy_view;
         let police = self.config.police_node_traffic;
-        let fresh: Vec<(Arc<str>, Fragment)> = self
-            .nodes
-            .keys()
-            .collect::<Vec<_>>()
+        let by_node = view.pods_by_node();
+        let members = policy::MemberCache::default();
+        let fresh: Vec<(Arc<str>, Fragment, Vec<PeerUse>)> = targets
             .par_iter()
-            .map(|name| ((*name).clone(), view.node_fragment(name, police)))
+            .map(|name| {
+                let local = by_node.get(&**name).map(Vec::as_slice).unwrap_or(&[]);
+                let (fragment, used) = view.node_fragment(local, police, &members);
+                (name.clone(), fragment, used)
+            })
             .collect();
+        if only.is_none() {
+            // Nodes that are gone lose their fragment and their peer uses.
+            let gone: Vec<Arc<str>> = self
+                .node_peers
+                .keys()
+                .chain(self.policy_fragments.keys())
+                .filter(|n| !self.nodes.contains_key(*n))
+                .cloned()
+                .collect();
+            for name in gone {
+                self.policy_fragments.remove(&name);
+                self.forget_peers(&name);
+            }
+        }
         let mut changed = Vec::new();
-        let mut next = BTreeMap::new();
-        for (name, fragment) in fresh {
+        for (name, fragment, used) in fresh {
+            self.forget_peers(&name);
+            for peer in &used {
+                self.peer_nodes
+                    .entry(peer.clone())
+                    .or_default()
+                    .insert(name.clone());
+            }
+            self.node_peers.insert(name.clone(), used);
             let same = self
                 .policy_fragments
                 .get(&name)
                 .is_some_and(|old| old.digest() == fragment.digest());
-            if same {
-                if let Some(old) = self.policy_fragments.remove(&name) {
-                    next.insert(name, old);
-                }
-            } else {
+            if !same {
                 changed.push(name.clone());
-                next.insert(name, Arc::new(fragment));
+                self.policy_fragments.insert(name, Arc::new(fragment));
             }
         }
-        self.policy_fragments = next;
         changed
+    }
+
+    fn forget_peers(&mut self, node: &Arc<str>) {
+        for peer in self.node_peers.remove(node).unwrap_or_default() {
+            if let Some(nodes) = self.peer_nodes.get_mut(&peer) {
+                nodes.remove(node);
+                if nodes.is_empty() {
+                    self.peer_nodes.remove(&peer);
+                }
+            }
+        }
     }
 
     /// Edits the fragments a plan change touches; returns whether the
@@ -910,6 +993,50 @@ mod tests {
             if kind != Kind::InternalLocal {
                 assert!(!outcome.changed_nodes.is_empty(), "step {step} ({kind:?})");
             }
+        }
+    }
+
+    /// Pod label changes rebuild only some nodes' policy fragments; the
+    /// result must still equal a fresh index's.
+    #[test]
+    fn incremental_policy_equals_from_scratch() {
+        use crate::synthetic::PolicyShape;
+        let shape = PolicyShape {
+            nodes: 6,
+            namespaces: 4,
+            pods: 40,
+            policies: 12,
+        };
+        let mut objects = synthetic::policy_cluster(&shape);
+        let mut index = Index::new(ComputeConfig::default());
+        for o in objects.clone() {
+            index.upsert(o);
+        }
+        index.commit();
+        let first_pod = shape.nodes + shape.namespaces;
+        for step in 0..15 {
+            let i = (step * 7) % shape.pods;
+            let pod = synthetic::policy_pod(i, &shape, step + 1);
+            objects[first_pod + i] = pod.clone();
+            index.upsert(pod);
+            let outcome = index.commit();
+            let mut fresh = Index::new(ComputeConfig::default());
+            for o in objects.clone() {
+                fresh.upsert(o);
+            }
+            fresh.commit();
+            for name in fresh.node_names() {
+                let (a, b) = (
+                    index.node_state(name).unwrap(),
+                    fresh.node_state(name).unwrap(),
+                );
+                assert!(a == b, "step {step} node {name}");
+                assert_eq!(index.node_digest(name), Some(b.digest()));
+            }
+            assert!(
+                outcome.changed_nodes.len() < shape.nodes,
+                "step {step}: not every node"
+            );
         }
     }
 }

@@ -467,21 +467,57 @@ impl PolicyView {
 
     /// Policies selecting a pod, split by direction.
     fn selecting<'a>(&'a self, pod: &'a Pod) -> impl Iterator<Item = &'a Policy> + 'a {
-        self.policies.values().filter(move |pol| {
-            pol.namespace == pod.namespace && pol.pod_selector.matches(&pod.labels)
-        })
+        self.policies
+            .range((pod.namespace.clone(), String::new())..)
+            .take_while(move |((ns, _), _)| *ns == pod.namespace)
+            .map(|(_, pol)| pol)
+            .filter(move |pol| pol.pod_selector.matches(&pod.labels))
     }
 
-    /// The policy part of one node's state: chains for its pods and the sets
-    /// those chains use.
-    pub fn node_fragment(&self, node: &str, police_node_traffic: bool) -> Fragment {
+    /// Whether a pod is (or, for `old`, was) a member of a peer's sets.
+    pub fn peer_has(&self, peer: &PeerUse, pod: &Pod) -> bool {
+        if pod.host_network {
+            return false;
+        }
+        match peer {
+            PeerUse::AllPods => true,
+            PeerUse::Pods(p) => {
+                self.namespace_matches(&p.namespaces, &pod.namespace) && p.pods.matches(&pod.labels)
+            }
+        }
+    }
+
+    /// Pods by node, for [`PolicyView::node_fragment`].
+    pub fn pods_by_node(&self) -> BTreeMap<&str, Vec<&Pod>> {
+        let mut out: BTreeMap<&str, Vec<&Pod>> = BTreeMap::new();
+        for pod in self.pods.values() {
+            if let Some(node) = pod.node.as_deref()
+                && !pod.host_network
+            {
+                out.entry(node).or_default().push(pod);
+            }
+        }
+        out
+    }
+
+    /// The policy part of one node's state — chains for `local` (the
+    /// node's pods) and the sets they use — and the peers those sets draw
+    /// from. `members` caches set contents across the nodes of one pass.
+    pub fn node_fragment(
+        &self,
+        local: &[&Pod],
+        police_node_traffic: bool,
+        members: &MemberCache,
+    ) -> (Fragment, Vec<PeerUse>) {
         let mut builder = NodePolicy {
             view: self,
             fragment: Fragment::new(),
             dispatch: BTreeMap::new(),
+            members,
+            used: Vec::new(),
         };
-        for pod in self.pods.values() {
-            if pod.host_network || pod.node.as_deref() != Some(node) {
+        for pod in local.iter().copied() {
+            if pod.host_network {
                 continue;
             }
             let policies: Vec<&Policy> = self.selecting(pod).collect();
@@ -531,9 +567,22 @@ impl PolicyView {
                 }
             }
         }
-        builder.finish(police_node_traffic)
+        let used = std::mem::take(&mut builder.used);
+        (builder.finish(police_node_traffic), used)
     }
 }
+
+/// The pods a set draws its members from.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PeerUse {
+    Pods(PodPeer),
+    /// Every pod (a named port with no peer restriction).
+    AllPods,
+}
+
+/// Set contents by set name, computed once per pass and shared by every
+/// node that has the set.
+pub type MemberCache = std::sync::Mutex<std::collections::HashMap<String, Arc<Vec<SetEntry>>>>;
 
 fn host(ip: &IpAddr) -> String {
     match ip {
@@ -553,6 +602,8 @@ struct NodePolicy<'a> {
     fragment: Fragment,
     /// SP-POLICY rules per family: (stage, rule); egress checks first.
     dispatch: BTreeMap<Family, Vec<(u8, Rule)>>,
+    members: &'a MemberCache,
+    used: Vec<PeerUse>,
 }
 
 impl NodePolicy<'_> {
@@ -572,13 +623,27 @@ impl NodePolicy<'_> {
         );
     }
 
+    /// Set contents from the cache, computed by `compute` on a miss.
+    fn cached(&self, name: &str, compute: impl FnOnce() -> Vec<SetEntry>) -> Arc<Vec<SetEntry>> {
+        if let Ok(cache) = self.members.lock()
+            && let Some(hit) = cache.get(name)
+        {
+            return hit.clone();
+        }
+        let entries = Arc::new(compute());
+        if let Ok(mut cache) = self.members.lock() {
+            cache.insert(name.to_string(), entries.clone());
+        }
+        entries
+    }
+
     fn ensure_set(
         &mut self,
         name: &str,
         kind: SetType,
         family: Family,
         comment: String,
-        entries: Vec<SetEntry>,
+        entries: &[SetEntry],
     ) {
         if self.fragment.set(name).is_some() {
             return;
@@ -593,7 +658,7 @@ impl NodePolicy<'_> {
             },
         );
         for e in entries {
-            self.fragment.add_entry(name, e);
+            self.fragment.add_entry(name, e.clone());
         }
     }
 
@@ -606,19 +671,24 @@ impl NodePolicy<'_> {
             }
         };
         let name = format!("SP-P{}-{}", family_tag(family), short_hash(&key));
-        let entries: Vec<SetEntry> = self
-            .view
-            .peer_pods(peer)
-            .flat_map(|p| p.ips.iter().copied())
-            .filter(|ip| Family::of(ip) == family)
-            .map(SetEntry::Ip)
-            .collect();
+        if self.fragment.set(&name).is_some() {
+            return name;
+        }
+        self.used.push(PeerUse::Pods(peer.clone()));
+        let view = self.view;
+        let entries = self.cached(&name, || {
+            view.peer_pods(peer)
+                .flat_map(|p| p.ips.iter().copied())
+                .filter(|ip| Family::of(ip) == family)
+                .map(SetEntry::Ip)
+                .collect()
+        });
         self.ensure_set(
             &name,
             SetType::HashIp,
             family,
             format!("pods: {key}"),
-            entries,
+            &entries,
         );
         name
     }
@@ -642,35 +712,39 @@ impl NodePolicy<'_> {
         };
         let key = format!("{scope}|port={port}/{}", protocol.as_str());
         let name = format!("SP-N{}-{}", family_tag(family), short_hash(&key));
-        let pods: Vec<&Pod> = match peer {
-            None => self
-                .view
-                .pods
-                .values()
-                .filter(|p| !p.host_network)
-                .collect(),
-            Some(peer) => self.view.peer_pods(peer).collect(),
-        };
-        let entries: Vec<SetEntry> = pods
-            .into_iter()
-            .filter_map(|p| p.named_port(port, protocol).map(|n| (p, n)))
-            .flat_map(|(p, n)| {
-                p.ips
-                    .iter()
-                    .filter(move |ip| Family::of(ip) == family)
-                    .map(move |ip| SetEntry::IpPort {
-                        ip: *ip,
-                        protocol,
-                        port: n,
-                    })
-            })
-            .collect();
+        if self.fragment.set(&name).is_some() {
+            return name;
+        }
+        self.used.push(match peer {
+            None => PeerUse::AllPods,
+            Some(peer) => PeerUse::Pods(peer.clone()),
+        });
+        let view = self.view;
+        let entries = self.cached(&name, || {
+            let pods: Vec<&Pod> = match peer {
+                None => view.pods.values().filter(|p| !p.host_network).collect(),
+                Some(peer) => view.peer_pods(peer).collect(),
+            };
+            pods.into_iter()
+                .filter_map(|p| p.named_port(port, protocol).map(|n| (p, n)))
+                .flat_map(|(p, n)| {
+                    p.ips
+                        .iter()
+                        .filter(move |ip| Family::of(ip) == family)
+                        .map(move |ip| SetEntry::IpPort {
+                            ip: *ip,
+                            protocol,
+                            port: n,
+                        })
+                })
+                .collect()
+        });
         self.ensure_set(
             &name,
             SetType::HashIpPort,
             family,
             format!("named port: {key}"),
-            entries,
+            &entries,
         );
         name
     }
@@ -708,7 +782,7 @@ impl NodePolicy<'_> {
             SetType::HashNet,
             family,
             format!("ipBlock {key}"),
-            entries,
+            &entries,
         );
         Some(name)
     }

@@ -195,3 +195,161 @@ pub fn cluster(shape: &ClusterShape) -> Vec<ClusterObject> {
     }
     out
 }
+
+/// Size of a synthetic NetworkPolicy workload.
+#[derive(Clone, Copy, Debug)]
+pub struct PolicyShape {
+    pub nodes: usize,
+    pub namespaces: usize,
+    pub pods: usize,
+    pub policies: usize,
+}
+
+impl PolicyShape {
+    /// The scale the NetworkPolicy issue targets.
+    pub const TARGET: PolicyShape = PolicyShape {
+        nodes: 500,
+        namespaces: 1_000,
+        pods: 10_000,
+        policies: 3_000,
+    };
+}
+
+pub fn policy_namespace(i: usize) -> String {
+    format!("ns-{i:04}")
+}
+
+/// Pod `i` with `app` label `app-<k>`; `generation` moves it between apps
+/// so that each generation is a label change.
+pub fn policy_pod(i: usize, shape: &PolicyShape, generation: usize) -> ClusterObject {
+    let ns = policy_namespace(i % shape.namespaces.max(1));
+    let mut labels = BTreeMap::new();
+    labels.insert(
+        "app".to_string(),
+        format!("app-{}", (i / shape.namespaces.max(1) + generation) % 5),
+    );
+    labels.insert(
+        "tier".to_string(),
+        if i.is_multiple_of(2) { "web" } else { "db" }.to_string(),
+    );
+    let node = i % shape.nodes.max(1);
+    ClusterObject::Pod(core::Pod {
+        metadata: ObjectMeta {
+            labels: Some(labels),
+            ..meta(Some(&ns), &format!("pod-{i:05}"))
+        },
+        spec: Some(core::PodSpec {
+            node_name: Some(node_name(node)),
+            containers: vec![core::Container {
+                name: "c".to_string(),
+                ports: Some(vec![core::ContainerPort {
+                    name: Some("http".to_string()),
+                    container_port: 8080,
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        status: Some(core::PodStatus {
+            phase: Some("Running".to_string()),
+            pod_ip: Some(format!(
+                "10.{}.{}.{}",
+                128 + i / 65536,
+                (i / 256) % 256,
+                i % 256
+            )),
+            ..Default::default()
+        }),
+    })
+}
+
+/// Policy `i` in namespace `i % namespaces`: three kinds in turn — allow
+/// from the same app, allow from a labelled namespace on a named port,
+/// egress to an ipBlock.
+pub fn policy(i: usize, shape: &PolicyShape) -> ClusterObject {
+    use k8s_openapi::api::networking::v1 as net;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let ns = policy_namespace(i % shape.namespaces.max(1));
+    let app = |k: usize| LabelSelector {
+        match_labels: Some([("app".to_string(), format!("app-{}", k % 5))].into()),
+        ..Default::default()
+    };
+    let spec = match i % 3 {
+        0 => net::NetworkPolicySpec {
+            pod_selector: Some(app(i)),
+            ingress: Some(vec![net::NetworkPolicyIngressRule {
+                from: Some(vec![net::NetworkPolicyPeer {
+                    pod_selector: Some(app(i)),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        },
+        1 => net::NetworkPolicySpec {
+            pod_selector: Some(app(i + 1)),
+            ingress: Some(vec![net::NetworkPolicyIngressRule {
+                from: Some(vec![net::NetworkPolicyPeer {
+                    namespace_selector: Some(LabelSelector {
+                        match_labels: Some(
+                            [("team".to_string(), format!("team-{}", i % 10))].into(),
+                        ),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ports: Some(vec![net::NetworkPolicyPort {
+                    port: Some(IntOrString::String("http".to_string())),
+                    ..Default::default()
+                }]),
+            }]),
+            ..Default::default()
+        },
+        _ => net::NetworkPolicySpec {
+            pod_selector: Some(app(i + 2)),
+            policy_types: Some(vec!["Egress".to_string()]),
+            egress: Some(vec![net::NetworkPolicyEgressRule {
+                to: Some(vec![net::NetworkPolicyPeer {
+                    ip_block: Some(net::IPBlock {
+                        cidr: "10.128.0.0/9".to_string(),
+                        except: Some(vec![format!("10.128.{}.0/24", i % 40)]),
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        },
+    };
+    ClusterObject::NetworkPolicy(net::NetworkPolicy {
+        metadata: meta(Some(&ns), &format!("policy-{i:04}")),
+        spec: Some(spec),
+    })
+}
+
+/// Nodes, namespaces, pods and policies of a policy workload.
+pub fn policy_cluster(shape: &PolicyShape) -> Vec<ClusterObject> {
+    let node_shape = ClusterShape {
+        nodes: shape.nodes,
+        services: 0,
+        endpoints: 0,
+        zones: 3,
+    };
+    let mut out: Vec<ClusterObject> = (0..shape.nodes).map(|i| node(i, &node_shape)).collect();
+    for n in 0..shape.namespaces {
+        let mut labels = BTreeMap::new();
+        labels.insert("team".to_string(), format!("team-{}", n % 10));
+        out.push(ClusterObject::Namespace(core::Namespace {
+            metadata: ObjectMeta {
+                labels: Some(labels),
+                ..meta(None, &policy_namespace(n))
+            },
+            ..Default::default()
+        }));
+    }
+    out.extend((0..shape.pods).map(|i| policy_pod(i, shape, 0)));
+    out.extend((0..shape.policies).map(|i| policy(i, shape)));
+    out
+}
