@@ -123,3 +123,29 @@ fn rules_name_their_sets_and_target() {
         assert_eq!(rule.target(), *target, "{args:?}");
     }
 }
+
+/// The hand-written key order is the derived order of (address, protocol, port).
+#[test]
+fn virtual_server_keys_order_like_their_fields() {
+    use proptest::prelude::*;
+    use setpoint_dataplane::{Protocol, VirtualServerKey};
+    use std::net::IpAddr;
+    let ip = prop_oneof![
+        any::<u32>().prop_map(|v| IpAddr::from(std::net::Ipv4Addr::from(v))),
+        any::<u128>().prop_map(|v| IpAddr::from(std::net::Ipv6Addr::from(v))),
+        Just(IpAddr::from([10, 0, 0, 1])),
+    ];
+    let proto = prop_oneof![
+        Just(Protocol::Tcp),
+        Just(Protocol::Udp),
+        Just(Protocol::Sctp)
+    ];
+    let key = (ip, proto, any::<u16>()).prop_map(|(address, protocol, port)| VirtualServerKey {
+        address,
+        protocol,
+        port,
+    });
+    proptest!(|(a in key.clone(), b in key)| {
+        prop_assert_eq!(a.cmp(&b), (a.address, a.protocol, a.port).cmp(&(b.address, b.protocol, b.port)));
+    });
+}
