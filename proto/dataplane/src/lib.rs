@@ -12,6 +12,7 @@
 //!
 //! Pure: no I/O, no async.
 
+pub mod chunk;
 pub mod diff;
 pub mod digest;
 pub mod fragment;

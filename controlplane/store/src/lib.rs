@@ -1,0 +1,43 @@
+//! The revision store: every committed computation is a numbered,
+//! immutable revision, kept content-addressed on SQLite (embedded default)
+//! or PostgreSQL (production), chosen by URL. The only crate that knows SQL.
+//!
+//! ```text
+//!  CommitRequest ──commit()──▶ revisions ─ revision_objects      (one row per revision)
+//!   shared parts ─────────────▶ shared_parts(name, rev) ──┐       (only when a part changes)
+//!   node compositions ────────▶ nodes(node, rev) ─────────┤       (only when a node's own
+//!                                                          ▼        parts or part list change)
+//!                                 fragments(key) ─▶ manifests(key) ─▶ chunks(key)
+//!                                 header            tree of keys      runs of atoms
+//!                                 (content-addressed: written once, ON CONFLICT DO NOTHING)
+//! ```
+//!
+//! A node's state at revision R is its newest `nodes` row at or before R,
+//! each shared part it names resolved to that part's newest `shared_parts`
+//! row at or before R. A one-endpoint change rewrites one chunk of the
+//! `services` fragment, a path of small manifests, one fragment header, one
+//! `shared_parts` row and the revision row: the write grows with the
+//! change, not with the number of nodes that see it.
+//!
+//! Reads re-hash everything: a chunk, manifest or header whose bytes do not
+//! match its key, or a state whose digest differs from the one recorded at
+//! commit, is an error naming it, never a wrong state. Chunking lives in
+//! the contract crate (`setpoint_dataplane::chunk`); this crate moves its
+//! output in and out of SQL.
+//!
+//! Writers are fenced: [`Store::acquire_epoch`] hands out increasing
+//! epochs, and a commit whose epoch is older than the newest one is refused
+//! inside its transaction (a deposed leader cannot write).
+
+mod db;
+mod error;
+mod store;
+mod types;
+mod write;
+
+pub use error::{Result, StoreError};
+pub use store::{Store, StoreOptions};
+pub use types::{
+    Backend, Cause, CommitRequest, Epoch, FailPoint, NodeParts, OWN_PART_PREFIX, RevisionId,
+    RevisionInfo, StoreStats,
+};

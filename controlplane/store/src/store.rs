@@ -1,0 +1,509 @@
+//! [`Store`]: open, fence, commit, read.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use setpoint_dataplane::chunk::{self, FragmentHeader};
+use setpoint_dataplane::{Diff, Digest, Fragment, NodeDataplane};
+use tokio::sync::Mutex;
+
+use crate::db::{self, Db, RevisionRow};
+use crate::error::{Result, StoreError};
+use crate::types::{
+    Backend, Cause, CommitRequest, Epoch, FailPoint, RevisionId, RevisionInfo, StoreStats,
+};
+use crate::write::{Composition, WriterCache, prepare};
+
+/// How to open a store.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreOptions {
+    /// Pool size.
+    pub max_connections: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { max_connections: 8 }
+    }
+}
+
+/// A handle on the revision store. Cloning shares the pool and the
+/// writer's cache; opening the same URL twice gives two independent
+/// writers (as two control-plane replicas are).
+#[derive(Clone)]
+pub struct Store {
+    db: Db,
+    writer: Arc<Mutex<WriterCache>>,
+    fail: Arc<AtomicU8>,
+}
+
+/// What a node's state at a revision is made of.
+struct NodePlan {
+    /// Part name → fragment key.
+    parts: Vec<(String, Digest)>,
+    /// The state digest recorded at `row_revision`, valid at the revision
+    /// read when no shared part changed after the row.
+    recorded: Option<Digest>,
+}
+
+enum Written {
+    Revision(i64),
+    /// Another writer committed since this one's cache was loaded.
+    Moved(i64),
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+fn lines(s: &str) -> Vec<String> {
+    s.split('\n')
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+impl Store {
+    /// Opens (and migrates) the store at `url`: `sqlite://path?mode=rwc`
+    /// creates the file on first use; `postgres://…` needs the database to
+    /// exist.
+    pub async fn open(url: &str) -> Result<Store> {
+        Self::open_with(url, StoreOptions::default()).await
+    }
+
+    pub async fn open_with(url: &str, options: StoreOptions) -> Result<Store> {
+        let db = Db::open(url, options.max_connections.max(1)).await?;
+        Ok(Store {
+            db,
+            writer: Arc::new(Mutex::new(WriterCache::default())),
+            fail: Arc::new(AtomicU8::new(0)),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.db.backend()
+    }
+
+    pub async fn close(&self) {
+        self.db.close().await
+    }
+
+    /// A new fencing epoch, higher than any handed out before. From now
+    /// on commits carrying an older epoch are refused.
+    pub async fn acquire_epoch(&self) -> Result<Epoch> {
+        let e = self.db.acquire_epoch().await?;
+        Ok(Epoch(db::to_u64(e, "leader", "epoch")?))
+    }
+
+    /// The newest revision, if any was committed.
+    pub async fn head(&self) -> Result<Option<RevisionId>> {
+        let (_, head) = self.db.leader().await?;
+        let head = db::to_u64(head, "leader", "head")?;
+        Ok((head > 0).then_some(RevisionId(head)))
+    }
+
+    /// Makes the next commits fail at `at` (tests: a commit dying midway).
+    #[doc(hidden)]
+    pub fn fail_commits_at(&self, at: Option<FailPoint>) {
+        let v = match at {
+            None => 0,
+            Some(FailPoint::AfterContent) => 1,
+            Some(FailPoint::BeforeCommit) => 2,
+        };
+        self.fail.store(v, Ordering::SeqCst);
+    }
+
+    fn failing_at(&self, at: FailPoint) -> Result<()> {
+        let v = self.fail.load(Ordering::SeqCst);
+        let hit = matches!(
+            (v, at),
+            (1, FailPoint::AfterContent) | (2, FailPoint::BeforeCommit)
+        );
+        if hit {
+            return Err(StoreError::Injected(at));
+        }
+        Ok(())
+    }
+
+    /// Runs one statement as given (tests corrupt rows with it).
+    #[doc(hidden)]
+    pub async fn execute_unchecked(&self, sql: &str) -> Result<u64> {
+        self.db.execute_raw(sql.to_string()).await
+    }
+
+    /// Records a revision in one transaction and returns its number.
+    ///
+    /// Writes grow with the change: chunks, manifests and fragments the
+    /// store lacks, a row per shared part whose fragment changed, a row per
+    /// node whose composition changed, the revision and its cause. Refused
+    /// with [`StoreError::StaleEpoch`] when `req.epoch` is older than the
+    /// newest epoch acquired.
+    pub async fn commit(&self, req: CommitRequest) -> Result<RevisionId> {
+        let epoch = db::to_i64(req.epoch.0, "epoch")?;
+        let req = Arc::new(req);
+        let mut cache = self.writer.clone().lock_owned().await;
+        let mut last_found = 0;
+        for _attempt in 0..2 {
+            if cache.head.is_none() {
+                *cache = self.load_cache().await?;
+            }
+            let expected = cache.head.unwrap_or(0) + 1;
+            let request = req.clone();
+            let (returned, prepared) = tokio::task::spawn_blocking(move || {
+                let prepared = prepare(&cache, &request);
+                (cache, prepared)
+            })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?;
+            cache = returned;
+            let prepared = prepared?;
+            match self.write(&req.cause, epoch, &prepared, expected).await {
+                Ok(Written::Revision(revision)) => {
+                    prepared.apply(&mut cache, revision);
+                    return Ok(RevisionId(db::to_u64(revision, "leader", "head")?));
+                }
+                Ok(Written::Moved(found)) => {
+                    tracing::info!(expected, found, "store moved on; reloading writer cache");
+                    last_found = found;
+                    cache.head = None;
+                }
+                Err(e) => {
+                    // The transaction rolled back, but a lost connection
+                    // may hide a commit: reload before the next one.
+                    if !matches!(e, StoreError::StaleEpoch { .. } | StoreError::Injected(_)) {
+                        cache.head = None;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Err(StoreError::Raced {
+            expected: cache.head.unwrap_or(0) + 1,
+            found: last_found,
+        })
+    }
+
+    async fn load_cache(&self) -> Result<WriterCache> {
+        let (_, head) = self.db.leader().await?;
+        let mut cache = WriterCache {
+            head: Some(head),
+            ..Default::default()
+        };
+        for (name, key) in self.db.live_shared(head).await? {
+            if let Some(key) = key {
+                cache
+                    .shared
+                    .insert(name, db::digest_of(&key, "shared_parts", "fragment")?);
+            }
+        }
+        for (node, shared, own) in self.db.nodes_at(head).await? {
+            if let Some(shared) = shared {
+                let c = Composition::decode(&shared, own.as_deref().unwrap_or_default())?;
+                cache.nodes.insert(node, c);
+            }
+        }
+        Ok(cache)
+    }
+
+    async fn write(
+        &self,
+        cause: &Cause,
+        epoch: i64,
+        p: &crate::write::Prepared,
+        expected: i64,
+    ) -> Result<Written> {
+        let mut tx = self.db.begin().await?;
+        let Some(revision) = tx.fence(epoch).await? else {
+            tx.rollback().await?;
+            let (current, _) = self.db.leader().await?;
+            return Err(StoreError::StaleEpoch {
+                ours: Epoch(db::to_u64(epoch, "leader", "epoch")?),
+                current: Epoch(db::to_u64(current, "leader", "epoch")?),
+            });
+        };
+        if revision != expected {
+            tx.rollback().await?;
+            return Ok(Written::Moved(revision));
+        }
+        tx.insert_revision(&RevisionRow {
+            revision,
+            committed_ms: now_ms(),
+            epoch,
+            summary: cause.summary.clone(),
+            nodes_changed: db::to_i64(p.nodes_changed, "node count")?,
+            shared_changed: p.shared_changed(),
+        })
+        .await?;
+        tx.insert_objects(revision, &p.objects).await?;
+        tx.insert_chunks(&p.chunks.iter().collect::<Vec<_>>())
+            .await?;
+        tx.insert_manifests(&p.manifests.iter().collect::<Vec<_>>())
+            .await?;
+        tx.insert_fragments(&p.fragments).await?;
+        self.failing_at(FailPoint::AfterContent)?;
+        tx.insert_shared(revision, &p.shared_rows).await?;
+        tx.insert_nodes(revision, &p.node_rows).await?;
+        self.failing_at(FailPoint::BeforeCommit)?;
+        tx.commit().await?;
+        Ok(Written::Revision(revision))
+    }
+
+    // --- reads ---
+
+    async fn revision_row(&self, revision: RevisionId) -> Result<RevisionRow> {
+        let r = i64::try_from(revision.0).map_err(|_| StoreError::UnknownRevision(revision))?;
+        self.db
+            .revision(r)
+            .await?
+            .ok_or(StoreError::UnknownRevision(revision))
+    }
+
+    async fn node_plan(&self, node: &str, revision: RevisionId) -> Result<Option<NodePlan>> {
+        let row = self.revision_row(revision).await?;
+        let Some(node_row) = self.db.node_row(node, row.revision).await? else {
+            return Ok(None);
+        };
+        let Some(shared) = node_row.shared else {
+            return Ok(None);
+        };
+        let c = Composition::decode(&shared, node_row.own.as_deref().unwrap_or_default())?;
+        let mut parts = Vec::new();
+        let mut newest_shared = 0;
+        for name in &c.shared {
+            let missing = || StoreError::Missing {
+                node: node.to_string(),
+                revision,
+                what: "shared part",
+                key: name.clone(),
+            };
+            let (at, key) = self
+                .db
+                .shared_at(name, row.revision)
+                .await?
+                .ok_or_else(missing)?;
+            let key = key.ok_or_else(missing)?;
+            newest_shared = newest_shared.max(at);
+            parts.push((
+                name.clone(),
+                db::digest_of(&key, "shared_parts", "fragment")?,
+            ));
+        }
+        parts.extend(c.own);
+        let recorded = match node_row.state_digest {
+            Some(d) if newest_shared <= node_row.revision => {
+                Some(db::digest_of(&d, "nodes", "state_digest")?)
+            }
+            _ => None,
+        };
+        Ok(Some(NodePlan { parts, recorded }))
+    }
+
+    /// Fragments by key, every byte checked against its key.
+    async fn load_fragments(
+        &self,
+        node: &str,
+        revision: RevisionId,
+        keys: &BTreeSet<Digest>,
+    ) -> Result<HashMap<Digest, Arc<Fragment>>> {
+        let corrupt = |source| StoreError::Corrupt {
+            node: node.to_string(),
+            revision,
+            source,
+        };
+        let missing = |what: &'static str, key: &Digest| StoreError::Missing {
+            node: node.to_string(),
+            revision,
+            what,
+            key: key.to_string(),
+        };
+        let wanted: Vec<Digest> = keys.iter().copied().collect();
+        let rows = self.db.fragments(&wanted).await?;
+        let headers: HashMap<Digest, FragmentHeader> =
+            rows.into_iter().map(|r| (r.key, r.header)).collect();
+        // Per fragment: its keys at the current level, and that level.
+        let mut walk: Vec<(Digest, FragmentHeader, Vec<Digest>, u8)> = Vec::new();
+        for key in keys {
+            let header = headers.get(key).ok_or_else(|| missing("fragment", key))?;
+            header.verify(key).map_err(corrupt)?;
+            walk.push((*key, *header, vec![header.root], header.height));
+        }
+        while walk.iter().any(|(_, _, _, level)| *level > 0) {
+            let needed: BTreeSet<Digest> = walk
+                .iter()
+                .filter(|w| w.3 > 0)
+                .flat_map(|w| w.2.iter().copied())
+                .collect();
+            let needed: Vec<Digest> = needed.into_iter().collect();
+            let found: HashMap<Digest, (i64, Vec<u8>)> = self
+                .db
+                .manifests(&needed)
+                .await?
+                .into_iter()
+                .map(|(k, level, body)| (k, (level, body)))
+                .collect();
+            for (_, _, current, level) in walk.iter_mut().filter(|w| w.3 > 0) {
+                let mut children = Vec::new();
+                for key in current.iter() {
+                    let (_, body) = found.get(key).ok_or_else(|| missing("manifest", key))?;
+                    children.extend(chunk::decode_manifest(key, *level, body).map_err(corrupt)?);
+                }
+                *current = children;
+                *level -= 1;
+            }
+        }
+        let chunk_keys: BTreeSet<Digest> = walk.iter().flat_map(|w| w.2.iter().copied()).collect();
+        let chunk_keys: Vec<Digest> = chunk_keys.into_iter().collect();
+        let bodies: HashMap<Digest, Vec<u8>> =
+            self.db.chunks(&chunk_keys).await?.into_iter().collect();
+        let mut out = HashMap::with_capacity(walk.len());
+        for (key, header, chunks, _) in &walk {
+            let mut ordered = Vec::with_capacity(chunks.len());
+            for c in chunks {
+                let body = bodies.get(c).ok_or_else(|| missing("chunk", c))?;
+                ordered.push((c, body.as_slice()));
+            }
+            let fragment = chunk::assemble(key, header, ordered).map_err(corrupt)?;
+            out.insert(*key, Arc::new(fragment));
+        }
+        Ok(out)
+    }
+
+    fn build(
+        node: &str,
+        revision: RevisionId,
+        plan: &NodePlan,
+        fragments: &HashMap<Digest, Arc<Fragment>>,
+    ) -> Result<NodeDataplane> {
+        let mut parts = Vec::with_capacity(plan.parts.len());
+        for (name, key) in &plan.parts {
+            let f = fragments.get(key).ok_or_else(|| StoreError::Missing {
+                node: node.to_string(),
+                revision,
+                what: "fragment",
+                key: key.to_string(),
+            })?;
+            parts.push((name.clone(), f.clone()));
+        }
+        let state = NodeDataplane::from_parts(parts);
+        if let Some(expected) = plan.recorded {
+            let actual = state.digest();
+            if actual != expected {
+                return Err(StoreError::StateDigest {
+                    node: node.to_string(),
+                    revision,
+                    expected,
+                    actual,
+                });
+            }
+        }
+        Ok(state)
+    }
+
+    /// A node's desired state at `revision`: its newest composition at or
+    /// before it, each shared part as of `revision`. `None` when the node
+    /// did not exist then; an error when the revision does not exist or a
+    /// stored byte does not match its key.
+    pub async fn node_state(
+        &self,
+        node: &str,
+        revision: RevisionId,
+    ) -> Result<Option<NodeDataplane>> {
+        let Some(plan) = self.node_plan(node, revision).await? else {
+            return Ok(None);
+        };
+        let keys = plan.parts.iter().map(|(_, k)| *k).collect();
+        let fragments = self.load_fragments(node, revision, &keys).await?;
+        Self::build(node, revision, &plan, &fragments).map(Some)
+    }
+
+    /// What changes `node` from `from` to `to` (a node absent at one end
+    /// is an empty state there). Fragments both revisions share are read
+    /// once and skipped by the diff.
+    pub async fn diff(&self, node: &str, from: RevisionId, to: RevisionId) -> Result<Diff> {
+        let a = self.node_plan(node, from).await?;
+        let b = self.node_plan(node, to).await?;
+        let keys: BTreeSet<Digest> = a
+            .iter()
+            .chain(b.iter())
+            .flat_map(|p| p.parts.iter().map(|(_, k)| *k))
+            .collect();
+        let fragments = self.load_fragments(node, to, &keys).await?;
+        let state = |plan: &Option<NodePlan>, revision| match plan {
+            Some(plan) => Self::build(node, revision, plan, &fragments),
+            None => Ok(NodeDataplane::new()),
+        };
+        let sa = state(&a, from)?;
+        let sb = state(&b, to)?;
+        Ok(setpoint_dataplane::diff(&sa, &sb))
+    }
+
+    /// Up to `page_size` revisions older than `before` (all when `None`),
+    /// newest first. The next page is `before = Some(last.revision)`.
+    pub async fn list_revisions(
+        &self,
+        page_size: u32,
+        before: Option<RevisionId>,
+    ) -> Result<Vec<RevisionInfo>> {
+        let before = match before {
+            Some(r) => i64::try_from(r.0).unwrap_or(i64::MAX),
+            None => i64::MAX,
+        };
+        let rows = self
+            .db
+            .revisions_before(before, i64::from(page_size))
+            .await?;
+        let (Some(high), Some(low)) = (rows.first(), rows.last()) else {
+            return Ok(Vec::new());
+        };
+        let mut objects: HashMap<i64, Vec<String>> = HashMap::new();
+        for (r, o) in self.db.objects_between(low.revision, high.revision).await? {
+            objects.entry(r).or_default().push(o);
+        }
+        rows.into_iter()
+            .map(|row| {
+                Ok(RevisionInfo {
+                    revision: RevisionId(db::to_u64(row.revision, "revisions", "revision")?),
+                    committed_ms: row.committed_ms,
+                    epoch: Epoch(db::to_u64(row.epoch, "revisions", "epoch")?),
+                    cause: Cause {
+                        objects: objects.remove(&row.revision).unwrap_or_default(),
+                        summary: row.summary,
+                    },
+                    nodes_changed: db::to_u64(row.nodes_changed, "revisions", "nodes_changed")?,
+                    shared_changed: lines(&row.shared_changed),
+                })
+            })
+            .collect()
+    }
+
+    /// Nodes whose state changed at `revision`: those whose composition
+    /// was written then, and those using a shared part written then.
+    pub async fn changed_nodes(&self, revision: RevisionId) -> Result<Vec<String>> {
+        let row = self.revision_row(revision).await?;
+        let mut out: BTreeSet<String> = self
+            .db
+            .nodes_written_at(row.revision)
+            .await?
+            .into_iter()
+            .collect();
+        let changed: HashSet<String> = lines(&row.shared_changed).into_iter().collect();
+        if !changed.is_empty() {
+            for (node, shared, _) in self.db.nodes_at(row.revision).await? {
+                if shared.is_some_and(|s| s.split('\n').any(|name| changed.contains(name))) {
+                    out.insert(node);
+                }
+            }
+        }
+        Ok(out.into_iter().collect())
+    }
+
+    /// Row counts and size on disk, from the database.
+    pub async fn stats(&self) -> Result<StoreStats> {
+        self.db.stats().await
+    }
+}

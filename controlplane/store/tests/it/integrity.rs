@@ -1,0 +1,133 @@
+//! Bad bytes are errors naming the object; failed commits leave no trace.
+
+use std::sync::Arc;
+
+use setpoint_dataplane::chunk::ChunkedFragment;
+use setpoint_store::{FailPoint, RevisionId, StoreError};
+
+use crate::support::{Cluster, TestDb, assert_state, own, services};
+
+both!(
+    corrupt_chunk_is_an_error_naming_it,
+    corrupt_manifest_and_header_are_errors,
+    failed_commit_leaves_previous_revision,
+);
+
+async fn corrupt_chunk_is_an_error_naming_it(db: TestDb) {
+    let store = &db.store;
+    let epoch = store.acquire_epoch().await.unwrap();
+    let cluster = Cluster::new(3, 10);
+    let r1 = store
+        .commit(cluster.request(epoch, "initial"))
+        .await
+        .unwrap();
+    let (cf, _) = ChunkedFragment::new(Arc::new(own(1, 0)));
+    let victim = *cf.chunk_keys().next().unwrap();
+    let changed = store
+        .execute_unchecked(&format!(
+            "UPDATE chunks SET body = {} WHERE digest = {}",
+            db.blob(&[1, 5, 4, 10, 0, 0, 1]),
+            db.blob(&victim.0)
+        ))
+        .await
+        .unwrap();
+    assert_eq!(changed, 1);
+    let err = store.node_state("node-001", r1).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains(&victim.to_string()), "{text}");
+    assert!(text.contains("node-001"), "{text}");
+    assert!(store.diff("node-001", r1, r1).await.is_err());
+    // Other nodes do not share that chunk and stay readable.
+    assert_state(store, "node-000", r1, &cluster.state(0)).await;
+}
+
+async fn corrupt_manifest_and_header_are_errors(db: TestDb) {
+    let store = &db.store;
+    let epoch = store.acquire_epoch().await.unwrap();
+    let cluster = Cluster::new(3, 10);
+    let r1 = store
+        .commit(cluster.request(epoch, "initial"))
+        .await
+        .unwrap();
+
+    let (cf, _) = ChunkedFragment::new(Arc::new(own(0, 0)));
+    let manifest = cf.manifests()[0].key;
+    store
+        .execute_unchecked(&format!(
+            "UPDATE manifests SET body = {} WHERE digest = {}",
+            db.blob(&[1, 1]),
+            db.blob(&manifest.0)
+        ))
+        .await
+        .unwrap();
+    let err = store.node_state("node-000", r1).await.unwrap_err();
+    assert!(err.to_string().contains(&manifest.to_string()), "{err}");
+
+    let (cf, _) = ChunkedFragment::new(cluster.services.clone());
+    let key = cf.key();
+    store
+        .execute_unchecked(&format!(
+            "UPDATE fragments SET atoms = atoms + 1 WHERE digest = {}",
+            db.blob(&key.0)
+        ))
+        .await
+        .unwrap();
+    let err = store.node_state("node-002", r1).await.unwrap_err();
+    assert!(err.to_string().contains(&key.to_string()), "{err}");
+
+    store
+        .execute_unchecked(&format!(
+            "DELETE FROM fragments WHERE digest = {}",
+            db.blob(&key.0)
+        ))
+        .await
+        .unwrap();
+    let err = store.node_state("node-002", r1).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::Missing {
+                what: "fragment",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+async fn failed_commit_leaves_previous_revision(db: TestDb) {
+    let store = &db.store;
+    let epoch = store.acquire_epoch().await.unwrap();
+    let mut cluster = Cluster::new(4, 30);
+    let r1 = store
+        .commit(cluster.request(epoch, "initial"))
+        .await
+        .unwrap();
+    let before = store.stats().await.unwrap();
+    let old = Cluster::new(4, 30);
+
+    for at in [FailPoint::AfterContent, FailPoint::BeforeCommit] {
+        store.fail_commits_at(Some(at));
+        cluster.services = Arc::new(services(30, 5));
+        cluster.own[2] = Arc::new(own(2, 9));
+        let err = store
+            .commit(cluster.request(epoch, "doomed"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Injected(a) if a == at), "{err}");
+        assert_eq!(store.head().await.unwrap(), Some(r1));
+        let stats = store.stats().await.unwrap();
+        assert_eq!(stats, before, "a failed commit leaves no rows");
+        for n in 0..4 {
+            assert_state(store, &Cluster::node_name(n), r1, &old.state(n)).await;
+        }
+    }
+    store.fail_commits_at(None);
+    let r2 = store.commit(cluster.request(epoch, "retry")).await.unwrap();
+    assert_eq!(r2, RevisionId(2));
+    for n in 0..4 {
+        assert_state(store, &Cluster::node_name(n), r2, &cluster.state(n)).await;
+        assert_state(store, &Cluster::node_name(n), r1, &old.state(n)).await;
+    }
+}

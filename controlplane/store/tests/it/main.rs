@@ -1,0 +1,32 @@
+//! One integration test binary for the store. Every test body is an async
+//! fn taking a [`support::TestDb`]; `both!` runs it on a fresh SQLite file
+//! (`sqlite::<name>`) and on a fresh PostgreSQL database (`postgres::<name>`).
+
+/// Declares `sqlite::$name` and `postgres::$name` tests for each body.
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    crate::support::on_sqlite(super::$name).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    crate::support::on_postgres(super::$name).await
+                }
+            )*
+        }
+    };
+}
+
+mod cluster;
+mod fencing;
+mod integrity;
+mod revisions;
+mod sharing;
+mod support;
