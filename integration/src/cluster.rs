@@ -78,6 +78,12 @@ pub struct PodNet {
     netns: Netns,
 }
 
+impl PodNet {
+    pub fn netns_name(&self) -> String {
+        self.netns.name().to_string()
+    }
+}
+
 /// The node, its pods, and a host outside the cluster.
 pub struct NodeNet {
     pub node: Netns,
@@ -208,7 +214,15 @@ impl NodeNet {
                 for (proto, port) in PORTS {
                     let addr = SocketAddr::from((ip, port));
                     out.push(match proto {
-                        Proto::Tcp => Socket::Tcp(TcpListener::bind(addr)?),
+                        Proto::Tcp => {
+                            let listener = TcpListener::bind(addr)?;
+                            // A deeper accept queue than std's default, so a
+                            // listener thread that is briefly descheduled
+                            // does not make the kernel drop SYNs.
+                            // SAFETY: listen on a bound socket we own.
+                            unsafe { libc::listen(listener.as_raw_fd(), 4096) };
+                            Socket::Tcp(listener)
+                        }
                         Proto::Udp => Socket::Udp(UdpSocket::bind(addr)?),
                     });
                 }
@@ -221,6 +235,11 @@ impl NodeNet {
             }
         }
         Ok(())
+    }
+
+    /// Runs a command inside a pod's namespace.
+    pub fn pod_exec(&self, pod: &PodNet, argv: &[&str]) -> anyhow::Result<String> {
+        pod.netns.exec(argv, None)
     }
 
     /// Replaces whatever the node namespace holds by `ipset` and
@@ -294,6 +313,27 @@ fn link(a: &Netns, a_if: &str, b: &Netns, a_addr: &str, b_addr: &str) -> anyhow:
     Ok(())
 }
 
+/// Closes with a reset rather than a FIN, so that closed connections leave
+/// no TIME_WAIT behind (probes and benchmarks open many).
+pub fn reset(conn: TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on an open socket with a correctly sized linger
+    // value; failure only means a normal close.
+    unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            std::ptr::addr_of!(linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(conn);
+}
+
 enum Socket {
     Tcp(TcpListener),
     Udp(UdpSocket),
@@ -307,8 +347,19 @@ fn serve(socket: Socket, stop: &AtomicBool) {
             }
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
-                    Ok((conn, _)) => drop(conn),
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    Ok((conn, _)) => reset(conn),
+                    // Wait for the next connection, waking now and then to
+                    // see the stop flag; sleeping instead would let the
+                    // backlog fill and new SYNs be dropped.
+                    Err(_) => {
+                        let mut fd = libc::pollfd {
+                            fd: listener.as_raw_fd(),
+                            events: libc::POLLIN,
+                            revents: 0,
+                        };
+                        // SAFETY: one valid pollfd for an open socket.
+                        unsafe { libc::poll(&mut fd, 1, 50) };
+                    }
                 }
             }
         }
@@ -331,9 +382,22 @@ fn serve(socket: Socket, stop: &AtomicBool) {
 
 const PROBE_TIMEOUT: Duration = Duration::from_millis(600);
 
+/// Whether a TCP handshake with `target` completes. The listeners reset
+/// every connection at once, so a reset seen before `connect` returns
+/// still means the handshake went through.
+pub fn connected(target: &SocketAddr, timeout: Duration) -> bool {
+    match TcpStream::connect_timeout(target, timeout) {
+        Ok(conn) => {
+            reset(conn);
+            true
+        }
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+    }
+}
+
 fn probe(proto: Proto, dst: SocketAddr) -> bool {
     match proto {
-        Proto::Tcp => TcpStream::connect_timeout(&dst, PROBE_TIMEOUT).is_ok(),
+        Proto::Tcp => connected(&dst, PROBE_TIMEOUT),
         Proto::Udp => {
             let Ok(udp) = UdpSocket::bind("0.0.0.0:0") else {
                 return false;
