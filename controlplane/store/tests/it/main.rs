@@ -24,9 +24,11 @@ macro_rules! both {
     };
 }
 
+mod agents;
 mod cluster;
 mod fencing;
 mod integrity;
 mod revisions;
+mod rollback;
 mod sharing;
 mod support;
