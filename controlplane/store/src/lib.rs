@@ -29,11 +29,8 @@
 //! epochs, and a commit whose epoch is older than the newest one is refused
 //! inside its transaction (a deposed leader cannot write).
 
-mod agents;
 mod db;
 mod error;
-mod gc;
-mod pins;
 mod store;
 mod types;
 mod write;
@@ -41,7 +38,6 @@ mod write;
 pub use error::{Result, StoreError};
 pub use store::{Store, StoreOptions};
 pub use types::{
-    AgentResult, AgentStatus, Backend, Cause, CommitRequest, Epoch, FailPoint, GcReport, NodeParts,
-    OWN_PART_PREFIX, Pin, Retention, RevisionAction, RevisionId, RevisionInfo, RollbackRequest,
-    StoreStats,
+    Backend, Cause, CommitRequest, Epoch, FailPoint, NodeParts, OWN_PART_PREFIX, RevisionId,
+    RevisionInfo, StoreStats,
 };

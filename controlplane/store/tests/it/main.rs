@@ -24,11 +24,9 @@ macro_rules! both {
     };
 }
 
-mod agents;
 mod cluster;
 mod fencing;
 mod integrity;
 mod revisions;
-mod rollback;
 mod sharing;
 mod support;
