@@ -88,7 +88,90 @@ pub(crate) struct RevisionRow {
     pub summary: String,
     pub nodes_changed: i64,
     pub shared_changed: String,
+    /// 'commit', 'rollback' or 'resume'.
+    pub action: String,
+    /// The revision a rollback went back to.
+    pub target: Option<i64>,
 }
+
+/// A `node_pins` row; `parts` is `None` for a resume.
+pub(crate) struct PinRow {
+    pub node: String,
+    pub revision: i64,
+    pub held_at: Option<i64>,
+    pub parts: Option<Vec<u8>>,
+    pub state_digest: Option<Vec<u8>>,
+    pub reason: String,
+}
+
+type PinRaw = (
+    String,
+    i64,
+    Option<i64>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    String,
+);
+
+fn pin_row(r: PinRaw) -> PinRow {
+    PinRow {
+        node: r.0,
+        revision: r.1,
+        held_at: r.2,
+        parts: r.3,
+        state_digest: r.4,
+        reason: r.5,
+    }
+}
+
+/// An `agent_status` row.
+pub(crate) struct AgentRow {
+    pub node: String,
+    pub applied_revision: Option<i64>,
+    pub applied_digest: Option<Vec<u8>>,
+    pub result: String,
+    pub error: Option<String>,
+    pub operation: Option<String>,
+    pub contact_ms: i64,
+    pub agent_version: String,
+}
+
+type AgentRaw = (
+    String,
+    Option<i64>,
+    Option<Vec<u8>>,
+    String,
+    Option<String>,
+    Option<String>,
+    i64,
+    String,
+);
+
+fn agent_row(r: AgentRaw) -> AgentRow {
+    AgentRow {
+        node: r.0,
+        applied_revision: r.1,
+        applied_digest: r.2,
+        result: r.3,
+        error: r.4,
+        operation: r.5,
+        contact_ms: r.6,
+        agent_version: r.7,
+    }
+}
+
+const AGENT_COLUMNS: &str = "SELECT node, applied_revision, applied_digest, result, error, operation, contact_ms, agent_version FROM agent_status";
+
+/// The tables whose rows are versioned by revision, and their key column.
+pub(crate) const VERSIONED: [(&str, &str); 3] = [
+    ("nodes", "node"),
+    ("shared_parts", "name"),
+    ("node_pins", "node"),
+];
+
+/// The content tables, in the order a sweep deletes from them (a fragment
+/// before the manifests it names, a manifest before its chunks).
+pub(crate) const CONTENT: [&str; 3] = ["fragments", "manifests", "chunks"];
 
 /// A `nodes` row; `shared` is `None` for a removed node.
 pub(crate) struct NodeRow {
@@ -125,6 +208,8 @@ where
         summary: row.try_get(3)?,
         nodes_changed: row.try_get(4)?,
         shared_changed: row.try_get(5)?,
+        action: row.try_get(6)?,
+        target: row.try_get(7)?,
     })
 }
 
@@ -283,7 +368,8 @@ impl Db {
     }
 
     pub(crate) async fn revision(&self, revision: i64) -> Result<Option<RevisionRow>> {
-        let sql = "SELECT revision, committed_ms, epoch, summary, nodes_changed, shared_changed
+        let sql = "SELECT revision, committed_ms, epoch, summary, nodes_changed, shared_changed,
+                          action, target
                      FROM revisions WHERE revision = $1";
         on_pool!(self, p => {
             let row = sqlx::query(sql).bind(revision).fetch_optional(p).await.what("reading a revision")?;
@@ -296,7 +382,8 @@ impl Db {
         before: i64,
         limit: i64,
     ) -> Result<Vec<RevisionRow>> {
-        let sql = "SELECT revision, committed_ms, epoch, summary, nodes_changed, shared_changed
+        let sql = "SELECT revision, committed_ms, epoch, summary, nodes_changed, shared_changed,
+                          action, target
                      FROM revisions WHERE revision < $1 ORDER BY revision DESC LIMIT $2";
         on_pool!(self, p => {
             let rows = sqlx::query(sql).bind(before).bind(limit).fetch_all(p).await.what("listing revisions")?;
@@ -480,6 +567,170 @@ impl Db {
         })
     }
 
+    // --- pins ---
+
+    /// Newest `node_pins` row of each node at or before `revision`
+    /// (resumes included: `parts` is `None`).
+    pub(crate) async fn pins_at(&self, revision: i64) -> Result<Vec<PinRow>> {
+        on_pool!(self, p => sqlx::query_as::<_, PinRaw>(
+            "SELECT n.node, n.revision, n.held_at, n.parts, n.state_digest, n.reason FROM node_pins n
+              WHERE n.revision = (SELECT MAX(m.revision) FROM node_pins m
+                                   WHERE m.node = n.node AND m.revision <= $1)"
+        )
+        .bind(revision)
+        .fetch_all(p)
+        .await
+        .map(|rows| rows.into_iter().map(pin_row).collect())
+        .what("loading pins"))
+    }
+
+    /// The newest `node_pins` row of `node` at or before `revision`.
+    pub(crate) async fn pin_row(&self, node: &str, revision: i64) -> Result<Option<PinRow>> {
+        on_pool!(self, p => sqlx::query_as::<_, PinRaw>(
+            "SELECT node, revision, held_at, parts, state_digest, reason FROM node_pins
+              WHERE node = $1 AND revision <= $2 ORDER BY revision DESC LIMIT 1"
+        )
+        .bind(node)
+        .bind(revision)
+        .fetch_optional(p)
+        .await
+        .map(|row| row.map(pin_row))
+        .what("reading a pin"))
+    }
+
+    // --- agents ---
+
+    /// Upserts an agent's report unless the stored one is newer; true when
+    /// stored.
+    pub(crate) async fn upsert_agent(&self, a: &AgentRow) -> Result<bool> {
+        on_pool!(self, p => sqlx::query(
+            "INSERT INTO agent_status (node, applied_revision, applied_digest, result, error,
+                                       operation, contact_ms, agent_version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+             ON CONFLICT (node) DO UPDATE SET
+                 applied_revision = excluded.applied_revision,
+                 applied_digest = excluded.applied_digest,
+                 result = excluded.result,
+                 error = excluded.error,
+                 operation = excluded.operation,
+                 contact_ms = excluded.contact_ms,
+                 agent_version = excluded.agent_version
+             WHERE agent_status.contact_ms <= excluded.contact_ms"
+        )
+        .bind(&a.node)
+        .bind(a.applied_revision)
+        .bind(a.applied_digest.as_deref())
+        .bind(&a.result)
+        .bind(a.error.as_deref())
+        .bind(a.operation.as_deref())
+        .bind(a.contact_ms)
+        .bind(&a.agent_version)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected() > 0)
+        .what("recording agent status"))
+    }
+
+    pub(crate) async fn agents(&self, node: Option<&str>) -> Result<Vec<AgentRow>> {
+        let rows = match node {
+            Some(n) => on_pool!(self, p => sqlx::query_as::<_, AgentRaw>(sqlx::AssertSqlSafe(
+                format!("{AGENT_COLUMNS} WHERE node = $1")
+            ))
+            .bind(n)
+            .fetch_all(p)
+            .await),
+            None => on_pool!(self, p => sqlx::query_as::<_, AgentRaw>(sqlx::AssertSqlSafe(
+                format!("{AGENT_COLUMNS} ORDER BY node")
+            ))
+            .fetch_all(p)
+            .await),
+        }
+        .what("reading agent status")?;
+        Ok(rows.into_iter().map(agent_row).collect())
+    }
+
+    // --- retention ---
+
+    /// (revision, committed_ms) of every revision, oldest first.
+    pub(crate) async fn revision_times(&self) -> Result<Vec<(i64, i64)>> {
+        on_pool!(self, p => sqlx::query_as::<_, (i64, i64)>(
+            "SELECT revision, committed_ms FROM revisions ORDER BY revision"
+        )
+        .fetch_all(p)
+        .await
+        .what("listing revisions for retention"))
+    }
+
+    /// Deletes the rows of `table` (one of [`VERSIONED`]) with a revision
+    /// in `[low, high)` that a newer row of the same key at or before
+    /// `keep` supersedes. Returns how many.
+    pub(crate) async fn delete_superseded(
+        &self,
+        (table, key): (&str, &str),
+        low: i64,
+        high: i64,
+        keep: i64,
+    ) -> Result<u64> {
+        let sql = format!(
+            "DELETE FROM {table} WHERE revision >= $1 AND revision < $2
+               AND EXISTS (SELECT 1 FROM {table} t
+                            WHERE t.{key} = {table}.{key}
+                              AND t.revision > {table}.revision AND t.revision <= $3)"
+        );
+        on_pool!(self, p => sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(low)
+            .bind(high)
+            .bind(keep)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected())
+            .what("deleting superseded versions"))
+    }
+
+    /// Fragment keys named by rows of revision > `after`: shared parts,
+    /// node compositions (`own`) and pins (`parts`), as raw column values.
+    pub(crate) async fn references_after(
+        &self,
+        after: i64,
+    ) -> Result<(Vec<Vec<u8>>, Vec<Vec<u8>>)> {
+        on_pool!(self, p => {
+            let shared = sqlx::query_scalar::<_, Vec<u8>>(
+                "SELECT fragment FROM shared_parts WHERE revision > $1 AND fragment IS NOT NULL"
+            )
+            .bind(after)
+            .fetch_all(p)
+            .await
+            .what("reading shared part references")?;
+            let mut packed = sqlx::query_scalar::<_, Vec<u8>>(
+                "SELECT own FROM nodes WHERE revision > $1 AND own IS NOT NULL"
+            )
+            .bind(after)
+            .fetch_all(p)
+            .await
+            .what("reading node references")?;
+            packed.extend(sqlx::query_scalar::<_, Vec<u8>>(
+                "SELECT parts FROM node_pins WHERE revision > $1 AND parts IS NOT NULL"
+            )
+            .bind(after)
+            .fetch_all(p)
+            .await
+            .what("reading pin references")?);
+            Ok((shared, packed))
+        })
+    }
+
+    /// Every key of a content table (one of [`CONTENT`]).
+    pub(crate) async fn content_keys(&self, table: &str) -> Result<Vec<Digest>> {
+        let sql = format!("SELECT digest FROM {table}");
+        let raw = on_pool!(self, p => sqlx::query_scalar::<_, Vec<u8>>(sqlx::AssertSqlSafe(sql))
+            .fetch_all(p)
+            .await
+            .what("listing content keys"))?;
+        raw.iter()
+            .map(|k| digest_of(k, "content", "digest"))
+            .collect()
+    }
+
     /// Runs a statement given as text (tests and tools: corrupting rows,
     /// checkpoints). Returns the rows affected.
     pub(crate) async fn execute_raw(&self, sql: String) -> Result<u64> {
@@ -507,8 +758,9 @@ impl Tx {
 
     pub(crate) async fn insert_revision(&mut self, row: &RevisionRow) -> Result<()> {
         on_tx!(self, c => sqlx::query(
-            "INSERT INTO revisions (revision, committed_ms, epoch, summary, nodes_changed, shared_changed)
-             VALUES ($1, $2, $3, $4, $5, $6)"
+            "INSERT INTO revisions (revision, committed_ms, epoch, summary, nodes_changed, shared_changed,
+                                    action, target)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
         )
         .bind(row.revision)
         .bind(row.committed_ms)
@@ -516,6 +768,8 @@ impl Tx {
         .bind(&row.summary)
         .bind(row.nodes_changed)
         .bind(&row.shared_changed)
+        .bind(&row.action)
+        .bind(row.target)
         .execute(&mut *c)
         .await
         .map(|_| ())
@@ -746,6 +1000,105 @@ impl Tx {
             }
         }
         Ok(())
+    }
+
+    /// Takes the lock commits take (the leader row) without bumping
+    /// anything, so what follows in this transaction runs between commits.
+    /// Returns the head.
+    pub(crate) async fn lock_head(&mut self) -> Result<i64> {
+        match self {
+            // BEGIN IMMEDIATE already holds the database's write lock.
+            Tx::Sqlite(t) => {
+                sqlx::query_scalar::<_, i64>("SELECT head FROM leader WHERE id = 1")
+                    .fetch_one(&mut **t)
+                    .await
+            }
+            Tx::Postgres(t) => {
+                sqlx::query_scalar::<_, i64>("SELECT head FROM leader WHERE id = 1 FOR UPDATE")
+                    .fetch_one(&mut **t)
+                    .await
+            }
+        }
+        .what("locking the leader row")
+    }
+
+    pub(crate) async fn insert_pins(&mut self, revision: i64, rows: &[PinRow]) -> Result<()> {
+        on_tx!(self, c => {
+            for r in rows {
+                sqlx::query(
+                    "INSERT INTO node_pins (node, revision, held_at, parts, state_digest, reason)
+                     VALUES ($1, $2, $3, $4, $5, $6)"
+                )
+                .bind(&r.node)
+                .bind(revision)
+                .bind(r.held_at)
+                .bind(r.parts.as_deref())
+                .bind(r.state_digest.as_deref())
+                .bind(&r.reason)
+                .execute(&mut *c)
+                .await
+                .what("writing pins")?;
+            }
+            Ok::<(), StoreError>(())
+        })
+    }
+
+    /// Current pin targets (the revisions pinned nodes are held at).
+    pub(crate) async fn pin_targets(&mut self, head: i64) -> Result<Vec<i64>> {
+        on_tx!(self, c => sqlx::query_scalar::<_, i64>(
+            "SELECT n.held_at FROM node_pins n
+              WHERE n.held_at IS NOT NULL
+                AND n.revision = (SELECT MAX(m.revision) FROM node_pins m
+                                   WHERE m.node = n.node AND m.revision <= $1)"
+        )
+        .bind(head)
+        .fetch_all(&mut *c)
+        .await
+        .what("reading pin targets"))
+    }
+
+    pub(crate) async fn delete_revisions(&mut self, revisions: &[i64]) -> Result<u64> {
+        let mut n = 0;
+        on_tx!(self, c => {
+            for r in revisions {
+                n += sqlx::query("DELETE FROM revisions WHERE revision = $1")
+                    .bind(*r)
+                    .execute(&mut *c)
+                    .await
+                    .what("deleting revisions")?
+                    .rows_affected();
+            }
+            Ok::<(), StoreError>(())
+        })?;
+        Ok(n)
+    }
+
+    /// Deletes rows of a content table (one of [`CONTENT`]) by key.
+    pub(crate) async fn delete_content(&mut self, table: &str, keys: &[Digest]) -> Result<u64> {
+        let mut n = 0;
+        match self {
+            Tx::Postgres(t) => {
+                let sql = format!("DELETE FROM {table} WHERE digest = ANY($1)");
+                n += sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(keys.iter().map(|k| k.0.to_vec()).collect::<Vec<_>>())
+                    .execute(&mut **t)
+                    .await
+                    .what("deleting unreferenced content")?
+                    .rows_affected();
+            }
+            Tx::Sqlite(t) => {
+                let sql = format!("DELETE FROM {table} WHERE digest = $1");
+                for k in keys {
+                    n += sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+                        .bind(&k.0[..])
+                        .execute(&mut **t)
+                        .await
+                        .what("deleting unreferenced content")?
+                        .rows_affected();
+                }
+            }
+        }
+        Ok(n)
     }
 
     pub(crate) async fn commit(self) -> Result<()> {

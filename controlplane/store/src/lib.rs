@@ -25,12 +25,25 @@
 //! the contract crate (`setpoint_dataplane::chunk`); this crate moves its
 //! output in and out of SQL.
 //!
+//! Rollback ([`Store::rollback`]) writes a new revision and a `node_pins`
+//! row per node naming the fragment keys of every part it had at the
+//! target (shared parts resolved as of the target); a node's current state
+//! is its pin when pinned, its computed track (`nodes` + `shared_parts`)
+//! otherwise, which commits keep recording ([`Store::computed_state`]) until
+//! [`Store::resume`]. [`Store::gc`] drops revisions outside a
+//! [`Retention`], the version rows only they read, then unreferenced
+//! content, in short transactions beside commits. `agent_status` holds each
+//! node's last agent report.
+//!
 //! Writers are fenced: [`Store::acquire_epoch`] hands out increasing
 //! epochs, and a commit whose epoch is older than the newest one is refused
 //! inside its transaction (a deposed leader cannot write).
 
+mod agents;
 mod db;
 mod error;
+mod gc;
+mod pins;
 mod store;
 mod types;
 mod write;
@@ -38,6 +51,7 @@ mod write;
 pub use error::{Result, StoreError};
 pub use store::{Store, StoreOptions};
 pub use types::{
-    Backend, Cause, CommitRequest, Epoch, FailPoint, NodeParts, OWN_PART_PREFIX, RevisionId,
-    RevisionInfo, StoreStats,
+    AgentResult, AgentStatus, Backend, Cause, CommitRequest, Epoch, FailPoint, GcReport, NodeParts,
+    OWN_PART_PREFIX, Pin, Retention, RevisionAction, RevisionId, RevisionInfo, RollbackRequest,
+    StoreStats,
 };

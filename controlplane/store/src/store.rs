@@ -12,7 +12,8 @@ use tokio::sync::Mutex;
 use crate::db::{self, Db, RevisionRow};
 use crate::error::{Result, StoreError};
 use crate::types::{
-    Backend, Cause, CommitRequest, Epoch, FailPoint, RevisionId, RevisionInfo, StoreStats,
+    Backend, Cause, CommitRequest, Epoch, FailPoint, RevisionAction, RevisionId, RevisionInfo,
+    StoreStats,
 };
 use crate::write::{Composition, WriterCache, prepare};
 
@@ -34,18 +35,18 @@ impl Default for StoreOptions {
 /// writers (as two control-plane replicas are).
 #[derive(Clone)]
 pub struct Store {
-    db: Db,
-    writer: Arc<Mutex<WriterCache>>,
+    pub(crate) db: Db,
+    pub(crate) writer: Arc<Mutex<WriterCache>>,
     fail: Arc<AtomicU8>,
 }
 
 /// What a node's state at a revision is made of.
-struct NodePlan {
+pub(crate) struct NodePlan {
     /// Part name → fragment key.
-    parts: Vec<(String, Digest)>,
+    pub parts: Vec<(String, Digest)>,
     /// The state digest recorded at `row_revision`, valid at the revision
     /// read when no shared part changed after the row.
-    recorded: Option<Digest>,
+    pub recorded: Option<Digest>,
 }
 
 enum Written {
@@ -54,14 +55,14 @@ enum Written {
     Moved(i64),
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
 }
 
-fn lines(s: &str) -> Vec<String> {
+pub(crate) fn lines(s: &str) -> Vec<String> {
     s.split('\n')
         .filter(|l| !l.is_empty())
         .map(str::to_string)
@@ -207,6 +208,11 @@ impl Store {
                 cache.nodes.insert(node, c);
             }
         }
+        for pin in self.db.pins_at(head).await? {
+            if pin.parts.is_some() {
+                cache.pinned.insert(pin.node);
+            }
+        }
         Ok(cache)
     }
 
@@ -237,6 +243,8 @@ impl Store {
             summary: cause.summary.clone(),
             nodes_changed: db::to_i64(p.nodes_changed, "node count")?,
             shared_changed: p.shared_changed(),
+            action: "commit".into(),
+            target: None,
         })
         .await?;
         tx.insert_objects(revision, &p.objects).await?;
@@ -255,7 +263,7 @@ impl Store {
 
     // --- reads ---
 
-    async fn revision_row(&self, revision: RevisionId) -> Result<RevisionRow> {
+    pub(crate) async fn revision_row(&self, revision: RevisionId) -> Result<RevisionRow> {
         let r = i64::try_from(revision.0).map_err(|_| StoreError::UnknownRevision(revision))?;
         self.db
             .revision(r)
@@ -263,7 +271,24 @@ impl Store {
             .ok_or(StoreError::UnknownRevision(revision))
     }
 
-    async fn node_plan(&self, node: &str, revision: RevisionId) -> Result<Option<NodePlan>> {
+    /// The plan of a node's current state at `revision`: its pin when it
+    /// is pinned then, its computed state otherwise.
+    pub(crate) async fn node_plan(
+        &self,
+        node: &str,
+        revision: RevisionId,
+    ) -> Result<Option<NodePlan>> {
+        let row = self.revision_row(revision).await?;
+        if let Some(pin) = self.db.pin_row(node, row.revision).await?
+            && let Some(parts) = pin.parts
+        {
+            return pin_plan(&parts, pin.state_digest.as_deref()).map(Some);
+        }
+        self.computed_plan(node, revision).await
+    }
+
+    /// The plan of a node's computed state at `revision`, pinned or not.
+    async fn computed_plan(&self, node: &str, revision: RevisionId) -> Result<Option<NodePlan>> {
         let row = self.revision_row(revision).await?;
         let Some(node_row) = self.db.node_row(node, row.revision).await? else {
             return Ok(None);
@@ -304,7 +329,7 @@ impl Store {
     }
 
     /// Fragments by key, every byte checked against its key.
-    async fn load_fragments(
+    pub(crate) async fn load_fragments(
         &self,
         node: &str,
         revision: RevisionId,
@@ -373,7 +398,7 @@ impl Store {
         Ok(out)
     }
 
-    fn build(
+    pub(crate) fn build(
         node: &str,
         revision: RevisionId,
         plan: &NodePlan,
@@ -404,16 +429,41 @@ impl Store {
         Ok(state)
     }
 
-    /// A node's desired state at `revision`: its newest composition at or
-    /// before it, each shared part as of `revision`. `None` when the node
-    /// did not exist then; an error when the revision does not exist or a
-    /// stored byte does not match its key.
+    /// A node's desired (current) state at `revision`: when a rollback
+    /// pinned the node, the state it is held at; otherwise its newest
+    /// composition at or before `revision`, each shared part as of
+    /// `revision`. `None` when the node did not exist then; an error when
+    /// the revision does not exist or a stored byte does not match its key.
     pub async fn node_state(
         &self,
         node: &str,
         revision: RevisionId,
     ) -> Result<Option<NodeDataplane>> {
-        let Some(plan) = self.node_plan(node, revision).await? else {
+        let plan = self.node_plan(node, revision).await;
+        let state = self.assemble(node, revision, plan).await;
+        self.still_there(revision, state).await
+    }
+
+    /// A node's computed state at `revision`, as the last commit at or
+    /// before it recorded it, whether or not the node is pinned. Equals
+    /// [`Store::node_state`] for nodes that are not pinned.
+    pub async fn computed_state(
+        &self,
+        node: &str,
+        revision: RevisionId,
+    ) -> Result<Option<NodeDataplane>> {
+        let plan = self.computed_plan(node, revision).await;
+        let state = self.assemble(node, revision, plan).await;
+        self.still_there(revision, state).await
+    }
+
+    async fn assemble(
+        &self,
+        node: &str,
+        revision: RevisionId,
+        plan: Result<Option<NodePlan>>,
+    ) -> Result<Option<NodeDataplane>> {
+        let Some(plan) = plan? else {
             return Ok(None);
         };
         let keys = plan.parts.iter().map(|(_, k)| *k).collect();
@@ -421,10 +471,26 @@ impl Store {
         Self::build(node, revision, &plan, &fragments).map(Some)
     }
 
+    /// A GC may delete a revision while it is read, and the rows it
+    /// resolved through with it: whatever was read is only trusted if the
+    /// revision still exists afterwards (GC deletes the revision row first).
+    async fn still_there<T>(&self, revision: RevisionId, read: Result<T>) -> Result<T> {
+        match self.revision_row(revision).await {
+            Err(e @ StoreError::UnknownRevision(_)) => Err(e),
+            _ => read,
+        }
+    }
+
     /// What changes `node` from `from` to `to` (a node absent at one end
     /// is an empty state there). Fragments both revisions share are read
     /// once and skipped by the diff.
     pub async fn diff(&self, node: &str, from: RevisionId, to: RevisionId) -> Result<Diff> {
+        let diff = self.diff_unchecked(node, from, to).await;
+        let diff = self.still_there(from, diff).await;
+        self.still_there(to, diff).await
+    }
+
+    async fn diff_unchecked(&self, node: &str, from: RevisionId, to: RevisionId) -> Result<Diff> {
         let a = self.node_plan(node, from).await?;
         let b = self.node_plan(node, to).await?;
         let keys: BTreeSet<Digest> = a
@@ -466,6 +532,7 @@ impl Store {
         }
         rows.into_iter()
             .map(|row| {
+                let action = action_of(&row)?;
                 Ok(RevisionInfo {
                     revision: RevisionId(db::to_u64(row.revision, "revisions", "revision")?),
                     committed_ms: row.committed_ms,
@@ -476,13 +543,16 @@ impl Store {
                     },
                     nodes_changed: db::to_u64(row.nodes_changed, "revisions", "nodes_changed")?,
                     shared_changed: lines(&row.shared_changed),
+                    action,
                 })
             })
             .collect()
     }
 
-    /// Nodes whose state changed at `revision`: those whose composition
-    /// was written then, and those using a shared part written then.
+    /// Nodes whose current state changed at `revision`: those whose
+    /// composition was written then and those using a shared part written
+    /// then, unless a rollback pinned them earlier; and those rolled back
+    /// or resumed at `revision`.
     pub async fn changed_nodes(&self, revision: RevisionId) -> Result<Vec<String>> {
         let row = self.revision_row(revision).await?;
         let mut out: BTreeSet<String> = self
@@ -499,11 +569,45 @@ impl Store {
                 }
             }
         }
+        for pin in self.db.pins_at(row.revision).await? {
+            if pin.revision == row.revision {
+                out.insert(pin.node);
+            } else if pin.parts.is_some() {
+                out.remove(&pin.node);
+            }
+        }
+        let out = self.still_there(revision, Ok(out)).await?;
         Ok(out.into_iter().collect())
     }
 
     /// Row counts and size on disk, from the database.
     pub async fn stats(&self) -> Result<StoreStats> {
         self.db.stats().await
+    }
+}
+
+/// The plan of a pinned node: its parts as the pin row names them.
+pub(crate) fn pin_plan(parts: &[u8], digest: Option<&[u8]>) -> Result<NodePlan> {
+    let c = Composition::decode("", parts)?;
+    let recorded = digest
+        .map(|d| db::digest_of(d, "node_pins", "state_digest"))
+        .transpose()?;
+    Ok(NodePlan {
+        parts: c.own.into_iter().collect(),
+        recorded,
+    })
+}
+
+fn action_of(row: &RevisionRow) -> Result<RevisionAction> {
+    match (row.action.as_str(), row.target) {
+        ("commit", _) => Ok(RevisionAction::Commit),
+        ("resume", _) => Ok(RevisionAction::Resume),
+        ("rollback", Some(to)) => Ok(RevisionAction::Rollback {
+            to: RevisionId(db::to_u64(to, "revisions", "target")?),
+        }),
+        (other, target) => Err(StoreError::BadRow {
+            table: "revisions",
+            reason: format!("action {other:?} with target {target:?}"),
+        }),
     }
 }

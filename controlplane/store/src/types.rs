@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
-use setpoint_dataplane::{Fragment, NodeDataplane};
+use setpoint_dataplane::{Digest, Fragment, NodeDataplane};
 
 /// A revision number: positive, strictly increasing with each commit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -38,7 +38,7 @@ pub struct Cause {
     pub summary: String,
 }
 
-/// The part name prefix of a node's own parts ("node/<n>") in
+/// The part name prefix of a node's own parts (`node/<n>`) in
 /// [`NodeParts::split`]; every other part is taken as shared.
 pub const OWN_PART_PREFIX: &str = "node/";
 
@@ -79,7 +79,7 @@ impl NodeParts {
 pub struct CommitRequest {
     pub epoch: Epoch,
     pub cause: Cause,
-    /// Shared parts ("base", "services", "zone/<z>") by name.
+    /// Shared parts (`base`, `services`, `zone/<z>`) by name.
     pub shared: BTreeMap<String, Arc<Fragment>>,
     /// Shared parts that no longer exist; no node may still use them.
     pub removed_shared: BTreeSet<String>,
@@ -121,6 +121,92 @@ pub struct RevisionInfo {
     pub nodes_changed: u64,
     /// Shared parts written at this revision.
     pub shared_changed: Vec<String>,
+    /// What wrote it.
+    pub action: RevisionAction,
+}
+
+/// What wrote a revision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RevisionAction {
+    /// [`crate::Store::commit`]: a computation.
+    Commit,
+    /// [`crate::Store::rollback`] to `to`; the cause's summary is the reason.
+    Rollback { to: RevisionId },
+    /// [`crate::Store::resume`]: pins lifted.
+    Resume,
+}
+
+/// Roll nodes back to the states they had at an earlier revision
+/// ([`crate::Store::rollback`]).
+#[derive(Clone, Debug)]
+pub struct RollbackRequest {
+    pub epoch: Epoch,
+    /// The revision whose states the nodes get back.
+    pub to: RevisionId,
+    /// Which nodes; `None` means every node that exists both at `to` and
+    /// at the head.
+    pub nodes: Option<BTreeSet<String>>,
+    /// Why, for operators; recorded as the revision's summary and on the pin.
+    pub reason: String,
+}
+
+/// A node held at an old state by a rollback, until resumed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pin {
+    pub node: String,
+    /// The revision whose state the node is held at.
+    pub held_at: RevisionId,
+    /// The rollback revision that pinned it.
+    pub since: RevisionId,
+    pub reason: String,
+}
+
+/// How an agent's last apply ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AgentResult {
+    Ack,
+    Nack {
+        error: String,
+        /// What the agent was doing (e.g. `ipset restore`).
+        operation: String,
+    },
+}
+
+/// The last report of a node's agent ([`crate::Store::record_agent_status`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentStatus {
+    pub node: String,
+    /// The revision the node's kernel state is known to be at; `None`
+    /// before its first successful apply.
+    pub applied_revision: Option<RevisionId>,
+    /// Digest of the state the agent applied (it hashes what it applied).
+    pub applied_digest: Option<Digest>,
+    pub result: AgentResult,
+    /// Unix milliseconds of the contact this report came from.
+    pub contact_ms: i64,
+    pub agent_version: String,
+}
+
+/// What [`crate::Store::gc`] keeps: a revision survives when it is among
+/// the newest `keep_newest` (at least the head is always kept), or younger
+/// than `keep_younger_than_ms` at `now_ms`, or a pinned node is held at it.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    pub keep_newest: usize,
+    pub keep_younger_than_ms: i64,
+    /// Unix milliseconds.
+    pub now_ms: i64,
+}
+
+/// What one [`crate::Store::gc`] removed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    pub revisions: u64,
+    /// `nodes`, `shared_parts` and `node_pins` rows no kept revision reads.
+    pub version_rows: u64,
+    pub fragments: u64,
+    pub manifests: u64,
+    pub chunks: u64,
 }
 
 /// Row counts and bytes on disk, from the database itself.

@@ -93,6 +93,9 @@ pub(crate) struct WriterCache {
     /// Last chunking of each part this writer committed (not filled by a
     /// load: the first commit after it chunks from scratch).
     pub chunked: HashMap<Slot, Arc<ChunkedFragment>>,
+    /// Nodes a rollback holds at an old state: their computed changes are
+    /// recorded but not counted as changes.
+    pub pinned: HashSet<String>,
 }
 
 /// Rows one commit writes, and the cache after it.
@@ -335,7 +338,10 @@ pub(crate) fn prepare(cache: &WriterCache, req: &CommitRequest) -> Result<Prepar
             }
         }
     }
-    p.nodes_changed = changed.len() as u64;
+    p.nodes_changed = changed
+        .iter()
+        .filter(|n| !cache.pinned.contains(**n))
+        .count() as u64;
     let mut objects = req.cause.objects.clone();
     objects.sort();
     objects.dedup();

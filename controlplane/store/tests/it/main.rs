@@ -24,9 +24,13 @@ macro_rules! both {
     };
 }
 
+mod agents;
 mod cluster;
+mod crash;
 mod fencing;
+mod gc;
 mod integrity;
 mod revisions;
+mod rollback;
 mod sharing;
 mod support;
