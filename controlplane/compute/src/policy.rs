@@ -298,48 +298,45 @@ pub fn convert_policy(p: &networking::NetworkPolicy) -> Result<Policy, Rejection
             }
             Ok(out)
         };
+    // One rule of either direction: its peers (`from` or `to`) and ports.
+    let rule = |peers: Option<&Vec<networking::NetworkPolicyPeer>>,
+                rule_ports: Option<&Vec<networking::NetworkPolicyPort>>,
+                direction: &str|
+     -> Result<PolicyRule, Rejection> {
+        let peers = peers
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                peer(
+                    p.pod_selector.as_ref(),
+                    p.namespace_selector.as_ref(),
+                    p.ip_block.as_ref(),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| reject(format!("{direction}: {e}")))?;
+        let ports = ports(rule_ports).map_err(|e| reject(format!("{direction}: {e}")))?;
+        Ok(PolicyRule { peers, ports })
+    };
     let ingress = if types.contains(&"Ingress") {
-        let mut rules = Vec::new();
-        for r in spec.ingress.iter().flatten() {
-            let peers = r
-                .from
+        Some(
+            spec.ingress
                 .iter()
                 .flatten()
-                .map(|p| {
-                    peer(
-                        p.pod_selector.as_ref(),
-                        p.namespace_selector.as_ref(),
-                        p.ip_block.as_ref(),
-                    )
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| reject(format!("ingress: {e}")))?;
-            let ports = ports(r.ports.as_ref()).map_err(|e| reject(format!("ingress: {e}")))?;
-            rules.push(PolicyRule { peers, ports });
-        }
-        Some(rules)
+                .map(|r| rule(r.from.as_ref(), r.ports.as_ref(), "ingress"))
+                .collect::<Result<Vec<_>, _>>()?,
+        )
     } else {
         None
     };
     let egress = if types.contains(&"Egress") {
-        let mut rules = Vec::new();
-        for r in spec.egress.iter().flatten() {
-            let peers =
-                r.to.iter()
-                    .flatten()
-                    .map(|p| {
-                        peer(
-                            p.pod_selector.as_ref(),
-                            p.namespace_selector.as_ref(),
-                            p.ip_block.as_ref(),
-                        )
-                    })
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| reject(format!("egress: {e}")))?;
-            let ports = ports(r.ports.as_ref()).map_err(|e| reject(format!("egress: {e}")))?;
-            rules.push(PolicyRule { peers, ports });
-        }
-        Some(rules)
+        Some(
+            spec.egress
+                .iter()
+                .flatten()
+                .map(|r| rule(r.to.as_ref(), r.ports.as_ref(), "egress"))
+                .collect::<Result<Vec<_>, _>>()?,
+        )
     } else {
         None
     };
