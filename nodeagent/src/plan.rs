@@ -1,0 +1,228 @@
+//! A diff → kernel operations, ordered make-before-break:
+//!
+//! ```text
+//!  1 sets created / redefined / grown   (ipset restore)
+//!  2 service addresses added            (rtnetlink)
+//!  3 IPVS additions and edits           (generic netlink)
+//!  4 iptables chains and jumps          (iptables-restore --noflush, per family and table)
+//!  5 IPVS removals                      (TCP real servers drained first by the executor)
+//!  6 set shrinks and destroys           (no rule uses them any more)
+//!  7 service addresses removed
+//! ```
+//!
+//! So at every step each rule's sets exist, each real server's virtual
+//! server exists, and traffic keeps a path until its replacement is in.
+//! Pure: the executor (kernel backends) comes next.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use setpoint_dataplane::{
+    Chain, Change, Diff, Family, Jump, RealServer, Scheduler, SetEntry, SetSpec, Table,
+    VirtualServer, VirtualServerKey,
+};
+
+/// One kernel operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    CreateSet {
+        name: String,
+        spec: SetSpec,
+    },
+    /// Build under a temporary name, `swap`, destroy the temporary: the
+    /// set's type, family or size changed, or it changes wholesale.
+    RebuildSet {
+        name: String,
+        spec: SetSpec,
+        entries: Vec<SetEntry>,
+    },
+    AddEntries {
+        set: String,
+        entries: Vec<SetEntry>,
+    },
+    DelEntries {
+        set: String,
+        entries: Vec<SetEntry>,
+    },
+    DestroySet {
+        name: String,
+    },
+    AddAddress {
+        address: IpAddr,
+    },
+    DelAddress {
+        address: IpAddr,
+    },
+    AddVirtualServer {
+        key: VirtualServerKey,
+        virtual_server: Arc<VirtualServer>,
+    },
+    EditVirtualServer {
+        key: VirtualServerKey,
+        scheduler: Scheduler,
+        persistence_timeout: Option<u32>,
+    },
+    AddRealServer {
+        key: VirtualServerKey,
+        real_server: RealServer,
+    },
+    EditRealServer {
+        key: VirtualServerKey,
+        real_server: RealServer,
+    },
+    DelRealServer {
+        key: VirtualServerKey,
+        address: IpAddr,
+        port: u16,
+    },
+    DelVirtualServer {
+        key: VirtualServerKey,
+    },
+    /// One `iptables-restore --noflush` for a family and table: chains
+    /// declared and refilled, chains deleted, jumps added and removed.
+    Iptables {
+        family: Family,
+        table: Table,
+        replace: Vec<(String, Arc<Chain>)>,
+        delete: Vec<String>,
+        add_jumps: Vec<Jump>,
+        del_jumps: Vec<Jump>,
+    },
+}
+
+/// What one `iptables-restore` for a family and table will carry.
+#[derive(Default)]
+struct TableOps {
+    replace: Vec<(String, Arc<Chain>)>,
+    delete: Vec<String>,
+    add_jumps: Vec<Jump>,
+    del_jumps: Vec<Jump>,
+}
+
+fn table_ops(
+    tables: &mut BTreeMap<(Family, Table), TableOps>,
+    family: Family,
+    table: Table,
+) -> &mut TableOps {
+    tables.entry((family, table)).or_default()
+}
+
+/// The phase an operation runs in (see the module doc).
+pub fn phase(op: &Op) -> u8 {
+    match op {
+        Op::CreateSet { .. } | Op::RebuildSet { .. } | Op::AddEntries { .. } => 1,
+        Op::AddAddress { .. } => 2,
+        Op::AddVirtualServer { .. }
+        | Op::EditVirtualServer { .. }
+        | Op::AddRealServer { .. }
+        | Op::EditRealServer { .. } => 3,
+        Op::Iptables { .. } => 4,
+        Op::DelRealServer { .. } | Op::DelVirtualServer { .. } => 5,
+        Op::DelEntries { .. } | Op::DestroySet { .. } => 6,
+        Op::DelAddress { .. } => 7,
+    }
+}
+
+/// The operations that carry out `diff`, in execution order. `entries_of`
+/// gives a set's entries in the target state, for sets rebuilt whole.
+pub fn plan(diff: &Diff, entries_of: impl Fn(&str) -> Vec<SetEntry>) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let mut tables: BTreeMap<(Family, Table), TableOps> = BTreeMap::new();
+    let redefined: Vec<&String> = diff
+        .changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::SetRedefined { name, .. } => Some(name),
+            _ => None,
+        })
+        .collect();
+    for change in &diff.changes {
+        match change {
+            Change::SetCreated { name, spec } => ops.push(Op::CreateSet {
+                name: name.clone(),
+                spec: spec.clone(),
+            }),
+            Change::SetRedefined { name, spec } => ops.push(Op::RebuildSet {
+                name: name.clone(),
+                spec: spec.clone(),
+                entries: entries_of(name),
+            }),
+            // A rebuilt set already holds its target entries.
+            Change::EntriesAdded { set, .. } | Change::EntriesRemoved { set, .. }
+                if redefined.contains(&set) => {}
+            Change::EntriesAdded { set, entries } => ops.push(Op::AddEntries {
+                set: set.clone(),
+                entries: entries.clone(),
+            }),
+            Change::EntriesRemoved { set, entries } => ops.push(Op::DelEntries {
+                set: set.clone(),
+                entries: entries.clone(),
+            }),
+            Change::SetDestroyed { name } => ops.push(Op::DestroySet { name: name.clone() }),
+            Change::AddressAdded { address } => ops.push(Op::AddAddress { address: *address }),
+            Change::AddressRemoved { address } => ops.push(Op::DelAddress { address: *address }),
+            Change::VirtualServerAdded {
+                key,
+                virtual_server,
+            } => ops.push(Op::AddVirtualServer {
+                key: *key,
+                virtual_server: virtual_server.clone(),
+            }),
+            Change::VirtualServerEdited {
+                key,
+                scheduler,
+                persistence_timeout,
+            } => ops.push(Op::EditVirtualServer {
+                key: *key,
+                scheduler: *scheduler,
+                persistence_timeout: *persistence_timeout,
+            }),
+            Change::VirtualServerRemoved { key } => ops.push(Op::DelVirtualServer { key: *key }),
+            Change::RealServerAdded { key, real_server } => ops.push(Op::AddRealServer {
+                key: *key,
+                real_server: *real_server,
+            }),
+            Change::RealServerEdited { key, real_server } => ops.push(Op::EditRealServer {
+                key: *key,
+                real_server: *real_server,
+            }),
+            Change::RealServerRemoved { key, address, port } => ops.push(Op::DelRealServer {
+                key: *key,
+                address: *address,
+                port: *port,
+            }),
+            Change::ChainReplaced { key, chain } => {
+                table_ops(&mut tables, key.family, key.table)
+                    .replace
+                    .push((key.name.clone(), chain.clone()));
+            }
+            Change::ChainRemoved { key } => {
+                table_ops(&mut tables, key.family, key.table)
+                    .delete
+                    .push(key.name.clone());
+            }
+            Change::JumpAdded { jump } => {
+                table_ops(&mut tables, jump.family, jump.table)
+                    .add_jumps
+                    .push(jump.clone());
+            }
+            Change::JumpRemoved { jump } => {
+                table_ops(&mut tables, jump.family, jump.table)
+                    .del_jumps
+                    .push(jump.clone());
+            }
+        }
+    }
+    ops.extend(tables.into_iter().map(|((family, table), t)| Op::Iptables {
+        family,
+        table,
+        replace: t.replace,
+        delete: t.delete,
+        add_jumps: t.add_jumps,
+        del_jumps: t.del_jumps,
+    }));
+    // Stable: within a phase the diff's canonical order is kept.
+    ops.sort_by_key(phase);
+    ops
+}
