@@ -117,8 +117,15 @@ fn build_workload(shape: &ClusterShape, changes: usize) -> Workload {
         names.len()
     );
 
+    // SETPOINT_BENCH_ONLY=ClusterIP (or NodePort, …) changes only Services
+    // of that kind, as the compute benchmark does.
+    let only = std::env::var("SETPOINT_BENCH_ONLY").ok();
     let picks: Vec<usize> = (0..shape.services * 10)
         .map(|j| (j * 7907) % shape.services)
+        .filter(|i| {
+            only.as_deref()
+                .is_none_or(|k| kind_label(synthetic::kind_of(*i)) == k)
+        })
         .take(changes)
         .collect();
     let probe_at = (changes as u64 / 2).max(1) + 1;
