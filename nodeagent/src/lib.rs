@@ -1,11 +1,13 @@
 //! The node agent's library: the planner that orders a diff into kernel
 //! operations (make-before-break), and an in-memory kernel to prove the
-//! order. Kernel backends (ipset, iptables, IPVS over netlink) come next.
+//! order; the ipset backend (`ipset restore` batches, `ipset save`
+//! read-back). iptables and IPVS backends come next.
 //!
 //! ```text
 //!  Diff ──plan()──▶ [Op] (phases 1..7) ──executor──▶ kernel
 //!                                      └─KernelModel (tests)
 //! ```
 
+pub mod ipset;
 pub mod kernel_model;
 pub mod plan;

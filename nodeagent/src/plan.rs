@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use setpoint_dataplane::{
-    Chain, Change, Diff, Family, Jump, RealServer, Scheduler, SetEntry, SetSpec, Table,
+    Chain, Change, Diff, Family, Fragment, Jump, RealServer, Scheduler, SetEntry, SetSpec, Table,
     VirtualServer, VirtualServerKey,
 };
 
@@ -31,7 +31,7 @@ pub enum Op {
         spec: SetSpec,
     },
     /// Build under a temporary name, `swap`, destroy the temporary: the
-    /// set's type, family or size changed, or it changes wholesale.
+    /// set's size or description changed (its type and family never do).
     RebuildSet {
         name: String,
         spec: SetSpec,
@@ -124,9 +124,41 @@ pub fn phase(op: &Op) -> u8 {
     }
 }
 
-/// The operations that carry out `diff`, in execution order. `entries_of`
-/// gives a set's entries in the target state, for sets rebuilt whole.
-pub fn plan(diff: &Diff, entries_of: impl Fn(&str) -> Vec<SetEntry>) -> Vec<Op> {
+/// A diff the kernel cannot carry out without a gap.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// `ipset swap` needs both sets of one type and family, and rules name
+    /// sets by name: a set cannot change type in place. Setpoint's set
+    /// names encode their type, so this means a bad target state.
+    #[error("set {name} would change from {from} to {to}: a set keeps its type for life")]
+    SetTypeChanged {
+        name: String,
+        from: String,
+        to: String,
+    },
+}
+
+/// The operations that carry out `diff` on `current` to reach `target`, in
+/// execution order. Sets rebuilt whole take their entries from `target`.
+pub fn plan(diff: &Diff, current: &Fragment, target: &Fragment) -> Result<Vec<Op>, PlanError> {
+    for change in &diff.changes {
+        if let Change::SetRedefined { name, spec } = change
+            && let Some(old) = current.set(name)
+            && (old.kind != spec.kind || old.family != spec.family)
+        {
+            return Err(PlanError::SetTypeChanged {
+                name: name.clone(),
+                from: format!("{} {}", old.kind, old.family.as_str()),
+                to: format!("{} {}", spec.kind, spec.family.as_str()),
+            });
+        }
+    }
+    let entries_of = |set: &str| -> Vec<SetEntry> {
+        target
+            .entries(set)
+            .map(|m| m.iter().cloned().collect())
+            .unwrap_or_default()
+    };
     let mut ops = Vec::new();
     let mut tables: BTreeMap<(Family, Table), TableOps> = BTreeMap::new();
     let redefined: Vec<&String> = diff
@@ -224,5 +256,5 @@ pub fn plan(diff: &Diff, entries_of: impl Fn(&str) -> Vec<SetEntry>) -> Vec<Op> 
     }));
     // Stable: within a phase the diff's canonical order is kept.
     ops.sort_by_key(phase);
-    ops
+    Ok(ops)
 }

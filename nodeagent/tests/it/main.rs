@@ -32,13 +32,7 @@ fn state(objects: &[ClusterObject], keep: &[bool], node: &str) -> NodeDataplane 
 
 /// Runs the plan from `a` to `b` on the model; every step must be accepted.
 fn run(a: &NodeDataplane, b: &NodeDataplane) -> Result<KernelModel, String> {
-    let target = b.flatten();
-    let ops = plan(&diff(a, b), |set| {
-        target
-            .entries(set)
-            .map(|m| m.iter().cloned().collect())
-            .unwrap_or_default()
-    });
+    let ops = plan(&diff(a, b), &a.flatten(), &b.flatten()).map_err(|e| e.to_string())?;
     let phases: Vec<u8> = ops.iter().map(phase).collect();
     if !phases.is_sorted() {
         return Err(format!("phases out of order: {phases:?}"));
@@ -129,7 +123,7 @@ fn a_set_swap_under_a_rule_is_make_before_break() {
         NodeDataplane::from_fragment(b),
     );
 
-    let ops = plan(&diff(&a, &b), |_| Vec::new());
+    let ops = plan(&diff(&a, &b), &a.flatten(), &b.flatten()).expect("plans");
     let kinds: Vec<&str> = ops
         .iter()
         .map(|op| match op {
@@ -157,34 +151,183 @@ fn a_set_swap_under_a_rule_is_make_before_break() {
     );
 }
 
-/// A redefined set (here: another type) is rebuilt whole and swapped in;
-/// its entry changes are not replayed on top.
-#[test]
-fn a_redefined_set_is_rebuilt_with_its_target_entries() {
-    let mut a = Fragment::new();
-    a.put_set("SP-X", spec(SetType::HashNet));
-    a.add_entry(
+fn one_set(kind: SetType, maxelem: u32, entries: &[SetEntry]) -> NodeDataplane {
+    let mut f = Fragment::new();
+    f.put_set(
         "SP-X",
-        SetEntry::Net {
-            net: "10.0.0.0/8".parse().expect("net"),
-            nomatch: false,
+        SetSpec {
+            maxelem,
+            ..spec(kind)
         },
     );
-    let mut b = Fragment::new();
-    b.put_set("SP-X", spec(SetType::HashIp));
-    b.add_entry("SP-X", SetEntry::Ip("10.0.0.1".parse().expect("ip")));
-    let (a, b) = (
-        NodeDataplane::from_fragment(a),
-        NodeDataplane::from_fragment(b),
-    );
-    let target = b.flatten();
-    let ops = plan(&diff(&a, &b), |set| {
-        target
-            .entries(set)
-            .map(|m| m.iter().cloned().collect())
-            .unwrap_or_default()
-    });
+    for e in entries {
+        f.add_entry("SP-X", e.clone());
+    }
+    NodeDataplane::from_fragment(f)
+}
+
+/// A set whose size changes is rebuilt whole and swapped in; its entry
+/// changes are not replayed on top.
+#[test]
+fn a_resized_set_is_rebuilt_with_its_target_entries() {
+    let ip = |s: &str| SetEntry::Ip(s.parse().expect("ip"));
+    let a = one_set(SetType::HashIp, 1024, &[ip("10.0.0.1"), ip("10.0.0.2")]);
+    let b = one_set(SetType::HashIp, 4096, &[ip("10.0.0.2"), ip("10.0.0.3")]);
+    let ops = plan(&diff(&a, &b), &a.flatten(), &b.flatten()).expect("plans");
     assert_eq!(ops.len(), 1, "{ops:?}");
-    assert!(matches!(&ops[0], Op::RebuildSet { entries, .. } if entries.len() == 1));
-    assert!(run(&a, &b).expect("rebuild").state == target);
+    assert!(matches!(&ops[0], Op::RebuildSet { entries, .. } if entries.len() == 2));
+    assert!(run(&a, &b).expect("rebuild").state == b.flatten());
+}
+
+/// A set cannot change type under its name: refused with the reason.
+#[test]
+fn a_set_changing_type_is_refused() {
+    let a = one_set(SetType::HashNet, 1024, &[]);
+    let b = one_set(SetType::HashIp, 1024, &[]);
+    let err = plan(&diff(&a, &b), &a.flatten(), &b.flatten()).expect_err("refused");
+    assert!(
+        err.to_string().contains("hash:net inet to hash:ip inet"),
+        "{err}"
+    );
+}
+
+mod ipset_backend {
+    use std::collections::BTreeMap;
+
+    use setpoint_agent::ipset::{Target, parse_save, script};
+    use setpoint_agent::plan::{Op, phase, plan};
+    use setpoint_dataplane::{NodeDataplane, SetType, diff};
+    use setpoint_integration::{Netns, require_root_and_tools};
+
+    use super::{example_objects, state};
+
+    /// Runs the set operations of `from → to` in the namespace: the
+    /// creating phase, then (after the rules would have moved) the
+    /// shrinking one.
+    fn apply_sets(target: &Target, from: &NodeDataplane, to: &NodeDataplane) {
+        let goal = to.flatten();
+        let ops = plan(&diff(from, to), &from.flatten(), &goal).expect("plans");
+        let mut kinds: BTreeMap<String, SetType> = BTreeMap::new();
+        for state in [from.flatten(), goal.clone()] {
+            for (name, spec) in state.sets() {
+                kinds.insert(name.clone(), spec.kind);
+            }
+        }
+        for wanted in [1u8, 6] {
+            let batch: Vec<Op> = ops
+                .iter()
+                .filter(|op| phase(op) == wanted)
+                .cloned()
+                .collect();
+            if let Some(text) = script(&batch, &kinds) {
+                target
+                    .ipset(&["restore", "-exist"], Some(&text))
+                    .unwrap_or_else(|e| panic!("phase {wanted}: {e}\n{text}"));
+            }
+        }
+    }
+
+    /// The kernel's sets equal the state's: type, family, size, entries.
+    fn assert_kernel_holds(target: &Target, state: &NodeDataplane) {
+        let save = target.ipset(&["save"], None).expect("ipset save");
+        let kernel = parse_save(&save, |n| n.starts_with("SP")).expect("parses");
+        let flat = state.flatten();
+        let names: Vec<&String> = flat.sets().map(|(n, _)| n).collect();
+        assert_eq!(kernel.keys().collect::<Vec<_>>(), names, "set names");
+        for (name, spec) in flat.sets() {
+            let k = &kernel[name];
+            assert_eq!(k.kind, spec.kind, "{name}");
+            if spec.kind != SetType::BitmapPort {
+                assert_eq!(k.family, spec.family, "{name}");
+                assert_eq!(k.maxelem, Some(spec.maxelem), "{name}");
+            }
+            let want: Vec<_> = flat.entries(name).into_iter().flatten().cloned().collect();
+            assert_eq!(k.entries, want, "{name} entries");
+        }
+    }
+
+    #[test]
+    fn sets_reach_each_target_in_a_real_namespace() {
+        require_root_and_tools();
+        let ns = Netns::create("agent-ipset").expect("netns");
+        let target = Target {
+            netns: Some(ns.name().to_string()),
+        };
+        let objects = example_objects();
+        let empty = NodeDataplane::default();
+        let some: Vec<bool> = (0..objects.len()).map(|i| i % 3 != 0).collect();
+        let all = vec![true; objects.len()];
+        let none_of_the_policies: Vec<bool> = objects
+            .iter()
+            .map(|o| !matches!(o, setpoint_compute::ClusterObject::NetworkPolicy(_)))
+            .collect();
+        let partial = state(&objects, &some, "node-b");
+        let full = state(&objects, &all, "node-b");
+        let no_policy = state(&objects, &none_of_the_policies, "node-b");
+        apply_sets(&target, &empty, &partial);
+        assert_kernel_holds(&target, &partial);
+        apply_sets(&target, &partial, &full);
+        assert_kernel_holds(&target, &full);
+        // Policy sets go away; service sets shrink.
+        apply_sets(&target, &full, &no_policy);
+        assert_kernel_holds(&target, &no_policy);
+    }
+
+    /// A set whose size changes is rebuilt under a temporary name and
+    /// swapped in; nomatch entries and host nets read back as written.
+    #[test]
+    fn a_redefined_set_is_swapped_in_a_real_namespace() {
+        use setpoint_dataplane::{Family, Fragment, SetEntry, SetSpec};
+        require_root_and_tools();
+        let ns = Netns::create("agent-swap").expect("netns");
+        let target = Target {
+            netns: Some(ns.name().to_string()),
+        };
+        let spec = |kind| SetSpec {
+            kind,
+            family: Family::Inet,
+            maxelem: 1024,
+            comment: String::new(),
+        };
+        let mut a = Fragment::new();
+        a.put_set("SP-X", spec(SetType::HashNet));
+        for (net, nomatch) in [
+            ("10.0.0.0/8", false),
+            ("10.1.0.0/16", true),
+            ("192.168.0.7/32", false),
+        ] {
+            a.add_entry(
+                "SP-X",
+                SetEntry::Net {
+                    net: net.parse().expect("net"),
+                    nomatch,
+                },
+            );
+        }
+        let mut b = Fragment::new();
+        b.put_set(
+            "SP-X",
+            SetSpec {
+                maxelem: 4096,
+                ..spec(SetType::HashNet)
+            },
+        );
+        b.add_entry(
+            "SP-X",
+            SetEntry::Net {
+                net: "10.2.0.0/16".parse().expect("net"),
+                nomatch: false,
+            },
+        );
+        let (a, b) = (
+            NodeDataplane::from_fragment(a),
+            NodeDataplane::from_fragment(b),
+        );
+        apply_sets(&target, &NodeDataplane::default(), &a);
+        assert_kernel_holds(&target, &a);
+        apply_sets(&target, &a, &b);
+        assert_kernel_holds(&target, &b);
+        let leftovers = target.ipset(&["list", "-n"], None).expect("list");
+        assert_eq!(leftovers.trim(), "SP-X", "the temporary set is gone");
+    }
 }

@@ -34,8 +34,10 @@ pub enum Change {
         name: String,
         spec: SetSpec,
     },
-    /// Type, family, size or comment changed; the agent rebuilds the set
-    /// under a temporary name and swaps it in.
+    /// Size or comment changed; the agent rebuilds the set under a
+    /// temporary name and swaps it in. `ipset swap` cannot change a set's
+    /// type or family, so the agent refuses such a change: Setpoint's set
+    /// names encode their type.
     SetRedefined {
         name: String,
         spec: SetSpec,
