@@ -8,19 +8,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::process::{Command, Stdio};
 
 use setpoint_dataplane::render::ipset_entry;
 use setpoint_dataplane::{Family, SetEntry, SetSpec, SetType};
 use sha2::{Digest as _, Sha256};
 
 use crate::plan::Op;
-
-/// Where kernel commands run: this network namespace or a named one.
-#[derive(Clone, Debug, Default)]
-pub struct Target {
-    pub netns: Option<String>,
-}
+use crate::target::{RunError, Target};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpsetError {
@@ -33,43 +27,15 @@ pub enum IpsetError {
 }
 
 impl Target {
-    fn command(&self, program: &str) -> Command {
-        match &self.netns {
-            None => Command::new(program),
-            Some(ns) => {
-                let mut c = Command::new("ip");
-                c.args(["netns", "exec", ns, program]);
-                c
-            }
-        }
-    }
-
     /// Runs `ipset` with `args`, feeding `stdin`; returns stdout.
     pub fn ipset(&self, args: &[&str], stdin: Option<&str>) -> Result<String, IpsetError> {
-        use std::io::Write;
-        let mut cmd = self.command("ipset");
-        cmd.args(args)
-            .stdin(if stdin.is_some() {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(IpsetError::Spawn)?;
-        if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
-            input
-                .write_all(text.as_bytes())
-                .map_err(IpsetError::Spawn)?;
-        }
-        let out = child.wait_with_output().map_err(IpsetError::Spawn)?;
-        if !out.status.success() {
-            return Err(IpsetError::Failed {
+        self.run("ipset", args, stdin).map_err(|e| match e {
+            RunError::Spawn(e) => IpsetError::Spawn(e),
+            RunError::Failed(stderr) => IpsetError::Failed {
                 command: args.join(" "),
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+                stderr,
+            },
+        })
     }
 }
 

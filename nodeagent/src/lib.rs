@@ -1,7 +1,6 @@
 //! The node agent's library: the planner that orders a diff into kernel
 //! operations (make-before-break), and an in-memory kernel to prove the
-//! order; the ipset backend (`ipset restore` batches, `ipset save`
-//! read-back). iptables and IPVS backends come next.
+//! order; the ipset and iptables backends with read-back. IPVS comes next.
 //!
 //! ```text
 //!  Diff ──plan()──▶ [Op] (phases 1..7) ──executor──▶ kernel
@@ -9,5 +8,7 @@
 //! ```
 
 pub mod ipset;
+pub mod iptables;
 pub mod kernel_model;
 pub mod plan;
+pub mod target;

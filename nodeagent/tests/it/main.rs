@@ -194,8 +194,9 @@ fn a_set_changing_type_is_refused() {
 mod ipset_backend {
     use std::collections::BTreeMap;
 
-    use setpoint_agent::ipset::{Target, parse_save, script};
+    use setpoint_agent::ipset::{parse_save, script};
     use setpoint_agent::plan::{Op, phase, plan};
+    use setpoint_agent::target::Target;
     use setpoint_dataplane::{NodeDataplane, SetType, diff};
     use setpoint_integration::{Netns, require_root_and_tools};
 
@@ -329,5 +330,74 @@ mod ipset_backend {
         assert_kernel_holds(&target, &b);
         let leftovers = target.ipset(&["list", "-n"], None).expect("list");
         assert_eq!(leftovers.trim(), "SP-X", "the temporary set is gone");
+    }
+
+    /// Sets and iptables together, as the agent applies them: each step in
+    /// plan order on the real tools (IPVS and addresses only in the model,
+    /// this kernel has no IPVS), then everything read back.
+    #[test]
+    fn sets_chains_and_jumps_reach_each_target_in_a_real_namespace() {
+        use setpoint_agent::iptables;
+        use setpoint_agent::kernel_model::KernelModel;
+        use setpoint_dataplane::Family;
+        require_root_and_tools();
+        let ns = Netns::create("agent-ipt").expect("netns");
+        let target = Target {
+            netns: Some(ns.name().to_string()),
+        };
+        let objects = example_objects();
+        let all = vec![true; objects.len()];
+        let some: Vec<bool> = (0..objects.len()).map(|i| i % 4 != 1).collect();
+        let none_of_the_policies: Vec<bool> = objects
+            .iter()
+            .map(|o| !matches!(o, setpoint_compute::ClusterObject::NetworkPolicy(_)))
+            .collect();
+        let steps = [
+            state(&objects, &some, "node-a"),
+            state(&objects, &all, "node-a"),
+            state(&objects, &none_of_the_policies, "node-a"),
+            NodeDataplane::default(),
+        ];
+        let mut current = NodeDataplane::default();
+        for (n, next) in steps.iter().enumerate() {
+            let goal = next.flatten();
+            let ops = plan(&diff(&current, next), &current.flatten(), &goal).expect("plans");
+            let mut model = KernelModel::new(current.flatten());
+            let mut kinds: BTreeMap<String, SetType> = BTreeMap::new();
+            for state in [current.flatten(), goal.clone()] {
+                for (name, spec) in state.sets() {
+                    kinds.insert(name.clone(), spec.kind);
+                }
+            }
+            for op in &ops {
+                if let Some(text) = script(std::slice::from_ref(op), &kinds) {
+                    target
+                        .ipset(&["restore", "-exist"], Some(&text))
+                        .unwrap_or_else(|e| panic!("step {n}: {e}\n{text}"));
+                }
+                if let Op::Iptables { family, .. } = op {
+                    let before = model.state.clone();
+                    let mut after = model.clone();
+                    after.apply(op).expect("model accepts");
+                    let text = iptables::script(op, &before, &after.state).expect("an iptables op");
+                    iptables::restore(&target, *family, &text)
+                        .unwrap_or_else(|e| panic!("step {n}: {e}\n{text}"));
+                }
+                model
+                    .apply(op)
+                    .unwrap_or_else(|e| panic!("step {n}: model refused {op:?}: {e}"));
+            }
+            assert_kernel_holds(&target, next);
+            for family in Family::ALL {
+                let kernel =
+                    iptables::read(&target, family, |c| c.starts_with("SP-")).expect("save");
+                assert_eq!(
+                    kernel,
+                    iptables::expected(&goal, family),
+                    "step {n} {family:?}"
+                );
+            }
+            current = next.clone();
+        }
     }
 }

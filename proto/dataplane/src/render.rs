@@ -116,7 +116,8 @@ fn quote(arg: &str) -> String {
     q
 }
 
-fn rule_text(args: &[String]) -> String {
+/// A rule's arguments as `iptables-restore` reads them (quoted where needed).
+pub fn rule_text(args: &[String]) -> String {
     args.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
 }
 
