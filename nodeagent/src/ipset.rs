@@ -107,19 +107,6 @@ pub struct KernelSet {
     pub entries: Vec<SetEntry>,
 }
 
-fn parse_type(text: &str) -> Option<SetType> {
-    [
-        SetType::HashIp,
-        SetType::HashIpPort,
-        SetType::HashIpPortIp,
-        SetType::HashIpPortNet,
-        SetType::HashNet,
-        SetType::BitmapPort,
-    ]
-    .into_iter()
-    .find(|t| t.as_str() == text)
-}
-
 /// Parses `ipset save` output, keeping the sets whose name `ours` accepts.
 pub fn parse_save(
     text: &str,
@@ -135,7 +122,7 @@ pub fn parse_save(
         match words.as_slice() {
             ["create", name, kind, rest @ ..] if ours(name) => {
                 let kind =
-                    parse_type(kind).ok_or_else(|| bad(format!("unknown set type {kind}")))?;
+                    SetType::parse(kind).ok_or_else(|| bad(format!("unknown set type {kind}")))?;
                 let option = |key: &str| rest.windows(2).find(|w| w[0] == key).map(|w| w[1]);
                 let family = match option("family") {
                     Some("inet6") => Family::Inet6,

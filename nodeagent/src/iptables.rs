@@ -122,9 +122,7 @@ pub struct KernelTables {
 }
 
 fn table_of(name: &str) -> Option<Table> {
-    [Table::Filter, Table::Nat, Table::Mangle, Table::Raw]
-        .into_iter()
-        .find(|t| t.as_str() == name)
+    Table::ALL.into_iter().find(|t| t.as_str() == name)
 }
 
 /// Parses `iptables-save` output; own chains are those `ours` accepts.

@@ -6,25 +6,9 @@
 
 use std::sync::Arc;
 
-use setpoint_dataplane::{ChainKey, Fragment, Rule, VirtualServer};
+use setpoint_dataplane::{BUILTIN_TARGETS, ChainKey, Fragment, Rule, VirtualServer};
 
 use crate::plan::Op;
-
-/// iptables targets that are not chains.
-const TARGETS: &[&str] = &[
-    "ACCEPT",
-    "DROP",
-    "RETURN",
-    "REJECT",
-    "MASQUERADE",
-    "MARK",
-    "CONNMARK",
-    "SNAT",
-    "DNAT",
-    "LOG",
-    "NOTRACK",
-    "CT",
-];
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KernelModel {
@@ -223,7 +207,7 @@ impl KernelModel {
                         }
                     }
                     if let Some(target) = rule.target()
-                        && !TARGETS.contains(&target)
+                        && !BUILTIN_TARGETS.contains(&target)
                         && !chains.iter().any(|c| c == target)
                     {
                         return Err(format!("rule jumps to {target} which does not exist"));

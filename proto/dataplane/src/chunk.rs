@@ -454,15 +454,8 @@ impl Writer {
     }
 }
 
-const SET_TYPES: [SetType; 6] = [
-    SetType::HashIp,
-    SetType::HashIpPort,
-    SetType::HashIpPortIp,
-    SetType::HashIpPortNet,
-    SetType::HashNet,
-    SetType::BitmapPort,
-];
-const TABLES: [Table; 4] = [Table::Filter, Table::Nat, Table::Mangle, Table::Raw];
+const SET_TYPES: [SetType; 6] = SetType::ALL;
+const TABLES: [Table; 4] = Table::ALL;
 const FORWARDS: [Forward; 3] = [Forward::Masq, Forward::Route, Forward::Tunnel];
 
 fn index_of<T: PartialEq>(all: &[T], v: &T) -> u8 {

@@ -107,6 +107,20 @@ pub enum SetType {
 }
 
 impl SetType {
+    pub const ALL: [SetType; 6] = [
+        SetType::HashIp,
+        SetType::HashIpPort,
+        SetType::HashIpPortIp,
+        SetType::HashIpPortNet,
+        SetType::HashNet,
+        SetType::BitmapPort,
+    ];
+
+    /// The type named as `ipset` names it (`hash:ip,port`).
+    pub fn parse(text: &str) -> Option<SetType> {
+        SetType::ALL.into_iter().find(|t| t.as_str() == text)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             SetType::HashIp => "hash:ip",
@@ -556,6 +570,8 @@ pub enum Table {
 }
 
 impl Table {
+    pub const ALL: [Table; 4] = [Table::Filter, Table::Nat, Table::Mangle, Table::Raw];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Table::Filter => "filter",
@@ -584,6 +600,22 @@ pub struct ChainKey {
     pub table: Table,
     pub name: String,
 }
+
+/// iptables targets that are not chains.
+pub const BUILTIN_TARGETS: &[&str] = &[
+    "ACCEPT",
+    "DROP",
+    "RETURN",
+    "REJECT",
+    "MASQUERADE",
+    "MARK",
+    "CONNMARK",
+    "SNAT",
+    "DNAT",
+    "LOG",
+    "NOTRACK",
+    "CT",
+];
 
 /// One rule: the arguments that follow `-A CHAIN` in `iptables-restore`
 /// input, one token per element (a comment with spaces is one token).

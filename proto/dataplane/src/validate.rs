@@ -5,25 +5,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::model::{
-    Family, MAX_CHAIN_NAME_LEN, MAX_SET_NAME_LEN, Rule, SetEntry, SetSpec, SetType, Table,
+    BUILTIN_TARGETS, Family, MAX_CHAIN_NAME_LEN, MAX_SET_NAME_LEN, Rule, SetEntry, SetSpec,
+    SetType, Table,
 };
 use crate::state::NodeDataplane;
-
-/// iptables targets that are not chains.
-const BUILTIN_TARGETS: &[&str] = &[
-    "ACCEPT",
-    "DROP",
-    "RETURN",
-    "REJECT",
-    "MASQUERADE",
-    "MARK",
-    "CONNMARK",
-    "SNAT",
-    "DNAT",
-    "LOG",
-    "NOTRACK",
-    "CT",
-];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Invalid {
