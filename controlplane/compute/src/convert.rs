@@ -54,7 +54,7 @@ fn parse_port(value: i32, what: &str) -> Result<u16, String> {
         .ok_or_else(|| format!("{what} {value} is out of range 1-65535"))
 }
 
-fn parse_protocol(value: Option<&str>) -> Result<Protocol, String> {
+pub(crate) fn parse_protocol(value: Option<&str>) -> Result<Protocol, String> {
     match value.unwrap_or("TCP") {
         "TCP" => Ok(Protocol::Tcp),
         "UDP" => Ok(Protocol::Udp),
@@ -65,7 +65,7 @@ fn parse_protocol(value: Option<&str>) -> Result<Protocol, String> {
 
 /// Namespace, name and report label (`Kind namespace/name`) of a
 /// namespaced object.
-fn identify<'a>(
+pub(crate) fn identify<'a>(
     meta: &'a ObjectMeta,
     kind: &str,
     default_namespace: &'a str,

@@ -27,7 +27,7 @@ use setpoint_dataplane::{
 };
 use sha2::{Digest as _, Sha256};
 
-use crate::convert::Rejection;
+use crate::convert::{Rejection, identify, parse_protocol};
 
 pub const CHAIN_POLICY: &str = "SP-POLICY";
 
@@ -191,25 +191,11 @@ impl Pod {
     }
 }
 
-fn protocol(value: Option<&str>) -> Result<Protocol, String> {
-    match value.unwrap_or("TCP") {
-        "TCP" => Ok(Protocol::Tcp),
-        "UDP" => Ok(Protocol::Udp),
-        "SCTP" => Ok(Protocol::Sctp),
-        other => Err(format!("protocol {other:?} is not TCP, UDP or SCTP")),
-    }
-}
-
 pub fn convert_policy(p: &networking::NetworkPolicy) -> Result<Policy, Rejection> {
-    let namespace = p
-        .metadata
-        .namespace
-        .clone()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| "default".to_string());
-    let name = p.metadata.name.clone().unwrap_or_default();
+    let (namespace, name, object) = identify(&p.metadata, "NetworkPolicy", "default");
+    let (namespace, name) = (namespace.to_string(), name.to_string());
     let reject = |reason: String| Rejection {
-        object: format!("NetworkPolicy {namespace}/{name}"),
+        object: object.clone(),
         reason,
     };
     if name.is_empty() {
@@ -268,7 +254,7 @@ pub fn convert_policy(p: &networking::NetworkPolicy) -> Result<Policy, Rejection
         |list: Option<&Vec<networking::NetworkPolicyPort>>| -> Result<Vec<PortSpec>, String> {
             let mut out = Vec::new();
             for p in list.into_iter().flatten() {
-                let protocol = protocol(p.protocol.as_deref())?;
+                let protocol = parse_protocol(p.protocol.as_deref())?;
                 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
                 let port = match &p.port {
                     None => None,
@@ -352,15 +338,10 @@ pub fn convert_policy(p: &networking::NetworkPolicy) -> Result<Policy, Rejection
 /// A pod as policy needs it, or `None` for a pod that neither is policed
 /// nor can be a peer (no IP yet, finished).
 pub fn convert_pod(p: &core::Pod) -> Result<Option<Pod>, Rejection> {
-    let namespace = p
-        .metadata
-        .namespace
-        .clone()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| "default".to_string());
-    let name = p.metadata.name.clone().unwrap_or_default();
+    let (namespace, name, object) = identify(&p.metadata, "Pod", "default");
+    let (namespace, name) = (namespace.to_string(), name.to_string());
     let reject = |reason: String| Rejection {
-        object: format!("Pod {namespace}/{name}"),
+        object: object.clone(),
         reason,
     };
     let status = p.status.as_ref();
@@ -405,7 +386,7 @@ pub fn convert_pod(p: &core::Pod) -> Result<Option<Pod>, Rejection> {
                     })?;
                 named_ports.push((
                     port_name.clone(),
-                    protocol(port.protocol.as_deref()).map_err(reject)?,
+                    parse_protocol(port.protocol.as_deref()).map_err(reject)?,
                     number,
                 ));
             }
