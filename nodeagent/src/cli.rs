@@ -1,7 +1,8 @@
 //! The one place that owns the command line.
 //!
-//! Today the agent reads and compares states offline; applying them to the
-//! kernel and streaming from the control plane come with the agent and
+//! `apply` takes the kernel to a state file once and verifies it (tests,
+//! and an operator recovering a node by hand); `check` and `diff` work on
+//! state files offline. Streaming from the control plane comes with the
 //! running-system work.
 
 use std::path::{Path, PathBuf};
@@ -10,6 +11,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use setpoint_dataplane::{Diff, NodeDataplane, diff};
+
+use setpoint_agent::apply::Applier;
+use setpoint_agent::plan::{Op, phase};
+use setpoint_agent::target::Target;
 
 #[derive(Parser, Debug)]
 #[command(name = "setpoint-agent", version, about = "Setpoint node agent")]
@@ -25,6 +30,19 @@ enum Command {
     Check {
         #[arg(long)]
         state: PathBuf,
+    },
+    /// Take the kernel to a state file (as `render --format json` writes
+    /// it): diff against what the kernel holds now, apply, read back and
+    /// verify. Exits 0 only when the kernel matches.
+    Apply {
+        #[arg(long)]
+        state: PathBuf,
+        /// Apply inside this named network namespace (`ip netns`).
+        #[arg(long)]
+        netns: Option<String>,
+        /// Plan and print the operations; touch nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Print the typed changes that turn one state file into another.
     Diff {
@@ -59,6 +77,71 @@ fn run_check(path: &Path) -> anyhow::Result<bool> {
     Ok(problems.is_empty())
 }
 
+fn run_apply(path: &Path, netns: Option<String>, dry_run: bool) -> anyhow::Result<bool> {
+    let state = read_state(path)?;
+    let problems = state.validate();
+    if !problems.is_empty() {
+        for p in &problems {
+            eprintln!("invalid: {p}");
+        }
+        anyhow::bail!("{} is not publishable; nothing applied", path.display());
+    }
+    let target = Target { netns };
+    let services = setpoint_agent::services::for_target(&target);
+    let mut applier = Applier::new(target, services);
+    if dry_run {
+        if let Err(e) = applier.refuse_unsupported(&state.flatten()) {
+            println!("note: a real apply here would fail: {e}");
+        }
+        let (_, ops) = applier.plan(&state)?;
+        for op in &ops {
+            println!("phase {} {}", phase(op), describe_op(op));
+        }
+        println!("dry run: {} operations, nothing applied", ops.len());
+        return Ok(true);
+    }
+    let report = applier.apply(&state)?;
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    println!(
+        "applied {} changes in {} operations in {:.1?}; the kernel holds digest {}",
+        report.changes, report.operations, report.duration, report.digest
+    );
+    Ok(true)
+}
+
+/// One line per operation, short enough to read (set entries counted).
+fn describe_op(op: &Op) -> String {
+    match op {
+        Op::AddEntries { set, entries } => format!("add {} entries to {set}", entries.len()),
+        Op::DelEntries { set, entries } => format!("delete {} entries from {set}", entries.len()),
+        Op::RebuildSet { name, entries, .. } => {
+            format!(
+                "rebuild {name} with {} entries and swap it in",
+                entries.len()
+            )
+        }
+        Op::Iptables {
+            family,
+            table,
+            replace,
+            delete,
+            add_jumps,
+            del_jumps,
+        } => format!(
+            "{} {}: replace {} chains, delete {}, jumps +{} -{}",
+            setpoint_agent::iptables::restore_tool(*family),
+            table.as_str(),
+            replace.len(),
+            delete.len(),
+            add_jumps.len(),
+            del_jumps.len()
+        ),
+        other => format!("{other:?}"),
+    }
+}
+
 fn print_diff(d: &Diff, output: Output) -> anyhow::Result<()> {
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(d)?),
@@ -76,6 +159,11 @@ pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { state } => run_check(&state),
+        Command::Apply {
+            state,
+            netns,
+            dry_run,
+        } => run_apply(&state, netns, dry_run),
         Command::Diff { from, to, output } => (|| {
             let (a, b) = (read_state(&from)?, read_state(&to)?);
             print_diff(&diff(&a, &b), output)?;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use setpoint_dataplane::{BUILTIN_TARGETS, ChainKey, Fragment, Rule, VirtualServer};
 
+use crate::apply::ApplyError;
 use crate::plan::Op;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -217,5 +218,52 @@ impl KernelModel {
             }
         }
         Ok(())
+    }
+}
+
+/// Virtual servers and service addresses held in memory: how the executor
+/// runs on a kernel without IPVS in tests, with ipset and iptables real.
+#[derive(Default)]
+pub struct ModelServices {
+    pub model: KernelModel,
+}
+
+impl crate::apply::ServiceKernel for ModelServices {
+    fn missing_feature(&self) -> Option<String> {
+        None
+    }
+
+    fn read(&mut self, into: &mut setpoint_dataplane::Fragment) -> Result<(), ApplyError> {
+        for (key, vs) in self.model.state.virtual_servers() {
+            into.put_virtual_server(*key, vs.clone());
+        }
+        for address in self.model.state.addresses() {
+            into.add_address(*address);
+        }
+        Ok(())
+    }
+
+    fn execute(&mut self, op: &Op) -> Result<(), ApplyError> {
+        self.model.apply(op).map_err(|message| ApplyError::Service {
+            operation: format!("{op:?}"),
+            message,
+        })
+    }
+
+    fn connections(
+        &mut self,
+        key: &setpoint_dataplane::VirtualServerKey,
+    ) -> Result<Vec<(std::net::IpAddr, u16, u32, u32)>, ApplyError> {
+        Ok(self
+            .model
+            .state
+            .virtual_server(key)
+            .map(|vs| {
+                vs.real_servers
+                    .iter()
+                    .map(|r| (r.address, r.port, 0, 0))
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 }

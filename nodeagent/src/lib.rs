@@ -7,8 +7,11 @@
 //!                                      └─KernelModel (tests)
 //! ```
 
+pub mod apply;
 pub mod ipset;
 pub mod iptables;
 pub mod kernel_model;
+pub mod local_state;
 pub mod plan;
+pub mod services;
 pub mod target;

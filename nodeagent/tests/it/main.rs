@@ -194,9 +194,13 @@ fn a_set_changing_type_is_refused() {
 mod ipset_backend {
     use std::collections::BTreeMap;
 
+    use setpoint_agent::apply::Applier;
     use setpoint_agent::ipset::{parse_save, script};
+    use setpoint_agent::iptables;
+    use setpoint_agent::kernel_model::ModelServices;
     use setpoint_agent::plan::{Op, phase, plan};
     use setpoint_agent::target::Target;
+    use setpoint_dataplane::Family;
     use setpoint_dataplane::{NodeDataplane, SetType, diff};
     use setpoint_integration::{Netns, require_root_and_tools};
 
@@ -332,19 +336,21 @@ mod ipset_backend {
         assert_eq!(leftovers.trim(), "SP-X", "the temporary set is gone");
     }
 
-    /// Sets and iptables together, as the agent applies them: each step in
-    /// plan order on the real tools (IPVS and addresses only in the model,
-    /// this kernel has no IPVS), then everything read back.
-    #[test]
-    fn sets_chains_and_jumps_reach_each_target_in_a_real_namespace() {
-        use setpoint_agent::iptables;
-        use setpoint_agent::kernel_model::KernelModel;
-        use setpoint_dataplane::Family;
-        require_root_and_tools();
-        let ns = Netns::create("agent-ipt").expect("netns");
+    fn applier(ns: &Netns) -> Applier {
         let target = Target {
             netns: Some(ns.name().to_string()),
         };
+        Applier::new(target, Box::new(ModelServices::default()))
+    }
+
+    /// The executor through four successive states: sets and iptables
+    /// real (IPVS in the model, this kernel has none), each apply verified
+    /// by reading the kernel back to the target's digest.
+    #[test]
+    fn the_executor_reaches_each_target_and_verifies_it_in_a_real_namespace() {
+        require_root_and_tools();
+        let ns = Netns::create("agent-exec").expect("netns");
+        let mut applier = applier(&ns);
         let objects = example_objects();
         let all = vec![true; objects.len()];
         let some: Vec<bool> = (0..objects.len()).map(|i| i % 4 != 1).collect();
@@ -358,46 +364,141 @@ mod ipset_backend {
             state(&objects, &none_of_the_policies, "node-a"),
             NodeDataplane::default(),
         ];
-        let mut current = NodeDataplane::default();
         for (n, next) in steps.iter().enumerate() {
-            let goal = next.flatten();
-            let ops = plan(&diff(&current, next), &current.flatten(), &goal).expect("plans");
-            let mut model = KernelModel::new(current.flatten());
-            let mut kinds: BTreeMap<String, SetType> = BTreeMap::new();
-            for state in [current.flatten(), goal.clone()] {
-                for (name, spec) in state.sets() {
-                    kinds.insert(name.clone(), spec.kind);
-                }
-            }
-            for op in &ops {
-                if let Some(text) = script(std::slice::from_ref(op), &kinds) {
-                    target
-                        .ipset(&["restore", "-exist"], Some(&text))
-                        .unwrap_or_else(|e| panic!("step {n}: {e}\n{text}"));
-                }
-                if let Op::Iptables { family, .. } = op {
-                    let before = model.state.clone();
-                    let mut after = model.clone();
-                    after.apply(op).expect("model accepts");
-                    let text = iptables::script(op, &before, &after.state).expect("an iptables op");
-                    iptables::restore(&target, *family, &text)
-                        .unwrap_or_else(|e| panic!("step {n}: {e}\n{text}"));
-                }
-                model
-                    .apply(op)
-                    .unwrap_or_else(|e| panic!("step {n}: model refused {op:?}: {e}"));
-            }
-            assert_kernel_holds(&target, next);
-            for family in Family::ALL {
-                let kernel =
-                    iptables::read(&target, family, |c| c.starts_with("SP-")).expect("save");
-                assert_eq!(
-                    kernel,
-                    iptables::expected(&goal, family),
-                    "step {n} {family:?}"
-                );
-            }
-            current = next.clone();
+            let report = applier
+                .apply(next)
+                .unwrap_or_else(|e| panic!("step {n}: {e}"));
+            assert_eq!(report.digest, next.digest(), "step {n}");
+            assert!(report.operations > 0, "step {n} changes something");
+            assert_kernel_holds(applier.target(), next);
+            let again = applier.apply(next).expect("re-apply");
+            assert_eq!(
+                again.operations, 0,
+                "step {n}: a second apply has nothing to do"
+            );
         }
+        let leftovers = applier.target().ipset(&["list", "-n"], None).expect("list");
+        assert_eq!(
+            leftovers.trim(),
+            "",
+            "everything of ours is gone at the end"
+        );
+    }
+
+    /// Someone flushes a set, appends a rule to one of our chains and
+    /// deletes a jump: verification names the drift and the next apply
+    /// repairs exactly that, leaving everyone else's rules alone.
+    #[test]
+    fn drift_is_detected_and_repaired_without_touching_foreign_rules() {
+        use setpoint_agent::apply::ApplyError;
+        require_root_and_tools();
+        let ns = Netns::create("agent-drift").expect("netns");
+        let mut applier = applier(&ns);
+        let objects = example_objects();
+        let full = state(&objects, &vec![true; objects.len()], "node-a");
+        applier.apply(&full).expect("first apply");
+        let target = applier.target().clone();
+        let foreign = "-A INPUT -s 192.0.2.1/32 -j DROP";
+        iptables::restore(
+            &target,
+            Family::Inet,
+            &format!("*filter\n{foreign}\nCOMMIT\n"),
+        )
+        .expect("foreign rule");
+        let flat = full.flatten();
+        let (set, _) = flat
+            .all_entries()
+            .find(|(_, e)| !e.is_empty())
+            .expect("a set with entries");
+        target.ipset(&["flush", set], None).expect("flush");
+        let (chain, _) = flat
+            .chains()
+            .find(|(k, c)| k.family == Family::Inet && !c.rules.is_empty())
+            .expect("a chain with rules");
+        let chain_name = chain.name.clone();
+        target
+            .run(
+                "iptables",
+                &[
+                    "-w",
+                    "-t",
+                    chain.table.as_str(),
+                    "-A",
+                    &chain_name,
+                    "-j",
+                    "RETURN",
+                ],
+                None,
+            )
+            .expect("append");
+        let jump = flat
+            .jumps()
+            .find(|j| j.family == Family::Inet)
+            .expect("a jump");
+        let save = target
+            .run("iptables-save", &["-t", jump.table.as_str()], None)
+            .expect("save");
+        let line = save
+            .lines()
+            .find(|l| l.starts_with(&format!("-A {} ", jump.from)) && l.contains("setpoint:"))
+            .expect("our jump is in the kernel");
+        let delete = format!(
+            "*{}\n{}\nCOMMIT\n",
+            jump.table.as_str(),
+            line.replacen("-A", "-D", 1)
+        );
+        iptables::restore(&target, Family::Inet, &delete).expect("delete jump");
+
+        match applier.verify(&full) {
+            Err(ApplyError::Mismatch { differences, .. }) => {
+                let all = differences.join("\n");
+                assert!(all.contains(set.as_str()), "names the flushed set: {all}");
+                assert!(all.contains(&chain_name), "names the edited chain: {all}");
+                assert!(all.contains(&jump.from), "names the missing jump: {all}");
+            }
+            other => panic!("drift must be a mismatch, got {other:?}"),
+        }
+        let repair = applier.apply(&full).expect("repair");
+        assert_eq!(repair.digest, full.digest());
+        assert!(repair.changes >= 3, "{repair:?}");
+        let save = target.run("iptables-save", &[], None).expect("save");
+        assert!(save.contains(foreign), "the foreign rule stays:\n{save}");
+    }
+
+    /// A state with virtual servers on a kernel without IPVS is refused
+    /// before anything is touched, naming the missing feature.
+    #[test]
+    fn virtual_servers_without_ipvs_are_refused_and_nothing_is_applied() {
+        use setpoint_agent::apply::{ApplyError, NoIpvs};
+        require_root_and_tools();
+        let ns = Netns::create("agent-noipvs").expect("netns");
+        let target = Target {
+            netns: Some(ns.name().to_string()),
+        };
+        let mut applier = Applier::new(
+            target.clone(),
+            Box::new(NoIpvs {
+                reason: "IPVS (generic netlink family IPVS)".to_string(),
+            }),
+        );
+        let objects = example_objects();
+        let full = state(&objects, &vec![true; objects.len()], "node-a");
+        match applier.apply(&full) {
+            Err(e @ ApplyError::Unsupported { .. }) => {
+                assert!(e.to_string().contains("IPVS"), "{e}")
+            }
+            other => panic!("must be refused, got {other:?}"),
+        }
+        let sets = target.ipset(&["list", "-n"], None).expect("list");
+        assert_eq!(sets.trim(), "", "nothing applied");
+        let mut policy_only = full.clone();
+        for name in full.parts().map(|(n, _)| n.clone()).collect::<Vec<_>>() {
+            if !name.starts_with("policy/") {
+                policy_only.remove_part(&name);
+            }
+        }
+        assert!(policy_only.flatten().virtual_server_count() == 0);
+        let report = applier.apply(&policy_only).expect("no IPVS needed");
+        assert_eq!(report.digest, policy_only.digest());
     }
 }

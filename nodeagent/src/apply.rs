@@ -1,0 +1,488 @@
+//! The executor: reads what the kernel holds of Setpoint's, plans the way
+//! to a target state, runs the plan through the backends phase by phase,
+//! and reads the kernel back to verify.
+//!
+//! ```text
+//!  kernel ──read──▶ Fragment ──diff/plan──▶ [Op] ──backends──▶ kernel ──read──▶ digest == target?
+//! ```
+//!
+//! IPVS and service addresses sit behind [`ServiceKernel`] so that a kernel
+//! without IPVS refuses, before touching anything, a state that needs it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use setpoint_dataplane::diff::diff_fragments;
+use setpoint_dataplane::{
+    Change, Digest, Family, Fragment, NodeDataplane, Protocol, SetSpec, SetType, VirtualServer,
+    VirtualServerKey,
+};
+
+use crate::ipset::{self, IpsetError};
+use crate::iptables::{self, IptablesError, RawRules, RuleBook};
+use crate::plan::{Op, PlanError, phase, plan};
+use crate::target::Target;
+
+/// Kernel objects named like this are Setpoint's; nothing else is touched.
+pub fn is_ours(name: &str) -> bool {
+    name.starts_with("SP-") || name.starts_with("SP6-")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Ipset(#[from] IpsetError),
+    #[error(transparent)]
+    Iptables(#[from] IptablesError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The state needs a kernel feature this kernel lacks; nothing applied.
+    #[error(
+        "this kernel has no {feature}, which the state needs for {needed_for}; nothing applied"
+    )]
+    Unsupported { feature: String, needed_for: String },
+    #[error("{operation}: {message}")]
+    Service { operation: String, message: String },
+    /// The kernel read back after the apply is not the target.
+    #[error(
+        "the kernel does not hold the target (digest {kernel}, want {want}): {}",
+        differences.join("; ")
+    )]
+    Mismatch {
+        kernel: Digest,
+        want: Digest,
+        differences: Vec<String>,
+    },
+}
+
+/// IPVS virtual servers and the service addresses, as a kernel backend.
+pub trait ServiceKernel {
+    /// Why this kernel cannot hold virtual servers, if it cannot.
+    fn missing_feature(&self) -> Option<String>;
+    /// Adds the kernel's virtual servers and service addresses to `into`.
+    fn read(&mut self, into: &mut Fragment) -> Result<(), ApplyError>;
+    /// Carries out an address or IPVS operation.
+    fn execute(&mut self, op: &Op) -> Result<(), ApplyError>;
+    /// (address, port, active, inactive connections) per real server.
+    fn connections(
+        &mut self,
+        key: &VirtualServerKey,
+    ) -> Result<Vec<(IpAddr, u16, u32, u32)>, ApplyError>;
+}
+
+/// A kernel without IPVS (this machine's): holds no virtual servers and
+/// accepts no state that has any.
+pub struct NoIpvs {
+    pub reason: String,
+}
+
+impl ServiceKernel for NoIpvs {
+    fn missing_feature(&self) -> Option<String> {
+        Some(self.reason.clone())
+    }
+    fn read(&mut self, _into: &mut Fragment) -> Result<(), ApplyError> {
+        Ok(())
+    }
+    fn execute(&mut self, op: &Op) -> Result<(), ApplyError> {
+        Err(ApplyError::Unsupported {
+            feature: self.reason.clone(),
+            needed_for: format!("{op:?}"),
+        })
+    }
+    fn connections(
+        &mut self,
+        _key: &VirtualServerKey,
+    ) -> Result<Vec<(IpAddr, u16, u32, u32)>, ApplyError> {
+        Ok(Vec::new())
+    }
+}
+
+/// A removed TCP real server kept at weight 0 until its connections end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Draining {
+    pub key: VirtualServerKey,
+    pub address: IpAddr,
+    pub port: u16,
+}
+
+/// What one apply did.
+#[derive(Debug)]
+pub struct ApplyReport {
+    pub changes: usize,
+    pub operations: usize,
+    pub digest: Digest,
+    pub duration: Duration,
+    /// Things that did not stop the apply but an operator should see.
+    pub warnings: Vec<String>,
+}
+
+pub struct Applier {
+    target: Target,
+    services: Box<dyn ServiceKernel + Send>,
+    book: RuleBook,
+    /// Set descriptions and bitmap sizes the kernel does not report back.
+    known_sets: BTreeMap<String, SetSpec>,
+    draining: BTreeMap<Draining, Instant>,
+    pub drain_timeout: Duration,
+}
+
+/// One plan step for the kernel: operations of one backend run together.
+fn backend_of(op: &Op) -> u8 {
+    match op {
+        Op::CreateSet { .. }
+        | Op::RebuildSet { .. }
+        | Op::AddEntries { .. }
+        | Op::DelEntries { .. }
+        | Op::DestroySet { .. } => 0,
+        Op::Iptables { .. } => 1,
+        _ => 2,
+    }
+}
+
+impl Applier {
+    pub fn new(target: Target, services: Box<dyn ServiceKernel + Send>) -> Applier {
+        Applier {
+            target,
+            services,
+            book: RuleBook::default(),
+            known_sets: BTreeMap::new(),
+            draining: BTreeMap::new(),
+            drain_timeout: Duration::from_secs(60),
+        }
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    fn learn(&mut self, f: &Fragment) {
+        self.book.learn(f);
+        for (name, spec) in f.sets() {
+            self.known_sets.insert(name.clone(), spec.clone());
+        }
+    }
+
+    /// What the kernel holds of Setpoint's, as a fragment, and the rules it
+    /// could not name. Real servers draining are left out: they are on
+    /// their way out and not part of any state.
+    pub fn read(&mut self) -> Result<(Fragment, RawRules), ApplyError> {
+        let mut f = Fragment::new();
+        let sets = ipset::parse_save(&self.target.ipset(&["save"], None)?, is_ours)?;
+        for (name, set) in sets {
+            let known = self.known_sets.get(&name);
+            // A bitmap has no family in the kernel; the contract gives it one.
+            let family = match (set.kind, known) {
+                (SetType::BitmapPort, Some(k)) => k.family,
+                _ => set.family,
+            };
+            let spec = SetSpec {
+                kind: set.kind,
+                family,
+                maxelem: set
+                    .maxelem
+                    .or_else(|| known.map(|k| k.maxelem))
+                    .unwrap_or(65536),
+                comment: known.map(|k| k.comment.clone()).unwrap_or_default(),
+            };
+            f.put_set(name.clone(), spec);
+            for entry in set.entries {
+                f.add_entry(&name, entry);
+            }
+        }
+        let mut raw = RawRules::new();
+        for family in Family::ALL {
+            let tables = iptables::read(&self.target, family, is_ours, &self.book)?;
+            for (key, chain) in tables.chains {
+                f.put_chain(key, std::sync::Arc::new(chain));
+            }
+            for jump in tables.jumps {
+                f.add_jump(jump);
+            }
+            raw.extend(tables.raw);
+        }
+        self.services.read(&mut f)?;
+        for d in self.draining.keys() {
+            if let Some(vs) = f.virtual_server(&d.key) {
+                let kept = vs
+                    .real_servers
+                    .iter()
+                    .filter(|r| (r.address, r.port) != (d.address, d.port))
+                    .copied()
+                    .collect();
+                let vs = VirtualServer::new(vs.scheduler, vs.persistence_timeout, kept);
+                f.put_virtual_server(d.key, std::sync::Arc::new(vs));
+            }
+        }
+        Ok((f, raw))
+    }
+
+    /// The operations that would take the kernel to `want` (dry run; see
+    /// [`Applier::refuse_unsupported`] for whether this kernel can).
+    pub fn plan(&mut self, want: &NodeDataplane) -> Result<(Fragment, Vec<Op>), ApplyError> {
+        let goal = want.flatten();
+        self.learn(&goal);
+        let (current, _) = self.read()?;
+        let ops = plan(&diff_fragments(&current, &goal), &current, &goal)?;
+        Ok((current, ops))
+    }
+
+    pub fn refuse_unsupported(&self, goal: &Fragment) -> Result<(), ApplyError> {
+        if let Some(feature) = self.services.missing_feature() {
+            let needs = goal.virtual_server_count() + goal.addresses().count();
+            if needs > 0 {
+                return Err(ApplyError::Unsupported {
+                    feature,
+                    needed_for: format!(
+                        "{} virtual servers and {} service addresses",
+                        goal.virtual_server_count(),
+                        goal.addresses().count()
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes the kernel to `want`, then verifies it by reading it back.
+    pub fn apply(&mut self, want: &NodeDataplane) -> Result<ApplyReport, ApplyError> {
+        let started = Instant::now();
+        let goal = want.flatten();
+        self.learn(&goal);
+        self.refuse_unsupported(&goal)?;
+        let (current, raw) = self.read()?;
+        let changes = diff_fragments(&current, &goal);
+        let ops = plan(&changes, &current, &goal)?;
+        let mut report = ApplyReport {
+            changes: changes.changes.len(),
+            operations: ops.len(),
+            digest: want.digest(),
+            duration: Duration::ZERO,
+            warnings: Vec::new(),
+        };
+        self.execute(&ops, &current, &goal, &raw, &mut report)?;
+        self.learn(&goal);
+        report.digest = self.verify(want)?;
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+
+    fn execute(
+        &mut self,
+        ops: &[Op],
+        current: &Fragment,
+        goal: &Fragment,
+        raw: &RawRules,
+        report: &mut ApplyReport,
+    ) -> Result<(), ApplyError> {
+        let kinds: BTreeMap<String, SetType> = current
+            .sets()
+            .chain(goal.sets())
+            .map(|(name, spec)| (name.clone(), spec.kind))
+            .collect();
+        // Consecutive set operations of one phase go in one restore batch.
+        let mut start = 0;
+        while start < ops.len() {
+            let op = &ops[start];
+            let mut end = start + 1;
+            if backend_of(op) == 0 {
+                while end < ops.len() && backend_of(&ops[end]) == 0 && phase(&ops[end]) == phase(op)
+                {
+                    end += 1;
+                }
+                if let Some(text) = ipset::script(&ops[start..end], &kinds) {
+                    self.target.ipset(&["restore", "-exist"], Some(&text))?;
+                }
+            } else if let Op::Iptables { family, .. } = op {
+                if let Some(text) = iptables::script(op, current, goal, raw) {
+                    iptables::restore(&self.target, *family, &text)?;
+                }
+            } else {
+                self.service_op(op, report)?;
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    /// IPVS and address operations, with graceful termination: a removed
+    /// TCP real server drains at weight 0; a UDP one goes at once and its
+    /// conntrack entries with it, so clients do not wait out the UDP timeout.
+    fn service_op(&mut self, op: &Op, report: &mut ApplyReport) -> Result<(), ApplyError> {
+        match op {
+            Op::DelRealServer { key, address, port } if key.protocol == Protocol::Tcp => {
+                let draining = Draining {
+                    key: *key,
+                    address: *address,
+                    port: *port,
+                };
+                let weight_zero = setpoint_dataplane::RealServer {
+                    address: *address,
+                    port: *port,
+                    weight: 0,
+                    forward: Default::default(),
+                };
+                self.services.execute(&Op::EditRealServer {
+                    key: *key,
+                    real_server: weight_zero,
+                })?;
+                self.draining
+                    .insert(draining, Instant::now() + self.drain_timeout);
+                Ok(())
+            }
+            Op::DelRealServer { key, address, port } => {
+                self.services.execute(op)?;
+                if key.protocol == Protocol::Udp
+                    && let Err(e) = self.clear_udp_conntrack(key, *address, *port)
+                {
+                    report.warnings.push(e);
+                }
+                Ok(())
+            }
+            Op::DelVirtualServer { key } => {
+                self.draining.retain(|d, _| d.key != *key);
+                self.services.execute(op)
+            }
+            Op::AddRealServer { key, real_server } => {
+                // A server that comes back while draining is simply re-weighted.
+                let back = Draining {
+                    key: *key,
+                    address: real_server.address,
+                    port: real_server.port,
+                };
+                if self.draining.remove(&back).is_some() {
+                    self.services.execute(&Op::EditRealServer {
+                        key: *key,
+                        real_server: *real_server,
+                    })
+                } else {
+                    self.services.execute(op)
+                }
+            }
+            op => self.services.execute(op),
+        }
+    }
+
+    fn clear_udp_conntrack(
+        &self,
+        key: &VirtualServerKey,
+        address: IpAddr,
+        port: u16,
+    ) -> Result<(), String> {
+        let (vip, vport, rs, rport) = (
+            key.address.to_string(),
+            key.port.to_string(),
+            address.to_string(),
+            port.to_string(),
+        );
+        let family = if key.address.is_ipv4() {
+            "ipv4"
+        } else {
+            "ipv6"
+        };
+        let args = [
+            "-D",
+            "-f",
+            family,
+            "-p",
+            "udp",
+            "--orig-dst",
+            &vip,
+            "--orig-port-dst",
+            &vport,
+            "--reply-src",
+            &rs,
+            "--reply-port-src",
+            &rport,
+        ];
+        match self.target.run("conntrack", &args, None) {
+            Ok(_) => Ok(()),
+            // conntrack exits 1 when no entry matched: nothing to clear.
+            Err(crate::target::RunError::Failed(stderr))
+                if stderr.contains("0 flow entries have been deleted") =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(format!(
+                "clearing UDP conntrack entries of {vip}:{vport} -> {rs}:{rport}: {e:?}"
+            )),
+        }
+    }
+
+    /// Removes drained real servers: no connections left, or past the
+    /// timeout. Returns how many were removed.
+    pub fn reap_drained(&mut self) -> Result<usize, ApplyError> {
+        if self.draining.is_empty() {
+            return Ok(0);
+        }
+        let now = Instant::now();
+        let keys: BTreeSet<VirtualServerKey> = self.draining.keys().map(|d| d.key).collect();
+        let mut done = Vec::new();
+        for key in keys {
+            let counts = self.services.connections(&key)?;
+            for (d, deadline) in self.draining.range(
+                Draining {
+                    key,
+                    address: IpAddr::from([0u8; 4]),
+                    port: 0,
+                }..,
+            ) {
+                if d.key != key {
+                    break;
+                }
+                let idle = counts
+                    .iter()
+                    .find(|(a, p, _, _)| (*a, *p) == (d.address, d.port))
+                    .is_none_or(|(_, _, active, inactive)| active + inactive == 0);
+                if idle || now >= *deadline {
+                    done.push(*d);
+                }
+            }
+        }
+        for d in &done {
+            self.services.execute(&Op::DelRealServer {
+                key: d.key,
+                address: d.address,
+                port: d.port,
+            })?;
+            self.draining.remove(d);
+        }
+        Ok(done.len())
+    }
+
+    pub fn draining(&self) -> impl Iterator<Item = &Draining> {
+        self.draining.keys()
+    }
+
+    /// Reads the kernel back; its digest when it holds `want`, else the
+    /// differences.
+    pub fn verify(&mut self, want: &NodeDataplane) -> Result<Digest, ApplyError> {
+        let (kernel, _) = self.read()?;
+        let kernel_digest = kernel.digest();
+        let want_digest = want.digest();
+        if kernel_digest == want_digest {
+            return Ok(kernel_digest);
+        }
+        let differences = diff_fragments(&kernel, &want.flatten())
+            .changes
+            .iter()
+            .take(20)
+            .map(describe)
+            .collect();
+        Err(ApplyError::Mismatch {
+            kernel: kernel_digest,
+            want: want_digest,
+            differences,
+        })
+    }
+}
+
+/// One line per change the kernel still needs, for operators.
+pub fn describe(change: &Change) -> String {
+    let s = serde_json::to_string(change).unwrap_or_else(|e| format!("{change:?} ({e})"));
+    if s.len() > 300 {
+        format!("{}…", &s[..s.floor_char_boundary(300)])
+    } else {
+        s
+    }
+}

@@ -1,0 +1,133 @@
+//! What the agent last applied, kept on disk so that a restarted agent
+//! resumes without re-applying (after checking the kernel still matches).
+//! Written to a temporary file, synced, then renamed over the old one: a
+//! crash leaves the old record or the new one, never half of either.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use setpoint_dataplane::Digest;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub node: String,
+    pub revision: u64,
+    pub digest: Digest,
+    /// Seconds since the Unix epoch.
+    pub applied_at: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalStateError {
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid applied-state record: {source}")]
+    Corrupt {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+pub struct LocalState {
+    dir: PathBuf,
+}
+
+impl LocalState {
+    const FILE: &'static str = "applied.json";
+
+    pub fn new(dir: impl Into<PathBuf>) -> LocalState {
+        LocalState { dir: dir.into() }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join(Self::FILE)
+    }
+
+    /// The last record, `None` when there is none yet.
+    pub fn load(&self) -> Result<Option<Applied>, LocalStateError> {
+        let path = self.path();
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(LocalStateError::Read { path, source }),
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|source| LocalStateError::Corrupt { path, source })
+    }
+
+    pub fn save(&self, applied: &Applied) -> Result<(), LocalStateError> {
+        let path = self.path();
+        let write_err = |source| LocalStateError::Write {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.dir).map_err(write_err)?;
+        let tmp = self.dir.join(format!(".{}.tmp", Self::FILE));
+        let text =
+            serde_json::to_vec_pretty(applied).map_err(|e| write_err(std::io::Error::other(e)))?;
+        let mut file = std::fs::File::create(&tmp).map_err(write_err)?;
+        file.write_all(&text).map_err(write_err)?;
+        file.sync_all().map_err(write_err)?;
+        std::fs::rename(&tmp, &path).map_err(write_err)?;
+        // The rename itself is durable only once the directory is synced.
+        if let Ok(dir) = std::fs::File::open(&self.dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(revision: u64) -> Applied {
+        let digest = setpoint_dataplane::NodeDataplane::default().digest();
+        Applied {
+            node: "node-a".into(),
+            revision,
+            digest,
+            applied_at: 1_700_000_000,
+        }
+    }
+
+    #[test]
+    fn saves_loads_and_replaces() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = LocalState::new(dir.path().join("nested"));
+        assert_eq!(state.load().expect("empty"), None);
+        state.save(&record(1)).expect("save");
+        state.save(&record(2)).expect("save again");
+        assert_eq!(state.load().expect("load"), Some(record(2)));
+        let names: Vec<_> = std::fs::read_dir(state.dir())
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec!["applied.json"], "no temporary left behind");
+    }
+
+    #[test]
+    fn a_corrupt_record_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("applied.json"), "{\"node\": 3").expect("write");
+        let err = LocalState::new(dir.path()).load().expect_err("corrupt");
+        assert!(err.to_string().contains("applied.json"), "{err}");
+    }
+}
