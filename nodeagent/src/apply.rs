@@ -38,9 +38,7 @@ pub enum ApplyError {
     #[error(transparent)]
     Plan(#[from] PlanError),
     /// The state needs a kernel feature this kernel lacks; nothing applied.
-    #[error(
-        "this kernel has no {feature}, which the state needs for {needed_for}; nothing applied"
-    )]
+    #[error("{feature}: needed for {needed_for}; nothing applied")]
     Unsupported { feature: String, needed_for: String },
     #[error("{operation}: {message}")]
     Service { operation: String, message: String },

@@ -14,6 +14,7 @@ use setpoint_dataplane::{Diff, NodeDataplane, diff};
 
 use setpoint_agent::apply::Applier;
 use setpoint_agent::plan::{Op, phase};
+use setpoint_agent::services::IpvsMode;
 use setpoint_agent::target::Target;
 
 #[derive(Parser, Debug)]
@@ -87,7 +88,7 @@ fn run_apply(path: &Path, netns: Option<String>, dry_run: bool) -> anyhow::Resul
         anyhow::bail!("{} is not publishable; nothing applied", path.display());
     }
     let target = Target { netns };
-    let services = setpoint_agent::services::for_target(&target);
+    let services = setpoint_agent::services::for_target(&target, IpvsMode::Kernel);
     let mut applier = Applier::new(target, services);
     if dry_run {
         if let Err(e) = applier.refuse_unsupported(&state.flatten()) {

@@ -170,7 +170,7 @@ fn read_error(path: &Path) -> impl FnOnce(std::io::Error) -> SourceError {
 }
 
 /// `root` itself if it is not a directory, else the manifest files below it.
-fn manifest_files(root: &Path) -> Result<Vec<PathBuf>, SourceError> {
+pub fn manifest_files(root: &Path) -> Result<Vec<PathBuf>, SourceError> {
     let meta = fs::metadata(root).map_err(read_error(root))?;
     if !meta.is_dir() {
         return Ok(vec![root.to_path_buf()]);

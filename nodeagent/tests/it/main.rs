@@ -12,6 +12,8 @@ use setpoint_dataplane::{
     Chain, ChainKey, Family, Fragment, NodeDataplane, Rule, SetEntry, SetSpec, SetType, Table, diff,
 };
 
+mod kernel_link;
+
 fn example_objects() -> Vec<ClusterObject> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
     setpoint_source::load_path(&path).expect("examples").objects
@@ -478,7 +480,7 @@ mod ipset_backend {
         let mut applier = Applier::new(
             target.clone(),
             Box::new(NoIpvs {
-                reason: "IPVS (generic netlink family IPVS)".to_string(),
+                reason: "no IPVS in this kernel".to_string(),
             }),
         );
         let objects = example_objects();

@@ -1,0 +1,155 @@
+//! Prometheus metrics of the control plane, and the HTTP endpoint that
+//! serves them with `/healthz` and `/readyz`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+pub struct Metrics {
+    registry: Registry,
+    pub ready: AtomicBool,
+    pub agents_connected: Gauge,
+    pub revisions: Counter,
+    pub snapshots_sent: Counter,
+    pub deltas_sent: Counter,
+    pub delta_bytes: Counter,
+    pub nacks: Counter,
+    pub store_errors: Counter,
+    pub compute_seconds: Histogram,
+    pub commit_seconds: Histogram,
+    pub apply_seconds: Histogram,
+    pub round_trip: Histogram,
+    pub programming: Histogram,
+}
+
+fn seconds() -> Histogram {
+    // 0.5 ms … ~16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            registry: Registry::default(),
+            ready: AtomicBool::new(false),
+            agents_connected: Gauge::default(),
+            revisions: Counter::default(),
+            snapshots_sent: Counter::default(),
+            deltas_sent: Counter::default(),
+            delta_bytes: Counter::default(),
+            nacks: Counter::default(),
+            store_errors: Counter::default(),
+            compute_seconds: seconds(),
+            commit_seconds: seconds(),
+            apply_seconds: seconds(),
+            round_trip: seconds(),
+            programming: seconds(),
+        };
+        let r = &mut registry;
+        r.register(
+            "setpoint_agents_connected",
+            "Agents with an open stream",
+            m.agents_connected.clone(),
+        );
+        r.register(
+            "setpoint_revisions",
+            "Revisions committed by this process",
+            m.revisions.clone(),
+        );
+        r.register(
+            "setpoint_snapshots_sent",
+            "Full states sent to agents",
+            m.snapshots_sent.clone(),
+        );
+        r.register(
+            "setpoint_deltas_sent",
+            "Deltas sent to agents",
+            m.deltas_sent.clone(),
+        );
+        r.register(
+            "setpoint_delta_bytes",
+            "Bytes of delta payloads sent",
+            m.delta_bytes.clone(),
+        );
+        r.register(
+            "setpoint_nacks",
+            "Applies agents reported as failed",
+            m.nacks.clone(),
+        );
+        r.register(
+            "setpoint_store_errors",
+            "Store operations that failed",
+            m.store_errors.clone(),
+        );
+        r.register(
+            "setpoint_compute_duration_seconds",
+            "Index update and state computation per revision",
+            m.compute_seconds.clone(),
+        );
+        r.register(
+            "setpoint_commit_duration_seconds",
+            "Store commit per revision",
+            m.commit_seconds.clone(),
+        );
+        r.register(
+            "setpoint_apply_duration_seconds",
+            "Agent apply time, as acked",
+            m.apply_seconds.clone(),
+        );
+        r.register(
+            "setpoint_send_to_ack_seconds",
+            "From sending a revision to its ack",
+            m.round_trip.clone(),
+        );
+        // kube-proxy's SLI name, so existing dashboards read it.
+        r.register(
+            "network_programming_duration_seconds",
+            "From an object change being seen to an agent's ack of the revision carrying it",
+            m.programming.clone(),
+        );
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until the process ends.
+pub async fn serve_http(
+    metrics: Arc<Metrics>,
+    listener: tokio::net::TcpListener,
+) -> std::io::Result<()> {
+    use axum::Router;
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let for_metrics = metrics.clone();
+    let app = Router::new()
+        .route("/metrics", get(move || async move { for_metrics.encode() }))
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                if metrics.ready.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                }
+            }),
+        );
+    axum::serve(listener, app).await
+}

@@ -1,0 +1,136 @@
+//! The agent ⇄ control plane protocol (`v1/agent.proto`), and how its
+//! payloads carry the contract: states and diffs in the contract's JSON
+//! encoding, digests as their 32 bytes.
+
+pub mod v1 {
+    tonic::include_proto!("setpoint.v1");
+}
+
+use setpoint_dataplane::{Diff, Digest, NodeDataplane};
+
+/// Major version of the protocol; a peer speaking another one is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+pub const STATE_ENCODING: &str = "setpoint.state.v1+json";
+pub const DIFF_ENCODING: &str = "setpoint.diff.v1+json";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error("unknown payload encoding {0:?}")]
+    Encoding(String),
+    #[error("payload does not decode: {0}")]
+    Decode(#[from] serde_json::Error),
+    #[error("digest is {0} bytes, not 32")]
+    DigestLength(usize),
+    #[error("the state's content has digest {content}, the message says {claimed}")]
+    DigestMismatch { content: Digest, claimed: Digest },
+}
+
+pub fn digest_bytes(d: &Digest) -> Vec<u8> {
+    d.0.to_vec()
+}
+
+pub fn digest_from(bytes: &[u8]) -> Result<Digest, PayloadError> {
+    let array: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| PayloadError::DigestLength(bytes.len()))?;
+    Ok(Digest(array))
+}
+
+pub fn snapshot(revision: u64, state: &NodeDataplane) -> Result<v1::Snapshot, PayloadError> {
+    Ok(v1::Snapshot {
+        revision,
+        digest: digest_bytes(&state.digest()),
+        state: serde_json::to_vec(state)?,
+        encoding: STATE_ENCODING.to_string(),
+    })
+}
+
+/// The state a snapshot carries, checked against the digest it claims.
+pub fn snapshot_state(s: &v1::Snapshot) -> Result<NodeDataplane, PayloadError> {
+    if s.encoding != STATE_ENCODING {
+        return Err(PayloadError::Encoding(s.encoding.clone()));
+    }
+    let state: NodeDataplane = serde_json::from_slice(&s.state)?;
+    let claimed = digest_from(&s.digest)?;
+    let content = state.digest();
+    if content != claimed {
+        return Err(PayloadError::DigestMismatch { content, claimed });
+    }
+    Ok(state)
+}
+
+pub fn delta(from: u64, to: u64, diff: &Diff, digest: &Digest) -> Result<v1::Delta, PayloadError> {
+    Ok(v1::Delta {
+        from_revision: from,
+        to_revision: to,
+        digest: digest_bytes(digest),
+        changes: serde_json::to_vec(diff)?,
+        encoding: DIFF_ENCODING.to_string(),
+    })
+}
+
+pub fn delta_changes(d: &v1::Delta) -> Result<(Diff, Digest), PayloadError> {
+    if d.encoding != DIFF_ENCODING {
+        return Err(PayloadError::Encoding(d.encoding.clone()));
+    }
+    Ok((serde_json::from_slice(&d.changes)?, digest_from(&d.digest)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use setpoint_dataplane::{Family, Fragment, SetEntry, SetSpec, SetType, diff};
+
+    fn state(ips: &[&str]) -> NodeDataplane {
+        let mut f = Fragment::new();
+        f.put_set(
+            "SP-X",
+            SetSpec {
+                kind: SetType::HashIp,
+                family: Family::Inet,
+                maxelem: 1024,
+                comment: String::new(),
+            },
+        );
+        for ip in ips {
+            f.add_entry("SP-X", SetEntry::Ip(ip.parse().expect("ip")));
+        }
+        NodeDataplane::from_fragment(f)
+    }
+
+    #[test]
+    fn snapshots_and_deltas_round_trip() {
+        let (a, b) = (state(&["10.0.0.1"]), state(&["10.0.0.1", "10.0.0.2"]));
+        let s = snapshot(7, &b).expect("encodes");
+        assert_eq!(snapshot_state(&s).expect("decodes"), b);
+        let d = delta(6, 7, &diff(&a, &b), &b.digest()).expect("encodes");
+        let (changes, digest) = delta_changes(&d).expect("decodes");
+        assert_eq!(digest, b.digest());
+        assert_eq!(setpoint_dataplane::apply(&a, &changes).expect("applies"), b);
+        assert!(
+            d.changes.len() < 200,
+            "one entry is a small delta: {}",
+            d.changes.len()
+        );
+    }
+
+    #[test]
+    fn bad_payloads_are_errors() {
+        let mut s = snapshot(1, &state(&["10.0.0.1"])).expect("encodes");
+        s.digest = digest_bytes(&state(&[]).digest());
+        assert!(matches!(
+            snapshot_state(&s),
+            Err(PayloadError::DigestMismatch { .. })
+        ));
+        s.digest = vec![1, 2, 3];
+        assert!(matches!(
+            snapshot_state(&s),
+            Err(PayloadError::DigestLength(3))
+        ));
+        s.encoding = "xml".into();
+        assert!(matches!(snapshot_state(&s), Err(PayloadError::Encoding(_))));
+        let mut d = delta(1, 2, &Diff::default(), &state(&[]).digest()).expect("encodes");
+        d.changes = b"{not json".to_vec();
+        assert!(matches!(delta_changes(&d), Err(PayloadError::Decode(_))));
+    }
+}
