@@ -3,3 +3,4 @@
 
 mod policy_matrix;
 mod render_applies;
+mod vm_smoke;
