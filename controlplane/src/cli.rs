@@ -23,6 +23,54 @@ struct Cli {
 enum Command {
     /// Print one node's desired state computed from manifest files.
     Render(RenderArgs),
+    /// Watch the manifests, commit a revision per change, stream states to agents.
+    Serve(ServeArgs),
+    /// The whole system on this machine: serve the example manifests from an
+    /// SQLite file, with one real agent per example node over loopback gRPC.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// A manifest file or a directory of them (re-read when it changes).
+    #[arg(long, default_value = "deploy/examples", env = "SETPOINT_MANIFESTS")]
+    pub manifests: PathBuf,
+    /// The revision store: sqlite://FILE or postgres://….
+    #[arg(
+        long,
+        default_value = "sqlite://setpoint.db?mode=rwc",
+        env = "SETPOINT_DATABASE"
+    )]
+    pub database: String,
+    /// Where agents connect (gRPC).
+    #[arg(long, default_value = "127.0.0.1:7443", env = "SETPOINT_LISTEN")]
+    pub listen: std::net::SocketAddr,
+    /// Prometheus metrics, /healthz and /readyz.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:9464",
+        env = "SETPOINT_METRICS_LISTEN"
+    )]
+    pub metrics_listen: std::net::SocketAddr,
+    /// A burst of changes within this many milliseconds is one revision.
+    #[arg(long, default_value_t = 100)]
+    pub batch_ms: u64,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    #[arg(long, default_value = "deploy/examples", env = "SETPOINT_MANIFESTS")]
+    pub manifests: PathBuf,
+    #[arg(long, default_value = "sqlite://setpoint-demo.db?mode=rwc")]
+    pub database: String,
+    /// Exit 0 once every agent acked the newest revision, 1 after this many
+    /// seconds without.
+    #[arg(long)]
+    pub exit_when_converged: Option<u64>,
+    #[command(flatten)]
+    pub compute: ComputeArgs,
 }
 
 /// Settings of the computation shared by every command that computes.
@@ -94,10 +142,66 @@ pub struct RenderArgs {
     pub compute: ComputeArgs,
 }
 
+fn init_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    init_logs();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let running = setpoint_controlplane::serve::start(setpoint_controlplane::serve::ServeConfig {
+            manifests: args.manifests,
+            database: args.database.clone(),
+            listen: args.listen,
+            metrics_listen: args.metrics_listen,
+            batch: std::time::Duration::from_millis(args.batch_ms),
+            poll: std::time::Duration::from_millis(250),
+            compute: args.compute.config(),
+        })
+        .await?;
+        println!(
+            "serving: store {}, agents on {}, metrics on http://{}/metrics",
+            args.database, running.agent_addr, running.metrics_addr
+        );
+        let mut commits = running.commits.subscribe();
+        loop {
+            tokio::select! {
+                c = commits.recv() => if let Ok(c) = c {
+                    println!("revision {}: {} objects, {} nodes changed", c.revision.0, c.objects_changed, c.nodes_changed);
+                },
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+        }
+    })
+}
+
+fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    init_logs();
+    let runtime = tokio::runtime::Runtime::new()?;
+    let converged = runtime.block_on(setpoint_controlplane::demo::run(
+        setpoint_controlplane::demo::DemoConfig {
+            manifests: args.manifests,
+            database: args.database,
+            compute: args.compute.config(),
+            exit_when_converged: args.exit_when_converged.map(std::time::Duration::from_secs),
+        },
+    ))?;
+    anyhow::ensure!(converged, "the agents did not converge");
+    Ok(())
+}
+
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Render(args) => crate::render::run(&args),
+        Command::Serve(args) => serve(args),
+        Command::Demo(args) => demo(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -31,6 +31,7 @@ pub struct ServeConfig {
 
 /// A running control plane.
 pub struct Running {
+    pub store: Store,
     pub agent_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     pub service: AgentService,
@@ -51,7 +52,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let leader = Leader::start(store.clone(), config.compute.clone()).await?;
     let metrics = Metrics::new();
     let head = leader.head();
-    let service = AgentService::new(store, head.clone(), metrics.clone());
+    let service = AgentService::new(store.clone(), head.clone(), metrics.clone());
 
     let agent_listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -87,6 +88,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         problems_tx,
     ));
     Ok(Running {
+        store,
         agent_addr,
         metrics_addr,
         service,

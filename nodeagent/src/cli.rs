@@ -21,7 +21,40 @@ use setpoint_agent::target::Target;
 #[command(name = "setpoint-agent", version, about = "Setpoint node agent")]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// Without a command: stream from the control plane and apply.
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    /// This node's name, as the control plane knows it.
+    #[arg(long, env = "SETPOINT_NODE")]
+    node: Option<String>,
+    /// The control plane's agent endpoint.
+    #[arg(
+        long,
+        env = "SETPOINT_CONTROLPLANE",
+        default_value = "http://127.0.0.1:7443"
+    )]
+    controlplane: String,
+    /// Apply inside this named network namespace (`ip netns`).
+    #[arg(long)]
+    netns: Option<String>,
+    /// Plan and print, touch nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Where the last applied revision and state are kept across restarts.
+    #[arg(long, env = "SETPOINT_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Keep virtual servers in memory instead of the kernel's IPVS (for
+    /// demos on kernels without IPVS: Service traffic is NOT forwarded).
+    #[arg(long)]
+    simulate_ipvs: bool,
+    /// How often the kernel is re-read and drift repaired, in seconds.
+    #[arg(long, default_value_t = 30)]
+    drift_interval: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -76,6 +109,40 @@ fn run_check(path: &Path) -> anyhow::Result<bool> {
         println!("invalid: {p}");
     }
     Ok(problems.is_empty())
+}
+
+fn run_agent(args: RunArgs) -> anyhow::Result<bool> {
+    use setpoint_agent::client::{Agent, AgentOptions};
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let Some(node) = args.node else {
+        anyhow::bail!("--node is required (or a command: apply, check, diff)");
+    };
+    if args.simulate_ipvs {
+        eprintln!(
+            "warning: --simulate-ipvs: virtual servers are kept in memory only; this node will NOT forward Service traffic"
+        );
+    }
+    let options = AgentOptions {
+        node,
+        controlplane: args.controlplane,
+        target: Target { netns: args.netns },
+        dry_run: args.dry_run,
+        state_dir: args.state_dir,
+        ipvs: if args.simulate_ipvs {
+            IpvsMode::Simulated
+        } else {
+            IpvsMode::Kernel
+        },
+        drift_interval: std::time::Duration::from_secs(args.drift_interval.max(1)),
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(Agent::new(options).run());
+    Ok(true)
 }
 
 fn run_apply(path: &Path, netns: Option<String>, dry_run: bool) -> anyhow::Result<bool> {
@@ -159,13 +226,14 @@ fn print_diff(d: &Diff, output: Output) -> anyhow::Result<()> {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Check { state } => run_check(&state),
-        Command::Apply {
+        None => run_agent(cli.run),
+        Some(Command::Check { state }) => run_check(&state),
+        Some(Command::Apply {
             state,
             netns,
             dry_run,
-        } => run_apply(&state, netns, dry_run),
-        Command::Diff { from, to, output } => (|| {
+        }) => run_apply(&state, netns, dry_run),
+        Some(Command::Diff { from, to, output }) => (|| {
             let (a, b) = (read_state(&from)?, read_state(&to)?);
             print_diff(&diff(&a, &b), output)?;
             Ok(true)

@@ -10,6 +10,7 @@
 //! ```
 
 pub mod apply;
+pub mod client;
 pub mod ipset;
 pub mod iptables;
 pub mod ipvs;

@@ -7,7 +7,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use setpoint_dataplane::Digest;
+use setpoint_dataplane::{Digest, NodeDataplane};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Applied {
@@ -46,6 +46,7 @@ pub struct LocalState {
 
 impl LocalState {
     const FILE: &'static str = "applied.json";
+    const STATE_FILE: &'static str = "state.json";
 
     pub fn new(dir: impl Into<PathBuf>) -> LocalState {
         LocalState { dir: dir.into() }
@@ -68,18 +69,53 @@ impl LocalState {
             .map_err(|source| LocalStateError::Corrupt { path, source })
     }
 
+    /// The full state last applied, kept beside the record so a restarted
+    /// agent can take deltas against it.
+    pub fn load_state(&self) -> Result<Option<NodeDataplane>, LocalStateError> {
+        let path = self.dir.join(Self::STATE_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(LocalStateError::Read { path, source }),
+        };
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|source| LocalStateError::Corrupt { path, source })
+    }
+
+    /// Writes the state, then the record naming it: a record is only
+    /// ever next to the state it describes.
+    pub fn save_with_state(
+        &self,
+        applied: &Applied,
+        state: &NodeDataplane,
+    ) -> Result<(), LocalStateError> {
+        let text = serde_json::to_vec(state).map_err(|e| LocalStateError::Write {
+            path: self.dir.join(Self::STATE_FILE),
+            source: std::io::Error::other(e),
+        })?;
+        self.write_atomically(Self::STATE_FILE, &text)?;
+        self.save(applied)
+    }
+
     pub fn save(&self, applied: &Applied) -> Result<(), LocalStateError> {
-        let path = self.path();
+        let text = serde_json::to_vec_pretty(applied).map_err(|e| LocalStateError::Write {
+            path: self.path(),
+            source: std::io::Error::other(e),
+        })?;
+        self.write_atomically(Self::FILE, &text)
+    }
+
+    fn write_atomically(&self, name: &str, text: &[u8]) -> Result<(), LocalStateError> {
+        let path = self.dir.join(name);
         let write_err = |source| LocalStateError::Write {
             path: path.clone(),
             source,
         };
         std::fs::create_dir_all(&self.dir).map_err(write_err)?;
-        let tmp = self.dir.join(format!(".{}.tmp", Self::FILE));
-        let text =
-            serde_json::to_vec_pretty(applied).map_err(|e| write_err(std::io::Error::other(e)))?;
+        let tmp = self.dir.join(format!(".{name}.tmp"));
         let mut file = std::fs::File::create(&tmp).map_err(write_err)?;
-        file.write_all(&text).map_err(write_err)?;
+        file.write_all(text).map_err(write_err)?;
         file.sync_all().map_err(write_err)?;
         std::fs::rename(&tmp, &path).map_err(write_err)?;
         // The rename itself is durable only once the directory is synced.
@@ -121,6 +157,12 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names, vec!["applied.json"], "no temporary left behind");
+        let state = setpoint_dataplane::NodeDataplane::default();
+        let applied = LocalState::new(dir.path().join("with-state"));
+        assert_eq!(applied.load_state().expect("none yet"), None);
+        applied.save_with_state(&record(3), &state).expect("save");
+        assert_eq!(applied.load_state().expect("load"), Some(state));
+        assert_eq!(applied.load().expect("load"), Some(record(3)));
     }
 
     #[test]

@@ -3,4 +3,5 @@
 
 mod policy_matrix;
 mod render_applies;
+mod running_system;
 mod vm_smoke;
