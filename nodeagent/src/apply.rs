@@ -60,6 +60,13 @@ pub trait ServiceKernel {
     fn missing_feature(&self) -> Option<String>;
     /// Adds the kernel's virtual servers and service addresses to `into`.
     fn read(&mut self, into: &mut Fragment) -> Result<(), ApplyError>;
+    /// One virtual server as the kernel holds it (for targeted checks).
+    fn read_virtual_server(
+        &mut self,
+        key: &VirtualServerKey,
+    ) -> Result<Option<VirtualServer>, ApplyError>;
+    /// The service addresses as the kernel holds them.
+    fn read_addresses(&mut self) -> Result<BTreeSet<IpAddr>, ApplyError>;
     /// Carries out an address or IPVS operation.
     fn execute(&mut self, op: &Op) -> Result<(), ApplyError>;
     /// (address, port, active, inactive connections) per real server.
@@ -81,6 +88,15 @@ impl ServiceKernel for NoIpvs {
     }
     fn read(&mut self, _into: &mut Fragment) -> Result<(), ApplyError> {
         Ok(())
+    }
+    fn read_virtual_server(
+        &mut self,
+        _key: &VirtualServerKey,
+    ) -> Result<Option<VirtualServer>, ApplyError> {
+        Ok(None)
+    }
+    fn read_addresses(&mut self) -> Result<BTreeSet<IpAddr>, ApplyError> {
+        Ok(BTreeSet::new())
     }
     fn execute(&mut self, op: &Op) -> Result<(), ApplyError> {
         Err(ApplyError::Unsupported {
@@ -166,28 +182,8 @@ impl Applier {
     /// their way out and not part of any state.
     pub fn read(&mut self) -> Result<(Fragment, RawRules), ApplyError> {
         let mut f = Fragment::new();
-        let sets = ipset::parse_save(&self.target.ipset(&["save"], None)?, is_ours)?;
-        for (name, set) in sets {
-            let known = self.known_sets.get(&name);
-            // A bitmap has no family in the kernel; the contract gives it one.
-            let family = match (set.kind, known) {
-                (SetType::BitmapPort, Some(k)) => k.family,
-                _ => set.family,
-            };
-            let spec = SetSpec {
-                kind: set.kind,
-                family,
-                maxelem: set
-                    .maxelem
-                    .or_else(|| known.map(|k| k.maxelem))
-                    .unwrap_or(65536),
-                comment: known.map(|k| k.comment.clone()).unwrap_or_default(),
-            };
-            f.put_set(name.clone(), spec);
-            for entry in set.entries {
-                f.add_entry(&name, entry);
-            }
-        }
+        let save = self.target.ipset(&["save"], None)?;
+        self.put_kernel_sets(&mut f, &save)?;
         let mut raw = RawRules::new();
         for family in Family::ALL {
             let tables = iptables::read(&self.target, family, is_ours, &self.book)?;
@@ -200,6 +196,12 @@ impl Applier {
             raw.extend(tables.raw);
         }
         self.services.read(&mut f)?;
+        self.drop_draining(&mut f);
+        Ok((f, raw))
+    }
+
+    /// Leaves the real servers draining out of `f`.
+    fn drop_draining(&self, f: &mut Fragment) {
         for d in self.draining.keys() {
             if let Some(vs) = f.virtual_server(&d.key) {
                 let kept = vs
@@ -212,7 +214,37 @@ impl Applier {
                 f.put_virtual_server(d.key, std::sync::Arc::new(vs));
             }
         }
-        Ok((f, raw))
+    }
+
+    /// TCP real servers at weight 0 that `goal` does not have were left
+    /// draining by an earlier process (the one-shot CLI, a restarted
+    /// agent): they drain on here, with a fresh timeout, instead of being
+    /// counted and executed as changes again; then they leave `current`.
+    fn adopt_draining(&mut self, current: &mut Fragment, goal: &Fragment) {
+        let deadline = Instant::now() + self.drain_timeout;
+        let mut adopted = false;
+        for (key, vs) in current.virtual_servers() {
+            let Some(want) = goal.virtual_server(key) else {
+                continue;
+            };
+            if key.protocol != Protocol::Tcp {
+                continue;
+            }
+            for r in &vs.real_servers {
+                if r.weight == 0 && want.real_server(r.address, r.port).is_none() {
+                    let d = Draining {
+                        key: *key,
+                        address: r.address,
+                        port: r.port,
+                    };
+                    self.draining.entry(d).or_insert(deadline);
+                    adopted = true;
+                }
+            }
+        }
+        if adopted {
+            self.drop_draining(current);
+        }
     }
 
     /// The operations that would take the kernel to `want` (dry run; see
@@ -220,7 +252,8 @@ impl Applier {
     pub fn plan(&mut self, want: &NodeDataplane) -> Result<(Fragment, Vec<Op>), ApplyError> {
         let goal = want.flatten();
         self.learn(&goal);
-        let (current, _) = self.read()?;
+        let (mut current, _) = self.read()?;
+        self.adopt_draining(&mut current, &goal);
         let ops = plan(&diff_fragments(&current, &goal), &current, &goal)?;
         Ok((current, ops))
     }
@@ -248,7 +281,8 @@ impl Applier {
         let goal = want.flatten();
         self.learn(&goal);
         self.refuse_unsupported(&goal)?;
-        let (current, raw) = self.read()?;
+        let (mut current, raw) = self.read()?;
+        self.adopt_draining(&mut current, &goal);
         let changes = diff_fragments(&current, &goal);
         let ops = plan(&changes, &current, &goal)?;
         let mut report = ApplyReport {
@@ -263,6 +297,165 @@ impl Applier {
         report.digest = self.verify(want)?;
         report.duration = started.elapsed();
         Ok(report)
+    }
+
+    /// Takes the kernel from `held` — the state this agent last applied and
+    /// verified — to `want` without reading the whole kernel: the plan is
+    /// the diff of the two states, and afterwards only what the plan
+    /// touched is read back and compared (the sets it edited, the tables it
+    /// restored, the virtual servers it changed, the addresses). Everything
+    /// else is as verified before; the drift timer re-reads it all.
+    pub fn apply_from(
+        &mut self,
+        held: &NodeDataplane,
+        want: &NodeDataplane,
+    ) -> Result<ApplyReport, ApplyError> {
+        let started = Instant::now();
+        let goal = want.flatten();
+        self.learn(&goal);
+        self.refuse_unsupported(&goal)?;
+        let current = held.flatten();
+        let changes = diff_fragments(&current, &goal);
+        let ops = plan(&changes, &current, &goal)?;
+        let mut report = ApplyReport {
+            changes: changes.changes.len(),
+            operations: ops.len(),
+            digest: want.digest(),
+            duration: Duration::ZERO,
+            warnings: Vec::new(),
+        };
+        self.execute(&ops, &current, &goal, &RawRules::new(), &mut report)?;
+        self.verify_touched(&ops, &goal, want.digest())?;
+        report.duration = started.elapsed();
+        Ok(report)
+    }
+
+    /// Reads back what `ops` touched and compares it with `goal`.
+    fn verify_touched(
+        &mut self,
+        ops: &[Op],
+        goal: &Fragment,
+        want: Digest,
+    ) -> Result<(), ApplyError> {
+        let mut sets: BTreeSet<&str> = BTreeSet::new();
+        let mut tables: BTreeSet<(Family, setpoint_dataplane::Table)> = BTreeSet::new();
+        let mut servers: BTreeSet<VirtualServerKey> = BTreeSet::new();
+        let mut addresses = false;
+        for op in ops {
+            match op {
+                Op::CreateSet { name, .. }
+                | Op::RebuildSet { name, .. }
+                | Op::DestroySet { name } => {
+                    sets.insert(name);
+                }
+                Op::AddEntries { set, .. } | Op::DelEntries { set, .. } => {
+                    sets.insert(set);
+                }
+                Op::Iptables { family, table, .. } => {
+                    tables.insert((*family, *table));
+                }
+                Op::AddVirtualServer { key, .. }
+                | Op::EditVirtualServer { key, .. }
+                | Op::DelVirtualServer { key }
+                | Op::AddRealServer { key, .. }
+                | Op::EditRealServer { key, .. }
+                | Op::DelRealServer { key, .. } => {
+                    servers.insert(*key);
+                }
+                Op::AddAddress { .. } | Op::DelAddress { .. } => addresses = true,
+            }
+        }
+        let mut expected = Fragment::new();
+        let mut kernel = Fragment::new();
+        for name in sets {
+            if let Some(spec) = goal.set(name) {
+                expected.put_set(name, spec.clone());
+                for e in goal.entries(name).into_iter().flatten() {
+                    expected.add_entry(name, e.clone());
+                }
+            }
+            let text = match self.target.ipset(&["save", name], None) {
+                Ok(text) => text,
+                // A set that is gone, as it should be when destroyed.
+                Err(IpsetError::Failed { stderr, .. }) if stderr.contains("does not exist") => {
+                    String::new()
+                }
+                Err(e) => return Err(e.into()),
+            };
+            self.put_kernel_sets(&mut kernel, &text)?;
+        }
+        for (family, table) in tables {
+            for (key, chain) in goal
+                .chains()
+                .filter(|(k, _)| k.family == family && k.table == table)
+            {
+                expected.put_chain(key.clone(), chain.clone());
+            }
+            for jump in goal
+                .jumps()
+                .filter(|j| j.family == family && j.table == table)
+            {
+                expected.add_jump(jump.clone());
+            }
+            let read = iptables::read_table(&self.target, family, table, is_ours, &self.book)?;
+            for (key, chain) in read.chains {
+                kernel.put_chain(key, std::sync::Arc::new(chain));
+            }
+            for jump in read.jumps {
+                kernel.add_jump(jump);
+            }
+        }
+        for key in servers {
+            if let Some(vs) = goal.virtual_server(&key) {
+                expected.put_virtual_server(key, vs.clone());
+            }
+            if let Some(vs) = self.services.read_virtual_server(&key)? {
+                kernel.put_virtual_server(key, std::sync::Arc::new(vs));
+            }
+        }
+        if addresses {
+            for a in goal.addresses() {
+                expected.add_address(*a);
+            }
+            for a in self.services.read_addresses()? {
+                kernel.add_address(a);
+            }
+        }
+        self.drop_draining(&mut kernel);
+        let left = diff_fragments(&kernel, &expected);
+        if left.is_empty() {
+            return Ok(());
+        }
+        Err(ApplyError::Mismatch {
+            kernel: NodeDataplane::from_fragment(kernel).digest(),
+            want,
+            differences: left.changes.iter().take(20).map(describe).collect(),
+        })
+    }
+
+    fn put_kernel_sets(&self, f: &mut Fragment, save: &str) -> Result<(), ApplyError> {
+        for (name, set) in ipset::parse_save(save, is_ours)? {
+            let known = self.known_sets.get(&name);
+            // A bitmap has no family in the kernel; the contract gives it one.
+            let family = match (set.kind, known) {
+                (SetType::BitmapPort, Some(k)) => k.family,
+                _ => set.family,
+            };
+            let spec = SetSpec {
+                kind: set.kind,
+                family,
+                maxelem: set
+                    .maxelem
+                    .or_else(|| known.map(|k| k.maxelem))
+                    .unwrap_or(65536),
+                comment: known.map(|k| k.comment.clone()).unwrap_or_default(),
+            };
+            f.put_set(name.clone(), spec);
+            for entry in set.entries {
+                f.add_entry(&name, entry);
+            }
+        }
+        Ok(())
     }
 
     fn execute(
@@ -455,6 +648,8 @@ impl Applier {
     /// Reads the kernel back; its digest when it holds `want`, else the
     /// differences.
     pub fn verify(&mut self, want: &NodeDataplane) -> Result<Digest, ApplyError> {
+        // A restarted agent knows the rules only from the state it checks.
+        self.learn(&want.flatten());
         let (kernel, _) = self.read()?;
         let kernel_digest = kernel.digest();
         let want_digest = want.digest();

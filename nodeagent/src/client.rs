@@ -326,8 +326,14 @@ impl Agent {
             })
             .await
         } else {
-            self.with_applier(move |a| a.apply(&target).map(|_| ()))
-                .await
+            // From a state this agent verified, only the difference is
+            // applied and read back; otherwise the whole kernel is.
+            let held = self.held.as_ref().map(|(_, s)| s.clone());
+            self.with_applier(move |a| match held {
+                Some(held) => a.apply_from(&held, &target).map(|_| ()),
+                None => a.apply(&target).map(|_| ()),
+            })
+            .await
         };
         match result {
             Some(Ok(())) => {

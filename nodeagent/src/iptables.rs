@@ -314,6 +314,24 @@ pub fn parse_save(
     k
 }
 
+/// Reads back one table of one family.
+pub fn read_table(
+    target: &Target,
+    family: Family,
+    table: Table,
+    ours: impl Fn(&str) -> bool,
+    book: &RuleBook,
+) -> Result<KernelTables, IptablesError> {
+    let tool = save_tool(family);
+    let text = target
+        .run(tool, &["-t", table.as_str()], None)
+        .map_err(|e| match e {
+            RunError::Spawn(source) => IptablesError::Spawn { tool, source },
+            RunError::Failed(stderr) => IptablesError::Failed { tool, stderr },
+        })?;
+    Ok(parse_save(&text, family, ours, book))
+}
+
 /// Reads back one family's tables.
 pub fn read(
     target: &Target,

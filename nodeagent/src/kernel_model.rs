@@ -243,6 +243,23 @@ impl crate::apply::ServiceKernel for ModelServices {
         Ok(())
     }
 
+    fn read_virtual_server(
+        &mut self,
+        key: &setpoint_dataplane::VirtualServerKey,
+    ) -> Result<Option<setpoint_dataplane::VirtualServer>, ApplyError> {
+        Ok(self
+            .model
+            .state
+            .virtual_server(key)
+            .map(|vs| (**vs).clone()))
+    }
+
+    fn read_addresses(
+        &mut self,
+    ) -> Result<std::collections::BTreeSet<std::net::IpAddr>, ApplyError> {
+        Ok(self.model.state.addresses().copied().collect())
+    }
+
     fn execute(&mut self, op: &Op) -> Result<(), ApplyError> {
         self.model.apply(op).map_err(|message| ApplyError::Service {
             operation: format!("{op:?}"),

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use setpoint_dataplane::{Fragment, VirtualServerKey};
+use setpoint_dataplane::{Fragment, VirtualServer, VirtualServerKey};
 
 use crate::apply::{ApplyError, NoIpvs, ServiceKernel};
 use crate::ipvs::{IpvsClient, IpvsError};
@@ -108,6 +108,22 @@ impl ServiceKernel for KernelServices {
             into.add_address(a);
         }
         Ok(())
+    }
+
+    fn read_virtual_server(
+        &mut self,
+        key: &VirtualServerKey,
+    ) -> Result<Option<VirtualServer>, ApplyError> {
+        self.ipvs.service(key).map_err(|e| ApplyError::Service {
+            operation: format!("read virtual server {key}"),
+            message: e.to_string(),
+        })
+    }
+
+    fn read_addresses(&mut self) -> Result<BTreeSet<IpAddr>, ApplyError> {
+        self.link
+            .addresses(self.ifindex)
+            .map_err(|e| link_error(format!("list addresses of {SERVICE_INTERFACE}"), e))
     }
 
     fn execute(&mut self, op: &Op) -> Result<(), ApplyError> {

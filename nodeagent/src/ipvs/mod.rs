@@ -258,6 +258,49 @@ impl IpvsClient {
         Ok(dump)
     }
 
+    /// One virtual server with its real servers; `None` when the kernel
+    /// has none at `key`. Two round trips, whatever the table size.
+    pub fn service(&mut self, key: &VirtualServerKey) -> Result<Option<VirtualServer>, IpvsError> {
+        let operation = "get service";
+        let replies = match attrs::service_key(key)
+            .and_then(|service| attrs::message(CMD_GET_SERVICE, vec![service]))
+            .and_then(|m| self.netlink.request(self.family, NlmF::empty(), m))
+            .map_err(|e| IpvsError::from_netlink(e, operation, service_target(key), None))
+        {
+            Ok(r) => r,
+            Err(e) if matches!(e.errno(), Some(libc::ESRCH) | Some(libc::ENOENT)) => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(reply) = replies.first() else {
+            return Ok(None);
+        };
+        let decoded = attrs::decode_service(reply).map_err(|reason| IpvsError::Malformed {
+            operation,
+            target: service_target(key),
+            reason,
+        })?;
+        let DumpedService::Address {
+            scheduler,
+            persistence_timeout,
+            ..
+        } = decoded
+        else {
+            return Ok(None);
+        };
+        let real_servers = self
+            .dests(key)?
+            .into_iter()
+            .map(|d| d.real_server)
+            .collect();
+        Ok(Some(VirtualServer::new(
+            scheduler,
+            persistence_timeout,
+            real_servers,
+        )))
+    }
+
     /// [`IpvsClient::dump`] without the count of others' virtual servers.
     pub fn services(&mut self) -> Result<BTreeMap<VirtualServerKey, VirtualServer>, IpvsError> {
         self.dump().map(|dump| dump.services)

@@ -97,13 +97,19 @@ impl NodeDataplane {
     }
 }
 
-pub(crate) fn flatten<'a>(mut parts: impl Iterator<Item = &'a Arc<Fragment>>) -> Fragment {
-    let Some(first) = parts.next() else {
+/// The union of disjoint parts. The largest is cloned (persistent maps:
+/// O(1), and its structure stays shared with the part, which keeps later
+/// diffs against similar states cheap) and the others are added to it.
+pub(crate) fn flatten<'a>(parts: impl Iterator<Item = &'a Arc<Fragment>>) -> Fragment {
+    let parts: Vec<&Arc<Fragment>> = parts.collect();
+    let Some(largest) = (0..parts.len()).max_by_key(|&i| parts[i].atom_count()) else {
         return Fragment::new();
     };
-    let mut whole = Fragment::clone(first);
-    for part in parts {
-        whole.absorb(part);
+    let mut whole = Fragment::clone(parts[largest]);
+    for (i, part) in parts.iter().enumerate() {
+        if i != largest {
+            whole.absorb(part);
+        }
     }
     whole
 }
