@@ -44,9 +44,20 @@ pub struct Leader {
 
 impl Leader {
     /// Becomes the writer: a new epoch fences every earlier one.
-    pub async fn start(store: Store, config: ComputeConfig) -> anyhow::Result<Leader> {
+    pub async fn start(
+        store: Store,
+        config: ComputeConfig,
+        head: watch::Sender<u64>,
+    ) -> anyhow::Result<Leader> {
         let epoch = store.acquire_epoch().await.context("acquiring an epoch")?;
-        let head = store.head().await?.map(|r| r.0).unwrap_or(0);
+        let now = store.head().await?.map(|r| r.0).unwrap_or(0);
+        head.send_if_modified(|h| {
+            let newer = now > *h;
+            if newer {
+                *h = now;
+            }
+            newer
+        });
         Ok(Leader {
             store,
             epoch,
@@ -54,7 +65,7 @@ impl Leader {
             objects: BTreeMap::new(),
             nodes: BTreeSet::new(),
             dirty: false,
-            head: watch::Sender::new(head),
+            head,
         })
     }
 

@@ -258,6 +258,13 @@ impl Applier {
         Ok((current, ops))
     }
 
+    /// The operations from `held` to `want`, without looking at the
+    /// kernel: what a dry-run agent reports.
+    pub fn plan_from(held: &NodeDataplane, want: &NodeDataplane) -> Result<Vec<Op>, ApplyError> {
+        let changes = setpoint_dataplane::diff(held, want);
+        Ok(plan(&changes, &held.flatten(), &want.flatten())?)
+    }
+
     pub fn refuse_unsupported(&self, goal: &Fragment) -> Result<(), ApplyError> {
         if let Some(feature) = self.services.missing_feature() {
             let needs = goal.virtual_server_count() + goal.addresses().count();

@@ -315,16 +315,16 @@ impl Agent {
         let started = Instant::now();
         let target = state.clone();
         let result = if self.options.dry_run {
-            self.with_applier(move |a| {
-                a.plan(&target).map(|(_, ops)| {
-                    tracing::info!(
-                        revision,
-                        operations = ops.len(),
-                        "dry run: planned, nothing applied"
-                    );
-                })
-            })
-            .await
+            // Touches nothing, reads nothing: plans from what it was sent.
+            let held = self.held.as_ref().map(|(_, s)| s.clone()).unwrap_or_default();
+            let planned = Applier::plan_from(&held, &target).map(|ops| {
+                tracing::info!(
+                    revision,
+                    operations = ops.len(),
+                    "dry run: planned, nothing applied"
+                );
+            });
+            Some(planned)
         } else {
             // From a state this agent verified, only the difference is
             // applied and read back; otherwise the whole kernel is.

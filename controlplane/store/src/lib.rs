@@ -49,6 +49,7 @@ mod types;
 mod write;
 
 pub use error::{Result, StoreError};
+pub use db::Leadership;
 pub use store::{Store, StoreOptions};
 pub use types::{
     AgentResult, AgentStatus, Backend, Cause, CommitRequest, Epoch, FailPoint, GcReport, NodeParts,

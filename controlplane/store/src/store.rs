@@ -101,6 +101,47 @@ impl Store {
         Ok(Epoch(db::to_u64(e, "leader", "epoch")?))
     }
 
+    /// Leadership, if no other control plane holds it (PostgreSQL advisory
+    /// lock, released when this process or its connection dies); with
+    /// SQLite always granted. Leading also needs an epoch for fencing.
+    pub async fn try_lead(&self) -> Result<Option<db::Leadership>> {
+        self.db.try_lead().await
+    }
+
+    /// The head as it moves, whoever commits: PostgreSQL notifications,
+    /// and a poll every `poll` besides (missed notifications, SQLite).
+    pub fn watch_head(&self, poll: std::time::Duration) -> tokio::sync::watch::Receiver<u64> {
+        let (tx, rx) = tokio::sync::watch::channel(0);
+        let store = self.clone();
+        tokio::spawn(async move {
+            let mut listener = store.db.head_listener().await.ok().flatten();
+            loop {
+                if let Ok(Some(head)) = store.head().await {
+                    tx.send_if_modified(|h| {
+                        let newer = head.0 > *h;
+                        if newer {
+                            *h = head.0;
+                        }
+                        newer
+                    });
+                }
+                if tx.is_closed() {
+                    return;
+                }
+                match listener.as_mut() {
+                    Some(l) => {
+                        // A broken listener leaves the poll to do the work.
+                        if let Ok(Err(_)) = tokio::time::timeout(poll, l.recv()).await {
+                            listener = None;
+                        }
+                    }
+                    None => tokio::time::sleep(poll).await,
+                }
+            }
+        });
+        rx
+    }
+
     /// The newest revision, if any was committed.
     pub async fn head(&self) -> Result<Option<RevisionId>> {
         let (_, head) = self.db.leader().await?;

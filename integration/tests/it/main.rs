@@ -2,6 +2,7 @@
 //! network namespaces it creates.
 
 mod policy_matrix;
+mod leader_election;
 mod render_applies;
 mod running_system;
 mod vm_smoke;
