@@ -134,11 +134,16 @@ impl AgentStream for AgentService {
         };
         self.metrics.agents_connected.inc();
         let metrics = self.metrics.clone();
+        let errors = session.tx.clone();
         tokio::spawn(async move {
             let node = session.node.clone();
             match session.run(hello, inbound).await {
                 Ok(()) => tracing::info!(%node, "agent stream ended"),
-                Err(e) => tracing::warn!(%node, "agent stream ended: {e}"),
+                Err(e) => {
+                    tracing::warn!(%node, "agent stream ended: {e}");
+                    // The agent learns why, not just that the stream ended.
+                    let _ = errors.send(Err(e)).await;
+                }
             }
             metrics.agents_connected.dec();
         });

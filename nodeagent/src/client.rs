@@ -52,6 +52,7 @@ pub struct Agent {
     options: AgentOptions,
     applier: Arc<Mutex<Applier>>,
     held: Option<(u64, NodeDataplane)>,
+    was_connected: bool,
     pub progress: Arc<Mutex<AgentProgress>>,
 }
 
@@ -89,6 +90,7 @@ impl Agent {
             options,
             applier: Arc::new(Mutex::new(applier)),
             held: None,
+            was_connected: false,
             progress: Arc::default(),
         }
     }
@@ -168,9 +170,12 @@ impl Agent {
                 }
             }
             self.note(|p| p.connected = false);
-            if started.elapsed() > Duration::from_secs(30) {
+            // A stream that was up starts the backoff over; repeated
+            // failures to connect grow it.
+            if self.was_connected || started.elapsed() > Duration::from_secs(30) {
                 backoff = Duration::from_millis(200);
             }
+            self.was_connected = false;
             let jitter = rand::rng().random_range(0.5..1.5);
             tokio::time::sleep(backoff.mul_f64(jitter)).await;
             backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -200,6 +205,7 @@ impl Agent {
         })))
         .await?;
         let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+        self.was_connected = true;
         self.note(|p| {
             p.connected = true;
             p.last_error = None;
@@ -316,7 +322,11 @@ impl Agent {
         let target = state.clone();
         let result = if self.options.dry_run {
             // Touches nothing, reads nothing: plans from what it was sent.
-            let held = self.held.as_ref().map(|(_, s)| s.clone()).unwrap_or_default();
+            let held = self
+                .held
+                .as_ref()
+                .map(|(_, s)| s.clone())
+                .unwrap_or_default();
             let planned = Applier::plan_from(&held, &target).map(|ops| {
                 tracing::info!(
                     revision,

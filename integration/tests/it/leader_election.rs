@@ -95,7 +95,10 @@ fn one_leader_then_the_follower_takes_over_with_rising_revisions() {
 
     drop(first_runtime);
     runtime.block_on(async {
-        wait_for("the follower to take over", || *second.role.borrow() == Role::Leader).await;
+        wait_for("the follower to take over", || {
+            *second.role.borrow() == Role::Leader
+        })
+        .await;
         let slices = manifests.path().join("endpointslices-core.yaml");
         let text = std::fs::read_to_string(&slices).expect("read");
         std::fs::write(&slices, text.replacen("10.244.1.77", "10.244.1.78", 1)).expect("edit");
@@ -108,7 +111,10 @@ fn one_leader_then_the_follower_takes_over_with_rising_revisions() {
         let mut sorted = numbers.clone();
         sorted.sort_unstable_by(|a, b| b.cmp(a));
         sorted.dedup();
-        assert_eq!(numbers, sorted, "revision numbers are unique and newest first");
+        assert_eq!(
+            numbers, sorted,
+            "revision numbers are unique and newest first"
+        );
         let epochs: Vec<u64> = revisions.iter().map(|r| r.epoch.0).collect();
         assert!(
             epochs.first() > epochs.last(),

@@ -1,8 +1,10 @@
 //! Rendered node states applied with the real kernel tools, each test in
 //! network namespaces it creates.
 
-mod policy_matrix;
+mod e2e_support;
 mod leader_election;
+mod policy_matrix;
 mod render_applies;
+mod running_failures;
 mod running_system;
 mod vm_smoke;

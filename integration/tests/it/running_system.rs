@@ -3,115 +3,15 @@
 //! on loopback applying ipsets and iptables in network namespaces (IPVS in
 //! memory: this kernel has none).
 
-use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use setpoint_agent::client::{Agent, AgentOptions, AgentProgress};
-use setpoint_agent::services::IpvsMode;
-use setpoint_agent::target::Target;
-use setpoint_controlplane::serve::{Running, ServeConfig, start};
+use setpoint_controlplane::serve::{ServeConfig, start};
 use setpoint_integration::{Netns, require_root_and_tools};
-use setpoint_store::RevisionId;
 
-fn fresh_postgres_database() -> String {
-    let base = std::env::var("SETPOINT_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("setpoint_e2e_{}_{}", std::process::id(), rand_suffix());
-    let out = std::process::Command::new("psql")
-        .args([base.as_str(), "-qc", &format!("CREATE DATABASE {name}")])
-        .output()
-        .expect("psql runs (scripts/test makes sure PostgreSQL is up)");
-    assert!(
-        out.status.success(),
-        "create database: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    match base.rsplit_once('/') {
-        Some((server, _)) => format!("{server}/{name}"),
-        None => panic!("SETPOINT_TEST_POSTGRES must end in /database: {base}"),
-    }
-}
-
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::from(d.subsec_nanos()))
-        .unwrap_or(0)
-}
-
-fn copy_examples(to: &Path) {
-    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
-    for entry in std::fs::read_dir(from).expect("examples") {
-        let entry = entry.expect("entry");
-        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
-    }
-}
-
-type Progress = Arc<Mutex<AgentProgress>>;
-
-fn spawn_agent(
-    running: &Running,
-    node: &str,
-    ns: &Netns,
-    state_dir: &Path,
-) -> (tokio::task::JoinHandle<()>, Progress) {
-    let agent = Agent::new(AgentOptions {
-        node: node.to_string(),
-        controlplane: format!("http://{}", running.agent_addr),
-        target: Target {
-            netns: Some(ns.name().to_string()),
-        },
-        dry_run: false,
-        state_dir: Some(state_dir.to_path_buf()),
-        ipvs: IpvsMode::Simulated,
-        drift_interval: Duration::from_secs(30),
-    });
-    let progress = agent.progress.clone();
-    (tokio::spawn(agent.run()), progress)
-}
-
-fn progress(p: &Progress) -> AgentProgress {
-    p.lock().map(|p| p.clone()).unwrap_or_default()
-}
-
-async fn converge(running: &Running, agents: &[&Progress]) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let head = *running.head.borrow();
-        if head > 0 && agents.iter().all(|p| progress(p).revision == head) {
-            return head;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "agents did not converge to revision {head}: {:?}",
-            agents.iter().map(|p| progress(p)).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Every set of `node`'s state at `revision` is in the namespace with its entries.
-async fn assert_sets_applied(running: &Running, node: &str, revision: u64, ns: &Netns) {
-    let state = running
-        .store
-        .node_state(node, RevisionId(revision))
-        .await
-        .expect("store read")
-        .expect("node exists");
-    let save = ns.exec(&["ipset", "save"], None).expect("ipset save");
-    let kernel = setpoint_agent::ipset::parse_save(&save, |n| n.starts_with("SP")).expect("parses");
-    let flat = state.flatten();
-    for (name, _) in flat.sets() {
-        let want = flat.entries(name).map(|e| e.len()).unwrap_or(0);
-        let have = kernel.get(name).map(|s| s.entries.len());
-        assert_eq!(
-            have,
-            Some(want),
-            "{node}: set {name} at revision {revision}"
-        );
-    }
-}
+use crate::e2e_support::{
+    assert_sets_applied, assert_status_is_head, converge, converge_past, copy_examples,
+    fresh_postgres_database, progress, spawn_agent,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn edits_flow_to_agents_by_delta_and_a_restarted_agent_converges() {
@@ -141,8 +41,8 @@ async fn edits_flow_to_agents_by_delta_and_a_restarted_agent_converges() {
     let (_task_c, c) = spawn_agent(&running, "node-c", &ns_c, dir_c.path());
 
     let first = converge(&running, &[&a, &c]).await;
-    assert_sets_applied(&running, "node-a", first, &ns_a).await;
-    assert_sets_applied(&running, "node-c", first, &ns_c).await;
+    assert_sets_applied(&running.store, "node-a", first, &ns_a).await;
+    assert_sets_applied(&running.store, "node-c", first, &ns_c).await;
     assert_eq!((progress(&a).snapshots, progress(&a).deltas), (1, 0));
 
     // An endpoint moves: one new revision, sent as a delta.
@@ -161,21 +61,8 @@ async fn edits_flow_to_agents_by_delta_and_a_restarted_agent_converges() {
         progress(&a)
     );
     assert!(progress(&a).deltas >= 1, "{:?}", progress(&a));
-    let statuses = running.store.agent_statuses().await.expect("statuses");
     for node in ["node-a", "node-c"] {
-        let status = statuses.iter().find(|s| s.node == node).expect("recorded");
-        assert_eq!(
-            status.applied_revision,
-            Some(RevisionId(second)),
-            "{status:?}"
-        );
-        let want = running
-            .store
-            .node_state(node, RevisionId(second))
-            .await
-            .expect("read")
-            .expect("node");
-        assert_eq!(status.applied_digest, Some(want.digest()));
+        assert_status_is_head(&running.store, node, second).await;
     }
 
     // node-a's agent restarts. Its virtual servers lived in the old
@@ -200,7 +87,7 @@ async fn edits_flow_to_agents_by_delta_and_a_restarted_agent_converges() {
         (1, 0),
         "one snapshot after the restart: {p:?}"
     );
-    assert_sets_applied(&running, "node-a", second, &ns_a).await;
+    assert_sets_applied(&running.store, "node-a", second, &ns_a).await;
 
     // A removed file is picked up too: its objects go, a new revision flows.
     std::fs::remove_file(&slices).expect("remove");
@@ -217,16 +104,4 @@ async fn edits_flow_to_agents_by_delta_and_a_restarted_agent_converges() {
         metrics.contains("network_programming_duration_seconds_count"),
         "{metrics}"
     );
-}
-
-async fn converge_past(running: &Running, agents: &[&Progress], after: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let head = converge(running, agents).await;
-        if head > after {
-            return head;
-        }
-        assert!(Instant::now() < deadline, "no revision after {after}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

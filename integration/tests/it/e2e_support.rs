@@ -1,0 +1,195 @@
+//! What the running-system tests share: a fresh PostgreSQL database per
+//! test, a copy of the example manifests, real agents in network
+//! namespaces (IPVS in memory: this kernel has none), and waiting for them
+//! to converge.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use setpoint_agent::client::{Agent, AgentOptions, AgentProgress};
+use setpoint_agent::services::IpvsMode;
+use setpoint_agent::target::Target;
+use setpoint_controlplane::serve::Running;
+use setpoint_integration::Netns;
+use setpoint_store::{RevisionId, Store};
+
+/// The server's maintenance database (`SETPOINT_TEST_POSTGRES`), where
+/// databases are created.
+pub fn postgres_admin_url() -> String {
+    std::env::var("SETPOINT_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Creates an empty database for one test; returns its URL.
+pub fn fresh_postgres_database() -> String {
+    let base = postgres_admin_url();
+    let name = format!("setpoint_e2e_{}_{}", std::process::id(), rand_suffix());
+    psql(&format!("CREATE DATABASE {name}"));
+    match base.rsplit_once('/') {
+        Some((server, _)) => format!("{server}/{name}"),
+        None => panic!("SETPOINT_TEST_POSTGRES must end in /database: {base}"),
+    }
+}
+
+/// Runs one SQL command on the maintenance database; returns its output.
+pub fn psql(sql: &str) -> String {
+    let base = postgres_admin_url();
+    let out = std::process::Command::new("psql")
+        .args([base.as_str(), "-qAtc", sql])
+        .output()
+        .expect("psql runs (scripts/test makes sure PostgreSQL is up)");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::from(d.subsec_nanos()))
+        .unwrap_or(0);
+    // Tests of one process start within the same nanosecond often enough.
+    nanos * 100 + NEXT.fetch_add(1, Ordering::Relaxed) % 100
+}
+
+pub fn copy_examples(to: &Path) {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    for entry in std::fs::read_dir(from).expect("examples") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
+}
+
+/// Replaces the first `from` in a manifest file with `to`.
+pub fn edit_manifest(file: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(file).expect("read manifest");
+    assert!(
+        text.contains(from),
+        "{} has the text this test edits: {from}",
+        file.display()
+    );
+    std::fs::write(file, text.replacen(from, to, 1)).expect("edit manifest");
+}
+
+pub type Progress = Arc<Mutex<AgentProgress>>;
+
+pub fn spawn_agent(
+    running: &Running,
+    node: &str,
+    ns: &Netns,
+    state_dir: &Path,
+) -> (tokio::task::JoinHandle<()>, Progress) {
+    spawn_agent_to(running.agent_addr, node, ns, state_dir)
+}
+
+/// An agent for `node` applying into `ns`, connecting to `controlplane`.
+pub fn spawn_agent_to(
+    controlplane: SocketAddr,
+    node: &str,
+    ns: &Netns,
+    state_dir: &Path,
+) -> (tokio::task::JoinHandle<()>, Progress) {
+    let agent = Agent::new(AgentOptions {
+        node: node.to_string(),
+        controlplane: format!("http://{controlplane}"),
+        target: Target {
+            netns: Some(ns.name().to_string()),
+        },
+        dry_run: false,
+        state_dir: Some(state_dir.to_path_buf()),
+        ipvs: IpvsMode::Simulated,
+        drift_interval: Duration::from_secs(30),
+    });
+    let progress = agent.progress.clone();
+    (tokio::spawn(agent.run()), progress)
+}
+
+pub fn progress(p: &Progress) -> AgentProgress {
+    p.lock().map(|p| p.clone()).unwrap_or_default()
+}
+
+/// Waits until every agent applied the control plane's head; returns it.
+pub async fn converge(running: &Running, agents: &[&Progress]) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let head = *running.head.borrow();
+        if head > 0 && agents.iter().all(|p| progress(p).revision == head) {
+            return head;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "agents did not converge to revision {head}: {:?}",
+            agents.iter().map(|p| progress(p)).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until every agent applied a head newer than `after`; returns it.
+pub async fn converge_past(running: &Running, agents: &[&Progress], after: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let head = converge(running, agents).await;
+        if head > after {
+            return head;
+        }
+        assert!(Instant::now() < deadline, "no revision after {after}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every set of `node`'s state at `revision` is in the namespace with its entries.
+pub async fn assert_sets_applied(store: &Store, node: &str, revision: u64, ns: &Netns) {
+    let state = store
+        .node_state(node, RevisionId(revision))
+        .await
+        .expect("store read")
+        .expect("node exists");
+    let save = ns.exec(&["ipset", "save"], None).expect("ipset save");
+    let kernel = setpoint_agent::ipset::parse_save(&save, |n| n.starts_with("SP")).expect("parses");
+    let flat = state.flatten();
+    for (name, _) in flat.sets() {
+        let want = flat.entries(name).map(|e| e.len()).unwrap_or(0);
+        let have = kernel.get(name).map(|s| s.entries.len());
+        assert_eq!(
+            have,
+            Some(want),
+            "{node}: set {name} at revision {revision}"
+        );
+    }
+}
+
+/// The store records `node`'s agent at `head` with the head's digest
+/// (polled: the session records an ack just after the agent counts it).
+pub async fn assert_status_is_head(store: &Store, node: &str, head: u64) {
+    let want = store
+        .node_state(node, RevisionId(head))
+        .await
+        .expect("store read")
+        .expect("node exists")
+        .digest();
+    // The session records the ack just after the agent counts it applied.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let statuses = store.agent_statuses().await.expect("statuses");
+        let status = statuses.iter().find(|s| s.node == node);
+        if let Some(s) = status
+            && s.applied_revision == Some(RevisionId(head))
+        {
+            assert_eq!(s.applied_digest, Some(want), "{node}: {s:?}");
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{node}: the store's agent status is not at head {head}: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
