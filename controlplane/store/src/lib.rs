@@ -48,8 +48,8 @@ mod store;
 mod types;
 mod write;
 
-pub use error::{Result, StoreError};
 pub use db::Leadership;
+pub use error::{Result, StoreError};
 pub use store::{Store, StoreOptions};
 pub use types::{
     AgentResult, AgentStatus, Backend, Cause, CommitRequest, Epoch, FailPoint, GcReport, NodeParts,
