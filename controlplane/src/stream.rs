@@ -70,6 +70,20 @@ fn message(body: ControlBody) -> ControlMessage {
     }
 }
 
+/// W3C trace context for a revision's rollout to a node: every node's
+/// span of one revision shares the trace id (derived from the revision, so
+/// any replica derives the same one), each node has its own span id.
+pub fn traceparent(revision: u64, node: &str) -> String {
+    use sha2::{Digest as _, Sha256};
+    let trace = Sha256::digest(format!("setpoint/revision/{revision}"));
+    let span = Sha256::digest(format!("setpoint/revision/{revision}/{node}"));
+    format!(
+        "00-{}-{}-01",
+        hex::encode(&trace[..16]),
+        hex::encode(&span[..8])
+    )
+}
+
 impl AgentService {
     pub fn new(store: Store, head: watch::Receiver<u64>, metrics: Arc<Metrics>) -> AgentService {
         AgentService {
@@ -325,8 +339,11 @@ impl Session {
             state,
         });
         self.in_flight = Some((head, Instant::now()));
+        let mut m = message(body);
+        m.traceparent = traceparent(head, &self.node);
+        tracing::debug!(node = %self.node, revision = head, traceparent = %m.traceparent, "sent");
         self.tx
-            .send(Ok(message(body)))
+            .send(Ok(m))
             .await
             .map_err(|_| Status::cancelled("agent gone"))
     }

@@ -55,6 +55,9 @@ struct RunArgs {
     /// How often the kernel is re-read and drift repaired, in seconds.
     #[arg(long, default_value_t = 30)]
     drift_interval: u64,
+    /// Prometheus metrics, /healthz and /readyz.
+    #[arg(long, env = "SETPOINT_AGENT_METRICS_LISTEN")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -141,7 +144,19 @@ fn run_agent(args: RunArgs) -> anyhow::Result<bool> {
         drift_interval: std::time::Duration::from_secs(args.drift_interval.max(1)),
     };
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(Agent::new(options).run());
+    runtime.block_on(async {
+        let agent = Agent::new(options);
+        if let Some(addr) = args.metrics_listen {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            eprintln!("metrics on http://{}/metrics", listener.local_addr()?);
+            tokio::spawn(setpoint_agent::metrics::serve(
+                agent.metrics.clone(),
+                listener,
+            ));
+        }
+        agent.run().await;
+        anyhow::Ok(())
+    })?;
     Ok(true)
 }
 

@@ -19,6 +19,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::apply::{Applier, ApplyError};
 use crate::local_state::{Applied, LocalState};
+use crate::metrics::AgentMetrics;
 use crate::services::{IpvsMode, for_target};
 use crate::target::Target;
 
@@ -54,6 +55,7 @@ pub struct Agent {
     held: Option<(u64, NodeDataplane)>,
     was_connected: bool,
     pub progress: Arc<Mutex<AgentProgress>>,
+    pub metrics: Arc<AgentMetrics>,
 }
 
 fn unix_millis() -> u64 {
@@ -92,6 +94,7 @@ impl Agent {
             held: None,
             was_connected: false,
             progress: Arc::default(),
+            metrics: AgentMetrics::new(),
         }
     }
 
@@ -170,6 +173,7 @@ impl Agent {
                 }
             }
             self.note(|p| p.connected = false);
+            self.metrics.connected.set(0);
             // A stream that was up starts the backoff over; repeated
             // failures to connect grow it.
             if self.was_connected || started.elapsed() > Duration::from_secs(30) {
@@ -206,6 +210,7 @@ impl Agent {
         .await?;
         let mut inbound = client.stream(ReceiverStream::new(rx)).await?.into_inner();
         self.was_connected = true;
+        self.metrics.connected.set(1);
         self.note(|p| {
             p.connected = true;
             p.last_error = None;
@@ -229,10 +234,14 @@ impl Agent {
                 }
                 _ = drift.tick() => self.repair_drift().await,
                 _ = reap.tick() => {
-                    if !self.options.dry_run
-                        && let Some(Err(e)) = self.with_applier(|a| a.reap_drained()).await
-                    {
-                        tracing::warn!("draining real servers: {e}");
+                    if !self.options.dry_run {
+                        match self.with_applier(|a| a.reap_drained()).await {
+                            Some(Ok(n)) => {
+                                self.metrics.drained.inc_by(u64::try_from(n).unwrap_or(0));
+                            }
+                            Some(Err(e)) => tracing::warn!("draining real servers: {e}"),
+                            None => {}
+                        }
                     }
                 }
             }
@@ -250,6 +259,7 @@ impl Agent {
             Some(ControlBody::Heartbeat(_)) | None => return Ok(None),
             Some(ControlBody::Snapshot(s)) => {
                 self.note(|p| p.snapshots += 1);
+                self.metrics.snapshots.inc();
                 match snapshot_state(&s) {
                     Ok(state) => (s.revision, state),
                     Err(e) => {
@@ -263,6 +273,7 @@ impl Agent {
             }
             Some(ControlBody::Delta(d)) => {
                 self.note(|p| p.deltas += 1);
+                self.metrics.deltas.inc();
                 let (changes, digest) = match delta_changes(&d) {
                     Ok(c) => c,
                     Err(e) => {
@@ -299,11 +310,23 @@ impl Agent {
                 }
             }
         };
-        Ok(Some(self.apply(revision, wanted).await))
+        // The control plane's trace id for this revision, so the agent's
+        // logs of the apply join the rollout's trace.
+        let trace_id = m
+            .traceparent
+            .split('-')
+            .nth(1)
+            .filter(|t| t.len() == 32)
+            .unwrap_or("")
+            .to_string();
+        let span = tracing::info_span!("apply", revision, trace_id = %trace_id);
+        use tracing::Instrument as _;
+        Ok(Some(self.apply(revision, wanted).instrument(span).await))
     }
 
     fn nack(&mut self, revision: u64, error: String, operation: &str) -> AgentMessage {
         tracing::warn!(revision, "nack: {error} ({operation})");
+        self.metrics.nacks.inc();
         self.note(|p| {
             p.nacks += 1;
             p.last_error = Some(error.clone());
@@ -361,6 +384,13 @@ impl Agent {
                     }
                 }
                 self.held = Some((revision, state));
+                self.metrics
+                    .revision
+                    .set(i64::try_from(revision).unwrap_or(i64::MAX));
+                self.metrics.apply_seconds.observe(took.as_secs_f64());
+                self.metrics
+                    .ready
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 self.note(|p| {
                     p.revision = revision;
                     p.last_apply = took;
@@ -389,11 +419,15 @@ impl Agent {
             return;
         }
         let check = state.clone();
+        self.metrics.drift_checks.inc();
         match self.with_applier(move |a| a.verify(&check)).await {
             Some(Err(ApplyError::Mismatch { differences, .. })) => {
                 tracing::warn!(revision, "drift: {}", differences.join("; "));
                 match self.with_applier(move |a| a.apply(&state)).await {
-                    Some(Ok(_)) => self.note(|p| p.drift_repairs += 1),
+                    Some(Ok(_)) => {
+                        self.note(|p| p.drift_repairs += 1);
+                        self.metrics.drift_repairs.inc();
+                    }
                     Some(Err(e)) => tracing::warn!("drift repair failed: {e}"),
                     None => {}
                 }

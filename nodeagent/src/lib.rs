@@ -17,6 +17,7 @@ pub mod ipvs;
 pub mod kernel_model;
 pub mod link;
 pub mod local_state;
+pub mod metrics;
 mod netlink;
 pub mod plan;
 pub mod services;
