@@ -54,6 +54,75 @@ pub fn load_path(path: &Path) -> Result<LoadReport, SourceError> {
     Ok(report)
 }
 
+/// Loads a manifest tree again and again, re-parsing only the files whose
+/// size or modification time changed since the last load: a one-object
+/// edit in a large tree costs one file's parse, not the tree's. The result
+/// is what [`load_path`] would return.
+#[derive(Default)]
+pub struct ManifestCache {
+    files: HashMap<PathBuf, CachedFile>,
+}
+
+struct CachedFile {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    /// The file's objects with their origins, after its own duplicates.
+    objects: Vec<(ClusterObject, String)>,
+    skipped: Vec<Skipped>,
+    ignored: Vec<(String, usize)>,
+    warnings: Vec<String>,
+}
+
+impl ManifestCache {
+    pub fn load(&mut self, path: &Path) -> Result<LoadReport, SourceError> {
+        let files = manifest_files(path)?;
+        let mut merged = Loader::default();
+        let mut live = HashMap::with_capacity(files.len());
+        for file in &files {
+            let meta = fs::metadata(file).map_err(read_error(file))?;
+            let (len, modified) = (meta.len(), meta.modified().ok());
+            let cached = match self.files.remove(file) {
+                Some(c) if c.len == len && c.modified == modified => c,
+                _ => {
+                    let bytes = fs::read(file).map_err(read_error(file))?;
+                    let mut one = Loader::default();
+                    one.file(file, &bytes);
+                    let mut origins: Vec<(usize, String)> = one.seen.into_values().collect();
+                    origins.sort();
+                    let objects = one
+                        .report
+                        .objects
+                        .into_iter()
+                        .zip(origins.into_iter().map(|(_, o)| o))
+                        .collect();
+                    CachedFile {
+                        len,
+                        modified,
+                        objects,
+                        skipped: one.report.skipped,
+                        ignored: one.report.ignored_kinds.into_iter().collect(),
+                        warnings: one.report.warnings,
+                    }
+                }
+            };
+            for (object, origin) in &cached.objects {
+                merged.add(object.clone(), origin.clone());
+            }
+            merged.report.skipped.extend(cached.skipped.iter().cloned());
+            for (kind, n) in &cached.ignored {
+                *merged.report.ignored_kinds.entry(kind.clone()).or_default() += n;
+            }
+            merged
+                .report
+                .warnings
+                .extend(cached.warnings.iter().cloned());
+            live.insert(file.clone(), cached);
+        }
+        self.files = live;
+        Ok(merged.finish())
+    }
+}
+
 /// Parses in-memory manifest text as if it were the file `origin` (which is
 /// not read: it names the text in reports, and a `.json` extension selects
 /// JSON).

@@ -38,6 +38,10 @@ pub struct Store {
     pub(crate) db: Db,
     pub(crate) writer: Arc<Mutex<WriterCache>>,
     fail: Arc<AtomicU8>,
+    /// Fragments decoded (and verified against their key) that someone
+    /// still holds: the same Service part read for 5,000 nodes is decoded
+    /// once and shared, in memory as it is in the tables.
+    decoded: Arc<std::sync::Mutex<HashMap<Digest, std::sync::Weak<Fragment>>>>,
 }
 
 /// What a node's state at a revision is made of.
@@ -83,6 +87,7 @@ impl Store {
             db,
             writer: Arc::new(Mutex::new(WriterCache::default())),
             fail: Arc::new(AtomicU8::new(0)),
+            decoded: Arc::default(),
         })
     }
 
@@ -387,13 +392,28 @@ impl Store {
             what,
             key: key.to_string(),
         };
-        let wanted: Vec<Digest> = keys.iter().copied().collect();
+        let mut out = HashMap::with_capacity(keys.len());
+        if let Ok(decoded) = self.decoded.lock() {
+            for key in keys {
+                if let Some(f) = decoded.get(key).and_then(std::sync::Weak::upgrade) {
+                    out.insert(*key, f);
+                }
+            }
+        }
+        let wanted: Vec<Digest> = keys
+            .iter()
+            .filter(|k| !out.contains_key(*k))
+            .copied()
+            .collect();
+        if wanted.is_empty() {
+            return Ok(out);
+        }
         let rows = self.db.fragments(&wanted).await?;
         let headers: HashMap<Digest, FragmentHeader> =
             rows.into_iter().map(|r| (r.key, r.header)).collect();
         // Per fragment: its keys at the current level, and that level.
         let mut walk: Vec<(Digest, FragmentHeader, Vec<Digest>, u8)> = Vec::new();
-        for key in keys {
+        for key in &wanted {
             let header = headers.get(key).ok_or_else(|| missing("fragment", key))?;
             header.verify(key).map_err(corrupt)?;
             walk.push((*key, *header, vec![header.root], header.height));
@@ -426,15 +446,24 @@ impl Store {
         let chunk_keys: Vec<Digest> = chunk_keys.into_iter().collect();
         let bodies: HashMap<Digest, Vec<u8>> =
             self.db.chunks(&chunk_keys).await?.into_iter().collect();
-        let mut out = HashMap::with_capacity(walk.len());
         for (key, header, chunks, _) in &walk {
             let mut ordered = Vec::with_capacity(chunks.len());
             for c in chunks {
                 let body = bodies.get(c).ok_or_else(|| missing("chunk", c))?;
                 ordered.push((c, body.as_slice()));
             }
-            let fragment = chunk::assemble(key, header, ordered).map_err(corrupt)?;
-            out.insert(*key, Arc::new(fragment));
+            let fragment = Arc::new(chunk::assemble(key, header, ordered).map_err(corrupt)?);
+            out.insert(*key, fragment);
+        }
+        if let Ok(mut decoded) = self.decoded.lock() {
+            for key in &wanted {
+                if let Some(f) = out.get(key) {
+                    decoded.insert(*key, Arc::downgrade(f));
+                }
+            }
+            if decoded.len() > 4096 {
+                decoded.retain(|_, f| f.strong_count() > 0);
+            }
         }
         Ok(out)
     }

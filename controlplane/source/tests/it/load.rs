@@ -174,3 +174,44 @@ fn symlinked_directories_are_followed_once() {
     let report = load_path(dir.path()).expect("loads");
     check_load(dir.path(), &report, "object Node/n1");
 }
+
+/// The cache re-reads only changed files and always agrees with a fresh
+/// load: after an edit, an addition, a removal, and a file turned bad.
+#[test]
+fn the_cache_agrees_with_a_fresh_load_through_edits() {
+    use setpoint_source::ManifestCache;
+    let dir = tree(&[
+        ("a.yaml", node("n1").as_bytes()),
+        (
+            "b.yaml",
+            format!("{}---\n{}", node("n2"), node("n1")).as_bytes(),
+        ),
+    ]);
+    let mut cache = ManifestCache::default();
+    let same = |cache: &mut ManifestCache| {
+        let cached = cache.load(dir.path()).expect("cached load");
+        let fresh = load_path(dir.path()).expect("fresh load");
+        assert_eq!(cached.objects, fresh.objects);
+        assert_eq!(render(&cached), render(&fresh));
+    };
+    same(&mut cache);
+    // Modification times can be equal within a second: change the size too.
+    fs::write(
+        dir.path().join("a.yaml"),
+        format!("{}---\n{}", node("n3"), node("n4")),
+    )
+    .expect("edit");
+    same(&mut cache);
+    fs::write(dir.path().join("c.yaml"), node("n5")).expect("add");
+    same(&mut cache);
+    fs::remove_file(dir.path().join("b.yaml")).expect("remove");
+    same(&mut cache);
+    fs::write(
+        dir.path().join("c.yaml"),
+        "kind: Node\nmetadata: [not, a, map]\n",
+    )
+    .expect("break");
+    same(&mut cache);
+    let report = cache.load(dir.path()).expect("load");
+    assert_eq!(report.skipped.len(), 1, "{}", render(&report));
+}
