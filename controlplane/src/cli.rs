@@ -55,6 +55,14 @@ pub struct ServeArgs {
     /// A burst of changes within this many milliseconds is one revision.
     #[arg(long, default_value_t = 100)]
     pub batch_ms: u64,
+    /// The admin API (gRPC; setpointctl talks to it).
+    #[arg(long, default_value = "127.0.0.1:7444", env = "SETPOINT_ADMIN_LISTEN")]
+    pub admin_listen: std::net::SocketAddr,
+    /// Admin API tokens: lines `<role> <token>` (role `read` or `admin`) or
+    /// just `<token>` (admin); `#` comments. Without it every admin call is
+    /// refused.
+    #[arg(long, env = "SETPOINT_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
     #[command(flatten)]
     pub compute: ComputeArgs,
 }
@@ -163,12 +171,24 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             batch: std::time::Duration::from_millis(args.batch_ms),
             poll: std::time::Duration::from_millis(250),
             compute: args.compute.config(),
+            admin: setpoint_controlplane::admin::AdminConfig {
+                listen: Some(args.admin_listen),
+                token_file: args.admin_token_file.clone(),
+            },
         })
         .await?;
         println!(
             "serving: store {}, agents on {}, metrics on http://{}/metrics",
             args.database, running.agent_addr, running.metrics_addr
         );
+        if let Some(admin) = running.admin_addr {
+            match &args.admin_token_file {
+                Some(_) => println!("admin API on {admin}"),
+                None => println!(
+                    "admin API on {admin}, refusing every call: no --admin-token-file"
+                ),
+            }
+        }
         let mut commits = running.commits.subscribe();
         loop {
             tokio::select! {

@@ -1,6 +1,8 @@
 //! The control plane as a library: the leader (objects → revisions), the
-//! agent stream (revisions → agents), metrics, and `serve` wiring them.
+//! agent stream (revisions → agents), the admin API (revisions, rollback,
+//! pause/resume, status for operators), metrics, and `serve` wiring them.
 
+pub mod admin;
 pub mod demo;
 pub mod leader;
 pub mod metrics;

@@ -8,9 +8,12 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use setpoint_compute::ComputeConfig;
+use setpoint_proto::admin::admin_server::AdminServer;
 use setpoint_proto::v1::agent_stream_server::AgentStreamServer;
 use setpoint_store::{Leadership, Store};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::admin::{AdminCommand, AdminConfig, AdminService, Tokens};
 
 use crate::leader::{Committed, Leader, fingerprint};
 use crate::metrics::{Metrics, serve_http};
@@ -27,6 +30,8 @@ pub struct ServeConfig {
     /// How often the manifests are looked at.
     pub poll: Duration,
     pub compute: ComputeConfig,
+    /// The admin API (off when `admin.listen` is `None`).
+    pub admin: AdminConfig,
 }
 
 /// A running control plane.
@@ -34,6 +39,8 @@ pub struct Running {
     pub store: Store,
     pub agent_addr: SocketAddr,
     pub metrics_addr: SocketAddr,
+    /// Where the admin API listens, when it does.
+    pub admin_addr: Option<SocketAddr>,
     pub service: AgentService,
     pub metrics: Arc<Metrics>,
     pub head: watch::Receiver<u64>,
@@ -86,6 +93,22 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding the metrics listener {}", config.metrics_listen))?;
     let metrics_addr = metrics_listener.local_addr()?;
+    let tokens = match &config.admin.token_file {
+        Some(path) => Some(Tokens::load(path)?),
+        None => None,
+    };
+    let admin_listener = match config.admin.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the admin listener {addr}"))?,
+        ),
+        None => None,
+    };
+    let admin_addr = admin_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
 
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -104,6 +127,21 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let (commits, _) = broadcast::channel(64);
     let (problems_tx, problems) = watch::channel(Vec::new());
     let (role_tx, role) = watch::channel(Role::Follower);
+    let (admin_tx, admin_rx) = mpsc::channel(16);
+    if let Some(listener) = admin_listener {
+        if tokens.is_none() {
+            tracing::warn!("admin API without --admin-token-file: every call is refused");
+        }
+        let admin = AdminService::new(store.clone(), tokens, admin_tx, role.clone());
+        let server = tonic::transport::Server::builder()
+            .add_service(AdminServer::new(admin))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+        tokio::spawn(async move {
+            if let Err(e) = server.await {
+                tracing::error!("admin server stopped: {e}");
+            }
+        });
+    }
     let replica = Replica {
         config,
         store: store.clone(),
@@ -113,12 +151,14 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         commits: commits.clone(),
         problems: problems_tx,
         role: role_tx,
+        admin: tokio::sync::Mutex::new(admin_rx),
     };
     tokio::spawn(replica.run());
     Ok(Running {
         store,
         agent_addr,
         metrics_addr,
+        admin_addr,
         service,
         metrics,
         head: head.subscribe(),
@@ -137,6 +177,8 @@ struct Replica {
     commits: broadcast::Sender<Committed>,
     problems: watch::Sender<Vec<String>>,
     role: watch::Sender<Role>,
+    /// Admin writes, run by whichever term of leadership is current.
+    admin: tokio::sync::Mutex<mpsc::Receiver<AdminCommand>>,
 }
 
 impl Replica {
@@ -185,7 +227,10 @@ impl Replica {
             &self.problems,
         );
         let mut synced = None;
+        // Only files that changed are parsed again.
+        let mut cache = setpoint_source::ManifestCache::default();
         let mut failing = false;
+        let mut admin = self.admin.lock().await;
         loop {
             if !leadership.still_held().await {
                 return;
@@ -199,21 +244,28 @@ impl Replica {
                     continue;
                 }
                 let path = config.manifests.clone();
-                let report =
-                    match tokio::task::spawn_blocking(move || setpoint_source::load_path(&path))
-                        .await
-                    {
-                        Ok(Ok(report)) => report,
-                        Ok(Err(e)) => {
-                            problems.send_replace(vec![format!("cannot read the manifests: {e}")]);
-                            tokio::time::sleep(config.poll).await;
-                            continue;
-                        }
-                        Err(e) => {
-                            tracing::error!("manifest loader panicked: {e}");
-                            continue;
-                        }
-                    };
+                let mut manifests = std::mem::take(&mut cache);
+                let loaded = tokio::task::spawn_blocking(move || {
+                    let report = manifests.load(&path);
+                    (manifests, report)
+                })
+                .await;
+                let report = match loaded {
+                    Ok((manifests, Ok(report))) => {
+                        cache = manifests;
+                        report
+                    }
+                    Ok((manifests, Err(e))) => {
+                        cache = manifests;
+                        problems.send_replace(vec![format!("cannot read the manifests: {e}")]);
+                        tokio::time::sleep(config.poll).await;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::error!("manifest loader panicked: {e}");
+                        continue;
+                    }
+                };
                 let mut listed: Vec<String> = report
                     .skipped
                     .iter()
@@ -257,7 +309,32 @@ impl Replica {
                 }
                 synced = Some(settled);
             }
-            tokio::time::sleep(config.poll).await;
+            tokio::select! {
+                _ = tokio::time::sleep(config.poll) => {}
+                Some(command) = admin.recv() => self.run_admin(&leader, command).await,
+            }
         }
+    }
+
+    /// Runs an admin write with the leader's epoch, between its commits.
+    async fn run_admin(&self, leader: &Leader, command: AdminCommand) {
+        if command.reply.is_closed() {
+            return;
+        }
+        let outcome = command.write.execute(&self.store, leader.epoch()).await;
+        if let Ok(revision) = &outcome {
+            if let Ok(mut s) = self.service.seen.lock() {
+                s.insert(revision.0, SystemTime::now());
+            }
+            self.head.send_if_modified(|h| {
+                let newer = revision.0 > *h;
+                if newer {
+                    *h = revision.0;
+                }
+                newer
+            });
+            self.metrics.revisions.inc();
+        }
+        let _ = command.reply.send(outcome);
     }
 }

@@ -4,6 +4,7 @@
 use std::process::{Command, Output};
 
 pub mod cluster;
+pub mod postgres;
 pub mod vm;
 
 /// A network namespace created for one test and deleted on drop, also when

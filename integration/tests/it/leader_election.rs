@@ -7,27 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use setpoint_controlplane::serve::{Role, ServeConfig, start};
-
-fn fresh_postgres_database() -> String {
-    let base = std::env::var("SETPOINT_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let name = format!("setpoint_leader_{}_{nanos}", std::process::id());
-    let out = std::process::Command::new("psql")
-        .args([base.as_str(), "-qc", &format!("CREATE DATABASE {name}")])
-        .output()
-        .expect("psql runs (scripts/test makes sure PostgreSQL is up)");
-    assert!(
-        out.status.success(),
-        "create database: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let (server, _) = base.rsplit_once('/').expect("URL ends in /database");
-    format!("{server}/{name}")
-}
+use setpoint_integration::postgres::fresh_postgres_database;
 
 fn config(manifests: &Path, database: &str) -> ServeConfig {
     ServeConfig {
@@ -38,6 +18,7 @@ fn config(manifests: &Path, database: &str) -> ServeConfig {
         batch: Duration::from_millis(50),
         poll: Duration::from_millis(100),
         compute: Default::default(),
+        admin: Default::default(),
     }
 }
 

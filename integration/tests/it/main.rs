@@ -1,6 +1,7 @@
 //! Rendered node states applied with the real kernel tools, each test in
 //! network namespaces it creates.
 
+mod admin_api;
 mod e2e_support;
 mod leader_election;
 mod policy_matrix;

@@ -1,9 +1,16 @@
 //! The agent ⇄ control plane protocol (`v1/agent.proto`), and how its
 //! payloads carry the contract: states and diffs in the contract's JSON
-//! encoding, digests as their 32 bytes.
+//! encoding, digests as their 32 bytes. Also the operators' admin API
+//! (`v1/admin.proto`, module [`admin`]).
 
 pub mod v1 {
     tonic::include_proto!("setpoint.v1");
+}
+
+/// The admin API (`v1/admin.proto`): revisions, show, diff, status,
+/// rollback, pause, resume.
+pub mod admin {
+    tonic::include_proto!("setpoint.admin.v1");
 }
 
 use setpoint_dataplane::{Diff, Digest, NodeDataplane};

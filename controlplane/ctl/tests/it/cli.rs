@@ -1,0 +1,346 @@
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use setpoint_agent::client::{Agent, AgentOptions};
+use setpoint_agent::services::IpvsMode;
+use setpoint_agent::target::Target;
+use setpoint_controlplane::admin::AdminConfig;
+use setpoint_controlplane::serve::{Running, ServeConfig, start};
+
+const READ_TOKEN: &str = "read-token-0123456789abcdef";
+const ADMIN_TOKEN: &str = "admin-token-0123456789abcdef";
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    running: Running,
+    server: String,
+}
+
+impl Fixture {
+    fn manifests(&self) -> PathBuf {
+        self.dir.path().join("manifests")
+    }
+
+    fn token(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+async fn control_plane(with_tokens: bool) -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).expect("mkdir");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/examples");
+    for entry in std::fs::read_dir(examples).expect("examples") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), manifests.join(entry.file_name())).expect("copy");
+    }
+    std::fs::write(
+        dir.path().join("tokens"),
+        format!("# roles\nread {READ_TOKEN}\nadmin {ADMIN_TOKEN}\n"),
+    )
+    .expect("tokens");
+    std::fs::write(dir.path().join("read"), format!("{READ_TOKEN}\n")).expect("token");
+    std::fs::write(dir.path().join("admin"), format!("{ADMIN_TOKEN}\n")).expect("token");
+    std::fs::write(dir.path().join("wrong"), "not-a-token-of-this-server\n").expect("token");
+    let localhost = "127.0.0.1:0".parse().expect("addr");
+    let running = start(ServeConfig {
+        manifests: manifests.clone(),
+        database: format!("sqlite://{}?mode=rwc", dir.path().join("db").display()),
+        listen: localhost,
+        metrics_listen: localhost,
+        batch: Duration::from_millis(50),
+        poll: Duration::from_millis(100),
+        compute: Default::default(),
+        admin: AdminConfig {
+            listen: Some(localhost),
+            token_file: with_tokens.then(|| dir.path().join("tokens")),
+        },
+    })
+    .await
+    .expect("control plane starts");
+    let server = format!("http://{}", running.admin_addr.expect("admin listens"));
+    Fixture {
+        dir,
+        running,
+        server,
+    }
+}
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Out {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is JSON ({e}): {}", self.stdout))
+    }
+}
+
+async fn ctl(args: &[&str]) -> Out {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_setpointctl"))
+        .args(args)
+        .env_remove("SETPOINT_SERVER")
+        .env_remove("SETPOINT_TOKEN_FILE")
+        .output()
+        .await
+        .expect("setpointctl runs");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Runs `setpointctl --server S --token-file T <args>`; asserts the exit code.
+async fn ctl_as(f: &Fixture, token: Option<&str>, args: &[&str], code: i32) -> Out {
+    let token = token.map(|t| f.token(t));
+    let mut all = vec!["--server", f.server.as_str()];
+    if let Some(t) = &token {
+        all.extend(["--token-file", t.as_str()]);
+    }
+    all.extend(args);
+    let out = ctl(&all).await;
+    assert_eq!(
+        out.code, code,
+        "setpointctl {all:?}: stdout {} stderr {}",
+        out.stdout, out.stderr
+    );
+    out
+}
+
+async fn wait_head(running: &Running, past: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let head = *running.head.borrow();
+        if head > past {
+            return head;
+        }
+        assert!(Instant::now() < deadline, "no revision after {past}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Polls `status -o json` until every listed node is at the head.
+async fn wait_all_at_head(f: &Fixture, nodes: usize) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = ctl_as(f, Some("read"), &["-o", "json", "status"], 0)
+            .await
+            .json();
+        let fleet = &status["fleet"];
+        if fleet["nodes"].as_u64() == Some(nodes as u64)
+            && fleet["at_head"].as_u64() == Some(nodes as u64)
+        {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "not converged: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn spawn_dry_run_agent(running: &Running, node: &str) {
+    let agent = Agent::new(AgentOptions {
+        node: node.to_string(),
+        controlplane: format!("http://{}", running.agent_addr),
+        target: Target { netns: None },
+        dry_run: true,
+        state_dir: None,
+        ipvs: IpvsMode::Simulated,
+        drift_interval: Duration::from_secs(30),
+    });
+    tokio::spawn(agent.run());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revisions_diff_rollback_and_resume_through_the_binary() {
+    let f = control_plane(true).await;
+    let first = wait_head(&f.running, 0).await;
+    let nodes = ["node-a", "node-b", "node-c"];
+    for node in nodes {
+        spawn_dry_run_agent(&f.running, node);
+    }
+    wait_all_at_head(&f, nodes.len()).await;
+
+    // Revisions as JSON: a list of objects with revision, created_at, cause.
+    let revisions = ctl_as(&f, Some("read"), &["-o", "json", "revisions"], 0)
+        .await
+        .json();
+    let list = revisions.as_array().expect("a list");
+    assert_eq!(list[0]["revision"].as_u64(), Some(first), "{revisions}");
+    assert!(list[0]["created_at"].as_i64().is_some_and(|t| t > 0));
+    assert!(list[0]["cause"].is_string());
+
+    // An endpoint moves: revision 2.
+    let slices = f.manifests().join("endpointslices-core.yaml");
+    let text = std::fs::read_to_string(&slices).expect("read");
+    std::fs::write(&slices, text.replacen("10.244.1.2", "10.244.1.99", 1)).expect("edit");
+    let second = wait_head(&f.running, first).await;
+    wait_all_at_head(&f, nodes.len()).await;
+
+    let table = ctl_as(&f, Some("read"), &["revisions"], 0).await;
+    assert!(table.stdout.starts_with("REVISION"), "{}", table.stdout);
+    assert!(
+        table.stdout.contains("EndpointSlice"),
+        "the cause names the object: {}",
+        table.stdout
+    );
+
+    let (a, b) = (first.to_string(), second.to_string());
+    let diff = ctl_as(
+        &f,
+        Some("read"),
+        &["-o", "json", "diff", "--node", "node-a", &a, &b],
+        0,
+    )
+    .await
+    .json();
+    assert!(diff["count"].as_u64().is_some_and(|c| c > 0), "{diff}");
+    assert!(
+        diff["changes"].to_string().contains("10.244.1.99"),
+        "{diff}"
+    );
+    let human = ctl_as(&f, Some("read"), &["diff", "--node", "node-a", &a, &b], 0).await;
+    assert!(human.stdout.contains("change(s)"), "{}", human.stdout);
+
+    let shown = ctl_as(
+        &f,
+        Some("read"),
+        &[
+            "show",
+            "--node",
+            "node-a",
+            "--revision",
+            &a,
+            "--format",
+            "ipset",
+        ],
+        0,
+    )
+    .await;
+    assert!(shown.stdout.contains("create SP-"), "{}", shown.stdout);
+    assert!(!shown.stdout.contains("10.244.1.99"), "{}", shown.stdout);
+    let first_state = ctl_as(
+        &f,
+        Some("read"),
+        &["-o", "json", "show", "--node", "node-a", "--revision", &a],
+        0,
+    )
+    .await
+    .json();
+
+    // Refusals: no token, a wrong one, a read-only one.
+    let rollback = ["rollback", "--to", a.as_str(), "--reason", "bad endpoint"];
+    let none = ctl_as(&f, None, &rollback, 3).await;
+    assert!(none.stderr.contains("unauthenticated"), "{}", none.stderr);
+    ctl_as(&f, Some("wrong"), &rollback, 3).await;
+    let read = ctl_as(&f, Some("read"), &rollback, 3).await;
+    assert!(read.stderr.contains("permission denied"), "{}", read.stderr);
+    assert_eq!(*f.running.head.borrow(), second, "nothing was written");
+
+    // Failures: an unknown revision, a node that does not exist.
+    ctl_as(
+        &f,
+        Some("admin"),
+        &["rollback", "--to", "999", "--reason", "x"],
+        1,
+    )
+    .await;
+    ctl_as(&f, Some("read"), &["show", "--node", "nope"], 1).await;
+
+    // The rollback: node-a gets revision 1's state back, pinned.
+    let done = ctl_as(
+        &f,
+        Some("admin"),
+        &[
+            "-o",
+            "json",
+            "rollback",
+            "--to",
+            &a,
+            "--nodes",
+            "node-a",
+            "--reason",
+            "bad endpoint",
+        ],
+        0,
+    )
+    .await
+    .json();
+    let third = done["revision"].as_u64().expect("revision");
+    assert!(third > second);
+    let status = wait_all_at_head(&f, nodes.len()).await;
+    let node_a = status["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["node"] == "node-a"))
+        .expect("node-a listed")
+        .clone();
+    assert_eq!(node_a["digest"], first_state["digest"], "{status}");
+    assert_eq!(node_a["applied_revision"].as_u64(), Some(third));
+    assert_eq!(node_a["pinned_at"].as_u64(), Some(first));
+    let listed = ctl_as(
+        &f,
+        Some("read"),
+        &["-o", "json", "revisions", "--limit", "1"],
+        0,
+    )
+    .await
+    .json();
+    assert_eq!(listed[0]["action"], "rollback", "{listed}");
+    assert_eq!(listed[0]["cause"], "bad endpoint", "{listed}");
+    let table = ctl_as(&f, Some("read"), &["status"], 0).await;
+    assert!(table.stdout.contains("1 pinned"), "{}", table.stdout);
+
+    // Pause holds node-b; resume lets both go.
+    ctl_as(
+        &f,
+        Some("admin"),
+        &["pause", "--nodes", "node-b", "--reason", "investigating"],
+        0,
+    )
+    .await;
+    let status = wait_all_at_head(&f, nodes.len()).await;
+    assert_eq!(status["fleet"]["pinned"].as_u64(), Some(2), "{status}");
+    ctl_as(&f, Some("admin"), &["resume", "--all"], 0).await;
+    let status = wait_all_at_head(&f, nodes.len()).await;
+    assert_eq!(status["fleet"]["pinned"].as_u64(), Some(0), "{status}");
+    let node_a = status["nodes"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["node"] == "node-a"))
+        .expect("node-a listed")
+        .clone();
+    assert_ne!(node_a["digest"], first_state["digest"], "{status}");
+    ctl_as(&f, Some("admin"), &["resume", "--all"], 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_unreachable_and_disabled_have_their_exit_codes() {
+    let help = ctl(&["--help"]).await;
+    assert_eq!(help.code, 0);
+    assert!(help.stdout.contains("Exit status"), "{}", help.stdout);
+    assert_eq!(ctl(&[]).await.code, 2);
+    assert_eq!(ctl(&["rollback", "--to", "1"]).await.code, 2, "no reason");
+    assert_eq!(ctl(&["frobnicate"]).await.code, 2);
+    let missing = ctl(&["--token-file", "/nonexistent/token", "status"]).await;
+    assert_eq!(missing.code, 2, "{}", missing.stderr);
+
+    // Nobody listens on this port.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = free.local_addr().expect("addr");
+    drop(free);
+    let unreachable = ctl(&["--server", &format!("http://{addr}"), "status"]).await;
+    assert_eq!(unreachable.code, 4, "{}", unreachable.stderr);
+
+    // Without a token file the admin API refuses everything, and says why.
+    let f = control_plane(false).await;
+    let refused = ctl_as(&f, Some("admin"), &["status"], 3).await;
+    assert!(
+        refused.stderr.contains("--admin-token-file"),
+        "{}",
+        refused.stderr
+    );
+}

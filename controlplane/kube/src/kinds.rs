@@ -1,0 +1,283 @@
+//! The six kinds Setpoint reads: how each is watched, and what of it is kept.
+//!
+//! Objects are trimmed to the fields compute reads before they are stored,
+//! and `resourceVersion` and `managedFields` are dropped from all of them,
+//! so an update that changes nothing compute reads (a Node heartbeat, a Pod
+//! condition) leaves the stored object equal and is no change at all
+//! downstream. Whoever makes compute read a new Pod or Node field must keep
+//! it here too (`trimmed_pod_and_node_convert_the_same` guards the fields
+//! read today).
+
+use std::fmt::Debug;
+
+use k8s_openapi::api::core::v1::{
+    Container, Namespace, Node, NodeSpec, NodeStatus, Pod, PodSpec, PodStatus, Service,
+};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Resource;
+use kube::runtime::watcher;
+use serde::de::DeserializeOwned;
+use setpoint_compute::{ClusterObject, ObjectKey};
+
+/// The kinds, in the order snapshots list them.
+pub const KINDS: [&str; 6] = [
+    "Namespace",
+    "Node",
+    "Service",
+    "EndpointSlice",
+    "Pod",
+    "NetworkPolicy",
+];
+
+/// A kind the source watches.
+pub(crate) trait Watched:
+    Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static
+{
+    /// As in `ClusterObject::kind`.
+    const KIND: &'static str;
+    const NAMESPACED: bool;
+
+    /// List and watch parameters.
+    fn config() -> watcher::Config {
+        watcher::Config::default()
+    }
+
+    /// Drops what compute does not read (beyond the common metadata).
+    fn trim(&mut self) {}
+
+    fn wrap(self) -> ClusterObject;
+}
+
+/// The object to store, trimmed and with the manifest source's namespace
+/// rules: namespaced objects carry a namespace (`default` when unset),
+/// cluster-scoped ones none.
+pub(crate) fn prepare<K: Watched>(mut object: K) -> ClusterObject {
+    object.trim();
+    let meta = object.meta_mut();
+    meta.resource_version = None;
+    meta.managed_fields = None;
+    if !K::NAMESPACED {
+        meta.namespace = None;
+    } else if meta.namespace.as_deref().is_none_or(str::is_empty) {
+        meta.namespace = Some("default".to_owned());
+    }
+    object.wrap()
+}
+
+/// The key an object of kind `K` with this metadata has, as
+/// `ClusterObject::key` would compute it; for objects that did not decode.
+pub(crate) fn key_of<K: Watched>(meta: &ObjectMeta) -> ObjectKey {
+    let namespace = if K::NAMESPACED {
+        meta.namespace
+            .clone()
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or_else(|| "default".to_owned())
+    } else {
+        String::new()
+    };
+    ObjectKey {
+        kind: K::KIND,
+        namespace,
+        name: meta.name.clone().unwrap_or_default(),
+    }
+}
+
+impl Watched for Service {
+    const KIND: &'static str = "Service";
+    const NAMESPACED: bool = true;
+    fn wrap(self) -> ClusterObject {
+        ClusterObject::Service(self)
+    }
+}
+
+impl Watched for EndpointSlice {
+    const KIND: &'static str = "EndpointSlice";
+    const NAMESPACED: bool = true;
+    fn wrap(self) -> ClusterObject {
+        ClusterObject::EndpointSlice(self)
+    }
+}
+
+impl Watched for Namespace {
+    const KIND: &'static str = "Namespace";
+    const NAMESPACED: bool = false;
+    /// Policy reads a namespace's labels only.
+    fn trim(&mut self) {
+        self.spec = None;
+        self.status = None;
+        self.metadata.annotations = None;
+    }
+    fn wrap(self) -> ClusterObject {
+        ClusterObject::Namespace(self)
+    }
+}
+
+impl Watched for NetworkPolicy {
+    const KIND: &'static str = "NetworkPolicy";
+    const NAMESPACED: bool = true;
+    fn wrap(self) -> ClusterObject {
+        ClusterObject::NetworkPolicy(self)
+    }
+}
+
+impl Watched for Node {
+    const KIND: &'static str = "Node";
+    const NAMESPACED: bool = false;
+    /// Compute reads a node's labels (zone), `spec.podCIDR(s)` and its
+    /// InternalIP/ExternalIP addresses. Conditions, images and heartbeats
+    /// are most of a Node's updates and none of compute's business.
+    fn trim(&mut self) {
+        let meta = std::mem::take(&mut self.metadata);
+        self.metadata = ObjectMeta {
+            name: meta.name,
+            uid: meta.uid,
+            labels: meta.labels,
+            ..ObjectMeta::default()
+        };
+        self.spec = self.spec.take().map(|s| NodeSpec {
+            pod_cidr: s.pod_cidr,
+            pod_cidrs: s.pod_cidrs,
+            ..NodeSpec::default()
+        });
+        self.status = self.status.take().map(|s| NodeStatus {
+            addresses: s.addresses,
+            ..NodeStatus::default()
+        });
+    }
+    fn wrap(self) -> ClusterObject {
+        ClusterObject::Node(self)
+    }
+}
+
+/// Terminal pods are not watched: compute drops a `Succeeded` or `Failed`
+/// pod anyway. Pending pods are watched: one that already has an IP is a
+/// policy peer and may be policed. When a watched pod turns terminal, the
+/// API server reports it as deleted from this watch.
+pub const POD_FIELD_SELECTOR: &str = "status.phase!=Succeeded,status.phase!=Failed";
+
+impl Watched for Pod {
+    const KIND: &'static str = "Pod";
+    const NAMESPACED: bool = true;
+    fn config() -> watcher::Config {
+        watcher::Config::default().fields(POD_FIELD_SELECTOR)
+    }
+    /// Compute reads a pod's labels, node, host networking, phase, IPs and
+    /// named container ports; a metadata-only watch would miss all but the
+    /// labels, so the full object is watched and cut down here.
+    fn trim(&mut self) {
+        let meta = std::mem::take(&mut self.metadata);
+        self.metadata = ObjectMeta {
+            name: meta.name,
+            namespace: meta.namespace,
+            uid: meta.uid,
+            labels: meta.labels,
+            ..ObjectMeta::default()
+        };
+        self.spec = self.spec.take().map(|s| PodSpec {
+            node_name: s.node_name,
+            host_network: s.host_network,
+            containers: s
+                .containers
+                .into_iter()
+                .map(|c| Container {
+                    name: c.name,
+                    ports: c.ports,
+                    ..Container::default()
+                })
+                .collect(),
+            ..PodSpec::default()
+        });
+        self.status = self.status.take().map(|s| PodStatus {
+            phase: s.phase,
+            pod_ip: s.pod_ip,
+            pod_ips: s.pod_ips,
+            ..PodStatus::default()
+        });
+    }
+    fn wrap(self) -> ClusterObject {
+        ClusterObject::Pod(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use setpoint_compute::{convert, policy};
+
+    fn pod() -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-0", "namespace": "shop", "uid": "u1",
+                "resourceVersion": "42", "labels": {"app": "web"},
+                "annotations": {"big": "x"},
+                "managedFields": [{"manager": "kubelet"}]},
+            "spec": {"nodeName": "n1", "hostNetwork": false, "serviceAccountName": "sa",
+                "containers": [{"name": "c", "image": "img", "env": [{"name": "A", "value": "b"}],
+                    "ports": [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]}]},
+            "status": {"phase": "Pending", "podIP": "10.0.0.5",
+                "podIPs": [{"ip": "10.0.0.5"}, {"ip": "fd00::5"}],
+                "conditions": [{"type": "Ready", "status": "False"}]}
+        }))
+        .unwrap()
+    }
+
+    fn node() -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1", "resourceVersion": "9",
+                "labels": {"topology.kubernetes.io/zone": "z1"}},
+            "spec": {"podCIDR": "10.0.1.0/24", "podCIDRs": ["10.0.1.0/24"], "providerID": "p"},
+            "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.1"},
+                    {"type": "Hostname", "address": "n1"}],
+                "conditions": [{"type": "Ready", "status": "True"}],
+                "images": [{"names": ["img"], "sizeBytes": 1}]}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn trimmed_pod_and_node_convert_the_same() {
+        let full = pod();
+        let ClusterObject::Pod(trimmed) = prepare(full.clone()) else {
+            panic!("not a pod")
+        };
+        assert_eq!(
+            policy::convert_pod(&full).unwrap(),
+            policy::convert_pod(&trimmed).unwrap()
+        );
+        assert!(trimmed.metadata.annotations.is_none());
+        assert!(trimmed.metadata.resource_version.is_none());
+        assert!(trimmed.status.as_ref().unwrap().conditions.is_none());
+
+        let full = node();
+        let ClusterObject::Node(trimmed) = prepare(full.clone()) else {
+            panic!("not a node")
+        };
+        assert_eq!(
+            convert::node(&full).unwrap(),
+            convert::node(&trimmed).unwrap()
+        );
+        assert!(trimmed.status.as_ref().unwrap().images.is_none());
+    }
+
+    #[test]
+    fn a_heartbeat_is_no_change() {
+        let mut later = node();
+        later.metadata.resource_version = Some("10".into());
+        if let Some(status) = later.status.as_mut() {
+            status.conditions = None;
+        }
+        assert_eq!(prepare(node()), prepare(later));
+    }
+
+    #[test]
+    fn namespaces_follow_the_manifest_rules() {
+        let mut ns = Namespace::default();
+        ns.metadata.name = Some("shop".into());
+        ns.metadata.namespace = Some("bogus".into());
+        assert_eq!(prepare(ns).key().namespace, "");
+        let mut svc = Service::default();
+        svc.metadata.name = Some("web".into());
+        assert_eq!(prepare(svc).key().namespace, "default");
+    }
+}

@@ -1,0 +1,32 @@
+//! The Kubernetes API source: the same objects as the manifest source
+//! (`setpoint-source`), read from the API server with kube-rs watchers.
+//!
+//! ```text
+//!  API server ─▶ watcher per kind (list, then watch; Lenient decoding;       ┐
+//!               relist on 410 Gone, re-watch on a dropped connection,       │ mpsc
+//!               backoff after errors)                                       ┘
+//!      ─▶ source task: trim, key, relist buffers swapped in at InitDone
+//!      ─▶ watch::Receiver<Snapshot> (full view per batch; ready once every kind listed)
+//! ```
+//!
+//! Kinds: Namespaces, Nodes, Services, EndpointSlices (discovery.k8s.io/v1),
+//! Pods (terminal ones excluded by a field selector) and NetworkPolicies,
+//! cluster-wide. An object that does not decode is left out with its reason
+//! ([`Snapshot::skipped`]) and counted; the rest of its list is kept.
+//! Objects are trimmed to what compute reads (see `kinds`).
+//!
+//! A consumer feeds [`Snapshot::objects`] to the leader exactly as it feeds
+//! a manifest load's objects, once [`Snapshot::ready`] is true.
+
+mod kinds;
+mod lenient;
+mod snapshot;
+mod source;
+
+pub use kinds::{KINDS, POD_FIELD_SELECTOR};
+pub use snapshot::{KindStatus, Snapshot};
+pub use source::{BackoffPolicy, KubeSource, Options};
+
+/// The client crate, re-exported so a caller builds the `Client` with the
+/// same kube version (`setpoint_kube::kube::Client::try_default()`).
+pub use kube;

@@ -1,0 +1,643 @@
+//! The admin API (`proto/setpoint/v1/admin.proto`) on its own listener:
+//! reads go straight to the store, writes (rollback, pause, resume) go to
+//! the leader, which runs them with its fencing epoch between commits.
+//!
+//! ```text
+//!  setpointctl ─gRPC─▶ AdminService ─ authorize(token → Access) ─┬─ reads ─▶ Store
+//!                                                                └─ AdminCommand (mpsc) ─▶ leader loop (serve.rs)
+//!                                                                      Store::rollback / resume with the leader's epoch
+//! ```
+//!
+//! Tokens: `serve --admin-token-file F`. Each non-empty line not starting
+//! with `#` is `<role> <token>` (role `read` or `admin`) or just `<token>`
+//! (role `admin`). Tokens are compared in constant time. Without a token
+//! file every call is refused.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use setpoint_dataplane::Format;
+use setpoint_proto::admin::admin_server::Admin;
+use setpoint_proto::admin::{
+    DiffNodeRequest, DiffNodeResponse, FleetSummary, ListRevisionsRequest, ListRevisionsResponse,
+    NodeStatus, PauseRequest, ResumeRequest, Revision, RollbackRequest, ShowNodeRequest,
+    ShowNodeResponse, StatusRequest, StatusResponse, WriteResponse,
+};
+use setpoint_store::{
+    AgentResult, Epoch, RevisionAction, RevisionId, RollbackRequest as StoreRollback, Store,
+    StoreError,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tonic::{Request, Response, Status};
+
+use crate::serve::Role;
+
+/// Where and how the admin API listens.
+#[derive(Clone, Debug, Default)]
+pub struct AdminConfig {
+    /// The admin listener; `None`: no admin API at all.
+    pub listen: Option<SocketAddr>,
+    /// The token file (format in the module doc); `None`: every call is
+    /// refused.
+    pub token_file: Option<PathBuf>,
+}
+
+/// What a token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    /// Revisions, show, diff, status.
+    Read,
+    /// Everything, including rollback, pause and resume.
+    Admin,
+}
+
+/// The tokens of a token file, with their roles.
+#[derive(Clone)]
+pub struct Tokens {
+    tokens: Vec<(Access, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tokens({} tokens)", self.tokens.len())
+    }
+}
+
+/// Why a token file cannot be used.
+#[derive(Debug)]
+pub enum TokenFileError {
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    Line {
+        line: usize,
+        reason: String,
+    },
+    Empty,
+}
+
+impl std::fmt::Display for TokenFileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenFileError::Read { path, source } => {
+                write!(
+                    f,
+                    "reading the admin token file {}: {source}",
+                    path.display()
+                )
+            }
+            TokenFileError::Line { line, reason } => {
+                write!(f, "admin token file line {line}: {reason}")
+            }
+            TokenFileError::Empty => f.write_str("the admin token file has no token"),
+        }
+    }
+}
+
+impl std::error::Error for TokenFileError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            TokenFileError::Read { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// Tokens shorter than this are refused when the file is read.
+const MIN_TOKEN_LEN: usize = 16;
+
+impl Tokens {
+    pub fn load(path: &Path) -> Result<Tokens, TokenFileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Tokens::parse(&text)
+    }
+
+    /// Parses `<role> <token>` or `<token>` lines; `#` starts a comment line.
+    pub fn parse(text: &str) -> Result<Tokens, TokenFileError> {
+        let mut tokens = Vec::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let (access, token) = match words.as_slice() {
+                [token] => (Access::Admin, *token),
+                ["read", token] => (Access::Read, *token),
+                ["admin", token] => (Access::Admin, *token),
+                [role, _] => {
+                    return Err(TokenFileError::Line {
+                        line: i + 1,
+                        reason: format!("unknown role {role:?} (expected read or admin)"),
+                    });
+                }
+                _ => {
+                    return Err(TokenFileError::Line {
+                        line: i + 1,
+                        reason: "expected `<role> <token>` or `<token>`".into(),
+                    });
+                }
+            };
+            if token.len() < MIN_TOKEN_LEN {
+                return Err(TokenFileError::Line {
+                    line: i + 1,
+                    reason: format!("a token must be at least {MIN_TOKEN_LEN} characters"),
+                });
+            }
+            tokens.push((access, token.as_bytes().to_vec()));
+        }
+        if tokens.is_empty() {
+            return Err(TokenFileError::Empty);
+        }
+        Ok(Tokens { tokens })
+    }
+
+    /// The role of `presented`, checking every token in constant time.
+    pub fn check(&self, presented: &[u8]) -> Option<Access> {
+        let mut found = None;
+        for (access, token) in &self.tokens {
+            if constant_time_eq(token, presented) {
+                found = found.max(Some(*access));
+            }
+        }
+        found
+    }
+}
+
+/// Equal bytes, in time that depends on the lengths only.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = u8::from(a.len() != b.len());
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= x ^ y;
+    }
+    std::hint::black_box(diff) == 0
+}
+
+/// A write the admin API asks the leader to run with its epoch.
+#[derive(Clone, Debug)]
+pub enum AdminWrite {
+    Rollback {
+        to: RevisionId,
+        nodes: Option<BTreeSet<String>>,
+        reason: String,
+    },
+    /// Pins nodes at their states at the head (a rollback to the head).
+    Pause {
+        nodes: Option<BTreeSet<String>>,
+        reason: String,
+    },
+    Resume {
+        nodes: Option<BTreeSet<String>>,
+    },
+}
+
+impl AdminWrite {
+    /// Runs the write; the leader calls it between commits, with its epoch.
+    pub async fn execute(&self, store: &Store, epoch: Epoch) -> Result<RevisionId, StoreError> {
+        match self {
+            AdminWrite::Rollback { to, nodes, reason } => {
+                store
+                    .rollback(StoreRollback {
+                        epoch,
+                        to: *to,
+                        nodes: nodes.clone(),
+                        reason: reason.clone(),
+                    })
+                    .await
+            }
+            AdminWrite::Pause { nodes, reason } => {
+                let head = store.head().await?.ok_or_else(|| {
+                    StoreError::InvalidRequest("no revision yet: nothing to pause".into())
+                })?;
+                store
+                    .rollback(StoreRollback {
+                        epoch,
+                        to: head,
+                        nodes: nodes.clone(),
+                        reason: format!("pause: {reason}"),
+                    })
+                    .await
+            }
+            AdminWrite::Resume { nodes } => store.resume(epoch, nodes.clone()).await,
+        }
+    }
+}
+
+/// An [`AdminWrite`] in flight to the leader, with where its outcome goes.
+/// The leader skips a command whose caller has given up (`reply` closed).
+pub struct AdminCommand {
+    pub write: AdminWrite,
+    pub reply: oneshot::Sender<Result<RevisionId, StoreError>>,
+}
+
+/// How long a write waits for the leader.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_PAGE: u32 = 1000;
+const MAX_NAME: usize = 253;
+const MAX_REASON: usize = 1024;
+
+/// The gRPC service. Cheap to clone.
+#[derive(Clone)]
+pub struct AdminService {
+    store: Store,
+    tokens: Option<Arc<Tokens>>,
+    writes: mpsc::Sender<AdminCommand>,
+    role: watch::Receiver<Role>,
+}
+
+impl AdminService {
+    pub fn new(
+        store: Store,
+        tokens: Option<Tokens>,
+        writes: mpsc::Sender<AdminCommand>,
+        role: watch::Receiver<Role>,
+    ) -> AdminService {
+        AdminService {
+            store,
+            tokens: tokens.map(Arc::new),
+            writes,
+            role,
+        }
+    }
+
+    fn authorize<T>(&self, request: &Request<T>, need: Access) -> Result<(), Status> {
+        let Some(tokens) = &self.tokens else {
+            return Err(Status::unauthenticated(
+                "the admin API is disabled: the control plane was started without --admin-token-file",
+            ));
+        };
+        let Some(value) = request.metadata().get("authorization") else {
+            return Err(Status::unauthenticated(
+                "missing `authorization: Bearer <token>` metadata",
+            ));
+        };
+        let presented = value
+            .as_bytes()
+            .strip_prefix(b"Bearer ")
+            .ok_or_else(|| Status::unauthenticated("authorization is not `Bearer <token>`"))?;
+        match tokens.check(presented) {
+            None => Err(Status::unauthenticated("unknown token")),
+            Some(have) if have < need => Err(Status::permission_denied(
+                "this token has the read role; the call needs admin",
+            )),
+            Some(_) => Ok(()),
+        }
+    }
+
+    async fn write(&self, write: AdminWrite) -> Result<Response<WriteResponse>, Status> {
+        if *self.role.borrow() != Role::Leader {
+            return Err(Status::failed_precondition(
+                "not the leader: this replica only serves reads; send writes to the replica holding the leader lock",
+            ));
+        }
+        let (reply, outcome) = oneshot::channel();
+        self.writes
+            .send(AdminCommand {
+                write: write.clone(),
+                reply,
+            })
+            .await
+            .map_err(|_| Status::unavailable("the leader is not running"))?;
+        let revision = match tokio::time::timeout(WRITE_TIMEOUT, outcome).await {
+            Err(_) => return Err(Status::unavailable("the leader did not answer in time")),
+            Ok(Err(_)) => {
+                return Err(Status::unavailable(
+                    "the leader stopped before running the write",
+                ));
+            }
+            Ok(Ok(result)) => result.map_err(store_status)?,
+        };
+        tracing::info!(revision = revision.0, ?write, "admin write committed");
+        Ok(Response::new(WriteResponse {
+            revision: revision.0,
+        }))
+    }
+
+    async fn head(&self) -> Result<RevisionId, Status> {
+        self.store
+            .head()
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| Status::failed_precondition("no revision committed yet"))
+    }
+}
+
+fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::UnknownRevision(_) => Status::not_found(e.to_string()),
+        StoreError::InvalidRequest(_) => Status::invalid_argument(e.to_string()),
+        StoreError::StaleEpoch { .. } => {
+            Status::failed_precondition(format!("not the leader any more: {e}"))
+        }
+        StoreError::Raced { .. } => Status::aborted(e.to_string()),
+        StoreError::Query { .. } | StoreError::Connect { .. } => Status::unavailable(e.to_string()),
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+fn check_name(what: &str, name: &str) -> Result<(), Status> {
+    if name.is_empty() || name.len() > MAX_NAME {
+        return Err(Status::invalid_argument(format!(
+            "{what} must be 1 to {MAX_NAME} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// `None` (all) for an empty list; duplicates collapse.
+fn node_set(nodes: Vec<String>) -> Result<Option<BTreeSet<String>>, Status> {
+    if nodes.is_empty() {
+        return Ok(None);
+    }
+    for n in &nodes {
+        check_name("a node name", n)?;
+    }
+    Ok(Some(nodes.into_iter().collect()))
+}
+
+fn check_reason(reason: &str) -> Result<(), Status> {
+    if reason.trim().is_empty() {
+        return Err(Status::invalid_argument("a reason is required"));
+    }
+    if reason.len() > MAX_REASON {
+        return Err(Status::invalid_argument(format!(
+            "the reason must be at most {MAX_REASON} bytes"
+        )));
+    }
+    Ok(())
+}
+
+fn revision_message(info: setpoint_store::RevisionInfo) -> Revision {
+    let (action, target) = match info.action {
+        RevisionAction::Commit => ("commit", 0),
+        RevisionAction::Rollback { to } => ("rollback", to.0),
+        RevisionAction::Resume => ("resume", 0),
+    };
+    Revision {
+        revision: info.revision.0,
+        created_at_ms: info.committed_ms,
+        cause: info.cause.summary,
+        objects: info.cause.objects,
+        nodes_changed: info.nodes_changed,
+        epoch: info.epoch.0,
+        action: action.to_string(),
+        target,
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn list_revisions(
+        &self,
+        request: Request<ListRevisionsRequest>,
+    ) -> Result<Response<ListRevisionsResponse>, Status> {
+        self.authorize(&request, Access::Read)?;
+        let ListRevisionsRequest { page_size, before } = request.into_inner();
+        let page_size = match page_size {
+            0 => 50,
+            n => n.min(MAX_PAGE),
+        };
+        let before = (before > 0).then_some(RevisionId(before));
+        let head = self.store.head().await.map_err(store_status)?;
+        let infos = self
+            .store
+            .list_revisions(page_size, before)
+            .await
+            .map_err(store_status)?;
+        let full = infos.len() == page_size as usize;
+        let revisions: Vec<Revision> = infos.into_iter().map(revision_message).collect();
+        let next_before = match revisions.last() {
+            Some(last) if full && last.revision > 1 => last.revision,
+            _ => 0,
+        };
+        Ok(Response::new(ListRevisionsResponse {
+            revisions,
+            next_before,
+            head: head.map(|h| h.0).unwrap_or(0),
+        }))
+    }
+
+    async fn show_node(
+        &self,
+        request: Request<ShowNodeRequest>,
+    ) -> Result<Response<ShowNodeResponse>, Status> {
+        self.authorize(&request, Access::Read)?;
+        let ShowNodeRequest {
+            node,
+            revision,
+            format,
+        } = request.into_inner();
+        check_name("the node name", &node)?;
+        let format: Format = if format.is_empty() {
+            Format::Text
+        } else {
+            format.parse().map_err(Status::invalid_argument)?
+        };
+        let revision = match revision {
+            0 => self.head().await?,
+            r => RevisionId(r),
+        };
+        let state = self
+            .store
+            .node_state(&node, revision)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| {
+                Status::not_found(format!("node {node} has no state at revision {revision}"))
+            })?;
+        Ok(Response::new(ShowNodeResponse {
+            revision: revision.0,
+            digest: state.digest().to_string(),
+            text: setpoint_dataplane::render(&state, format),
+        }))
+    }
+
+    async fn diff_node(
+        &self,
+        request: Request<DiffNodeRequest>,
+    ) -> Result<Response<DiffNodeResponse>, Status> {
+        self.authorize(&request, Access::Read)?;
+        let DiffNodeRequest { node, from, to } = request.into_inner();
+        check_name("the node name", &node)?;
+        if from == 0 || to == 0 {
+            return Err(Status::invalid_argument(
+                "from and to must be revisions (> 0)",
+            ));
+        }
+        let diff = self
+            .store
+            .diff(&node, RevisionId(from), RevisionId(to))
+            .await
+            .map_err(store_status)?;
+        let changes = diff
+            .changes
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Status::internal(format!("encoding a change: {e}")))?;
+        Ok(Response::new(DiffNodeResponse {
+            count: changes.len() as u64,
+            changes,
+        }))
+    }
+
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        self.authorize(&request, Access::Read)?;
+        let head = self.store.head().await.map_err(store_status)?;
+        let agents = self.store.agent_statuses().await.map_err(store_status)?;
+        let pins = self.store.pins().await.map_err(store_status)?;
+        let mut names: BTreeSet<String> = agents.iter().map(|a| a.node.clone()).collect();
+        names.extend(pins.iter().map(|p| p.node.clone()));
+        let mut nodes = Vec::with_capacity(names.len());
+        let mut fleet = FleetSummary::default();
+        for name in names {
+            let agent = agents.iter().find(|a| a.node == name);
+            let pin = pins.iter().find(|p| p.node == name);
+            let desired = match head {
+                Some(h) => self
+                    .store
+                    .node_state(&name, h)
+                    .await
+                    .map_err(store_status)?
+                    .map(|s| s.digest()),
+                None => None,
+            };
+            let applied = agent.and_then(|a| a.applied_digest);
+            let at_head = desired.is_some() && applied == desired;
+            let (result, error, failed_operation) = match agent.map(|a| &a.result) {
+                Some(AgentResult::Ack) => ("ack", String::new(), String::new()),
+                Some(AgentResult::Nack { error, operation }) => {
+                    ("nack", error.clone(), operation.clone())
+                }
+                None => ("", String::new(), String::new()),
+            };
+            fleet.nodes += 1;
+            fleet.at_head += u64::from(at_head);
+            fleet.degraded += u64::from(result == "nack");
+            fleet.pinned += u64::from(pin.is_some());
+            nodes.push(NodeStatus {
+                node: name,
+                applied_revision: agent
+                    .and_then(|a| a.applied_revision)
+                    .map(|r| r.0)
+                    .unwrap_or(0),
+                digest: applied.map(|d| d.to_string()).unwrap_or_default(),
+                desired_digest: desired.map(|d| d.to_string()).unwrap_or_default(),
+                at_head,
+                result: result.to_string(),
+                error,
+                failed_operation,
+                last_contact_ms: agent.map(|a| a.contact_ms).unwrap_or(0),
+                agent_version: agent.map(|a| a.agent_version.clone()).unwrap_or_default(),
+                pinned_at: pin.map(|p| p.held_at.0).unwrap_or(0),
+                pin_reason: pin.map(|p| p.reason.clone()).unwrap_or_default(),
+            });
+        }
+        Ok(Response::new(StatusResponse {
+            head: head.map(|h| h.0).unwrap_or(0),
+            nodes,
+            fleet: Some(fleet),
+        }))
+    }
+
+    async fn rollback(
+        &self,
+        request: Request<RollbackRequest>,
+    ) -> Result<Response<WriteResponse>, Status> {
+        self.authorize(&request, Access::Admin)?;
+        let RollbackRequest { to, nodes, reason } = request.into_inner();
+        if to == 0 {
+            return Err(Status::invalid_argument("the target revision must be > 0"));
+        }
+        check_reason(&reason)?;
+        self.write(AdminWrite::Rollback {
+            to: RevisionId(to),
+            nodes: node_set(nodes)?,
+            reason,
+        })
+        .await
+    }
+
+    async fn pause(
+        &self,
+        request: Request<PauseRequest>,
+    ) -> Result<Response<WriteResponse>, Status> {
+        self.authorize(&request, Access::Admin)?;
+        let PauseRequest { nodes, all, reason } = request.into_inner();
+        check_reason(&reason)?;
+        let nodes = match (node_set(nodes)?, all) {
+            (None, false) => {
+                return Err(Status::invalid_argument(
+                    "name the nodes to pause, or ask for all",
+                ));
+            }
+            (Some(_), true) => {
+                return Err(Status::invalid_argument("either nodes or all, not both"));
+            }
+            (nodes, _) => nodes,
+        };
+        self.write(AdminWrite::Pause { nodes, reason }).await
+    }
+
+    async fn resume(
+        &self,
+        request: Request<ResumeRequest>,
+    ) -> Result<Response<WriteResponse>, Status> {
+        self.authorize(&request, Access::Admin)?;
+        let ResumeRequest { nodes } = request.into_inner();
+        self.write(AdminWrite::Resume {
+            nodes: node_set(nodes)?,
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_files_parse_with_roles() {
+        let t = Tokens::parse(
+            "# comment\n\nread rrrrrrrrrrrrrrrrrrrr\nadmin aaaaaaaaaaaaaaaaaaaa\nbbbbbbbbbbbbbbbbbbbb\n",
+        )
+        .expect("parses");
+        assert_eq!(t.check(b"rrrrrrrrrrrrrrrrrrrr"), Some(Access::Read));
+        assert_eq!(t.check(b"aaaaaaaaaaaaaaaaaaaa"), Some(Access::Admin));
+        assert_eq!(t.check(b"bbbbbbbbbbbbbbbbbbbb"), Some(Access::Admin));
+        assert_eq!(t.check(b"rrrrrrrrrrrrrrrrrrr"), None);
+        assert_eq!(t.check(b"rrrrrrrrrrrrrrrrrrrrr"), None);
+        assert_eq!(t.check(b""), None);
+        assert!(matches!(
+            Tokens::parse("root xxxxxxxxxxxxxxxxxxxx"),
+            Err(TokenFileError::Line { line: 1, .. })
+        ));
+        assert!(matches!(
+            Tokens::parse("short"),
+            Err(TokenFileError::Line { .. })
+        ));
+        assert!(matches!(
+            Tokens::parse("# nothing\n"),
+            Err(TokenFileError::Empty)
+        ));
+    }
+
+    #[test]
+    fn constant_time_eq_is_eq() {
+        for (a, b) in [("", ""), ("a", "a"), ("a", "b"), ("ab", "a"), ("a", "ab")] {
+            assert_eq!(constant_time_eq(a.as_bytes(), b.as_bytes()), a == b);
+        }
+    }
+}
