@@ -23,18 +23,37 @@ struct Cli {
 enum Command {
     /// Print one node's desired state computed from manifest files.
     Render(RenderArgs),
-    /// Watch the manifests, commit a revision per change, stream states to agents.
+    /// Watch the source (manifest files or the Kubernetes API), commit a
+    /// revision per change, stream states to agents.
     Serve(ServeArgs),
     /// The whole system on this machine: serve the example manifests from an
     /// SQLite file, with one real agent per example node over loopback gRPC.
     Demo(DemoArgs),
 }
 
+/// Where `serve` reads the cluster from.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceKind {
+    /// Manifest files (`--manifests`), polled.
+    Manifests,
+    /// The Kubernetes API: in-cluster, `--kubeconfig`, or `$KUBECONFIG` /
+    /// `~/.kube/config`.
+    Kube,
+}
+
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// A manifest file or a directory of them (re-read when it changes).
+    /// Where the cluster's objects come from.
+    #[arg(long, value_enum, default_value = "manifests", env = "SETPOINT_SOURCE")]
+    pub source: SourceKind,
+    /// A manifest file or a directory of them (re-read when it changes);
+    /// with `--source manifests`.
     #[arg(long, default_value = "deploy/examples", env = "SETPOINT_MANIFESTS")]
     pub manifests: PathBuf,
+    /// A kubeconfig file for `--source kube` (default: the in-cluster
+    /// service account, else `$KUBECONFIG` or `~/.kube/config`).
+    #[arg(long, env = "SETPOINT_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
     /// The revision store: sqlite://FILE or postgres://….
     #[arg(
         long,
@@ -159,12 +178,45 @@ fn init_logs() {
         .init();
 }
 
+/// A client for `--source kube`.
+async fn kube_client(
+    kubeconfig: Option<&std::path::Path>,
+) -> anyhow::Result<setpoint_kube::kube::Client> {
+    use anyhow::Context;
+    use setpoint_kube::kube;
+    // kube's TLS is rustls; pin its crypto provider so that another crate
+    // enabling a second one cannot make the choice ambiguous (a panic).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .with_context(|| format!("loading the kubeconfig {}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no Kubernetes configuration (in-cluster, $KUBECONFIG or ~/.kube/config)")?,
+    };
+    kube::Client::try_from(config).context("building the Kubernetes client")
+}
+
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     init_logs();
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
+        let kube = match args.source {
+            SourceKind::Manifests => None,
+            SourceKind::Kube => Some(kube_client(args.kubeconfig.as_deref()).await?),
+        };
+        let source = match args.source {
+            SourceKind::Manifests => format!("manifests {}", args.manifests.display()),
+            SourceKind::Kube => "the Kubernetes API".to_string(),
+        };
         let running = setpoint_controlplane::serve::start(setpoint_controlplane::serve::ServeConfig {
             manifests: args.manifests,
+            kube,
             database: args.database.clone(),
             listen: args.listen,
             metrics_listen: args.metrics_listen,
@@ -178,7 +230,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         })
         .await?;
         println!(
-            "serving: store {}, agents on {}, metrics on http://{}/metrics",
+            "serving {source}: store {}, agents on {}, metrics on http://{}/metrics",
             args.database, running.agent_addr, running.metrics_addr
         );
         if let Some(admin) = running.admin_addr {

@@ -1,5 +1,5 @@
-//! `serve`: the manifest source feeding the leader, the agent stream on
-//! gRPC, and metrics over HTTP — in one process.
+//! `serve`: a source (manifest files, or the Kubernetes API) feeding the
+//! leader, the agent stream on gRPC, and metrics over HTTP — in one process.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -19,9 +19,16 @@ use crate::leader::{Committed, Leader, fingerprint};
 use crate::metrics::{Metrics, serve_http};
 use crate::stream::AgentService;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ServeConfig {
+    /// The manifest source: a file or a directory, polled. Ignored when
+    /// `kube` is set.
     pub manifests: PathBuf,
+    /// The Kubernetes API as the source instead of `manifests`: the leader
+    /// watches it (`setpoint_kube::KubeSource`), computes only once every
+    /// kind has listed, and commits each new snapshot (bursts batched by
+    /// `batch`). Followers do not watch.
+    pub kube: Option<setpoint_kube::kube::Client>,
     pub database: String,
     pub listen: SocketAddr,
     pub metrics_listen: SocketAddr,
@@ -32,6 +39,33 @@ pub struct ServeConfig {
     pub compute: ComputeConfig,
     /// The admin API (off when `admin.listen` is `None`).
     pub admin: AdminConfig,
+}
+
+impl std::fmt::Debug for ServeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ServeConfig {
+            manifests,
+            kube,
+            database,
+            listen,
+            metrics_listen,
+            batch,
+            poll,
+            compute,
+            admin,
+        } = self;
+        f.debug_struct("ServeConfig")
+            .field("manifests", manifests)
+            .field("kube", &kube.as_ref().map(|_| "Client"))
+            .field("database", database)
+            .field("listen", listen)
+            .field("metrics_listen", metrics_listen)
+            .field("batch", batch)
+            .field("poll", poll)
+            .field("compute", compute)
+            .field("admin", admin)
+            .finish()
+    }
 }
 
 /// A running control plane.
@@ -46,7 +80,8 @@ pub struct Running {
     pub head: watch::Receiver<u64>,
     /// Every revision this process commits.
     pub commits: broadcast::Sender<Committed>,
-    /// Problems with the manifests, as the last load reported them.
+    /// Problems with the source: the manifests as the last load reported
+    /// them, or the Kubernetes objects left out because they did not decode.
     pub problems: watch::Receiver<Vec<String>>,
     pub role: watch::Receiver<Role>,
 }
@@ -198,7 +233,12 @@ impl Replica {
                         Ok(leader) => {
                             tracing::info!(epoch = leader.epoch().0, "leading");
                             self.role.send_replace(Role::Leader);
-                            self.watch_manifests(leader, &mut leadership).await;
+                            match self.config.kube.clone() {
+                                Some(client) => {
+                                    self.watch_kube(client, leader, &mut leadership).await
+                                }
+                                None => self.watch_manifests(leader, &mut leadership).await,
+                            }
                             tracing::warn!("leadership lost");
                         }
                         Err(e) => tracing::warn!("cannot start leading: {e:#}"),
@@ -219,13 +259,7 @@ impl Replica {
     /// Polls the manifests; a change is loaded after `batch` more of quiet (so
     /// an editor's burst of writes is one revision) and committed.
     async fn watch_manifests(&self, mut leader: Leader, leadership: &mut Leadership) {
-        let (config, service, metrics, commits, problems) = (
-            &self.config,
-            &self.service,
-            &self.metrics,
-            &self.commits,
-            &self.problems,
-        );
+        let (config, problems) = (&self.config, &self.problems);
         let mut synced = None;
         // Only files that changed are parsed again.
         let mut cache = setpoint_source::ManifestCache::default();
@@ -273,45 +307,119 @@ impl Replica {
                     .collect();
                 listed.extend(report.warnings.iter().map(|w| format!("warning: {w}")));
                 problems.send_replace(listed);
-                match leader.sync(report.objects, seen_at).await {
-                    Ok(Some(c)) => {
-                        failing = false;
-                        metrics.set_ready(true);
-                        metrics.revisions.inc();
-                        metrics.compute_seconds.observe(c.compute.as_secs_f64());
-                        metrics.commit_seconds.observe(c.commit.as_secs_f64());
-                        if let Ok(mut s) = service.seen.lock() {
-                            s.insert(c.revision.0, c.seen_at);
-                            // Only recent revisions are ever acked.
-                            while s.len() > 1024 {
-                                s.pop_first();
-                            }
-                        }
-                        tracing::info!(
-                            revision = c.revision.0,
-                            nodes = c.nodes_changed,
-                            objects = c.objects_changed,
-                            "committed"
-                        );
-                        let _ = commits.send(c);
-                    }
-                    Ok(None) => {
-                        failing = false;
-                        metrics.set_ready(true);
-                    }
-                    Err(e) => {
-                        // Keep serving the last state; not ready until the store is back.
-                        failing = true;
-                        metrics.set_ready(false);
-                        metrics.store_errors.inc();
-                        tracing::warn!("cannot commit: {e:#}");
-                    }
-                }
+                let outcome = leader.sync(report.objects, seen_at).await;
+                failing = !self.record(outcome);
                 synced = Some(settled);
             }
             tokio::select! {
                 _ = tokio::time::sleep(config.poll) => {}
                 Some(command) = admin.recv() => self.run_admin(&leader, command).await,
+            }
+        }
+    }
+
+    /// Watches the Kubernetes API while leading: nothing is computed until
+    /// every kind has listed (a half-loaded cluster would withdraw Services
+    /// from every node); then each new snapshot generation is synced, a
+    /// burst within `batch` as one revision. Admin writes run between syncs.
+    async fn watch_kube(
+        &self,
+        client: setpoint_kube::kube::Client,
+        mut leader: Leader,
+        leadership: &mut Leadership,
+    ) {
+        let config = &self.config;
+        let (mut snapshots, task) = setpoint_kube::KubeSource::start(client.clone());
+        let mut _source = AbortOnDrop(task);
+        // The generation last synced (0: none yet).
+        let mut synced: u64 = 0;
+        let mut failing = false;
+        let mut waiting_logged = false;
+        let mut admin = self.admin.lock().await;
+        loop {
+            if !leadership.still_held().await {
+                return;
+            }
+            let (ready, generation) = {
+                let s = snapshots.borrow();
+                (s.ready, s.generation)
+            };
+            if ready && (generation != synced || failing) {
+                // Let a burst of events land in one revision.
+                tokio::time::sleep(config.batch).await;
+                let snapshot = snapshots.borrow_and_update().clone();
+                let seen_at = snapshot.seen_since(synced).unwrap_or(snapshot.seen_at);
+                self.problems.send_replace(
+                    snapshot
+                        .skipped()
+                        .into_iter()
+                        .map(|s| format!("skipped: {s}"))
+                        .collect(),
+                );
+                let outcome = leader.sync(snapshot.objects(), seen_at).await;
+                failing = !self.record(outcome);
+                if !failing {
+                    synced = snapshot.generation;
+                }
+            } else if !ready && !waiting_logged {
+                waiting_logged = true;
+                tracing::info!("waiting for the Kubernetes API's initial lists");
+            }
+            tokio::select! {
+                changed = snapshots.changed(), if !failing => {
+                    if changed.is_err() {
+                        // The source task ended (it should not): start
+                        // another; the leader keeps its view meanwhile.
+                        tracing::error!("the Kubernetes source stopped; restarting it");
+                        tokio::time::sleep(config.poll).await;
+                        let (rx, task) = setpoint_kube::KubeSource::start(client.clone());
+                        snapshots = rx;
+                        _source = AbortOnDrop(task);
+                        synced = 0;
+                    }
+                }
+                _ = tokio::time::sleep(config.poll) => {}
+                Some(command) = admin.recv() => self.run_admin(&leader, command).await,
+            }
+        }
+    }
+
+    /// Records a sync's outcome in metrics, the seen-at map and the commit
+    /// feed; returns whether it succeeded (a failed commit is retried).
+    fn record(&self, outcome: anyhow::Result<Option<Committed>>) -> bool {
+        let (service, metrics, commits) = (&self.service, &self.metrics, &self.commits);
+        match outcome {
+            Ok(Some(c)) => {
+                metrics.set_ready(true);
+                metrics.revisions.inc();
+                metrics.compute_seconds.observe(c.compute.as_secs_f64());
+                metrics.commit_seconds.observe(c.commit.as_secs_f64());
+                if let Ok(mut s) = service.seen.lock() {
+                    s.insert(c.revision.0, c.seen_at);
+                    // Only recent revisions are ever acked.
+                    while s.len() > 1024 {
+                        s.pop_first();
+                    }
+                }
+                tracing::info!(
+                    revision = c.revision.0,
+                    nodes = c.nodes_changed,
+                    objects = c.objects_changed,
+                    "committed"
+                );
+                let _ = commits.send(c);
+                true
+            }
+            Ok(None) => {
+                metrics.set_ready(true);
+                true
+            }
+            Err(e) => {
+                // Keep serving the last state; not ready until the store is back.
+                metrics.set_ready(false);
+                metrics.store_errors.inc();
+                tracing::warn!("cannot commit: {e:#}");
+                false
             }
         }
     }
@@ -336,5 +444,15 @@ impl Replica {
             self.metrics.revisions.inc();
         }
         let _ = command.reply.send(outcome);
+    }
+}
+
+/// Aborts the task when dropped: the source's watchers end with the
+/// leadership that started them.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -128,6 +128,7 @@ fn main() {
         let started = Instant::now();
         let running = start(ServeConfig {
             manifests: dir.path().to_path_buf(),
+            kube: None,
             database: fresh_postgres_database(),
             listen: "127.0.0.1:0".parse().expect("addr"),
             metrics_listen: "127.0.0.1:0".parse().expect("addr"),

@@ -30,6 +30,7 @@ fn config(manifests: &Path, database: &str, tokens: &Path) -> ServeConfig {
     let any = "127.0.0.1:0".parse().expect("addr");
     ServeConfig {
         manifests: manifests.to_path_buf(),
+        kube: None,
         database: database.to_string(),
         listen: any,
         metrics_listen: any,

@@ -12,6 +12,7 @@ use setpoint_integration::postgres::fresh_postgres_database;
 fn config(manifests: &Path, database: &str) -> ServeConfig {
     ServeConfig {
         manifests: manifests.to_path_buf(),
+        kube: None,
         database: database.to_string(),
         listen: "127.0.0.1:0".parse().expect("addr"),
         metrics_listen: "127.0.0.1:0".parse().expect("addr"),

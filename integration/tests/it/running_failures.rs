@@ -27,6 +27,7 @@ use crate::e2e_support::{
 fn config(manifests: &Path, database: &str, listen: SocketAddr) -> ServeConfig {
     ServeConfig {
         manifests: manifests.to_path_buf(),
+        kube: None,
         database: database.to_string(),
         listen,
         metrics_listen: "127.0.0.1:0".parse().expect("addr"),

@@ -20,6 +20,7 @@ async fn edits_flow_to_agents_by_delta_and_a_restarted_agent_converges() {
     copy_examples(manifests.path());
     let running = start(ServeConfig {
         manifests: manifests.path().to_path_buf(),
+        kube: None,
         database: fresh_postgres_database(),
         listen: "127.0.0.1:0".parse().expect("addr"),
         metrics_listen: "127.0.0.1:0".parse().expect("addr"),

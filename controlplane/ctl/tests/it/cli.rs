@@ -47,6 +47,7 @@ async fn control_plane(with_tokens: bool) -> Fixture {
     let localhost = "127.0.0.1:0".parse().expect("addr");
     let running = start(ServeConfig {
         manifests: manifests.clone(),
+        kube: None,
         database: format!("sqlite://{}?mode=rwc", dir.path().join("db").display()),
         listen: localhost,
         metrics_listen: localhost,

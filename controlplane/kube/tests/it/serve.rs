@@ -1,0 +1,171 @@
+//! The control plane against the mock API server end to end: objects in
+//! through the real kube client → `serve` (SQLite) → a revision → a real
+//! agent applying it in a network namespace; then watch events → new
+//! revisions reach the agent. Needs root (namespaces, ipset, iptables).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use setpoint_agent::client::{Agent, AgentOptions, AgentProgress};
+use setpoint_agent::services::IpvsMode;
+use setpoint_agent::target::Target;
+use setpoint_controlplane::serve::{Running, ServeConfig, start};
+use setpoint_dataplane::Format;
+use setpoint_integration::{Netns, require_root_and_tools};
+use setpoint_store::RevisionId;
+
+use crate::fixtures::*;
+use crate::mock::ApiServer;
+
+type Progress = Arc<Mutex<AgentProgress>>;
+
+fn progress(p: &Progress) -> AgentProgress {
+    p.lock().map(|p| p.clone()).unwrap_or_default()
+}
+
+/// Waits until the agent applied a head newer than `after`; returns it.
+async fn converge_past(running: &Running, agent: &Progress, after: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let head = *running.head.borrow();
+        if head > after && progress(agent).revision == head {
+            return head;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no revision after {after} reached the agent: head {head}, agent {:?}, problems {:?}",
+            progress(agent),
+            running.problems.borrow()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `GET /readyz` on the metrics listener: the status code.
+async fn readyz(addr: SocketAddr) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    conn.write_all(b"GET /readyz HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).await.expect("read");
+    reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not HTTP: {reply:?}"))
+}
+
+/// node-a's state at `revision`, rendered as `format`.
+async fn rendered(running: &Running, revision: u64, format: Format) -> String {
+    let state = running
+        .store
+        .node_state("node-a", RevisionId(revision))
+        .await
+        .expect("store read")
+        .expect("node-a has a state");
+    setpoint_dataplane::render::render(&state, format)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_objects_reach_an_agent_and_watch_events_make_new_revisions() {
+    require_root_and_tools();
+    let mut objects = small_cluster();
+    let mut bad = mk_endpointslice("shop", "broken", "web", &["10.244.0.7"]);
+    bad["endpoints"] = "oops".into();
+    objects.push(bad);
+    let (server, client) = ApiServer::start(objects);
+    // The Pods' first list fails (retried after kube's default backoff,
+    // 0.8 s): until it completes nothing is computed and /readyz says no.
+    server.fail_lists("Pod", 1);
+    let db = tempfile::tempdir().expect("tempdir");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let running = start(ServeConfig {
+        manifests: PathBuf::from("/nonexistent: the Kubernetes API is the source"),
+        kube: Some(client),
+        database: format!(
+            "sqlite://{}?mode=rwc",
+            db.path().join("setpoint.db").display()
+        ),
+        listen: any,
+        metrics_listen: any,
+        batch: Duration::from_millis(50),
+        poll: Duration::from_millis(100),
+        compute: Default::default(),
+        admin: Default::default(),
+    })
+    .await
+    .expect("control plane starts");
+    assert_eq!(readyz(running.metrics_addr).await, 503);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(readyz(running.metrics_addr).await, 503);
+    assert_eq!(
+        *running.head.borrow(),
+        0,
+        "no revision from a half-listed cluster"
+    );
+    assert!(
+        server.requests("Pod").iter().any(|r| !r.watch),
+        "the Pods were listed (and failed)"
+    );
+
+    let ns = Netns::create("kube-a").expect("netns");
+    let state_dir = tempfile::tempdir().expect("dir");
+    let agent = Agent::new(AgentOptions {
+        node: "node-a".into(),
+        controlplane: format!("http://{}", running.agent_addr),
+        target: Target {
+            netns: Some(ns.name().to_string()),
+        },
+        dry_run: false,
+        state_dir: Some(state_dir.path().to_path_buf()),
+        ipvs: IpvsMode::Simulated,
+        drift_interval: Duration::from_secs(30),
+    });
+    let a = agent.progress.clone();
+    let _agent = tokio::spawn(agent.run());
+
+    // The first revision: from the complete cluster, applied in the namespace.
+    let first = converge_past(&running, &a, 0).await;
+    assert_eq!(readyz(running.metrics_addr).await, 200);
+    let sets = ns.exec(&["ipset", "save"], None).expect("ipset save");
+    assert!(
+        sets.contains("10.96.0.10"),
+        "the Service's ClusterIP is in the namespace's ipsets:\n{sets}"
+    );
+    let ipvs = rendered(&running, first, Format::Ipvs).await;
+    assert!(ipvs.contains("10.244.0.5:8080"), "{ipvs}");
+    let problems = running.problems.borrow().clone();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].starts_with("skipped: EndpointSlice/shop/broken"),
+        "{problems:?}"
+    );
+
+    // A new Service and its slice arrive as watch events: one more revision.
+    server.apply(mk_service("shop", "api", "10.96.0.20"));
+    server.apply(mk_endpointslice("shop", "api-1", "api", &["10.244.0.8"]));
+    let second = converge_past(&running, &a, first).await;
+    let sets = ns.exec(&["ipset", "save"], None).expect("ipset save");
+    assert!(sets.contains("10.96.0.20"), "{sets}");
+    assert!(progress(&a).deltas >= 1, "{:?}", progress(&a));
+
+    // An endpoint moves (MODIFIED EndpointSlice): the agent gets it too.
+    server.apply(mk_endpointslice("shop", "web-1", "web", &["10.244.0.6"]));
+    let third = converge_past(&running, &a, second).await;
+    let ipvs = rendered(&running, third, Format::Ipvs).await;
+    assert!(
+        ipvs.contains("10.244.0.6:8080") && !ipvs.contains("10.244.0.5:8080"),
+        "{ipvs}"
+    );
+
+    // A deleted Service leaves the namespace's sets.
+    server.delete("Service", "shop", "api");
+    converge_past(&running, &a, third).await;
+    let sets = ns.exec(&["ipset", "save"], None).expect("ipset save");
+    assert!(!sets.contains("10.96.0.20"), "{sets}");
+    assert!(sets.contains("10.96.0.10"), "{sets}");
+}
