@@ -68,6 +68,14 @@ enum Command {
         #[arg(long)]
         state: PathBuf,
     },
+    /// Remove everything Setpoint put in the kernel: its sets, chains and
+    /// jumps, and (where the kernel has IPVS) every IPVS virtual server —
+    /// the IPVS table has no owner marks, Setpoint owns it on its nodes, as
+    /// kube-proxy does — and the addresses on its interface.
+    Cleanup {
+        #[arg(long)]
+        netns: Option<String>,
+    },
     /// Take the kernel to a state file (as `render --format json` writes
     /// it): diff against what the kernel holds now, apply, read back and
     /// verify. Exits 0 only when the kernel matches.
@@ -160,6 +168,18 @@ fn run_agent(args: RunArgs) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+fn run_cleanup(netns: Option<String>) -> anyhow::Result<bool> {
+    let target = Target { netns };
+    let services = setpoint_agent::services::for_target(&target, IpvsMode::Kernel);
+    let mut applier = Applier::new(target, services);
+    let report = applier.apply(&NodeDataplane::default())?;
+    println!(
+        "removed {} kernel objects in {} operations; nothing of Setpoint's is left",
+        report.changes, report.operations
+    );
+    Ok(true)
+}
+
 fn run_apply(path: &Path, netns: Option<String>, dry_run: bool) -> anyhow::Result<bool> {
     let state = read_state(path)?;
     let problems = state.validate();
@@ -243,6 +263,7 @@ pub fn run() -> ExitCode {
     let result = match cli.command {
         None => run_agent(cli.run),
         Some(Command::Check { state }) => run_check(&state),
+        Some(Command::Cleanup { netns }) => run_cleanup(netns),
         Some(Command::Apply {
             state,
             netns,

@@ -445,6 +445,75 @@ mod ipset_backend {
         applier.apply(&full).expect("a full apply repairs it");
     }
 
+    /// `setpoint-agent cleanup` leaves nothing of Setpoint's in the
+    /// namespace and nothing else touched.
+    #[test]
+    fn cleanup_removes_everything_of_ours_and_nothing_else() {
+        require_root_and_tools();
+        let ns = Netns::create("agent-clean").expect("netns");
+        let mut applier = applier(&ns);
+        let objects = example_objects();
+        let full = state(&objects, &vec![true; objects.len()], "node-a");
+        let mut policy_only = full.clone();
+        for name in full.parts().map(|(n, _)| n.clone()).collect::<Vec<_>>() {
+            if !name.starts_with("policy/") && name != "base" {
+                policy_only.remove_part(&name);
+            }
+        }
+        let mut without_services = setpoint_dataplane::Fragment::clone(&policy_only.flatten());
+        let keys: Vec<_> = without_services
+            .virtual_servers()
+            .map(|(k, _)| *k)
+            .collect();
+        for k in keys {
+            without_services.remove_virtual_server(&k);
+        }
+        let addresses: Vec<_> = without_services.addresses().copied().collect();
+        for a in addresses {
+            without_services.remove_address(&a);
+        }
+        let state = NodeDataplane::from_fragment(without_services);
+        applier.apply(&state).expect("apply");
+        let target = applier.target().clone();
+        let foreign = "-A INPUT -s 192.0.2.1/32 -j DROP";
+        iptables::restore(
+            &target,
+            Family::Inet,
+            &format!("*filter\n{foreign}\nCOMMIT\n"),
+        )
+        .expect("foreign rule");
+        assert!(
+            !target
+                .ipset(&["list", "-n"], None)
+                .expect("list")
+                .trim()
+                .is_empty()
+        );
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_setpoint-agent"))
+            .args(["cleanup", "--netns", ns.name()])
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            target.ipset(&["list", "-n"], None).expect("list").trim(),
+            ""
+        );
+        for tool in ["iptables-save", "ip6tables-save"] {
+            let save = target.run(tool, &[], None).expect("save");
+            assert!(
+                !save.contains("SP-") && !save.contains("setpoint:"),
+                "{tool}:\n{save}"
+            );
+            if tool == "iptables-save" {
+                assert!(save.contains(foreign), "the foreign rule stays");
+            }
+        }
+    }
+
     /// Someone flushes a set, appends a rule to one of our chains and
     /// deletes a jump: verification names the drift and the next apply
     /// repairs exactly that, leaving everyone else's rules alone.
