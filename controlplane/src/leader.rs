@@ -51,13 +51,7 @@ impl Leader {
     ) -> anyhow::Result<Leader> {
         let epoch = store.acquire_epoch().await.context("acquiring an epoch")?;
         let now = store.head().await?.map(|r| r.0).unwrap_or(0);
-        head.send_if_modified(|h| {
-            let newer = now > *h;
-            if newer {
-                *h = now;
-            }
-            newer
-        });
+        raise(&head, now);
         Ok(Leader {
             store,
             epoch,
@@ -158,6 +152,19 @@ impl Leader {
             seen_at,
         }))
     }
+}
+
+/// Moves the shared head forward to `revision`; never back (the leader,
+/// the store's notifications and admin writes all report heads, in any
+/// order).
+pub(crate) fn raise(head: &watch::Sender<u64>, revision: u64) {
+    head.send_if_modified(|h| {
+        let newer = revision > *h;
+        if newer {
+            *h = revision;
+        }
+        newer
+    });
 }
 
 fn summarize(changed: &[String]) -> String {

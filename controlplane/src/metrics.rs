@@ -129,27 +129,19 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until the process ends.
+impl setpoint_agent::metrics::Exposed for Metrics {
+    fn encode(&self) -> String {
+        Metrics::encode(self)
+    }
+    fn not_ready(&self) -> Option<&'static str> {
+        (!self.ready.load(Ordering::Relaxed)).then_some("not ready")
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until the process ends.
 pub async fn serve_http(
     metrics: Arc<Metrics>,
     listener: tokio::net::TcpListener,
 ) -> std::io::Result<()> {
-    use axum::Router;
-    use axum::http::StatusCode;
-    use axum::routing::get;
-    let for_metrics = metrics.clone();
-    let app = Router::new()
-        .route("/metrics", get(move || async move { for_metrics.encode() }))
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || async move {
-                if metrics.ready.load(Ordering::Relaxed) {
-                    (StatusCode::OK, "ready")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-                }
-            }),
-        );
-    axum::serve(listener, app).await
+    setpoint_agent::metrics::serve(metrics, listener).await
 }

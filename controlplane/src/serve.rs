@@ -15,7 +15,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::admin::{AdminCommand, AdminConfig, AdminService, Tokens};
 
-use crate::leader::{Committed, Leader, fingerprint};
+use crate::leader::{Committed, Leader, fingerprint, raise};
 use crate::metrics::{Metrics, serve_http};
 use crate::stream::AgentService;
 
@@ -109,13 +109,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     tokio::spawn(async move {
         while from_store.changed().await.is_ok() {
             let now = *from_store.borrow_and_update();
-            forward.send_if_modified(|h| {
-                let newer = now > *h;
-                if newer {
-                    *h = now;
-                }
-                newer
-            });
+            raise(&forward, now);
         }
     });
     let service = AgentService::new(store.clone(), head.subscribe(), metrics.clone());
@@ -434,13 +428,7 @@ impl Replica {
             if let Ok(mut s) = self.service.seen.lock() {
                 s.insert(revision.0, SystemTime::now());
             }
-            self.head.send_if_modified(|h| {
-                let newer = revision.0 > *h;
-                if newer {
-                    *h = revision.0;
-                }
-                newer
-            });
+            raise(&self.head, revision.0);
             self.metrics.revisions.inc();
         }
         let _ = command.reply.send(outcome);

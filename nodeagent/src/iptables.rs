@@ -132,14 +132,25 @@ pub fn script(op: &Op, current: &Fragment, target: &Fragment, raw: &RawRules) ->
 
 /// Runs one restore for `family`.
 pub fn restore(target: &Target, family: Family, text: &str) -> Result<(), IptablesError> {
-    let tool = restore_tool(family);
-    target
-        .run(tool, &["-w", "--noflush"], Some(text))
-        .map(|_| ())
-        .map_err(|e| match e {
-            RunError::Spawn(source) => IptablesError::Spawn { tool, source },
-            RunError::Failed(stderr) => IptablesError::Failed { tool, stderr },
-        })
+    run_tool(
+        target,
+        restore_tool(family),
+        &["-w", "--noflush"],
+        Some(text),
+    )
+    .map(|_| ())
+}
+
+fn run_tool(
+    target: &Target,
+    tool: &'static str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<String, IptablesError> {
+    target.run(tool, args, stdin).map_err(|e| match e {
+        RunError::Spawn(source) => IptablesError::Spawn { tool, source },
+        RunError::Failed(stderr) => IptablesError::Failed { tool, stderr },
+    })
 }
 
 /// The rules Setpoint knows by tag: every chain rule and jump of the
@@ -322,13 +333,7 @@ pub fn read_table(
     ours: impl Fn(&str) -> bool,
     book: &RuleBook,
 ) -> Result<KernelTables, IptablesError> {
-    let tool = save_tool(family);
-    let text = target
-        .run(tool, &["-t", table.as_str()], None)
-        .map_err(|e| match e {
-            RunError::Spawn(source) => IptablesError::Spawn { tool, source },
-            RunError::Failed(stderr) => IptablesError::Failed { tool, stderr },
-        })?;
+    let text = save(target, family, &["-t", table.as_str()])?;
     Ok(parse_save(&text, family, ours, book))
 }
 
@@ -339,10 +344,10 @@ pub fn read(
     ours: impl Fn(&str) -> bool,
     book: &RuleBook,
 ) -> Result<KernelTables, IptablesError> {
-    let tool = save_tool(family);
-    let text = target.run(tool, &[], None).map_err(|e| match e {
-        RunError::Spawn(source) => IptablesError::Spawn { tool, source },
-        RunError::Failed(stderr) => IptablesError::Failed { tool, stderr },
-    })?;
+    let text = save(target, family, &[])?;
     Ok(parse_save(&text, family, ours, book))
+}
+
+fn save(target: &Target, family: Family, args: &[&str]) -> Result<String, IptablesError> {
+    run_tool(target, save_tool(family), args, None)
 }

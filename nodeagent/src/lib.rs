@@ -19,6 +19,7 @@ pub mod link;
 pub mod local_state;
 pub mod metrics;
 mod netlink;
+pub use netlink::in_netns;
 pub mod plan;
 pub mod services;
 pub mod sysctl;

@@ -95,9 +95,25 @@ impl AgentMetrics {
     }
 }
 
-/// Serves the endpoint until the process ends.
-pub async fn serve(
-    metrics: Arc<AgentMetrics>,
+/// What an HTTP endpoint exposes: metrics text and readiness (with the
+/// reason when not ready). The agent and the control plane both serve it.
+pub trait Exposed: Send + Sync + 'static {
+    fn encode(&self) -> String;
+    fn not_ready(&self) -> Option<&'static str>;
+}
+
+impl Exposed for AgentMetrics {
+    fn encode(&self) -> String {
+        AgentMetrics::encode(self)
+    }
+    fn not_ready(&self) -> Option<&'static str> {
+        (!self.ready.load(Ordering::Relaxed)).then_some("no revision applied yet")
+    }
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until the process ends.
+pub async fn serve<M: Exposed>(
+    metrics: Arc<M>,
     listener: tokio::net::TcpListener,
 ) -> std::io::Result<()> {
     use axum::Router;
@@ -110,10 +126,9 @@ pub async fn serve(
         .route(
             "/readyz",
             get(move || async move {
-                if metrics.ready.load(Ordering::Relaxed) {
-                    (StatusCode::OK, "ready")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "no revision applied yet")
+                match metrics.not_ready() {
+                    None => (StatusCode::OK, "ready"),
+                    Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
                 }
             }),
         );

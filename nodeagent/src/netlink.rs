@@ -55,10 +55,7 @@ impl NetlinkError {
 /// Runs `work` in the network namespace `/var/run/netns/<netns>`, or right
 /// here when `netns` is `None`. Sockets opened by `work` stay in that
 /// namespace after the short-lived thread that opened them is gone.
-pub(crate) fn in_netns<T: Send>(
-    netns: Option<&str>,
-    work: impl FnOnce() -> T + Send,
-) -> io::Result<T> {
+pub fn in_netns<T: Send>(netns: Option<&str>, work: impl FnOnce() -> T + Send) -> io::Result<T> {
     let Some(name) = netns else {
         return Ok(work());
     };

@@ -100,11 +100,7 @@ impl ServiceKernel for KernelServices {
         for (key, vs) in services {
             into.put_virtual_server(key, Arc::new(vs));
         }
-        let addresses: BTreeSet<IpAddr> = self
-            .link
-            .addresses(self.ifindex)
-            .map_err(|e| link_error(format!("list addresses of {SERVICE_INTERFACE}"), e))?;
-        for a in addresses {
+        for a in self.read_addresses()? {
             into.add_address(a);
         }
         Ok(())
