@@ -6,6 +6,9 @@
 //!  kernel ──read──▶ Fragment ──diff/plan──▶ [Op] ──backends──▶ kernel ──read──▶ digest == target?
 //! ```
 //!
+//! The kernel holds a state's kernel view ([`kernel_view`]): NodePort
+//! templates expanded over the node's addresses.
+//!
 //! IPVS and service addresses sit behind [`ServiceKernel`] so that a kernel
 //! without IPVS refuses, before touching anything, a state that needs it.
 
@@ -14,6 +17,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use setpoint_dataplane::diff::diff_fragments;
+use setpoint_dataplane::template::{self, Collision};
 use setpoint_dataplane::{
     Change, Digest, Family, Fragment, NodeDataplane, Protocol, SetSpec, SetType, VirtualServer,
     VirtualServerKey,
@@ -37,6 +41,9 @@ pub enum ApplyError {
     Iptables(#[from] IptablesError),
     #[error(transparent)]
     Plan(#[from] PlanError),
+    /// The target cannot be laid out on this node; nothing applied.
+    #[error("target not applicable: {0}")]
+    Template(#[from] Collision),
     /// The state needs a kernel feature this kernel lacks; nothing applied.
     #[error("{feature}: needed for {needed_for}; nothing applied")]
     Unsupported { feature: String, needed_for: String },
@@ -52,6 +59,14 @@ pub enum ApplyError {
         want: Digest,
         differences: Vec<String>,
     },
+}
+
+/// What the kernel holds for `state`: its fragments as one, NodePort
+/// templates expanded over the node's addresses. Everything the agent
+/// plans, applies and reads back is in these terms; only the digest it
+/// acks is the contract's.
+pub fn kernel_view(state: &NodeDataplane) -> Result<Fragment, ApplyError> {
+    Ok(template::expand(&state.flatten())?)
 }
 
 /// IPVS virtual servers and the service addresses, as a kernel backend.
@@ -250,7 +265,7 @@ impl Applier {
     /// The operations that would take the kernel to `want` (dry run; see
     /// [`Applier::refuse_unsupported`] for whether this kernel can).
     pub fn plan(&mut self, want: &NodeDataplane) -> Result<(Fragment, Vec<Op>), ApplyError> {
-        let goal = want.flatten();
+        let goal = kernel_view(want)?;
         self.learn(&goal);
         let (mut current, _) = self.read()?;
         self.adopt_draining(&mut current, &goal);
@@ -261,8 +276,8 @@ impl Applier {
     /// The operations from `held` to `want`, without looking at the
     /// kernel: what a dry-run agent reports.
     pub fn plan_from(held: &NodeDataplane, want: &NodeDataplane) -> Result<Vec<Op>, ApplyError> {
-        let changes = setpoint_dataplane::diff(held, want);
-        Ok(plan(&changes, &held.flatten(), &want.flatten())?)
+        let (current, goal) = (kernel_view(held)?, kernel_view(want)?);
+        Ok(plan(&diff_fragments(&current, &goal), &current, &goal)?)
     }
 
     pub fn refuse_unsupported(&self, goal: &Fragment) -> Result<(), ApplyError> {
@@ -285,7 +300,7 @@ impl Applier {
     /// Takes the kernel to `want`, then verifies it by reading it back.
     pub fn apply(&mut self, want: &NodeDataplane) -> Result<ApplyReport, ApplyError> {
         let started = Instant::now();
-        let goal = want.flatten();
+        let goal = kernel_view(want)?;
         self.learn(&goal);
         self.refuse_unsupported(&goal)?;
         let (mut current, raw) = self.read()?;
@@ -301,7 +316,7 @@ impl Applier {
         };
         self.execute(&ops, &current, &goal, &raw, &mut report)?;
         self.learn(&goal);
-        report.digest = self.verify(want)?;
+        report.digest = self.verify_view(&goal, want.digest())?;
         report.duration = started.elapsed();
         Ok(report)
     }
@@ -318,10 +333,10 @@ impl Applier {
         want: &NodeDataplane,
     ) -> Result<ApplyReport, ApplyError> {
         let started = Instant::now();
-        let goal = want.flatten();
+        let goal = kernel_view(want)?;
         self.learn(&goal);
         self.refuse_unsupported(&goal)?;
-        let current = held.flatten();
+        let current = kernel_view(held)?;
         let changes = diff_fragments(&current, &goal);
         let ops = plan(&changes, &current, &goal)?;
         let mut report = ApplyReport {
@@ -655,15 +670,21 @@ impl Applier {
     /// Reads the kernel back; its digest when it holds `want`, else the
     /// differences.
     pub fn verify(&mut self, want: &NodeDataplane) -> Result<Digest, ApplyError> {
+        let goal = kernel_view(want)?;
         // A restarted agent knows the rules only from the state it checks.
-        self.learn(&want.flatten());
+        self.learn(&goal);
+        self.verify_view(&goal, want.digest())
+    }
+
+    /// Reads the kernel back and compares it with `goal`, the kernel view
+    /// of the state whose digest is `want_digest`; that digest when equal.
+    fn verify_view(&mut self, goal: &Fragment, want_digest: Digest) -> Result<Digest, ApplyError> {
         let (kernel, _) = self.read()?;
         let kernel_digest = kernel.digest();
-        let want_digest = want.digest();
-        if kernel_digest == want_digest {
-            return Ok(kernel_digest);
+        if kernel_digest == goal.digest() {
+            return Ok(want_digest);
         }
-        let differences = diff_fragments(&kernel, &want.flatten())
+        let differences = diff_fragments(&kernel, goal)
             .changes
             .iter()
             .take(20)

@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use setpoint_dataplane::{Diff, NodeDataplane, diff};
 
-use setpoint_agent::apply::Applier;
+use setpoint_agent::apply::{Applier, kernel_view};
 use setpoint_agent::plan::{Op, phase};
 use setpoint_agent::services::IpvsMode;
 use setpoint_agent::target::Target;
@@ -193,7 +193,7 @@ fn run_apply(path: &Path, netns: Option<String>, dry_run: bool) -> anyhow::Resul
     let services = setpoint_agent::services::for_target(&target, IpvsMode::Kernel);
     let mut applier = Applier::new(target, services);
     if dry_run {
-        if let Err(e) = applier.refuse_unsupported(&state.flatten()) {
+        if let Err(e) = kernel_view(&state).and_then(|goal| applier.refuse_unsupported(&goal)) {
             println!("note: a real apply here would fail: {e}");
         }
         let (_, ops) = applier.plan(&state)?;

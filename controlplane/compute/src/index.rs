@@ -25,7 +25,7 @@ use crate::convert::{self, Rejection, ServiceOutcome, SliceOutcome};
 use crate::layout::{ComputeConfig, SetId, base_fragment};
 use crate::model::{EndpointSlice, Node, Service, ServiceId};
 use crate::object::{ClusterObject, ObjectKey};
-use crate::plan::{Atom, Frontend, NodeScope, ServicePlan, frontends, plan_service};
+use crate::plan::{self, Atom, Frontend, NodeScope, ServicePlan, frontends, plan_service};
 use crate::policy::{self, PeerUse, PolicyView};
 
 /// `(namespace, name)` of an EndpointSlice.
@@ -553,6 +553,9 @@ impl Index {
             .map(|name| {
                 let builder = self.nodes.get(name).map(|node| {
                     let mut builder = Builder::default();
+                    for atom in plan::node_address_atoms(node, &self.config) {
+                        builder.add(&atom);
+                    }
                     let mut ids: BTreeSet<&ServiceId> = self.services_all_nodes.iter().collect();
                     ids.extend(self.services_by_host.get(name).into_iter().flatten());
                     for id in ids {

@@ -68,10 +68,11 @@ pub enum SetId {
     ClusterCidr,
     NoEndpoints,
     NoLocalEndpoints,
+    NodePortAddresses,
 }
 
 impl SetId {
-    pub const ALL: [SetId; 20] = [
+    pub const ALL: [SetId; 21] = [
         SetId::LoopBack,
         SetId::ClusterIp,
         SetId::ExternalIp,
@@ -92,6 +93,7 @@ impl SetId {
         SetId::ClusterCidr,
         SetId::NoEndpoints,
         SetId::NoLocalEndpoints,
+        SetId::NodePortAddresses,
     ];
 
     fn suffix(self) -> &'static str {
@@ -116,6 +118,8 @@ impl SetId {
             SetId::ClusterCidr => "CLUSTER-CIDR",
             SetId::NoEndpoints => "NO-ENDPOINTS",
             SetId::NoLocalEndpoints => "NO-LOCAL-ENDPOINTS",
+            // The contract's name: the agent expands NodePort templates over it.
+            SetId::NodePortAddresses => "NODEPORT-IPS",
         }
     }
 
@@ -128,7 +132,7 @@ impl SetId {
             | SetId::NodePortUdp
             | SetId::NodePortLocalUdp
             | SetId::HealthCheckNodePort => SetType::BitmapPort,
-            SetId::IpvsIps => SetType::HashIp,
+            SetId::IpvsIps | SetId::NodePortAddresses => SetType::HashIp,
             SetId::ClusterCidr => SetType::HashNet,
             _ => SetType::HashIpPort,
         }
@@ -160,6 +164,7 @@ impl SetId {
             SetId::NoLocalEndpoints => {
                 "external frontends with externalTrafficPolicy=Local and no endpoint on this node: dropped"
             }
+            SetId::NodePortAddresses => "this node's addresses that serve NodePorts",
         }
     }
 

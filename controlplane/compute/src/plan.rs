@@ -4,18 +4,22 @@
 //! ```text
 //!  ServicePlan ─┬─ global atoms        (every node: cluster IP sets, addresses, most VSes)
 //!               ├─ atoms_for_zone(z)   (topology-aware Services: one VS per zone)
-//!               └─ atoms_for_node(n)   (NodePorts on n's addresses, local-only VSes,
+//!               └─ atoms_for_node(n)   (n's NodePort addresses, local-only VSes,
 //!                                       hairpin entries for n's endpoints)
 //! ```
 //!
-//! Virtual servers with the same backends are one `Arc`, so a NodePort on
-//! 5,000 nodes costs 5,000 keys and one body.
+//! Virtual servers with the same backends are one `Arc`. A NodePort's
+//! virtual server is one template atom (`0.0.0.0:<nodePort>`, see
+//! `setpoint_dataplane::template`) at the level its backends are chosen:
+//! shared by every node when they are cluster-wide, per zone when
+//! topology-aware, per node only with `externalTrafficPolicy: Local`.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
+use setpoint_dataplane::template::template_address;
 use setpoint_dataplane::{
     Family, Forward, Protocol, RealServer, SetEntry, VirtualServer, VirtualServerKey,
 };
@@ -92,6 +96,14 @@ pub fn frontends(svc: &Service) -> Vec<Frontend> {
     out.sort();
     out.dedup();
     out
+}
+
+/// The node's own atoms, whatever the Services: the addresses it serves
+/// NodePorts on, over which the agent expands NodePort templates.
+pub fn node_address_atoms(node: &Node, config: &ComputeConfig) -> Vec<Atom> {
+    nodeport_addresses(config, &node.addresses)
+        .map(|ip| Atom::Entry(SetId::NodePortAddresses, Family::of(&ip), SetEntry::Ip(ip)))
+        .collect()
 }
 
 /// Drops repeated atoms, keeping the first: a plan lists each atom once,
@@ -175,7 +187,7 @@ impl ServicePlan {
     /// Which nodes get atoms from [`ServicePlan::atoms_for_node`].
     pub fn node_scope(&self) -> NodeScope {
         let every_node = self.ports.iter().any(|p| {
-            p.node_port.is_some()
+            (p.node_port.is_some() && p.node_port_needs_node_atoms())
                 || p.internal_local
                 || (p.external_local
                     && !(p.external_ips.is_empty() && p.load_balancer_ips.is_empty()))
@@ -216,6 +228,9 @@ impl ServicePlan {
             if !p.external_local {
                 for ip in p.external_ips.iter().chain(&p.load_balancer_ips) {
                     out.push(Atom::VirtualServer(key(*ip), vs.clone()));
+                }
+                if let Some(template) = p.node_port_template() {
+                    out.push(Atom::VirtualServer(template, vs.clone()));
                 }
             }
         }
@@ -276,19 +291,15 @@ impl ServicePlan {
                 }
             }
             if let Some(node_port) = p.node_port {
-                let vs = external_vs.clone().unwrap_or_else(cluster_vs);
+                // Cluster-wide and per-zone selections have their template
+                // in the shared atoms; a node-specific one is this node's.
+                if let (Some(vs), Some(template)) = (&external_vs, p.node_port_template()) {
+                    out.push(Atom::VirtualServer(template, vs.clone()));
+                }
                 let node_ips = nodeport_addresses(config, &node.addresses)
                     .filter(|ip| Family::of(ip) == p.family);
                 for ip in node_ips {
                     let ip = &ip;
-                    out.push(Atom::VirtualServer(
-                        VirtualServerKey {
-                            address: *ip,
-                            protocol: p.protocol,
-                            port: node_port,
-                        },
-                        vs.clone(),
-                    ));
                     if p.protocol == Protocol::Sctp {
                         out.push(p.entry(SetId::NodePortSctp, *ip, node_port));
                         if p.external_local {
@@ -343,6 +354,25 @@ impl ServicePlan {
 }
 
 impl PortPlan {
+    /// The NodePort's template key, when the port has a NodePort.
+    fn node_port_template(&self) -> Option<VirtualServerKey> {
+        self.node_port.map(|port| VirtualServerKey {
+            address: template_address(self.family),
+            protocol: self.protocol,
+            port,
+        })
+    }
+
+    /// Whether the NodePort puts anything into each node's own atoms: its
+    /// template when the selection depends on the node, SCTP's per-address
+    /// set entries, the per-address reject/drop entries.
+    fn node_port_needs_node_atoms(&self) -> bool {
+        self.external_local
+            || self.cluster_level == Level::Node
+            || self.protocol == Protocol::Sctp
+            || !self.has_endpoints
+    }
+
     fn entry(&self, set: SetId, ip: IpAddr, port: u16) -> Atom {
         Atom::Entry(
             set,
@@ -660,6 +690,9 @@ pub fn plan_service(
                 if !p.external_local {
                     for ip in p.external_ips.iter().chain(&p.load_balancer_ips) {
                         global.push(Atom::VirtualServer(key(*ip), vs.clone()));
+                    }
+                    if let Some(template) = p.node_port_template() {
+                        global.push(Atom::VirtualServer(template, vs.clone()));
                     }
                 }
             }

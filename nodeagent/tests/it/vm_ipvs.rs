@@ -22,6 +22,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use setpoint_agent::apply::kernel_view;
 use setpoint_compute::ClusterObject;
 use setpoint_dataplane::{Forward, NodeDataplane, Protocol, Scheduler, VirtualServerKey};
 use setpoint_integration::vm::{Vm, VmJob, VmOutput};
@@ -127,7 +128,8 @@ fn expected_ipvs(
     state: &NodeDataplane,
     draining: &BTreeSet<(VirtualServerKey, IpAddr, u16)>,
 ) -> IpvsTable {
-    let flat = state.flatten();
+    // NodePort templates stand for one virtual server per node address.
+    let flat = kernel_view(state).expect("the state expands");
     let mut table = IpvsTable::new();
     for (key, vs) in flat.virtual_servers() {
         let mut real_servers: BTreeMap<(IpAddr, u16), (u32, String)> = vs
@@ -162,7 +164,10 @@ fn removed_real_servers(
     to: &NodeDataplane,
     protocol: Protocol,
 ) -> BTreeSet<(VirtualServerKey, IpAddr, u16)> {
-    let (from, to) = (from.flatten(), to.flatten());
+    let (from, to) = (
+        kernel_view(from).expect("expands"),
+        kernel_view(to).expect("expands"),
+    );
     let mut removed = BTreeSet::new();
     for (key, vs) in from.virtual_servers() {
         if key.protocol != protocol {
@@ -454,7 +459,10 @@ fn the_agent_applies_ipvs_states_in_a_debian_kernel() {
     let empty = NodeDataplane::default();
 
     // The variation must exercise what the test claims.
-    let (fa, fb) = (a.flatten(), b.flatten());
+    let (fa, fb) = (
+        kernel_view(&a).expect("expands"),
+        kernel_view(&b).expect("expands"),
+    );
     let tcp_draining = removed_real_servers(&a, &b, Protocol::Tcp);
     let udp_removed = removed_real_servers(&a, &b, Protocol::Udp);
     assert!(
@@ -463,6 +471,10 @@ fn the_agent_applies_ipvs_states_in_a_debian_kernel() {
         fa.virtual_server_count()
     );
     assert!(!tcp_draining.is_empty() && !udp_removed.is_empty());
+    assert!(
+        !setpoint_dataplane::template::templates(&a.flatten()).is_empty(),
+        "A has NodePort templates for the agent to expand"
+    );
     assert!(
         fb.virtual_server_count() < fa.virtual_server_count(),
         "B drops virtual servers"

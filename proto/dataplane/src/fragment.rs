@@ -182,6 +182,27 @@ impl Fragment {
         self.virtual_servers.get(key).map(|h| &h.vs)
     }
 
+    /// The virtual servers on one address, in key order (a range of the
+    /// map: the key orders by address first).
+    pub fn virtual_servers_at(
+        &self,
+        address: IpAddr,
+    ) -> impl Iterator<Item = (&VirtualServerKey, &Arc<VirtualServer>)> {
+        let first = VirtualServerKey {
+            address,
+            protocol: crate::model::Protocol::Tcp,
+            port: 0,
+        };
+        let last = VirtualServerKey {
+            address,
+            protocol: crate::model::Protocol::Sctp,
+            port: u16::MAX,
+        };
+        self.virtual_servers
+            .range(first..=last)
+            .map(|(k, h)| (k, &h.vs))
+    }
+
     pub fn virtual_server_count(&self) -> usize {
         self.virtual_servers.len()
     }

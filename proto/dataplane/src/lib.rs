@@ -19,6 +19,7 @@ pub mod fragment;
 pub mod model;
 pub mod render;
 pub mod state;
+pub mod template;
 pub mod validate;
 mod wire;
 

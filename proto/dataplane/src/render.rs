@@ -55,7 +55,11 @@ pub fn render(state: &NodeDataplane, format: Format) -> String {
         Format::Ipset => ipset_restore(&flat),
         Format::Iptables => iptables_restore(&flat, Family::Inet),
         Format::Ip6tables => iptables_restore(&flat, Family::Inet6),
-        Format::Ipvs => ipvsadm_save(&flat),
+        // The kernel's view: NodePort templates on each node address.
+        Format::Ipvs => match crate::template::expand(&flat) {
+            Ok(kernel) => ipvsadm_save(&kernel),
+            Err(collision) => format!("# not applicable: {collision}\n"),
+        },
         Format::Text => text(state, &flat),
     }
 }

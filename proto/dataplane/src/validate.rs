@@ -65,6 +65,9 @@ pub enum Invalid {
     DuplicatedAcrossParts {
         atoms: u64,
     },
+    NodePortCollision {
+        collision: crate::template::Collision,
+    },
 }
 
 impl fmt::Display for Invalid {
@@ -137,6 +140,7 @@ impl fmt::Display for Invalid {
             Invalid::DuplicatedAcrossParts { atoms } => {
                 write!(f, "{atoms} atoms are defined in more than one fragment")
             }
+            Invalid::NodePortCollision { collision } => write!(f, "{collision}"),
         }
     }
 }
@@ -149,6 +153,9 @@ impl NodeDataplane {
         let overlap = self.overlap();
         if overlap > 0 {
             problems.push(Invalid::DuplicatedAcrossParts { atoms: overlap });
+        }
+        if let Err(collision) = crate::template::expand(&self.flatten()) {
+            problems.push(Invalid::NodePortCollision { collision });
         }
         let specs: BTreeMap<&String, &SetSpec> = self.parts().flat_map(|(_, p)| p.sets()).collect();
         for name in specs.keys() {

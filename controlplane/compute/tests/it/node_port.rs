@@ -3,6 +3,7 @@
 
 use crate::objs;
 use crate::support::*;
+use setpoint_dataplane::template;
 
 fn echo(proto: &str, node_port: i32) -> Vec<ClusterObject> {
     cluster(objs![
@@ -155,4 +156,123 @@ fn node_port_of_a_service_without_endpoints_is_rejected_on_the_node_address() {
             "set SP-NO-ENDPOINTS 192.168.10.13,tcp:30080",
         ],
     );
+}
+
+#[test]
+fn node_port_addresses_are_listed_per_node_after_the_filter() {
+    let config = ComputeConfig {
+        nodeport_addresses: vec!["192.168.10.0/24".parse().unwrap()],
+        ..Default::default()
+    };
+    let mut objects = echo("TCP", 30080);
+    objects.push(mk_node("node-x", "", &["192.168.10.99", "10.0.0.99", "fd00:10::99"]).into());
+    let index = index_with(config, objects);
+    let state = state_of(&index, "node-x").flatten();
+    let listed = setpoint_dataplane::Family::ALL.map(|family| {
+        template::node_port_addresses(&state, family)
+            .iter()
+            .map(|ip| ip.to_string())
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(listed, [vec!["192.168.10.99".to_string()], vec![]]);
+}
+
+/// The template key a NodePort's virtual server is stored under.
+fn template(port: u16) -> setpoint_dataplane::VirtualServerKey {
+    setpoint_dataplane::VirtualServerKey {
+        address: "0.0.0.0".parse().unwrap(),
+        protocol: setpoint_dataplane::Protocol::Tcp,
+        port,
+    }
+}
+
+/// Which part of `node`'s state holds the virtual server `key`.
+fn part_holding(
+    index: &Index,
+    node: &str,
+    key: &setpoint_dataplane::VirtualServerKey,
+) -> Vec<String> {
+    state_of(index, node)
+        .parts()
+        .filter(|(_, f)| f.virtual_server(key).is_some())
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+#[test]
+fn a_cluster_wide_node_port_is_one_shared_template_not_one_virtual_server_per_node() {
+    let index = index_of(echo("TCP", 30080));
+    for node in ["node-a", "node-b", "node-c"] {
+        assert_eq!(part_holding(&index, node, &template(30080)), ["services"]);
+        let own = state_of(&index, node);
+        let own = own.part(&format!("node/{node}")).expect("node part");
+        assert_eq!(
+            own.virtual_server_count(),
+            0,
+            "{node} has no NodePort VS of its own"
+        );
+    }
+}
+
+#[test]
+fn an_external_traffic_policy_local_node_port_template_is_per_node() {
+    let objects = cluster(objs![
+        mk_service("default", "echo")
+            .type_("NodePort")
+            .cluster_ip("10.96.1.20")
+            .port("http", "TCP", 80)
+            .node_port(30080)
+            .etp_local(),
+        mk_slice("default", "echo", "IPv4")
+            .port("http", "TCP", 8080)
+            .eps(&[("10.244.1.5", "node-a"), ("10.244.3.5", "node-c")]),
+    ]);
+    let index = check(
+        objects,
+        "node-a",
+        "vs tcp 192",
+        &["vs tcp 192.168.10.11:30080 rr -> 10.244.1.5:8080"],
+    );
+    assert_eq!(
+        part_holding(&index, "node-a", &template(30080)),
+        ["node/node-a"]
+    );
+}
+
+#[test]
+fn an_endpoint_change_of_a_node_port_service_leaves_every_node_part_untouched() {
+    let mut index = index_of(echo("TCP", 30080));
+    let before: Vec<_> = ["node-a", "node-b", "node-c"]
+        .map(|n| state_of(&index, n).part(&format!("node/{n}")).cloned())
+        .into();
+    index.upsert(
+        mk_slice("default", "echo", "IPv4")
+            .port("http", "TCP", 8080)
+            .eps(&[("10.244.1.5", "node-a"), ("10.244.2.7", "node-b")])
+            .into(),
+    );
+    index.commit();
+    expect_lines(
+        &index,
+        "node-b",
+        "vs tcp 192",
+        &["vs tcp 192.168.10.12:30080 rr -> 10.244.1.5:8080 10.244.2.7:8080"],
+    );
+    for (node, old) in ["node-a", "node-b", "node-c"].into_iter().zip(before) {
+        let new = state_of(&index, node)
+            .part(&format!("node/{node}"))
+            .cloned();
+        let (Some(old), Some(new)) = (old, new) else {
+            panic!("{node} lost its own part");
+        };
+        // node-b and node-c host endpoints (hairpin entries) and may change;
+        // their NodePort virtual servers never sit in their own part.
+        assert_eq!(new.virtual_server_count(), 0, "{node}");
+        if node == "node-a" {
+            assert!(
+                std::sync::Arc::ptr_eq(&old, &new),
+                "node-a's part was rebuilt"
+            );
+        }
+    }
 }

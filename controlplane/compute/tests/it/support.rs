@@ -2,7 +2,8 @@
 //!
 //! A node's state is rendered as sorted lines, one per atom a test can
 //! care about (set definitions, chains and jumps come from the
-//! configuration alone and are left out):
+//! configuration alone, the node's NodePort addresses from the Node alone,
+//! and are left out):
 //!
 //! ```text
 //! vs tcp 10.96.0.10:53 rr -> 10.244.1.5:53 10.244.2.5:53
@@ -17,7 +18,7 @@ use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 pub use setpoint_compute::{ClusterObject, ComputeConfig, Index, ObjectKey};
-use setpoint_dataplane::{Forward, NodeDataplane};
+use setpoint_dataplane::{Forward, NodeDataplane, template};
 
 /// `vec![ClusterObject::from(a), …]` for builders and objects alike.
 #[macro_export]
@@ -421,9 +422,12 @@ pub fn node_key(name: &str) -> ObjectKey {
 
 // --- rendering and checking ---
 
-/// The state's entries, virtual servers and addresses as sorted lines.
+/// The state's entries, virtual servers and addresses as sorted lines, as
+/// the node's kernel would hold them: NodePort templates expanded over the
+/// node's addresses (`vs tcp 0.0.0.0:…` lines never appear).
 pub fn render(state: &NodeDataplane) -> Vec<String> {
-    let flat = state.flatten();
+    let flat = template::expand(&state.flatten())
+        .unwrap_or_else(|collision| panic!("state does not expand: {collision}"));
     let mut lines = Vec::new();
     for (key, vs) in flat.virtual_servers() {
         let mut line = format!("vs {} {key} {}", key.protocol, vs.scheduler);
@@ -445,7 +449,13 @@ pub fn render(state: &NodeDataplane) -> Vec<String> {
         }
         lines.push(line);
     }
+    let node_port_sets = setpoint_dataplane::Family::ALL.map(template::node_port_address_set);
     for (set, entries) in flat.all_entries() {
+        // The node's own addresses, from the Node alone, like the sets and
+        // chains that come from the configuration alone.
+        if node_port_sets.contains(&set.as_str()) {
+            continue;
+        }
         for entry in entries {
             lines.push(format!("set {set} {entry}"));
         }
