@@ -173,6 +173,19 @@ pub enum Role {
 /// leader lock also watches the manifests and commits. Returns once
 /// everything listens.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
+    if config.tls.is_none() {
+        anyhow::ensure!(
+            config.listen.ip().is_loopback(),
+            "refusing to serve agents in plaintext on {}: give --tls-cert, --tls-key and --client-ca, \
+             or listen on a loopback address for development",
+            config.listen
+        );
+        tracing::warn!(
+            "DEVELOPMENT MODE: agents connect in plaintext without identities (loopback {} only); \
+             never run a cluster like this",
+            config.listen
+        );
+    }
     let store = Store::open(&config.database)
         .await
         .with_context(|| format!("opening the store at {}", config.database))?;
@@ -189,19 +202,6 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     });
     let service = AgentService::new(store.clone(), head.subscribe(), metrics.clone());
 
-    if config.tls.is_none() {
-        anyhow::ensure!(
-            config.listen.ip().is_loopback(),
-            "refusing to serve agents in plaintext on {}: give --tls-cert, --tls-key and --client-ca, \
-             or listen on a loopback address for development",
-            config.listen
-        );
-        tracing::warn!(
-            "DEVELOPMENT MODE: agents connect in plaintext without identities (loopback {} only); \
-             never run a cluster like this",
-            config.listen
-        );
-    }
     let agent_listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding the agent listener {}", config.listen))?;

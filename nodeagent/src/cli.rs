@@ -176,6 +176,12 @@ fn run_agent(args: RunArgs) -> anyhow::Result<bool> {
         },
     };
     setpoint_agent::client::check_transport(&options)?;
+    if let Some(tls) = &options.tls {
+        // Missing files at start are a mistake, not a rotation under way.
+        for path in [&tls.cert, &tls.key, &tls.ca] {
+            std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+        }
+    }
     if options.tls.is_none() {
         eprintln!(
             "WARNING: no --tls-cert/--tls-key/--ca: plaintext to a loopback control plane, without identity; development only"

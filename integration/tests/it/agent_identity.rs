@@ -404,6 +404,10 @@ async fn plaintext_off_loopback_is_refused() {
         why.contains("refusing to serve agents in plaintext on 0.0.0.0:0"),
         "a plaintext listener off loopback is refused: {why}"
     );
+    assert!(
+        !data.path().join("db").exists(),
+        "refused before anything was opened"
+    );
 
     let options = |url: &str, tls: Option<AgentTls>| AgentOptions {
         node: "node-a".into(),
