@@ -19,6 +19,8 @@ struct Cli {
     command: Command,
 }
 
+// Parsed once per process.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Print one node's desired state computed from manifest files.
@@ -29,6 +31,15 @@ enum Command {
     /// The whole system on this machine: serve the example manifests from an
     /// SQLite file, with one real agent per example node over loopback gRPC.
     Demo(DemoArgs),
+}
+
+/// How `serve` picks the one replica that commits.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ElectionKind {
+    /// The store's leader lock.
+    Store,
+    /// A coordination.k8s.io/v1 Lease (`--lease-name`, `--lease-namespace`).
+    Lease,
 }
 
 /// Where `serve` reads the cluster from.
@@ -82,6 +93,38 @@ pub struct ServeArgs {
     /// refused.
     #[arg(long, env = "SETPOINT_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// Who commits when several replicas run: the store's leader lock
+    /// (PostgreSQL advisory lock) or a coordination.k8s.io/v1 Lease. Either
+    /// way the winner takes a new store epoch that fences older leaders.
+    #[arg(long, value_enum, default_value = "store", env = "SETPOINT_ELECTION")]
+    pub election: ElectionKind,
+    /// The Lease's name (with --election lease).
+    #[arg(
+        long,
+        default_value = "setpoint-controlplane",
+        env = "SETPOINT_LEASE_NAME"
+    )]
+    pub lease_name: String,
+    /// The Lease's namespace (with --election lease; default: this pod's,
+    /// from the service account, else `default`).
+    #[arg(long, env = "SETPOINT_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Seconds a holder's renewal keeps others out; the leader steps down
+    /// after two thirds of it without renewing, and retries every
+    /// 2/15 of it.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=3600), env = "SETPOINT_LEASE_DURATION")]
+    pub lease_duration: u64,
+    /// The agent listener's certificate (PEM, chain first); with --tls-key
+    /// and --client-ca it requires mTLS. Reloaded when the files change.
+    #[arg(long, env = "SETPOINT_TLS_CERT", requires_all = ["tls_key", "client_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "SETPOINT_TLS_KEY", requires_all = ["tls_cert", "client_ca"])]
+    pub tls_key: Option<PathBuf>,
+    /// The CA (PEM) that agents' certificates must chain to; an agent's
+    /// certificate names its node as a SAN DNS name.
+    #[arg(long, env = "SETPOINT_CLIENT_CA", requires_all = ["tls_cert", "tls_key"])]
+    pub client_ca: Option<PathBuf>,
     #[command(flatten)]
     pub compute: ComputeArgs,
 }
@@ -210,10 +253,56 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             SourceKind::Manifests => None,
             SourceKind::Kube => Some(kube_client(args.kubeconfig.as_deref()).await?),
         };
+        let election = match args.election {
+            ElectionKind::Store => setpoint_controlplane::serve::Election::Store,
+            ElectionKind::Lease => {
+                let client = match &kube {
+                    Some(client) => client.clone(),
+                    None => kube_client(args.kubeconfig.as_deref()).await?,
+                };
+                let namespace = args.lease_namespace.clone().unwrap_or_else(|| {
+                    std::fs::read_to_string(
+                        "/var/run/secrets/kubernetes.io/serviceaccount/namespace",
+                    )
+                    .map(|n| n.trim().to_string())
+                    .unwrap_or_else(|_| "default".to_string())
+                });
+                let identity = setpoint_kube::lease::default_identity();
+                let duration = std::time::Duration::from_secs(args.lease_duration);
+                println!(
+                    "electing by the Lease {namespace}/{} as {identity}",
+                    args.lease_name
+                );
+                setpoint_controlplane::serve::Election::Lease {
+                    client,
+                    settings: setpoint_kube::lease::LeaseSettings {
+                        lease_duration: duration,
+                        renew_deadline: duration * 2 / 3,
+                        retry_period: duration * 2 / 15,
+                        ..setpoint_kube::lease::LeaseSettings::new(&namespace, &args.lease_name, identity)
+                    },
+                }
+            }
+        };
         let source = match args.source {
             SourceKind::Manifests => format!("manifests {}", args.manifests.display()),
             SourceKind::Kube => "the Kubernetes API".to_string(),
         };
+        let tls = match (&args.tls_cert, &args.tls_key, &args.client_ca) {
+            (Some(cert), Some(key), Some(client_ca)) => Some(setpoint_controlplane::tls::ServerTls {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: client_ca.clone(),
+                reload_every: std::time::Duration::from_secs(5),
+            }),
+            _ => None,
+        };
+        if tls.is_none() {
+            eprintln!(
+                "WARNING: no --tls-cert/--tls-key/--client-ca: agents connect in plaintext without identities; \
+                 development only (loopback only)"
+            );
+        }
         let running = setpoint_controlplane::serve::start(setpoint_controlplane::serve::ServeConfig {
             manifests: args.manifests,
             kube,
@@ -227,6 +316,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 listen: Some(args.admin_listen),
                 token_file: args.admin_token_file.clone(),
             },
+            tls,
+            election,
         })
         .await?;
         println!(

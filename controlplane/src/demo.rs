@@ -85,6 +85,8 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<bool> {
         poll: Duration::from_millis(250),
         compute: config.compute,
         admin: Default::default(),
+        tls: None,
+        election: Default::default(),
     })
     .await?;
     println!(
@@ -133,6 +135,7 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<bool> {
                 IpvsMode::Simulated
             },
             drift_interval: Duration::from_secs(30),
+            tls: None,
         });
         progress.insert(node.clone(), agent.progress.clone());
         tokio::spawn(agent.run());

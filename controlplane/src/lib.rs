@@ -8,3 +8,4 @@ pub mod leader;
 pub mod metrics;
 pub mod serve;
 pub mod stream;
+pub mod tls;

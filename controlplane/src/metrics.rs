@@ -20,6 +20,14 @@ pub struct Metrics {
     pub delta_bytes: Counter,
     pub nacks: Counter,
     pub store_errors: Counter,
+    /// Agent connections that failed the TLS handshake (no or a bad
+    /// client certificate, plaintext to a TLS port, a timeout).
+    pub tls_handshake_failures: Counter,
+    /// Times the agent listener's certificate files were reloaded.
+    pub tls_reloads: Counter,
+    /// Streams refused because the hello named another node than the
+    /// client certificate.
+    pub identity_refusals: Counter,
     pub compute_seconds: Histogram,
     pub commit_seconds: Histogram,
     pub apply_seconds: Histogram,
@@ -45,6 +53,9 @@ impl Metrics {
             delta_bytes: Counter::default(),
             nacks: Counter::default(),
             store_errors: Counter::default(),
+            tls_handshake_failures: Counter::default(),
+            tls_reloads: Counter::default(),
+            identity_refusals: Counter::default(),
             compute_seconds: seconds(),
             commit_seconds: seconds(),
             apply_seconds: seconds(),
@@ -86,6 +97,21 @@ impl Metrics {
             "setpoint_store_errors",
             "Store operations that failed",
             m.store_errors.clone(),
+        );
+        r.register(
+            "setpoint_tls_handshake_failures",
+            "Agent connections that failed the TLS handshake",
+            m.tls_handshake_failures.clone(),
+        );
+        r.register(
+            "setpoint_tls_reloads",
+            "Reloads of the agent listener's certificate files",
+            m.tls_reloads.clone(),
+        );
+        r.register(
+            "setpoint_identity_refusals",
+            "Agent streams refused: the hello named another node than the certificate",
+            m.identity_refusals.clone(),
         );
         r.register(
             "setpoint_compute_duration_seconds",

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use setpoint_compute::ComputeConfig;
+use setpoint_kube::lease::{LeaseElector, LeaseHold, LeaseSettings};
 use setpoint_proto::admin::admin_server::AdminServer;
 use setpoint_proto::v1::agent_stream_server::AgentStreamServer;
 use setpoint_store::{Leadership, Store};
@@ -18,6 +19,7 @@ use crate::admin::{AdminCommand, AdminConfig, AdminService, Tokens};
 use crate::leader::{Committed, Leader, fingerprint, raise};
 use crate::metrics::{Metrics, serve_http};
 use crate::stream::AgentService;
+use crate::tls::ServerTls;
 
 #[derive(Clone)]
 pub struct ServeConfig {
@@ -39,6 +41,75 @@ pub struct ServeConfig {
     pub compute: ComputeConfig,
     /// The admin API (off when `admin.listen` is `None`).
     pub admin: AdminConfig,
+    /// mTLS on the agent listener. Without it the listener must be on
+    /// loopback (development only, and said loudly).
+    pub tls: Option<ServerTls>,
+    /// Who leads: the store's lock, or a Kubernetes Lease.
+    pub election: Election,
+}
+
+/// How the one committing replica is chosen. Either way the winner then
+/// takes a new store epoch, which fences every commit of an older leader.
+// One per process, built once: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Default)]
+pub enum Election {
+    /// The store's leader lock (a PostgreSQL advisory lock; SQLite always
+    /// leads).
+    #[default]
+    Store,
+    /// A `coordination.k8s.io/v1` Lease through this client.
+    Lease {
+        client: setpoint_kube::kube::Client,
+        settings: LeaseSettings,
+    },
+}
+
+impl std::fmt::Debug for Election {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Election::Store => f.write_str("Store"),
+            Election::Lease { settings, .. } => f.debug_tuple("Lease").field(settings).finish(),
+        }
+    }
+}
+
+/// One term of leadership, however it was won.
+enum Term {
+    Store(Leadership),
+    Lease(LeaseHold),
+}
+
+impl Term {
+    /// Whether this replica still leads; once false, it must step down.
+    async fn still_held(&mut self) -> bool {
+        match self {
+            Term::Store(l) => l.still_held().await,
+            Term::Lease(hold) => hold.held(),
+        }
+    }
+}
+
+impl ServeConfig {
+    /// Everything on loopback (ephemeral ports, no admin API, no TLS, the
+    /// store's election), re-reading `manifests` every 100 ms with 50 ms
+    /// batches: tests and demos start from it and change what they need.
+    pub fn local(manifests: impl Into<PathBuf>, database: impl Into<String>) -> ServeConfig {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        ServeConfig {
+            manifests: manifests.into(),
+            kube: None,
+            database: database.into(),
+            listen: any,
+            metrics_listen: any,
+            batch: Duration::from_millis(50),
+            poll: Duration::from_millis(100),
+            compute: ComputeConfig::default(),
+            admin: AdminConfig::default(),
+            tls: None,
+            election: Election::Store,
+        }
+    }
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -53,6 +124,8 @@ impl std::fmt::Debug for ServeConfig {
             poll,
             compute,
             admin,
+            tls,
+            election,
         } = self;
         f.debug_struct("ServeConfig")
             .field("manifests", manifests)
@@ -64,6 +137,8 @@ impl std::fmt::Debug for ServeConfig {
             .field("poll", poll)
             .field("compute", compute)
             .field("admin", admin)
+            .field("tls", tls)
+            .field("election", election)
             .finish()
     }
 }
@@ -98,6 +173,19 @@ pub enum Role {
 /// leader lock also watches the manifests and commits. Returns once
 /// everything listens.
 pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
+    if config.tls.is_none() {
+        anyhow::ensure!(
+            config.listen.ip().is_loopback(),
+            "refusing to serve agents in plaintext on {}: give --tls-cert, --tls-key and --client-ca, \
+             or listen on a loopback address for development",
+            config.listen
+        );
+        tracing::warn!(
+            "DEVELOPMENT MODE: agents connect in plaintext without identities (loopback {} only); \
+             never run a cluster like this",
+            config.listen
+        );
+    }
     let store = Store::open(&config.database)
         .await
         .with_context(|| format!("opening the store at {}", config.database))?;
@@ -142,10 +230,18 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(AgentStreamServer::new(service.clone()))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
-            agent_listener,
-        ));
+        .add_service(AgentStreamServer::new(service.clone()));
+    let grpc: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> =
+        match &config.tls {
+            Some(tls) => Box::pin(grpc.serve_with_incoming(crate::tls::incoming(
+                agent_listener,
+                tls.clone(),
+                metrics.clone(),
+            )?)),
+            None => Box::pin(grpc.serve_with_incoming(
+                tokio_stream::wrappers::TcpListenerStream::new(agent_listener),
+            )),
+        };
     tokio::spawn(async move {
         if let Err(e) = grpc.await {
             tracing::error!("agent stream server stopped: {e}");
@@ -211,11 +307,32 @@ struct Replica {
 }
 
 impl Replica {
-    /// Follows until the leader lock is free, leads until it is lost, and
+    /// One try at leading: the store's lock, or the Lease.
+    async fn campaign(
+        &self,
+        elector: Option<&Arc<tokio::sync::Mutex<LeaseElector>>>,
+    ) -> anyhow::Result<Option<Term>> {
+        Ok(match elector {
+            None => self.store.try_lead().await?.map(Term::Store),
+            Some(elector) => LeaseElector::campaign(elector).await?.map(Term::Lease),
+        })
+    }
+
+    /// Follows until leadership is free, leads until it is lost, and
     /// again. A deposed leader's late commit is refused by the epoch fence.
     async fn run(self) {
+        let (elector, retry) = match &self.config.election {
+            Election::Store => (None, Duration::from_secs(2)),
+            Election::Lease { client, settings } => (
+                Some(Arc::new(tokio::sync::Mutex::new(LeaseElector::new(
+                    client.clone(),
+                    settings.clone(),
+                )))),
+                settings.retry_period,
+            ),
+        };
         loop {
-            match self.store.try_lead().await {
+            match self.campaign(elector.as_ref()).await {
                 Ok(Some(mut leadership)) => {
                     match Leader::start(
                         self.store.clone(),
@@ -242,17 +359,19 @@ impl Replica {
                 Ok(None) => self.metrics.set_ready(true),
                 Err(e) => {
                     self.metrics.set_ready(false);
-                    self.metrics.store_errors.inc();
-                    tracing::warn!("store unavailable: {e}");
+                    if elector.is_none() {
+                        self.metrics.store_errors.inc();
+                    }
+                    tracing::warn!("cannot campaign: {e:#}");
                 }
             }
-            tokio::time::sleep(Duration::from_secs(2)).await;
+            tokio::time::sleep(retry).await;
         }
     }
 
     /// Polls the manifests; a change is loaded after `batch` more of quiet (so
     /// an editor's burst of writes is one revision) and committed.
-    async fn watch_manifests(&self, mut leader: Leader, leadership: &mut Leadership) {
+    async fn watch_manifests(&self, mut leader: Leader, leadership: &mut Term) {
         let (config, problems) = (&self.config, &self.problems);
         let mut synced = None;
         // Only files that changed are parsed again.
@@ -320,7 +439,7 @@ impl Replica {
         &self,
         client: setpoint_kube::kube::Client,
         mut leader: Leader,
-        leadership: &mut Leadership,
+        leadership: &mut Term,
     ) {
         let config = &self.config;
         let (mut snapshots, task) = setpoint_kube::KubeSource::start(client.clone());

@@ -108,6 +108,8 @@ impl AgentStream for AgentService {
         &self,
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<ControlStream>, Status> {
+        // Over mTLS the client certificate says which node may speak here.
+        let certified = request.peer_certs();
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
             .await
@@ -124,6 +126,18 @@ impl AgentStream for AgentService {
         };
         if hello.node.is_empty() || hello.node.len() > 253 {
             return Err(Status::invalid_argument("hello names no valid node"));
+        }
+        if let Some(certs) = certified
+            && !certs
+                .first()
+                .is_some_and(|c| crate::tls::names_node(c, &hello.node))
+        {
+            self.metrics.identity_refusals.inc();
+            tracing::warn!(node = %hello.node, "refused: the client certificate names another node");
+            return Err(Status::permission_denied(format!(
+                "this connection's client certificate does not name node '{}' (as a SAN DNS name): an agent may speak only for its own node",
+                hello.node
+            )));
         }
         let id = self
             .next_session

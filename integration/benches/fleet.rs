@@ -136,6 +136,8 @@ fn main() {
             poll: Duration::from_millis(50),
             compute: Default::default(),
             admin: Default::default(),
+            tls: None,
+            election: Default::default(),
         })
         .await
         .expect("control plane");
@@ -149,6 +151,7 @@ fn main() {
                 state_dir: None,
                 ipvs: IpvsMode::Simulated,
                 drift_interval: Duration::from_secs(3600),
+                tls: None,
             });
             progress.push(agent.progress.clone());
             tokio::spawn(agent.run());

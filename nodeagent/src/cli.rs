@@ -58,6 +58,21 @@ struct RunArgs {
     /// Prometheus metrics, /healthz and /readyz.
     #[arg(long, env = "SETPOINT_AGENT_METRICS_LISTEN")]
     metrics_listen: Option<std::net::SocketAddr>,
+    /// This agent's certificate (PEM), naming the node as a SAN DNS name;
+    /// with --tls-key and --ca the stream uses mTLS (an https:// URL).
+    /// Read again at every reconnect.
+    #[arg(long, env = "SETPOINT_TLS_CERT", requires_all = ["tls_key", "ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "SETPOINT_TLS_KEY", requires_all = ["tls_cert", "ca"])]
+    tls_key: Option<PathBuf>,
+    /// The CA (PEM) the control plane's certificate must chain to.
+    #[arg(long, env = "SETPOINT_CA", requires_all = ["tls_cert", "tls_key"])]
+    ca: Option<PathBuf>,
+    /// The name to expect in the control plane's certificate (default: the
+    /// URL's host).
+    #[arg(long, env = "SETPOINT_TLS_SERVER_NAME")]
+    tls_server_name: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -150,7 +165,28 @@ fn run_agent(args: RunArgs) -> anyhow::Result<bool> {
             IpvsMode::Kernel
         },
         drift_interval: std::time::Duration::from_secs(args.drift_interval.max(1)),
+        tls: match (args.tls_cert, args.tls_key, args.ca) {
+            (Some(cert), Some(key), Some(ca)) => Some(setpoint_agent::client::AgentTls {
+                cert,
+                key,
+                ca,
+                server_name: args.tls_server_name,
+            }),
+            _ => None,
+        },
     };
+    setpoint_agent::client::check_transport(&options)?;
+    if let Some(tls) = &options.tls {
+        // Missing files at start are a mistake, not a rotation under way.
+        for path in [&tls.cert, &tls.key, &tls.ca] {
+            std::fs::metadata(path).with_context(|| format!("reading {}", path.display()))?;
+        }
+    }
+    if options.tls.is_none() {
+        eprintln!(
+            "WARNING: no --tls-cert/--tls-key/--ca: plaintext to a loopback control plane, without identity; development only"
+        );
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let agent = Agent::new(options);

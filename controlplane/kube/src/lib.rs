@@ -19,6 +19,7 @@
 //! a manifest load's objects, once [`Snapshot::ready`] is true.
 
 mod kinds;
+pub mod lease;
 mod lenient;
 mod snapshot;
 mod source;

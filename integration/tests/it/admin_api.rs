@@ -41,6 +41,8 @@ fn config(manifests: &Path, database: &str, tokens: &Path) -> ServeConfig {
             listen: Some(any),
             token_file: Some(tokens.to_path_buf()),
         },
+        tls: None,
+        election: Default::default(),
     }
 }
 

@@ -10,7 +10,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Namespace, PodTemplateSpec, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    Namespace, PodSpec, PodTemplateSpec, Service, ServiceAccount, Volume, VolumeMount,
+};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -384,12 +386,12 @@ fn cluster_role_grants_reads_of_exactly_what_the_kube_source_watches() {
         lease_keys,
         [("coordination.k8s.io".to_owned(), "leases".to_owned())]
     );
+    // Exactly what `setpoint_kube::lease::LeaseElector` calls: GET, POST
+    // (create) and PUT (update, with the read resourceVersion).
     let verbs = &lease_grants[&lease_keys[0]];
-    assert!(
-        verbs
-            .iter()
-            .all(|v| ["get", "create", "update"].contains(&v.as_str())),
-        "{verbs:?}"
+    assert_eq!(
+        verbs.iter().map(String::as_str).collect::<BTreeSet<_>>(),
+        BTreeSet::from(["get", "create", "update"]),
     );
 
     // The agent's account is bound to nothing.
@@ -425,6 +427,23 @@ fn env<'a>(
         .iter()
         .flatten()
         .find(|e| e.name == name)
+}
+
+/// The first container's mount at `path`, and the pod volume behind it.
+fn mounted<'a>(pod: &'a PodSpec, path: &str) -> (&'a VolumeMount, &'a Volume) {
+    let mount = pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == path)
+        .unwrap_or_else(|| panic!("nothing mounted at {path}"));
+    let volume = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .unwrap_or_else(|| panic!("no volume {}", mount.name));
+    (mount, volume)
 }
 
 #[test]
@@ -493,9 +512,44 @@ fn the_objects_are_wired_to_each_other() {
         "--listen=0.0.0.0:7443",
         "--admin-listen=0.0.0.0:7444",
         "--metrics-listen=0.0.0.0:9464",
+        "--election=lease",
+        "--tls-cert=/etc/setpoint/tls/tls.crt",
+        "--tls-key=/etc/setpoint/tls/tls.key",
+        "--client-ca=/etc/setpoint/tls/ca.crt",
     ] {
         assert!(args.iter().any(|a| a == arg), "{arg} not in {args:?}");
     }
+    // The Lease the code elects with is the one the Role grants, in the
+    // pod's namespace.
+    let lease_name = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--lease-name="))
+        .expect("--lease-name");
+    let granted: BTreeSet<&str> = o.roles[0]
+        .rules
+        .iter()
+        .flatten()
+        .filter(|r| r.verbs.iter().any(|v| v == "update"))
+        .flat_map(|r| r.resource_names.iter().flatten())
+        .map(String::as_str)
+        .collect();
+    assert_eq!(granted, BTreeSet::from([lease_name]));
+    let lease_ns = env(&d_spec.template, "SETPOINT_LEASE_NAMESPACE")
+        .and_then(|e| e.value_from.as_ref())
+        .and_then(|v| v.field_ref.as_ref())
+        .map(|f| f.field_path.as_str());
+    assert_eq!(lease_ns, Some("metadata.namespace"));
+    assert_eq!(
+        o.roles[0].metadata.namespace.as_deref(),
+        deployment.metadata.namespace.as_deref()
+    );
+    // The TLS files come from the Secret mounted where the args point.
+    let (_, tls_volume) = mounted(pod, "/etc/setpoint/tls");
+    let tls_secret = tls_volume
+        .secret
+        .as_ref()
+        .and_then(|s| s.secret_name.as_deref());
+    assert_eq!(tls_secret, Some("setpoint-controlplane-tls"));
     let database = env(&d_spec.template, "SETPOINT_DATABASE").expect("SETPOINT_DATABASE");
     assert!(
         database
@@ -541,7 +595,23 @@ fn the_objects_are_wired_to_each_other() {
         .expect("SETPOINT_CONTROLPLANE");
     let name = service.metadata.name.as_deref().expect("name");
     let namespace = service.metadata.namespace.as_deref().expect("namespace");
-    assert_eq!(url, format!("http://{name}.{namespace}.svc:7443"));
+    assert_eq!(url, format!("https://{name}.{namespace}.svc:7443"));
+    // mTLS files from the node's own directory, mounted read-only.
+    for (var, file) in [
+        ("SETPOINT_TLS_CERT", "tls.crt"),
+        ("SETPOINT_TLS_KEY", "tls.key"),
+        ("SETPOINT_CA", "ca.crt"),
+    ] {
+        let value = env(&ds_spec.template, var).and_then(|e| e.value.clone());
+        assert_eq!(value, Some(format!("/etc/setpoint/pki/{file}")), "{var}");
+    }
+    let (pki, pki_volume) = mounted(agent_pod, "/etc/setpoint/pki");
+    assert_eq!(pki.read_only, Some(true));
+    let pki_volume = pki_volume
+        .host_path
+        .as_ref()
+        .expect("the node's certificates are the host's");
+    assert_eq!(pki_volume.path, "/etc/setpoint/pki");
     let tolerations = agent_pod.tolerations.as_deref().unwrap_or_default();
     assert!(
         tolerations
@@ -563,19 +633,8 @@ fn the_objects_are_wired_to_each_other() {
         .map(String::as_str)
         .collect();
     assert_eq!(added, BTreeSet::from(["NET_ADMIN", "NET_RAW"]));
-    let lock = agent
-        .volume_mounts
-        .iter()
-        .flatten()
-        .find(|m| m.mount_path == "/run/xtables.lock")
-        .expect("the xtables lock is mounted");
-    let volume = agent_pod
-        .volumes
-        .iter()
-        .flatten()
-        .find(|v| v.name == lock.name)
-        .and_then(|v| v.host_path.as_ref())
-        .expect("the lock is the host's");
+    let (_, lock) = mounted(agent_pod, "/run/xtables.lock");
+    let volume = lock.host_path.as_ref().expect("the lock is the host's");
     assert_eq!(volume.path, "/run/xtables.lock");
     assert_eq!(volume.type_.as_deref(), Some("FileOrCreate"));
 }

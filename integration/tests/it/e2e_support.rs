@@ -64,6 +64,7 @@ pub fn spawn_agent_to(
         state_dir: Some(state_dir.to_path_buf()),
         ipvs: IpvsMode::Simulated,
         drift_interval: Duration::from_secs(30),
+        tls: None,
     });
     let progress = agent.progress.clone();
     (tokio::spawn(agent.run()), progress)

@@ -10,17 +10,7 @@ use setpoint_controlplane::serve::{Role, ServeConfig, start};
 use setpoint_integration::postgres::fresh_postgres_database;
 
 fn config(manifests: &Path, database: &str) -> ServeConfig {
-    ServeConfig {
-        manifests: manifests.to_path_buf(),
-        kube: None,
-        database: database.to_string(),
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        metrics_listen: "127.0.0.1:0".parse().expect("addr"),
-        batch: Duration::from_millis(50),
-        poll: Duration::from_millis(100),
-        compute: Default::default(),
-        admin: Default::default(),
-    }
+    ServeConfig::local(manifests, database)
 }
 
 async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {

@@ -2,6 +2,7 @@
 //! network namespaces it creates.
 
 mod admin_api;
+mod agent_identity;
 mod deploy_manifests;
 mod e2e_support;
 mod leader_election;

@@ -35,6 +35,8 @@ fn config(manifests: &Path, database: &str, listen: SocketAddr) -> ServeConfig {
         poll: Duration::from_millis(100),
         compute: Default::default(),
         admin: Default::default(),
+        tls: None,
+        election: Default::default(),
     }
 }
 

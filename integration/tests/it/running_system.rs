@@ -18,17 +18,10 @@ async fn edits_flow_to_agents_by_delta_and_a_restarted_agent_converges() {
     require_root_and_tools();
     let manifests = tempfile::tempdir().expect("tempdir");
     copy_examples(manifests.path());
-    let running = start(ServeConfig {
-        manifests: manifests.path().to_path_buf(),
-        kube: None,
-        database: fresh_postgres_database(),
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        metrics_listen: "127.0.0.1:0".parse().expect("addr"),
-        batch: Duration::from_millis(50),
-        poll: Duration::from_millis(100),
-        compute: Default::default(),
-        admin: Default::default(),
-    })
+    let running = start(ServeConfig::local(
+        manifests.path(),
+        fresh_postgres_database(),
+    ))
     .await
     .expect("control plane starts");
     let (ns_a, ns_c) = (

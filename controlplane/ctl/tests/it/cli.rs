@@ -58,6 +58,8 @@ async fn control_plane(with_tokens: bool) -> Fixture {
             listen: Some(localhost),
             token_file: with_tokens.then(|| dir.path().join("tokens")),
         },
+        tls: None,
+        election: Default::default(),
     })
     .await
     .expect("control plane starts");
@@ -153,6 +155,7 @@ fn spawn_dry_run_agent(running: &Running, node: &str) {
         state_dir: None,
         ipvs: IpvsMode::Simulated,
         drift_interval: Duration::from_secs(30),
+        tls: None,
     });
     tokio::spawn(agent.run());
 }

@@ -3,6 +3,7 @@
 //! and the control plane serving from it to a real agent (`serve`).
 
 mod fixtures;
+mod lease;
 mod mock;
 mod serve;
 mod source;

@@ -47,6 +47,12 @@ struct Inner {
     rv: u64,
     resources: BTreeMap<&'static str, Resource>,
     requests: Vec<Seen>,
+    /// coordination.k8s.io/v1 Leases by `namespace/name`.
+    leases: BTreeMap<String, Value>,
+    /// The next this-many Lease writes get 409 Conflict.
+    lease_conflicts: usize,
+    /// Every Lease request: (method, status code answered).
+    lease_log: Vec<(String, u16)>,
 }
 
 #[derive(Default)]
@@ -150,7 +156,16 @@ impl ApiServer {
             inner: inner.clone(),
             task: tokio::spawn(async move {
                 while let Some((request, respond)) = handle.next_request().await {
-                    let response = inner.lock().unwrap().answer(&request);
+                    let response = if request.uri().path().contains("/leases") {
+                        let (parts, body) = request.into_parts();
+                        let body = body.collect().await.map(|b| b.to_bytes());
+                        inner
+                            .lock()
+                            .unwrap()
+                            .lease(&parts, &body.unwrap_or_default())
+                    } else {
+                        inner.lock().unwrap().answer(&request)
+                    };
                     respond.send_response(response);
                 }
             }),
@@ -272,6 +287,38 @@ impl ApiServer {
             .collect()
     }
 
+    /// The Lease `namespace/name` as stored, if any.
+    pub fn lease(&self, namespace: &str, name: &str) -> Option<Value> {
+        self.lock()
+            .leases
+            .get(&format!("{namespace}/{name}"))
+            .cloned()
+    }
+
+    /// Writes the Lease's spec as another party would (a new
+    /// resourceVersion, so any write from an older read conflicts).
+    pub fn write_lease(&self, namespace: &str, name: &str, spec: Value) {
+        let mut inner = self.lock();
+        inner.rv += 1;
+        let rv = inner.rv.to_string();
+        inner.leases.insert(
+            format!("{namespace}/{name}"),
+            json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": name, "namespace": namespace, "resourceVersion": rv},
+                "spec": spec}),
+        );
+    }
+
+    /// The next `n` Lease writes get 409 Conflict.
+    pub fn conflict_lease_writes(&self, n: usize) {
+        self.lock().lease_conflicts = n;
+    }
+
+    /// Every Lease request so far: (method, status code).
+    pub fn lease_log(&self) -> Vec<(String, u16)> {
+        self.lock().lease_log.clone()
+    }
+
     /// Open watches of `kind`.
     pub fn open_watches(&self, kind: &str) -> usize {
         let mut inner = self.lock();
@@ -282,6 +329,68 @@ impl ApiServer {
 }
 
 impl Inner {
+    /// GET / POST / PUT of a Lease, with resourceVersion checks: a PUT
+    /// whose resourceVersion is not the stored one is a 409 Conflict, as is
+    /// a POST of a Lease that exists.
+    fn lease(&mut self, parts: &http::request::Parts, body: &[u8]) -> Response<Body> {
+        // /apis/coordination.k8s.io/v1/namespaces/{ns}/leases[/{name}]
+        let path: Vec<&str> = parts.uri.path().split('/').collect();
+        let Some(at) = path.iter().position(|p| *p == "leases") else {
+            return full(
+                StatusCode::NOT_FOUND,
+                status(404, "NotFound", "no such path"),
+            );
+        };
+        let namespace = path.get(at - 1).copied().unwrap_or_default().to_owned();
+        let sent: Option<Value> = serde_json::from_slice(body).ok();
+        let name = match path.get(at + 1) {
+            Some(name) => (*name).to_owned(),
+            None => sent
+                .as_ref()
+                .and_then(|s| s["metadata"]["name"].as_str())
+                .unwrap_or_default()
+                .to_owned(),
+        };
+        let key = format!("{namespace}/{name}");
+        let method = parts.method.as_str().to_owned();
+        let (code, answer) = match (parts.method.clone(), sent) {
+            (http::Method::GET, _) => match self.leases.get(&key) {
+                Some(lease) => (200, lease.clone()),
+                None => (
+                    404,
+                    status(404, "NotFound", &format!("leases {name:?} not found")),
+                ),
+            },
+            (http::Method::POST | http::Method::PUT, Some(mut lease)) => {
+                let exists = self.leases.get(&key);
+                let stored_rv = exists.map(|l| l["metadata"]["resourceVersion"].clone());
+                let conflict = if parts.method == http::Method::POST {
+                    exists.is_some()
+                } else {
+                    stored_rv != Some(lease["metadata"]["resourceVersion"].clone())
+                };
+                if parts.method == http::Method::PUT && exists.is_none() {
+                    (
+                        404,
+                        status(404, "NotFound", &format!("leases {name:?} not found")),
+                    )
+                } else if conflict || self.lease_conflicts > 0 {
+                    self.lease_conflicts = self.lease_conflicts.saturating_sub(1);
+                    (409, status(409, "Conflict", "the object has been modified"))
+                } else {
+                    self.rv += 1;
+                    lease["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+                    lease["metadata"]["namespace"] = json!(namespace);
+                    self.leases.insert(key, lease.clone());
+                    (if method == "POST" { 201 } else { 200 }, lease)
+                }
+            }
+            _ => (400, status(400, "BadRequest", "unsupported Lease request")),
+        };
+        self.lease_log.push((method, code));
+        full(StatusCode::from_u16(code).unwrap(), answer)
+    }
+
     fn resource(&mut self, kind: &str) -> &mut Resource {
         self.resources
             .get_mut(plural_of(kind))

@@ -96,6 +96,8 @@ async fn kube_objects_reach_an_agent_and_watch_events_make_new_revisions() {
         poll: Duration::from_millis(100),
         compute: Default::default(),
         admin: Default::default(),
+        tls: None,
+        election: Default::default(),
     })
     .await
     .expect("control plane starts");
@@ -124,6 +126,7 @@ async fn kube_objects_reach_an_agent_and_watch_events_make_new_revisions() {
         state_dir: Some(state_dir.path().to_path_buf()),
         ipvs: IpvsMode::Simulated,
         drift_interval: Duration::from_secs(30),
+        tls: None,
     });
     let a = agent.progress.clone();
     let _agent = tokio::spawn(agent.run());
