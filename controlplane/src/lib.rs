@@ -4,7 +4,9 @@
 
 pub mod admin;
 pub mod demo;
+pub mod explain;
 pub mod leader;
 pub mod metrics;
+pub mod rollout;
 pub mod serve;
 pub mod stream;

@@ -17,6 +17,7 @@ use crate::admin::{AdminCommand, AdminConfig, AdminService, Tokens};
 
 use crate::leader::{Committed, Leader, fingerprint, raise};
 use crate::metrics::{Metrics, serve_http};
+use crate::rollout::{Rollout, RolloutConfig, RolloutStatus, node_labels};
 use crate::stream::AgentService;
 
 #[derive(Clone)]
@@ -39,6 +40,9 @@ pub struct ServeConfig {
     pub compute: ComputeConfig,
     /// The admin API (off when `admin.listen` is `None`).
     pub admin: AdminConfig,
+    /// Progressive rollout (`--rollout canary`); `None`: every revision
+    /// goes to every node at once.
+    pub rollout: Option<RolloutConfig>,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -53,6 +57,7 @@ impl std::fmt::Debug for ServeConfig {
             poll,
             compute,
             admin,
+            rollout,
         } = self;
         f.debug_struct("ServeConfig")
             .field("manifests", manifests)
@@ -64,6 +69,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("poll", poll)
             .field("compute", compute)
             .field("admin", admin)
+            .field("rollout", rollout)
             .finish()
     }
 }
@@ -84,6 +90,8 @@ pub struct Running {
     /// them, or the Kubernetes objects left out because they did not decode.
     pub problems: watch::Receiver<Vec<String>>,
     pub role: watch::Receiver<Role>,
+    /// The progressive rollout's phase ("off" when not configured).
+    pub rollout: watch::Receiver<RolloutStatus>,
 }
 
 /// Whether this replica computes and commits, or only serves streams.
@@ -157,11 +165,16 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let (problems_tx, problems) = watch::channel(Vec::new());
     let (role_tx, role) = watch::channel(Role::Follower);
     let (admin_tx, admin_rx) = mpsc::channel(16);
+    let (rollout_tx, rollout) = watch::channel(RolloutStatus {
+        phase: "off".into(),
+        ..RolloutStatus::default()
+    });
     if let Some(listener) = admin_listener {
         if tokens.is_none() {
             tracing::warn!("admin API without --admin-token-file: every call is refused");
         }
-        let admin = AdminService::new(store.clone(), tokens, admin_tx, role.clone());
+        let admin = AdminService::new(store.clone(), tokens, admin_tx, role.clone())
+            .with_rollout(rollout.clone());
         let server = tonic::transport::Server::builder()
             .add_service(AdminServer::new(admin))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
@@ -181,6 +194,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         problems: problems_tx,
         role: role_tx,
         admin: tokio::sync::Mutex::new(admin_rx),
+        rollout: rollout_tx,
     };
     tokio::spawn(replica.run());
     Ok(Running {
@@ -194,6 +208,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         commits,
         problems,
         role,
+        rollout,
     })
 }
 
@@ -208,6 +223,7 @@ struct Replica {
     role: watch::Sender<Role>,
     /// Admin writes, run by whichever term of leadership is current.
     admin: tokio::sync::Mutex<mpsc::Receiver<AdminCommand>>,
+    rollout: watch::Sender<RolloutStatus>,
 }
 
 impl Replica {
@@ -259,6 +275,7 @@ impl Replica {
         let mut cache = setpoint_source::ManifestCache::default();
         let mut failing = false;
         let mut admin = self.admin.lock().await;
+        let mut rollout = self.start_rollout().await;
         loop {
             if !leadership.still_held().await {
                 return;
@@ -301,7 +318,9 @@ impl Replica {
                     .collect();
                 listed.extend(report.warnings.iter().map(|w| format!("warning: {w}")));
                 problems.send_replace(listed);
-                let outcome = leader.sync(report.objects, seen_at).await;
+                let outcome = self
+                    .sync(&mut leader, rollout.as_mut(), report.objects, seen_at)
+                    .await;
                 failing = !self.record(outcome);
                 synced = Some(settled);
             }
@@ -309,6 +328,7 @@ impl Replica {
                 _ = tokio::time::sleep(config.poll) => {}
                 Some(command) = admin.recv() => self.run_admin(&leader, command).await,
             }
+            self.rollout_tick(&leader, rollout.as_mut()).await;
         }
     }
 
@@ -330,6 +350,7 @@ impl Replica {
         let mut failing = false;
         let mut waiting_logged = false;
         let mut admin = self.admin.lock().await;
+        let mut rollout = self.start_rollout().await;
         loop {
             if !leadership.still_held().await {
                 return;
@@ -350,7 +371,9 @@ impl Replica {
                         .map(|s| format!("skipped: {s}"))
                         .collect(),
                 );
-                let outcome = leader.sync(snapshot.objects(), seen_at).await;
+                let outcome = self
+                    .sync(&mut leader, rollout.as_mut(), snapshot.objects(), seen_at)
+                    .await;
                 failing = !self.record(outcome);
                 if !failing {
                     synced = snapshot.generation;
@@ -375,6 +398,7 @@ impl Replica {
                 _ = tokio::time::sleep(config.poll) => {}
                 Some(command) = admin.recv() => self.run_admin(&leader, command).await,
             }
+            self.rollout_tick(&leader, rollout.as_mut()).await;
         }
     }
 
@@ -425,13 +449,81 @@ impl Replica {
         }
         let outcome = command.write.execute(&self.store, leader.epoch()).await;
         if let Ok(revision) = &outcome {
-            if let Ok(mut s) = self.service.seen.lock() {
-                s.insert(revision.0, SystemTime::now());
-            }
-            raise(&self.head, revision.0);
-            self.metrics.revisions.inc();
+            self.wrote(*revision);
         }
         let _ = command.reply.send(outcome);
+    }
+
+    /// Publishes a revision written outside a sync (admin, rollout).
+    fn wrote(&self, revision: setpoint_store::RevisionId) {
+        if let Ok(mut s) = self.service.seen.lock() {
+            s.insert(revision.0, SystemTime::now());
+        }
+        raise(&self.head, revision.0);
+        self.metrics.revisions.inc();
+    }
+
+    /// The rollout of this term of leadership, when configured.
+    async fn start_rollout(&self) -> Option<Rollout> {
+        let config = self.config.rollout.clone()?;
+        match Rollout::start(config, &self.store, self.rollout.clone()).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                // Never commit unheld: without a rollout, syncs fail below.
+                tracing::error!("cannot start the rollout: {e:#}");
+                None
+            }
+        }
+    }
+
+    /// A sync, with the rollout's hold before and its restart after.
+    async fn sync(
+        &self,
+        leader: &mut Leader,
+        rollout: Option<&mut Rollout>,
+        objects: Vec<setpoint_compute::ClusterObject>,
+        seen_at: SystemTime,
+    ) -> anyhow::Result<Option<Committed>> {
+        if self.config.rollout.is_some() && rollout.is_none() {
+            anyhow::bail!("the rollout is configured but not running: not committing");
+        }
+        let Some(rollout) = rollout else {
+            return leader.sync(objects, seen_at).await;
+        };
+        let labels = node_labels(&objects);
+        if let Some(r) = rollout.hold(&self.store, leader.epoch(), &labels).await? {
+            self.wrote(r);
+        }
+        let since_ms = crate::rollout::now_ms();
+        let outcome = leader.sync(objects, seen_at).await?;
+        if let Some(c) = &outcome {
+            match rollout
+                .committed(&self.store, leader.epoch(), c.revision, since_ms)
+                .await
+            {
+                Ok(Some(r)) => self.wrote(r),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("rollout: cannot release the canaries: {e:#}"),
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn rollout_tick(&self, leader: &Leader, rollout: Option<&mut Rollout>) {
+        let Some(rollout) = rollout else {
+            return;
+        };
+        match rollout
+            .tick(&self.store, leader.epoch(), &self.metrics)
+            .await
+        {
+            Ok(Some(r)) => self.wrote(r),
+            Ok(None) => {}
+            Err(e) => {
+                self.metrics.store_errors.inc();
+                tracing::warn!("rollout: {e:#}");
+            }
+        }
     }
 }
 

@@ -284,24 +284,29 @@ impl Agent {
                         )));
                     }
                 };
-                let base = match &self.held {
-                    Some((r, s)) if *r == d.from_revision => s,
-                    other => {
-                        let holding = other.as_ref().map(|(r, _)| *r).unwrap_or(0);
-                        return Ok(Some(self.nack(
-                            d.to_revision,
-                            format!(
-                                "delta from revision {} but this agent holds {holding}",
-                                d.from_revision
-                            ),
-                            "apply delta",
-                        )));
-                    }
+                // The control plane acknowledges a revision that leaves this
+                // node's state unchanged on the agent's behalf, so a delta's
+                // base may be a newer revision of the very state held: the
+                // result's digest decides, not the revision number.
+                let Some((holding, base)) = &self.held else {
+                    return Ok(Some(self.nack(
+                        d.to_revision,
+                        format!(
+                            "delta from revision {} but this agent holds no state",
+                            d.from_revision
+                        ),
+                        "apply delta",
+                    )));
                 };
+                let holding = *holding;
                 match setpoint_dataplane::apply(base, &changes) {
                     Ok(next) if next.digest() == digest => (d.to_revision, next),
                     Ok(next) => {
-                        let e = format!("delta yields digest {}, expected {digest}", next.digest());
+                        let e = format!(
+                            "delta from revision {} on the state of revision {holding} yields digest {}, expected {digest}",
+                            d.from_revision,
+                            next.digest()
+                        );
                         return Ok(Some(self.nack(d.to_revision, e, "apply delta")));
                     }
                     Err(e) => {

@@ -19,6 +19,7 @@ fn config(manifests: &Path, database: &str) -> ServeConfig {
         batch: Duration::from_millis(50),
         poll: Duration::from_millis(100),
         compute: Default::default(),
+        rollout: None,
         admin: Default::default(),
     }
 }

@@ -27,6 +27,7 @@ async fn edits_flow_to_agents_by_delta_and_a_restarted_agent_converges() {
         batch: Duration::from_millis(50),
         poll: Duration::from_millis(100),
         compute: Default::default(),
+        rollout: None,
         admin: Default::default(),
     })
     .await
