@@ -442,3 +442,93 @@ impl Agent {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use setpoint_dataplane::{Family, Fragment, SetEntry, SetSpec, SetType};
+
+    use super::*;
+
+    fn state(entries: &[&str]) -> NodeDataplane {
+        let mut f = Fragment::new();
+        f.put_set(
+            "SP-TEST",
+            SetSpec {
+                kind: SetType::HashIp,
+                family: Family::Inet,
+                maxelem: 1024,
+                comment: String::new(),
+            },
+        );
+        for e in entries {
+            f.add_entry("SP-TEST", e.parse::<SetEntry>().expect("entry"));
+        }
+        NodeDataplane::from_fragment(f)
+    }
+
+    fn delta_message(
+        from: u64,
+        to: u64,
+        base: &NodeDataplane,
+        want: &NodeDataplane,
+    ) -> ControlMessage {
+        let changes = setpoint_dataplane::diff(base, want);
+        let d = setpoint_proto::delta(from, to, &changes, &want.digest()).expect("delta");
+        ControlMessage {
+            protocol_version: PROTOCOL_VERSION,
+            traceparent: String::new(),
+            body: Some(ControlBody::Delta(d)),
+        }
+    }
+
+    fn agent() -> Agent {
+        Agent::new(AgentOptions {
+            node: "n".into(),
+            controlplane: "http://127.0.0.1:1".into(),
+            target: Target { netns: None },
+            dry_run: true,
+            state_dir: None,
+            ipvs: IpvsMode::Simulated,
+            drift_interval: Duration::from_secs(30),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_delta_from_a_newer_revision_of_the_held_state_applies() {
+        let (one, two) = (state(&["10.0.0.1"]), state(&["10.0.0.1", "10.0.0.2"]));
+        let mut a = agent();
+        a.held = Some((1, one.clone()));
+        // Revision 2 left this node unchanged: the control plane acked it on
+        // the agent's behalf and sends revision 3 as a delta from 2.
+        let reply = a
+            .handle(delta_message(2, 3, &one, &two))
+            .await
+            .expect("handled")
+            .expect("a reply");
+        assert!(
+            matches!(reply.body, Some(AgentBody::Ack(Ack { revision: 3, .. }))),
+            "{reply:?}"
+        );
+        assert_eq!(
+            a.held.as_ref().map(|(r, s)| (*r, s.digest())),
+            Some((3, two.digest()))
+        );
+        // A delta that does not fit the held state is refused by its digest.
+        let other = state(&["10.0.0.9"]);
+        let reply = a
+            .handle(delta_message(
+                3,
+                4,
+                &other,
+                &state(&["10.0.0.9", "10.0.0.8"]),
+            ))
+            .await
+            .expect("handled")
+            .expect("a reply");
+        let Some(AgentBody::Nack(nack)) = reply.body else {
+            panic!("expected a nack: {reply:?}");
+        };
+        assert_eq!(nack.failed_operation, "apply delta");
+        assert!(a.held.is_none(), "after a nack nothing is held");
+    }
+}
