@@ -523,8 +523,10 @@ impl Rollout {
         let mut reports = Vec::with_capacity(self.canaries.len());
         for node in &self.canaries {
             if !self.desired.contains_key(node) {
+                // The computed state: a canary rolled back by a halt is
+                // still pinned at the target's commit, released just after.
                 let digest = store
-                    .node_state(node, RevisionId(target))
+                    .computed_state(node, RevisionId(target))
                     .await?
                     .map(|s| s.digest());
                 self.desired.insert(node.clone(), digest);

@@ -89,6 +89,25 @@ async fn wait_phase(running: &Running, phase: &str) -> u64 {
     }
 }
 
+/// Moves a Service's address in the manifests; waits for the canary phase
+/// of the revision carrying it (newer than `past`) and returns it.
+async fn move_service(running: &Running, services: &Path, from: &str, to: &str, past: u64) -> u64 {
+    let text = std::fs::read_to_string(services).expect("read manifest");
+    std::fs::write(services, text.replace(from, to)).expect("edit");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = running.rollout.borrow().clone();
+        if s.phase == "canary" && s.target > past {
+            return s.target;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no canary phase after {past}: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn compute(manifests: &Path, node: &str) -> NodeDataplane {
     let report = setpoint_source::load_path(manifests).expect("manifests load");
     let mut index = Index::new(Default::default());
@@ -168,17 +187,7 @@ async fn canary_first_then_all_and_a_failing_canary_halts_and_rolls_back() {
         }
         v
     };
-    let text = std::fs::read_to_string(&services).expect("read manifest");
-    std::fs::write(&services, text.replace("10.96.1.20", "10.96.1.21")).expect("edit");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let target = loop {
-        let s = running.rollout.borrow().clone();
-        if s.phase == "canary" && s.target > first {
-            break s.target;
-        }
-        assert!(Instant::now() < deadline, "no canary phase: {s:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let target = move_service(&running, &services, "10.96.1.20", "10.96.1.21", first).await;
     let canary_done = {
         wait_applied(&store, "node-a", desired(&store, "node-a", target).await).await;
         Instant::now()
@@ -332,4 +341,30 @@ async fn canary_first_then_all_and_a_failing_canary_halts_and_rolls_back() {
         metrics.contains("setpoint_rollouts_promoted_total 2"),
         "{metrics}"
     );
+
+    // A newer revision (the bad policy gone, another Service moved)
+    // restarts the rollout: node-a is released to it first, the rest
+    // follow after the soak.
+    std::fs::remove_file(&policy).expect("remove the policy");
+    let newer = move_service(&running, &services, "10.96.1.30", "10.96.1.31", bad).await;
+    // Released after the commit: its computed state, not its pin at `newer`.
+    let computed = store
+        .computed_state("node-a", RevisionId(newer))
+        .await
+        .expect("read")
+        .expect("node-a exists");
+    wait_applied(&store, "node-a", computed.digest()).await;
+    assert!(ipset_save(&namespaces[0]).contains("10.96.1.31,udp:514"));
+    for (i, node) in names.iter().enumerate().skip(1) {
+        assert_eq!(applied(&store, node).await, Some(held[i]), "{node} waits");
+    }
+    let promoted = wait_phase(&running, "idle").await;
+    for (i, node) in names.iter().enumerate() {
+        wait_applied(&store, node, desired(&store, node, promoted).await).await;
+        let save = ipset_save(&namespaces[i]);
+        assert!(save.contains("10.96.1.31,udp:514"), "{node}: {save}");
+        assert!(!save.contains("198.51.100.0/24"), "{node}: {save}");
+    }
+    assert_eq!(running.rollout.borrow().good, newer);
+    assert!(store.pins().await.expect("pins").is_empty(), "all released");
 }
