@@ -357,3 +357,74 @@ pub fn run() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use setpoint_controlplane::rollout::{RolloutConfig, Share};
+
+    use super::*;
+
+    fn rollout(args: &[&str]) -> Result<Option<RolloutConfig>, clap::Error> {
+        let mut argv = vec!["setpoint-controlplane", "serve"];
+        argv.extend(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Serve(s) => Ok(s.rollout.config()),
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rollout_flags() {
+        assert_eq!(rollout(&[]).expect("parses"), None, "off by default");
+        assert_eq!(
+            rollout(&["--rollout", "canary"]).expect("parses"),
+            Some(RolloutConfig::default())
+        );
+        let c = rollout(&[
+            "--rollout",
+            "canary",
+            "--canary-share",
+            "10%",
+            "--canary-selector",
+            "zone=a",
+            "--soak",
+            "500ms",
+            "--failure-threshold",
+            "2",
+        ])
+        .expect("parses")
+        .expect("on");
+        assert_eq!(c.share, Some(Share::Percent(10.0)));
+        assert_eq!(c.selector, vec!["zone=a".parse().expect("selector")]);
+        assert_eq!(
+            (c.soak, c.failure_threshold),
+            (Duration::from_millis(500), 2)
+        );
+        for bad in [
+            &["--rollout", "canary", "--canary-share", "0%"][..],
+            &["--rollout", "canary", "--failure-threshold", "0"],
+            &["--rollout", "canary", "--soak", "5h"],
+            &["--rollout", "canary", "--canary-selector", "novalue"],
+            &["--rollout", "sometimes"],
+        ] {
+            assert!(rollout(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        for (text, want) in [
+            ("30s", Duration::from_secs(30)),
+            ("30", Duration::from_secs(30)),
+            ("2m", Duration::from_secs(120)),
+            ("250ms", Duration::from_millis(250)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+        }
+        for bad in ["", "s", "1.5s", "-1s", "3d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}
