@@ -205,6 +205,10 @@ async fn canary_first_then_all_and_a_failing_canary_halts_and_rolls_back() {
         assert!(!save.contains("10.96.1.21"), "{node}: {save}");
     }
     let promoted = wait_phase(&running, "idle").await;
+    println!(
+        "canary acked to promotion: {:.1?} (soak {SOAK:?})",
+        canary_done.elapsed()
+    );
     assert!(
         canary_done.elapsed() >= SOAK - Duration::from_millis(200),
         "promoted after the soak"
@@ -260,7 +264,9 @@ async fn canary_first_then_all_and_a_failing_canary_halts_and_rolls_back() {
     };
     assert_eq!(desired(&store, "node-a", good).await, held[0]);
     std::fs::write(&policy, BAD_POLICY).expect("policy");
+    let written = Instant::now();
     let halted_at = wait_phase(&running, "halted").await;
+    println!("bad policy written to halted: {:.1?}", written.elapsed());
     let status = running.rollout.borrow().clone();
     assert_eq!(status.failed, ["node-a"], "{status:?}");
     assert!(status.reason.starts_with(REASON_PREFIX), "{status:?}");
@@ -281,6 +287,10 @@ async fn canary_first_then_all_and_a_failing_canary_halts_and_rolls_back() {
     assert_eq!(pin_a.held_at, RevisionId(good), "{pin_a:?}");
     assert!(pin_a.reason.contains("failed on 1 canary"), "{pin_a:?}");
     wait_applied(&store, "node-a", held[0]).await;
+    println!(
+        "bad policy written to node-a acking its rollback: {:.1?}",
+        written.elapsed()
+    );
     // The rest never got the bad revision: held at the good state all along.
     tokio::time::sleep(SOAK + Duration::from_millis(500)).await;
     for (i, node) in names.iter().enumerate().skip(1) {
