@@ -22,9 +22,10 @@ use std::time::Duration;
 use setpoint_dataplane::Format;
 use setpoint_proto::admin::admin_server::Admin;
 use setpoint_proto::admin::{
-    DiffNodeRequest, DiffNodeResponse, FleetSummary, ListRevisionsRequest, ListRevisionsResponse,
-    NodeStatus, PauseRequest, ResumeRequest, Revision, RollbackRequest, ShowNodeRequest,
-    ShowNodeResponse, StatusRequest, StatusResponse, WriteResponse,
+    DiffNodeRequest, DiffNodeResponse, ExplainRequest, ExplainResponse, FleetSummary,
+    ListRevisionsRequest, ListRevisionsResponse, NodeStatus, PauseRequest, ResumeRequest, Revision,
+    RollbackRequest, ShowNodeRequest, ShowNodeResponse, StatusRequest, StatusResponse,
+    WriteResponse,
 };
 use setpoint_store::{
     AgentResult, Epoch, RevisionAction, RevisionId, RollbackRequest as StoreRollback, Store,
@@ -33,6 +34,7 @@ use setpoint_store::{
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Request, Response, Status};
 
+use crate::rollout::RolloutStatus;
 use crate::serve::Role;
 
 /// Where and how the admin API listens.
@@ -252,6 +254,7 @@ pub struct AdminService {
     tokens: Option<Arc<Tokens>>,
     writes: mpsc::Sender<AdminCommand>,
     role: watch::Receiver<Role>,
+    rollout: Option<watch::Receiver<RolloutStatus>>,
 }
 
 impl AdminService {
@@ -266,7 +269,14 @@ impl AdminService {
             tokens: tokens.map(Arc::new),
             writes,
             role,
+            rollout: None,
         }
+    }
+
+    /// Reports the progressive rollout's phase in `Status`.
+    pub fn with_rollout(mut self, rollout: watch::Receiver<RolloutStatus>) -> AdminService {
+        self.rollout = Some(rollout);
+        self
     }
 
     fn authorize<T>(&self, request: &Request<T>, need: Access) -> Result<(), Status> {
@@ -498,7 +508,12 @@ impl Admin for AdminService {
         let head = self.store.head().await.map_err(store_status)?;
         let agents = self.store.agent_statuses().await.map_err(store_status)?;
         let pins = self.store.pins().await.map_err(store_status)?;
-        let mut names: BTreeSet<String> = agents.iter().map(|a| a.node.clone()).collect();
+        // Every node of the head, and any other that reported or is pinned.
+        let mut names: BTreeSet<String> = match head {
+            Some(h) => self.store.node_names(h).await.map_err(store_status)?,
+            None => BTreeSet::new(),
+        };
+        names.extend(agents.iter().map(|a| a.node.clone()));
         names.extend(pins.iter().map(|p| p.node.clone()));
         let mut nodes = Vec::with_capacity(names.len());
         let mut fleet = FleetSummary::default();
@@ -545,10 +560,18 @@ impl Admin for AdminService {
                 pin_reason: pin.map(|p| p.reason.clone()).unwrap_or_default(),
             });
         }
+        let rollout = match &self.rollout {
+            Some(r) => r.borrow().clone(),
+            None => RolloutStatus {
+                phase: "off".into(),
+                ..RolloutStatus::default()
+            },
+        };
         Ok(Response::new(StatusResponse {
             head: head.map(|h| h.0).unwrap_or(0),
             nodes,
             fleet: Some(fleet),
+            rollout: Some(rollout),
         }))
     }
 
@@ -601,6 +624,34 @@ impl Admin for AdminService {
             nodes: node_set(nodes)?,
         })
         .await
+    }
+
+    async fn explain(
+        &self,
+        request: Request<ExplainRequest>,
+    ) -> Result<Response<ExplainResponse>, Status> {
+        self.authorize(&request, Access::Read)?;
+        let request = request.into_inner();
+        check_name("the node name", &request.node)?;
+        let packet = crate::explain::packet(&request).map_err(Status::invalid_argument)?;
+        let revision = match request.revision {
+            0 => self.head().await?,
+            r => RevisionId(r),
+        };
+        let state = self
+            .store
+            .node_state(&request.node, revision)
+            .await
+            .map_err(store_status)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "node {} has no state at revision {revision}",
+                    request.node
+                ))
+            })?;
+        crate::explain::respond(&state, &packet, revision.0)
+            .map(Response::new)
+            .map_err(Status::invalid_argument)
     }
 }
 

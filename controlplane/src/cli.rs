@@ -126,7 +126,78 @@ pub struct ServeArgs {
     #[arg(long, env = "SETPOINT_CLIENT_CA", requires_all = ["tls_cert", "tls_key"])]
     pub client_ca: Option<PathBuf>,
     #[command(flatten)]
+    pub rollout: RolloutArgs,
+    #[command(flatten)]
     pub compute: ComputeArgs,
+}
+
+/// How a new revision reaches the nodes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RolloutMode {
+    /// Every node at once.
+    All,
+    /// The canaries first; the rest after they ack and soak.
+    Canary,
+}
+
+/// Progressive rollout: off unless `--rollout canary`.
+#[derive(Args, Debug, Clone)]
+pub struct RolloutArgs {
+    #[arg(long, value_enum, default_value = "all", env = "SETPOINT_ROLLOUT")]
+    pub rollout: RolloutMode,
+    /// How many nodes are canaries: a percentage (`5%`) or a count (`3`)
+    /// of the candidates. Default: every selected node with
+    /// `--canary-selector`, else 5%. Chosen by a hash of the node name.
+    #[arg(long, env = "SETPOINT_CANARY_SHARE")]
+    pub canary_share: Option<setpoint_controlplane::rollout::Share>,
+    /// Candidates are the Nodes with this label (`key=value`; repeatable,
+    /// all must match).
+    #[arg(long, env = "SETPOINT_CANARY_SELECTOR")]
+    pub canary_selector: Vec<setpoint_controlplane::rollout::LabelSelector>,
+    /// How long the canaries must hold a revision, acked and without
+    /// failures, before the rest get it (e.g. `30s`, `2m`, `500ms`).
+    #[arg(long, default_value = "30s", value_parser = parse_duration, env = "SETPOINT_SOAK")]
+    pub soak: std::time::Duration,
+    /// Failing canaries (a nack after the revision reached them) that halt
+    /// the rollout and roll them back.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..), env = "SETPOINT_FAILURE_THRESHOLD")]
+    pub failure_threshold: u64,
+}
+
+impl RolloutArgs {
+    pub fn config(&self) -> Option<setpoint_controlplane::rollout::RolloutConfig> {
+        let RolloutArgs {
+            rollout,
+            canary_share,
+            canary_selector,
+            soak,
+            failure_threshold,
+        } = self.clone();
+        (rollout == RolloutMode::Canary).then(|| setpoint_controlplane::rollout::RolloutConfig {
+            share: canary_share,
+            selector: canary_selector,
+            soak,
+            failure_threshold: usize::try_from(failure_threshold).unwrap_or(usize::MAX),
+        })
+    }
+}
+
+/// `500ms`, `30s`, `2m`, or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (number, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a duration like 30s, 2m or 500ms"))?;
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "s" => Ok(std::time::Duration::from_secs(n)),
+        "m" => Ok(std::time::Duration::from_secs(n.saturating_mul(60))),
+        _ => Err(format!("{s:?}: the unit must be ms, s or m")),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -318,6 +389,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             },
             tls,
             election,
+            rollout: args.rollout.config(),
         })
         .await?;
         println!(
@@ -371,6 +443,77 @@ pub fn run() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use setpoint_controlplane::rollout::{RolloutConfig, Share};
+
+    use super::*;
+
+    fn rollout(args: &[&str]) -> Result<Option<RolloutConfig>, clap::Error> {
+        let mut argv = vec!["setpoint-controlplane", "serve"];
+        argv.extend(args);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Serve(s) => Ok(s.rollout.config()),
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn rollout_flags() {
+        assert_eq!(rollout(&[]).expect("parses"), None, "off by default");
+        assert_eq!(
+            rollout(&["--rollout", "canary"]).expect("parses"),
+            Some(RolloutConfig::default())
+        );
+        let c = rollout(&[
+            "--rollout",
+            "canary",
+            "--canary-share",
+            "10%",
+            "--canary-selector",
+            "zone=a",
+            "--soak",
+            "500ms",
+            "--failure-threshold",
+            "2",
+        ])
+        .expect("parses")
+        .expect("on");
+        assert_eq!(c.share, Some(Share::Percent(10.0)));
+        assert_eq!(c.selector, vec!["zone=a".parse().expect("selector")]);
+        assert_eq!(
+            (c.soak, c.failure_threshold),
+            (Duration::from_millis(500), 2)
+        );
+        for bad in [
+            &["--rollout", "canary", "--canary-share", "0%"][..],
+            &["--rollout", "canary", "--failure-threshold", "0"],
+            &["--rollout", "canary", "--soak", "5h"],
+            &["--rollout", "canary", "--canary-selector", "novalue"],
+            &["--rollout", "sometimes"],
+        ] {
+            assert!(rollout(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        for (text, want) in [
+            ("30s", Duration::from_secs(30)),
+            ("30", Duration::from_secs(30)),
+            ("2m", Duration::from_secs(120)),
+            ("250ms", Duration::from_millis(250)),
+        ] {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+        }
+        for bad in ["", "s", "1.5s", "-1s", "3d"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
 }

@@ -84,6 +84,7 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<bool> {
         batch: Duration::from_millis(100),
         poll: Duration::from_millis(250),
         compute: config.compute,
+        rollout: None,
         admin: Default::default(),
         tls: None,
         election: Default::default(),

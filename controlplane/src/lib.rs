@@ -4,8 +4,10 @@
 
 pub mod admin;
 pub mod demo;
+pub mod explain;
 pub mod leader;
 pub mod metrics;
+pub mod rollout;
 pub mod serve;
 pub mod stream;
 pub mod tls;

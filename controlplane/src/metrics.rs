@@ -33,6 +33,9 @@ pub struct Metrics {
     pub apply_seconds: Histogram,
     pub round_trip: Histogram,
     pub programming: Histogram,
+    pub rollouts_promoted: Counter,
+    pub rollouts_halted: Counter,
+    pub rollout_rollbacks: Counter,
 }
 
 fn seconds() -> Histogram {
@@ -61,6 +64,9 @@ impl Metrics {
             apply_seconds: seconds(),
             round_trip: seconds(),
             programming: seconds(),
+            rollouts_promoted: Counter::default(),
+            rollouts_halted: Counter::default(),
+            rollout_rollbacks: Counter::default(),
         };
         let r = &mut registry;
         r.register(
@@ -138,6 +144,21 @@ impl Metrics {
             "network_programming_duration_seconds",
             "From an object change being seen to an agent's ack of the revision carrying it",
             m.programming.clone(),
+        );
+        r.register(
+            "setpoint_rollouts_promoted",
+            "Canary rollouts whose revision went on to every node",
+            m.rollouts_promoted.clone(),
+        );
+        r.register(
+            "setpoint_rollouts_halted",
+            "Canary rollouts halted by failing canaries",
+            m.rollouts_halted.clone(),
+        );
+        r.register(
+            "setpoint_rollout_rollbacks",
+            "Canary nodes rolled back automatically by a halted rollout",
+            m.rollout_rollbacks.clone(),
         );
         Arc::new(Metrics { registry, ..m })
     }

@@ -18,6 +18,7 @@ use crate::admin::{AdminCommand, AdminConfig, AdminService, Tokens};
 
 use crate::leader::{Committed, Leader, fingerprint, raise};
 use crate::metrics::{Metrics, serve_http};
+use crate::rollout::{Rollout, RolloutConfig, RolloutStatus, node_labels};
 use crate::stream::AgentService;
 use crate::tls::ServerTls;
 
@@ -46,6 +47,9 @@ pub struct ServeConfig {
     pub tls: Option<ServerTls>,
     /// Who leads: the store's lock, or a Kubernetes Lease.
     pub election: Election,
+    /// Progressive rollout (`--rollout canary`); `None`: every revision
+    /// goes to every node at once.
+    pub rollout: Option<RolloutConfig>,
 }
 
 /// How the one committing replica is chosen. Either way the winner then
@@ -108,6 +112,7 @@ impl ServeConfig {
             admin: AdminConfig::default(),
             tls: None,
             election: Election::Store,
+            rollout: None,
         }
     }
 }
@@ -126,6 +131,7 @@ impl std::fmt::Debug for ServeConfig {
             admin,
             tls,
             election,
+            rollout,
         } = self;
         f.debug_struct("ServeConfig")
             .field("manifests", manifests)
@@ -139,6 +145,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("admin", admin)
             .field("tls", tls)
             .field("election", election)
+            .field("rollout", rollout)
             .finish()
     }
 }
@@ -159,6 +166,8 @@ pub struct Running {
     /// them, or the Kubernetes objects left out because they did not decode.
     pub problems: watch::Receiver<Vec<String>>,
     pub role: watch::Receiver<Role>,
+    /// The progressive rollout's phase ("off" when not configured).
+    pub rollout: watch::Receiver<RolloutStatus>,
 }
 
 /// Whether this replica computes and commits, or only serves streams.
@@ -253,11 +262,16 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let (problems_tx, problems) = watch::channel(Vec::new());
     let (role_tx, role) = watch::channel(Role::Follower);
     let (admin_tx, admin_rx) = mpsc::channel(16);
+    let (rollout_tx, rollout) = watch::channel(RolloutStatus {
+        phase: "off".into(),
+        ..RolloutStatus::default()
+    });
     if let Some(listener) = admin_listener {
         if tokens.is_none() {
             tracing::warn!("admin API without --admin-token-file: every call is refused");
         }
-        let admin = AdminService::new(store.clone(), tokens, admin_tx, role.clone());
+        let admin = AdminService::new(store.clone(), tokens, admin_tx, role.clone())
+            .with_rollout(rollout.clone());
         let server = tonic::transport::Server::builder()
             .add_service(AdminServer::new(admin))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
@@ -277,6 +291,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         problems: problems_tx,
         role: role_tx,
         admin: tokio::sync::Mutex::new(admin_rx),
+        rollout: rollout_tx,
     };
     tokio::spawn(replica.run());
     Ok(Running {
@@ -290,6 +305,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         commits,
         problems,
         role,
+        rollout,
     })
 }
 
@@ -304,6 +320,7 @@ struct Replica {
     role: watch::Sender<Role>,
     /// Admin writes, run by whichever term of leadership is current.
     admin: tokio::sync::Mutex<mpsc::Receiver<AdminCommand>>,
+    rollout: watch::Sender<RolloutStatus>,
 }
 
 impl Replica {
@@ -378,6 +395,7 @@ impl Replica {
         let mut cache = setpoint_source::ManifestCache::default();
         let mut failing = false;
         let mut admin = self.admin.lock().await;
+        let mut rollout = self.start_rollout().await;
         loop {
             if !leadership.still_held().await {
                 return;
@@ -420,7 +438,9 @@ impl Replica {
                     .collect();
                 listed.extend(report.warnings.iter().map(|w| format!("warning: {w}")));
                 problems.send_replace(listed);
-                let outcome = leader.sync(report.objects, seen_at).await;
+                let outcome = self
+                    .sync(&mut leader, rollout.as_mut(), report.objects, seen_at)
+                    .await;
                 failing = !self.record(outcome);
                 synced = Some(settled);
             }
@@ -428,6 +448,7 @@ impl Replica {
                 _ = tokio::time::sleep(config.poll) => {}
                 Some(command) = admin.recv() => self.run_admin(&leader, command).await,
             }
+            self.rollout_tick(&leader, rollout.as_mut()).await;
         }
     }
 
@@ -449,6 +470,7 @@ impl Replica {
         let mut failing = false;
         let mut waiting_logged = false;
         let mut admin = self.admin.lock().await;
+        let mut rollout = self.start_rollout().await;
         loop {
             if !leadership.still_held().await {
                 return;
@@ -469,7 +491,9 @@ impl Replica {
                         .map(|s| format!("skipped: {s}"))
                         .collect(),
                 );
-                let outcome = leader.sync(snapshot.objects(), seen_at).await;
+                let outcome = self
+                    .sync(&mut leader, rollout.as_mut(), snapshot.objects(), seen_at)
+                    .await;
                 failing = !self.record(outcome);
                 if !failing {
                     synced = snapshot.generation;
@@ -494,6 +518,7 @@ impl Replica {
                 _ = tokio::time::sleep(config.poll) => {}
                 Some(command) = admin.recv() => self.run_admin(&leader, command).await,
             }
+            self.rollout_tick(&leader, rollout.as_mut()).await;
         }
     }
 
@@ -544,13 +569,81 @@ impl Replica {
         }
         let outcome = command.write.execute(&self.store, leader.epoch()).await;
         if let Ok(revision) = &outcome {
-            if let Ok(mut s) = self.service.seen.lock() {
-                s.insert(revision.0, SystemTime::now());
-            }
-            raise(&self.head, revision.0);
-            self.metrics.revisions.inc();
+            self.wrote(*revision);
         }
         let _ = command.reply.send(outcome);
+    }
+
+    /// Publishes a revision written outside a sync (admin, rollout).
+    fn wrote(&self, revision: setpoint_store::RevisionId) {
+        if let Ok(mut s) = self.service.seen.lock() {
+            s.insert(revision.0, SystemTime::now());
+        }
+        raise(&self.head, revision.0);
+        self.metrics.revisions.inc();
+    }
+
+    /// The rollout of this term of leadership, when configured.
+    async fn start_rollout(&self) -> Option<Rollout> {
+        let config = self.config.rollout.clone()?;
+        match Rollout::start(config, &self.store, self.rollout.clone()).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                // Never commit unheld: without a rollout, syncs fail below.
+                tracing::error!("cannot start the rollout: {e:#}");
+                None
+            }
+        }
+    }
+
+    /// A sync, with the rollout's hold before and its restart after.
+    async fn sync(
+        &self,
+        leader: &mut Leader,
+        rollout: Option<&mut Rollout>,
+        objects: Vec<setpoint_compute::ClusterObject>,
+        seen_at: SystemTime,
+    ) -> anyhow::Result<Option<Committed>> {
+        if self.config.rollout.is_some() && rollout.is_none() {
+            anyhow::bail!("the rollout is configured but not running: not committing");
+        }
+        let Some(rollout) = rollout else {
+            return leader.sync(objects, seen_at).await;
+        };
+        let labels = node_labels(&objects);
+        if let Some(r) = rollout.hold(&self.store, leader.epoch(), &labels).await? {
+            self.wrote(r);
+        }
+        let since_ms = crate::rollout::now_ms();
+        let outcome = leader.sync(objects, seen_at).await?;
+        if let Some(c) = &outcome {
+            match rollout
+                .committed(&self.store, leader.epoch(), c.revision, since_ms)
+                .await
+            {
+                Ok(Some(r)) => self.wrote(r),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("rollout: cannot release the canaries: {e:#}"),
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn rollout_tick(&self, leader: &Leader, rollout: Option<&mut Rollout>) {
+        let Some(rollout) = rollout else {
+            return;
+        };
+        match rollout
+            .tick(&self.store, leader.epoch(), &self.metrics)
+            .await
+        {
+            Ok(Some(r)) => self.wrote(r),
+            Ok(None) => {}
+            Err(e) => {
+                self.metrics.store_errors.inc();
+                tracing::warn!("rollout: {e:#}");
+            }
+        }
     }
 }
 

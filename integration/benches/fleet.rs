@@ -135,6 +135,7 @@ fn main() {
             batch: Duration::from_millis(20),
             poll: Duration::from_millis(50),
             compute: Default::default(),
+            rollout: None,
             admin: Default::default(),
             tls: None,
             election: Default::default(),

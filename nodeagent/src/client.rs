@@ -363,24 +363,29 @@ impl Agent {
                         )));
                     }
                 };
-                let base = match &self.held {
-                    Some((r, s)) if *r == d.from_revision => s,
-                    other => {
-                        let holding = other.as_ref().map(|(r, _)| *r).unwrap_or(0);
-                        return Ok(Some(self.nack(
-                            d.to_revision,
-                            format!(
-                                "delta from revision {} but this agent holds {holding}",
-                                d.from_revision
-                            ),
-                            "apply delta",
-                        )));
-                    }
+                // The control plane acknowledges a revision that leaves this
+                // node's state unchanged on the agent's behalf, so a delta's
+                // base may be a newer revision of the very state held: the
+                // result's digest decides, not the revision number.
+                let Some((holding, base)) = &self.held else {
+                    return Ok(Some(self.nack(
+                        d.to_revision,
+                        format!(
+                            "delta from revision {} but this agent holds no state",
+                            d.from_revision
+                        ),
+                        "apply delta",
+                    )));
                 };
+                let holding = *holding;
                 match setpoint_dataplane::apply(base, &changes) {
                     Ok(next) if next.digest() == digest => (d.to_revision, next),
                     Ok(next) => {
-                        let e = format!("delta yields digest {}, expected {digest}", next.digest());
+                        let e = format!(
+                            "delta from revision {} on the state of revision {holding} yields digest {}, expected {digest}",
+                            d.from_revision,
+                            next.digest()
+                        );
                         return Ok(Some(self.nack(d.to_revision, e, "apply delta")));
                     }
                     Err(e) => {
@@ -514,5 +519,96 @@ impl Agent {
             Some(Err(e)) => tracing::warn!("drift check failed: {e}"),
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use setpoint_dataplane::{Family, Fragment, SetEntry, SetSpec, SetType};
+
+    use super::*;
+
+    fn state(entries: &[&str]) -> NodeDataplane {
+        let mut f = Fragment::new();
+        f.put_set(
+            "SP-TEST",
+            SetSpec {
+                kind: SetType::HashIp,
+                family: Family::Inet,
+                maxelem: 1024,
+                comment: String::new(),
+            },
+        );
+        for e in entries {
+            f.add_entry("SP-TEST", e.parse::<SetEntry>().expect("entry"));
+        }
+        NodeDataplane::from_fragment(f)
+    }
+
+    fn delta_message(
+        from: u64,
+        to: u64,
+        base: &NodeDataplane,
+        want: &NodeDataplane,
+    ) -> ControlMessage {
+        let changes = setpoint_dataplane::diff(base, want);
+        let d = setpoint_proto::delta(from, to, &changes, &want.digest()).expect("delta");
+        ControlMessage {
+            protocol_version: PROTOCOL_VERSION,
+            traceparent: String::new(),
+            body: Some(ControlBody::Delta(d)),
+        }
+    }
+
+    fn agent() -> Agent {
+        Agent::new(AgentOptions {
+            node: "n".into(),
+            controlplane: "http://127.0.0.1:1".into(),
+            target: Target { netns: None },
+            dry_run: true,
+            state_dir: None,
+            ipvs: IpvsMode::Simulated,
+            drift_interval: Duration::from_secs(30),
+            tls: None,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_delta_from_a_newer_revision_of_the_held_state_applies() {
+        let (one, two) = (state(&["10.0.0.1"]), state(&["10.0.0.1", "10.0.0.2"]));
+        let mut a = agent();
+        a.held = Some((1, one.clone()));
+        // Revision 2 left this node unchanged: the control plane acked it on
+        // the agent's behalf and sends revision 3 as a delta from 2.
+        let reply = a
+            .handle(delta_message(2, 3, &one, &two))
+            .await
+            .expect("handled")
+            .expect("a reply");
+        assert!(
+            matches!(reply.body, Some(AgentBody::Ack(Ack { revision: 3, .. }))),
+            "{reply:?}"
+        );
+        assert_eq!(
+            a.held.as_ref().map(|(r, s)| (*r, s.digest())),
+            Some((3, two.digest()))
+        );
+        // A delta that does not fit the held state is refused by its digest.
+        let other = state(&["10.0.0.9"]);
+        let reply = a
+            .handle(delta_message(
+                3,
+                4,
+                &other,
+                &state(&["10.0.0.9", "10.0.0.8"]),
+            ))
+            .await
+            .expect("handled")
+            .expect("a reply");
+        let Some(AgentBody::Nack(nack)) = reply.body else {
+            panic!("expected a nack: {reply:?}");
+        };
+        assert_eq!(nack.failed_operation, "apply delta");
+        assert!(a.held.is_none(), "after a nack nothing is held");
     }
 }

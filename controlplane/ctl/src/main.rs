@@ -11,8 +11,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use serde_json::{Value, json};
 use setpoint_proto::admin::admin_client::AdminClient;
 use setpoint_proto::admin::{
-    DiffNodeRequest, ListRevisionsRequest, PauseRequest, ResumeRequest, RollbackRequest,
-    ShowNodeRequest, StatusRequest, StatusResponse,
+    DiffNodeRequest, ExplainRequest, ListRevisionsRequest, PauseRequest, ResumeRequest,
+    RollbackRequest, ShowNodeRequest, StatusRequest, StatusResponse,
 };
 use tonic::Code;
 use tonic::metadata::{Ascii, MetadataValue};
@@ -36,7 +36,7 @@ either alone or as `<role> <token>` (the control plane's own file works).";
 #[command(
     name = "setpointctl",
     version,
-    about = "Operate a Setpoint control plane: revisions, show, diff, status, rollback, pause, resume",
+    about = "Operate a Setpoint control plane: revisions, show, diff, status, rollback, pause, resume, explain",
     after_help = EXIT_CODES
 )]
 struct Cli {
@@ -123,6 +123,37 @@ enum Verb {
         #[arg(long, conflicts_with = "nodes")]
         all: bool,
     },
+    /// How a node's state treats one packet: set entries, chains and rules,
+    /// IPVS virtual server, verdict.
+    Explain {
+        #[arg(long)]
+        node: String,
+        /// Default: the head.
+        #[arg(long)]
+        revision: Option<u64>,
+        /// tcp, udp or sctp.
+        #[arg(long, default_value = "tcp")]
+        proto: String,
+        /// IP or IP:PORT (`[v6]:port`).
+        #[arg(long)]
+        src: String,
+        /// IP:PORT (`[v6]:port`).
+        #[arg(long)]
+        dst: String,
+        /// Where the packet comes from: pod, outside or node.
+        #[arg(long, default_value = "pod")]
+        from: String,
+    },
+}
+
+/// `IP`, `IP:PORT` or `[IPv6]:PORT`: the address and the port (0 if none).
+fn endpoint(text: &str) -> Result<(String, u32), Failure> {
+    let bad = || Failure::usage(format!("{text:?}: expected IP, IP:PORT or [IPv6]:PORT"));
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return Ok((ip.to_string(), 0));
+    }
+    let addr: std::net::SocketAddr = text.parse().map_err(|_| bad())?;
+    Ok((addr.ip().to_string(), u32::from(addr.port())))
 }
 
 /// A failure with its exit status.
@@ -304,8 +335,17 @@ fn short(digest: &str) -> String {
 
 fn status_json(s: &StatusResponse) -> Value {
     let fleet = s.fleet.unwrap_or_default();
+    let rollout = s.rollout.clone().unwrap_or_default();
     json!({
         "head": s.head,
+        "rollout": {
+            "phase": rollout.phase,
+            "target": rollout.target,
+            "good": rollout.good,
+            "canaries": rollout.canaries,
+            "failed": rollout.failed,
+            "reason": rollout.reason,
+        },
         "fleet": {
             "nodes": fleet.nodes,
             "at_head": fleet.at_head,
@@ -411,6 +451,43 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
         }
+        Verb::Explain {
+            node,
+            revision,
+            proto,
+            src,
+            dst,
+            from,
+        } => {
+            let (src_ip, src_port) = endpoint(&src)?;
+            let (dst_ip, dst_port) = endpoint(&dst)?;
+            if dst_port == 0 {
+                return Err(Failure::usage("--dst needs a port: IP:PORT"));
+            }
+            let r = client
+                .explain(ExplainRequest {
+                    node,
+                    revision: revision.unwrap_or(0),
+                    protocol: proto,
+                    src_ip,
+                    src_port,
+                    dst_ip,
+                    dst_port,
+                    from,
+                })
+                .await?
+                .into_inner();
+            if json {
+                let explanation: Value = serde_json::from_str(&r.json).map_err(|e| Failure {
+                    code: 1,
+                    message: format!("the server sent an explanation that is not JSON: {e}"),
+                })?;
+                print_json(&json!({ "revision": r.revision, "explanation": explanation }))?;
+            } else {
+                println!("node state at revision {}", r.revision);
+                print!("{}", r.text);
+            }
+        }
         Verb::Diff { node, from, to } => {
             let r = client
                 .diff_node(DiffNodeRequest {
@@ -484,6 +561,26 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     "head {}: {} node(s), {} at head, {} degraded, {} pinned",
                     r.head, f.nodes, f.at_head, f.degraded, f.pinned
                 );
+                if let Some(ro) = r.rollout.as_ref().filter(|ro| ro.phase != "off") {
+                    let canaries = ro.canaries.join(", ");
+                    match ro.phase.as_str() {
+                        "canary" => println!(
+                            "rollout: revision {} on the canaries ({canaries}), the rest held at {}",
+                            ro.target, ro.good
+                        ),
+                        "halted" => println!(
+                            "rollout: HALTED at revision {}; rolled back {} to {}; the rest held. {}",
+                            ro.target,
+                            ro.failed.join(", "),
+                            ro.good,
+                            ro.reason
+                        ),
+                        _ => println!(
+                            "rollout: idle at revision {} (canaries: {canaries})",
+                            ro.good
+                        ),
+                    }
+                }
             }
         }
         Verb::Rollback { to, nodes, reason } => {

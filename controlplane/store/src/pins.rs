@@ -193,6 +193,12 @@ impl Store {
         Ok(out)
     }
 
+    /// Nodes that have a state at `revision` (computed or pinned).
+    pub async fn node_names(&self, revision: RevisionId) -> Result<BTreeSet<String>> {
+        self.node_names_at(db::to_i64(revision.0, "revision")?)
+            .await
+    }
+
     /// Nodes whose current state exists at `revision` (computed or pinned).
     async fn node_names_at(&self, revision: i64) -> Result<BTreeSet<String>> {
         let mut names: BTreeSet<String> = self

@@ -19,14 +19,14 @@ use setpoint_store::RevisionId;
 use tonic::transport::Channel;
 
 use crate::e2e_support::{
-    assert_status_is_head, converge, converge_past, copy_examples, fresh_postgres_database,
+    assert_status_is_head, converge, converge_past, fresh_postgres_database, manifests_and_tokens,
     progress, spawn_agent,
 };
 
 const READ_TOKEN: &str = "e2e-read-token-0123456789";
 const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
 
-fn config(manifests: &Path, database: &str, tokens: &Path) -> ServeConfig {
+pub(crate) fn config(manifests: &Path, database: &str, tokens: &Path) -> ServeConfig {
     let any = "127.0.0.1:0".parse().expect("addr");
     ServeConfig {
         manifests: manifests.to_path_buf(),
@@ -37,6 +37,7 @@ fn config(manifests: &Path, database: &str, tokens: &Path) -> ServeConfig {
         batch: Duration::from_millis(50),
         poll: Duration::from_millis(100),
         compute: Default::default(),
+        rollout: None,
         admin: AdminConfig {
             listen: Some(any),
             token_file: Some(tokens.to_path_buf()),
@@ -91,11 +92,8 @@ async fn wait_head_past(running: &Running, past: u64) -> u64 {
 async fn rollback_pins_nodes_until_resume_and_refuses_the_unauthorized() {
     require_root_and_tools();
     let dir = tempfile::tempdir().expect("tempdir");
-    let manifests = dir.path().join("manifests");
-    std::fs::create_dir(&manifests).expect("mkdir");
-    copy_examples(&manifests);
-    let tokens = dir.path().join("tokens");
-    std::fs::write(&tokens, format!("read {READ_TOKEN}\n{ADMIN_TOKEN}\n")).expect("tokens");
+    let (manifests, tokens) =
+        manifests_and_tokens(dir.path(), &format!("read {READ_TOKEN}\n{ADMIN_TOKEN}\n"));
     let database = fresh_postgres_database();
     let running = start(config(&manifests, &database, &tokens))
         .await

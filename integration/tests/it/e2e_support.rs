@@ -4,7 +4,7 @@
 //! to converge.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,17 @@ pub fn copy_examples(to: &Path) {
         let entry = entry.expect("entry");
         std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
     }
+}
+
+/// A copy of the examples in `dir/manifests` and an admin token file
+/// `dir/tokens` holding `tokens`.
+pub fn manifests_and_tokens(dir: &Path, tokens: &str) -> (PathBuf, PathBuf) {
+    let manifests = dir.join("manifests");
+    std::fs::create_dir(&manifests).expect("mkdir");
+    copy_examples(&manifests);
+    let file = dir.join("tokens");
+    std::fs::write(&file, tokens).expect("tokens");
+    (manifests, file)
 }
 
 /// Replaces the first `from` in a manifest file with `to`.

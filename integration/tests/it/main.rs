@@ -8,6 +8,7 @@ mod e2e_support;
 mod leader_election;
 mod policy_matrix;
 mod render_applies;
+mod rollout;
 mod running_failures;
 mod running_system;
 mod vm_smoke;

@@ -34,6 +34,7 @@ fn config(manifests: &Path, database: &str, listen: SocketAddr) -> ServeConfig {
         batch: Duration::from_millis(50),
         poll: Duration::from_millis(100),
         compute: Default::default(),
+        rollout: None,
         admin: Default::default(),
         tls: None,
         election: Default::default(),

@@ -15,6 +15,7 @@
 pub mod chunk;
 pub mod diff;
 pub mod digest;
+pub mod explain;
 pub mod fragment;
 pub mod model;
 pub mod render;

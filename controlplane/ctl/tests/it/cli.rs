@@ -54,6 +54,7 @@ async fn control_plane(with_tokens: bool) -> Fixture {
         batch: Duration::from_millis(50),
         poll: Duration::from_millis(100),
         compute: Default::default(),
+        rollout: None,
         admin: AdminConfig {
             listen: Some(localhost),
             token_file: with_tokens.then(|| dir.path().join("tokens")),
@@ -347,4 +348,125 @@ async fn usage_unreachable_and_disabled_have_their_exit_codes() {
         "{}",
         refused.stderr
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_through_the_binary() {
+    let f = control_plane(true).await;
+    let head = wait_head(&f.running, 0).await;
+    // A cluster IP with endpoints, in a table: the walk, the virtual server,
+    // the verdict.
+    let out = ctl_as(
+        &f,
+        Some("read"),
+        &[
+            "explain",
+            "--node",
+            "node-a",
+            "--proto",
+            "tcp",
+            "--src",
+            "10.244.1.20:40000",
+            "--dst",
+            "10.96.1.20:80",
+        ],
+        0,
+    )
+    .await;
+    for want in [
+        &format!("node state at revision {head}") as &str,
+        "packet: tcp 10.244.1.20:40000 -> 10.96.1.20:80 from a pod",
+        "SP-CLUSTER-IP 10.96.1.20,tcp:80",
+        "virtual server: 10.96.1.20:80/tcp scheduler rr",
+        "verdict: dnat",
+    ] {
+        assert!(out.stdout.contains(want), "{want:?} in {}", out.stdout);
+    }
+    // JSON: a Service without endpoints is rejected, at a given revision.
+    let out = ctl_as(
+        &f,
+        Some("read"),
+        &[
+            "-o",
+            "json",
+            "explain",
+            "--node",
+            "node-a",
+            "--revision",
+            &head.to_string(),
+            "--src",
+            "10.244.1.20",
+            "--dst",
+            "10.96.10.70:80",
+        ],
+        0,
+    )
+    .await
+    .json();
+    assert_eq!(out["revision"], head);
+    assert_eq!(out["explanation"]["verdict"], "reject");
+    assert_eq!(out["explanation"]["packet"]["src_port"], Value::Null);
+    assert!(
+        out["explanation"]["sets"]
+            .as_array()
+            .expect("sets")
+            .iter()
+            .any(|s| s["set"] == "SP-NO-ENDPOINTS" && s["entry"] == "10.96.10.70,tcp:80"),
+        "{out}"
+    );
+    // Bad input: usage (2) before the call; the server's refusal (1) with
+    // its reason; no token (3).
+    for (token, node, proto, src, dst, code, says) in [
+        (
+            Some("read"),
+            "node-a",
+            "tcp",
+            "x",
+            "10.96.1.20:80",
+            2,
+            "expected IP",
+        ),
+        (
+            Some("read"),
+            "node-a",
+            "tcp",
+            "10.0.0.1",
+            "10.96.1.20",
+            2,
+            "needs a port",
+        ),
+        (
+            Some("read"),
+            "node-a",
+            "icmp",
+            "10.0.0.1",
+            "10.96.1.20:80",
+            1,
+            "unknown protocol",
+        ),
+        (
+            Some("read"),
+            "no-such-node",
+            "tcp",
+            "10.0.0.1",
+            "10.96.1.20:80",
+            1,
+            "no state",
+        ),
+        (
+            None,
+            "node-a",
+            "tcp",
+            "10.0.0.1",
+            "10.96.1.20:80",
+            3,
+            "refused",
+        ),
+    ] {
+        let args = [
+            "explain", "--node", node, "--proto", proto, "--src", src, "--dst", dst,
+        ];
+        let out = ctl_as(&f, token, &args, code).await;
+        assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
+    }
 }

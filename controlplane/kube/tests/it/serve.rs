@@ -95,6 +95,7 @@ async fn kube_objects_reach_an_agent_and_watch_events_make_new_revisions() {
         batch: Duration::from_millis(50),
         poll: Duration::from_millis(100),
         compute: Default::default(),
+        rollout: None,
         admin: Default::default(),
         tls: None,
         election: Default::default(),

@@ -1,0 +1,754 @@
+//! What a node's state does to one packet: [`explain`].
+//!
+//! ```text
+//!  packet ─▶ nat PREROUTING/OUTPUT ─▶ local? ─yes─▶ filter INPUT ─▶ IPVS virtual server ─▶ per real server: filter OUTPUT
+//!                                          └─no──▶ filter FORWARD/OUTPUT
+//! ```
+//!
+//! The walk follows Setpoint's own jumps from the built-in chains (in
+//! `position` order) into its chains, as the kernel would, and interprets
+//! the matches Setpoint's rules use: `-s`/`-d`, `-p`, `--dport`,
+//! `--sport`, `-m set --match-set` (looked up in the state's sets),
+//! `-m addrtype`, `-m mark` (the walk tracks the mark its `MARK` rules
+//! set), `-m conntrack --ctstate` (the packet is taken as the first of a
+//! new connection) and `-m comment`. A rule with anything else is reported
+//! "not evaluated" and taken as not matching; the explanation says so.
+//! Only Setpoint's state is known: a built-in chain's own rules and
+//! policy, routing and the node's other addresses are not.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use serde::Serialize;
+
+use crate::{ChainKey, Family, Fragment, NodeDataplane, Protocol, Rule, SetEntry, SetType, Table};
+use crate::{VirtualServer, VirtualServerKey};
+
+/// Where a packet comes from, which decides the hooks it passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// A pod on this node (routed: PREROUTING, then INPUT or FORWARD).
+    Pod,
+    /// Another host, arriving on an interface (like a pod, but never local).
+    Outside,
+    /// A process of the node itself (OUTPUT).
+    Node,
+}
+
+impl std::str::FromStr for Origin {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Origin, String> {
+        match s {
+            "" | "pod" => Ok(Origin::Pod),
+            "outside" => Ok(Origin::Outside),
+            "node" => Ok(Origin::Node),
+            other => Err(format!(
+                "unknown origin {other:?} (expected pod, outside or node)"
+            )),
+        }
+    }
+}
+
+/// The packet: the first of a new connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Packet {
+    pub protocol: Protocol,
+    pub src: IpAddr,
+    /// `None`: unknown (a rule matching the source port is not evaluated).
+    pub src_port: Option<u16>,
+    pub dst: IpAddr,
+    pub dst_port: u16,
+    pub from: Origin,
+}
+
+/// The packet's fate as far as Setpoint's state decides it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// IPVS forwards it to one of the virtual server's real servers.
+    Dnat,
+    Accept,
+    Drop,
+    Reject,
+    /// No Setpoint rule decides; the kernel's own chains and routing do.
+    NotSetpoint,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Dnat => "dnat",
+            Verdict::Accept => "accept",
+            Verdict::Drop => "drop",
+            Verdict::Reject => "reject",
+            Verdict::NotSetpoint => "not-setpoint",
+        }
+    }
+}
+
+/// One rule looked at.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Step {
+    /// `nat PREROUTING`, `filter INPUT`, `filter OUTPUT after IPVS to …`.
+    pub hook: String,
+    pub chain: String,
+    /// 1-based in Setpoint's chains; in a built-in chain, the jump's
+    /// `position` (its order among Setpoint's jumps there).
+    pub rule: usize,
+    pub text: String,
+    /// `match`, `no match` or `not evaluated: why`.
+    pub outcome: String,
+}
+
+/// A set entry a rule's `--match-set` found.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct SetHit {
+    pub set: String,
+    pub entry: String,
+}
+
+/// The virtual server the packet's destination matches.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VirtualServerHit {
+    pub service: String,
+    pub scheduler: String,
+    pub persistence_timeout: Option<u32>,
+    pub real_servers: Vec<Backend>,
+}
+
+/// One real server and what the filter does on the way to it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Backend {
+    pub address: String,
+    pub weight: u32,
+    pub verdict: Verdict,
+}
+
+/// Everything [`explain`] found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    pub packet: Packet,
+    pub verdict: Verdict,
+    /// One line: why.
+    pub reason: String,
+    pub sets: Vec<SetHit>,
+    pub steps: Vec<Step>,
+    pub virtual_server: Option<VirtualServerHit>,
+    /// Rules whose matches were not understood, and assumptions made.
+    pub not_evaluated: Vec<String>,
+}
+
+enum Flow {
+    /// On to the next rule.
+    Continue,
+    /// RETURN: out of the current chain.
+    Return,
+    Final(Verdict, String),
+}
+
+enum Match {
+    Yes,
+    No,
+    Unknown(String),
+}
+
+struct Walk<'a> {
+    f: &'a Fragment,
+    family: Family,
+    packet: Packet,
+    mark: u32,
+    hook: String,
+    steps: Vec<Step>,
+    sets: BTreeSet<SetHit>,
+    not_evaluated: Vec<String>,
+    /// Addresses known to be the node's own: bound service addresses and
+    /// virtual servers' addresses (node ports).
+    local: BTreeSet<IpAddr>,
+}
+
+const MAX_DEPTH: usize = 32;
+
+/// How `state` treats `packet`: the set entries its rules find, the rules
+/// it passes from the built-in chains down, the IPVS virtual server, and
+/// the verdict. Pure; an error only for a packet mixing address families.
+pub fn explain(state: &NodeDataplane, packet: &Packet) -> Result<Explanation, String> {
+    let family = Family::of(&packet.dst);
+    if Family::of(&packet.src) != family {
+        return Err(format!(
+            "source {} and destination {} are of different address families",
+            packet.src, packet.dst
+        ));
+    }
+    // The kernel's view: NodePort templates on each node address.
+    let f = crate::template::expand(&state.flatten()).map_err(|c| c.to_string())?;
+    let mut local: BTreeSet<IpAddr> = f.addresses().copied().collect();
+    local.extend(f.virtual_servers().map(|(k, _)| k.address));
+    local.extend(crate::template::node_port_addresses(&f, family));
+    let mut walk = Walk {
+        f: &f,
+        family,
+        packet: packet.clone(),
+        mark: 0,
+        hook: String::new(),
+        steps: Vec::new(),
+        sets: BTreeSet::new(),
+        not_evaluated: Vec::new(),
+        local,
+    };
+    let (verdict, reason, vs) = walk.run();
+    Ok(Explanation {
+        packet: packet.clone(),
+        verdict,
+        reason,
+        sets: walk.sets.into_iter().collect(),
+        steps: walk.steps,
+        virtual_server: vs,
+        not_evaluated: walk.not_evaluated,
+    })
+}
+
+impl Walk<'_> {
+    fn run(&mut self) -> (Verdict, String, Option<VirtualServerHit>) {
+        let from = self.packet.from;
+        let nat_hook = if from == Origin::Node {
+            "OUTPUT"
+        } else {
+            "PREROUTING"
+        };
+        if let Flow::Final(v @ (Verdict::Drop | Verdict::Reject), why) =
+            self.builtin(Table::Nat, nat_hook)
+        {
+            return (v, why, None);
+        }
+        let key = VirtualServerKey {
+            address: self.packet.dst,
+            protocol: self.packet.protocol,
+            port: self.packet.dst_port,
+        };
+        let vs = self.f.virtual_server(&key).cloned();
+        let local = self.local.contains(&self.packet.dst);
+        let filter_hook = match (local, from) {
+            (true, _) => "INPUT",
+            (false, Origin::Node) => "OUTPUT",
+            (false, _) => "FORWARD",
+        };
+        if let Flow::Final(v, why) = self.builtin(Table::Filter, filter_hook)
+            && (v != Verdict::Accept || !local)
+        {
+            return (v, why, vs.map(|vs| self.hit(&key, &vs, Vec::new())));
+        }
+        if !local {
+            self.postrouting();
+            return (
+                Verdict::NotSetpoint,
+                format!(
+                    "{} is not a service address of this node; no Setpoint rule refuses it",
+                    self.packet.dst
+                ),
+                None,
+            );
+        }
+        let Some(vs) = vs else {
+            return (
+                Verdict::NotSetpoint,
+                format!(
+                    "{} is the node's own address but {}:{} is no virtual server: the node's sockets decide",
+                    self.packet.dst, self.packet.protocol, self.packet.dst_port
+                ),
+                None,
+            );
+        };
+        if vs.real_servers.is_empty() {
+            return (
+                Verdict::Drop,
+                format!("virtual server {key} has no real server"),
+                Some(self.hit(&key, &vs, Vec::new())),
+            );
+        }
+        // IPVS (NAT mode) sends the rewritten packet through LOCAL_OUT.
+        let mut backends = Vec::new();
+        let original = self.packet.clone();
+        let mark = self.mark;
+        for rs in &vs.real_servers {
+            self.packet.dst = rs.address;
+            self.packet.dst_port = rs.port;
+            self.mark = mark;
+            let to = socket(rs.address, rs.port);
+            let verdict = match self.builtin_as(
+                Table::Filter,
+                "OUTPUT",
+                format!("filter OUTPUT after IPVS to {to}"),
+            ) {
+                Flow::Final(v @ (Verdict::Drop | Verdict::Reject), _) => v,
+                _ => Verdict::Dnat,
+            };
+            backends.push(Backend {
+                address: to,
+                weight: rs.weight,
+                verdict,
+            });
+        }
+        self.packet = original;
+        self.postrouting();
+        let hit = self.hit(&key, &vs, backends);
+        let allowed = hit
+            .real_servers
+            .iter()
+            .filter(|b| b.verdict == Verdict::Dnat)
+            .count();
+        if allowed == 0 {
+            let v = hit
+                .real_servers
+                .first()
+                .map(|b| b.verdict)
+                .unwrap_or(Verdict::Drop);
+            return (
+                v,
+                format!("virtual server {key}: every real server is refused by the filter"),
+                Some(hit),
+            );
+        }
+        (
+            Verdict::Dnat,
+            format!(
+                "IPVS {key} ({}) forwards to one of {allowed} of {} real server(s)",
+                vs.scheduler,
+                hit.real_servers.len()
+            ),
+            Some(hit),
+        )
+    }
+
+    fn postrouting(&mut self) {
+        let _ = self.builtin(Table::Nat, "POSTROUTING");
+    }
+
+    fn hit(
+        &self,
+        key: &VirtualServerKey,
+        vs: &VirtualServer,
+        real_servers: Vec<Backend>,
+    ) -> VirtualServerHit {
+        let real_servers = if real_servers.is_empty() {
+            vs.real_servers
+                .iter()
+                .map(|rs| Backend {
+                    address: socket(rs.address, rs.port),
+                    weight: rs.weight,
+                    verdict: Verdict::NotSetpoint,
+                })
+                .collect()
+        } else {
+            real_servers
+        };
+        VirtualServerHit {
+            service: format!("{key}/{}", key.protocol),
+            scheduler: vs.scheduler.to_string(),
+            persistence_timeout: vs.persistence_timeout,
+            real_servers,
+        }
+    }
+
+    fn builtin(&mut self, table: Table, chain: &str) -> Flow {
+        self.builtin_as(table, chain, format!("{} {chain}", table.as_str()))
+    }
+
+    /// Setpoint's jumps from a built-in chain, in position order.
+    fn builtin_as(&mut self, table: Table, chain: &str, hook: String) -> Flow {
+        self.hook = hook;
+        let mut jumps: Vec<(u16, Rule)> = self
+            .f
+            .jumps()
+            .filter(|j| j.family == self.family && j.table == table && j.from == chain)
+            .map(|j| (j.position, j.rule.clone()))
+            .collect();
+        jumps.sort();
+        for (position, rule) in jumps {
+            match self.rule(table, chain, usize::from(position), &rule, 0) {
+                Flow::Continue => {}
+                Flow::Return => return Flow::Continue,
+                f @ Flow::Final(..) => return f,
+            }
+        }
+        Flow::Continue
+    }
+
+    fn chain(&mut self, table: Table, name: &str, depth: usize) -> Flow {
+        let key = ChainKey {
+            family: self.family,
+            table,
+            name: name.to_string(),
+        };
+        let Some(chain) = self.f.chain(&key).cloned() else {
+            self.not_evaluated.push(format!(
+                "{} chain {name} is not in the state",
+                table.as_str()
+            ));
+            return Flow::Continue;
+        };
+        if depth > MAX_DEPTH {
+            self.not_evaluated
+                .push(format!("{name}: jumps nested deeper than {MAX_DEPTH}"));
+            return Flow::Continue;
+        }
+        for (i, rule) in chain.rules.iter().enumerate() {
+            match self.rule(table, name, i + 1, rule, depth) {
+                Flow::Continue => {}
+                // Back to the caller.
+                Flow::Return => return Flow::Continue,
+                f @ Flow::Final(..) => return f,
+            }
+        }
+        Flow::Continue
+    }
+
+    fn rule(&mut self, table: Table, chain: &str, index: usize, rule: &Rule, depth: usize) -> Flow {
+        let text = rule.0.join(" ");
+        let outcome = self.matches(rule);
+        let record = |walk: &mut Self, outcome: String| {
+            walk.steps.push(Step {
+                hook: walk.hook.clone(),
+                chain: chain.to_string(),
+                rule: index,
+                text: text.clone(),
+                outcome,
+            });
+        };
+        match outcome {
+            Match::No => {
+                record(self, "no match".into());
+                return Flow::Continue;
+            }
+            Match::Unknown(why) => {
+                self.not_evaluated
+                    .push(format!("{chain} rule {index}: {why}"));
+                record(self, format!("not evaluated: {why}"));
+                return Flow::Continue;
+            }
+            Match::Yes => record(self, "match".into()),
+        }
+        let Some((goto, target, args)) = target(rule) else {
+            return Flow::Continue;
+        };
+        let at = format!("{} {chain} rule {index}", table.as_str());
+        match target {
+            "ACCEPT" => Flow::Final(Verdict::Accept, format!("ACCEPT at {at}")),
+            "DROP" => Flow::Final(Verdict::Drop, format!("DROP at {at}")),
+            "REJECT" => Flow::Final(Verdict::Reject, format!("REJECT at {at}: {text}")),
+            "RETURN" => Flow::Return,
+            "MASQUERADE" | "SNAT" => Flow::Final(Verdict::Accept, format!("{target} at {at}")),
+            "MARK" => {
+                self.apply_mark(args);
+                Flow::Continue
+            }
+            user if self.f.chain(&chain_key(self.family, table, user)).is_some() => {
+                let flow = self.chain(table, user, depth + 1);
+                match (flow, goto) {
+                    (f @ Flow::Final(..), _) => f,
+                    // A goto's RETURN returns from the calling chain too.
+                    (_, true) => Flow::Return,
+                    (_, false) => Flow::Continue,
+                }
+            }
+            other => {
+                self.not_evaluated.push(format!(
+                    "{chain} rule {index}: target {other} not evaluated"
+                ));
+                Flow::Continue
+            }
+        }
+    }
+
+    fn apply_mark(&mut self, args: &[String]) {
+        let mut it = args.iter();
+        while let Some(flag) = it.next() {
+            let value = it.next().and_then(|v| parse_mark(v));
+            match (flag.as_str(), value) {
+                ("--or-mark", Some((v, _))) => self.mark |= v,
+                ("--xor-mark", Some((v, _))) => self.mark ^= v,
+                ("--and-mark", Some((v, _))) => self.mark &= v,
+                ("--set-mark", Some((v, m))) | ("--set-xmark", Some((v, m))) => {
+                    self.mark = (self.mark & !m) ^ v
+                }
+                _ => self
+                    .not_evaluated
+                    .push(format!("MARK {flag}: not understood")),
+            }
+        }
+    }
+
+    fn matches(&mut self, rule: &Rule) -> Match {
+        let args = &rule.0;
+        let mut i = 0;
+        let mut negate = false;
+        let mut unknown: Option<String> = None;
+        let mut no = false;
+        while i < args.len() {
+            let arg = args[i].as_str();
+            let value = args.get(i + 1).map(String::as_str);
+            let mut step = 2;
+            let cond: Option<Result<bool, String>> = match (arg, value) {
+                ("!", _) => {
+                    negate = true;
+                    i += 1;
+                    continue;
+                }
+                ("-j" | "--jump" | "-g" | "--goto", _) => break,
+                ("-m" | "--match", Some(module)) => match module {
+                    "comment" | "set" | "addrtype" | "mark" | "conntrack" | "tcp" | "udp"
+                    | "sctp" => None,
+                    other => Some(Err(format!("match module {other} not understood"))),
+                },
+                ("--comment", Some(_)) => None,
+                ("-s" | "--source", Some(v)) => Some(net(v).map(|n| n.contains(&self.packet.src))),
+                ("-d" | "--destination", Some(v)) => {
+                    Some(net(v).map(|n| n.contains(&self.packet.dst)))
+                }
+                ("-p" | "--protocol", Some(v)) => Some(
+                    v.parse::<Protocol>()
+                        .map(|p| p == self.packet.protocol)
+                        .map_err(|e| e.to_string()),
+                ),
+                ("--dport" | "--destination-port", Some(v)) => {
+                    Some(port_range(v).map(|(a, b)| (a..=b).contains(&self.packet.dst_port)))
+                }
+                ("--sport" | "--source-port", Some(v)) => Some(match self.packet.src_port {
+                    None => Err("the source port is not given".into()),
+                    Some(p) => port_range(v).map(|(a, b)| (a..=b).contains(&p)),
+                }),
+                ("--match-set", Some(set)) => {
+                    step = 3;
+                    let dirs = args.get(i + 2).map(String::as_str).unwrap_or("");
+                    Some(self.set_match(set, dirs, negate))
+                }
+                ("--dst-type", Some("LOCAL")) => Some(Ok(self.local.contains(&self.packet.dst))),
+                ("--src-type", Some("LOCAL")) => Some(Ok(self.packet.from == Origin::Node)),
+                ("--mark", Some(v)) => Some(
+                    parse_mark(v)
+                        .map(|(v, m)| self.mark & m == v)
+                        .ok_or_else(|| format!("mark {v:?} not understood")),
+                ),
+                ("--ctstate", Some(v)) => Some(Ok(v.split(',').any(|s| s == "NEW"))),
+                (other, _) => Some(Err(format!("option {other} not understood"))),
+            };
+            match cond {
+                None => {}
+                Some(Ok(hit)) => no |= hit == negate,
+                Some(Err(why)) => {
+                    unknown.get_or_insert(why);
+                }
+            }
+            negate = false;
+            i += step;
+        }
+        match (no, unknown) {
+            (true, _) => Match::No,
+            (false, Some(why)) => Match::Unknown(why),
+            (false, None) => Match::Yes,
+        }
+    }
+
+    /// Looks the packet up in a set as `--match-set NAME dirs` would.
+    fn set_match(&mut self, name: &str, dirs: &str, negated: bool) -> Result<bool, String> {
+        let Some(spec) = self.f.set(name) else {
+            return Err(format!("set {name} is not in the state"));
+        };
+        let dirs: Vec<&str> = dirs.split(',').collect();
+        let p = &self.packet;
+        let ip = |n: usize| match dirs.get(n) {
+            Some(&"src") => Ok(p.src),
+            Some(&"dst") => Ok(p.dst),
+            _ => Err(format!("set {name}: direction {n} missing")),
+        };
+        let port = |n: usize| match dirs.get(n) {
+            Some(&"src") => p
+                .src_port
+                .ok_or_else(|| "the source port is not given".to_string()),
+            Some(&"dst") => Ok(p.dst_port),
+            _ => Err(format!("set {name}: direction {n} missing")),
+        };
+        if spec.kind != SetType::BitmapPort && spec.family != self.family {
+            return Ok(false);
+        }
+        let entries = self.f.entries(name);
+        let has = |e: &SetEntry| entries.is_some_and(|s| s.contains(e));
+        let found: Option<SetEntry> = match spec.kind {
+            SetType::HashIp => Some(SetEntry::Ip(ip(0)?)).filter(has),
+            SetType::HashIpPort => Some(SetEntry::IpPort {
+                ip: ip(0)?,
+                protocol: p.protocol,
+                port: port(1)?,
+            })
+            .filter(has),
+            SetType::HashIpPortIp => Some(SetEntry::IpPortIp {
+                ip: ip(0)?,
+                protocol: p.protocol,
+                port: port(1)?,
+                ip2: ip(2)?,
+            })
+            .filter(has),
+            SetType::HashIpPortNet => {
+                let (a, b, c) = (ip(0)?, port(1)?, ip(2)?);
+                entries.and_then(|s| {
+                    s.iter()
+                        .filter(|e| {
+                            matches!(e, SetEntry::IpPortNet { ip, protocol, port, net }
+                                if *ip == a && *protocol == p.protocol && *port == b && net.contains(&c))
+                        })
+                        .max_by_key(|e| match e {
+                            SetEntry::IpPortNet { net, .. } => net.prefix_len(),
+                            _ => 0,
+                        })
+                        .cloned()
+                })
+            }
+            SetType::HashNet => {
+                let a = ip(0)?;
+                // The most specific net decides; a nomatch one excludes.
+                entries
+                    .and_then(|s| {
+                        s.iter()
+                            .filter(|e| matches!(e, SetEntry::Net { net, .. } if net.contains(&a)))
+                            .max_by_key(|e| match e {
+                                SetEntry::Net { net, .. } => net.prefix_len(),
+                                _ => 0,
+                            })
+                            .cloned()
+                    })
+                    .filter(|e| !matches!(e, SetEntry::Net { nomatch: true, .. }))
+            }
+            SetType::BitmapPort => Some(SetEntry::Port(port(0)?)).filter(has),
+        };
+        if let Some(entry) = &found
+            && !negated
+        {
+            self.sets.insert(SetHit {
+                set: name.to_string(),
+                entry: entry.to_string(),
+            });
+        }
+        Ok(found.is_some())
+    }
+}
+
+fn chain_key(family: Family, table: Table, name: &str) -> ChainKey {
+    ChainKey {
+        family,
+        table,
+        name: name.to_string(),
+    }
+}
+
+/// The rule's target: (goto, name, its arguments).
+fn target(rule: &Rule) -> Option<(bool, &str, &[String])> {
+    let args = &rule.0;
+    let i = args
+        .iter()
+        .position(|a| matches!(a.as_str(), "-j" | "--jump" | "-g" | "--goto"))?;
+    let goto = matches!(args[i].as_str(), "-g" | "--goto");
+    let name = args.get(i + 1)?;
+    Some((goto, name.as_str(), &args[(i + 2).min(args.len())..]))
+}
+
+fn socket(ip: IpAddr, port: u16) -> String {
+    match ip {
+        IpAddr::V4(_) => format!("{ip}:{port}"),
+        IpAddr::V6(_) => format!("[{ip}]:{port}"),
+    }
+}
+
+fn net(text: &str) -> Result<IpNet, String> {
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("address {text:?} not understood"))
+}
+
+fn port_range(text: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("port {text:?} not understood");
+    match text.split_once(':') {
+        Some((a, b)) => Ok((a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?)),
+        None => {
+            let p = text.parse().map_err(|_| bad())?;
+            Ok((p, p))
+        }
+    }
+}
+
+/// `0x40000`, `0x40000/0x40000`, decimal too; no mask means all bits.
+fn parse_mark(text: &str) -> Option<(u32, u32)> {
+    let num = |s: &str| match s.strip_prefix("0x") {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    };
+    match text.split_once('/') {
+        Some((v, m)) => Some((num(v)?, num(m)?)),
+        None => Some((num(text)?, u32::MAX)),
+    }
+}
+
+/// The explanation for people: the rules that matched or could not be
+/// evaluated, the sets, the virtual server, the verdict.
+pub fn render_text(e: &Explanation) -> String {
+    use std::fmt::Write;
+    let p = &e.packet;
+    let mut out = String::new();
+    let src = match p.src_port {
+        Some(port) => socket(p.src, port),
+        None => p.src.to_string(),
+    };
+    let from = match p.from {
+        Origin::Pod => "a pod",
+        Origin::Outside => "outside",
+        Origin::Node => "the node",
+    };
+    let _ = writeln!(
+        out,
+        "packet: {} {src} -> {} from {from}",
+        p.protocol,
+        socket(p.dst, p.dst_port)
+    );
+    let mut hook = "";
+    for s in &e.steps {
+        if s.outcome == "no match" {
+            continue;
+        }
+        if s.hook != hook {
+            hook = &s.hook;
+            let _ = writeln!(out, "{hook}:");
+        }
+        let _ = writeln!(out, "  {}#{}  {}  [{}]", s.chain, s.rule, s.text, s.outcome);
+    }
+    if !e.sets.is_empty() {
+        let _ = writeln!(out, "set entries:");
+        for s in &e.sets {
+            let _ = writeln!(out, "  {} {}", s.set, s.entry);
+        }
+    }
+    if let Some(vs) = &e.virtual_server {
+        let persistence = vs
+            .persistence_timeout
+            .map(|t| format!(", persistent {t}s"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "virtual server: {} scheduler {}{persistence}",
+            vs.service, vs.scheduler
+        );
+        for b in &vs.real_servers {
+            let _ = writeln!(
+                out,
+                "  -> {} weight {} [{}]",
+                b.address,
+                b.weight,
+                b.verdict.as_str()
+            );
+        }
+    }
+    for n in &e.not_evaluated {
+        let _ = writeln!(out, "not evaluated: {n}");
+    }
+    let _ = writeln!(out, "verdict: {} ({})", e.verdict.as_str(), e.reason);
+    out
+}
