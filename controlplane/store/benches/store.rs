@@ -191,7 +191,7 @@ fn build_workload(shape: &ClusterShape, changes: usize) -> Workload {
         }
     }
     println!(
-        "{} change requests built in {:.1} s; {} node compositions changed in all (NodePort/LB endpoints change every node's own part)",
+        "{} change requests built in {:.1} s; {} node compositions changed in all",
         out.len(),
         t0.elapsed().as_secs_f64(),
         own_changed
