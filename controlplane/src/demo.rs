@@ -125,18 +125,14 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<bool> {
                 .unwrap_or_else(|| "dry run".into())
         );
         let agent = Agent::new(AgentOptions {
-            node: node.clone(),
-            controlplane: format!("http://{}", running.agent_addr),
             target: Target { netns },
             dry_run: !root,
-            state_dir: None,
             ipvs: if ipvs_here {
                 IpvsMode::Kernel
             } else {
                 IpvsMode::Simulated
             },
-            drift_interval: Duration::from_secs(30),
-            tls: None,
+            ..AgentOptions::new(node.clone(), format!("http://{}", running.agent_addr))
         });
         progress.insert(node.clone(), agent.progress.clone());
         tokio::spawn(agent.run());

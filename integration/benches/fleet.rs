@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use setpoint_agent::client::{Agent, AgentOptions, AgentProgress};
 use setpoint_agent::services::IpvsMode;
-use setpoint_agent::target::Target;
 use setpoint_compute::ClusterObject;
 use setpoint_compute::synthetic::{self, ClusterShape};
 use setpoint_controlplane::serve::{ServeConfig, start};
@@ -145,14 +144,13 @@ fn main() {
         let mut progress: Vec<Arc<Mutex<AgentProgress>>> = Vec::with_capacity(shape.nodes);
         for i in 0..shape.nodes {
             let agent = Agent::new(AgentOptions {
-                node: synthetic::node_name(i),
-                controlplane: format!("http://{}", running.agent_addr),
-                target: Target::default(),
                 dry_run: true,
-                state_dir: None,
                 ipvs: IpvsMode::Simulated,
                 drift_interval: Duration::from_secs(3600),
-                tls: None,
+                ..AgentOptions::new(
+                    synthetic::node_name(i),
+                    format!("http://{}", running.agent_addr),
+                )
             });
             progress.push(agent.progress.clone());
             tokio::spawn(agent.run());

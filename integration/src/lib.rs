@@ -7,6 +7,24 @@ pub mod cluster;
 pub mod postgres;
 pub mod vm;
 
+/// The status code of `GET /readyz` on a metrics listener.
+pub async fn readyz(addr: std::net::SocketAddr) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to metrics");
+    conn.write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send request");
+    let mut reply = String::new();
+    conn.read_to_string(&mut reply).await.expect("read reply");
+    reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP reply: {reply:?}"))
+}
+
 /// A network namespace created for one test and deleted on drop, also when
 /// the test fails.
 pub struct Netns {

@@ -202,6 +202,21 @@ pub struct VmOutput {
     pub files: BTreeMap<String, Vec<u8>>,
 }
 
+impl VmOutput {
+    /// The guest's `/out/<name>` as text; panics naming what the guest did
+    /// write, with its console, when the file is missing.
+    pub fn text(&self, name: &str) -> String {
+        let bytes = self.files.get(name).unwrap_or_else(|| {
+            panic!(
+                "no /out/{name}; got {:?}\nconsole:\n{}",
+                self.files.keys().collect::<Vec<_>>(),
+                self.console
+            )
+        });
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+}
+
 impl Vm {
     /// Runs `integration/vm/prepare` (quick when its cache is current) and
     /// builds the shared part of the initramfs.

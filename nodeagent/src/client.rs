@@ -39,6 +39,24 @@ pub struct AgentOptions {
     pub tls: Option<AgentTls>,
 }
 
+impl AgentOptions {
+    /// `node` talking to `controlplane` with the binary's defaults: this
+    /// network namespace, applying for real with kernel IPVS, a drift check
+    /// every 30 s, no state directory, no TLS. Callers change what differs.
+    pub fn new(node: impl Into<String>, controlplane: impl Into<String>) -> AgentOptions {
+        AgentOptions {
+            node: node.into(),
+            controlplane: controlplane.into(),
+            target: Target::default(),
+            dry_run: false,
+            state_dir: None,
+            ipvs: IpvsMode::Kernel,
+            drift_interval: Duration::from_secs(30),
+            tls: None,
+        }
+    }
+}
+
 /// The agent's certificate (naming its node as a SAN DNS name), its key,
 /// and the CA the control plane's certificate must chain to; PEM files,
 /// read again at every connection, so a rotated Secret is used from the
@@ -562,14 +580,9 @@ mod tests {
 
     fn agent() -> Agent {
         Agent::new(AgentOptions {
-            node: "n".into(),
-            controlplane: "http://127.0.0.1:1".into(),
-            target: Target { netns: None },
             dry_run: true,
-            state_dir: None,
             ipvs: IpvsMode::Simulated,
-            drift_interval: Duration::from_secs(30),
-            tls: None,
+            ..AgentOptions::new("n", "http://127.0.0.1:1")
         })
     }
 

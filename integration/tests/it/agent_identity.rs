@@ -15,7 +15,6 @@ use rcgen::{
 };
 use setpoint_agent::client::{Agent, AgentOptions, AgentTls, check_transport};
 use setpoint_agent::services::IpvsMode;
-use setpoint_agent::target::Target;
 use setpoint_controlplane::serve::{Running, ServeConfig, start};
 use setpoint_controlplane::tls::ServerTls;
 use setpoint_proto::v1::agent_stream_client::AgentStreamClient;
@@ -153,14 +152,14 @@ async fn serve_tls() -> Fixture {
 /// A dry-run agent saying hello as `node` with `tls`.
 fn agent(running: &Running, node: &str, tls: AgentTls) -> (tokio::task::JoinHandle<()>, Progress) {
     let options = AgentOptions {
-        node: node.to_string(),
-        controlplane: format!("https://localhost:{}", running.agent_addr.port()),
-        target: Target::default(),
         dry_run: true,
-        state_dir: None,
         ipvs: IpvsMode::Simulated,
         drift_interval: Duration::from_secs(3600),
         tls: Some(tls),
+        ..AgentOptions::new(
+            node,
+            format!("https://localhost:{}", running.agent_addr.port()),
+        )
     };
     check_transport(&options).expect("an https URL with TLS files is accepted");
     let agent = Agent::new(options);
@@ -410,14 +409,10 @@ async fn plaintext_off_loopback_is_refused() {
     );
 
     let options = |url: &str, tls: Option<AgentTls>| AgentOptions {
-        node: "node-a".into(),
-        controlplane: url.into(),
-        target: Target::default(),
         dry_run: true,
-        state_dir: None,
         ipvs: IpvsMode::Simulated,
-        drift_interval: Duration::from_secs(30),
         tls,
+        ..AgentOptions::new("node-a", url)
     };
     let files = AgentTls {
         cert: "c".into(),

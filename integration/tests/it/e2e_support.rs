@@ -66,16 +66,12 @@ pub fn spawn_agent_to(
     state_dir: &Path,
 ) -> (tokio::task::JoinHandle<()>, Progress) {
     let agent = Agent::new(AgentOptions {
-        node: node.to_string(),
-        controlplane: format!("http://{controlplane}"),
         target: Target {
             netns: Some(ns.name().to_string()),
         },
-        dry_run: false,
         state_dir: Some(state_dir.to_path_buf()),
         ipvs: IpvsMode::Simulated,
-        drift_interval: Duration::from_secs(30),
-        tls: None,
+        ..AgentOptions::new(node, format!("http://{controlplane}"))
     });
     let progress = agent.progress.clone();
     (tokio::spawn(agent.run()), progress)

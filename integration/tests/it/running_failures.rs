@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use setpoint_controlplane::serve::{Running, ServeConfig, start};
-use setpoint_integration::{Netns, require_root_and_tools};
+use setpoint_integration::{Netns, readyz, require_root_and_tools};
 use setpoint_proto::PROTOCOL_VERSION;
 use setpoint_proto::v1::agent_message::Body as AgentBody;
 use setpoint_proto::v1::agent_stream_client::AgentStreamClient;
@@ -566,24 +566,6 @@ async fn agent_killed_mid_apply_restarts_and_converges_to_the_current_digest() {
         head = new_head;
         current = restarted;
     }
-}
-
-/// The status code of `GET /readyz` on the metrics listener.
-async fn readyz(addr: SocketAddr) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect to metrics");
-    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("send request");
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).await.expect("read reply");
-    reply
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or_else(|| panic!("not an HTTP reply: {reply:?}"))
 }
 
 /// Turns connections to one database off (and its sessions out) for as

@@ -42,15 +42,7 @@ fn ipvs_and_dummy_link_in_a_debian_kernel() {
         out.console
     );
 
-    let file = |name: &str| -> String {
-        let bytes = out.files.get(name).unwrap_or_else(|| {
-            panic!(
-                "no /out/{name}; got {:?}",
-                out.files.keys().collect::<Vec<_>>()
-            )
-        });
-        String::from_utf8_lossy(bytes).into_owned()
-    };
+    let file = |name: &str| out.text(name);
     let lines = |text: &str| -> Vec<Vec<String>> {
         text.lines()
             .map(|l| l.split_whitespace().map(String::from).collect())

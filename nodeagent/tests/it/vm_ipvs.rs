@@ -311,14 +311,7 @@ struct Out<'a>(&'a VmOutput);
 
 impl Out<'_> {
     fn text(&self, name: &str) -> String {
-        let bytes = self.0.files.get(name).unwrap_or_else(|| {
-            panic!(
-                "no /out/{name}; got {:?}\nconsole:\n{}",
-                self.0.files.keys().collect::<Vec<_>>(),
-                self.0.console
-            )
-        });
-        String::from_utf8_lossy(bytes).into_owned()
+        self.0.text(name)
     }
 
     /// The step's apply exited 0; its log.

@@ -4,7 +4,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use setpoint_agent::client::{Agent, AgentOptions};
 use setpoint_agent::services::IpvsMode;
-use setpoint_agent::target::Target;
 use setpoint_controlplane::admin::AdminConfig;
 use setpoint_controlplane::serve::{Running, ServeConfig, start};
 
@@ -149,14 +148,9 @@ async fn wait_all_at_head(f: &Fixture, nodes: usize) -> Value {
 
 fn spawn_dry_run_agent(running: &Running, node: &str) {
     let agent = Agent::new(AgentOptions {
-        node: node.to_string(),
-        controlplane: format!("http://{}", running.agent_addr),
-        target: Target { netns: None },
         dry_run: true,
-        state_dir: None,
         ipvs: IpvsMode::Simulated,
-        drift_interval: Duration::from_secs(30),
-        tls: None,
+        ..AgentOptions::new(node, format!("http://{}", running.agent_addr))
     });
     tokio::spawn(agent.run());
 }

@@ -13,7 +13,7 @@ use setpoint_agent::services::IpvsMode;
 use setpoint_agent::target::Target;
 use setpoint_controlplane::serve::{Running, ServeConfig, start};
 use setpoint_dataplane::Format;
-use setpoint_integration::{Netns, require_root_and_tools};
+use setpoint_integration::{Netns, readyz, require_root_and_tools};
 use setpoint_store::RevisionId;
 
 use crate::fixtures::*;
@@ -41,22 +41,6 @@ async fn converge_past(running: &Running, agent: &Progress, after: u64) -> u64 {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// `GET /readyz` on the metrics listener: the status code.
-async fn readyz(addr: SocketAddr) -> u16 {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut conn = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    conn.write_all(b"GET /readyz HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await
-        .expect("write");
-    let mut reply = String::new();
-    conn.read_to_string(&mut reply).await.expect("read");
-    reply
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("not HTTP: {reply:?}"))
 }
 
 /// node-a's state at `revision`, rendered as `format`.
@@ -118,16 +102,12 @@ async fn kube_objects_reach_an_agent_and_watch_events_make_new_revisions() {
     let ns = Netns::create("kube-a").expect("netns");
     let state_dir = tempfile::tempdir().expect("dir");
     let agent = Agent::new(AgentOptions {
-        node: "node-a".into(),
-        controlplane: format!("http://{}", running.agent_addr),
         target: Target {
             netns: Some(ns.name().to_string()),
         },
-        dry_run: false,
         state_dir: Some(state_dir.path().to_path_buf()),
         ipvs: IpvsMode::Simulated,
-        drift_interval: Duration::from_secs(30),
-        tls: None,
+        ..AgentOptions::new("node-a", format!("http://{}", running.agent_addr))
     });
     let a = agent.progress.clone();
     let _agent = tokio::spawn(agent.run());
