@@ -4,7 +4,9 @@
 
 pub mod admin;
 pub mod demo;
+pub mod fanout;
 pub mod leader;
 pub mod metrics;
 pub mod serve;
+pub mod status;
 pub mod stream;

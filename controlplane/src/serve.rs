@@ -224,7 +224,8 @@ impl Replica {
                     )
                     .await
                     {
-                        Ok(leader) => {
+                        Ok(mut leader) => {
+                            leader.publish_to(self.service.fanout.clone()).await;
                             tracing::info!(epoch = leader.epoch().0, "leading");
                             self.role.send_replace(Role::Leader);
                             match self.config.kube.clone() {
@@ -307,7 +308,7 @@ impl Replica {
             }
             tokio::select! {
                 _ = tokio::time::sleep(config.poll) => {}
-                Some(command) = admin.recv() => self.run_admin(&leader, command).await,
+                Some(command) = admin.recv() => self.run_admin(&mut leader, command).await,
             }
         }
     }
@@ -373,7 +374,7 @@ impl Replica {
                     }
                 }
                 _ = tokio::time::sleep(config.poll) => {}
-                Some(command) = admin.recv() => self.run_admin(&leader, command).await,
+                Some(command) = admin.recv() => self.run_admin(&mut leader, command).await,
             }
         }
     }
@@ -419,12 +420,13 @@ impl Replica {
     }
 
     /// Runs an admin write with the leader's epoch, between its commits.
-    async fn run_admin(&self, leader: &Leader, command: AdminCommand) {
+    async fn run_admin(&self, leader: &mut Leader, command: AdminCommand) {
         if command.reply.is_closed() {
             return;
         }
         let outcome = command.write.execute(&self.store, leader.epoch()).await;
         if let Ok(revision) = &outcome {
+            leader.admin_wrote(*revision).await;
             if let Ok(mut s) = self.service.seen.lock() {
                 s.insert(revision.0, SystemTime::now());
             }

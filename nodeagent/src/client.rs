@@ -9,11 +9,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use setpoint_dataplane::NodeDataplane;
+use setpoint_proto::parts::{FragmentCache, apply_delta, snapshot_state_cached};
 use setpoint_proto::v1::agent_message::Body as AgentBody;
 use setpoint_proto::v1::agent_stream_client::AgentStreamClient;
 use setpoint_proto::v1::control_message::Body as ControlBody;
 use setpoint_proto::v1::{Ack, AgentMessage, ControlMessage, Heartbeat, Hello, Nack};
-use setpoint_proto::{PROTOCOL_VERSION, delta_changes, digest_bytes, snapshot_state};
+use setpoint_proto::{PROTOCOL_VERSION, digest_bytes};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -260,7 +261,10 @@ impl Agent {
             Some(ControlBody::Snapshot(s)) => {
                 self.note(|p| p.snapshots += 1);
                 self.metrics.snapshots.inc();
-                match snapshot_state(&s) {
+                // Parts are decoded through the process's cache: a part
+                // this process already holds (another revision's, or in
+                // the fleet benchmark another node's) is not decoded again.
+                match snapshot_state_cached(&s, FragmentCache::process()) {
                     Ok(state) => (s.revision, state),
                     Err(e) => {
                         return Ok(Some(self.nack(
@@ -274,16 +278,6 @@ impl Agent {
             Some(ControlBody::Delta(d)) => {
                 self.note(|p| p.deltas += 1);
                 self.metrics.deltas.inc();
-                let (changes, digest) = match delta_changes(&d) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        return Ok(Some(self.nack(
-                            d.to_revision,
-                            e.to_string(),
-                            "decode delta",
-                        )));
-                    }
-                };
                 let base = match &self.held {
                     Some((r, s)) if *r == d.from_revision => s,
                     other => {
@@ -298,12 +292,8 @@ impl Agent {
                         )));
                     }
                 };
-                match setpoint_dataplane::apply(base, &changes) {
-                    Ok(next) if next.digest() == digest => (d.to_revision, next),
-                    Ok(next) => {
-                        let e = format!("delta yields digest {}, expected {digest}", next.digest());
-                        return Ok(Some(self.nack(d.to_revision, e, "apply delta")));
-                    }
+                match apply_delta(base, &d, FragmentCache::process()) {
+                    Ok(next) => (d.to_revision, next),
                     Err(e) => {
                         return Ok(Some(self.nack(d.to_revision, e.to_string(), "apply delta")));
                     }
@@ -320,6 +310,8 @@ impl Agent {
             .unwrap_or("")
             .to_string();
         let span = tracing::info_span!("apply", revision, trace_id = %trace_id);
+        // A child of the control plane's rollout span, when exported.
+        crate::telemetry::set_remote_parent(&span, &m.traceparent);
         use tracing::Instrument as _;
         Ok(Some(self.apply(revision, wanted).instrument(span).await))
     }
