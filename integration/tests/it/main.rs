@@ -9,4 +9,5 @@ mod policy_matrix;
 mod render_applies;
 mod running_failures;
 mod running_system;
+mod sigkill;
 mod vm_smoke;
