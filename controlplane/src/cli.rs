@@ -127,6 +127,10 @@ pub struct ServeArgs {
     pub client_ca: Option<PathBuf>,
     #[command(flatten)]
     pub rollout: RolloutArgs,
+    /// Export trace spans over OTLP/gRPC to this collector (default:
+    /// $OTEL_EXPORTER_OTLP_ENDPOINT; none: no export).
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
     #[command(flatten)]
     pub compute: ComputeArgs,
 }
@@ -283,13 +287,11 @@ pub struct RenderArgs {
     pub compute: ComputeArgs,
 }
 
-fn init_logs() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+/// Logs, and span export when an OTLP endpoint is given; keep the result
+/// alive while the command runs (dropping it flushes the export).
+fn init_logs(otlp: Option<String>) -> anyhow::Result<setpoint_agent::telemetry::Telemetry> {
+    let otlp = setpoint_agent::telemetry::endpoint(otlp);
+    setpoint_agent::telemetry::init("setpoint-controlplane", "warn", otlp.as_deref())
 }
 
 /// A client for `--source kube`.
@@ -317,7 +319,7 @@ async fn kube_client(
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    init_logs();
+    let _telemetry = init_logs(args.otlp_endpoint.clone())?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let kube = match args.source {
@@ -417,7 +419,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    init_logs();
+    let _telemetry = init_logs(None)?;
     let runtime = tokio::runtime::Runtime::new()?;
     let converged = runtime.block_on(setpoint_controlplane::demo::run(
         setpoint_controlplane::demo::DemoConfig {

@@ -10,12 +10,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
 use setpoint_compute::{ClusterObject, ComputeConfig, Index, ObjectKey};
 use setpoint_store::{Cause, CommitRequest, Epoch, RevisionId, Store};
 use tokio::sync::watch;
+
+use crate::fanout::{Fanout, Publisher};
 
 /// What one computation committed.
 #[derive(Clone, Debug)]
@@ -40,6 +43,8 @@ pub struct Leader {
     /// commits every node even if no object changed since.
     dirty: bool,
     head: watch::Sender<u64>,
+    /// Publishes committed states to this process's sessions.
+    publisher: Option<Publisher>,
 }
 
 impl Leader {
@@ -60,7 +65,29 @@ impl Leader {
             nodes: BTreeSet::new(),
             dirty: false,
             head,
+            publisher: None,
         })
+    }
+
+    /// From now on, every revision this leader writes is published to
+    /// `fanout` (sessions in this process then serve it from memory).
+    pub async fn publish_to(&mut self, fanout: Arc<Fanout>) {
+        let mut publisher = Publisher::new(fanout);
+        publisher.load_pins(&self.store).await;
+        self.publisher = Some(publisher);
+    }
+
+    /// After an admin write committed `revision`: pins changed, so the
+    /// published states are re-derived.
+    pub async fn admin_wrote(&mut self, revision: RevisionId) {
+        let Some(publisher) = self.publisher.as_mut() else {
+            return;
+        };
+        publisher.load_pins(&self.store).await;
+        let index = &self.index;
+        publisher.publish(revision.0, &self.nodes, Some(&BTreeSet::new()), |n| {
+            index.node_state(n)
+        });
     }
 
     pub fn epoch(&self) -> Epoch {
@@ -141,6 +168,17 @@ impl Leader {
         self.dirty = true;
         let revision = self.store.commit(request).await.context("committing")?;
         self.dirty = false;
+        if let Some(publisher) = self.publisher.as_mut() {
+            let changed: BTreeSet<String> = outcome
+                .changed_nodes
+                .iter()
+                .map(|n| n.to_string())
+                .collect();
+            let index = &self.index;
+            publisher.publish(revision.0, &live, (!first).then_some(&changed), |n| {
+                index.node_state(n)
+            });
+        }
         self.nodes = live;
         self.head.send_replace(revision.0);
         Ok(Some(Committed {

@@ -5,9 +5,11 @@
 pub mod admin;
 pub mod demo;
 pub mod explain;
+pub mod fanout;
 pub mod leader;
 pub mod metrics;
 pub mod rollout;
 pub mod serve;
+pub mod status;
 pub mod stream;
 pub mod tls;

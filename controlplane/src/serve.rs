@@ -358,7 +358,8 @@ impl Replica {
                     )
                     .await
                     {
-                        Ok(leader) => {
+                        Ok(mut leader) => {
+                            leader.publish_to(self.service.fanout.clone()).await;
                             tracing::info!(epoch = leader.epoch().0, "leading");
                             self.role.send_replace(Role::Leader);
                             match self.config.kube.clone() {
@@ -446,9 +447,9 @@ impl Replica {
             }
             tokio::select! {
                 _ = tokio::time::sleep(config.poll) => {}
-                Some(command) = admin.recv() => self.run_admin(&leader, command).await,
+                Some(command) = admin.recv() => self.run_admin(&mut leader, command).await,
             }
-            self.rollout_tick(&leader, rollout.as_mut()).await;
+            self.rollout_tick(&mut leader, rollout.as_mut()).await;
         }
     }
 
@@ -516,9 +517,9 @@ impl Replica {
                     }
                 }
                 _ = tokio::time::sleep(config.poll) => {}
-                Some(command) = admin.recv() => self.run_admin(&leader, command).await,
+                Some(command) = admin.recv() => self.run_admin(&mut leader, command).await,
             }
-            self.rollout_tick(&leader, rollout.as_mut()).await;
+            self.rollout_tick(&mut leader, rollout.as_mut()).await;
         }
     }
 
@@ -563,19 +564,21 @@ impl Replica {
     }
 
     /// Runs an admin write with the leader's epoch, between its commits.
-    async fn run_admin(&self, leader: &Leader, command: AdminCommand) {
+    async fn run_admin(&self, leader: &mut Leader, command: AdminCommand) {
         if command.reply.is_closed() {
             return;
         }
         let outcome = command.write.execute(&self.store, leader.epoch()).await;
         if let Ok(revision) = &outcome {
-            self.wrote(*revision);
+            self.wrote(leader, *revision).await;
         }
         let _ = command.reply.send(outcome);
     }
 
-    /// Publishes a revision written outside a sync (admin, rollout).
-    fn wrote(&self, revision: setpoint_store::RevisionId) {
+    /// Publishes a revision written outside a sync (admin, rollout): pins
+    /// changed, so the leader re-derives the states it serves.
+    async fn wrote(&self, leader: &mut Leader, revision: setpoint_store::RevisionId) {
+        leader.admin_wrote(revision).await;
         if let Ok(mut s) = self.service.seen.lock() {
             s.insert(revision.0, SystemTime::now());
         }
@@ -612,7 +615,7 @@ impl Replica {
         };
         let labels = node_labels(&objects);
         if let Some(r) = rollout.hold(&self.store, leader.epoch(), &labels).await? {
-            self.wrote(r);
+            self.wrote(leader, r).await;
         }
         let since_ms = crate::rollout::now_ms();
         let outcome = leader.sync(objects, seen_at).await?;
@@ -621,7 +624,7 @@ impl Replica {
                 .committed(&self.store, leader.epoch(), c.revision, since_ms)
                 .await
             {
-                Ok(Some(r)) => self.wrote(r),
+                Ok(Some(r)) => self.wrote(leader, r).await,
                 Ok(None) => {}
                 Err(e) => tracing::warn!("rollout: cannot release the canaries: {e:#}"),
             }
@@ -629,7 +632,7 @@ impl Replica {
         Ok(outcome)
     }
 
-    async fn rollout_tick(&self, leader: &Leader, rollout: Option<&mut Rollout>) {
+    async fn rollout_tick(&self, leader: &mut Leader, rollout: Option<&mut Rollout>) {
         let Some(rollout) = rollout else {
             return;
         };
@@ -637,7 +640,7 @@ impl Replica {
             .tick(&self.store, leader.epoch(), &self.metrics)
             .await
         {
-            Ok(Some(r)) => self.wrote(r),
+            Ok(Some(r)) => self.wrote(leader, r).await,
             Ok(None) => {}
             Err(e) => {
                 self.metrics.store_errors.inc();

@@ -18,14 +18,16 @@ use setpoint_proto::v1::agent_message::Body as AgentBody;
 use setpoint_proto::v1::agent_stream_server::AgentStream;
 use setpoint_proto::v1::control_message::Body as ControlBody;
 use setpoint_proto::v1::{AgentMessage, ControlMessage, Heartbeat, Hello};
-use setpoint_proto::{PROTOCOL_VERSION, delta, digest_from, snapshot};
+use setpoint_proto::{PROTOCOL_VERSION, digest_from};
 use setpoint_store::{AgentResult, AgentStatus, RevisionId, Store};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::fanout::Fanout;
 use crate::metrics::Metrics;
+use crate::status::StatusWriter;
 
 /// How long an agent has to say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -53,6 +55,9 @@ pub struct AgentService {
     metrics: Arc<Metrics>,
     /// When the change behind each revision was first seen.
     pub seen: Arc<Mutex<BTreeMap<u64, SystemTime>>>,
+    /// States the leader published, and memoized encodings.
+    pub fanout: Arc<Fanout>,
+    statuses: StatusWriter,
 }
 
 fn now_ms() -> i64 {
@@ -86,6 +91,7 @@ pub fn traceparent(revision: u64, node: &str) -> String {
 
 impl AgentService {
     pub fn new(store: Store, head: watch::Receiver<u64>, metrics: Arc<Metrics>) -> AgentService {
+        let statuses = StatusWriter::start(store.clone());
         AgentService {
             store,
             head,
@@ -94,6 +100,8 @@ impl AgentService {
             fleet: Arc::default(),
             metrics,
             seen: Arc::default(),
+            fanout: Arc::default(),
+            statuses,
         }
     }
 }
@@ -159,6 +167,8 @@ impl AgentStream for AgentService {
             in_flight: None,
             retry_at: None,
             retry_delay: RETRY_FIRST,
+            snapshot_permit: None,
+            rollout: None,
         };
         self.metrics.agents_connected.inc();
         let metrics = self.metrics.clone();
@@ -198,6 +208,10 @@ struct Session {
     in_flight: Option<(u64, Instant)>,
     retry_at: Option<tokio::time::Instant>,
     retry_delay: Duration,
+    /// Held from sending a snapshot until the agent answers it.
+    snapshot_permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// The span of the revision in flight.
+    rollout: Option<tracing::Span>,
 }
 
 impl Session {
@@ -218,9 +232,7 @@ impl Session {
             contact_ms: now_ms(),
             agent_version: self.agent_version.clone(),
         };
-        if let Err(e) = self.service.store.record_agent_status(&status).await {
-            tracing::warn!(node = %self.node, "cannot record agent status: {e}");
-        }
+        self.service.statuses.record(status);
     }
 
     /// What the store confirms of the agent's claim: its revision's state
@@ -232,8 +244,8 @@ impl Session {
         let claimed: Digest = digest_from(&hello.applied_digest).ok()?;
         let state = self
             .service
-            .store
-            .node_state(&self.node, RevisionId(hello.applied_revision))
+            .fanout
+            .state(&self.service.store, &self.node, hello.applied_revision)
             .await
             .ok()??;
         (state.digest() == claimed).then_some(Held {
@@ -306,8 +318,8 @@ impl Session {
         let store_error = |e: setpoint_store::StoreError| Status::unavailable(e.to_string());
         let Some(state) = self
             .service
-            .store
-            .node_state(&self.node, RevisionId(head))
+            .fanout
+            .state(&self.service.store, &self.node, head)
             .await
             .map_err(store_error)?
         else {
@@ -332,9 +344,11 @@ impl Session {
                 return Ok(());
             }
             Some(acked) => {
-                let changes = setpoint_dataplane::diff(&acked.state, &state);
-                let d = delta(acked.revision, head, &changes, &state.digest())
-                    .map_err(|e| Status::internal(e.to_string()))?;
+                let d = self
+                    .service
+                    .fanout
+                    .delta(acked.revision, &acked.state, head, &state)
+                    .map_err(Status::internal)?;
                 self.service.metrics.deltas_sent.inc();
                 self.service
                     .metrics
@@ -343,7 +357,15 @@ impl Session {
                 ControlBody::Delta(d)
             }
             None => {
-                let s = snapshot(head, &state).map_err(|e| Status::internal(e.to_string()))?;
+                if self.snapshot_permit.is_none() {
+                    let permit = self.service.fanout.snapshots.clone().acquire_owned().await;
+                    self.snapshot_permit = permit.ok();
+                }
+                let s = self
+                    .service
+                    .fanout
+                    .snapshot(head, &state)
+                    .map_err(Status::internal)?;
                 self.service.metrics.snapshots_sent.inc();
                 ControlBody::Snapshot(s)
             }
@@ -354,7 +376,14 @@ impl Session {
         });
         self.in_flight = Some((head, Instant::now()));
         let mut m = message(body);
-        m.traceparent = traceparent(head, &self.node);
+        // The rollout of this revision to this node, open until the agent
+        // answers; exported (with the agent's apply span as its child)
+        // when OTLP is configured.
+        let derived = traceparent(head, &self.node);
+        let rollout = tracing::info_span!("rollout", revision = head, node = %self.node);
+        setpoint_agent::telemetry::set_remote_parent(&rollout, &derived);
+        m.traceparent = setpoint_agent::telemetry::traceparent_of(&rollout).unwrap_or(derived);
+        self.rollout = Some(rollout);
         tracing::debug!(node = %self.node, revision = head, traceparent = %m.traceparent, "sent");
         self.tx
             .send(Ok(m))
@@ -370,6 +399,8 @@ impl Session {
         }
         match m.body {
             Some(AgentBody::Ack(ack)) => {
+                self.snapshot_permit = None;
+                self.rollout = None;
                 let Some(sent) = self.sent.clone().filter(|s| s.revision == ack.revision) else {
                     return Err(Status::invalid_argument(format!(
                         "ack for revision {} which was not sent",
@@ -403,6 +434,8 @@ impl Session {
                 self.record(self.acked.as_ref(), AgentResult::Ack).await;
             }
             Some(AgentBody::Nack(nack)) => {
+                self.snapshot_permit = None;
+                self.rollout = None;
                 self.service.metrics.nacks.inc();
                 tracing::warn!(node = %self.node, revision = nack.revision, "nack: {} ({})", nack.error, nack.failed_operation);
                 self.in_flight = None;

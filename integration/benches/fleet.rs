@@ -1,25 +1,35 @@
 //! The running system at fleet scale: one control plane (PostgreSQL, real
 //! gRPC on loopback) and N dry-run agents (the real client code; a dry-run
 //! agent plans from what it is sent and touches no kernel) on a synthetic
-//! cluster written as manifest files. Measures the time until every agent
-//! holds the first revision, then one-endpoint changes: programming latency
-//! (file written → every agent acked), bytes per agent per change, CPU and
-//! peak memory of the process (control plane and agents together).
+//! cluster written as manifest files. The agents run in a child process
+//! (this binary again, `SETPOINT_BENCH_ROLE=agents`), one HTTP/2
+//! connection each, so the control plane's CPU and memory are measured
+//! apart from theirs. Measures the time until every agent holds the first
+//! revision, then one-endpoint changes: programming latency (file written
+//! → every agent acked), bytes per agent per change, CPU and peak memory;
+//! then a rollback of every node through the admin API to the revision
+//! before the last change (held in memory) and to the first revision
+//! (read from the store): time until every agent acked it.
 //!
 //! `cargo bench -p setpoint-integration --bench fleet`; sizes from
 //! SETPOINT_BENCH_AGENTS (200), _SERVICES (1,000), _ENDPOINTS (5 per
 //! Service), _CHANGES (50). Needs PostgreSQL (SETPOINT_TEST_POSTGRES).
 
+use std::io::{BufRead as _, Write as _};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use setpoint_agent::client::{Agent, AgentOptions, AgentProgress};
+use setpoint_agent::client::{Agent, AgentOptions};
 use setpoint_agent::services::IpvsMode;
 use setpoint_compute::ClusterObject;
 use setpoint_compute::synthetic::{self, ClusterShape};
-use setpoint_controlplane::serve::{ServeConfig, start};
+use setpoint_controlplane::admin::AdminConfig;
+use setpoint_controlplane::serve::{Running, ServeConfig, start};
 use setpoint_integration::postgres::fresh_postgres_database;
+use setpoint_proto::admin::RollbackRequest;
+use setpoint_proto::admin::admin_client::AdminClient;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -38,6 +48,19 @@ fn yaml(object: &ClusterObject) -> String {
         ClusterObject::NetworkPolicy(o) => serde_yaml_ng::to_string(o),
     };
     text.expect("k8s objects serialise")
+}
+
+/// Lifts the open-file limit to its hard maximum (one socket per agent).
+fn raise_nofile() {
+    let mut limit = std::mem::MaybeUninit::<libc::rlimit>::zeroed();
+    // SAFETY: getrlimit fills the struct; setrlimit reads it.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, limit.as_mut_ptr()) == 0 {
+            let mut limit = limit.assume_init();
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 fn cpu_seconds() -> f64 {
@@ -93,7 +116,64 @@ fn all_at(
         .unwrap_or(false)
 }
 
+const ADMIN_TOKEN: &str = "fleet-bench-admin-token-0123456789";
+
 fn main() {
+    raise_nofile();
+    if std::env::var("SETPOINT_BENCH_ROLE").as_deref() == Ok("agents") {
+        agents();
+    } else {
+        control_plane();
+    }
+}
+
+/// The child: N agents against SETPOINT_BENCH_CONTROLPLANE until stdin
+/// closes; then prints its CPU time and peak memory.
+fn agents() {
+    let n = env_or("SETPOINT_BENCH_AGENTS", 200);
+    let url = std::env::var("SETPOINT_BENCH_CONTROLPLANE").expect("control plane URL");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let started = Instant::now();
+    runtime.block_on(async {
+        for i in 0..n {
+            let agent = Agent::new(AgentOptions {
+                dry_run: true,
+                ipvs: IpvsMode::Simulated,
+                drift_interval: Duration::from_secs(3600),
+                ..AgentOptions::new(synthetic::node_name(i), url.clone())
+            });
+            tokio::spawn(agent.run());
+        }
+        let _ = tokio::task::spawn_blocking(|| {
+            let mut line = String::new();
+            while std::io::stdin().lock().read_line(&mut line).unwrap_or(0) > 0 {
+                line.clear();
+            }
+        })
+        .await;
+    });
+    println!(
+        "agents process: CPU {:.1} s over {:.1?}, peak RSS {:.0} MiB",
+        cpu_seconds(),
+        started.elapsed(),
+        peak_rss_mib()
+    );
+    std::process::exit(0);
+}
+
+async fn wait_all_at(running: &Running, agents: usize, revision: u64, limit: Duration) -> Duration {
+    let t0 = Instant::now();
+    while !all_at(&running.service.fleet, agents, revision) {
+        assert!(
+            t0.elapsed() < limit,
+            "revision {revision} did not reach every agent"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    t0.elapsed()
+}
+
+fn control_plane() {
     let agents_n = env_or("SETPOINT_BENCH_AGENTS", 200);
     let services = env_or("SETPOINT_BENCH_SERVICES", 1_000);
     let shape = ClusterShape {
@@ -104,19 +184,23 @@ fn main() {
     };
     let changes = env_or("SETPOINT_BENCH_CHANGES", 50);
     let dir = tempfile::tempdir().expect("tempdir");
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).expect("manifests dir");
     let nodes: String = (0..shape.nodes)
         .map(|i| format!("---\n{}", yaml(&synthetic::node(i, &shape))))
         .collect();
-    std::fs::write(dir.path().join("nodes.yaml"), nodes).expect("nodes");
+    std::fs::write(manifests.join("nodes.yaml"), nodes).expect("nodes");
     let svcs: String = (0..shape.services)
         .map(|i| format!("---\n{}", yaml(&synthetic::service(i))))
         .collect();
-    std::fs::write(dir.path().join("services.yaml"), svcs).expect("services");
+    std::fs::write(manifests.join("services.yaml"), svcs).expect("services");
     for i in 0..shape.services {
-        write_slice(dir.path(), i, &shape, 0);
+        write_slice(&manifests, i, &shape, 0);
     }
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, format!("{ADMIN_TOKEN}\n")).expect("tokens");
     println!(
-        "fleet: {} agents (dry run), {} services × {} endpoints, PostgreSQL",
+        "fleet: {} agents (dry run, in a child process), {} services × {} endpoints, PostgreSQL",
         shape.nodes,
         shape.services,
         shape.endpoints / shape.services.max(1)
@@ -125,45 +209,52 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         let started = Instant::now();
+        let any = "127.0.0.1:0".parse().expect("addr");
         let running = start(ServeConfig {
-            manifests: dir.path().to_path_buf(),
+            manifests: manifests.clone(),
             kube: None,
             database: fresh_postgres_database(),
-            listen: "127.0.0.1:0".parse().expect("addr"),
-            metrics_listen: "127.0.0.1:0".parse().expect("addr"),
+            listen: any,
+            metrics_listen: any,
             batch: Duration::from_millis(20),
             poll: Duration::from_millis(50),
             compute: Default::default(),
             rollout: None,
-            admin: Default::default(),
             tls: None,
             election: Default::default(),
+            admin: AdminConfig {
+                listen: Some(any),
+                token_file: Some(tokens.clone()),
+            },
         })
         .await
         .expect("control plane");
-        let mut progress: Vec<Arc<Mutex<AgentProgress>>> = Vec::with_capacity(shape.nodes);
-        for i in 0..shape.nodes {
-            let agent = Agent::new(AgentOptions {
-                dry_run: true,
-                ipvs: IpvsMode::Simulated,
-                drift_interval: Duration::from_secs(3600),
-                ..AgentOptions::new(
-                    synthetic::node_name(i),
-                    format!("http://{}", running.agent_addr),
-                )
-            });
-            progress.push(agent.progress.clone());
-            tokio::spawn(agent.run());
-        }
+        let mut child = Command::new(std::env::current_exe().expect("this binary"))
+            .env("SETPOINT_BENCH_ROLE", "agents")
+            .env("SETPOINT_BENCH_AGENTS", shape.nodes.to_string())
+            .env(
+                "SETPOINT_BENCH_CONTROLPLANE",
+                format!("http://{}", running.agent_addr),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("agents process");
         let mut head = running.head.clone();
-        while *head.borrow() == 0 || !all_at(&running.service.fleet, shape.nodes, *head.borrow()) {
+        while *head.borrow() == 0 {
             let _ = tokio::time::timeout(Duration::from_millis(100), head.changed()).await;
-            assert!(started.elapsed() < Duration::from_secs(1800), "no convergence");
+            assert!(started.elapsed() < Duration::from_secs(1800), "no first revision");
         }
+        let committed = started.elapsed();
+        let first = *head.borrow();
+        let snapshots = wait_all_at(&running, shape.nodes, first, Duration::from_secs(1800)).await;
         println!(
-            "first revision on every agent (load, compute, commit, {} snapshots): {:.2?}",
+            "first revision committed after {committed:.2?} (load, compute, commit); then {} snapshots acked in {snapshots:.2?}",
             shape.nodes,
-            started.elapsed()
+        );
+        println!(
+            "control plane after the snapshots: peak RSS {:.0} MiB",
+            peak_rss_mib()
         );
 
         let bytes_before = running.metrics.delta_bytes.get();
@@ -171,12 +262,14 @@ fn main() {
         let cpu_before = cpu_seconds();
         let phase = Instant::now();
         let mut latencies = Vec::with_capacity(changes);
+        let mut before_last = first;
         for k in 0..changes {
             let before = *running.head.borrow();
+            before_last = before;
             let i = (k * 7919) % shape.services;
             let t0 = Instant::now();
             // An odd generation marks one endpoint not ready: a real change.
-            write_slice(dir.path(), i, &shape, 2 * k + 1);
+            write_slice(&manifests, i, &shape, 2 * k + 1);
             loop {
                 let now = *running.head.borrow();
                 if now > before && all_at(&running.service.fleet, shape.nodes, now) {
@@ -198,12 +291,57 @@ fn main() {
             percentile(&latencies, 1.0)
         );
         println!(
-            "{deltas} deltas, {:.0} bytes per agent per change (payload); CPU {:.1} s over {:.1?} ({:.0}% of one core), process peak RSS {:.0} MiB (control plane and agents)",
+            "{deltas} deltas, {:.0} bytes per agent per change (payload); control plane CPU {:.1} s over {:.1?} ({:.0}% of one core)",
             bytes as f64 / deltas.max(1) as f64,
             cpu,
             phase.elapsed(),
             100.0 * cpu / phase.elapsed().as_secs_f64(),
+        );
+
+        let addr = running.admin_addr.expect("admin API");
+        let mut admin = AdminClient::connect(format!("http://{addr}"))
+            .await
+            .expect("admin API reachable");
+        for (to, what) in [
+            (before_last, "the revision before the last change, in memory"),
+            (first, "the first revision, read from the store"),
+        ] {
+            let mut request = tonic::Request::new(RollbackRequest {
+                to,
+                nodes: Vec::new(),
+                reason: "fleet benchmark".into(),
+            });
+            request.metadata_mut().insert(
+                "authorization",
+                format!("Bearer {ADMIN_TOKEN}").parse().expect("header"),
+            );
+            let t0 = Instant::now();
+            let written = admin
+                .rollback(request)
+                .await
+                .expect("rollback")
+                .into_inner();
+            let wrote = t0.elapsed();
+            wait_all_at(&running, shape.nodes, written.revision, Duration::from_secs(600)).await;
+            println!(
+                "rollback of all {} nodes to revision {to} ({what}): written in {wrote:.2?}, every agent acked after {:.2?}",
+                shape.nodes,
+                t0.elapsed()
+            );
+        }
+        println!(
+            "control plane peak RSS {:.0} MiB (this process; PostgreSQL not counted)",
             peak_rss_mib()
         );
+        drop(child.stdin.take());
+        let mut report = String::new();
+        if let Some(out) = child.stdout.take() {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                report.push_str(&line);
+            }
+        }
+        let _ = child.wait();
+        println!("{report}");
+        let _ = std::io::stdout().flush();
     });
 }

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use setpoint_dataplane::diff::diff_fragments;
+use setpoint_dataplane::diff::{apply_to_fragment, diff_fragments};
 use setpoint_dataplane::template::{self, Collision};
 use setpoint_dataplane::{
     Change, Digest, Family, Fragment, NodeDataplane, Protocol, SetSpec, SetType, VirtualServer,
@@ -67,6 +67,29 @@ pub enum ApplyError {
 /// acks is the contract's.
 pub fn kernel_view(state: &NodeDataplane) -> Result<Fragment, ApplyError> {
     Ok(template::expand(&state.flatten())?)
+}
+
+/// The kernel's changes from `held` (whose kernel view is `held_view`) to
+/// `want`, and `want`'s kernel view. From the contract's diff of the two
+/// states when templates allow (only the changed parts are compared and
+/// only the changes expanded); by expanding `want` whole when the diff
+/// edits the node-port addresses or does not fit.
+fn kernel_step(
+    held: &NodeDataplane,
+    held_view: &Fragment,
+    want: &NodeDataplane,
+) -> Result<(setpoint_dataplane::Diff, Fragment), ApplyError> {
+    let contract = setpoint_dataplane::diff(held, want);
+    if let Some(changes) = template::expand_diff(held_view, &contract) {
+        let mut goal = held_view.clone();
+        // Not fitting means a collision (or a view that is not `held`'s):
+        // the whole expansion below names it, or gets it right.
+        if apply_to_fragment(&mut goal, &changes).is_ok() {
+            return Ok((changes, goal));
+        }
+    }
+    let goal = kernel_view(want)?;
+    Ok((diff_fragments(held_view, &goal), goal))
 }
 
 /// IPVS virtual servers and the service addresses, as a kernel backend.
@@ -276,8 +299,19 @@ impl Applier {
     /// The operations from `held` to `want`, without looking at the
     /// kernel: what a dry-run agent reports.
     pub fn plan_from(held: &NodeDataplane, want: &NodeDataplane) -> Result<Vec<Op>, ApplyError> {
-        let (current, goal) = (kernel_view(held)?, kernel_view(want)?);
-        Ok(plan(&diff_fragments(&current, &goal), &current, &goal)?)
+        Ok(Self::plan_step(held, &kernel_view(held)?, want)?.0)
+    }
+
+    /// [`Applier::plan_from`] when the kernel view of `held` is at hand:
+    /// the plan and `want`'s kernel view, in time that grows with the
+    /// change, not the state.
+    pub fn plan_step(
+        held: &NodeDataplane,
+        held_view: &Fragment,
+        want: &NodeDataplane,
+    ) -> Result<(Vec<Op>, Fragment), ApplyError> {
+        let (changes, goal) = kernel_step(held, held_view, want)?;
+        Ok((plan(&changes, held_view, &goal)?, goal))
     }
 
     pub fn refuse_unsupported(&self, goal: &Fragment) -> Result<(), ApplyError> {
@@ -299,6 +333,14 @@ impl Applier {
 
     /// Takes the kernel to `want`, then verifies it by reading it back.
     pub fn apply(&mut self, want: &NodeDataplane) -> Result<ApplyReport, ApplyError> {
+        Ok(self.apply_viewed(want)?.0)
+    }
+
+    /// [`Applier::apply`], also handing back `want`'s kernel view.
+    pub fn apply_viewed(
+        &mut self,
+        want: &NodeDataplane,
+    ) -> Result<(ApplyReport, Fragment), ApplyError> {
         let started = Instant::now();
         let goal = kernel_view(want)?;
         self.learn(&goal);
@@ -318,7 +360,7 @@ impl Applier {
         self.learn(&goal);
         report.digest = self.verify_view(&goal, want.digest())?;
         report.duration = started.elapsed();
-        Ok(report)
+        Ok((report, goal))
     }
 
     /// Takes the kernel from `held` — the state this agent last applied and
@@ -332,13 +374,25 @@ impl Applier {
         held: &NodeDataplane,
         want: &NodeDataplane,
     ) -> Result<ApplyReport, ApplyError> {
+        Ok(self.apply_step(held, &kernel_view(held)?, want)?.0)
+    }
+
+    /// [`Applier::apply_from`] when the kernel view of `held` is at hand
+    /// (the agent keeps the one it verified): planning takes time that
+    /// grows with the change, not the state. Hands back `want`'s kernel
+    /// view.
+    pub fn apply_step(
+        &mut self,
+        held: &NodeDataplane,
+        held_view: &Fragment,
+        want: &NodeDataplane,
+    ) -> Result<(ApplyReport, Fragment), ApplyError> {
         let started = Instant::now();
-        let goal = kernel_view(want)?;
+        let (changes, goal) = kernel_step(held, held_view, want)?;
         self.learn(&goal);
         self.refuse_unsupported(&goal)?;
-        let current = kernel_view(held)?;
-        let changes = diff_fragments(&current, &goal);
-        let ops = plan(&changes, &current, &goal)?;
+        let current = held_view;
+        let ops = plan(&changes, current, &goal)?;
         let mut report = ApplyReport {
             changes: changes.changes.len(),
             operations: ops.len(),
@@ -346,10 +400,10 @@ impl Applier {
             duration: Duration::ZERO,
             warnings: Vec::new(),
         };
-        self.execute(&ops, &current, &goal, &RawRules::new(), &mut report)?;
+        self.execute(&ops, current, &goal, &RawRules::new(), &mut report)?;
         self.verify_touched(&ops, &goal, want.digest())?;
         report.duration = started.elapsed();
-        Ok(report)
+        Ok((report, goal))
     }
 
     /// Reads back what `ops` touched and compares it with `goal`.

@@ -73,6 +73,10 @@ struct RunArgs {
     /// URL's host).
     #[arg(long, env = "SETPOINT_TLS_SERVER_NAME")]
     tls_server_name: Option<String>,
+    /// Export trace spans over OTLP/gRPC to this collector (default:
+    /// $OTEL_EXPORTER_OTLP_ENDPOINT; none: no export).
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -139,12 +143,8 @@ fn run_check(path: &Path) -> anyhow::Result<bool> {
 
 fn run_agent(args: RunArgs) -> anyhow::Result<bool> {
     use setpoint_agent::client::{Agent, AgentOptions};
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
+    let otlp = setpoint_agent::telemetry::endpoint(args.otlp_endpoint.clone());
+    let _telemetry = setpoint_agent::telemetry::init("setpoint-agent", "info", otlp.as_deref())?;
     let Some(node) = args.node else {
         anyhow::bail!("--node is required (or a command: apply, check, diff)");
     };

@@ -8,16 +8,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
-use setpoint_dataplane::NodeDataplane;
+use setpoint_dataplane::{Digest, Fragment, NodeDataplane};
+use setpoint_proto::parts::{FragmentCache, apply_delta, snapshot_state_cached};
 use setpoint_proto::v1::agent_message::Body as AgentBody;
 use setpoint_proto::v1::agent_stream_client::AgentStreamClient;
 use setpoint_proto::v1::control_message::Body as ControlBody;
 use setpoint_proto::v1::{Ack, AgentMessage, ControlMessage, Heartbeat, Hello, Nack};
-use setpoint_proto::{PROTOCOL_VERSION, delta_changes, digest_bytes, snapshot_state};
+use setpoint_proto::{PROTOCOL_VERSION, digest_bytes};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::apply::{Applier, ApplyError};
+use crate::apply::{Applier, ApplyError, kernel_view};
 use crate::local_state::{Applied, LocalState};
 use crate::metrics::AgentMetrics;
 use crate::services::{IpvsMode, for_target};
@@ -149,6 +150,9 @@ pub struct Agent {
     options: AgentOptions,
     applier: Arc<Mutex<Applier>>,
     held: Option<(u64, NodeDataplane)>,
+    /// The kernel view of the held state (by its digest), kept so a delta
+    /// is planned in time that grows with the change, not the state.
+    held_view: Option<(Digest, Fragment)>,
     was_connected: bool,
     pub progress: Arc<Mutex<AgentProgress>>,
     pub metrics: Arc<AgentMetrics>,
@@ -189,6 +193,7 @@ impl Agent {
             options,
             applier: Arc::new(Mutex::new(applier)),
             held: None,
+            held_view: None,
             was_connected: false,
             progress: Arc::default(),
             metrics: AgentMetrics::new(),
@@ -357,7 +362,10 @@ impl Agent {
             Some(ControlBody::Snapshot(s)) => {
                 self.note(|p| p.snapshots += 1);
                 self.metrics.snapshots.inc();
-                match snapshot_state(&s) {
+                // Parts are decoded through the process's cache: a part
+                // this process already holds (another revision's, or in
+                // the fleet benchmark another node's) is not decoded again.
+                match snapshot_state_cached(&s, FragmentCache::process()) {
                     Ok(state) => (s.revision, state),
                     Err(e) => {
                         return Ok(Some(self.nack(
@@ -371,21 +379,12 @@ impl Agent {
             Some(ControlBody::Delta(d)) => {
                 self.note(|p| p.deltas += 1);
                 self.metrics.deltas.inc();
-                let (changes, digest) = match delta_changes(&d) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        return Ok(Some(self.nack(
-                            d.to_revision,
-                            e.to_string(),
-                            "decode delta",
-                        )));
-                    }
-                };
                 // The control plane acknowledges a revision that leaves this
                 // node's state unchanged on the agent's behalf, so a delta's
                 // base may be a newer revision of the very state held: the
-                // result's digest decides, not the revision number.
-                let Some((holding, base)) = &self.held else {
+                // parts' and the result's digests decide, not the revision
+                // number (`apply_delta` checks both).
+                let Some((_, base)) = &self.held else {
                     return Ok(Some(self.nack(
                         d.to_revision,
                         format!(
@@ -395,17 +394,8 @@ impl Agent {
                         "apply delta",
                     )));
                 };
-                let holding = *holding;
-                match setpoint_dataplane::apply(base, &changes) {
-                    Ok(next) if next.digest() == digest => (d.to_revision, next),
-                    Ok(next) => {
-                        let e = format!(
-                            "delta from revision {} on the state of revision {holding} yields digest {}, expected {digest}",
-                            d.from_revision,
-                            next.digest()
-                        );
-                        return Ok(Some(self.nack(d.to_revision, e, "apply delta")));
-                    }
+                match apply_delta(base, &d, FragmentCache::process()) {
+                    Ok(next) => (d.to_revision, next),
                     Err(e) => {
                         return Ok(Some(self.nack(d.to_revision, e.to_string(), "apply delta")));
                     }
@@ -422,6 +412,8 @@ impl Agent {
             .unwrap_or("")
             .to_string();
         let span = tracing::info_span!("apply", revision, trace_id = %trace_id);
+        // A child of the control plane's rollout span, when exported.
+        crate::telemetry::set_remote_parent(&span, &m.traceparent);
         use tracing::Instrument as _;
         Ok(Some(self.apply(revision, wanted).instrument(span).await))
     }
@@ -445,35 +437,53 @@ impl Agent {
     async fn apply(&mut self, revision: u64, state: NodeDataplane) -> AgentMessage {
         let started = Instant::now();
         let target = state.clone();
+        // The held state and its kernel view (the one kept, when it is
+        // still the held state's).
+        let held = self.held.as_ref().map(|(_, s)| {
+            let view = self
+                .held_view
+                .as_ref()
+                .filter(|(digest, _)| *digest == s.digest())
+                .map(|(_, view)| view.clone());
+            (s.clone(), view)
+        });
         let result = if self.options.dry_run {
             // Touches nothing, reads nothing: plans from what it was sent.
-            let held = self
-                .held
-                .as_ref()
-                .map(|(_, s)| s.clone())
-                .unwrap_or_default();
-            let planned = Applier::plan_from(&held, &target).map(|ops| {
+            let (held, view) = held.unwrap_or_default();
+            let planned = match view {
+                Some(view) => Ok(view),
+                None => kernel_view(&held),
+            }
+            .and_then(|view| Applier::plan_step(&held, &view, &target))
+            .map(|(ops, goal)| {
                 tracing::info!(
                     revision,
                     operations = ops.len(),
                     "dry run: planned, nothing applied"
                 );
+                goal
             });
             Some(planned)
         } else {
             // From a state this agent verified, only the difference is
             // applied and read back; otherwise the whole kernel is.
-            let held = self.held.as_ref().map(|(_, s)| s.clone());
             self.with_applier(move |a| match held {
-                Some(held) => a.apply_from(&held, &target).map(|_| ()),
-                None => a.apply(&target).map(|_| ()),
+                Some((held, view)) => {
+                    let view = match view {
+                        Some(view) => view,
+                        None => kernel_view(&held)?,
+                    };
+                    a.apply_step(&held, &view, &target).map(|(_, goal)| goal)
+                }
+                None => a.apply_viewed(&target).map(|(_, goal)| goal),
             })
             .await
         };
         match result {
-            Some(Ok(())) => {
+            Some(Ok(view)) => {
                 let took = started.elapsed();
                 let digest = state.digest();
+                self.held_view = Some((digest, view));
                 if let Some(local) = self.local() {
                     let record = Applied {
                         node: self.options.node.clone(),

@@ -24,3 +24,4 @@ pub mod plan;
 pub mod services;
 pub mod sysctl;
 pub mod target;
+pub mod telemetry;

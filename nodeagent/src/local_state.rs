@@ -78,6 +78,16 @@ impl LocalState {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(LocalStateError::Read { path, source }),
         };
+        if text.starts_with("{\"parts\"") {
+            let cache = setpoint_proto::parts::FragmentCache::process();
+            return setpoint_proto::parts::decode_state(text.as_bytes(), None, cache)
+                .map(Some)
+                .map_err(|e| LocalStateError::Corrupt {
+                    path,
+                    source: serde::de::Error::custom(e),
+                });
+        }
+        // An older agent's record: the state as one part.
         serde_json::from_str(&text)
             .map(Some)
             .map_err(|source| LocalStateError::Corrupt { path, source })
@@ -90,10 +100,13 @@ impl LocalState {
         applied: &Applied,
         state: &NodeDataplane,
     ) -> Result<(), LocalStateError> {
-        let text = serde_json::to_vec(state).map_err(|e| LocalStateError::Write {
-            path: self.dir.join(Self::STATE_FILE),
-            source: std::io::Error::other(e),
-        })?;
+        // By part, as the control plane sends it: deltas name the parts
+        // they start from.
+        let text =
+            setpoint_proto::parts::encode_state(state).map_err(|e| LocalStateError::Write {
+                path: self.dir.join(Self::STATE_FILE),
+                source: std::io::Error::other(e),
+            })?;
         self.write_atomically(Self::STATE_FILE, &text)?;
         self.save(applied)
     }

@@ -11,34 +11,21 @@ impl Store {
     /// `contact_ms` is older than the stored one is ignored (two replicas
     /// racing), and `false` is returned.
     pub async fn record_agent_status(&self, status: &AgentStatus) -> Result<bool> {
-        if status.node.is_empty() || status.node.len() > 1024 {
+        self.db.upsert_agent(&agent_row(status)?).await
+    }
+
+    /// Stores many nodes' reports in few statements (at most one report
+    /// per node; older than the stored one are ignored, as above).
+    pub async fn record_agent_statuses(&self, statuses: &[AgentStatus]) -> Result<()> {
+        let rows = statuses.iter().map(agent_row).collect::<Result<Vec<_>>>()?;
+        let mut seen = std::collections::HashSet::new();
+        if let Some(twice) = rows.iter().find(|r| !seen.insert(r.node.as_str())) {
             return Err(StoreError::InvalidRequest(format!(
-                "node name {:?} must be 1 to 1024 bytes",
-                status.node
+                "two reports for node {} in one batch",
+                twice.node
             )));
         }
-        let (result, error, operation) = match &status.result {
-            AgentResult::Ack => ("ack", None, None),
-            AgentResult::Nack { error, operation } => {
-                ("nack", Some(error.clone()), Some(operation.clone()))
-            }
-        };
-        let applied_revision = status
-            .applied_revision
-            .map(|r| db::to_i64(r.0, "applied revision"))
-            .transpose()?;
-        self.db
-            .upsert_agent(&AgentRow {
-                node: status.node.clone(),
-                applied_revision,
-                applied_digest: status.applied_digest.map(|d| d.0.to_vec()),
-                result: result.to_string(),
-                error,
-                operation,
-                contact_ms: status.contact_ms,
-                agent_version: status.agent_version.clone(),
-            })
-            .await
+        self.db.upsert_agents(&rows).await
     }
 
     /// Every node's latest agent report, by node name.
@@ -90,5 +77,34 @@ fn agent_status(row: AgentRow) -> Result<AgentStatus> {
         result,
         contact_ms: row.contact_ms,
         agent_version: row.agent_version,
+    })
+}
+
+fn agent_row(status: &AgentStatus) -> Result<AgentRow> {
+    if status.node.is_empty() || status.node.len() > 1024 {
+        return Err(StoreError::InvalidRequest(format!(
+            "node name {:?} must be 1 to 1024 bytes",
+            status.node
+        )));
+    }
+    let (result, error, operation) = match &status.result {
+        AgentResult::Ack => ("ack", None, None),
+        AgentResult::Nack { error, operation } => {
+            ("nack", Some(error.clone()), Some(operation.clone()))
+        }
+    };
+    let applied_revision = status
+        .applied_revision
+        .map(|r| db::to_i64(r.0, "applied revision"))
+        .transpose()?;
+    Ok(AgentRow {
+        node: status.node.clone(),
+        applied_revision,
+        applied_digest: status.applied_digest.map(|d| d.0.to_vec()),
+        result: result.to_string(),
+        error,
+        operation,
+        contact_ms: status.contact_ms,
+        agent_version: status.agent_version.clone(),
     })
 }

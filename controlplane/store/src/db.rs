@@ -215,6 +215,16 @@ fn agent_row(r: AgentRaw) -> AgentRow {
     }
 }
 
+/// Replaces a node's report unless the stored one is newer.
+const AGENT_UPSERT: &str = " ON CONFLICT (node) DO UPDATE SET
+     applied_revision = excluded.applied_revision,
+     applied_digest = excluded.applied_digest,
+     result = excluded.result,
+     error = excluded.error,
+     operation = excluded.operation,
+     contact_ms = excluded.contact_ms,
+     agent_version = excluded.agent_version
+ WHERE agent_status.contact_ms <= excluded.contact_ms";
 const AGENT_COLUMNS: &str = "SELECT node, applied_revision, applied_digest, result, error, operation, contact_ms, agent_version FROM agent_status";
 
 /// The tables whose rows are versioned by revision, and their key column.
@@ -396,20 +406,42 @@ impl Db {
         .what("loading current shared parts"))
     }
 
-    /// Newest row of each node at or before `revision`: (node, shared, own).
-    pub(crate) async fn nodes_at(
+    /// Newest row of each node at or before `revision`, as [`NodeRow`]s.
+    pub(crate) async fn node_rows_at(&self, revision: i64) -> Result<Vec<(String, NodeRow)>> {
+        on_pool!(self, p => {
+            let rows = sqlx::query_as::<_, (String, i64, Option<String>, Option<Vec<u8>>, Option<Vec<u8>>)>(
+                "SELECT n.node, n.revision, n.shared, n.own, n.state_digest FROM nodes n
+                  WHERE n.revision = (SELECT MAX(m.revision) FROM nodes m
+                                       WHERE m.node = n.node AND m.revision <= $1)"
+            )
+            .bind(revision)
+            .fetch_all(p)
+            .await
+            .what("loading node rows")?;
+            Ok(rows
+                .into_iter()
+                .map(|(node, revision, shared, own, state_digest)| {
+                    (node, NodeRow { revision, shared, own, state_digest })
+                })
+                .collect())
+        })
+    }
+
+    /// Newest row of each shared part at or before `revision`: (name,
+    /// revision of the row, fragment key).
+    pub(crate) async fn shared_rows_at(
         &self,
         revision: i64,
-    ) -> Result<Vec<(String, Option<String>, Option<Vec<u8>>)>> {
-        on_pool!(self, p => sqlx::query_as::<_, (String, Option<String>, Option<Vec<u8>>)>(
-            "SELECT n.node, n.shared, n.own FROM nodes n
-              WHERE n.revision = (SELECT MAX(m.revision) FROM nodes m
-                                   WHERE m.node = n.node AND m.revision <= $1)"
+    ) -> Result<Vec<(String, i64, Option<Vec<u8>>)>> {
+        on_pool!(self, p => sqlx::query_as::<_, (String, i64, Option<Vec<u8>>)>(
+            "SELECT s.name, s.revision, s.fragment FROM shared_parts s
+              WHERE s.revision = (SELECT MAX(t.revision) FROM shared_parts t
+                                   WHERE t.name = s.name AND t.revision <= $1)"
         )
         .bind(revision)
         .fetch_all(p)
         .await
-        .what("loading node compositions"))
+        .what("loading shared parts"))
     }
 
     pub(crate) async fn nodes_written_at(&self, revision: i64) -> Result<Vec<String>> {
@@ -658,32 +690,47 @@ impl Db {
     /// Upserts an agent's report unless the stored one is newer; true when
     /// stored.
     pub(crate) async fn upsert_agent(&self, a: &AgentRow) -> Result<bool> {
-        on_pool!(self, p => sqlx::query(
-            "INSERT INTO agent_status (node, applied_revision, applied_digest, result, error,
-                                       operation, contact_ms, agent_version)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (node) DO UPDATE SET
-                 applied_revision = excluded.applied_revision,
-                 applied_digest = excluded.applied_digest,
-                 result = excluded.result,
-                 error = excluded.error,
-                 operation = excluded.operation,
-                 contact_ms = excluded.contact_ms,
-                 agent_version = excluded.agent_version
-             WHERE agent_status.contact_ms <= excluded.contact_ms"
-        )
-        .bind(&a.node)
-        .bind(a.applied_revision)
-        .bind(a.applied_digest.as_deref())
-        .bind(&a.result)
-        .bind(a.error.as_deref())
-        .bind(a.operation.as_deref())
-        .bind(a.contact_ms)
-        .bind(&a.agent_version)
-        .execute(p)
-        .await
-        .map(|r| r.rows_affected() > 0)
-        .what("recording agent status"))
+        self.upsert_rows(std::slice::from_ref(a))
+            .await
+            .map(|stored| stored > 0)
+    }
+
+    /// [`Db::upsert_agent`] for many rows (distinct nodes), a few hundred
+    /// per statement.
+    pub(crate) async fn upsert_agents(&self, rows: &[AgentRow]) -> Result<()> {
+        for chunk in rows.chunks(500) {
+            self.upsert_rows(chunk).await?;
+        }
+        Ok(())
+    }
+
+    /// One statement upserting `rows`; how many were stored.
+    async fn upsert_rows(&self, rows: &[AgentRow]) -> Result<u64> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        on_pool!(self, p => {
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO agent_status (node, applied_revision, applied_digest, result,
+                                           error, operation, contact_ms, agent_version) ",
+            );
+            q.push_values(rows, |mut b, a| {
+                b.push_bind(&a.node)
+                    .push_bind(a.applied_revision)
+                    .push_bind(a.applied_digest.as_deref())
+                    .push_bind(&a.result)
+                    .push_bind(a.error.as_deref())
+                    .push_bind(a.operation.as_deref())
+                    .push_bind(a.contact_ms)
+                    .push_bind(&a.agent_version);
+            });
+            q.push(AGENT_UPSERT);
+            q.build()
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected())
+                .what("recording agent status")
+        })
     }
 
     pub(crate) async fn agents(&self, node: Option<&str>) -> Result<Vec<AgentRow>> {

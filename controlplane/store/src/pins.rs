@@ -11,14 +11,13 @@
 //! resume writes a pin row without parts: from then on the node follows
 //! its computed track again, whose newest version is current at once.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet};
 
-use setpoint_dataplane::{Digest, Fragment};
+use setpoint_dataplane::NodeDataplane;
 
 use crate::db::{self, PinRow, RevisionRow};
 use crate::error::{Result, StoreError};
-use crate::store::{Store, now_ms};
+use crate::store::{Store, now_ms, pin_plan};
 use crate::types::{Epoch, Pin, RevisionId, RollbackRequest};
 use crate::write::Composition;
 
@@ -57,23 +56,22 @@ impl Store {
                 req.to
             )));
         }
-        let mut loaded: HashMap<Digest, Arc<Fragment>> = HashMap::new();
+        // Every chosen node's plan and fragments in a few queries, not a
+        // few per node: a fleet-wide rollback is thousands of nodes.
+        let chosen_set: BTreeSet<String> = chosen.iter().cloned().collect();
+        let plans = self.node_plans(req.to, Some(&chosen_set)).await?;
+        if let Some(node) = chosen.iter().find(|n| !plans.contains_key(*n)) {
+            return Err(StoreError::InvalidRequest(format!(
+                "node {node} did not exist at revision {}",
+                req.to
+            )));
+        }
+        let states = self.assemble_all(req.to, &plans).await?;
         let mut rows = Vec::with_capacity(chosen.len());
-        for node in chosen {
-            let Some(plan) = self.node_plan(&node, req.to).await? else {
-                return Err(StoreError::InvalidRequest(format!(
-                    "node {node} did not exist at revision {}",
-                    req.to
-                )));
+        for (node, plan) in plans {
+            let Some(state) = states.get(&node) else {
+                continue;
             };
-            let missing: BTreeSet<Digest> = plan
-                .parts
-                .iter()
-                .map(|(_, k)| *k)
-                .filter(|k| !loaded.contains_key(k))
-                .collect();
-            loaded.extend(self.load_fragments(&node, req.to, &missing).await?);
-            let state = Self::build(&node, req.to, &plan, &loaded)?;
             let parts = Composition {
                 shared: BTreeSet::new(),
                 own: plan.parts.iter().cloned().collect::<BTreeMap<_, _>>(),
@@ -193,6 +191,36 @@ impl Store {
         Ok(out)
     }
 
+    /// The nodes pinned at the head and the states they are held at, read
+    /// in a few queries however many there are.
+    pub async fn pinned_states(&self) -> Result<BTreeMap<String, (RevisionId, NodeDataplane)>> {
+        let (_, head) = self.db.leader().await?;
+        let mut plans = BTreeMap::new();
+        let mut held = BTreeMap::new();
+        for row in self.db.pins_at(head).await? {
+            let (Some(parts), Some(held_at)) = (&row.parts, row.held_at) else {
+                continue;
+            };
+            plans.insert(
+                row.node.clone(),
+                pin_plan(parts, row.state_digest.as_deref())?,
+            );
+            held.insert(
+                row.node,
+                RevisionId(db::to_u64(held_at, "node_pins", "held_at")?),
+            );
+        }
+        if plans.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let at = RevisionId(db::to_u64(head, "leader", "head")?);
+        let mut states = self.assemble_all(at, &plans).await?;
+        Ok(held
+            .into_iter()
+            .filter_map(|(node, held_at)| states.remove(&node).map(|s| (node, (held_at, s))))
+            .collect())
+    }
+
     /// Nodes that have a state at `revision` (computed or pinned).
     pub async fn node_names(&self, revision: RevisionId) -> Result<BTreeSet<String>> {
         self.node_names_at(db::to_i64(revision.0, "revision")?)
@@ -203,11 +231,11 @@ impl Store {
     async fn node_names_at(&self, revision: i64) -> Result<BTreeSet<String>> {
         let mut names: BTreeSet<String> = self
             .db
-            .nodes_at(revision)
+            .node_rows_at(revision)
             .await?
             .into_iter()
-            .filter(|(_, shared, _)| shared.is_some())
-            .map(|(node, _, _)| node)
+            .filter(|(_, row)| row.shared.is_some())
+            .map(|(node, _)| node)
             .collect();
         for pin in self.db.pins_at(revision).await? {
             if pin.parts.is_some() {

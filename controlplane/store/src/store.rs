@@ -1,6 +1,6 @@
 //! [`Store`]: open, fence, commit, read.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -248,7 +248,7 @@ impl Store {
                     .insert(name, db::digest_of(&key, "shared_parts", "fragment")?);
             }
         }
-        for (node, shared, own) in self.db.nodes_at(head).await? {
+        for (node, db::NodeRow { shared, own, .. }) in self.db.node_rows_at(head).await? {
             if let Some(shared) = shared {
                 let c = Composition::decode(&shared, own.as_deref().unwrap_or_default())?;
                 cache.nodes.insert(node, c);
@@ -339,6 +339,27 @@ impl Store {
         let Some(node_row) = self.db.node_row(node, row.revision).await? else {
             return Ok(None);
         };
+        let Some(shared) = &node_row.shared else {
+            return Ok(None);
+        };
+        let c = Composition::decode(shared, node_row.own.as_deref().unwrap_or_default())?;
+        let mut found = HashMap::new();
+        for name in &c.shared {
+            if let Some(at) = self.db.shared_at(name, row.revision).await? {
+                found.insert(name.clone(), at);
+            }
+        }
+        Self::computed_plan_of(node, revision, node_row, |name| found.get(name).cloned())
+    }
+
+    /// A node's computed plan from its row, with `shared_at` giving each
+    /// shared part's newest row (its revision and key) as of `revision`.
+    fn computed_plan_of(
+        node: &str,
+        revision: RevisionId,
+        node_row: db::NodeRow,
+        shared_at: impl Fn(&str) -> Option<(i64, Option<Vec<u8>>)>,
+    ) -> Result<Option<NodePlan>> {
         let Some(shared) = node_row.shared else {
             return Ok(None);
         };
@@ -352,11 +373,7 @@ impl Store {
                 what: "shared part",
                 key: name.clone(),
             };
-            let (at, key) = self
-                .db
-                .shared_at(name, row.revision)
-                .await?
-                .ok_or_else(missing)?;
+            let (at, key) = shared_at(name).ok_or_else(missing)?;
             let key = key.ok_or_else(missing)?;
             newest_shared = newest_shared.max(at);
             parts.push((
@@ -527,6 +544,80 @@ impl Store {
         self.still_there(revision, state).await
     }
 
+    /// The current states of `nodes` at `revision` (every node then when
+    /// `None`), read in a handful of queries whatever their number: what a
+    /// fleet-wide rollback or a control plane serving thousands of nodes
+    /// needs. Nodes that did not exist then are absent from the result.
+    pub async fn node_states(
+        &self,
+        revision: RevisionId,
+        nodes: Option<&BTreeSet<String>>,
+    ) -> Result<BTreeMap<String, NodeDataplane>> {
+        let plans = self.node_plans(revision, nodes).await;
+        let states = match plans {
+            Ok(plans) => self.assemble_all(revision, &plans).await,
+            Err(e) => Err(e),
+        };
+        self.still_there(revision, states).await
+    }
+
+    pub(crate) async fn assemble_all(
+        &self,
+        revision: RevisionId,
+        plans: &BTreeMap<String, NodePlan>,
+    ) -> Result<BTreeMap<String, NodeDataplane>> {
+        let keys: BTreeSet<Digest> = plans
+            .values()
+            .flat_map(|p| p.parts.iter().map(|(_, k)| *k))
+            .collect();
+        let label = match plans.keys().next() {
+            Some(first) if plans.len() == 1 => first.clone(),
+            _ => format!("{} nodes", plans.len()),
+        };
+        let fragments = self.load_fragments(&label, revision, &keys).await?;
+        plans
+            .iter()
+            .map(|(node, plan)| Ok((node.clone(), Self::build(node, revision, plan, &fragments)?)))
+            .collect()
+    }
+
+    /// [`Store::node_plan`] for many nodes at once.
+    pub(crate) async fn node_plans(
+        &self,
+        revision: RevisionId,
+        nodes: Option<&BTreeSet<String>>,
+    ) -> Result<BTreeMap<String, NodePlan>> {
+        let row = self.revision_row(revision).await?;
+        let wanted = |node: &String| nodes.is_none_or(|n| n.contains(node));
+        let mut plans = BTreeMap::new();
+        for pin in self.db.pins_at(row.revision).await? {
+            if let Some(parts) = &pin.parts
+                && wanted(&pin.node)
+            {
+                let plan = pin_plan(parts, pin.state_digest.as_deref())?;
+                plans.insert(pin.node, plan);
+            }
+        }
+        let shared: HashMap<String, (i64, Option<Vec<u8>>)> = self
+            .db
+            .shared_rows_at(row.revision)
+            .await?
+            .into_iter()
+            .map(|(name, at, key)| (name, (at, key)))
+            .collect();
+        for (node, node_row) in self.db.node_rows_at(row.revision).await? {
+            if plans.contains_key(&node) || !wanted(&node) {
+                continue;
+            }
+            if let Some(plan) =
+                Self::computed_plan_of(&node, revision, node_row, |name| shared.get(name).cloned())?
+            {
+                plans.insert(node, plan);
+            }
+        }
+        Ok(plans)
+    }
+
     async fn assemble(
         &self,
         node: &str,
@@ -633,7 +724,7 @@ impl Store {
             .collect();
         let changed: HashSet<String> = lines(&row.shared_changed).into_iter().collect();
         if !changed.is_empty() {
-            for (node, shared, _) in self.db.nodes_at(row.revision).await? {
+            for (node, db::NodeRow { shared, .. }) in self.db.node_rows_at(row.revision).await? {
                 if shared.is_some_and(|s| s.split('\n').any(|name| changed.contains(name))) {
                     out.insert(node);
                 }

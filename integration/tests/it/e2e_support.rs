@@ -159,3 +159,34 @@ pub async fn assert_status_is_head(store: &Store, node: &str, head: u64) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// After a control plane came back: `last` carries `address` (an edit made
+/// while it was down), and each agent is connected, took it by delta (its
+/// one snapshot is the first one ever), nacked nothing, and its kernel and
+/// recorded status are at `last`.
+pub async fn assert_resumed_by_delta(
+    store: &Store,
+    agents: &[(&str, &Progress, &Netns, &AgentProgress)],
+    last: u64,
+    address: &str,
+) {
+    let state = store
+        .node_state(agents[0].0, RevisionId(last))
+        .await
+        .expect("read")
+        .expect("node exists");
+    let ipvs = setpoint_dataplane::render(&state, setpoint_dataplane::Format::Ipvs);
+    assert!(ipvs.contains(address), "{ipvs}");
+    for (node, p, ns, was) in agents {
+        let now = progress(p);
+        assert!(now.connected, "{node}: {now:?}");
+        assert_eq!(
+            now.snapshots, 1,
+            "{node} resumed by delta, not snapshot: {now:?}"
+        );
+        assert!(now.deltas > was.deltas, "{node}: {was:?} → {now:?}");
+        assert_eq!(now.nacks, 0, "{node}: {now:?}");
+        assert_sets_applied(store, node, last, ns).await;
+        assert_status_is_head(store, node, last).await;
+    }
+}

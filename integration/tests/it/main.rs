@@ -11,4 +11,5 @@ mod render_applies;
 mod rollout;
 mod running_failures;
 mod running_system;
+mod sigkill;
 mod vm_smoke;

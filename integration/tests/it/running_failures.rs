@@ -20,8 +20,9 @@ use tokio::sync::mpsc;
 use tonic::{Code, Status, Streaming};
 
 use crate::e2e_support::{
-    Progress, assert_sets_applied, assert_status_is_head, converge, converge_past, copy_examples,
-    edit_manifest, fresh_postgres_database, progress, psql, spawn_agent,
+    Progress, assert_resumed_by_delta, assert_sets_applied, assert_status_is_head, converge,
+    converge_past, copy_examples, edit_manifest, fresh_postgres_database, progress, psql,
+    spawn_agent,
 };
 
 fn config(manifests: &Path, database: &str, listen: SocketAddr) -> ServeConfig {
@@ -47,13 +48,13 @@ fn any_port() -> SocketAddr {
 
 /// A loopback address nobody listens on right now: bound to port 0, read,
 /// released.
-fn free_addr() -> SocketAddr {
+pub(crate) fn free_addr() -> SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("local addr")
 }
 
 /// Waits for `what` to hold, up to `limit`.
-async fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+pub(crate) async fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting: {what}");
@@ -125,7 +126,7 @@ impl Drop for ControlPlane {
 
 /// A store of the test's own, on the test's runtime (the control plane's
 /// connections die with its runtime).
-async fn open_store(database: &str) -> Store {
+pub(crate) async fn open_store(database: &str) -> Store {
     Store::open(database).await.expect("open the store")
 }
 
@@ -202,29 +203,11 @@ async fn control_plane_killed_mid_rollout_agents_keep_state_and_resume_by_delta(
     // Past `committed`: the agents may hold it already, and the new
     // control plane reports it as head until its first commit.
     let last = converge_past(&second_cp.running, &[&a, &c], committed).await;
-    // The head must carry the edit made while it was down.
-    let state = store
-        .node_state("node-a", RevisionId(last))
-        .await
-        .expect("read")
-        .expect("node-a");
-    let ipvs = setpoint_dataplane::render(&state, setpoint_dataplane::Format::Ipvs);
-    assert!(ipvs.contains("10.244.1.123"), "{ipvs}");
-    for (node, p, ns, was) in [
+    let resumed = [
         ("node-a", &a, &ns_a, &before.0),
         ("node-c", &c, &ns_c, &before.1),
-    ] {
-        let now = progress(p);
-        assert!(now.connected, "{node}: {now:?}");
-        assert_eq!(
-            now.snapshots, 1,
-            "{node} resumed by delta, not snapshot: {now:?}"
-        );
-        assert!(now.deltas > was.deltas, "{node}: {was:?} → {now:?}");
-        assert_eq!(now.nacks, 0, "{node}: {now:?}");
-        assert_sets_applied(&store, node, last, ns).await;
-        assert_status_is_head(&store, node, last).await;
-    }
+    ];
+    assert_resumed_by_delta(&store, &resumed, last, "10.244.1.123").await;
     assert_eq!(
         second_cp.running.metrics.snapshots_sent.get(),
         0,

@@ -126,6 +126,35 @@ impl Change {
         }
     }
 
+    /// The virtual server the change is about, if it is about one.
+    pub fn virtual_server_key(&self) -> Option<&VirtualServerKey> {
+        match self {
+            Change::VirtualServerAdded { key, .. }
+            | Change::VirtualServerEdited { key, .. }
+            | Change::VirtualServerRemoved { key }
+            | Change::RealServerAdded { key, .. }
+            | Change::RealServerEdited { key, .. }
+            | Change::RealServerRemoved { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// The same change made to the virtual server `at` (any other change
+    /// comes back as it is).
+    pub fn at(&self, at: VirtualServerKey) -> Change {
+        let mut change = self.clone();
+        match &mut change {
+            Change::VirtualServerAdded { key, .. }
+            | Change::VirtualServerEdited { key, .. }
+            | Change::VirtualServerRemoved { key }
+            | Change::RealServerAdded { key, .. }
+            | Change::RealServerEdited { key, .. }
+            | Change::RealServerRemoved { key, .. } => *key = at,
+            _ => {}
+        }
+        change
+    }
+
     /// How many atoms the change touches: entries count one each.
     pub fn size(&self) -> usize {
         match self {

@@ -24,6 +24,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
+use crate::diff::{Change, Diff};
 use crate::fragment::Fragment;
 use crate::model::{Family, SetEntry, VirtualServer, VirtualServerKey};
 
@@ -122,9 +123,70 @@ pub fn expand(f: &Fragment) -> Result<Fragment, Collision> {
     Ok(out)
 }
 
+/// The kernel's side of a contract change: `diff` turns a state whose
+/// expansion is `view` into another, and the result turns `view` into the
+/// other state's expansion — without expanding either state again. A
+/// template's change becomes the same change on each of its virtual
+/// servers. `None` when the diff edits a node-port address set (every
+/// template's expansion changes shape) or when a template and a virtual
+/// server of its own trade an address: the caller expands whole then.
+/// A collision shows as the result not applying to `view` (a virtual
+/// server added where one exists).
+pub fn expand_diff(view: &Fragment, diff: &Diff) -> Option<Diff> {
+    let address_set = |name: &str| {
+        Family::ALL
+            .into_iter()
+            .any(|family| node_port_address_set(family) == name)
+    };
+    let mut addresses: [Option<Vec<IpAddr>>; 2] = [None, None];
+    let mut changes = Vec::with_capacity(diff.changes.len());
+    for change in &diff.changes {
+        let set = match change {
+            Change::SetCreated { name, .. }
+            | Change::SetRedefined { name, .. }
+            | Change::SetDestroyed { name } => Some(name),
+            Change::EntriesAdded { set, .. } | Change::EntriesRemoved { set, .. } => Some(set),
+            _ => None,
+        };
+        if set.is_some_and(|name| address_set(name)) {
+            return None;
+        }
+        let Some(template) = change.virtual_server_key().filter(|k| is_template(k)) else {
+            changes.push(change.clone());
+            continue;
+        };
+        let family = template.family();
+        let on =
+            addresses[family as usize].get_or_insert_with(|| node_port_addresses(view, family));
+        for address in on.iter() {
+            changes.push(change.at(VirtualServerKey {
+                address: *address,
+                ..*template
+            }));
+        }
+    }
+    // A template and a virtual server of its own trading one address
+    // (one removed, the other added): the kernel's diff edits that virtual
+    // server in place, which this one-to-one mapping does not say.
+    let added: Vec<&VirtualServerKey> = changes
+        .iter()
+        .filter_map(|c| match c {
+            Change::VirtualServerAdded { key, .. } => Some(key),
+            _ => None,
+        })
+        .collect();
+    let traded = changes.iter().any(|c| match c {
+        Change::VirtualServerRemoved { key } => added.contains(&key),
+        _ => false,
+    });
+    (!traded).then_some(Diff { changes })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
+
     use crate::model::{Protocol, RealServer, Scheduler, SetSpec, SetType};
 
     fn vs(backend: &str) -> Arc<VirtualServer> {
@@ -220,5 +282,122 @@ mod tests {
         let mut f = node(&["192.168.10.11"]);
         f.put_virtual_server(key("10.96.0.10", 80), vs("10.244.1.5"));
         assert_eq!(expand(&f).unwrap(), f);
+    }
+
+    /// A node: templates and a concrete virtual server in a shared part,
+    /// its node-port addresses in its own.
+    fn state(
+        addresses: &[&str],
+        templates: &[(u16, &str)],
+        concrete: Option<(&str, u16)>,
+    ) -> crate::NodeDataplane {
+        let mut services = Fragment::new();
+        for (port, backend) in templates {
+            services.put_virtual_server(key("0.0.0.0", *port), vs(backend));
+        }
+        if let Some((address, port)) = concrete {
+            services.put_virtual_server(key(address, port), vs("10.244.9.9"));
+        }
+        crate::NodeDataplane::from_parts([
+            ("services".to_string(), Arc::new(services)),
+            ("node/a".to_string(), Arc::new(node(addresses))),
+        ])
+    }
+
+    #[test]
+    fn a_template_change_is_the_same_change_on_each_address() {
+        let before = state(
+            &["192.168.10.11", "10.0.0.11"],
+            &[(30080, "10.244.1.5")],
+            None,
+        );
+        let after = state(
+            &["192.168.10.11", "10.0.0.11"],
+            &[(30080, "10.244.1.6")],
+            None,
+        );
+        let view = expand(&before.flatten()).unwrap();
+        let kernel = expand_diff(&view, &crate::diff(&before, &after)).unwrap();
+        let keys: BTreeSet<String> = kernel
+            .changes
+            .iter()
+            .filter_map(|c| c.virtual_server_key().map(|k| k.to_string()))
+            .collect();
+        assert_eq!(
+            keys,
+            ["10.0.0.11:30080", "192.168.10.11:30080"]
+                .map(String::from)
+                .into()
+        );
+        let mut goal = view.clone();
+        crate::diff::apply_to_fragment(&mut goal, &kernel).unwrap();
+        assert_eq!(goal, expand(&after.flatten()).unwrap());
+    }
+
+    #[test]
+    fn an_address_set_change_asks_for_a_whole_expansion() {
+        let before = state(&["192.168.10.11"], &[(30080, "10.244.1.5")], None);
+        let after = state(&["192.168.10.12"], &[(30080, "10.244.1.5")], None);
+        let view = expand(&before.flatten()).unwrap();
+        assert_eq!(expand_diff(&view, &crate::diff(&before, &after)), None);
+    }
+
+    const ADDRESSES: [&str; 3] = ["192.168.10.11", "10.0.0.11", "192.168.10.12"];
+    const BACKENDS: [&str; 3] = ["10.244.1.5", "10.244.1.6", "10.244.2.7"];
+
+    fn arbitrary_state() -> impl proptest::strategy::Strategy<Value = crate::NodeDataplane> {
+        use proptest::prelude::*;
+        (
+            proptest::sample::subsequence(ADDRESSES.to_vec(), 0..=3),
+            proptest::collection::btree_map(30080u16..30084, 0..BACKENDS.len(), 0..4),
+            proptest::option::of((0..ADDRESSES.len(), 30080u16..30084)),
+        )
+            .prop_map(|(addresses, templates, concrete)| {
+                let templates: Vec<(u16, &str)> = templates
+                    .into_iter()
+                    .map(|(p, b)| (p, BACKENDS[b]))
+                    .collect();
+                state(
+                    &addresses,
+                    &templates,
+                    concrete.map(|(a, p)| (ADDRESSES[a], p)),
+                )
+            })
+    }
+
+    proptest::proptest! {
+        /// The kernel diff turns the old expansion into the new one, or
+        /// fails to apply exactly when the new state collides.
+        #[test]
+        fn expand_diff_agrees_with_expanding_both_states(
+            before in arbitrary_state(),
+            after in arbitrary_state(),
+        ) {
+            let Ok(view) = expand(&before.flatten()) else {
+                return Ok(());
+            };
+            let contract = crate::diff(&before, &after);
+            let Some(kernel) = expand_diff(&view, &contract) else {
+                let sets = |s: &crate::NodeDataplane| {
+                    Family::ALL.map(|family| node_port_addresses(&s.flatten(), family))
+                };
+                let traded = contract.changes.iter().any(|c| {
+                    matches!(c, Change::VirtualServerAdded { .. })
+                }) && contract.changes.iter().any(|c| {
+                    matches!(c, Change::VirtualServerRemoved { .. })
+                });
+                proptest::prop_assert!(sets(&before) != sets(&after) || traded);
+                return Ok(());
+            };
+            let mut goal = view.clone();
+            let applied = crate::diff::apply_to_fragment(&mut goal, &kernel);
+            match expand(&after.flatten()) {
+                Ok(want) => {
+                    proptest::prop_assert!(applied.is_ok(), "{applied:?}");
+                    proptest::prop_assert_eq!(goal, want);
+                }
+                Err(_) => proptest::prop_assert!(applied.is_err()),
+            }
+        }
     }
 }

@@ -13,6 +13,8 @@ pub mod admin {
     tonic::include_proto!("setpoint.admin.v1");
 }
 
+pub mod parts;
+
 use setpoint_dataplane::{Diff, Digest, NodeDataplane};
 
 /// Major version of the protocol; a peer speaking another one is refused.
@@ -83,26 +85,34 @@ pub fn delta_changes(d: &v1::Delta) -> Result<(Diff, Digest), PayloadError> {
     Ok((serde_json::from_slice(&d.changes)?, digest_from(&d.digest)?))
 }
 
+/// A fragment with one `hash:ip` set named `set` holding `ips` (those that
+/// parse). For tests, here and in the crates that speak the protocol.
+#[doc(hidden)]
+pub fn example_fragment(set: &str, ips: &[&str]) -> setpoint_dataplane::Fragment {
+    use setpoint_dataplane::{Family, SetEntry, SetSpec, SetType};
+    let mut f = setpoint_dataplane::Fragment::new();
+    f.put_set(
+        set,
+        SetSpec {
+            kind: SetType::HashIp,
+            family: Family::Inet,
+            maxelem: 1024,
+            comment: String::new(),
+        },
+    );
+    for ip in ips.iter().filter_map(|ip| ip.parse().ok()) {
+        f.add_entry(set, SetEntry::Ip(ip));
+    }
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use setpoint_dataplane::{Family, Fragment, SetEntry, SetSpec, SetType, diff};
+    use setpoint_dataplane::diff;
 
     fn state(ips: &[&str]) -> NodeDataplane {
-        let mut f = Fragment::new();
-        f.put_set(
-            "SP-X",
-            SetSpec {
-                kind: SetType::HashIp,
-                family: Family::Inet,
-                maxelem: 1024,
-                comment: String::new(),
-            },
-        );
-        for ip in ips {
-            f.add_entry("SP-X", SetEntry::Ip(ip.parse().expect("ip")));
-        }
-        NodeDataplane::from_fragment(f)
+        NodeDataplane::from_fragment(example_fragment("SP-X", ips))
     }
 
     #[test]

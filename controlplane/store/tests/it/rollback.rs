@@ -65,6 +65,23 @@ async fn rollback_all_nodes_pins_and_resumes(db: TestDb) {
     }
     let d = store.diff("node-001", r2, r3).await.unwrap();
     assert_eq!(d, setpoint_dataplane::diff(&v2[1], &v1[1]));
+    // Read all at once: the same states, and the pinned ones with where
+    // they are held.
+    let all = store.node_states(r3, None).await.unwrap();
+    assert_eq!(all.len(), 4);
+    for n in 0..4 {
+        assert!(
+            all[&Cluster::node_name(n)] == v1[n],
+            "node {n} read in bulk"
+        );
+    }
+    let pinned = store.pinned_states().await.unwrap();
+    assert_eq!(pinned.len(), 4);
+    for n in 0..4 {
+        let (held_at, state) = &pinned[&Cluster::node_name(n)];
+        assert_eq!(*held_at, r1);
+        assert!(*state == v1[n], "node {n} pinned state");
+    }
     let pins = store.pins().await.unwrap();
     assert_eq!(pins.len(), 4);
     for (n, pin) in pins.iter().enumerate() {
@@ -154,6 +171,16 @@ async fn rollback_some_nodes(db: TestDb) {
     assert_state(store, "node-000", r4, &cluster.state(0)).await;
     assert_state(store, "node-001", r4, &v1[1]).await;
     assert!(computed(store, "node-001", r4).await == cluster.state(1));
+    let all = store.node_states(r4, None).await.unwrap();
+    assert!(all["node-000"] == cluster.state(0));
+    assert!(all["node-001"] == v1[1], "the pinned node, in bulk");
+    assert!(all["node-002"] == cluster.state(2));
+    let one: BTreeSet<String> = ["node-002".to_string()].into();
+    let some = store.node_states(r1, Some(&one)).await.unwrap();
+    assert_eq!(some.keys().collect::<Vec<_>>(), ["node-002"]);
+    assert!(some["node-002"] == v1[2]);
+    let pinned = store.pinned_states().await.unwrap();
+    assert_eq!(pinned.keys().collect::<Vec<_>>(), ["node-001"]);
     assert_eq!(
         store.list_revisions(1, None).await.unwrap()[0].nodes_changed,
         2

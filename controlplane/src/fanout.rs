@@ -1,0 +1,347 @@
+//! Serving thousands of agents from memory.
+//!
+//! The leader publishes each revision's node states here as it commits
+//! them (persistent maps: a revision shares all unchanged states with the
+//! previous one, and every state shares its fragments with the other
+//! nodes'); sessions read them instead of the store, and fall back to the
+//! store for anything not published (a follower, an old revision; a
+//! pinned node's held state is loaded with the pins, in bulk). Encodings are memoized: a part's
+//! snapshot encoding by (name, digest), a part's delta by (name, digest
+//! before, digest after), so the `services` part of one revision is
+//! encoded once for all nodes, not once per node. Each memo lives while
+//! its fragment does.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use imbl::OrdMap;
+use setpoint_dataplane::{Digest, Fragment, NodeDataplane};
+use setpoint_proto::parts::{delta_of_parts, encode_part, encode_part_diff, snapshot_of_parts};
+use setpoint_proto::{PayloadError, v1};
+use setpoint_store::Store;
+use tokio::sync::Semaphore;
+
+/// Revisions kept in memory (older ones are read from the store).
+const RECENT: usize = 64;
+/// Snapshots being sent at once (a snapshot holds its whole encoding
+/// until the agent acks it; this bounds that memory).
+pub const SNAPSHOTS_IN_FLIGHT: usize = 32;
+
+/// Node name → state, for one revision.
+pub type States = OrdMap<String, NodeDataplane>;
+
+pub struct Fanout {
+    recent: Mutex<VecDeque<(u64, States)>>,
+    parts: Memo<(String, Digest)>,
+    diffs: Memo<(String, Option<Digest>, Option<Digest>)>,
+    /// Permits to send a snapshot; see [`SNAPSHOTS_IN_FLIGHT`].
+    pub snapshots: Arc<Semaphore>,
+}
+
+impl Default for Fanout {
+    fn default() -> Self {
+        Fanout {
+            recent: Mutex::default(),
+            parts: Memo::default(),
+            diffs: Memo::default(),
+            snapshots: Arc::new(Semaphore::new(SNAPSHOTS_IN_FLIGHT)),
+        }
+    }
+}
+
+type Encoded = Arc<OnceLock<Result<Arc<[u8]>, String>>>;
+
+struct MemoEntry {
+    alive: Weak<Fragment>,
+    encoded: Encoded,
+}
+
+/// Encodings by key, each kept while a fragment it belongs to is alive.
+struct Memo<K> {
+    map: Mutex<(HashMap<K, MemoEntry>, usize)>,
+}
+
+impl<K> Default for Memo<K> {
+    fn default() -> Self {
+        Memo {
+            map: Mutex::new((HashMap::new(), 64)),
+        }
+    }
+}
+
+impl<K: Eq + Hash> Memo<K> {
+    fn get(
+        &self,
+        key: K,
+        alive: &Arc<Fragment>,
+        make: impl FnOnce() -> Result<Vec<u8>, PayloadError>,
+    ) -> Result<Arc<[u8]>, String> {
+        let cell = match self.map.lock() {
+            Ok(mut guard) => {
+                let (map, sweep_at) = &mut *guard;
+                if map.len() >= *sweep_at {
+                    map.retain(|_, e| e.alive.strong_count() > 0);
+                    *sweep_at = (2 * map.len()).max(64);
+                }
+                let entry = map.entry(key).or_insert_with(|| MemoEntry {
+                    alive: Arc::downgrade(alive),
+                    encoded: Encoded::default(),
+                });
+                if entry.alive.strong_count() == 0 {
+                    entry.alive = Arc::downgrade(alive);
+                }
+                entry.encoded.clone()
+            }
+            Err(_) => Encoded::default(),
+        };
+        // Concurrent sessions wanting the same encoding wait for one.
+        cell.get_or_init(|| make().map(Arc::from).map_err(|e| e.to_string()))
+            .clone()
+    }
+}
+
+impl Fanout {
+    /// Makes `states` the node states of `revision`.
+    pub fn publish(&self, revision: u64, states: States) {
+        if let Ok(mut recent) = self.recent.lock() {
+            recent.retain(|(r, _)| *r != revision);
+            recent.push_back((revision, states));
+            while recent.len() > RECENT {
+                recent.pop_front();
+            }
+        }
+    }
+
+    /// The published state of `node` at `revision`, if any.
+    pub fn published(&self, revision: u64, node: &str) -> Option<NodeDataplane> {
+        let recent = self.recent.lock().ok()?;
+        let (_, states) = recent.iter().rev().find(|(r, _)| *r == revision)?;
+        states.get(node).cloned()
+    }
+
+    /// `node`'s state at `revision`: published, else from the store.
+    pub async fn state(
+        &self,
+        store: &Store,
+        node: &str,
+        revision: u64,
+    ) -> Result<Option<NodeDataplane>, setpoint_store::StoreError> {
+        if let Some(state) = self.published(revision, node) {
+            return Ok(Some(state));
+        }
+        store
+            .node_state(node, setpoint_store::RevisionId(revision))
+            .await
+    }
+
+    /// `state` as a snapshot of `revision`, from memoized part encodings.
+    pub fn snapshot(&self, revision: u64, state: &NodeDataplane) -> Result<v1::Snapshot, String> {
+        let parts = state
+            .parts()
+            .map(|(name, f)| {
+                self.parts
+                    .get((name.clone(), f.digest()), f, || encode_part(name, f))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(snapshot_of_parts(revision, &state.digest(), &parts))
+    }
+
+    /// The delta from `old` at `from` to `new` at `to`, from memoized
+    /// per-part diffs.
+    pub fn delta(
+        &self,
+        from: u64,
+        old: &NodeDataplane,
+        to: u64,
+        new: &NodeDataplane,
+    ) -> Result<v1::Delta, String> {
+        let names: BTreeSet<&String> = old.parts().chain(new.parts()).map(|(n, _)| n).collect();
+        let mut parts = Vec::new();
+        for name in names {
+            let (a, b) = (old.part(name), new.part(name));
+            let (da, db) = (a.map(|f| f.digest()), b.map(|f| f.digest()));
+            if da == db {
+                continue;
+            }
+            let Some(alive) = b.or(a) else { continue };
+            let encoded = self.diffs.get((name.clone(), da, db), alive, || {
+                let empty = Fragment::new();
+                let diff = setpoint_dataplane::diff::diff_fragments(
+                    a.map(|f| &**f).unwrap_or(&empty),
+                    b.map(|f| &**f).unwrap_or(&empty),
+                );
+                encode_part_diff(name, da, db, &diff)
+            })?;
+            parts.push(encoded);
+        }
+        Ok(delta_of_parts(from, to, &new.digest(), &parts))
+    }
+}
+
+/// What the leader published last, kept to build the next revision's
+/// states from it (only changed nodes are replaced).
+pub struct Publisher {
+    fanout: Arc<Fanout>,
+    states: States,
+    /// Nodes pinned by a rollback or pause: the state each is held at.
+    pinned: BTreeMap<String, NodeDataplane>,
+    /// Nodes unpinned since the last publication: they take their
+    /// computed states again.
+    unpinned: BTreeSet<String>,
+    ready: bool,
+}
+
+impl Publisher {
+    pub fn new(fanout: Arc<Fanout>) -> Publisher {
+        Publisher {
+            fanout,
+            states: States::new(),
+            pinned: BTreeMap::new(),
+            unpinned: BTreeSet::new(),
+            ready: false,
+        }
+    }
+
+    /// Re-reads which nodes are pinned and the states they are held at
+    /// (at start and after admin writes), in a few queries however many
+    /// nodes a rollback pinned.
+    pub async fn load_pins(&mut self, store: &Store) {
+        match store.pinned_states().await {
+            Ok(pins) => {
+                let now: BTreeMap<String, NodeDataplane> = pins
+                    .into_iter()
+                    .map(|(node, (_, state))| (node, state))
+                    .collect();
+                self.unpinned.extend(
+                    self.pinned
+                        .keys()
+                        .filter(|n| !now.contains_key(*n))
+                        .cloned(),
+                );
+                self.pinned = now;
+            }
+            Err(e) => {
+                // Publish nothing until the pins are known: sessions read
+                // the store, which knows them.
+                tracing::warn!("cannot read pins; serving from the store: {e}");
+                self.ready = false;
+                self.pinned.clear();
+                self.states = States::new();
+            }
+        }
+    }
+
+    /// Publishes `revision`: `changed` nodes (every live node when this
+    /// publisher has not published yet) take `computed` states, `live`
+    /// bounds the node set; pinned nodes keep the state they are held at.
+    pub fn publish(
+        &mut self,
+        revision: u64,
+        live: &BTreeSet<String>,
+        changed: Option<&BTreeSet<String>>,
+        computed: impl Fn(&str) -> Option<NodeDataplane>,
+    ) {
+        let everything = !self.ready || changed.is_none();
+        if everything {
+            self.states = States::new();
+        }
+        let gone: Vec<String> = self
+            .states
+            .keys()
+            .filter(|n| !live.contains(*n))
+            .cloned()
+            .collect();
+        for node in gone {
+            self.states.remove(&node);
+        }
+        let touched: Box<dyn Iterator<Item = &String>> = match changed {
+            Some(c) if !everything => Box::new(
+                c.iter()
+                    .chain(self.pinned.keys())
+                    .chain(self.unpinned.iter()),
+            ),
+            _ => Box::new(live.iter()),
+        };
+        let touched: BTreeSet<&String> = touched.filter(|n| live.contains(*n)).collect();
+        for node in touched {
+            let state = match self.pinned.get(node) {
+                Some(held) => Some(held.clone()),
+                None => computed(node),
+            };
+            match state {
+                Some(s) => {
+                    self.states.insert(node.clone(), s);
+                }
+                None => {
+                    self.states.remove(node);
+                }
+            }
+        }
+        self.unpinned.clear();
+        self.ready = true;
+        self.fanout.publish(revision, self.states.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use setpoint_proto::parts::{FragmentCache, apply_delta, snapshot_state_cached};
+
+    fn fragment(ips: &[&str]) -> Arc<Fragment> {
+        Arc::new(setpoint_proto::example_fragment("SP-SVC", ips))
+    }
+
+    #[test]
+    fn shared_parts_are_encoded_once_and_decode_to_each_nodes_state() {
+        let fanout = Fanout::default();
+        let (s1, s2) = (fragment(&["10.0.0.1"]), fragment(&["10.0.0.1", "10.0.0.2"]));
+        let node = |services: &Arc<Fragment>, own: &str| {
+            NodeDataplane::from_parts([
+                ("services".to_string(), services.clone()),
+                (format!("node/{own}"), {
+                    let mut f = Fragment::new();
+                    f.add_address(own.parse().expect("ip"));
+                    Arc::new(f)
+                }),
+            ])
+        };
+        let (a1, b1) = (node(&s1, "10.1.0.1"), node(&s1, "10.1.0.2"));
+        let (a2, b2) = (node(&s2, "10.1.0.1"), node(&s2, "10.1.0.2"));
+        let cache = FragmentCache::default();
+        let sa = fanout.snapshot(1, &a1).expect("snapshot");
+        let sb = fanout.snapshot(1, &b1).expect("snapshot");
+        let got_a = snapshot_state_cached(&sa, &cache).expect("decodes");
+        assert_eq!(got_a, a1);
+        assert_eq!(snapshot_state_cached(&sb, &cache).expect("decodes"), b1);
+        let da = fanout.delta(1, &a1, 2, &a2).expect("delta");
+        let db = fanout.delta(1, &b1, 2, &b2).expect("delta");
+        assert_eq!(da.changes, db.changes, "only the shared part changed");
+        let memo = fanout.diffs.map.lock().expect("lock").0.len();
+        assert_eq!(memo, 1, "one diff encoded for both nodes");
+        assert_eq!(apply_delta(&got_a, &da, &cache).expect("applies"), a2);
+    }
+
+    #[test]
+    fn pinned_nodes_keep_the_state_they_are_held_at() {
+        let fanout = Arc::new(Fanout::default());
+        let mut publisher = Publisher::new(fanout.clone());
+        let live: BTreeSet<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
+        let state = |ips: &[&str]| NodeDataplane::from_parts([("services", fragment(ips))]);
+        let v1 = state(&["10.0.0.1"]);
+        let v2 = state(&["10.0.0.2"]);
+        publisher.publish(1, &live, None, |_| Some(v1.clone()));
+        publisher.pinned.insert("a".into(), v1.clone());
+        let changed = live.clone();
+        publisher.publish(2, &live, Some(&changed), |_| Some(v2.clone()));
+        assert_eq!(fanout.published(2, "a"), Some(v1.clone()));
+        assert_eq!(fanout.published(2, "b"), Some(v2.clone()));
+        // Unpinned: back to its computed state at the next publication.
+        publisher.pinned.clear();
+        publisher.unpinned.insert("a".into());
+        publisher.publish(3, &live, Some(&BTreeSet::new()), |_| Some(v2.clone()));
+        assert_eq!(fanout.published(3, "a"), Some(v2.clone()));
+        assert_eq!(fanout.published(3, "b"), Some(v2));
+    }
+}
