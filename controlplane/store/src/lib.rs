@@ -41,6 +41,7 @@
 
 mod agents;
 mod db;
+mod decoded;
 mod error;
 mod gc;
 mod pins;

@@ -10,6 +10,7 @@ use setpoint_dataplane::{Diff, Digest, Fragment, NodeDataplane};
 use tokio::sync::Mutex;
 
 use crate::db::{self, Db, RevisionRow};
+use crate::decoded::Decoded;
 use crate::error::{Result, StoreError};
 use crate::types::{
     Backend, Cause, CommitRequest, Epoch, FailPoint, RevisionAction, RevisionId, RevisionInfo,
@@ -22,11 +23,18 @@ use crate::write::{Composition, WriterCache, prepare};
 pub struct StoreOptions {
     /// Pool size.
     pub max_connections: u32,
+    /// Atoms of recently read fragments kept decoded (verified against
+    /// their keys) after their readers drop them; 0 keeps only what
+    /// someone still holds. About 100 bytes of memory per atom.
+    pub decoded_atoms: u64,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { max_connections: 8 }
+        StoreOptions {
+            max_connections: 8,
+            decoded_atoms: 500_000,
+        }
     }
 }
 
@@ -38,10 +46,9 @@ pub struct Store {
     pub(crate) db: Db,
     pub(crate) writer: Arc<Mutex<WriterCache>>,
     fail: Arc<AtomicU8>,
-    /// Fragments decoded (and verified against their key) that someone
-    /// still holds: the same Service part read for 5,000 nodes is decoded
-    /// once and shared, in memory as it is in the tables.
-    decoded: Arc<std::sync::Mutex<HashMap<Digest, std::sync::Weak<Fragment>>>>,
+    /// Fragments decoded (and verified against their key): those someone
+    /// still holds, and the most recently read ones.
+    decoded: Arc<Decoded>,
 }
 
 /// What a node's state at a revision is made of.
@@ -87,7 +94,7 @@ impl Store {
             db,
             writer: Arc::new(Mutex::new(WriterCache::default())),
             fail: Arc::new(AtomicU8::new(0)),
-            decoded: Arc::default(),
+            decoded: Arc::new(Decoded::new(options.decoded_atoms)),
         })
     }
 
@@ -393,11 +400,9 @@ impl Store {
             key: key.to_string(),
         };
         let mut out = HashMap::with_capacity(keys.len());
-        if let Ok(decoded) = self.decoded.lock() {
-            for key in keys {
-                if let Some(f) = decoded.get(key).and_then(std::sync::Weak::upgrade) {
-                    out.insert(*key, f);
-                }
+        for key in keys {
+            if let Some(f) = self.decoded.get(key) {
+                out.insert(*key, f);
             }
         }
         let wanted: Vec<Digest> = keys
@@ -455,14 +460,9 @@ impl Store {
             let fragment = Arc::new(chunk::assemble(key, header, ordered).map_err(corrupt)?);
             out.insert(*key, fragment);
         }
-        if let Ok(mut decoded) = self.decoded.lock() {
-            for key in &wanted {
-                if let Some(f) = out.get(key) {
-                    decoded.insert(*key, Arc::downgrade(f));
-                }
-            }
-            if decoded.len() > 4096 {
-                decoded.retain(|_, f| f.strong_count() > 0);
+        for key in &wanted {
+            if let Some(f) = out.get(key) {
+                self.decoded.insert(*key, f);
             }
         }
         Ok(out)
