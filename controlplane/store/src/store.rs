@@ -451,14 +451,21 @@ impl Store {
         let chunk_keys: Vec<Digest> = chunk_keys.into_iter().collect();
         let bodies: HashMap<Digest, Vec<u8>> =
             self.db.chunks(&chunk_keys).await?.into_iter().collect();
-        for (key, header, chunks, _) in &walk {
-            let mut ordered = Vec::with_capacity(chunks.len());
-            for c in chunks {
-                let body = bodies.get(c).ok_or_else(|| missing("chunk", c))?;
-                ordered.push((c, body.as_slice()));
-            }
-            let fragment = Arc::new(chunk::assemble(key, header, ordered).map_err(corrupt)?);
-            out.insert(*key, fragment);
+        if let Some(c) = chunk_keys.iter().find(|c| !bodies.contains_key(*c)) {
+            return Err(missing("chunk", c));
+        }
+        let bytes: usize = bodies.values().map(Vec::len).sum();
+        let assembled = if bytes < PARALLEL_DECODE_BYTES {
+            decode_all(walk, &bodies)
+        } else {
+            // Hashing and parsing a big fragment's chunks is most of a
+            // read: on the blocking pool, chunks on every core.
+            tokio::task::spawn_blocking(move || decode_all(walk, &bodies))
+                .await
+                .map_err(|e| StoreError::Task(e.to_string()))?
+        };
+        for (key, fragment) in assembled {
+            out.insert(key, Arc::new(fragment.map_err(corrupt)?));
         }
         for key in &wanted {
             if let Some(f) = out.get(key) {
@@ -654,6 +661,34 @@ impl Store {
     pub async fn stats(&self) -> Result<StoreStats> {
         self.db.stats().await
     }
+}
+
+/// Chunk bytes from which a read decodes on several threads.
+const PARALLEL_DECODE_BYTES: usize = 64 * 1024;
+
+/// Each fragment of `walk` (key, header, chunk keys in order) from its
+/// chunks, every byte checked; the chunks of one fragment are decoded in
+/// parallel, then put together in order. Every chunk key is in `bodies`.
+fn decode_all(
+    walk: Vec<(Digest, FragmentHeader, Vec<Digest>, u8)>,
+    bodies: &HashMap<Digest, Vec<u8>>,
+) -> Vec<(Digest, std::result::Result<Fragment, chunk::ChunkError>)> {
+    use rayon::prelude::*;
+    walk.into_iter()
+        .map(|(key, header, chunks, _)| {
+            let decoded: Vec<_> = chunks
+                .par_iter()
+                .with_min_len(8)
+                .map(|c| {
+                    // Absent bodies were refused before; an empty one would
+                    // fail its hash check anyway.
+                    let body = bodies.get(c).map(Vec::as_slice).unwrap_or_default();
+                    chunk::decode_chunk(c, body)
+                })
+                .collect();
+            (key, chunk::assemble_decoded(&key, &header, decoded))
+        })
+        .collect()
 }
 
 /// The plan of a pinned node: its parts as the pin row names them.
