@@ -337,12 +337,22 @@ impl Store {
         {
             return pin_plan(&parts, pin.state_digest.as_deref()).map(Some);
         }
-        self.computed_plan(node, revision).await
+        self.computed_plan_at(node, revision, &row).await
     }
 
     /// The plan of a node's computed state at `revision`, pinned or not.
     async fn computed_plan(&self, node: &str, revision: RevisionId) -> Result<Option<NodePlan>> {
         let row = self.revision_row(revision).await?;
+        self.computed_plan_at(node, revision, &row).await
+    }
+
+    /// [`Store::computed_plan`] with the revision's row already read.
+    async fn computed_plan_at(
+        &self,
+        node: &str,
+        revision: RevisionId,
+        row: &RevisionRow,
+    ) -> Result<Option<NodePlan>> {
         let Some(node_row) = self.db.node_row(node, row.revision).await? else {
             return Ok(None);
         };
@@ -352,6 +362,8 @@ impl Store {
         let c = Composition::decode(&shared, node_row.own.as_deref().unwrap_or_default())?;
         let mut parts = Vec::new();
         let mut newest_shared = 0;
+        let names: Vec<String> = c.shared.iter().cloned().collect();
+        let mut found = self.db.shared_many(&names, row.revision).await?;
         for name in &c.shared {
             let missing = || StoreError::Missing {
                 node: node.to_string(),
@@ -359,11 +371,7 @@ impl Store {
                 what: "shared part",
                 key: name.clone(),
             };
-            let (at, key) = self
-                .db
-                .shared_at(name, row.revision)
-                .await?
-                .ok_or_else(missing)?;
+            let (at, key) = found.remove(name).ok_or_else(missing)?;
             let key = key.ok_or_else(missing)?;
             newest_shared = newest_shared.max(at);
             parts.push((

@@ -1577,6 +1577,125 @@ mod tests {
     }
 
     #[test]
+    fn atoms_out_of_order_in_a_chunk_are_an_error() {
+        for body in [
+            // Two addresses, descending.
+            vec![
+                CHUNK_FORMAT,
+                TAG_ADDRESS,
+                4,
+                10,
+                0,
+                0,
+                2,
+                TAG_ADDRESS,
+                4,
+                10,
+                0,
+                0,
+                1,
+            ],
+            // The same address twice.
+            vec![
+                CHUNK_FORMAT,
+                TAG_ADDRESS,
+                4,
+                10,
+                0,
+                0,
+                1,
+                TAG_ADDRESS,
+                4,
+                10,
+                0,
+                0,
+                1,
+            ],
+            // An address before a set entry (sets come first).
+            vec![
+                CHUNK_FORMAT,
+                TAG_ADDRESS,
+                4,
+                10,
+                0,
+                0,
+                1,
+                TAG_ENTRY,
+                1,
+                b'S',
+                6,
+                0,
+                80,
+            ],
+        ] {
+            let key = sha256(&body);
+            let err = decode_chunk(&key, &body).unwrap_err();
+            assert!(
+                matches!(&err, ChunkError::ChunkBody { key: k, reason, .. }
+                    if *k == key && reason.contains("canonical order")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn chunks_decoded_apart_assemble_to_the_same_fragment() {
+        let f = Arc::new(sample(300));
+        let (cf, chunks) = ChunkedFragment::new(f.clone());
+        let mut store = HashMap::new();
+        remember(&mut store, chunks);
+        let keys: Vec<Digest> = cf.chunk_keys().copied().collect();
+        assert!(keys.len() > 3);
+        let decode = |k: &Digest| decode_chunk(k, &store[k]);
+
+        // Decoded in any order (as threads finish), assembled in order.
+        let mut decoded: Vec<(usize, DecodedChunk)> = keys
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, k)| (i, decode(k).unwrap()))
+            .collect();
+        assert_eq!(
+            decoded.iter().map(|(_, d)| d.atom_count()).sum::<u64>(),
+            f.atom_count()
+        );
+        decoded.sort_by_key(|(i, _)| *i);
+        let back = assemble_decoded(
+            &cf.key(),
+            cf.header(),
+            decoded.into_iter().map(|(_, d)| Ok(d)),
+        )
+        .unwrap();
+        assert_eq!(back, *f);
+        assert_eq!(back.digest(), f.digest());
+
+        // Chunks put together out of order: an error naming the fragment.
+        let mut swapped: Vec<_> = keys.iter().map(decode).collect();
+        swapped.swap(0, 1);
+        let err = assemble_decoded(&cf.key(), cf.header(), swapped).unwrap_err();
+        assert!(
+            matches!(&err, ChunkError::Fragment { key, .. } if *key == cf.key()),
+            "{err}"
+        );
+
+        // A bad chunk anywhere fails the whole fragment, naming the chunk.
+        let bad = keys[keys.len() / 2];
+        let mut with_bad: Vec<_> = keys.iter().map(decode).collect();
+        with_bad[keys.len() / 2] = decode_chunk(&bad, &[CHUNK_FORMAT, TAG_ADDRESS]);
+        let err = assemble_decoded(&cf.key(), cf.header(), with_bad).unwrap_err();
+        assert!(
+            matches!(err, ChunkError::ChunkDigest { key, .. } if key == bad),
+            "{err}"
+        );
+
+        // A wrong header is refused before any chunk is looked at.
+        let mut header = *cf.header();
+        header.atoms += 1;
+        let err = assemble_decoded(&cf.key(), &header, keys.iter().map(decode)).unwrap_err();
+        assert!(matches!(err, ChunkError::HeaderDigest { .. }), "{err}");
+    }
+
+    #[test]
     fn wrong_header_and_manifest_are_errors() {
         let (cf, chunks) = ChunkedFragment::new(Arc::new(sample(20)));
         let mut header = *cf.header();
