@@ -10,7 +10,8 @@
 //! SETPOINT_BENCH_BACKENDS=sqlite or =postgres picks one. Reports the
 //! initial commit's time and bytes, commit latency p50/p99 and bytes per
 //! revision (sizes from the database itself), and reading one node's state
-//! at an old revision.
+//! at an old revision: one after the other on one handle (as a control
+//! plane does), and cold on a new handle each.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -309,6 +310,30 @@ async fn run(label: &str, url: &str, w: &Workload) -> Result<(), Box<dyn std::er
         reads.len(),
         ms(percentile(&reads, 0.5)),
         ms(reads.last().copied().unwrap_or_default()),
+    );
+    // The same reads on a new handle each (nothing decoded in memory yet):
+    // what a first read after a restart, or of a fragment no longer in the
+    // store's recent tier, costs.
+    let mut cold = Vec::new();
+    for (rev, node, digest) in w.probes.iter().take(5) {
+        let fresh = Store::open(url).await?;
+        let t = Instant::now();
+        let state = fresh
+            .node_state(node, RevisionId(*rev))
+            .await?
+            .ok_or("probe node missing")?;
+        cold.push(t.elapsed());
+        if state.digest() != *digest {
+            return Err(format!("{node} at {rev}: digest differs from the index's").into());
+        }
+        fresh.close().await;
+    }
+    cold.sort();
+    println!(
+        "read one node's state at old revision {probe_rev} cold, new store handle each ({} nodes, digests checked): p50 {:.1} ms, max {:.1} ms",
+        cold.len(),
+        ms(percentile(&cold, 0.5)),
+        ms(cold.last().copied().unwrap_or_default()),
     );
     store.close().await;
     Ok(())

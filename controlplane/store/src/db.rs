@@ -3,6 +3,7 @@
 //! too); batches differ: PostgreSQL takes arrays (`UNNEST`, `= ANY`), SQLite
 //! runs one prepared statement per row in-process.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -520,6 +521,43 @@ impl Db {
         .fetch_optional(p)
         .await
         .what("reading a shared part"))
+    }
+
+    /// [`Db::shared_at`] of each of `names` (one round trip on
+    /// PostgreSQL): name → (revision, fragment) for the names that have a
+    /// row at or before `revision`.
+    pub(crate) async fn shared_many(
+        &self,
+        names: &[String],
+        revision: i64,
+    ) -> Result<HashMap<String, (i64, Option<Vec<u8>>)>> {
+        match self {
+            Db::Postgres(p) => {
+                let rows = sqlx::query_as::<_, (String, i64, Option<Vec<u8>>)>(
+                    "SELECT DISTINCT ON (name) name, revision, fragment FROM shared_parts
+                      WHERE name = ANY($1) AND revision <= $2
+                      ORDER BY name, revision DESC",
+                )
+                .bind(names)
+                .bind(revision)
+                .fetch_all(p)
+                .await
+                .what("reading shared parts")?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(name, at, fragment)| (name, (at, fragment)))
+                    .collect())
+            }
+            Db::Sqlite(_) => {
+                let mut out = HashMap::with_capacity(names.len());
+                for name in names {
+                    if let Some(row) = self.shared_at(name, revision).await? {
+                        out.insert(name.clone(), row);
+                    }
+                }
+                Ok(out)
+            }
+        }
     }
 
     pub(crate) async fn fragments(&self, keys: &[Digest]) -> Result<Vec<FragmentRow>> {

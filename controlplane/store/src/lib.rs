@@ -23,7 +23,12 @@
 //! match its key, or a state whose digest differs from the one recorded at
 //! commit, is an error naming it, never a wrong state. Chunking lives in
 //! the contract crate (`setpoint_dataplane::chunk`); this crate moves its
-//! output in and out of SQL.
+//! output in and out of SQL. A big fragment's chunks are checked and
+//! parsed on every core; a handle keeps the fragments it read last decoded
+//! (checked, keyed by digest, bounded by [`StoreOptions::decoded_atoms`]),
+//! so reads one after the other do not decode the same `services` part
+//! again; a row corrupted after that is caught by the next read that
+//! decodes it.
 //!
 //! Rollback ([`Store::rollback`]) writes a new revision and a `node_pins`
 //! row per node naming the fragment keys of every part it had at the
@@ -41,6 +46,7 @@
 
 mod agents;
 mod db;
+mod decoded;
 mod error;
 mod gc;
 mod pins;

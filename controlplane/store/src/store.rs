@@ -10,6 +10,7 @@ use setpoint_dataplane::{Diff, Digest, Fragment, NodeDataplane};
 use tokio::sync::Mutex;
 
 use crate::db::{self, Db, RevisionRow};
+use crate::decoded::Decoded;
 use crate::error::{Result, StoreError};
 use crate::types::{
     Backend, Cause, CommitRequest, Epoch, FailPoint, RevisionAction, RevisionId, RevisionInfo,
@@ -22,11 +23,18 @@ use crate::write::{Composition, WriterCache, prepare};
 pub struct StoreOptions {
     /// Pool size.
     pub max_connections: u32,
+    /// Atoms of recently read fragments kept decoded (verified against
+    /// their keys) after their readers drop them; 0 keeps only what
+    /// someone still holds. About 100 bytes of memory per atom.
+    pub decoded_atoms: u64,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { max_connections: 8 }
+        StoreOptions {
+            max_connections: 8,
+            decoded_atoms: 500_000,
+        }
     }
 }
 
@@ -38,10 +46,9 @@ pub struct Store {
     pub(crate) db: Db,
     pub(crate) writer: Arc<Mutex<WriterCache>>,
     fail: Arc<AtomicU8>,
-    /// Fragments decoded (and verified against their key) that someone
-    /// still holds: the same Service part read for 5,000 nodes is decoded
-    /// once and shared, in memory as it is in the tables.
-    decoded: Arc<std::sync::Mutex<HashMap<Digest, std::sync::Weak<Fragment>>>>,
+    /// Fragments decoded (and verified against their key): those someone
+    /// still holds, and the most recently read ones.
+    decoded: Arc<Decoded>,
 }
 
 /// What a node's state at a revision is made of.
@@ -87,7 +94,7 @@ impl Store {
             db,
             writer: Arc::new(Mutex::new(WriterCache::default())),
             fail: Arc::new(AtomicU8::new(0)),
-            decoded: Arc::default(),
+            decoded: Arc::new(Decoded::new(options.decoded_atoms)),
         })
     }
 
@@ -330,12 +337,22 @@ impl Store {
         {
             return pin_plan(&parts, pin.state_digest.as_deref()).map(Some);
         }
-        self.computed_plan(node, revision).await
+        self.computed_plan_at(node, revision, &row).await
     }
 
     /// The plan of a node's computed state at `revision`, pinned or not.
     async fn computed_plan(&self, node: &str, revision: RevisionId) -> Result<Option<NodePlan>> {
         let row = self.revision_row(revision).await?;
+        self.computed_plan_at(node, revision, &row).await
+    }
+
+    /// [`Store::computed_plan`] with the revision's row already read.
+    async fn computed_plan_at(
+        &self,
+        node: &str,
+        revision: RevisionId,
+        row: &RevisionRow,
+    ) -> Result<Option<NodePlan>> {
         let Some(node_row) = self.db.node_row(node, row.revision).await? else {
             return Ok(None);
         };
@@ -343,12 +360,8 @@ impl Store {
             return Ok(None);
         };
         let c = Composition::decode(shared, node_row.own.as_deref().unwrap_or_default())?;
-        let mut found = HashMap::new();
-        for name in &c.shared {
-            if let Some(at) = self.db.shared_at(name, row.revision).await? {
-                found.insert(name.clone(), at);
-            }
-        }
+        let names: Vec<String> = c.shared.into_iter().collect();
+        let found = self.db.shared_many(&names, row.revision).await?;
         Self::computed_plan_of(node, revision, node_row, |name| found.get(name).cloned())
     }
 
@@ -410,11 +423,9 @@ impl Store {
             key: key.to_string(),
         };
         let mut out = HashMap::with_capacity(keys.len());
-        if let Ok(decoded) = self.decoded.lock() {
-            for key in keys {
-                if let Some(f) = decoded.get(key).and_then(std::sync::Weak::upgrade) {
-                    out.insert(*key, f);
-                }
+        for key in keys {
+            if let Some(f) = self.decoded.get(key) {
+                out.insert(*key, f);
             }
         }
         let wanted: Vec<Digest> = keys
@@ -463,23 +474,25 @@ impl Store {
         let chunk_keys: Vec<Digest> = chunk_keys.into_iter().collect();
         let bodies: HashMap<Digest, Vec<u8>> =
             self.db.chunks(&chunk_keys).await?.into_iter().collect();
-        for (key, header, chunks, _) in &walk {
-            let mut ordered = Vec::with_capacity(chunks.len());
-            for c in chunks {
-                let body = bodies.get(c).ok_or_else(|| missing("chunk", c))?;
-                ordered.push((c, body.as_slice()));
-            }
-            let fragment = Arc::new(chunk::assemble(key, header, ordered).map_err(corrupt)?);
-            out.insert(*key, fragment);
+        if let Some(c) = chunk_keys.iter().find(|c| !bodies.contains_key(*c)) {
+            return Err(missing("chunk", c));
         }
-        if let Ok(mut decoded) = self.decoded.lock() {
-            for key in &wanted {
-                if let Some(f) = out.get(key) {
-                    decoded.insert(*key, Arc::downgrade(f));
-                }
-            }
-            if decoded.len() > 4096 {
-                decoded.retain(|_, f| f.strong_count() > 0);
+        let bytes: usize = bodies.values().map(Vec::len).sum();
+        let assembled = if bytes < PARALLEL_DECODE_BYTES {
+            decode_all(walk, &bodies)
+        } else {
+            // Hashing and parsing a big fragment's chunks is most of a
+            // read: on the blocking pool, chunks on every core.
+            tokio::task::spawn_blocking(move || decode_all(walk, &bodies))
+                .await
+                .map_err(|e| StoreError::Task(e.to_string()))?
+        };
+        for (key, fragment) in assembled {
+            out.insert(key, Arc::new(fragment.map_err(corrupt)?));
+        }
+        for key in &wanted {
+            if let Some(f) = out.get(key) {
+                self.decoded.insert(*key, f);
             }
         }
         Ok(out)
@@ -745,6 +758,34 @@ impl Store {
     pub async fn stats(&self) -> Result<StoreStats> {
         self.db.stats().await
     }
+}
+
+/// Chunk bytes from which a read decodes on several threads.
+const PARALLEL_DECODE_BYTES: usize = 64 * 1024;
+
+/// Each fragment of `walk` (key, header, chunk keys in order) from its
+/// chunks, every byte checked; the chunks of one fragment are decoded in
+/// parallel, then put together in order. Every chunk key is in `bodies`.
+fn decode_all(
+    walk: Vec<(Digest, FragmentHeader, Vec<Digest>, u8)>,
+    bodies: &HashMap<Digest, Vec<u8>>,
+) -> Vec<(Digest, std::result::Result<Fragment, chunk::ChunkError>)> {
+    use rayon::prelude::*;
+    walk.into_iter()
+        .map(|(key, header, chunks, _)| {
+            let decoded: Vec<_> = chunks
+                .par_iter()
+                .with_min_len(8)
+                .map(|c| {
+                    // Absent bodies were refused before; an empty one would
+                    // fail its hash check anyway.
+                    let body = bodies.get(c).map(Vec::as_slice).unwrap_or_default();
+                    chunk::decode_chunk(c, body)
+                })
+                .collect();
+            (key, chunk::assemble_decoded(&key, &header, decoded))
+        })
+        .collect()
 }
 
 /// The plan of a pinned node: its parts as the pin row names them.

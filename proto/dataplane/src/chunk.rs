@@ -655,14 +655,115 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Decodes one chunk's atoms into `f` after checking that `body` hashes to
-/// `key`. Returns how many atoms the chunk listed and the key of its last
-/// atom (`None` for an empty chunk).
-pub fn decode_chunk_into(
-    f: &mut Fragment,
-    key: &Digest,
-    body: &[u8],
-) -> Result<(u64, Option<AtomKey>), ChunkError> {
+/// One atom of a chunk, decoded and owned; set names are indices into the
+/// chunk's [`DecodedChunk::names`].
+#[derive(Debug)]
+enum Atom {
+    Set(usize, SetSpec),
+    Entry(usize, SetEntry),
+    VirtualServer(VirtualServerKey, Arc<VirtualServer>),
+    Address(IpAddr),
+    Chain(ChainKey, Arc<Chain>),
+    Jump(Jump),
+}
+
+/// An atom's place in the canonical order, borrowed. The derived order is
+/// [`AtomKey`]'s (same variants, same fields, compared by value).
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum KeyRef<'a> {
+    Set {
+        name: &'a str,
+        entry: Option<&'a SetEntry>,
+    },
+    VirtualServer(&'a VirtualServerKey),
+    Address(&'a IpAddr),
+    Chain(&'a ChainKey),
+    Jump(&'a Jump),
+}
+
+/// One chunk checked against its key, parsed and its atoms hashed, not yet
+/// in a fragment: the part of [`assemble`] each chunk does on its own, so
+/// chunks can be decoded on several threads and then put together in order
+/// with [`assemble_decoded`].
+#[derive(Debug)]
+pub struct DecodedChunk {
+    key: Digest,
+    names: Vec<String>,
+    atoms: Vec<(Atom, [u8; 32])>,
+}
+
+impl DecodedChunk {
+    fn key_of<'a>(&'a self, atom: &'a Atom) -> KeyRef<'a> {
+        let name = |i: &usize| self.names.get(*i).map_or("", String::as_str);
+        match atom {
+            Atom::Set(i, _) => KeyRef::Set {
+                name: name(i),
+                entry: None,
+            },
+            Atom::Entry(i, e) => KeyRef::Set {
+                name: name(i),
+                entry: Some(e),
+            },
+            Atom::VirtualServer(k, _) => KeyRef::VirtualServer(k),
+            Atom::Address(a) => KeyRef::Address(a),
+            Atom::Chain(k, _) => KeyRef::Chain(k),
+            Atom::Jump(j) => KeyRef::Jump(j),
+        }
+    }
+
+    /// How many atoms the chunk lists.
+    pub fn atom_count(&self) -> u64 {
+        self.atoms.len() as u64
+    }
+
+    /// The key of the chunk's last atom (`None` for an empty chunk).
+    pub fn last(&self) -> Option<AtomKey> {
+        let (atom, _) = self.atoms.last()?;
+        Some(match self.key_of(atom) {
+            KeyRef::Set { name, entry } => AtomKey::Set {
+                name: name.to_string(),
+                entry: entry.cloned(),
+            },
+            KeyRef::VirtualServer(k) => AtomKey::VirtualServer(*k),
+            KeyRef::Address(a) => AtomKey::Address(*a),
+            KeyRef::Chain(k) => AtomKey::Chain(k.clone()),
+            KeyRef::Jump(j) => AtomKey::Jump(j.clone()),
+        })
+    }
+
+    /// Puts the atoms into `f` (hashes as computed when decoding).
+    pub fn apply(self, f: &mut Fragment) {
+        let DecodedChunk { names, atoms, .. } = self;
+        let name = |i: usize| names.get(i).map_or("", String::as_str);
+        for (atom, hash) in atoms {
+            match atom {
+                Atom::Set(i, spec) => {
+                    f.put_set_hashed(name(i).to_string(), spec, &hash);
+                }
+                Atom::Entry(i, entry) => {
+                    f.add_entry_hashed(name(i), entry, &hash);
+                }
+                Atom::VirtualServer(key, vs) => {
+                    f.put_virtual_server_hashed(key, vs, hash);
+                }
+                Atom::Address(addr) => {
+                    f.add_address_hashed(addr, &hash);
+                }
+                Atom::Chain(key, chain) => {
+                    f.put_chain_hashed(key, chain, &hash);
+                }
+                Atom::Jump(jump) => {
+                    f.add_jump_hashed(jump, &hash);
+                }
+            }
+        }
+    }
+}
+
+/// Checks that `body` hashes to `key`, parses its atoms (in strictly
+/// increasing canonical order) and hashes each. Pure and thread-safe: a
+/// fragment's chunks can be decoded in parallel.
+pub fn decode_chunk(key: &Digest, body: &[u8]) -> Result<DecodedChunk, ChunkError> {
     let actual = sha256(body);
     if actual != *key {
         return Err(ChunkError::ChunkDigest { key: *key, actual });
@@ -678,22 +779,62 @@ pub fn decode_chunk_into(
         Ok(other) => return Err(fail(0, format!("format {other}, expected {CHUNK_FORMAT}"))),
         Err(e) => return Err(fail(0, e)),
     }
-    let mut set: Option<String> = None;
-    let mut atoms = 0u64;
-    let mut last: Option<AtomKey> = None;
+    let mut out = DecodedChunk {
+        key: *key,
+        names: Vec::new(),
+        // Atoms are at least 2 bytes.
+        atoms: Vec::with_capacity(body.len() / 8),
+    };
+    let mut set: Option<usize> = None;
     while !r.done() {
         let at = r.pos;
-        let key = decode_atom(&mut r, f, &mut set).map_err(|e| fail(at, e))?;
-        if last.as_ref().is_some_and(|prev| *prev >= key) {
+        let atom = decode_atom(&mut r, &mut out.names, &mut set).map_err(|e| fail(at, e))?;
+        if let Some((prev, _)) = out.atoms.last()
+            && out.key_of(prev) >= out.key_of(&atom)
+        {
             return Err(fail(at, "atoms out of canonical order".into()));
         }
-        last = Some(key);
-        atoms += 1;
+        let hash = atom_hash(&out.names, &atom);
+        out.atoms.push((atom, hash));
     }
-    Ok((atoms, last))
+    Ok(out)
 }
 
-fn decode_atom(r: &mut Reader<'_>, f: &mut Fragment, set: &mut Option<String>) -> Read<AtomKey> {
+fn atom_hash(names: &[String], atom: &Atom) -> [u8; 32] {
+    let name = |i: &usize| names.get(*i).map_or("", String::as_str);
+    match atom {
+        Atom::Set(i, spec) => digest::hash_set(name(i), spec),
+        Atom::Entry(i, entry) => digest::hash_entry(name(i), entry),
+        Atom::VirtualServer(key, vs) => digest::hash_virtual_server(key, vs),
+        Atom::Address(addr) => digest::hash_address(addr),
+        Atom::Chain(key, chain) => digest::hash_chain(key, chain),
+        Atom::Jump(jump) => digest::hash_jump(jump),
+    }
+}
+
+/// Decodes one chunk's atoms into `f` after checking that `body` hashes to
+/// `key`. Returns how many atoms the chunk listed and the key of its last
+/// atom (`None` for an empty chunk).
+pub fn decode_chunk_into(
+    f: &mut Fragment,
+    key: &Digest,
+    body: &[u8],
+) -> Result<(u64, Option<AtomKey>), ChunkError> {
+    let decoded = decode_chunk(key, body)?;
+    let out = (decoded.atom_count(), decoded.last());
+    decoded.apply(f);
+    Ok(out)
+}
+
+/// The index in `names` of `name`, added when it is not the last one.
+fn name_index(names: &mut Vec<String>, name: String) -> usize {
+    if names.last() != Some(&name) {
+        names.push(name);
+    }
+    names.len() - 1
+}
+
+fn decode_atom(r: &mut Reader<'_>, names: &mut Vec<String>, set: &mut Option<usize>) -> Read<Atom> {
     Ok(match r.u8()? {
         TAG_SET => {
             let name = r.str()?;
@@ -703,23 +844,18 @@ fn decode_atom(r: &mut Reader<'_>, f: &mut Fragment, set: &mut Option<String>) -
                 maxelem: r.u32()?,
                 comment: r.str()?,
             };
-            f.put_set(name.clone(), spec);
-            *set = Some(name.clone());
-            AtomKey::Set { name, entry: None }
+            let i = name_index(names, name);
+            *set = Some(i);
+            Atom::Set(i, spec)
         }
         tag @ (TAG_ENTRY | TAG_ENTRY_SAME_SET) => {
             if tag == TAG_ENTRY {
-                *set = Some(r.str()?);
+                let name = r.str()?;
+                *set = Some(name_index(names, name));
             }
-            let name = set
-                .clone()
-                .ok_or_else(|| "entry continues a set but no set precedes it".to_string())?;
-            let entry = r.entry()?;
-            f.add_entry(&name, entry.clone());
-            AtomKey::Set {
-                name,
-                entry: Some(entry),
-            }
+            let i =
+                set.ok_or_else(|| "entry continues a set but no set precedes it".to_string())?;
+            Atom::Entry(i, r.entry()?)
         }
         TAG_VS => {
             let key = VirtualServerKey {
@@ -747,15 +883,13 @@ fn decode_atom(r: &mut Reader<'_>, f: &mut Fragment, set: &mut Option<String>) -
             if vs.real_servers.len() != n {
                 return Err(format!("virtual server {key} lists a real server twice"));
             }
-            f.put_virtual_server(key, Arc::new(vs));
             *set = None;
-            AtomKey::VirtualServer(key)
+            Atom::VirtualServer(key, Arc::new(vs))
         }
         TAG_ADDRESS => {
             let addr = r.ip()?;
-            f.add_address(addr);
             *set = None;
-            AtomKey::Address(addr)
+            Atom::Address(addr)
         }
         TAG_CHAIN => {
             let key = ChainKey {
@@ -768,9 +902,8 @@ fn decode_atom(r: &mut Reader<'_>, f: &mut Fragment, set: &mut Option<String>) -
             for _ in 0..n {
                 rules.push(r.rule()?);
             }
-            f.put_chain(key.clone(), Arc::new(Chain { rules }));
             *set = None;
-            AtomKey::Chain(key)
+            Atom::Chain(key, Arc::new(Chain { rules }))
         }
         TAG_JUMP => {
             let jump = Jump {
@@ -780,9 +913,8 @@ fn decode_atom(r: &mut Reader<'_>, f: &mut Fragment, set: &mut Option<String>) -
                 position: r.u16()?,
                 rule: r.rule()?,
             };
-            f.add_jump(jump.clone());
             *set = None;
-            AtomKey::Jump(jump)
+            Atom::Jump(jump)
         }
         other => return Err(format!("atom tag {other}")),
     })
@@ -1176,13 +1308,31 @@ pub fn assemble<'a>(
     header: &FragmentHeader,
     chunks: impl IntoIterator<Item = (&'a Digest, &'a [u8])>,
 ) -> Result<Fragment, ChunkError> {
+    // Lazily: nothing is decoded before the header is checked.
+    let decoded = chunks.into_iter().map(|(k, body)| decode_chunk(k, body));
+    assemble_decoded(key, header, decoded)
+}
+
+/// [`assemble`] from chunks already through [`decode_chunk`] (in order;
+/// the first error is returned), so the per-chunk work (hashing, parsing)
+/// can run in parallel. Checks the same: the header against its key, the
+/// canonical order across chunks, the atom count and the state digest.
+pub fn assemble_decoded(
+    key: &Digest,
+    header: &FragmentHeader,
+    chunks: impl IntoIterator<Item = Result<DecodedChunk, ChunkError>>,
+) -> Result<Fragment, ChunkError> {
     header.verify(key)?;
     let mut f = Fragment::new();
     let mut listed = 0u64;
     let mut last: Option<AtomKey> = None;
-    for (chunk_key, body) in chunks {
+    for chunk in chunks {
+        let chunk = chunk?;
+        let chunk_key = chunk.key;
         let before = f.atom_count();
-        let (atoms, chunk_last) = decode_chunk_into(&mut f, chunk_key, body)?;
+        let atoms = chunk.atom_count();
+        let chunk_last = chunk.last();
+        chunk.apply(&mut f);
         // Atoms of this chunk must all follow the previous chunk's: checked
         // by the count (a repeated atom adds nothing) and by the last keys.
         if f.atom_count() != before + atoms {
@@ -1424,6 +1574,125 @@ mod tests {
                 "{err}"
             );
         }
+    }
+
+    #[test]
+    fn atoms_out_of_order_in_a_chunk_are_an_error() {
+        for body in [
+            // Two addresses, descending.
+            vec![
+                CHUNK_FORMAT,
+                TAG_ADDRESS,
+                4,
+                10,
+                0,
+                0,
+                2,
+                TAG_ADDRESS,
+                4,
+                10,
+                0,
+                0,
+                1,
+            ],
+            // The same address twice.
+            vec![
+                CHUNK_FORMAT,
+                TAG_ADDRESS,
+                4,
+                10,
+                0,
+                0,
+                1,
+                TAG_ADDRESS,
+                4,
+                10,
+                0,
+                0,
+                1,
+            ],
+            // An address before a set entry (sets come first).
+            vec![
+                CHUNK_FORMAT,
+                TAG_ADDRESS,
+                4,
+                10,
+                0,
+                0,
+                1,
+                TAG_ENTRY,
+                1,
+                b'S',
+                6,
+                0,
+                80,
+            ],
+        ] {
+            let key = sha256(&body);
+            let err = decode_chunk(&key, &body).unwrap_err();
+            assert!(
+                matches!(&err, ChunkError::ChunkBody { key: k, reason, .. }
+                    if *k == key && reason.contains("canonical order")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn chunks_decoded_apart_assemble_to_the_same_fragment() {
+        let f = Arc::new(sample(300));
+        let (cf, chunks) = ChunkedFragment::new(f.clone());
+        let mut store = HashMap::new();
+        remember(&mut store, chunks);
+        let keys: Vec<Digest> = cf.chunk_keys().copied().collect();
+        assert!(keys.len() > 3);
+        let decode = |k: &Digest| decode_chunk(k, &store[k]);
+
+        // Decoded in any order (as threads finish), assembled in order.
+        let mut decoded: Vec<(usize, DecodedChunk)> = keys
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, k)| (i, decode(k).unwrap()))
+            .collect();
+        assert_eq!(
+            decoded.iter().map(|(_, d)| d.atom_count()).sum::<u64>(),
+            f.atom_count()
+        );
+        decoded.sort_by_key(|(i, _)| *i);
+        let back = assemble_decoded(
+            &cf.key(),
+            cf.header(),
+            decoded.into_iter().map(|(_, d)| Ok(d)),
+        )
+        .unwrap();
+        assert_eq!(back, *f);
+        assert_eq!(back.digest(), f.digest());
+
+        // Chunks put together out of order: an error naming the fragment.
+        let mut swapped: Vec<_> = keys.iter().map(decode).collect();
+        swapped.swap(0, 1);
+        let err = assemble_decoded(&cf.key(), cf.header(), swapped).unwrap_err();
+        assert!(
+            matches!(&err, ChunkError::Fragment { key, .. } if *key == cf.key()),
+            "{err}"
+        );
+
+        // A bad chunk anywhere fails the whole fragment, naming the chunk.
+        let bad = keys[keys.len() / 2];
+        let mut with_bad: Vec<_> = keys.iter().map(decode).collect();
+        with_bad[keys.len() / 2] = decode_chunk(&bad, &[CHUNK_FORMAT, TAG_ADDRESS]);
+        let err = assemble_decoded(&cf.key(), cf.header(), with_bad).unwrap_err();
+        assert!(
+            matches!(err, ChunkError::ChunkDigest { key, .. } if key == bad),
+            "{err}"
+        );
+
+        // A wrong header is refused before any chunk is looked at.
+        let mut header = *cf.header();
+        header.atoms += 1;
+        let err = assemble_decoded(&cf.key(), &header, keys.iter().map(decode)).unwrap_err();
+        assert!(matches!(err, ChunkError::HeaderDigest { .. }), "{err}");
     }
 
     #[test]

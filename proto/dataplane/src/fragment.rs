@@ -95,7 +95,18 @@ impl Fragment {
     /// Defines (or redefines) a set; returns the previous definition.
     pub fn put_set(&mut self, name: impl Into<String>, spec: SetSpec) -> Option<SetSpec> {
         let name = name.into();
-        self.acc.add(&digest::hash_set(&name, &spec));
+        let hash = digest::hash_set(&name, &spec);
+        self.put_set_hashed(name, spec, &hash)
+    }
+
+    /// [`Fragment::put_set`] with the atom's hash already computed.
+    pub(crate) fn put_set_hashed(
+        &mut self,
+        name: String,
+        spec: SetSpec,
+        hash: &[u8; 32],
+    ) -> Option<SetSpec> {
+        self.acc.add(hash);
         let old = self.sets.insert(name.clone(), spec);
         if let Some(old) = &old {
             self.acc.remove(&digest::hash_set(&name, old));
@@ -126,6 +137,11 @@ impl Fragment {
     /// Adds an entry; false if it was already there.
     pub fn add_entry(&mut self, set: &str, entry: SetEntry) -> bool {
         let hash = digest::hash_entry(set, &entry);
+        self.add_entry_hashed(set, entry, &hash)
+    }
+
+    /// [`Fragment::add_entry`] with the atom's hash already computed.
+    pub(crate) fn add_entry_hashed(&mut self, set: &str, entry: SetEntry, hash: &[u8; 32]) -> bool {
         let members = match self.entries.get_mut(set) {
             Some(members) => members,
             None => {
@@ -137,7 +153,7 @@ impl Fragment {
             }
         };
         if members.insert(entry).is_none() {
-            self.acc.add(&hash);
+            self.acc.add(hash);
             true
         } else {
             false
@@ -213,6 +229,16 @@ impl Fragment {
         vs: Arc<VirtualServer>,
     ) -> Option<Arc<VirtualServer>> {
         let hash = digest::hash_virtual_server(&key, &vs);
+        self.put_virtual_server_hashed(key, vs, hash)
+    }
+
+    /// [`Fragment::put_virtual_server`] with the atom's hash already computed.
+    pub(crate) fn put_virtual_server_hashed(
+        &mut self,
+        key: VirtualServerKey,
+        vs: Arc<VirtualServer>,
+        hash: [u8; 32],
+    ) -> Option<Arc<VirtualServer>> {
         self.acc.add(&hash);
         let old = self
             .virtual_servers
@@ -240,8 +266,13 @@ impl Fragment {
     }
 
     pub fn add_address(&mut self, addr: IpAddr) -> bool {
+        self.add_address_hashed(addr, &digest::hash_address(&addr))
+    }
+
+    /// [`Fragment::add_address`] with the atom's hash already computed.
+    pub(crate) fn add_address_hashed(&mut self, addr: IpAddr, hash: &[u8; 32]) -> bool {
         if self.addresses.insert(addr).is_none() {
-            self.acc.add(&digest::hash_address(&addr));
+            self.acc.add(hash);
             true
         } else {
             false
@@ -268,7 +299,18 @@ impl Fragment {
     }
 
     pub fn put_chain(&mut self, key: ChainKey, chain: Arc<Chain>) -> Option<Arc<Chain>> {
-        self.acc.add(&digest::hash_chain(&key, &chain));
+        let hash = digest::hash_chain(&key, &chain);
+        self.put_chain_hashed(key, chain, &hash)
+    }
+
+    /// [`Fragment::put_chain`] with the atom's hash already computed.
+    pub(crate) fn put_chain_hashed(
+        &mut self,
+        key: ChainKey,
+        chain: Arc<Chain>,
+        hash: &[u8; 32],
+    ) -> Option<Arc<Chain>> {
+        self.acc.add(hash);
         let old = self.chains.insert(key.clone(), chain);
         if let Some(old) = &old {
             self.acc.remove(&digest::hash_chain(&key, old));
@@ -288,8 +330,13 @@ impl Fragment {
 
     pub fn add_jump(&mut self, jump: Jump) -> bool {
         let hash = digest::hash_jump(&jump);
+        self.add_jump_hashed(jump, &hash)
+    }
+
+    /// [`Fragment::add_jump`] with the atom's hash already computed.
+    pub(crate) fn add_jump_hashed(&mut self, jump: Jump, hash: &[u8; 32]) -> bool {
         if self.jumps.insert(jump).is_none() {
-            self.acc.add(&hash);
+            self.acc.add(hash);
             true
         } else {
             false

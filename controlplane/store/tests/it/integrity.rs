@@ -3,12 +3,13 @@
 use std::sync::Arc;
 
 use setpoint_dataplane::chunk::ChunkedFragment;
-use setpoint_store::{FailPoint, RevisionId, StoreError};
+use setpoint_store::{FailPoint, RevisionId, Store, StoreError, StoreOptions};
 
 use crate::support::{Cluster, TestDb, assert_state, own, services};
 
 both!(
     corrupt_chunk_is_an_error_naming_it,
+    corrupt_chunk_of_a_big_fragment_is_an_error_naming_it,
     corrupt_manifest_and_header_are_errors,
     failed_commit_leaves_previous_revision,
 );
@@ -39,6 +40,59 @@ async fn corrupt_chunk_is_an_error_naming_it(db: TestDb) {
     assert!(text.contains("node-001"), "{text}");
     assert!(store.diff("node-001", r1, r1).await.is_err());
     // Other nodes do not share that chunk and stay readable.
+    assert_state(store, "node-000", r1, &cluster.state(0)).await;
+}
+
+/// A `services` part big enough to be decoded on several threads, read
+/// once (so the handle keeps it decoded), then one of its chunks corrupted.
+async fn corrupt_chunk_of_a_big_fragment_is_an_error_naming_it(db: TestDb) {
+    let store = &db.store;
+    let epoch = store.acquire_epoch().await.unwrap();
+    let cluster = Cluster::new(2, 2000);
+    let r1 = store
+        .commit(cluster.request(epoch, "initial"))
+        .await
+        .unwrap();
+    assert_state(store, "node-001", r1, &cluster.state(1)).await;
+    let (cf, chunks) = ChunkedFragment::new(cluster.services.clone());
+    let bytes: usize = chunks.iter().map(|c| c.body.len()).sum();
+    // Reads decode in parallel from 64 KiB of chunks.
+    assert!(bytes > 128 * 1024, "{bytes} bytes of chunks");
+    let keys: Vec<_> = cf.chunk_keys().copied().collect();
+    let victim = keys[keys.len() / 2];
+    let changed = store
+        .execute_unchecked(&format!(
+            "UPDATE chunks SET body = {} WHERE digest = {}",
+            db.blob(&[1, 5, 4, 10, 0, 0, 1]),
+            db.blob(&victim.0)
+        ))
+        .await
+        .unwrap();
+    assert_eq!(changed, 1);
+
+    // A handle that decodes from the tables: an error naming chunk and node.
+    let fresh = db.reopen().await;
+    let err = fresh.node_state("node-001", r1).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains(&victim.to_string()), "{text}");
+    assert!(text.contains("node-001"), "{text}");
+    assert!(fresh.diff("node-000", r1, r1).await.is_err());
+
+    // Nothing kept decoded: every read decodes, and fails.
+    let options = StoreOptions {
+        decoded_atoms: 0,
+        ..StoreOptions::default()
+    };
+    let uncached = Store::open_with(&db.url, options).await.unwrap();
+    for _ in 0..2 {
+        let err = uncached.node_state("node-000", r1).await.unwrap_err();
+        assert!(err.to_string().contains(&victim.to_string()), "{err}");
+    }
+
+    // The first handle still hands out what it checked before the bytes
+    // changed: the committed state, never another one.
+    assert_state(store, "node-001", r1, &cluster.state(1)).await;
     assert_state(store, "node-000", r1, &cluster.state(0)).await;
 }
 
