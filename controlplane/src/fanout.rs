@@ -14,16 +14,20 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
 
 use imbl::OrdMap;
 use setpoint_dataplane::{Digest, Fragment, NodeDataplane};
 use setpoint_proto::parts::{delta_of_parts, encode_part, encode_part_diff, snapshot_of_parts};
 use setpoint_proto::{PayloadError, v1};
 use setpoint_store::Store;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 
 /// Revisions kept in memory (older ones are read from the store).
 const RECENT: usize = 64;
+/// How long a session waits for the leader to publish a revision the
+/// store already announced (commit notifications can overtake it).
+const PUBLICATION_WAIT: Duration = Duration::from_secs(2);
 /// Snapshots being sent at once (a snapshot holds its whole encoding
 /// until the agent acks it; this bounds that memory).
 pub const SNAPSHOTS_IN_FLIGHT: usize = 32;
@@ -33,6 +37,9 @@ pub type States = OrdMap<String, NodeDataplane>;
 
 pub struct Fanout {
     recent: Mutex<VecDeque<(u64, States)>>,
+    /// The newest revision published while this process leads; 0 when it
+    /// does not (then sessions read the store at once).
+    published_up_to: watch::Sender<u64>,
     parts: Memo<(String, Digest)>,
     diffs: Memo<(String, Option<Digest>, Option<Digest>)>,
     /// Permits to send a snapshot; see [`SNAPSHOTS_IN_FLIGHT`].
@@ -43,6 +50,7 @@ impl Default for Fanout {
     fn default() -> Self {
         Fanout {
             recent: Mutex::default(),
+            published_up_to: watch::Sender::new(0),
             parts: Memo::default(),
             diffs: Memo::default(),
             snapshots: Arc::new(Semaphore::new(SNAPSHOTS_IN_FLIGHT)),
@@ -111,6 +119,27 @@ impl Fanout {
                 recent.pop_front();
             }
         }
+        self.published_up_to.send_if_modified(|newest| {
+            let raised = revision > *newest;
+            *newest = (*newest).max(revision);
+            raised
+        });
+    }
+
+    /// This process no longer leads: nothing new will be published, so
+    /// sessions stop waiting for it.
+    pub fn retire(&self) {
+        self.published_up_to.send_replace(0);
+    }
+
+    /// Waits (bounded) until the leader in this process published
+    /// `revision`, when it leads and has not yet: the store's commit
+    /// notification can wake sessions before the leader's `publish`, and
+    /// reading the store then decodes what memory is about to hold.
+    async fn until_published(&self, revision: u64) {
+        let mut newest = self.published_up_to.subscribe();
+        let waiting = newest.wait_for(|n| *n == 0 || *n >= revision);
+        let _ = tokio::time::timeout(PUBLICATION_WAIT, waiting).await;
     }
 
     /// The published state of `node` at `revision`, if any.
@@ -127,6 +156,10 @@ impl Fanout {
         node: &str,
         revision: u64,
     ) -> Result<Option<NodeDataplane>, setpoint_store::StoreError> {
+        if let Some(state) = self.published(revision, node) {
+            return Ok(Some(state));
+        }
+        self.until_published(revision).await;
         if let Some(state) = self.published(revision, node) {
             return Ok(Some(state));
         }
@@ -343,5 +376,31 @@ mod tests {
         publisher.publish(3, &live, Some(&BTreeSet::new()), |_| Some(v2.clone()));
         assert_eq!(fanout.published(3, "a"), Some(v2.clone()));
         assert_eq!(fanout.published(3, "b"), Some(v2));
+    }
+
+    #[tokio::test]
+    async fn a_session_waits_for_the_leader_to_publish_what_the_store_announced() {
+        let fanout = Arc::new(Fanout::default());
+        let state = NodeDataplane::from_parts([("services", fragment(&["10.0.0.1"]))]);
+        // Not leading: no wait.
+        let started = std::time::Instant::now();
+        fanout.until_published(5).await;
+        assert!(started.elapsed() < PUBLICATION_WAIT / 2);
+        fanout.publish(1, States::new());
+        let publisher = {
+            let (fanout, state) = (fanout.clone(), state.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                fanout.publish(2, States::unit("a".to_string(), state));
+            })
+        };
+        fanout.until_published(2).await;
+        assert_eq!(fanout.published(2, "a"), Some(state));
+        publisher.await.expect("publisher");
+        // Retired: nothing more will come, so no wait.
+        fanout.retire();
+        let started = std::time::Instant::now();
+        fanout.until_published(3).await;
+        assert!(started.elapsed() < PUBLICATION_WAIT / 2);
     }
 }

@@ -368,6 +368,7 @@ impl Replica {
                                 }
                                 None => self.watch_manifests(leader, &mut leadership).await,
                             }
+                            self.service.fanout.retire();
                             tracing::warn!("leadership lost");
                         }
                         Err(e) => tracing::warn!("cannot start leading: {e:#}"),
