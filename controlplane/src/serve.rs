@@ -239,7 +239,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(AgentStreamServer::new(service.clone()));
+        .add_service(
+            AgentStreamServer::new(service.clone())
+                .max_decoding_message_size(setpoint_proto::MAX_MESSAGE_BYTES),
+        );
     let grpc: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> =
         match &config.tls {
             Some(tls) => Box::pin(grpc.serve_with_incoming(crate::tls::incoming(
@@ -273,7 +276,10 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         let admin = AdminService::new(store.clone(), tokens, admin_tx, role.clone())
             .with_rollout(rollout.clone());
         let server = tonic::transport::Server::builder()
-            .add_service(AdminServer::new(admin))
+            .add_service(
+                AdminServer::new(admin)
+                    .max_decoding_message_size(setpoint_proto::MAX_MESSAGE_BYTES),
+            )
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
         tokio::spawn(async move {
             if let Err(e) = server.await {

@@ -16,14 +16,12 @@
 //! Service), _CHANGES (50). Needs PostgreSQL (SETPOINT_TEST_POSTGRES).
 
 use std::io::{BufRead as _, Write as _};
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use setpoint_agent::client::{Agent, AgentOptions};
 use setpoint_agent::services::IpvsMode;
-use setpoint_compute::ClusterObject;
 use setpoint_compute::synthetic::{self, ClusterShape};
 use setpoint_controlplane::admin::AdminConfig;
 use setpoint_controlplane::serve::{Running, ServeConfig, start};
@@ -31,23 +29,15 @@ use setpoint_integration::postgres::fresh_postgres_database;
 use setpoint_proto::admin::RollbackRequest;
 use setpoint_proto::admin::admin_client::AdminClient;
 
+#[path = "../synthetic_manifests.rs"]
+mod synthetic_manifests;
+use synthetic_manifests::{write_cluster, write_slice};
+
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn yaml(object: &ClusterObject) -> String {
-    let text = match object {
-        ClusterObject::Service(o) => serde_yaml_ng::to_string(o),
-        ClusterObject::EndpointSlice(o) => serde_yaml_ng::to_string(o),
-        ClusterObject::Node(o) => serde_yaml_ng::to_string(o),
-        ClusterObject::Pod(o) => serde_yaml_ng::to_string(o),
-        ClusterObject::Namespace(o) => serde_yaml_ng::to_string(o),
-        ClusterObject::NetworkPolicy(o) => serde_yaml_ng::to_string(o),
-    };
-    text.expect("k8s objects serialise")
 }
 
 /// Lifts the open-file limit to its hard maximum (one socket per agent).
@@ -93,14 +83,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     }
     let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
-}
-
-fn write_slice(dir: &Path, i: usize, shape: &ClusterShape, generation: usize) {
-    let path = dir.join(format!("slice-{i:05}.yaml"));
-    let tmp = dir.join(format!(".slice-{i:05}.tmp"));
-    std::fs::write(&tmp, yaml(&synthetic::slice(i, shape, generation))).expect("write");
-    // A rename is atomic: the control plane never reads half a file.
-    std::fs::rename(&tmp, &path).expect("rename");
 }
 
 /// Every agent holds `revision`: acked it, or the control plane found its
@@ -186,17 +168,7 @@ fn control_plane() {
     let dir = tempfile::tempdir().expect("tempdir");
     let manifests = dir.path().join("manifests");
     std::fs::create_dir(&manifests).expect("manifests dir");
-    let nodes: String = (0..shape.nodes)
-        .map(|i| format!("---\n{}", yaml(&synthetic::node(i, &shape))))
-        .collect();
-    std::fs::write(manifests.join("nodes.yaml"), nodes).expect("nodes");
-    let svcs: String = (0..shape.services)
-        .map(|i| format!("---\n{}", yaml(&synthetic::service(i))))
-        .collect();
-    std::fs::write(manifests.join("services.yaml"), svcs).expect("services");
-    for i in 0..shape.services {
-        write_slice(&manifests, i, &shape, 0);
-    }
+    write_cluster(&manifests, &shape);
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, format!("{ADMIN_TOKEN}\n")).expect("tokens");
     println!(

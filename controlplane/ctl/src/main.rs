@@ -243,7 +243,8 @@ async fn connect(cli: &Cli) -> Result<Client, Failure> {
         code: 4,
         message: format!("cannot reach {}: {e}", cli.server),
     })?;
-    Ok(AdminClient::with_interceptor(channel, Bearer(auth)))
+    Ok(AdminClient::with_interceptor(channel, Bearer(auth))
+        .max_decoding_message_size(setpoint_proto::MAX_MESSAGE_BYTES))
 }
 
 fn print_json(value: &Value) -> Result<(), Failure> {

@@ -5,6 +5,7 @@ mod admin_api;
 mod agent_identity;
 mod deploy_manifests;
 mod e2e_support;
+mod large_state;
 mod leader_election;
 mod policy_matrix;
 mod render_applies;

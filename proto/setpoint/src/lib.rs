@@ -19,6 +19,10 @@ use setpoint_dataplane::{Diff, Digest, NodeDataplane};
 
 /// Major version of the protocol; a peer speaking another one is refused.
 pub const PROTOCOL_VERSION: u32 = 1;
+/// The largest message either side decodes. gRPC's usual 4 MiB is below a
+/// snapshot of a 10,000-Service cluster; an agent refusing its snapshot
+/// would reconnect and be sent it again forever.
+pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
 pub const STATE_ENCODING: &str = "setpoint.state.v1+json";
 pub const DIFF_ENCODING: &str = "setpoint.diff.v1+json";
 
