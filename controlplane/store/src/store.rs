@@ -255,9 +255,8 @@ impl Store {
                     .insert(name, db::digest_of(&key, "shared_parts", "fragment")?);
             }
         }
-        for (node, db::NodeRow { shared, own, .. }) in self.db.node_rows_at(head).await? {
-            if let Some(shared) = shared {
-                let c = Composition::decode(&shared, own.as_deref().unwrap_or_default())?;
+        for (node, row) in self.db.node_rows_at(head).await? {
+            if let Some(c) = composition(&row)? {
                 cache.nodes.insert(node, c);
             }
         }
@@ -356,27 +355,27 @@ impl Store {
         let Some(node_row) = self.db.node_row(node, row.revision).await? else {
             return Ok(None);
         };
-        let Some(shared) = &node_row.shared else {
+        let Some(c) = composition(&node_row)? else {
             return Ok(None);
         };
-        let c = Composition::decode(shared, node_row.own.as_deref().unwrap_or_default())?;
-        let names: Vec<String> = c.shared.into_iter().collect();
+        let names: Vec<String> = c.shared.iter().cloned().collect();
         let found = self.db.shared_many(&names, row.revision).await?;
-        Self::computed_plan_of(node, revision, node_row, |name| found.get(name).cloned())
+        Self::computed_plan_of(node, revision, &node_row, c, |name| {
+            found.get(name).cloned()
+        })
+        .map(Some)
     }
 
-    /// A node's computed plan from its row, with `shared_at` giving each
-    /// shared part's newest row (its revision and key) as of `revision`.
+    /// A node's computed plan from its row and that row's composition,
+    /// with `shared_at` giving each shared part's newest row (its revision
+    /// and key) as of `revision`.
     fn computed_plan_of(
         node: &str,
         revision: RevisionId,
-        node_row: db::NodeRow,
+        node_row: &db::NodeRow,
+        c: Composition,
         shared_at: impl Fn(&str) -> Option<(i64, Option<Vec<u8>>)>,
-    ) -> Result<Option<NodePlan>> {
-        let Some(shared) = node_row.shared else {
-            return Ok(None);
-        };
-        let c = Composition::decode(&shared, node_row.own.as_deref().unwrap_or_default())?;
+    ) -> Result<NodePlan> {
         let mut parts = Vec::new();
         let mut newest_shared = 0;
         for name in &c.shared {
@@ -395,13 +394,13 @@ impl Store {
             ));
         }
         parts.extend(c.own);
-        let recorded = match node_row.state_digest {
+        let recorded = match &node_row.state_digest {
             Some(d) if newest_shared <= node_row.revision => {
-                Some(db::digest_of(&d, "nodes", "state_digest")?)
+                Some(db::digest_of(d, "nodes", "state_digest")?)
             }
             _ => None,
         };
-        Ok(Some(NodePlan { parts, recorded }))
+        Ok(NodePlan { parts, recorded })
     }
 
     /// Fragments by key, every byte checked against its key.
@@ -622,9 +621,10 @@ impl Store {
             if plans.contains_key(&node) || !wanted(&node) {
                 continue;
             }
-            if let Some(plan) =
-                Self::computed_plan_of(&node, revision, node_row, |name| shared.get(name).cloned())?
-            {
+            if let Some(c) = composition(&node_row)? {
+                let plan = Self::computed_plan_of(&node, revision, &node_row, c, |name| {
+                    shared.get(name).cloned()
+                })?;
                 plans.insert(node, plan);
             }
         }
@@ -789,6 +789,15 @@ fn decode_all(
 }
 
 /// The plan of a pinned node: its parts as the pin row names them.
+/// The parts a `nodes` row lists; `None` for a row that records the node's
+/// removal.
+fn composition(row: &db::NodeRow) -> Result<Option<Composition>> {
+    row.shared
+        .as_deref()
+        .map(|shared| Composition::decode(shared, row.own.as_deref().unwrap_or_default()))
+        .transpose()
+}
+
 pub(crate) fn pin_plan(parts: &[u8], digest: Option<&[u8]>) -> Result<NodePlan> {
     let c = Composition::decode("", parts)?;
     let recorded = digest
