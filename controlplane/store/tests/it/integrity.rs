@@ -2,10 +2,34 @@
 
 use std::sync::Arc;
 
+use setpoint_dataplane::Digest;
 use setpoint_dataplane::chunk::ChunkedFragment;
 use setpoint_store::{FailPoint, RevisionId, Store, StoreError, StoreOptions};
 
 use crate::support::{Cluster, TestDb, assert_state, own, services};
+
+/// Overwrites the chunk `victim` with a well-formed but different body.
+async fn corrupt_chunk(db: &TestDb, victim: &Digest) {
+    let changed = db
+        .store
+        .execute_unchecked(&format!(
+            "UPDATE chunks SET body = {} WHERE digest = {}",
+            db.blob(&[1, 5, 4, 10, 0, 0, 1]),
+            db.blob(&victim.0)
+        ))
+        .await
+        .unwrap();
+    assert_eq!(changed, 1);
+}
+
+/// Reading `node` at `r` is a corruption error naming it and the chunk.
+async fn assert_corrupt_naming(store: &Store, node: &str, r: RevisionId, victim: &Digest) {
+    let err = store.node_state(node, r).await.unwrap_err();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains(&victim.to_string()), "{text}");
+    assert!(text.contains(node), "{text}");
+}
 
 both!(
     corrupt_chunk_is_an_error_naming_it,
@@ -24,20 +48,8 @@ async fn corrupt_chunk_is_an_error_naming_it(db: TestDb) {
         .unwrap();
     let (cf, _) = ChunkedFragment::new(Arc::new(own(1, 0)));
     let victim = *cf.chunk_keys().next().unwrap();
-    let changed = store
-        .execute_unchecked(&format!(
-            "UPDATE chunks SET body = {} WHERE digest = {}",
-            db.blob(&[1, 5, 4, 10, 0, 0, 1]),
-            db.blob(&victim.0)
-        ))
-        .await
-        .unwrap();
-    assert_eq!(changed, 1);
-    let err = store.node_state("node-001", r1).await.unwrap_err();
-    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
-    let text = err.to_string();
-    assert!(text.contains(&victim.to_string()), "{text}");
-    assert!(text.contains("node-001"), "{text}");
+    corrupt_chunk(&db, &victim).await;
+    assert_corrupt_naming(store, "node-001", r1, &victim).await;
     assert!(store.diff("node-001", r1, r1).await.is_err());
     // Other nodes do not share that chunk and stay readable.
     assert_state(store, "node-000", r1, &cluster.state(0)).await;
@@ -60,23 +72,11 @@ async fn corrupt_chunk_of_a_big_fragment_is_an_error_naming_it(db: TestDb) {
     assert!(bytes > 128 * 1024, "{bytes} bytes of chunks");
     let keys: Vec<_> = cf.chunk_keys().copied().collect();
     let victim = keys[keys.len() / 2];
-    let changed = store
-        .execute_unchecked(&format!(
-            "UPDATE chunks SET body = {} WHERE digest = {}",
-            db.blob(&[1, 5, 4, 10, 0, 0, 1]),
-            db.blob(&victim.0)
-        ))
-        .await
-        .unwrap();
-    assert_eq!(changed, 1);
+    corrupt_chunk(&db, &victim).await;
 
     // A handle that decodes from the tables: an error naming chunk and node.
     let fresh = db.reopen().await;
-    let err = fresh.node_state("node-001", r1).await.unwrap_err();
-    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
-    let text = err.to_string();
-    assert!(text.contains(&victim.to_string()), "{text}");
-    assert!(text.contains("node-001"), "{text}");
+    assert_corrupt_naming(&fresh, "node-001", r1, &victim).await;
     assert!(fresh.diff("node-000", r1, r1).await.is_err());
 
     // Nothing kept decoded: every read decodes, and fails.
