@@ -42,8 +42,8 @@ impl Store {
         let revision = self.fence(&mut tx, epoch).await?;
         let to = self.revision_row(req.to).await?;
         let head = revision - 1;
-        let chosen: Vec<String> = match &req.nodes {
-            Some(nodes) => nodes.iter().cloned().collect(),
+        let chosen: BTreeSet<String> = match &req.nodes {
+            Some(nodes) => nodes.clone(),
             None => {
                 let then = self.node_names_at(to.revision).await?;
                 let now = self.node_names_at(head).await?;
@@ -58,8 +58,7 @@ impl Store {
         }
         // Every chosen node's plan and fragments in a few queries, not a
         // few per node: a fleet-wide rollback is thousands of nodes.
-        let chosen_set: BTreeSet<String> = chosen.iter().cloned().collect();
-        let plans = self.node_plans(req.to, Some(&chosen_set)).await?;
+        let plans = self.node_plans(req.to, Some(&chosen)).await?;
         if let Some(node) = chosen.iter().find(|n| !plans.contains_key(*n)) {
             return Err(StoreError::InvalidRequest(format!(
                 "node {node} did not exist at revision {}",
