@@ -26,8 +26,11 @@ use tokio::sync::{Semaphore, watch};
 /// Revisions kept in memory (older ones are read from the store).
 const RECENT: usize = 64;
 /// How long a session waits for the leader to publish a revision the
-/// store already announced (commit notifications can overtake it).
-const PUBLICATION_WAIT: Duration = Duration::from_secs(2);
+/// store already announced (commit notifications can overtake it). Longer
+/// than a 5,000-node publication under load: a session that gives up reads
+/// and decodes the state from the store, and thousands doing so at once
+/// each hold their own copy.
+const PUBLICATION_WAIT: Duration = Duration::from_secs(5);
 /// Snapshots being sent at once (a snapshot holds its whole encoding
 /// until the agent acks it; this bounds that memory).
 pub const SNAPSHOTS_IN_FLIGHT: usize = 32;
@@ -37,9 +40,10 @@ pub type States = OrdMap<String, NodeDataplane>;
 
 pub struct Fanout {
     recent: Mutex<VecDeque<(u64, States)>>,
-    /// The newest revision published while this process leads; 0 when it
-    /// does not (then sessions read the store at once).
-    published_up_to: watch::Sender<u64>,
+    /// While this process leads, the newest revision it published (0
+    /// before its first); `None` when it does not lead (then sessions read
+    /// the store at once).
+    published_up_to: watch::Sender<Option<u64>>,
     parts: Memo<(String, Digest)>,
     diffs: Memo<(String, Option<Digest>, Option<Digest>)>,
     /// Permits to send a snapshot; see [`SNAPSHOTS_IN_FLIGHT`].
@@ -50,7 +54,7 @@ impl Default for Fanout {
     fn default() -> Self {
         Fanout {
             recent: Mutex::default(),
-            published_up_to: watch::Sender::new(0),
+            published_up_to: watch::Sender::new(None),
             parts: Memo::default(),
             diffs: Memo::default(),
             snapshots: Arc::new(Semaphore::new(SNAPSHOTS_IN_FLIGHT)),
@@ -120,16 +124,24 @@ impl Fanout {
             }
         }
         self.published_up_to.send_if_modified(|newest| {
-            let raised = revision > *newest;
-            *newest = (*newest).max(revision);
+            let raised = newest.is_none_or(|n| revision > n);
+            *newest = Some(newest.unwrap_or(0).max(revision));
             raised
         });
+    }
+
+    /// This process leads from now on: sessions wait for its publications
+    /// (from its very first commit on, which is when thousands of agents
+    /// want the same new revision at once).
+    pub fn lead(&self) {
+        self.published_up_to
+            .send_if_modified(|newest| newest.replace(newest.unwrap_or(0)).is_none());
     }
 
     /// This process no longer leads: nothing new will be published, so
     /// sessions stop waiting for it.
     pub fn retire(&self) {
-        self.published_up_to.send_replace(0);
+        self.published_up_to.send_replace(None);
     }
 
     /// Waits (bounded) until the leader in this process published
@@ -138,7 +150,7 @@ impl Fanout {
     /// reading the store then decodes what memory is about to hold.
     async fn until_published(&self, revision: u64) {
         let mut newest = self.published_up_to.subscribe();
-        let waiting = newest.wait_for(|n| *n == 0 || *n >= revision);
+        let waiting = newest.wait_for(|n| n.is_none_or(|n| n >= revision));
         let _ = tokio::time::timeout(PUBLICATION_WAIT, waiting).await;
     }
 
@@ -386,17 +398,21 @@ mod tests {
         let started = std::time::Instant::now();
         fanout.until_published(5).await;
         assert!(started.elapsed() < PUBLICATION_WAIT / 2);
-        fanout.publish(1, States::new());
-        let publisher = {
-            let (fanout, state) = (fanout.clone(), state.clone());
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                fanout.publish(2, States::unit("a".to_string(), state));
-            })
-        };
-        fanout.until_published(2).await;
-        assert_eq!(fanout.published(2, "a"), Some(state));
-        publisher.await.expect("publisher");
+        // Leading but nothing published yet: the first revision is waited
+        // for, and so is each later one.
+        fanout.lead();
+        for revision in [1, 2] {
+            let publisher = {
+                let (fanout, state) = (fanout.clone(), state.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    fanout.publish(revision, States::unit("a".to_string(), state));
+                })
+            };
+            fanout.until_published(revision).await;
+            assert_eq!(fanout.published(revision, "a"), Some(state.clone()));
+            publisher.await.expect("publisher");
+        }
         // Retired: nothing more will come, so no wait.
         fanout.retire();
         let started = std::time::Instant::now();

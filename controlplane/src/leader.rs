@@ -72,6 +72,7 @@ impl Leader {
     /// From now on, every revision this leader writes is published to
     /// `fanout` (sessions in this process then serve it from memory).
     pub async fn publish_to(&mut self, fanout: Arc<Fanout>) {
+        fanout.lead();
         let mut publisher = Publisher::new(fanout);
         publisher.load_pins(&self.store).await;
         self.publisher = Some(publisher);

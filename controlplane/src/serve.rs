@@ -177,6 +177,22 @@ pub enum Role {
     Follower,
 }
 
+/// Pending connections the agent listener queues (the kernel caps it at
+/// `net.core.somaxconn`). Every agent of a large cluster reconnects at once
+/// when a control plane starts; with the usual 1,024, the rest are reset
+/// and retry after a backoff.
+const AGENT_BACKLOG: u32 = 8192;
+
+fn bind_agent_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(AGENT_BACKLOG)
+}
+
 /// Opens the store, binds the listeners and spawns the tasks: every
 /// replica serves agent streams from the store; the one holding the
 /// leader lock also watches the manifests and commits. Returns once
@@ -211,8 +227,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     });
     let service = AgentService::new(store.clone(), head.subscribe(), metrics.clone());
 
-    let agent_listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let agent_listener = bind_agent_listener(config.listen)
         .with_context(|| format!("binding the agent listener {}", config.listen))?;
     let agent_addr = agent_listener.local_addr()?;
     let metrics_listener = tokio::net::TcpListener::bind(config.metrics_listen)

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use setpoint_dataplane::{Digest, NodeDataplane};
+use setpoint_proto::pieces::{PIECE_BYTES, into_pieces};
 use setpoint_proto::v1::agent_message::Body as AgentBody;
 use setpoint_proto::v1::agent_stream_server::AgentStream;
 use setpoint_proto::v1::control_message::Body as ControlBody;
@@ -185,7 +186,17 @@ impl AgentStream for AgentService {
             }
             metrics.agents_connected.dec();
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        // Large messages go out as pieces, cut as tonic pulls them, so a
+        // session never waits on a slow agent with a snapshot half sent.
+        use futures::StreamExt as _;
+        let outbound = ReceiverStream::new(rx).flat_map(|m| {
+            let pieces: Vec<Result<ControlMessage, Status>> = match m {
+                Ok(m) => into_pieces(m, PIECE_BYTES).into_iter().map(Ok).collect(),
+                Err(e) => vec![Err(e)],
+            };
+            futures::stream::iter(pieces)
+        });
+        Ok(Response::new(Box::pin(outbound)))
     }
 }
 
@@ -260,6 +271,10 @@ impl Session {
         mut inbound: Streaming<AgentMessage>,
     ) -> Result<(), Status> {
         self.acked = self.confirm(&hello).await;
+        if let Some(acked) = &self.acked {
+            // Reconnected holding a state the store confirms: it is there.
+            self.update_fleet(acked.revision, None, None);
+        }
         self.record(self.acked.as_ref(), AgentResult::Ack).await;
         let mut head = self.service.head.clone();
         let mut keepalive = tokio::time::interval(KEEPALIVE);
@@ -278,6 +293,10 @@ impl Session {
             }
             let retry = self.retry_at;
             tokio::select! {
+                // What the agent sent first: after waiting for a snapshot
+                // permit, its queued heartbeats must count before the
+                // silence check does.
+                biased;
                 message = inbound.message() => {
                     last_heard = Instant::now();
                     match message? {

@@ -65,11 +65,16 @@ fn cpu_seconds() -> f64 {
 }
 
 fn peak_rss_mib() -> f64 {
+    rss_mib("VmHWM:")
+}
+
+/// A memory line of /proc/self/status (`VmHWM:` peak, `VmRSS:` now), in MiB.
+fn rss_mib(line: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(line))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse::<f64>().ok())
         })
@@ -102,6 +107,14 @@ const ADMIN_TOKEN: &str = "fleet-bench-admin-token-0123456789";
 
 fn main() {
     raise_nofile();
+    // Logs only when asked (RUST_LOG), on stderr: the agents' stdout is
+    // the parent's pipe.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     if std::env::var("SETPOINT_BENCH_ROLE").as_deref() == Ok("agents") {
         agents();
     } else {
@@ -145,14 +158,40 @@ fn agents() {
 
 async fn wait_all_at(running: &Running, agents: usize, revision: u64, limit: Duration) -> Duration {
     let t0 = Instant::now();
+    let mut report = t0 + Duration::from_secs(10);
     while !all_at(&running.service.fleet, agents, revision) {
         assert!(
             t0.elapsed() < limit,
             "revision {revision} did not reach every agent"
         );
+        if Instant::now() >= report {
+            // A long wait says how far it got, and what it costs meanwhile.
+            report += Duration::from_secs(10);
+            let m = &running.metrics;
+            eprintln!(
+                "  … {:.0?}: {} of {agents} agents at revision {revision}; {} connected, {} snapshots and {} deltas sent, {} nacks; RSS {:.0} MiB",
+                t0.elapsed(),
+                count_at(&running.service.fleet, revision),
+                m.agents_connected.get(),
+                m.snapshots_sent.get(),
+                m.deltas_sent.get(),
+                m.nacks.get(),
+                rss_mib("VmRSS:"),
+            );
+        }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     t0.elapsed()
+}
+
+fn count_at(
+    fleet: &Mutex<std::collections::BTreeMap<String, setpoint_controlplane::stream::AgentView>>,
+    revision: u64,
+) -> usize {
+    fleet
+        .lock()
+        .map(|f| f.values().filter(|v| v.acked_revision >= revision).count())
+        .unwrap_or(0)
 }
 
 fn control_plane() {
@@ -257,7 +296,7 @@ fn control_plane() {
         let bytes = running.metrics.delta_bytes.get() - bytes_before;
         latencies.sort();
         println!(
-            "{changes} one-endpoint changes, file written → every agent acked: p50 {:.0?}, p99 {:.0?}, max {:.0?}",
+            "{changes} one-endpoint changes, file written → every agent acked: p50 {:.2?}, p99 {:.2?}, max {:.2?}",
             percentile(&latencies, 0.5),
             percentile(&latencies, 0.99),
             percentile(&latencies, 1.0)

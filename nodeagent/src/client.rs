@@ -10,6 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rand::Rng;
 use setpoint_dataplane::{Digest, Fragment, NodeDataplane};
 use setpoint_proto::parts::{FragmentCache, apply_delta, snapshot_state_cached};
+use setpoint_proto::pieces::Reassembly;
 use setpoint_proto::v1::agent_message::Body as AgentBody;
 use setpoint_proto::v1::agent_stream_client::AgentStreamClient;
 use setpoint_proto::v1::control_message::Body as ControlBody;
@@ -156,6 +157,15 @@ pub struct Agent {
     was_connected: bool,
     pub progress: Arc<Mutex<AgentProgress>>,
     pub metrics: Arc<AgentMetrics>,
+}
+
+/// Aborts the task when dropped (when the session it serves ends).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn unix_millis() -> u64 {
@@ -318,23 +328,42 @@ impl Agent {
             p.connected = true;
             p.last_error = None;
         });
-        let mut heartbeat = tokio::time::interval(Duration::from_secs(10));
+        // Heartbeats go out from their own task: an apply (or a decode)
+        // that takes longer than the control plane's silence limit must
+        // not get the stream cut under it.
+        let beats = tx.clone();
+        let _heartbeats = AbortOnDrop(tokio::spawn(async move {
+            let mut heartbeat = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                heartbeat.tick().await;
+                let beat = envelope(AgentBody::Heartbeat(Heartbeat {
+                    unix_millis: unix_millis(),
+                }));
+                if beats.send(beat).await.is_err() {
+                    return;
+                }
+            }
+        }));
         let mut drift = tokio::time::interval(self.options.drift_interval);
         drift.tick().await;
         let mut reap = tokio::time::interval(Duration::from_secs(1));
+        let mut reassembly = Reassembly::default();
         loop {
             tokio::select! {
                 message = inbound.message() => match message? {
                     None => return Ok(()),
                     Some(m) => {
+                        let Some(m) = reassembly
+                            .push(m)
+                            .map_err(|e| anyhow::anyhow!("the control plane's message pieces: {e}"))?
+                        else {
+                            continue;
+                        };
                         if let Some(reply) = self.handle(m).await? {
                             tx.send(reply).await?;
                         }
                     }
                 },
-                _ = heartbeat.tick() => {
-                    tx.send(envelope(AgentBody::Heartbeat(Heartbeat { unix_millis: unix_millis() }))).await?;
-                }
                 _ = drift.tick() => self.repair_drift().await,
                 _ = reap.tick() => {
                     if !self.options.dry_run {
@@ -360,20 +389,26 @@ impl Agent {
         }
         let (revision, wanted) = match m.body {
             Some(ControlBody::Heartbeat(_)) | None => return Ok(None),
+            Some(ControlBody::Piece(_)) => {
+                anyhow::bail!("a message piece outside reassembly (a bug on this side)")
+            }
             Some(ControlBody::Snapshot(s)) => {
                 self.note(|p| p.snapshots += 1);
                 self.metrics.snapshots.inc();
                 // Parts are decoded through the process's cache: a part
                 // this process already holds (another revision's, or in
                 // the fleet benchmark another node's) is not decoded again.
-                match snapshot_state_cached(&s, FragmentCache::process()) {
-                    Ok(state) => (s.revision, state),
+                // Megabytes of JSON: decoded off the async threads.
+                let revision = s.revision;
+                let decoded = tokio::task::spawn_blocking(move || {
+                    snapshot_state_cached(&s, FragmentCache::process()).map_err(|e| e.to_string())
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("the decoder failed: {e}")));
+                match decoded {
+                    Ok(state) => (revision, state),
                     Err(e) => {
-                        return Ok(Some(self.nack(
-                            s.revision,
-                            e.to_string(),
-                            "decode snapshot",
-                        )));
+                        return Ok(Some(self.nack(revision, e, "decode snapshot")));
                     }
                 }
             }
@@ -449,22 +484,27 @@ impl Agent {
             (s.clone(), view)
         });
         let result = if self.options.dry_run {
-            // Touches nothing, reads nothing: plans from what it was sent.
+            // Touches nothing, reads nothing: plans from what it was sent
+            // (off the async threads: a first plan of a large state takes
+            // a while).
             let (held, view) = held.unwrap_or_default();
-            let planned = match view {
-                Some(view) => Ok(view),
-                None => kernel_view(&held),
-            }
-            .and_then(|view| Applier::plan_step(&held, &view, &target))
-            .map(|(ops, goal)| {
-                tracing::info!(
-                    revision,
-                    operations = ops.len(),
-                    "dry run: planned, nothing applied"
-                );
-                goal
-            });
-            Some(planned)
+            tokio::task::spawn_blocking(move || {
+                match view {
+                    Some(view) => Ok(view),
+                    None => kernel_view(&held),
+                }
+                .and_then(|view| Applier::plan_step(&held, &view, &target))
+                .map(|(ops, goal)| {
+                    tracing::info!(
+                        revision,
+                        operations = ops.len(),
+                        "dry run: planned, nothing applied"
+                    );
+                    goal
+                })
+            })
+            .await
+            .ok()
         } else {
             // From a state this agent verified, only the difference is
             // applied and read back; otherwise the whole kernel is.

@@ -12,6 +12,11 @@
 //!   after a read, a rollback's checks) do not decode the 47,000-atom
 //!   `services` part again each time.
 //!
+//! Decodes in progress are registered too: a reader wanting a fragment
+//! another reader is decoding waits for it instead of decoding its own
+//! copy (thousands of agent sessions asking for one new revision at once
+//! would otherwise each decode and keep the 47,000-atom part).
+//!
 //! Content is immutable under its key, so nothing here is ever stale; a
 //! row corrupted after its fragment was decoded is caught by the next read
 //! that decodes it (another handle, or once it left the recent tier).
@@ -20,6 +25,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use setpoint_dataplane::{Digest, Fragment};
+use tokio::sync::watch;
 
 /// Each fragment kept counts its atoms plus this much, so a budget also
 /// bounds many tiny fragments.
@@ -43,6 +49,37 @@ fn cost(f: &Fragment) -> u64 {
 pub(crate) struct Decoded {
     budget: u64,
     inner: Mutex<Inner>,
+    /// Keys being decoded; the receiver sees its sender dropped when the
+    /// decoder finished (or gave up).
+    in_flight: Mutex<HashMap<Digest, watch::Receiver<()>>>,
+}
+
+/// The keys one reader decodes; dropping it (after inserting what it
+/// decoded, or on failure or cancellation) releases those waiting.
+pub(crate) struct Claim<'a> {
+    decoded: &'a Decoded,
+    pub(crate) keys: Vec<Digest>,
+    _done: watch::Sender<()>,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut in_flight) = self.decoded.in_flight.lock() {
+            for key in &self.keys {
+                in_flight.remove(key);
+            }
+        }
+    }
+}
+
+/// Waits until another reader's decode of a key ended.
+pub(crate) struct Wait(watch::Receiver<()>);
+
+impl Wait {
+    pub(crate) async fn done(mut self) {
+        // Err once the sender is gone: that is the signal.
+        while self.0.changed().await.is_ok() {}
+    }
 }
 
 impl Decoded {
@@ -51,7 +88,37 @@ impl Decoded {
         Decoded {
             budget,
             inner: Mutex::new(Inner::default()),
+            in_flight: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Splits `keys` into those this reader decodes (the claim) and those
+    /// another reader is decoding now (wait, then [`Decoded::get`]; if that
+    /// finds nothing, decode them too).
+    pub(crate) fn claim(&self, keys: &[Digest]) -> (Claim<'_>, Vec<(Digest, Wait)>) {
+        let (done, receiver) = watch::channel(());
+        let mut mine = Vec::new();
+        let mut theirs = Vec::new();
+        match self.in_flight.lock() {
+            Ok(mut in_flight) => {
+                for key in keys {
+                    match in_flight.get(key) {
+                        Some(r) => theirs.push((*key, Wait(r.clone()))),
+                        None => {
+                            in_flight.insert(*key, receiver.clone());
+                            mine.push(*key);
+                        }
+                    }
+                }
+            }
+            Err(_) => mine = keys.to_vec(),
+        }
+        let claim = Claim {
+            decoded: self,
+            keys: mine,
+            _done: done,
+        };
+        (claim, theirs)
     }
 
     /// The fragment under `key`, if one is in memory.
@@ -160,6 +227,31 @@ mod tests {
         }
         assert!(d.get(&key(1)).is_none(), "oldest unused one evicted");
         assert!(d.get(&key(19)).is_some(), "newest kept");
+    }
+
+    #[tokio::test]
+    async fn a_second_reader_waits_for_the_first_ones_decode() {
+        let d = Decoded::new(10_000);
+        let (first, theirs) = d.claim(&[key(1), key(2)]);
+        assert_eq!(
+            (first.keys.clone(), theirs.len()),
+            (vec![key(1), key(2)], 0)
+        );
+        let (second, waits) = d.claim(&[key(2), key(3)]);
+        assert_eq!(second.keys, vec![key(3)], "key 2 is being decoded");
+        let [(waited, wait)]: [(Digest, Wait); 1] = waits.try_into().ok().expect("one wait");
+        assert_eq!(waited, key(2));
+        let f = fragment(5);
+        let waiter = tokio::spawn(wait.done());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "still decoding");
+        d.insert(key(2), &f);
+        drop(first);
+        waiter.await.expect("released");
+        assert!(d.get(&key(2)).is_some(), "what the first decoded");
+        // A released key is claimable again (a failed decode is retried).
+        let (again, waits) = d.claim(&[key(1)]);
+        assert_eq!((again.keys.clone(), waits.len()), (vec![key(1)], 0));
     }
 
     #[test]

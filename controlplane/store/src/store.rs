@@ -410,17 +410,6 @@ impl Store {
         revision: RevisionId,
         keys: &BTreeSet<Digest>,
     ) -> Result<HashMap<Digest, Arc<Fragment>>> {
-        let corrupt = |source| StoreError::Corrupt {
-            node: node.to_string(),
-            revision,
-            source,
-        };
-        let missing = |what: &'static str, key: &Digest| StoreError::Missing {
-            node: node.to_string(),
-            revision,
-            what,
-            key: key.to_string(),
-        };
         let mut out = HashMap::with_capacity(keys.len());
         for key in keys {
             if let Some(f) = self.decoded.get(key) {
@@ -435,12 +424,54 @@ impl Store {
         if wanted.is_empty() {
             return Ok(out);
         }
-        let rows = self.db.fragments(&wanted).await?;
+        let (claim, others) = self.decoded.claim(&wanted);
+        if !claim.keys.is_empty() {
+            out.extend(self.decode_from_tables(node, revision, &claim.keys).await?);
+        }
+        drop(claim);
+        let mut left = Vec::new();
+        for (key, wait) in others {
+            wait.done().await;
+            match self.decoded.get(&key) {
+                Some(f) => {
+                    out.insert(key, f);
+                }
+                // The other reader failed, or dropped it uncached.
+                None => left.push(key),
+            }
+        }
+        if !left.is_empty() {
+            out.extend(self.decode_from_tables(node, revision, &left).await?);
+        }
+        Ok(out)
+    }
+
+    /// Reads and decodes `wanted` from the tables, checking every byte,
+    /// and records them in the decoded cache.
+    async fn decode_from_tables(
+        &self,
+        node: &str,
+        revision: RevisionId,
+        wanted: &[Digest],
+    ) -> Result<HashMap<Digest, Arc<Fragment>>> {
+        let corrupt = |source| StoreError::Corrupt {
+            node: node.to_string(),
+            revision,
+            source,
+        };
+        let missing = |what: &'static str, key: &Digest| StoreError::Missing {
+            node: node.to_string(),
+            revision,
+            what,
+            key: key.to_string(),
+        };
+        let mut out = HashMap::with_capacity(wanted.len());
+        let rows = self.db.fragments(wanted).await?;
         let headers: HashMap<Digest, FragmentHeader> =
             rows.into_iter().map(|r| (r.key, r.header)).collect();
         // Per fragment: its keys at the current level, and that level.
         let mut walk: Vec<(Digest, FragmentHeader, Vec<Digest>, u8)> = Vec::new();
-        for key in &wanted {
+        for key in wanted {
             let header = headers.get(key).ok_or_else(|| missing("fragment", key))?;
             header.verify(key).map_err(corrupt)?;
             walk.push((*key, *header, vec![header.root], header.height));
@@ -489,7 +520,7 @@ impl Store {
         for (key, fragment) in assembled {
             out.insert(key, Arc::new(fragment.map_err(corrupt)?));
         }
-        for key in &wanted {
+        for key in wanted {
             if let Some(f) = out.get(key) {
                 self.decoded.insert(*key, f);
             }

@@ -256,14 +256,18 @@ async fn open_stream(
     (tx, answer)
 }
 
-/// The next snapshot or delta (heartbeats skipped).
+/// The next snapshot or delta (heartbeats skipped, pieces reassembled).
 async fn next_state(inbound: &mut Streaming<ControlMessage>) -> ControlBody {
+    let mut reassembly = setpoint_proto::pieces::Reassembly::default();
     loop {
         let m = tokio::time::timeout(Duration::from_secs(10), inbound.message())
             .await
             .expect("a state within 10 s")
             .expect("stream ok")
             .expect("stream open");
+        let Some(m) = reassembly.push(m).expect("pieces reassemble") else {
+            continue;
+        };
         match m.body {
             Some(ControlBody::Heartbeat(_)) | None => continue,
             Some(body) => return body,

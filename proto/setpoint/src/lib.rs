@@ -14,6 +14,7 @@ pub mod admin {
 }
 
 pub mod parts;
+pub mod pieces;
 
 use setpoint_dataplane::{Diff, Digest, NodeDataplane};
 
