@@ -9,7 +9,6 @@
 //! a deposed leader's late commit is refused by the store.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -212,19 +211,4 @@ fn summarize(changed: &[String]) -> String {
         [one] => format!("{one} changed"),
         [first, rest @ ..] => format!("{first} and {} more changed", rest.len()),
     }
-}
-
-/// A cheap fingerprint of a manifest tree: each file's path, size and
-/// modification time. Any edit, addition or removal changes it.
-pub fn fingerprint(path: &Path) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
-    let files = setpoint_source::manifest_files(path).unwrap_or_default();
-    files
-        .into_iter()
-        .map(|f| {
-            let meta = std::fs::metadata(&f).ok();
-            let len = meta.as_ref().map(|m| m.len()).unwrap_or(0);
-            let modified = meta.and_then(|m| m.modified().ok());
-            (f, len, modified)
-        })
-        .collect()
 }

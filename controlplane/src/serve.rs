@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
@@ -16,7 +17,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::admin::{AdminCommand, AdminConfig, AdminService, Tokens};
 
-use crate::leader::{Committed, Leader, fingerprint, raise};
+use crate::leader::{Committed, Leader, raise};
 use crate::metrics::{Metrics, serve_http};
 use crate::rollout::{Rollout, RolloutConfig, RolloutStatus, node_labels};
 use crate::stream::AgentService;
@@ -176,6 +177,32 @@ pub enum Role {
     Leader,
     Follower,
 }
+
+/// The manifests, when they changed since `cache` last loaded them (or
+/// always, with `force`), read off the async threads.
+async fn load_manifests(
+    cache: &mut setpoint_source::ManifestCache,
+    path: &std::path::Path,
+    force: bool,
+) -> anyhow::Result<Option<setpoint_source::LoadReport>> {
+    let (path, mut taken) = (path.to_path_buf(), std::mem::take(cache));
+    let (back, loaded) = tokio::task::spawn_blocking(move || {
+        let loaded = if force {
+            taken.load(&path).map(Some)
+        } else {
+            taken.load_if_changed(&path)
+        };
+        (taken, loaded)
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("the manifest loader failed: {e}"))?;
+    *cache = back;
+    Ok(loaded?)
+}
+
+/// How often the manifest tree is looked at while inotify watches it
+/// (events can be missed: network file systems, a full event queue).
+const MANIFEST_RESCAN: Duration = Duration::from_secs(10);
 
 /// Pending connections the agent listener queues (the kernel caps it at
 /// `net.core.somaxconn`). Every agent of a large cluster reconnects at once
@@ -409,63 +436,83 @@ impl Replica {
         }
     }
 
-    /// Polls the manifests; a change is loaded after `batch` more of quiet (so
-    /// an editor's burst of writes is one revision) and committed.
+    /// Looks at the manifests when inotify says something changed (every
+    /// `poll` without it, every `MANIFEST_RESCAN` anyway); a change is
+    /// loaded again after `batch` until nothing newer appears (so an
+    /// editor's burst of writes is one revision) and committed.
     async fn watch_manifests(&self, mut leader: Leader, leadership: &mut Term) {
         let (config, problems) = (&self.config, &self.problems);
-        let mut synced = None;
         // Only files that changed are parsed again.
         let mut cache = setpoint_source::ManifestCache::default();
         let mut failing = false;
         let mut admin = self.admin.lock().await;
         let mut rollout = self.start_rollout().await;
+        // With inotify, the tree is looked at when an event says so
+        // (and every MANIFEST_RESCAN for what events miss); without, on
+        // every poll.
+        let woken = Arc::new(AtomicBool::new(true));
+        let watch = {
+            let woken = woken.clone();
+            setpoint_source::ManifestWatch::start(&config.manifests, move || {
+                woken.store(true, Ordering::SeqCst);
+            })
+        };
+        let rescan = match &watch {
+            Ok(_) => MANIFEST_RESCAN.max(config.poll),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot watch {} for changes ({e}); polling every {:?}",
+                    config.manifests.display(),
+                    config.poll
+                );
+                config.poll
+            }
+        };
+        let mut rescan_at = tokio::time::Instant::now();
         loop {
             if !leadership.still_held().await {
                 return;
             }
-            let seen = fingerprint(&config.manifests);
-            if Some(&seen) != synced.as_ref() || failing {
+            let due = woken.swap(false, Ordering::SeqCst)
+                || tokio::time::Instant::now() >= rescan_at
+                || failing;
+            if due {
+                rescan_at = tokio::time::Instant::now() + rescan;
                 let seen_at = SystemTime::now();
-                tokio::time::sleep(config.batch).await;
-                let settled = fingerprint(&config.manifests);
-                if settled != seen {
-                    continue;
-                }
-                let path = config.manifests.clone();
-                let mut manifests = std::mem::take(&mut cache);
-                let loaded = tokio::task::spawn_blocking(move || {
-                    let report = manifests.load(&path);
-                    (manifests, report)
-                })
-                .await;
-                let report = match loaded {
-                    Ok((manifests, Ok(report))) => {
-                        cache = manifests;
-                        report
+                // After a failed commit the same objects are synced again.
+                let mut found = load_manifests(&mut cache, &config.manifests, failing).await;
+                // A burst of writes is one revision: load again after
+                // `batch` until a look finds nothing newer.
+                while let Ok(Some(_)) = &found {
+                    tokio::time::sleep(config.batch).await;
+                    woken.store(false, Ordering::SeqCst);
+                    match load_manifests(&mut cache, &config.manifests, false).await {
+                        Ok(None) => break,
+                        newer => found = newer,
                     }
-                    Ok((manifests, Err(e))) => {
-                        cache = manifests;
-                        problems.send_replace(vec![format!("cannot read the manifests: {e}")]);
-                        tokio::time::sleep(config.poll).await;
-                        continue;
+                }
+                match found {
+                    Ok(None) => {}
+                    Ok(Some(report)) => {
+                        let mut listed: Vec<String> = report
+                            .skipped
+                            .iter()
+                            .map(|s| format!("skipped: {s}"))
+                            .collect();
+                        listed.extend(report.warnings.iter().map(|w| format!("warning: {w}")));
+                        problems.send_replace(listed);
+                        let outcome = self
+                            .sync(&mut leader, rollout.as_mut(), report.objects, seen_at)
+                            .await;
+                        failing = !self.record(outcome);
                     }
                     Err(e) => {
-                        tracing::error!("manifest loader panicked: {e}");
-                        continue;
+                        problems.send_replace(vec![format!("cannot read the manifests: {e}")]);
+                        // Look again next turn (the cache still holds the
+                        // last good tree, so the change will be seen).
+                        woken.store(true, Ordering::SeqCst);
                     }
-                };
-                let mut listed: Vec<String> = report
-                    .skipped
-                    .iter()
-                    .map(|s| format!("skipped: {s}"))
-                    .collect();
-                listed.extend(report.warnings.iter().map(|w| format!("warning: {w}")));
-                problems.send_replace(listed);
-                let outcome = self
-                    .sync(&mut leader, rollout.as_mut(), report.objects, seen_at)
-                    .await;
-                failing = !self.record(outcome);
-                synced = Some(settled);
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(config.poll) => {}

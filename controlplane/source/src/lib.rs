@@ -16,6 +16,7 @@
 mod documents;
 mod objects;
 mod report;
+mod watch;
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -24,6 +25,7 @@ use std::path::{Path, PathBuf};
 use setpoint_compute::{ClusterObject, ObjectKey};
 
 pub use report::{LoadReport, Skipped, SourceError};
+pub use watch::ManifestWatch;
 
 /// Loads every object under `path`: one file, or every `*.yaml`, `*.yml`
 /// and `*.json` file below a directory, in sorted path order. Entries whose
@@ -61,6 +63,8 @@ pub fn load_path(path: &Path) -> Result<LoadReport, SourceError> {
 #[derive(Default)]
 pub struct ManifestCache {
     files: HashMap<PathBuf, CachedFile>,
+    /// A load happened (an empty tree then is not "changed" any more).
+    loaded: bool,
 }
 
 struct CachedFile {
@@ -73,20 +77,56 @@ struct CachedFile {
     warnings: Vec<String>,
 }
 
+/// A manifest file's path, size and modification time: what decides
+/// whether it is parsed again.
+type Scanned = (PathBuf, u64, Option<std::time::SystemTime>);
+
+fn scan(path: &Path) -> Result<Vec<Scanned>, SourceError> {
+    manifest_files(path)?
+        .into_iter()
+        .map(|file| {
+            let meta = fs::metadata(&file).map_err(read_error(&file))?;
+            let (len, modified) = (meta.len(), meta.modified().ok());
+            Ok((file, len, modified))
+        })
+        .collect()
+}
+
 impl ManifestCache {
     pub fn load(&mut self, path: &Path) -> Result<LoadReport, SourceError> {
-        let files = manifest_files(path)?;
+        let scanned = scan(path)?;
+        self.load_scanned(scanned)
+    }
+
+    /// [`ManifestCache::load`], or `None` when no file was added, removed
+    /// or changed (size or modification time) since the last load: one
+    /// `stat` per file and nothing else, so a large tree can be looked at
+    /// often.
+    pub fn load_if_changed(&mut self, path: &Path) -> Result<Option<LoadReport>, SourceError> {
+        let scanned = scan(path)?;
+        let unchanged = self.loaded
+            && scanned.len() == self.files.len()
+            && scanned.iter().all(|(file, len, modified)| {
+                self.files
+                    .get(file)
+                    .is_some_and(|c| c.len == *len && c.modified == *modified)
+            });
+        if unchanged {
+            return Ok(None);
+        }
+        self.load_scanned(scanned).map(Some)
+    }
+
+    fn load_scanned(&mut self, scanned: Vec<Scanned>) -> Result<LoadReport, SourceError> {
         let mut merged = Loader::default();
-        let mut live = HashMap::with_capacity(files.len());
-        for file in &files {
-            let meta = fs::metadata(file).map_err(read_error(file))?;
-            let (len, modified) = (meta.len(), meta.modified().ok());
-            let cached = match self.files.remove(file) {
+        let mut live = HashMap::with_capacity(scanned.len());
+        for (file, len, modified) in scanned {
+            let cached = match self.files.remove(&file) {
                 Some(c) if c.len == len && c.modified == modified => c,
                 _ => {
-                    let bytes = fs::read(file).map_err(read_error(file))?;
+                    let bytes = fs::read(&file).map_err(read_error(&file))?;
                     let mut one = Loader::default();
-                    one.file(file, &bytes);
+                    one.file(&file, &bytes);
                     let mut origins: Vec<(usize, String)> = one.seen.into_values().collect();
                     origins.sort();
                     let objects = one
@@ -116,9 +156,10 @@ impl ManifestCache {
                 .report
                 .warnings
                 .extend(cached.warnings.iter().cloned());
-            live.insert(file.clone(), cached);
+            live.insert(file, cached);
         }
         self.files = live;
+        self.loaded = true;
         Ok(merged.finish())
     }
 }

@@ -215,3 +215,45 @@ fn the_cache_agrees_with_a_fresh_load_through_edits() {
     let report = cache.load(dir.path()).expect("load");
     assert_eq!(report.skipped.len(), 1, "{}", render(&report));
 }
+
+/// A named change to a manifest tree.
+type Step<'a> = (&'a str, Box<dyn Fn() + 'a>);
+
+/// `load_if_changed` loads the first time (even an empty tree), then only
+/// after an edit, an addition or a removal, and agrees with a fresh load.
+#[test]
+fn load_if_changed_answers_none_until_a_file_changes() {
+    use setpoint_source::ManifestCache;
+    let dir = tree(&[]);
+    let mut cache = ManifestCache::default();
+    let first = cache.load_if_changed(dir.path()).expect("loads");
+    assert_eq!(first.map(|r| r.objects.len()), Some(0), "first look loads");
+    assert!(cache.load_if_changed(dir.path()).expect("looks").is_none());
+    let changes: Vec<Step> = vec![
+        (
+            "addition",
+            Box::new(|| fs::write(dir.path().join("a.yaml"), node("n1")).expect("add")),
+        ),
+        (
+            "edit",
+            Box::new(|| {
+                let two = format!("{}---\n{}", node("n1"), node("n2"));
+                fs::write(dir.path().join("a.yaml"), two).expect("edit")
+            }),
+        ),
+        (
+            "removal",
+            Box::new(|| fs::remove_file(dir.path().join("a.yaml")).expect("remove")),
+        ),
+    ];
+    for (what, change) in changes {
+        change();
+        let loaded = cache.load_if_changed(dir.path()).expect("loads");
+        let fresh = load_path(dir.path()).expect("fresh load");
+        assert_eq!(loaded.map(|r| r.objects), Some(fresh.objects), "{what}");
+        assert!(
+            cache.load_if_changed(dir.path()).expect("looks").is_none(),
+            "nothing after the {what} was seen"
+        );
+    }
+}
