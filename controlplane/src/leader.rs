@@ -8,7 +8,7 @@
 //! Only the leader runs this; the epoch it acquired fences its commits, so
 //! a deposed leader's late commit is refused by the store.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -111,26 +111,30 @@ impl Leader {
         seen_at: SystemTime,
     ) -> anyhow::Result<Option<Committed>> {
         let started = Instant::now();
-        let mut incoming: BTreeMap<ObjectKey, ClusterObject> =
-            objects.into_iter().map(|o| (o.key(), o)).collect();
+        // Objects are large structs and tens of thousands: compared in
+        // place and moved only when they changed (sorting them into a map
+        // first was most of a sync's time).
         let mut changed: Vec<String> = Vec::new();
+        let mut present: HashSet<ObjectKey> = HashSet::with_capacity(objects.len());
+        for object in objects {
+            let key = object.key();
+            if self.objects.get(&key) != Some(&object) {
+                self.index.upsert(object.clone());
+                changed.push(key.to_string());
+                self.objects.insert(key.clone(), object);
+            }
+            present.insert(key);
+        }
         let gone: Vec<ObjectKey> = self
             .objects
             .keys()
-            .filter(|k| !incoming.contains_key(*k))
+            .filter(|k| !present.contains(*k))
             .cloned()
             .collect();
         for key in gone {
             self.index.delete(&key);
             self.objects.remove(&key);
             changed.push(key.to_string());
-        }
-        for (key, object) in std::mem::take(&mut incoming) {
-            if self.objects.get(&key) != Some(&object) {
-                self.index.upsert(object.clone());
-                self.objects.insert(key.clone(), object);
-                changed.push(key.to_string());
-            }
         }
         if changed.is_empty() && !self.dirty {
             return Ok(None);

@@ -482,10 +482,13 @@ impl Replica {
                 // After a failed commit the same objects are synced again.
                 let mut found = load_manifests(&mut cache, &config.manifests, failing).await;
                 // A burst of writes is one revision: load again after
-                // `batch` until a look finds nothing newer.
+                // `batch` until a look finds nothing newer (with inotify,
+                // only when an event came meanwhile).
                 while let Ok(Some(_)) = &found {
                     tokio::time::sleep(config.batch).await;
-                    woken.store(false, Ordering::SeqCst);
+                    if !woken.swap(false, Ordering::SeqCst) && watch.is_ok() {
+                        break;
+                    }
                     match load_manifests(&mut cache, &config.manifests, false).await {
                         Ok(None) => break,
                         newer => found = newer,

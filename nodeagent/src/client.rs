@@ -483,12 +483,11 @@ impl Agent {
                 .map(|(_, view)| view.clone());
             (s.clone(), view)
         });
+        let incremental = held.as_ref().is_some_and(|(_, view)| view.is_some());
         let result = if self.options.dry_run {
-            // Touches nothing, reads nothing: plans from what it was sent
-            // (off the async threads: a first plan of a large state takes
-            // a while).
+            // Touches nothing, reads nothing: plans from what it was sent.
             let (held, view) = held.unwrap_or_default();
-            tokio::task::spawn_blocking(move || {
+            let plan = move || {
                 match view {
                     Some(view) => Ok(view),
                     None => kernel_view(&held),
@@ -502,9 +501,15 @@ impl Agent {
                     );
                     goal
                 })
-            })
-            .await
-            .ok()
+            };
+            if incremental {
+                // From the kept view: time grows with the change, and a
+                // thread hand-off would cost more than the plan.
+                Some(plan())
+            } else {
+                // The whole state expanded: off the async threads.
+                tokio::task::spawn_blocking(plan).await.ok()
+            }
         } else {
             // From a state this agent verified, only the difference is
             // applied and read back; otherwise the whole kernel is.
