@@ -200,6 +200,48 @@ async fn load_manifests(
     Ok(loaded?)
 }
 
+/// While this replica follows, publishes each new head's node states, read
+/// from the store in a few queries for all nodes, so its sessions serve
+/// them from memory as the leader's do — instead of each session reading
+/// its node's state (thousands of agents: tens of thousands of queries per
+/// revision). Heads that arrive while a read runs coalesce into the newest.
+async fn publish_followed_heads(
+    store: Store,
+    mut head: watch::Receiver<u64>,
+    mut role: watch::Receiver<Role>,
+    fanout: Arc<crate::fanout::Fanout>,
+) {
+    loop {
+        if *role.borrow_and_update() == Role::Follower {
+            let target = *head.borrow_and_update();
+            fanout.lead();
+            if target > 0 {
+                match store
+                    .node_states(setpoint_store::RevisionId(target), None)
+                    .await
+                {
+                    // The store's states at `target`, right whoever leads
+                    // by now.
+                    Ok(states) => fanout.publish(target, states.into_iter().collect()),
+                    Err(e) => {
+                        // Sessions read the store themselves meanwhile.
+                        tracing::warn!(
+                            "cannot read revision {target} for this follower's agents: {e}"
+                        );
+                        fanout.retire();
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            changed = head.changed() => if changed.is_err() { return },
+            changed = role.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
 /// How often the manifest tree is looked at while inotify watches it
 /// (events can be missed: network file systems, a full event queue).
 const MANIFEST_RESCAN: Duration = Duration::from_secs(10);
@@ -342,6 +384,12 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         rollout: rollout_tx,
     };
     tokio::spawn(replica.run());
+    tokio::spawn(publish_followed_heads(
+        store.clone(),
+        head.subscribe(),
+        role.clone(),
+        service.fanout.clone(),
+    ));
     Ok(Running {
         store,
         agent_addr,

@@ -45,6 +45,24 @@ fn one_leader_then_the_follower_takes_over_with_rising_revisions() {
     let second = runtime
         .block_on(start(config(manifests.path(), &database)))
         .expect("second control plane");
+    // A dry-run agent on the follower.
+    let agent = setpoint_agent::client::Agent::new(setpoint_agent::client::AgentOptions {
+        dry_run: true,
+        ipvs: setpoint_agent::services::IpvsMode::Simulated,
+        ..setpoint_agent::client::AgentOptions::new(
+            "node-a",
+            format!("http://{}", second.agent_addr),
+        )
+    });
+    let _agent = runtime.spawn(agent.run());
+    let acked = |running: &setpoint_controlplane::serve::Running| {
+        running
+            .service
+            .fleet
+            .lock()
+            .map(|f| f.get("node-a").map_or(0, |v| v.acked_revision))
+            .unwrap_or(0)
+    };
     let first_head = runtime.block_on(async {
         // The follower learns the head from the store; it never commits.
         wait_for("the follower to see the head", || {
@@ -62,7 +80,19 @@ fn one_leader_then_the_follower_takes_over_with_rising_revisions() {
             *second.head.borrow() > before
         })
         .await;
-        *second.head.borrow()
+        let head = *second.head.borrow();
+        wait_for(
+            "the follower's agent to ack the leader's new revision",
+            || acked(&second) >= head,
+        )
+        .await;
+        // Served from the follower's publication (one bulk read of the
+        // store per head), not from a read per session.
+        assert!(
+            second.service.fanout.published(head, "node-a").is_some(),
+            "the follower published revision {head}"
+        );
+        head
     });
 
     drop(first_runtime);
@@ -76,6 +106,11 @@ fn one_leader_then_the_follower_takes_over_with_rising_revisions() {
         std::fs::write(&slices, text.replacen("10.244.1.77", "10.244.1.78", 1)).expect("edit");
         wait_for("a revision from the new leader", || {
             *second.head.borrow() > first_head
+        })
+        .await;
+        let head = *second.head.borrow();
+        wait_for("the agent to ack the new leader's revision", || {
+            acked(&second) >= head
         })
         .await;
         let revisions = second.store.list_revisions(100, None).await.expect("list");
