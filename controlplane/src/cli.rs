@@ -407,12 +407,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
         let mut commits = running.commits.subscribe();
+        let stop = setpoint_controlplane::serve::terminated();
+        tokio::pin!(stop);
         loop {
             tokio::select! {
                 c = commits.recv() => if let Ok(c) = c {
                     println!("revision {}: {} objects, {} nodes changed", c.revision.0, c.objects_changed, c.nodes_changed);
                 },
-                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = &mut stop => return Ok(()),
             }
         }
     })

@@ -138,7 +138,7 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<bool> {
         tokio::spawn(agent.run());
     }
     println!(
-        "edit, add or remove files under {} to see a new revision flow (Ctrl-C to stop)",
+        "edit, add or remove files under {} to see a new revision flow (Ctrl-C or SIGTERM to stop)",
         config.manifests.display()
     );
     let mut commits = running.commits.subscribe();
@@ -148,6 +148,9 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<bool> {
     let mut previous_head = 0u64;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut committed_at = Instant::now();
+    // Ctrl-C or SIGTERM: either way the namespaces are removed.
+    let stop = crate::serve::terminated();
+    tokio::pin!(stop);
     loop {
         tokio::select! {
             c = commits.recv() => {
@@ -165,7 +168,7 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<bool> {
             }
             _ = head.changed() => {}
             _ = tick.tick() => {}
-            _ = tokio::signal::ctrl_c() => {
+            _ = &mut stop => {
                 println!("stopping; the namespaces are removed");
                 return Ok(true);
             }

@@ -242,6 +242,24 @@ async fn publish_followed_heads(
     }
 }
 
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM (what Kubernetes and systemd
+/// send). Create it once, before a loop: a SIGTERM arriving while no
+/// listener exists would be lost once the handler is installed.
+pub async fn terminated() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
 /// How often the manifest tree is looked at while inotify watches it
 /// (events can be missed: network file systems, a full event queue).
 const MANIFEST_RESCAN: Duration = Duration::from_secs(10);
