@@ -577,9 +577,11 @@ impl Replica {
                     }
                     Err(e) => {
                         problems.send_replace(vec![format!("cannot read the manifests: {e}")]);
-                        // Look again next turn (the cache still holds the
-                        // last good tree, so the change will be seen).
-                        woken.store(true, Ordering::SeqCst);
+                        // Load everything again next turn, and sync it: a
+                        // look that failed after an earlier one of this
+                        // burst succeeded leaves the cache ahead of the
+                        // leader, so "unchanged" would hide that change.
+                        failing = true;
                     }
                 }
             }

@@ -156,6 +156,35 @@ fn main() {
     drop(agent);
     drop(ns);
 
+    // What recording the applied state costs (the agent's --state-dir:
+    // the whole state, written, fsynced and renamed).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let local = setpoint_agent::local_state::LocalState::new(dir.path());
+    let mut saves = Vec::new();
+    for revision in 1..=5 {
+        let record = setpoint_agent::local_state::Applied {
+            node: node.clone(),
+            revision,
+            digest: current.digest(),
+            applied_at: 0,
+        };
+        let started = Instant::now();
+        local
+            .save_with_state(&record, &current)
+            .expect("record the state");
+        saves.push(started.elapsed());
+    }
+    saves.sort();
+    let bytes = std::fs::metadata(dir.path().join("state.json"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    println!(
+        "recording the applied state ({:.1} MiB, fsync): p50 {:.2?}, max {:.2?}",
+        bytes as f64 / (1024.0 * 1024.0),
+        percentile(&saves, 0.5),
+        percentile(&saves, 1.0)
+    );
+
     // A large set alone.
     let n = env_or("SETPOINT_BENCH_SET_ENTRIES", 100_000);
     let mut big = Fragment::new();

@@ -157,6 +157,48 @@ pub struct Agent {
     was_connected: bool,
     pub progress: Arc<Mutex<AgentProgress>>,
     pub metrics: Arc<AgentMetrics>,
+    /// Writes what was applied to the state directory (started on first
+    /// use, inside the runtime).
+    recorder: Option<Recorder>,
+}
+
+/// Records applied states in the state directory after the ack, the newest
+/// one when several arrive during a write. The record only lets a
+/// restarted agent skip a snapshot, and the restart checks the kernel
+/// against it first, so it need not be on disk before the control plane
+/// hears of the apply; writing and syncing a 10,000-Service state takes
+/// ~16 ms, ~17× a one-endpoint delta's apply.
+struct Recorder {
+    latest: tokio::sync::watch::Sender<Option<(Applied, NodeDataplane)>>,
+}
+
+impl Recorder {
+    fn start(local: LocalState) -> Recorder {
+        let (latest, mut pending) = tokio::sync::watch::channel(None);
+        let local = Arc::new(local);
+        tokio::spawn(async move {
+            // Ends once the agent is gone and its last record written.
+            while pending.changed().await.is_ok() {
+                let Some((record, state)) = pending.borrow_and_update().clone() else {
+                    continue;
+                };
+                let local = local.clone();
+                let saved =
+                    tokio::task::spawn_blocking(move || local.save_with_state(&record, &state))
+                        .await;
+                match saved {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!("cannot record the applied state: {e}"),
+                    Err(e) => tracing::warn!("the state recorder failed: {e}"),
+                }
+            }
+        });
+        Recorder { latest }
+    }
+
+    fn record(&self, applied: Applied, state: NodeDataplane) {
+        self.latest.send_replace(Some((applied, state)));
+    }
 }
 
 /// Aborts the task when dropped (when the session it serves ends).
@@ -207,6 +249,7 @@ impl Agent {
             was_connected: false,
             progress: Arc::default(),
             metrics: AgentMetrics::new(),
+            recorder: None,
         }
     }
 
@@ -537,9 +580,9 @@ impl Agent {
                         digest,
                         applied_at: unix_millis() / 1000,
                     };
-                    if let Err(e) = local.save_with_state(&record, &state) {
-                        tracing::warn!("cannot record the applied state: {e}");
-                    }
+                    self.recorder
+                        .get_or_insert_with(|| Recorder::start(local))
+                        .record(record, state.clone());
                 }
                 self.held = Some((revision, state));
                 self.metrics
@@ -679,5 +722,40 @@ mod tests {
         };
         assert_eq!(nack.failed_operation, "apply delta");
         assert!(a.held.is_none(), "after a nack nothing is held");
+    }
+
+    #[tokio::test]
+    async fn applied_states_are_recorded_after_the_ack_newest_last() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut a = Agent::new(AgentOptions {
+            dry_run: true,
+            ipvs: IpvsMode::Simulated,
+            state_dir: Some(dir.path().to_path_buf()),
+            ..AgentOptions::new("n", "http://127.0.0.1:1")
+        });
+        let states = [
+            state(&["10.0.0.1"]),
+            state(&["10.0.0.1", "10.0.0.2"]),
+            state(&["10.0.0.2"]),
+        ];
+        for (revision, s) in (1u64..).zip(states.iter()) {
+            let reply = a.apply(revision, s.clone()).await;
+            assert!(matches!(reply.body, Some(AgentBody::Ack(_))), "{reply:?}");
+        }
+        // Written in the background: wait for the newest, then check the
+        // record and the state agree.
+        let local = LocalState::new(dir.path());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let record = local.load().expect("readable record");
+            if record.as_ref().is_some_and(|r| r.revision == 3) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "newest record: {record:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let record = local.load().expect("record").expect("present");
+        assert_eq!(record.digest, states[2].digest());
+        assert_eq!(local.load_state().expect("state"), Some(states[2].clone()));
     }
 }

@@ -126,7 +126,13 @@ impl LocalState {
             source,
         };
         std::fs::create_dir_all(&self.dir).map_err(write_err)?;
-        let tmp = self.dir.join(format!(".{name}.tmp"));
+        // A name of its own: a write still finishing for an agent that was
+        // replaced must not interleave with its successor's.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = self
+            .dir
+            .join(format!(".{name}.{}.{n}.tmp", std::process::id()));
         let mut file = std::fs::File::create(&tmp).map_err(write_err)?;
         file.write_all(text).map_err(write_err)?;
         file.sync_all().map_err(write_err)?;
