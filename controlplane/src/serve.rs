@@ -718,11 +718,14 @@ impl Replica {
     /// Publishes a revision written outside a sync (admin, rollout): pins
     /// changed, so the leader re-derives the states it serves.
     async fn wrote(&self, leader: &mut Leader, revision: setpoint_store::RevisionId) {
-        leader.admin_wrote(revision).await;
         if let Ok(mut s) = self.service.seen.lock() {
             s.insert(revision.0, SystemTime::now());
         }
+        // The head first, so that what reported the write (the rollout's
+        // status, say) is not seen ahead of it; sessions it wakes wait for
+        // the publication below.
         raise(&self.head, revision.0);
+        leader.admin_wrote(revision).await;
         self.metrics.revisions.inc();
     }
 

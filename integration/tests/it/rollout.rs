@@ -89,6 +89,23 @@ async fn wait_phase(running: &Running, phase: &str) -> u64 {
     }
 }
 
+/// The head once it is past `revision` (a write's head is raised just
+/// after the write reports itself done).
+async fn wait_head_past(running: &Running, revision: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let head = *running.head.borrow();
+        if head > revision {
+            return head;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the head stayed at {head}, not past {revision}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Moves a Service's address in the manifests; waits for the canary phase
 /// of the revision carrying it (newer than `past`) and returns it.
 async fn move_service(running: &Running, services: &Path, from: &str, to: &str, past: u64) -> u64 {
@@ -204,7 +221,9 @@ async fn canary_first_then_all_and_a_failing_canary_halts_and_rolls_back() {
         let save = ipset_save(&namespaces[i]);
         assert!(!save.contains("10.96.1.21"), "{node}: {save}");
     }
-    let promoted = wait_phase(&running, "idle").await;
+    wait_phase(&running, "idle").await;
+    // Promotion resumed the held nodes: a revision past the target.
+    let promoted = wait_head_past(&running, target).await;
     println!(
         "canary acked to promotion: {:.1?} (soak {SOAK:?})",
         canary_done.elapsed()
@@ -265,7 +284,7 @@ async fn canary_first_then_all_and_a_failing_canary_halts_and_rolls_back() {
     assert_eq!(desired(&store, "node-a", good).await, held[0]);
     std::fs::write(&policy, BAD_POLICY).expect("policy");
     let written = Instant::now();
-    let halted_at = wait_phase(&running, "halted").await;
+    wait_phase(&running, "halted").await;
     println!("bad policy written to halted: {:.1?}", written.elapsed());
     let status = running.rollout.borrow().clone();
     assert_eq!(status.failed, ["node-a"], "{status:?}");
@@ -278,7 +297,7 @@ async fn canary_first_then_all_and_a_failing_canary_halts_and_rolls_back() {
     let bad = status.target;
     assert!(bad > good);
     // node-a is rolled back to the good revision's state, and acks it.
-    assert!(halted_at > bad);
+    wait_head_past(&running, bad).await;
     let pins = store.pins().await.expect("pins");
     let pin_a = pins
         .iter()
@@ -368,7 +387,8 @@ async fn canary_first_then_all_and_a_failing_canary_halts_and_rolls_back() {
     for (i, node) in names.iter().enumerate().skip(1) {
         assert_eq!(applied(&store, node).await, Some(held[i]), "{node} waits");
     }
-    let promoted = wait_phase(&running, "idle").await;
+    wait_phase(&running, "idle").await;
+    let promoted = wait_head_past(&running, newer).await;
     for (i, node) in names.iter().enumerate() {
         wait_applied(&store, node, desired(&store, node, promoted).await).await;
         let save = ipset_save(&namespaces[i]);
