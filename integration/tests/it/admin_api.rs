@@ -20,7 +20,7 @@ use tonic::transport::Channel;
 
 use crate::e2e_support::{
     assert_status_is_head, converge, converge_past, fresh_postgres_database, manifests_and_tokens,
-    progress, spawn_agent,
+    progress, spawn_agent, wait_head_past,
 };
 
 const READ_TOKEN: &str = "e2e-read-token-0123456789";
@@ -74,18 +74,6 @@ fn edit_all(file: &Path, from: &str, to: &str) {
 
 fn ipset_save(ns: &Netns) -> String {
     ns.exec(&["ipset", "save"], None).expect("ipset save")
-}
-
-async fn wait_head_past(running: &Running, past: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let head = *running.head.borrow();
-        if head > past {
-            return head;
-        }
-        assert!(Instant::now() < deadline, "no revision after {past}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,6 +77,20 @@ pub fn spawn_agent_to(
     (tokio::spawn(agent.run()), progress)
 }
 
+/// The head once it is past `past` (20 s at most): a write's head can be
+/// raised a moment after the write reports itself done.
+pub async fn wait_head_past(running: &Running, past: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let head = *running.head.borrow();
+        if head > past {
+            return head;
+        }
+        assert!(Instant::now() < deadline, "no revision after {past}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub fn progress(p: &Progress) -> AgentProgress {
     p.lock().map(|p| p.clone()).unwrap_or_default()
 }

@@ -20,7 +20,7 @@ use setpoint_proto::admin::admin_client::AdminClient;
 use setpoint_store::{AgentResult, RevisionId, Store};
 
 use crate::e2e_support::{
-    copy_examples, fresh_postgres_database, manifests_and_tokens, spawn_agent,
+    copy_examples, fresh_postgres_database, manifests_and_tokens, spawn_agent, wait_head_past,
 };
 
 const TOKEN: &str = "e2e-rollout-admin-token-0123";
@@ -86,23 +86,6 @@ async fn wait_phase(running: &Running, phase: &str) -> u64 {
             running.rollout.borrow()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// The head once it is past `revision` (a write's head is raised just
-/// after the write reports itself done).
-async fn wait_head_past(running: &Running, revision: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let head = *running.head.borrow();
-        if head > revision {
-            return head;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the head stayed at {head}, not past {revision}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
