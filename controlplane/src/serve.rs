@@ -14,6 +14,7 @@ use setpoint_proto::admin::admin_server::AdminServer;
 use setpoint_proto::v1::agent_stream_server::AgentStreamServer;
 use setpoint_store::{Leadership, Store};
 use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::admin::{AdminCommand, AdminConfig, AdminService, Tokens};
 
@@ -605,7 +606,8 @@ impl Replica {
     ) {
         let config = &self.config;
         let (mut snapshots, task) = setpoint_kube::KubeSource::start(client.clone());
-        let mut _source = AbortOnDrop(task);
+        // The source's watchers end with the leadership that started them.
+        let mut _source = AbortOnDropHandle::new(task);
         // The generation last synced (0: none yet).
         let mut synced: u64 = 0;
         let mut failing = false;
@@ -652,7 +654,7 @@ impl Replica {
                         tokio::time::sleep(config.poll).await;
                         let (rx, task) = setpoint_kube::KubeSource::start(client.clone());
                         snapshots = rx;
-                        _source = AbortOnDrop(task);
+                        _source = AbortOnDropHandle::new(task);
                         synced = 0;
                     }
                 }
@@ -790,15 +792,5 @@ impl Replica {
                 tracing::warn!("rollout: {e:#}");
             }
         }
-    }
-}
-
-/// Aborts the task when dropped: the source's watchers end with the
-/// leadership that started them.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

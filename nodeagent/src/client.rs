@@ -18,6 +18,7 @@ use setpoint_proto::v1::{Ack, AgentMessage, ControlMessage, Heartbeat, Hello, Na
 use setpoint_proto::{PROTOCOL_VERSION, digest_bytes};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::apply::{Applier, ApplyError, kernel_view};
 use crate::local_state::{Applied, LocalState};
@@ -201,15 +202,6 @@ impl Recorder {
     }
 }
 
-/// Aborts the task when dropped (when the session it serves ends).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 fn unix_millis() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -375,7 +367,7 @@ impl Agent {
         // that takes longer than the control plane's silence limit must
         // not get the stream cut under it.
         let beats = tx.clone();
-        let _heartbeats = AbortOnDrop(tokio::spawn(async move {
+        let _heartbeats = AbortOnDropHandle::new(tokio::spawn(async move {
             let mut heartbeat = tokio::time::interval(Duration::from_secs(10));
             loop {
                 heartbeat.tick().await;
