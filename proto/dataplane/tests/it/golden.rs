@@ -184,7 +184,7 @@ fn digest_ignores_insertion_order_and_split() {
     let b = with_entries(b.part("cluster"), &["10.96.0.10,tcp:80"]);
     let split = with_jump(with_chain(with_address(b))).build();
     assert_eq!(split.parts().count(), 3);
-    assert_eq!(split.validate(), vec![]);
+    assert_eq!(split.overlap(), 0, "the split keeps atoms disjoint");
     assert_eq!(split.digest(), reference);
     assert_eq!(split.flatten().digest(), reference);
     assert!(diff(&split, &golden()).is_empty());

@@ -23,13 +23,13 @@ use setpoint_dataplane::{
 // --- pools -----------------------------------------------------------------
 
 const SET_NAMES: &[&str] = &[
-    "KUBE-CLUSTER-IP",
-    "KUBE-NODE-PORT-TCP",
-    "KUBE-LOOP-BACK",
-    "KUBE-EXTERNAL-IP",
+    "SP-CLUSTER-IP",
+    "SP-NODE-PORT-TCP",
+    "SP6-LOOP-BACK",
+    "SP-EXTERNAL-IP",
     // 31 bytes: the longest name the kernel takes.
-    "SETPOINT-LB-SOURCE-CIDR-ABCDEFG",
-    "S",
+    "SP-LB-SOURCE-CIDR-ABCDEFGHIJKLM",
+    "SP-S",
 ];
 const SET_TYPES: [SetType; 6] = [
     SetType::HashIp,
@@ -46,13 +46,13 @@ const COMMENTS: &[&str] = &[
     "node port \"quoted\" \\ backslash",
 ];
 const CHAIN_NAMES: &[&str] = &[
-    "SETPOINT-SERVICES",
-    "SETPOINT-NODEPORTS",
-    "SETPOINT-SVC-4N57TFCL",
-    "SETPOINT-SEP-ABCDEF",
-    "SETPOINT-MARK-MASQ",
+    "SP-SERVICES",
+    "SP-NODEPORTS",
+    "SP-SVC-4N57TFCL",
+    "SP-SEP-ABCDEF",
+    "SP-MARK-MASQ",
     // 28 bytes: the longest chain name iptables takes.
-    "SETPOINT-FIREWALL-0123456789",
+    "SP-FIREWALL-0123456789ABCDEF",
 ];
 const TABLES: [Table; 2] = [Table::Filter, Table::Nat];
 const PORTS: &[u16] = &[53, 80, 443, 8080, 30080];
