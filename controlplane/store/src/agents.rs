@@ -1,5 +1,7 @@
 //! What each node's agent last reported: [`Store::record_agent_status`].
 
+use std::collections::HashMap;
+
 use crate::db::{self, AgentRow};
 use crate::error::{Result, StoreError};
 use crate::store::Store;
@@ -14,18 +16,55 @@ impl Store {
         self.db.upsert_agent(&agent_row(status)?).await
     }
 
-    /// Stores many nodes' reports in few statements (at most one report
-    /// per node; older than the stored one are ignored, as above).
-    pub async fn record_agent_statuses(&self, statuses: &[AgentStatus]) -> Result<()> {
-        let rows = statuses.iter().map(agent_row).collect::<Result<Vec<_>>>()?;
-        let mut seen = std::collections::HashSet::new();
-        if let Some(twice) = rows.iter().find(|r| !seen.insert(r.node.as_str())) {
-            return Err(StoreError::InvalidRequest(format!(
-                "two reports for node {} in one batch",
-                twice.node
-            )));
+    /// Stores many nodes' reports in few statements; a report older than
+    /// the stored one is ignored, as above. Of two reports for one node the
+    /// newer is kept. A report that cannot be stored (a bad node name, a
+    /// row the database refuses) is left out and returned with the reason;
+    /// the others are stored regardless. `Err` only when the store itself
+    /// failed.
+    pub async fn record_agent_statuses(
+        &self,
+        statuses: &[AgentStatus],
+    ) -> Result<Vec<RefusedStatus>> {
+        let mut refused = Vec::new();
+        let mut newest: HashMap<&str, &AgentStatus> = HashMap::new();
+        for status in statuses {
+            let kept = newest.entry(status.node.as_str()).or_insert(status);
+            if kept.contact_ms <= status.contact_ms {
+                *kept = status;
+            }
         }
-        self.db.upsert_agents(&rows).await
+        let mut rows = Vec::with_capacity(newest.len());
+        for status in statuses {
+            if !newest
+                .get(status.node.as_str())
+                .is_some_and(|kept| std::ptr::eq(*kept, status))
+            {
+                continue;
+            }
+            match agent_row(status) {
+                Ok(row) => rows.push(row),
+                Err(e) => refused.push(RefusedStatus::new(&status.node, &e)),
+            }
+        }
+        match self.db.upsert_agents(&rows).await {
+            Ok(()) => {}
+            // A statement the database refused (not a lost connection):
+            // one row must not cost the others theirs, so each is tried
+            // alone.
+            Err(StoreError::Query {
+                source: sqlx::Error::Database(_),
+                ..
+            }) => {
+                for row in &rows {
+                    if let Err(e) = self.db.upsert_agent(row).await {
+                        refused.push(RefusedStatus::new(&row.node, &e));
+                    }
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(refused)
     }
 
     /// Every node's latest agent report, by node name.
@@ -80,18 +119,73 @@ fn agent_status(row: AgentRow) -> Result<AgentStatus> {
     })
 }
 
+/// The longest nack error text kept, in bytes.
+pub const MAX_NACK_ERROR_BYTES: usize = 2048;
+/// The longest nack operation kept, in bytes.
+pub const MAX_NACK_OPERATION_BYTES: usize = 256;
+/// The longest agent version kept, in bytes.
+pub const MAX_AGENT_VERSION_BYTES: usize = 128;
+/// The longest node name accepted (a Kubernetes object name's limit).
+pub const MAX_NODE_NAME_BYTES: usize = 253;
+
+/// A report [`Store::record_agent_statuses`] did not store, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedStatus {
+    /// The report's node name, cleaned for display.
+    pub node: String,
+    pub reason: String,
+}
+
+impl RefusedStatus {
+    fn new(node: &str, reason: &StoreError) -> RefusedStatus {
+        RefusedStatus {
+            node: clean_text(node, 64),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// `text` fit for a column operators read and logs: every control
+/// character (NUL, newlines, terminal escapes) becomes a space, and it is
+/// cut to at most `max` bytes at a character boundary, the cut marked
+/// with `…`. Text peers write passes through here before it is stored:
+/// PostgreSQL refuses NUL in text, which would fail the whole batch.
+pub fn clean_text(text: &str, max: usize) -> String {
+    const MARK: char = '…';
+    let mut out = String::with_capacity(text.len().min(max));
+    for c in text.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if out.len() + c.len_utf8() > max {
+            while out.len() + MARK.len_utf8() > max {
+                if out.pop().is_none() {
+                    return out;
+                }
+            }
+            out.push(MARK);
+            return out;
+        }
+        out.push(c);
+    }
+    out
+}
+
 fn agent_row(status: &AgentStatus) -> Result<AgentRow> {
-    if status.node.is_empty() || status.node.len() > 1024 {
+    if status.node.is_empty()
+        || status.node.len() > MAX_NODE_NAME_BYTES
+        || status.node.chars().any(char::is_control)
+    {
         return Err(StoreError::InvalidRequest(format!(
-            "node name {:?} must be 1 to 1024 bytes",
-            status.node
+            "node name {:?} must be 1 to {MAX_NODE_NAME_BYTES} bytes without control characters",
+            clean_text(&status.node, 64)
         )));
     }
     let (result, error, operation) = match &status.result {
         AgentResult::Ack => ("ack", None, None),
-        AgentResult::Nack { error, operation } => {
-            ("nack", Some(error.clone()), Some(operation.clone()))
-        }
+        AgentResult::Nack { error, operation } => (
+            "nack",
+            Some(clean_text(error, MAX_NACK_ERROR_BYTES)),
+            Some(clean_text(operation, MAX_NACK_OPERATION_BYTES)),
+        ),
     };
     let applied_revision = status
         .applied_revision
@@ -105,6 +199,42 @@ fn agent_row(status: &AgentStatus) -> Result<AgentRow> {
         error,
         operation,
         contact_ms: status.contact_ms,
-        agent_version: status.agent_version.clone(),
+        agent_version: clean_text(&status.agent_version, MAX_AGENT_VERSION_BYTES),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn clean_text_replaces_control_characters_and_cuts_at_a_character() {
+        let cases: &[(&str, usize, &str)] = &[
+            ("ipset restore failed", 64, "ipset restore failed"),
+            ("a\0b\nc\td\u{1b}[31m", 64, "a b c d [31m"),
+            ("\u{85}next line", 64, " next line"),
+            ("abcdefgh", 8, "abcdefgh"),
+            ("abcdefghi", 8, "abcde…"),
+            ("ééééé", 7, "éé…"),
+            ("abc", 2, ""),
+            ("", 0, ""),
+        ];
+        for (text, max, want) in cases {
+            assert_eq!(clean_text(text, *max), *want, "{text:?} to {max}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn clean_text_is_bounded_clean_and_keeps_clean_short_text(text in ".{0,300}", max in 0usize..200) {
+            let cleaned = clean_text(&text, max);
+            prop_assert!(cleaned.len() <= max, "{} > {max}", cleaned.len());
+            prop_assert!(!cleaned.chars().any(char::is_control));
+            if text.len() <= max && !text.chars().any(char::is_control) {
+                prop_assert_eq!(cleaned, text);
+            }
+        }
+    }
 }

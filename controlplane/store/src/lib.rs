@@ -54,6 +54,10 @@ mod store;
 mod types;
 mod write;
 
+pub use agents::{
+    MAX_AGENT_VERSION_BYTES, MAX_NACK_ERROR_BYTES, MAX_NACK_OPERATION_BYTES, MAX_NODE_NAME_BYTES,
+    RefusedStatus, clean_text,
+};
 pub use db::Leadership;
 pub use error::{Result, StoreError};
 pub use store::{Store, StoreOptions};

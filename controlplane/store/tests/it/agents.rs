@@ -5,7 +5,10 @@ use setpoint_store::{AgentResult, AgentStatus, RevisionId, StoreError};
 
 use crate::support::TestDb;
 
-both!(agent_status_upserts_per_node);
+both!(
+    agent_status_upserts_per_node,
+    a_nack_with_nul_and_a_huge_text_is_stored_clean_beside_other_acks
+);
 
 fn status(node: &str, revision: u64, result: AgentResult, contact_ms: i64) -> AgentStatus {
     AgentStatus {
@@ -69,4 +72,80 @@ async fn agent_status_upserts_per_node(db: TestDb) {
         store.record_agent_status(&bad).await,
         Err(StoreError::InvalidRequest(_))
     ));
+}
+
+/// One batch as the status writer sends it: node-b's nack carries NUL,
+/// newlines and an escape in its error, node-c's nack a megabyte of text
+/// and version; node-a's and node-d's acks ride in the same batch. All
+/// four are stored, the texts cleaned and cut; a bad node name is refused
+/// alone, with its reason.
+async fn a_nack_with_nul_and_a_huge_text_is_stored_clean_beside_other_acks(db: TestDb) {
+    let store = &db.store;
+    let nul = AgentResult::Nack {
+        error: "ipset v7.1:\0 Set cannot\nbe created\u{1b}[2J".to_string(),
+        operation: "ipset\0restore".to_string(),
+    };
+    let huge = AgentResult::Nack {
+        error: "x".repeat(1 << 20),
+        operation: "y".repeat(1 << 16),
+    };
+    let mut c = status("node-c", 2, huge, 1_000);
+    c.agent_version = format!("0.1.0\0{}", "v".repeat(1 << 20));
+    let mut bad = status("node-\0e", 2, AgentResult::Ack, 1_000);
+    bad.node = "node-\0e".to_string();
+    let batch = vec![
+        status("node-a", 2, AgentResult::Ack, 1_000),
+        status("node-b", 2, nul, 1_000),
+        c,
+        bad,
+        status("node-d", 2, AgentResult::Ack, 1_000),
+    ];
+    let refused = store
+        .record_agent_statuses(&batch)
+        .await
+        .expect("the batch is stored");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].node, "node- e");
+    assert!(
+        refused[0].reason.contains("control characters"),
+        "{refused:?}"
+    );
+
+    let stored = store.agent_statuses().await.expect("read");
+    let nodes: Vec<&str> = stored.iter().map(|s| s.node.as_str()).collect();
+    assert_eq!(nodes, ["node-a", "node-b", "node-c", "node-d"]);
+    assert_eq!(stored[0], batch[0]);
+    assert_eq!(stored[3], batch[4]);
+    assert_eq!(
+        stored[1].result,
+        AgentResult::Nack {
+            error: "ipset v7.1:  Set cannot be created [2J".to_string(),
+            operation: "ipset restore".to_string(),
+        }
+    );
+    let AgentResult::Nack { error, operation } = &stored[2].result else {
+        panic!("node-c's nack: {:?}", stored[2]);
+    };
+    assert_eq!(error.len(), setpoint_store::MAX_NACK_ERROR_BYTES);
+    assert!(
+        error.starts_with("xxx") && error.ends_with('…'),
+        "{error:.20}"
+    );
+    assert_eq!(operation.len(), setpoint_store::MAX_NACK_OPERATION_BYTES);
+    let version = &stored[2].agent_version;
+    assert_eq!(version.len(), setpoint_store::MAX_AGENT_VERSION_BYTES);
+    assert!(version.starts_with("0.1.0 vvv"), "{version:.20}");
+
+    // Two reports for one node in a batch: the newer is kept.
+    let older = status("node-a", 3, AgentResult::Ack, 2_000);
+    let newer = status("node-a", 4, AgentResult::Ack, 3_000);
+    let refused = store
+        .record_agent_statuses(&[newer.clone(), older])
+        .await
+        .expect("stored");
+    assert!(refused.is_empty(), "{refused:?}");
+    assert_eq!(
+        store.agent_status("node-a").await.expect("read"),
+        Some(newer)
+    );
 }
