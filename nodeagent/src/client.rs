@@ -335,7 +335,7 @@ impl Agent {
 
     async fn session(&mut self) -> anyhow::Result<()> {
         let mut client = AgentStreamClient::new(connect(&self.options).await?)
-            .max_decoding_message_size(setpoint_proto::MAX_MESSAGE_BYTES);
+            .max_decoding_message_size(setpoint_proto::MAX_DOWNSTREAM_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel(8);
         let (revision, digest) = match &self.held {
             Some((r, s)) => (*r, digest_bytes(&s.digest())),

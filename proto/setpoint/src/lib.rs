@@ -20,10 +20,22 @@ use setpoint_dataplane::{Diff, Digest, NodeDataplane};
 
 /// Major version of the protocol; a peer speaking another one is refused.
 pub const PROTOCOL_VERSION: u32 = 1;
-/// The largest message either side decodes. gRPC's usual 4 MiB is below a
-/// snapshot of a 10,000-Service cluster; an agent refusing its snapshot
-/// would reconnect and be sent it again forever.
-pub const MAX_MESSAGE_BYTES: usize = 1 << 30;
+/// The largest message the control plane decodes from an agent. Agents
+/// send only hello, acks, nacks and heartbeats; anything larger is
+/// refused before it is decoded (the store keeps a nack's text shorter
+/// still).
+pub const MAX_UPSTREAM_MESSAGE_BYTES: usize = 64 * 1024;
+/// The largest message an agent decodes off the wire: gRPC's usual
+/// 4 MiB. States and deltas over [`pieces::PIECE_BYTES`] travel as pieces,
+/// bounded as a whole by [`MAX_REASSEMBLED_BYTES`].
+pub const MAX_DOWNSTREAM_MESSAGE_BYTES: usize = 4 << 20;
+/// The largest message reassembled from pieces. gRPC's usual 4 MiB is
+/// below a snapshot of a 10,000-Service cluster; an agent refusing its
+/// snapshot would reconnect and be sent it again forever.
+pub const MAX_REASSEMBLED_BYTES: usize = 1 << 30;
+/// The old single limit, kept for the admin client until it takes a limit
+/// of its own.
+pub const MAX_MESSAGE_BYTES: usize = MAX_REASSEMBLED_BYTES;
 pub const STATE_ENCODING: &str = "setpoint.state.v1+json";
 pub const DIFF_ENCODING: &str = "setpoint.diff.v1+json";
 

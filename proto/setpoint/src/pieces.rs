@@ -12,7 +12,7 @@ use prost::Message;
 
 use crate::v1::control_message::Body;
 use crate::v1::{ControlMessage, Piece};
-use crate::{MAX_MESSAGE_BYTES, PROTOCOL_VERSION};
+use crate::{MAX_REASSEMBLED_BYTES, PROTOCOL_VERSION};
 
 /// The largest piece's data. Small enough that thousands of streams'
 /// buffers stay small, large enough that a 5 MB snapshot is a few hundred
@@ -69,7 +69,7 @@ pub enum PieceError {
     },
     #[error("a piece says its message has no pieces")]
     NoPieces,
-    #[error("reassembled message exceeds {MAX_MESSAGE_BYTES} bytes")]
+    #[error("reassembled message exceeds {MAX_REASSEMBLED_BYTES} bytes")]
     TooLarge,
     #[error("a whole message arrived while piece {expected} of {count} was due")]
     Interrupted { expected: u32, count: u32 },
@@ -122,7 +122,7 @@ impl Reassembly {
                 earlier: count,
             });
         }
-        if self.buf.len() + piece.data.len() > MAX_MESSAGE_BYTES {
+        if self.buf.len() + piece.data.len() > MAX_REASSEMBLED_BYTES {
             self.reset();
             return Err(PieceError::TooLarge);
         }
