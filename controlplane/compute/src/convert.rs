@@ -232,6 +232,7 @@ pub fn service(svc: &core::Service, default_namespace: &str) -> ServiceOutcome {
             health_check_node_port,
             affinity_timeout,
             scheduler,
+            unbound_ips: Vec::new(),
         })
     })();
     match result {

@@ -17,10 +17,18 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use setpoint_dataplane::{Digest, Family, Fragment, NodeDataplane, SetEntry};
+use std::borrow::Cow;
+use std::collections::HashSet;
+
+use ipnet::IpNet;
+use setpoint_dataplane::validate::Invalid;
+use setpoint_dataplane::{
+    Digest, Family, Fragment, NodeDataplane, SetEntry, VirtualServerKey, template,
+};
 
 use rayon::prelude::*;
 
+use crate::admit::{AddressContext, LeftOutReason, Refusal, RefusalReason, frontend_count};
 use crate::convert::{self, Rejection, ServiceOutcome, SliceOutcome};
 use crate::layout::{ComputeConfig, SetId, base_fragment};
 use crate::model::{EndpointSlice, Node, Service, ServiceId};
@@ -162,7 +170,8 @@ pub struct CommitOutcome {
     pub replanned_services: usize,
 }
 
-/// A problem with an object, kept until the object changes or goes away.
+/// A problem with an object, kept until the object changes or goes away
+/// (or, for what compute decided about a Service, until it is planned again).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
     pub object: ObjectKey,
@@ -170,6 +179,152 @@ pub struct Problem {
     /// True when the whole object was set aside; false for a warning about
     /// a part of it (one endpoint, one annotation, a port conflict).
     pub skipped: bool,
+    pub kind: ProblemKind,
+}
+
+/// What a problem is about; bounded, for metric labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ProblemKind {
+    /// The object as written (conversion, validation of its fields).
+    Object,
+    /// A frontend another Service keeps.
+    FrontendTaken,
+    /// One address of a Service that is not served.
+    AddressRefused(RefusalReason),
+    /// A whole Service that is not served.
+    LeftOut(LeftOutReason),
+}
+
+/// A Service as compute serves it.
+enum Served<'a> {
+    Absent,
+    LeftOut(LeftOutReason, String),
+    Serve(Cow<'a, Service>, Vec<Refusal>),
+}
+
+/// The shared part of a zone's nodes' states (base, services, zone),
+/// validated once per change of its fragments.
+struct SharedCheck {
+    digests: (Digest, Digest),
+    flat: Fragment,
+    invalid: Vec<Invalid>,
+}
+
+/// Most Services excluded in one commit for invalid states before the
+/// rest is committed as it is (each round excludes at least one).
+const MAX_GUARD_ROUNDS: usize = 64;
+
+/// What one round of a commit changed.
+#[derive(Default)]
+struct PassChanges {
+    /// The shared `services` fragment: every node changed.
+    global: bool,
+    zones: BTreeSet<Option<Arc<str>>>,
+    touched: Vec<Arc<str>>,
+}
+
+impl PassChanges {
+    fn merge(&mut self, other: PassChanges) {
+        self.global |= other.global;
+        self.zones.extend(other.zones);
+        self.touched.extend(other.touched);
+    }
+
+    /// The live nodes whose state these changes touch, sorted.
+    fn nodes(&self, index: &Index) -> Vec<Arc<str>> {
+        if self.global {
+            return index.nodes.keys().cloned().collect();
+        }
+        let mut touched = self.touched.clone();
+        if !self.zones.is_empty() {
+            for (name, node) in &index.nodes {
+                if self.zones.contains(&node.zone) {
+                    touched.push(name.clone());
+                }
+            }
+        }
+        touched.retain(|n| index.nodes.contains_key(n));
+        touched.sort();
+        touched.dedup();
+        touched
+    }
+}
+
+/// Whether `part` holds `atom`.
+fn atom_in(part: &Fragment, atom: &Atom) -> bool {
+    match atom {
+        Atom::Entry(set, family, entry) => part
+            .entries(&set.name(*family))
+            .is_some_and(|e| e.contains(entry)),
+        Atom::VirtualServer(key, _) => part.virtual_server(key).is_some(),
+        Atom::Address(ip) => part.has_address(ip),
+    }
+}
+
+/// The problems of one node's state: those of its zone's shared part, of
+/// its own parts over the base (`NodeDataplane::validate` on each), and
+/// what only the union shows — an atom in two parts, a set the parts
+/// overfill together, a NodePort template on a node address where a
+/// virtual server of its own sits. Equals `validate` of the whole state
+/// without merging the shared part per node.
+fn check_node(
+    base: &Arc<Fragment>,
+    shared: &SharedCheck,
+    own: Option<&Arc<Fragment>>,
+    policy: Option<&Arc<Fragment>>,
+) -> Vec<Invalid> {
+    let mut invalid = shared.invalid.clone();
+    let mine: Vec<&Arc<Fragment>> = own.into_iter().chain(policy).collect();
+    let mut parts: Vec<(String, Arc<Fragment>)> = vec![(PART_BASE.to_string(), base.clone())];
+    for (i, part) in mine.iter().enumerate() {
+        parts.push((format!("own/{i}"), Arc::clone(part)));
+    }
+    for problem in NodeDataplane::from_parts(parts).validate() {
+        if !invalid.contains(&problem) {
+            invalid.push(problem);
+        }
+    }
+    let mut flat = shared.flat.clone();
+    let overlap: u64 = mine.iter().map(|part| flat.absorb(part)).sum();
+    if overlap > 0 {
+        invalid.push(Invalid::DuplicatedAcrossParts { atoms: overlap });
+    }
+    let sets: BTreeSet<&String> = mine
+        .iter()
+        .flat_map(|part| part.all_entries().map(|(set, _)| set))
+        .collect();
+    for set in sets {
+        let entries = flat.entry_count(set);
+        if let Some(spec) = flat.set(set)
+            && entries > spec.maxelem as usize
+        {
+            let problem = Invalid::SetOverfull {
+                set: set.clone(),
+                entries,
+                maxelem: spec.maxelem,
+            };
+            if !invalid.contains(&problem) {
+                invalid.push(problem);
+            }
+        }
+    }
+    for family in Family::ALL {
+        let template = template::template_address(family);
+        for address in template::node_port_addresses(&flat, family) {
+            for (key, _) in flat.virtual_servers_at(address) {
+                let twin = VirtualServerKey {
+                    address: template,
+                    ..*key
+                };
+                if flat.virtual_server(&twin).is_some() {
+                    invalid.push(Invalid::NodePortCollision {
+                        collision: template::Collision { key: *key },
+                    });
+                }
+            }
+        }
+    }
+    invalid
 }
 
 #[derive(Default)]
@@ -194,6 +349,24 @@ pub struct Index {
     node_peers: HashMap<Arc<str>, Vec<PeerUse>>,
     problems: BTreeMap<ObjectKey, Vec<Problem>>,
     ignored: BTreeMap<ObjectKey, &'static str>,
+
+    /// Every address a Service lists as a ClusterIP, with those Services.
+    cluster_ip_users: HashMap<IpAddr, BTreeSet<ServiceId>>,
+    /// Every external or load-balancer IP, with the Services listing it.
+    foreign_users: HashMap<IpAddr, BTreeSet<ServiceId>>,
+    /// Each Service's listed (ClusterIPs, external and LB IPs), as claimed.
+    listed: HashMap<ServiceId, (Vec<IpAddr>, Vec<IpAddr>)>,
+    /// Every Node's address, and the pod CIDRs: what admission checks
+    /// external and load-balancer IPs against.
+    node_addresses: HashSet<IpAddr>,
+    pod_cidrs: Vec<IpNet>,
+    /// Services left out because their atoms made a state invalid; they
+    /// are tried again at the next commit that changes anything.
+    left_out_invalid: BTreeMap<ServiceId, String>,
+    /// Nodes whose computed state is invalid for reasons no Service
+    /// explains; the leader must not publish them.
+    invalid_nodes: BTreeMap<Arc<str>, Vec<Invalid>>,
+    shared_checks: HashMap<Option<Arc<str>>, SharedCheck>,
 
     claims: HashMap<Frontend, BTreeSet<ServiceId>>,
     claimed_by: HashMap<ServiceId, Vec<Frontend>>,
@@ -387,14 +560,28 @@ impl Index {
     }
 
     fn note(&mut self, key: &ObjectKey, rejections: Vec<Rejection>, skipped: bool) {
+        let kinded = rejections
+            .into_iter()
+            .map(|r| (r, ProblemKind::Object))
+            .collect();
+        self.note_kinds(key, kinded, skipped);
+    }
+
+    fn note_kinds(
+        &mut self,
+        key: &ObjectKey,
+        rejections: Vec<(Rejection, ProblemKind)>,
+        skipped: bool,
+    ) {
         if rejections.is_empty() {
             return;
         }
         let list = self.problems.entry(key.clone()).or_default();
-        list.extend(rejections.into_iter().map(|rejection| Problem {
+        list.extend(rejections.into_iter().map(|(rejection, kind)| Problem {
             object: key.clone(),
             rejection,
             skipped,
+            kind,
         }));
     }
 
@@ -430,13 +617,194 @@ impl Index {
     }
 
     /// Applies every pending change and reports which nodes changed.
+    ///
+    /// Every node state it leaves is validated (see [`Index::invalid_nodes`]):
+    /// a Service whose atoms make a state invalid is left out, with a
+    /// problem, and the rest is computed again without it.
     pub fn commit(&mut self) -> CommitOutcome {
+        let pending = !self.dirty_services.is_empty()
+            || !self.dirty_nodes.is_empty()
+            || self.nodes_changed
+            || self.policy_full
+            || !self.policy_pod_changes.is_empty();
+        if pending {
+            // What was left out for an invalid state gets another chance:
+            // the decision is taken again on the new objects, as a fresh
+            // index would take it.
+            let readmit: Vec<ServiceId> = std::mem::take(&mut self.left_out_invalid)
+                .into_keys()
+                .collect();
+            self.dirty_services.extend(readmit);
+        }
         let mut outcome = CommitOutcome::default();
-        let mut global_changed = false;
-        let mut changed_zones: BTreeSet<Option<Arc<str>>> = BTreeSet::new();
+        let mut changes = PassChanges::default();
+        for round in 0.. {
+            let pass = self.pass(&mut outcome);
+            let validate = pass.nodes(self);
+            changes.merge(pass);
+            let excluded = self.guard(&validate);
+            if excluded.is_empty() || round >= MAX_GUARD_ROUNDS {
+                break;
+            }
+            for (id, why) in excluded {
+                self.left_out_invalid.insert(id.clone(), why);
+                self.dirty_services.insert(id);
+            }
+        }
+        outcome.changed_nodes = changes.nodes(self).into_iter().collect();
+        outcome
+    }
+
+    /// Nodes whose computed state fails validation for a reason no Service
+    /// explains (a NetworkPolicy, the configuration), with the problems.
+    /// Their states must not be published.
+    pub fn invalid_nodes(&self) -> &BTreeMap<Arc<str>, Vec<Invalid>> {
+        &self.invalid_nodes
+    }
+
+    /// Updates which addresses Services list as ClusterIPs and as external
+    /// or load-balancer IPs; Services whose admission this changes (an
+    /// external IP that became or stopped being a ClusterIP) become dirty.
+    fn update_listed(&mut self, dirty: &mut BTreeSet<ServiceId>) {
+        let mut flipped: Vec<IpAddr> = Vec::new();
+        for id in dirty.iter() {
+            let new: (Vec<IpAddr>, Vec<IpAddr>) = match self.services.get(id) {
+                Some(svc) => (
+                    svc.cluster_ips.clone(),
+                    svc.external_ips
+                        .iter()
+                        .chain(&svc.load_balancer_ips)
+                        .copied()
+                        .collect(),
+                ),
+                None => Default::default(),
+            };
+            let old = self.listed.remove(id).unwrap_or_default();
+            for ip in old.0.iter().filter(|ip| !new.0.contains(ip)) {
+                if let Some(users) = self.cluster_ip_users.get_mut(ip) {
+                    users.remove(id);
+                    if users.is_empty() {
+                        self.cluster_ip_users.remove(ip);
+                        flipped.push(*ip);
+                    }
+                }
+            }
+            for ip in new.0.iter().filter(|ip| !old.0.contains(ip)) {
+                let users = self.cluster_ip_users.entry(*ip).or_default();
+                if users.is_empty() {
+                    flipped.push(*ip);
+                }
+                users.insert(id.clone());
+            }
+            for ip in old.1.iter().filter(|ip| !new.1.contains(ip)) {
+                if let Some(users) = self.foreign_users.get_mut(ip) {
+                    users.remove(id);
+                    if users.is_empty() {
+                        self.foreign_users.remove(ip);
+                    }
+                }
+            }
+            for ip in new.1.iter().filter(|ip| !old.1.contains(ip)) {
+                self.foreign_users
+                    .entry(*ip)
+                    .or_default()
+                    .insert(id.clone());
+            }
+            if !new.0.is_empty() || !new.1.is_empty() {
+                self.listed.insert(id.clone(), new);
+            }
+        }
+        for ip in flipped {
+            dirty.extend(self.foreign_users.get(&ip).into_iter().flatten().cloned());
+        }
+    }
+
+    /// Node addresses and pod CIDRs after a node change; every Service
+    /// with an external or load-balancer IP is admitted again when they
+    /// differ.
+    fn update_node_context(&mut self, dirty: &mut BTreeSet<ServiceId>) {
+        let addresses: HashSet<IpAddr> = self
+            .nodes
+            .values()
+            .flat_map(|n| n.addresses.iter().copied())
+            .collect();
+        let pod_cidrs = self.pod_cidrs_now();
+        if addresses != self.node_addresses || pod_cidrs != self.pod_cidrs {
+            self.node_addresses = addresses;
+            self.pod_cidrs = pod_cidrs;
+            dirty.extend(self.foreign_users.values().flatten().cloned());
+        }
+    }
+
+    fn pod_cidrs_now(&self) -> Vec<IpNet> {
+        let mut nets: Vec<IpNet> = if self.config.cluster_cidrs.is_empty() {
+            self.nodes
+                .values()
+                .flat_map(|n| n.pod_cidrs.iter().copied())
+                .collect()
+        } else {
+            self.config.cluster_cidrs.clone()
+        };
+        nets.sort();
+        nets.dedup();
+        nets
+    }
+
+    /// A Service as compute serves it now: its admitted addresses, or left
+    /// out over a budget or an earlier invalid state.
+    fn served(&self, id: &ServiceId) -> Served<'_> {
+        let Some(svc) = self.services.get(id) else {
+            return Served::Absent;
+        };
+        if let Some(why) = self.left_out_invalid.get(id) {
+            return Served::LeftOut(LeftOutReason::InvalidState, why.clone());
+        }
+        let context = AddressContext {
+            config: &self.config,
+            cluster_ips: &self.cluster_ip_users,
+            pod_cidrs: &self.pod_cidrs,
+            node_addresses: &self.node_addresses,
+        };
+        let (service, refusals) = context.admit(svc);
+        let frontends = frontend_count(&service);
+        let limit = self.config.max_service_frontends;
+        if frontends > limit {
+            return Served::LeftOut(
+                LeftOutReason::TooManyFrontends,
+                format!(
+                    "left out: {frontends} frontends (ports × addresses, plus NodePorts) \
+                     are more than the budget of {limit} (--max-service-frontends)"
+                ),
+            );
+        }
+        let endpoints: usize = self
+            .slices_by_service
+            .get(id)
+            .into_iter()
+            .flatten()
+            .filter_map(|slot| self.slices.get(slot))
+            .map(|s| s.endpoints.len())
+            .sum();
+        let limit = self.config.max_service_endpoints;
+        if endpoints > limit {
+            return Served::LeftOut(
+                LeftOutReason::TooManyEndpoints,
+                format!(
+                    "left out: {endpoints} endpoints are more than the budget of {limit} \
+                     (--max-service-endpoints)"
+                ),
+            );
+        }
+        Served::Serve(service, refusals)
+    }
+
+    /// One round of applying pending changes to the fragments.
+    fn pass(&mut self, outcome: &mut CommitOutcome) -> PassChanges {
+        let mut changes = PassChanges::default();
         // Zones whose fragment was created in this commit: nothing of any
         // old plan is in them yet.
         let mut new_zones: BTreeSet<Option<Arc<str>>> = BTreeSet::new();
+        let mut dirty: BTreeSet<ServiceId> = std::mem::take(&mut self.dirty_services);
 
         if self.nodes_changed {
             let zones = self.zone_keys();
@@ -444,8 +812,7 @@ impl Index {
             if zones != known {
                 // Per-zone views are built per known zone; a new or vanished
                 // zone means every zone-aware Service is planned again.
-                self.dirty_services
-                    .extend(self.zone_services.iter().cloned());
+                dirty.extend(self.zone_services.iter().cloned());
                 for zone in &zones {
                     if !self.zones.contains_key(zone) {
                         self.zones.insert(zone.clone(), Builder::default());
@@ -453,19 +820,24 @@ impl Index {
                     }
                 }
                 self.zones.retain(|z, _| zones.contains(z));
-                changed_zones.extend(zones);
+                self.shared_checks.retain(|z, _| zones.contains(z));
+                changes.zones.extend(zones);
             }
             let cluster_atoms = self.cluster_cidr_atoms();
             let old = std::mem::take(&mut self.cluster_atoms);
-            global_changed |= self.global.replace(&old, &cluster_atoms);
+            changes.global |= self.global.replace(&old, &cluster_atoms);
             self.cluster_atoms = cluster_atoms;
+            self.update_node_context(&mut dirty);
         }
+        self.update_listed(&mut dirty);
 
         // Claims first: a Service that loses or wins a frontend is replanned.
-        let mut dirty: BTreeSet<ServiceId> = std::mem::take(&mut self.dirty_services);
         let mut owners_changed = false;
         for id in dirty.clone() {
-            let new = self.services.get(&id).map(frontends).unwrap_or_default();
+            let new = match self.served(&id) {
+                Served::Serve(svc, _) => frontends(&svc),
+                Served::Absent | Served::LeftOut(..) => Vec::new(),
+            };
             let old = self.claimed_by.remove(&id).unwrap_or_default();
             for f in old.iter().filter(|f| !new.contains(f)) {
                 if let Some(set) = self.claims.get_mut(f) {
@@ -495,15 +867,14 @@ impl Index {
         }
 
         let zones = self.zone_keys();
-        let mut touched: Vec<Arc<str>> = Vec::new();
-        let mut changes: Vec<PlanChange> = Vec::with_capacity(dirty.len());
+        let mut plan_changes: Vec<PlanChange> = Vec::with_capacity(dirty.len());
         for id in &dirty {
             outcome.replanned_services += 1;
             let old = self.plans.remove(id);
             let old_scope = self.scopes.remove(id);
             let new = self.plan(id, &zones);
             let new_scope = new.as_ref().map(ServicePlan::node_scope);
-            changes.push(PlanChange {
+            plan_changes.push(PlanChange {
                 id: id.clone(),
                 old,
                 new,
@@ -517,12 +888,17 @@ impl Index {
             &[Pass::Both]
         };
         for pass in passes {
-            for change in &changes {
-                global_changed |=
-                    self.apply_change(change, *pass, &new_zones, &mut touched, &mut changed_zones);
+            for change in &plan_changes {
+                changes.global |= self.apply_change(
+                    change,
+                    *pass,
+                    &new_zones,
+                    &mut changes.touched,
+                    &mut changes.zones,
+                );
             }
         }
-        for change in changes {
+        for change in plan_changes {
             let PlanChange {
                 id,
                 new,
@@ -577,36 +953,193 @@ impl Index {
                 }
                 None => {
                     self.node_fragments.remove(&name);
+                    self.invalid_nodes.remove(&name);
                 }
             }
-            touched.push(name);
+            changes.touched.push(name);
         }
         if self.policy_full || self.nodes_changed {
             self.policy_pod_changes.clear();
-            touched.extend(self.recompute_policy(None));
+            changes.touched.extend(self.recompute_policy(None));
         } else if !self.policy_pod_changes.is_empty() {
             let affected = self.nodes_affected_by_pod_changes();
-            touched.extend(self.recompute_policy(Some(affected)));
+            changes
+                .touched
+                .extend(self.recompute_policy(Some(affected)));
         }
         self.nodes_changed = false;
+        changes
+    }
 
-        if global_changed {
-            // Sorted input: the set is bulk-built.
-            outcome.changed_nodes = self.nodes.keys().cloned().collect();
-            return outcome;
+    /// Validates the states of `nodes` (the shared part once per zone);
+    /// returns the Services that explain an invalid state, each with the
+    /// reason, to be left out. What no Service explains is kept in
+    /// [`Index::invalid_nodes`].
+    fn guard(&mut self, nodes: &[Arc<str>]) -> Vec<(ServiceId, String)> {
+        let mut zones: BTreeSet<Option<Arc<str>>> = BTreeSet::new();
+        for name in nodes {
+            if let Some(node) = self.nodes.get(name) {
+                zones.insert(node.zone.clone());
+            }
         }
-        if !changed_zones.is_empty() {
-            for (name, node) in &self.nodes {
-                if changed_zones.contains(&node.zone) {
-                    touched.push(name.clone());
+        for zone in zones {
+            let zone_fragment = self
+                .zones
+                .get(&zone)
+                .map(|b| b.fragment.clone())
+                .unwrap_or_default();
+            let digests = (self.global.fragment.digest(), zone_fragment.digest());
+            if self
+                .shared_checks
+                .get(&zone)
+                .is_some_and(|c| c.digests == digests)
+            {
+                continue;
+            }
+            let mut flat = Fragment::clone(&self.global.fragment);
+            let overlap = flat.absorb(&self.base) + flat.absorb(&zone_fragment);
+            let mut invalid = NodeDataplane::from_fragment(flat.clone()).validate();
+            if overlap > 0 {
+                invalid.push(Invalid::DuplicatedAcrossParts { atoms: overlap });
+            }
+            self.shared_checks.insert(
+                zone,
+                SharedCheck {
+                    digests,
+                    flat,
+                    invalid,
+                },
+            );
+        }
+        let verdicts: Vec<(Arc<str>, Vec<Invalid>)> = nodes
+            .par_iter()
+            .filter_map(|name| {
+                let node = self.nodes.get(name)?;
+                let shared = self.shared_checks.get(&node.zone)?;
+                let own = self.node_fragments.get(name).map(|b| &b.fragment);
+                let policy = self.policy_fragments.get(name);
+                Some((name.clone(), check_node(&self.base, shared, own, policy)))
+            })
+            .collect();
+        let mut excluded: BTreeMap<ServiceId, String> = BTreeMap::new();
+        for (name, invalid) in verdicts {
+            if invalid.is_empty() {
+                self.invalid_nodes.remove(&name);
+                continue;
+            }
+            let culprits = self.attribute(&name, &invalid);
+            if culprits.is_empty() {
+                self.invalid_nodes.insert(name, invalid);
+            } else {
+                for (id, why) in culprits {
+                    excluded.entry(id).or_insert(why);
                 }
             }
         }
-        touched.retain(|n| self.nodes.contains_key(n));
-        touched.sort();
-        touched.dedup();
-        outcome.changed_nodes = touched.into_iter().collect();
-        outcome
+        excluded.into_iter().collect()
+    }
+
+    /// The Services whose atoms explain `invalid` on node `name`: the
+    /// largest contributors to an overfull set (until it fits), the owner
+    /// of a virtual server a NodePort template collides with, the
+    /// contributors of an atom found in two fragments (all but the lowest
+    /// `namespace/name`, or the only one).
+    fn attribute(&self, name: &Arc<str>, invalid: &[Invalid]) -> BTreeMap<ServiceId, String> {
+        let mut out = BTreeMap::new();
+        let Some(node) = self.nodes.get(name) else {
+            return out;
+        };
+        let node_atoms = |id: &ServiceId, plan: &ServicePlan| -> Vec<Atom> {
+            let mut atoms = plan.global.clone();
+            if plan.has_zone_atoms() {
+                atoms.extend(plan.atoms_for_zone(node.zone.as_ref()));
+            }
+            if self.scopes.get(id).is_some_and(|s| s.contains(name)) {
+                atoms.extend(plan.atoms_for_node(node, &self.config));
+            }
+            atoms
+        };
+        let plans: BTreeMap<&ServiceId, &ServicePlan> = self.plans.iter().collect();
+        for problem in invalid {
+            match problem {
+                Invalid::SetOverfull {
+                    set,
+                    entries,
+                    maxelem,
+                } => {
+                    let mut counts: Vec<(usize, &ServiceId)> = plans
+                        .iter()
+                        .map(|(id, plan)| {
+                            let n = node_atoms(id, plan)
+                                .iter()
+                                .filter(|a| matches!(a, Atom::Entry(s, f, _) if s.name(*f) == *set))
+                                .count();
+                            (n, *id)
+                        })
+                        .filter(|(n, _)| *n > 0)
+                        .collect();
+                    counts.sort_by(|a, b| b.cmp(a));
+                    let mut excess = entries.saturating_sub(*maxelem as usize);
+                    for (n, id) in counts {
+                        if excess == 0 {
+                            break;
+                        }
+                        excess = excess.saturating_sub(n);
+                        out.entry(id.clone()).or_insert_with(|| {
+                            format!(
+                                "left out: its {n} entries in set {set} overfill it \
+                                 ({entries} entries, maxelem {maxelem}) on node {name}"
+                            )
+                        });
+                    }
+                }
+                Invalid::NodePortCollision { collision } => {
+                    let key = collision.key;
+                    let frontend = Frontend::Vip(key.address, key.protocol, key.port);
+                    if let Some(owner) = self.claims.get(&frontend).and_then(|s| s.first()) {
+                        out.entry(owner.clone()).or_insert_with(|| {
+                            format!(
+                                "left out: its virtual server {key}/{} is on node {name}'s \
+                                 address, where a NodePort serves the same port",
+                                key.protocol
+                            )
+                        });
+                    }
+                }
+                Invalid::DuplicatedAcrossParts { .. } => {
+                    let Some(state) = self.node_state(name) else {
+                        continue;
+                    };
+                    let in_parts = |atom: &Atom| {
+                        state
+                            .parts()
+                            .filter(|(_, part)| atom_in(part, atom))
+                            .count()
+                    };
+                    let mut by_atom: BTreeMap<String, Vec<&ServiceId>> = BTreeMap::new();
+                    for (id, plan) in &plans {
+                        for atom in node_atoms(id, plan) {
+                            if in_parts(&atom) > 1 {
+                                by_atom.entry(format!("{atom:?}")).or_default().push(id);
+                            }
+                        }
+                    }
+                    for (atom, ids) in by_atom {
+                        let culprits = if ids.len() > 1 { &ids[1..] } else { &ids[..] };
+                        for id in culprits {
+                            out.entry((*id).clone()).or_insert_with(|| {
+                                format!(
+                                    "left out: it puts an atom into two fragments of node \
+                                     {name}'s state ({atom})"
+                                )
+                            });
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
     }
 
     /// Nodes whose policy fragment a pod change can alter: the pod's node
@@ -844,52 +1377,81 @@ impl Index {
     }
 
     fn plan(&mut self, id: &ServiceId, zones: &[Option<Arc<str>>]) -> Option<ServicePlan> {
-        let svc = self.services.get(id)?;
-        let slices: Vec<&EndpointSlice> = self
-            .slices_by_service
-            .get(id)
-            .into_iter()
-            .flatten()
-            .filter_map(|slot| self.slices.get(slot))
-            .collect();
-        let claims = &self.claims;
-        let mut lost = Vec::new();
-        let owns = |f: &Frontend| claims.get(f).and_then(|s| s.first()) == Some(id);
-        for f in frontends(svc) {
-            if !owns(&f)
-                && let Some(winner) = claims.get(&f).and_then(|s| s.first())
-            {
-                lost.push(Rejection {
-                    object: format!("Service {id}"),
-                    reason: format!("{f} is also claimed by Service {winner}, which keeps it"),
-                });
-            }
-        }
-        let plan = plan_service(svc, &slices, zones, &self.config, &owns);
         let key = ObjectKey {
             kind: "Service",
             namespace: id.namespace.to_string(),
             name: id.name.to_string(),
         };
+        // What compute decided at the last plan goes; what the object
+        // itself carries stays.
         if let Some(list) = self.problems.get_mut(&key) {
-            list.retain(|p| !p.rejection.reason.contains("is also claimed by"));
+            list.retain(|p| p.kind == ProblemKind::Object);
+            if list.is_empty() {
+                self.problems.remove(&key);
+            }
         }
-        self.note(&key, lost, false);
-        Some(plan)
+        let object = format!("Service {id}");
+        let (plan, notes, skipped) = match self.served(id) {
+            Served::Absent => return None,
+            Served::LeftOut(reason, why) => (
+                None,
+                vec![(
+                    Rejection {
+                        object,
+                        reason: why,
+                    },
+                    ProblemKind::LeftOut(reason),
+                )],
+                true,
+            ),
+            Served::Serve(svc, refusals) => {
+                let claims = &self.claims;
+                let owns = |f: &Frontend| claims.get(f).and_then(|s| s.first()) == Some(id);
+                let mut notes: Vec<(Rejection, ProblemKind)> = refusals
+                    .iter()
+                    .map(|r| {
+                        (
+                            Rejection {
+                                object: object.clone(),
+                                reason: r.to_string(),
+                            },
+                            ProblemKind::AddressRefused(r.reason),
+                        )
+                    })
+                    .collect();
+                for f in frontends(&svc) {
+                    if !owns(&f)
+                        && let Some(winner) = claims.get(&f).and_then(|s| s.first())
+                    {
+                        notes.push((
+                            Rejection {
+                                object: object.clone(),
+                                reason: format!(
+                                    "{f} is also claimed by Service {winner}, which keeps it"
+                                ),
+                            },
+                            ProblemKind::FrontendTaken,
+                        ));
+                    }
+                }
+                let slices: Vec<&EndpointSlice> = self
+                    .slices_by_service
+                    .get(id)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|slot| self.slices.get(slot))
+                    .collect();
+                let plan = plan_service(&svc, &slices, zones, &self.config, &owns);
+                (Some(plan), notes, false)
+            }
+        };
+        self.note_kinds(&key, notes, skipped);
+        plan
     }
 
     fn cluster_cidr_atoms(&self) -> Vec<Atom> {
-        let mut nets: Vec<ipnet::IpNet> = if self.config.cluster_cidrs.is_empty() {
-            self.nodes
-                .values()
-                .flat_map(|n| n.pod_cidrs.iter().copied())
-                .collect()
-        } else {
-            self.config.cluster_cidrs.clone()
-        };
-        nets.sort();
-        nets.dedup();
-        nets.into_iter()
+        self.pod_cidrs_now()
+            .into_iter()
             .map(|net| {
                 Atom::Entry(
                     SetId::ClusterCidr,

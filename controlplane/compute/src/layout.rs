@@ -9,6 +9,14 @@ use setpoint_dataplane::{
     Chain, ChainKey, Family, Fragment, Jump, Protocol, Rule, Scheduler, SetSpec, SetType, Table,
 };
 
+/// Default of [`ComputeConfig::max_service_frontends`]: far above real
+/// Services (a few ports on a few addresses), far below a set's `maxelem`.
+pub const DEFAULT_MAX_SERVICE_FRONTENDS: usize = 4_096;
+/// Default of [`ComputeConfig::max_service_endpoints`]: kube-proxy serves
+/// Services of thousands of endpoints; tens of thousands per Service would
+/// be a real server list IPVS walks for every frontend.
+pub const DEFAULT_MAX_SERVICE_ENDPOINTS: usize = 20_000;
+
 /// Knobs of the computation, the same for every node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ComputeConfig {
@@ -29,6 +37,21 @@ pub struct ComputeConfig {
     /// Apply NetworkPolicy to traffic from a node to its own pods too.
     /// Off by default: Kubernetes always allows it (kubelet probes).
     pub police_node_traffic: bool,
+    /// The CIDRs ClusterIPs are allocated from. No external or
+    /// load-balancer IP is served inside them; empty means unknown (any
+    /// address equal to a ClusterIP is still refused).
+    pub service_cidrs: Vec<IpNet>,
+    /// When not empty, `externalIPs` are served only inside these ranges.
+    pub external_ip_cidrs: Vec<IpNet>,
+    /// Serve a node's own address as an external or load-balancer IP.
+    /// Even then it is never bound on any node's service interface.
+    pub allow_node_external_ips: bool,
+    /// A Service asking for more frontends than this (ports × addresses,
+    /// plus NodePorts) is left out whole.
+    pub max_service_frontends: usize,
+    /// A Service with more endpoints than this over all its
+    /// EndpointSlices is left out whole.
+    pub max_service_endpoints: usize,
 }
 
 impl Default for ComputeConfig {
@@ -41,6 +64,11 @@ impl Default for ComputeConfig {
             masquerade_bit: 18,
             set_max_elements: 262_144,
             police_node_traffic: false,
+            service_cidrs: Vec::new(),
+            external_ip_cidrs: Vec::new(),
+            allow_node_external_ips: false,
+            max_service_frontends: DEFAULT_MAX_SERVICE_FRONTENDS,
+            max_service_endpoints: DEFAULT_MAX_SERVICE_ENDPOINTS,
         }
     }
 }

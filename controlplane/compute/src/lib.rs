@@ -9,6 +9,7 @@
 //! Pure: no I/O, no async, no clocks. Bad objects become [`index::Problem`]s,
 //! never panics, and never affect other objects.
 
+pub mod admit;
 pub mod convert;
 pub mod index;
 pub mod layout;

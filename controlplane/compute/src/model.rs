@@ -59,6 +59,12 @@ pub struct Service {
     pub affinity_timeout: Option<u32>,
     /// From the `setpoint.io/ipvs-scheduler` annotation.
     pub scheduler: Option<Scheduler>,
+    /// External or load-balancer IPs that are a node's own address, served
+    /// by the operator's leave (`allow_node_external_ips`): already local
+    /// on that node, so never bound to any node's service interface nor
+    /// listed in `SP-IPVS-IPS` (whose filter would close that node's other
+    /// ports). Filled by admission, empty as converted.
+    pub unbound_ips: Vec<IpAddr>,
 }
 
 impl Service {

@@ -554,6 +554,7 @@ pub fn plan_service(
             .iter()
             .chain(&external_ips)
             .chain(&load_balancer_ips)
+            .filter(|ip| !svc.unbound_ips.contains(ip))
         {
             global.push(Atom::Address(*ip));
             global.push(Atom::Entry(SetId::IpvsIps, family, SetEntry::Ip(*ip)));

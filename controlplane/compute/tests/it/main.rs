@@ -4,7 +4,9 @@
 
 mod support;
 
+mod addresses;
 mod bad_input;
+mod budgets;
 mod cluster_ip;
 mod conflicts;
 mod endpoints;
