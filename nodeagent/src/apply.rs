@@ -11,6 +11,12 @@
 //!
 //! IPVS and service addresses sit behind [`ServiceKernel`] so that a kernel
 //! without IPVS refuses, before touching anything, a state that needs it.
+//!
+//! Nothing sent is trusted: before any kernel operation, a whole target
+//! passes the contract's checks ([`checked_view`]) and a step from the
+//! held state passes them for what it changes (`validate_step`); a
+//! refusal is [`ApplyError::Refused`] with the problems, the kernel
+//! untouched.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -18,9 +24,10 @@ use std::time::{Duration, Instant};
 
 use setpoint_dataplane::diff::{apply_to_fragment, diff_fragments};
 use setpoint_dataplane::template::{self, Collision};
+use setpoint_dataplane::validate::{summary, validate_fragment, validate_step};
 use setpoint_dataplane::{
-    Change, Digest, Family, Fragment, NodeDataplane, Protocol, SetSpec, SetType, VirtualServer,
-    VirtualServerKey,
+    Change, Digest, Family, Fragment, Invalid, NodeDataplane, Protocol, SetSpec, SetType,
+    VirtualServer, VirtualServerKey,
 };
 
 use crate::ipset::{self, IpsetError};
@@ -44,6 +51,10 @@ pub enum ApplyError {
     /// The target cannot be laid out on this node; nothing applied.
     #[error("target not applicable: {0}")]
     Template(#[from] Collision),
+    /// The target breaks the contract's rules (`validate`); nothing
+    /// applied.
+    #[error("refused, nothing applied: {}", summary(.problems))]
+    Refused { problems: Vec<Invalid> },
     /// The state needs a kernel feature this kernel lacks; nothing applied.
     #[error("{feature}: needed for {needed_for}; nothing applied")]
     Unsupported { feature: String, needed_for: String },
@@ -69,12 +80,43 @@ pub fn kernel_view(state: &NodeDataplane) -> Result<Fragment, ApplyError> {
     Ok(template::expand(&state.flatten())?)
 }
 
+/// [`kernel_view`] of a state the agent was sent, refused unless every
+/// atom passes the contract's checks: what is sent is not trusted.
+/// (Disjointness of the fragments is the control plane's concern; the
+/// kernel sees their union.)
+pub fn checked_view(state: &NodeDataplane) -> Result<Fragment, ApplyError> {
+    let view = kernel_view(state)?;
+    refuse(validate_fragment(&view))?;
+    Ok(view)
+}
+
+fn refuse(problems: Vec<Invalid>) -> Result<(), ApplyError> {
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ApplyError::Refused { problems })
+    }
+}
+
 /// The kernel's changes from `held` (whose kernel view is `held_view`) to
 /// `want`, and `want`'s kernel view. From the contract's diff of the two
 /// states when templates allow (only the changed parts are compared and
 /// only the changes expanded); by expanding `want` whole when the diff
-/// edits the node-port addresses or does not fit.
+/// edits the node-port addresses or does not fit. Refused when the
+/// changes break the contract's checks: `held_view` passed them, so the
+/// changed atoms and what they can break are all that is checked, in time
+/// that grows with the change.
 fn kernel_step(
+    held: &NodeDataplane,
+    held_view: &Fragment,
+    want: &NodeDataplane,
+) -> Result<(setpoint_dataplane::Diff, Fragment), ApplyError> {
+    let (changes, goal) = kernel_changes(held, held_view, want)?;
+    refuse(validate_step(&goal, &changes))?;
+    Ok((changes, goal))
+}
+
+fn kernel_changes(
     held: &NodeDataplane,
     held_view: &Fragment,
     want: &NodeDataplane,
@@ -288,7 +330,7 @@ impl Applier {
     /// The operations that would take the kernel to `want` (dry run; see
     /// [`Applier::refuse_unsupported`] for whether this kernel can).
     pub fn plan(&mut self, want: &NodeDataplane) -> Result<(Fragment, Vec<Op>), ApplyError> {
-        let goal = kernel_view(want)?;
+        let goal = checked_view(want)?;
         self.learn(&goal);
         let (mut current, _) = self.read()?;
         self.adopt_draining(&mut current, &goal);
@@ -342,7 +384,7 @@ impl Applier {
         want: &NodeDataplane,
     ) -> Result<(ApplyReport, Fragment), ApplyError> {
         let started = Instant::now();
-        let goal = kernel_view(want)?;
+        let goal = checked_view(want)?;
         self.learn(&goal);
         self.refuse_unsupported(&goal)?;
         let (mut current, raw) = self.read()?;

@@ -223,6 +223,7 @@ fn failed_operation(e: &ApplyError) -> String {
         ApplyError::Iptables(_) => "iptables-restore".into(),
         ApplyError::Plan(_) => "plan".into(),
         ApplyError::Template(_) => "NodePort expansion".into(),
+        ApplyError::Refused { .. } => "validate".into(),
         ApplyError::Unsupported { .. } => "kernel capability check".into(),
         ApplyError::Service { operation, .. } => operation.clone(),
         ApplyError::Mismatch { .. } => "verify read-back".into(),
