@@ -713,7 +713,8 @@ impl Applier {
                 Ok(())
             }
             Err(e) => Err(format!(
-                "clearing UDP conntrack entries of {vip}:{vport} -> {rs}:{rport}: {e:?}"
+                "clearing UDP conntrack entries of {vip}:{vport} -> {rs}:{rport}: {}",
+                e.describe()
             )),
         }
     }

@@ -31,9 +31,9 @@ impl Target {
     pub fn ipset(&self, args: &[&str], stdin: Option<&str>) -> Result<String, IpsetError> {
         self.run("ipset", args, stdin).map_err(|e| match e {
             RunError::Spawn(e) => IpsetError::Spawn(e),
-            RunError::Failed(stderr) => IpsetError::Failed {
+            failed => IpsetError::Failed {
                 command: args.join(" "),
-                stderr,
+                stderr: failed.describe(),
             },
         })
     }

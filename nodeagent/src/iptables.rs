@@ -14,7 +14,7 @@ use setpoint_dataplane::{Chain, ChainKey, Family, Fragment, Jump, Rule, Table};
 use sha2::{Digest as _, Sha256};
 
 use crate::plan::Op;
-use crate::target::{RunError, Target};
+use crate::target::{RunError, Target, XTABLES_LOCK_WAIT_SECS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IptablesError {
@@ -130,12 +130,14 @@ pub fn script(op: &Op, current: &Fragment, target: &Fragment, raw: &RawRules) ->
     Some(out)
 }
 
-/// Runs one restore for `family`.
+/// Runs one restore for `family`, waiting a bounded time for the xtables
+/// lock.
 pub fn restore(target: &Target, family: Family, text: &str) -> Result<(), IptablesError> {
+    let wait = XTABLES_LOCK_WAIT_SECS.to_string();
     run_tool(
         target,
         restore_tool(family),
-        &["-w", "--noflush"],
+        &["-w", &wait, "--noflush"],
         Some(text),
     )
     .map(|_| ())
@@ -149,7 +151,10 @@ fn run_tool(
 ) -> Result<String, IptablesError> {
     target.run(tool, args, stdin).map_err(|e| match e {
         RunError::Spawn(source) => IptablesError::Spawn { tool, source },
-        RunError::Failed(stderr) => IptablesError::Failed { tool, stderr },
+        failed => IptablesError::Failed {
+            tool,
+            stderr: failed.describe(),
+        },
     })
 }
 
