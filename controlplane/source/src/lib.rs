@@ -12,6 +12,11 @@
 //! inside a file skips that document or object and is reported in the
 //! [`LoadReport`]. Objects are not validated beyond deserializing: that is
 //! the index's job.
+//!
+//! What a file may cost is bounded by [`Limits`]: a file over
+//! [`Limits::max_file_bytes`] is skipped unread, a document nested deeper
+//! than [`Limits::max_depth`] or holding a YAML alias is refused before any
+//! tree is built (so a "billion laughs" file costs what its text costs).
 
 mod documents;
 mod objects;
@@ -20,12 +25,48 @@ mod watch;
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use setpoint_compute::{ClusterObject, ObjectKey};
 
 pub use report::{LoadReport, Skipped, SourceError};
 pub use watch::ManifestWatch;
+
+/// Bounds on what one manifest file may cost to read. Exceeding one skips
+/// that file or document with a [`Skipped`] entry naming the limit; other
+/// documents and files still load.
+///
+/// YAML aliases (`*name`, and so `<<: *name` merges) are always refused:
+/// Kubernetes manifests do not need them, and expanding them is how a small
+/// file becomes a large tree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest file read, in bytes; a larger file is not read at all.
+    /// Default [`Limits::DEFAULT_MAX_FILE_MIB`] MiB.
+    pub max_file_bytes: u64,
+    /// Deepest nesting of mappings and sequences (a document's top-level
+    /// mapping is depth 1; a List's item's fields are depth 3). Default
+    /// [`Limits::DEFAULT_MAX_DEPTH`].
+    pub max_depth: usize,
+}
+
+impl Limits {
+    /// 16 MiB: ten thousand Services in one file take about 3 MiB.
+    pub const DEFAULT_MAX_FILE_MIB: u64 = 16;
+    /// 64: the deepest Kubernetes objects (managedFields of a Pod inside a
+    /// List) nest about 16 deep.
+    pub const DEFAULT_MAX_DEPTH: usize = 64;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_file_bytes: Limits::DEFAULT_MAX_FILE_MIB << 20,
+            max_depth: Limits::DEFAULT_MAX_DEPTH,
+        }
+    }
+}
 
 /// Loads every object under `path`: one file, or every `*.yaml`, `*.yml`
 /// and `*.json` file below a directory, in sorted path order. Entries whose
@@ -35,15 +76,18 @@ pub use watch::ManifestWatch;
 ///
 /// When two documents define the same kind/namespace/name, the later one
 /// (in sorted file order, then document order) wins, with a warning.
+///
+/// Reads within the default [`Limits`].
 pub fn load_path(path: &Path) -> Result<LoadReport, SourceError> {
+    load_path_with(path, &Limits::default())
+}
+
+/// [`load_path`] within `limits`.
+pub fn load_path_with(path: &Path, limits: &Limits) -> Result<LoadReport, SourceError> {
     let files = manifest_files(path)?;
-    let mut loader = Loader::default();
+    let mut loader = Loader::new(*limits);
     for file in &files {
-        let bytes = fs::read(file).map_err(|source| SourceError::Read {
-            path: file.clone(),
-            source,
-        })?;
-        loader.file(file, &bytes);
+        loader.read(file)?;
     }
     let report = loader.finish();
     tracing::debug!(
@@ -65,6 +109,7 @@ pub struct ManifestCache {
     files: HashMap<PathBuf, CachedFile>,
     /// A load happened (an empty tree then is not "changed" any more).
     loaded: bool,
+    limits: Limits,
 }
 
 struct CachedFile {
@@ -93,6 +138,15 @@ fn scan(path: &Path) -> Result<Vec<Scanned>, SourceError> {
 }
 
 impl ManifestCache {
+    /// A cache that reads within `limits` (`default()` uses the default
+    /// [`Limits`]).
+    pub fn with_limits(limits: Limits) -> Self {
+        ManifestCache {
+            limits,
+            ..ManifestCache::default()
+        }
+    }
+
     pub fn load(&mut self, path: &Path) -> Result<LoadReport, SourceError> {
         let scanned = scan(path)?;
         self.load_scanned(scanned)
@@ -118,15 +172,14 @@ impl ManifestCache {
     }
 
     fn load_scanned(&mut self, scanned: Vec<Scanned>) -> Result<LoadReport, SourceError> {
-        let mut merged = Loader::default();
+        let mut merged = Loader::new(self.limits);
         let mut live = HashMap::with_capacity(scanned.len());
         for (file, len, modified) in scanned {
             let cached = match self.files.remove(&file) {
                 Some(c) if c.len == len && c.modified == modified => c,
                 _ => {
-                    let bytes = fs::read(&file).map_err(read_error(&file))?;
-                    let mut one = Loader::default();
-                    one.file(&file, &bytes);
+                    let mut one = Loader::new(self.limits);
+                    one.read(&file)?;
                     let mut origins: Vec<(usize, String)> = one.seen.into_values().collect();
                     origins.sort();
                     let objects = one
@@ -168,21 +221,75 @@ impl ManifestCache {
 /// not read: it names the text in reports, and a `.json` extension selects
 /// JSON).
 pub fn parse_str(text: &str, origin: &Path) -> LoadReport {
-    let mut loader = Loader::default();
-    loader.text(origin, text);
+    parse_bytes(text.as_bytes(), origin, &Limits::default())
+}
+
+/// Parses in-memory file contents as if they were read from the file
+/// `origin`, within `limits`: exactly what a load does with a file's bytes.
+pub fn parse_bytes(bytes: &[u8], origin: &Path, limits: &Limits) -> LoadReport {
+    let mut loader = Loader::new(*limits);
+    loader.file(origin, bytes);
     loader.finish()
 }
 
 /// Accumulates a report over files, keeping one object per key.
-#[derive(Default)]
 struct Loader {
     report: LoadReport,
     /// Position in `report.objects` and origin of each key's current object.
     seen: HashMap<ObjectKey, (usize, String)>,
+    limits: Limits,
 }
 
 impl Loader {
+    fn new(limits: Limits) -> Self {
+        Loader {
+            report: LoadReport::default(),
+            seen: HashMap::new(),
+            limits,
+        }
+    }
+
+    /// Reads and parses one file; one over the size limit is skipped
+    /// without reading it (and without trusting its size: reading stops
+    /// one byte past the limit).
+    fn read(&mut self, path: &Path) -> Result<(), SourceError> {
+        let max = self.limits.max_file_bytes;
+        let file = fs::File::open(path).map_err(read_error(path))?;
+        let len = file.metadata().map_err(read_error(path))?.len();
+        if len > max {
+            self.too_large(path, len);
+            return Ok(());
+        }
+        let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+        file.take(max.saturating_add(1))
+            .read_to_end(&mut bytes)
+            .map_err(read_error(path))?;
+        if bytes.len() as u64 > max {
+            self.too_large(path, bytes.len() as u64);
+            return Ok(());
+        }
+        self.file(path, &bytes);
+        Ok(())
+    }
+
+    fn too_large(&mut self, path: &Path, len: u64) {
+        self.report.skipped.push(Skipped {
+            file: path.to_path_buf(),
+            document: 0,
+            kind: None,
+            name: None,
+            reason: format!(
+                "refused: file is {len} bytes, over the limit of {} bytes; not read",
+                self.limits.max_file_bytes
+            ),
+        });
+    }
+
     fn file(&mut self, path: &Path, bytes: &[u8]) {
+        if bytes.len() as u64 > self.limits.max_file_bytes {
+            self.too_large(path, bytes.len() as u64);
+            return;
+        }
         let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
         match std::str::from_utf8(bytes) {
             Ok(text) => self.text(path, text),
@@ -198,9 +305,9 @@ impl Loader {
 
     fn text(&mut self, path: &Path, text: &str) {
         let docs = if is_json(path) {
-            documents::json(text)
+            documents::json(text, &self.limits)
         } else {
-            documents::yaml(text)
+            documents::yaml(text, &self.limits)
         };
         for doc in docs {
             let outcomes = match doc.value {

@@ -98,7 +98,7 @@ fn bad_files_are_reported_and_the_others_still_load() {
         "
         object Node/n1
         object Node/n2
-        skipped 1-syntax.yaml doc 1: invalid YAML: did not find expected node content at line 2 column 1, while parsing a flow node
+        skipped 1-syntax.yaml doc 1: invalid YAML: unclosed bracket '[' at line 1 column 7
         skipped 2-binary.yaml: not UTF-8 text: invalid utf-8 sequence of 1 bytes from index 0
         skipped 3-bad.json doc 1: invalid JSON: EOF while parsing a value at line 1 column 9
         ",

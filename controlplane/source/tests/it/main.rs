@@ -1,6 +1,8 @@
 //! Integration tests of the manifest source: in-memory text (`parse`) and
 //! files on disk (`load`).
 
+mod alloc;
+mod limits;
 mod load;
 mod parse;
 

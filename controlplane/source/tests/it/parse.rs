@@ -261,13 +261,13 @@ metadata: {{name: [unclosed
         node("n3"),
     );
     // Lines count from the top of the file: the bad document is lines 5-8,
-    // and its flow sequence is still open at the next `---`.
+    // and the flow sequence opened on line 8 is still open at the next `---`.
     check(
         &text,
         "
         object Node/n1
         object Node/n3
-        skipped m.yaml doc 2: invalid YAML: did not find expected ',' or ']' at line 9 column 1, while parsing a flow sequence at line 8 column 18
+        skipped m.yaml doc 2: invalid YAML: unclosed bracket '[' at line 8 column 18
         ",
     );
 }
@@ -460,8 +460,9 @@ fn no_input_panics() {
             "]}".repeat(depth)
         )
     };
-    // Within the parser's recursion limit, nested Lists are followed all the way.
-    check(&deep_list(60), "object Node/n");
+    // Within the nesting limit (each List is two levels), nested Lists are
+    // followed all the way.
+    check(&deep_list(30), "object Node/n");
     let too_deep = deep_list(200);
     let inputs = [
         "",

@@ -1,0 +1,1 @@
+//! An empty stand-in named like the banned crate.

@@ -1,0 +1,1 @@
+//! Uses nothing: only its dependency graph matters.
