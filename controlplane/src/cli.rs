@@ -248,6 +248,35 @@ pub struct ComputeArgs {
     /// (Kubernetes allows it always, for kubelet probes).
     #[arg(long, env = "SETPOINT_POLICE_NODE_TRAFFIC")]
     pub police_node_traffic: bool,
+    /// The CIDRs ClusterIPs are allocated from (repeatable); no external or
+    /// load-balancer IP is served inside them. Default: unknown (an
+    /// address equal to any ClusterIP is refused all the same).
+    #[arg(
+        long = "service-cidr",
+        value_delimiter = ',',
+        env = "SETPOINT_SERVICE_CIDR"
+    )]
+    pub service_cidrs: Vec<IpNet>,
+    /// Serve a Service's externalIPs only inside these CIDRs (repeatable;
+    /// default: any address no other rule refuses).
+    #[arg(
+        long = "external-ip-cidrs",
+        value_delimiter = ',',
+        env = "SETPOINT_EXTERNAL_IP_CIDRS"
+    )]
+    pub external_ip_cidrs: Vec<IpNet>,
+    /// Serve a node's own address when a Service lists it as an external or
+    /// load-balancer IP (never bound on any node's service interface).
+    #[arg(long, env = "SETPOINT_ALLOW_NODE_EXTERNAL_IPS")]
+    pub allow_node_external_ips: bool,
+    /// A Service with more frontends (ports × addresses, plus NodePorts)
+    /// is left out whole.
+    #[arg(long, default_value_t = setpoint_compute::layout::DEFAULT_MAX_SERVICE_FRONTENDS, env = "SETPOINT_MAX_SERVICE_FRONTENDS")]
+    pub max_service_frontends: usize,
+    /// A Service with more endpoints over all its EndpointSlices is left
+    /// out whole.
+    #[arg(long, default_value_t = setpoint_compute::layout::DEFAULT_MAX_SERVICE_ENDPOINTS, env = "SETPOINT_MAX_SERVICE_ENDPOINTS")]
+    pub max_service_endpoints: usize,
 }
 
 impl ComputeArgs {
@@ -259,6 +288,11 @@ impl ComputeArgs {
             masquerade_all,
             masquerade_bit,
             police_node_traffic,
+            service_cidrs,
+            external_ip_cidrs,
+            allow_node_external_ips,
+            max_service_frontends,
+            max_service_endpoints,
         } = self.clone();
         ComputeConfig {
             default_scheduler: ipvs_scheduler,
@@ -267,6 +301,11 @@ impl ComputeArgs {
             masquerade_all,
             masquerade_bit,
             police_node_traffic,
+            service_cidrs,
+            external_ip_cidrs,
+            allow_node_external_ips,
+            max_service_frontends,
+            max_service_endpoints,
             ..ComputeConfig::default()
         }
     }

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub rollouts_promoted: Counter,
     pub rollouts_halted: Counter,
     pub rollout_rollbacks: Counter,
+    /// Compute's refusals: addresses, Services left out, invalid states.
+    pub service_problems: crate::leader::ProblemGauges,
 }
 
 fn seconds() -> Histogram {
@@ -67,6 +69,7 @@ impl Metrics {
             rollouts_promoted: Counter::default(),
             rollouts_halted: Counter::default(),
             rollout_rollbacks: Counter::default(),
+            service_problems: Default::default(),
         };
         let r = &mut registry;
         r.register(
@@ -160,6 +163,7 @@ impl Metrics {
             "Canary nodes rolled back automatically by a halted rollout",
             m.rollout_rollbacks.clone(),
         );
+        m.service_problems.register(r);
         Arc::new(Metrics { registry, ..m })
     }
 

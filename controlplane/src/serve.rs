@@ -475,6 +475,7 @@ impl Replica {
                     {
                         Ok(mut leader) => {
                             leader.publish_to(self.service.fanout.clone()).await;
+                            leader.report_to(self.metrics.service_problems.clone());
                             tracing::info!(epoch = leader.epoch().0, "leading");
                             self.role.send_replace(Role::Leader);
                             match self.config.kube.clone() {

@@ -13,5 +13,6 @@ mod render_applies;
 mod rollout;
 mod running_failures;
 mod running_system;
+mod service_hijacks;
 mod sigkill;
 mod vm_smoke;
