@@ -236,6 +236,7 @@ fn control_plane() {
             admin: AdminConfig {
                 listen: Some(any),
                 token_file: Some(tokens.clone()),
+                ..AdminConfig::default()
             },
         })
         .await
