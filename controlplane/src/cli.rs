@@ -126,6 +126,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SETPOINT_CLIENT_CA", requires_all = ["tls_cert", "tls_key"])]
     pub client_ca: Option<PathBuf>,
     #[command(flatten)]
+    pub agent_limits: AgentLimitArgs,
+    #[command(flatten)]
     pub rollout: RolloutArgs,
     /// Export trace spans over OTLP/gRPC to this collector (default:
     /// $OTEL_EXPORTER_OTLP_ENDPOINT; none: no export).
@@ -187,6 +189,49 @@ impl RolloutArgs {
 }
 
 /// `500ms`, `30s`, `2m`, or a bare number of seconds.
+/// What the agent listener lets a peer hold, and for how long.
+#[derive(clap::Args, Debug)]
+pub struct AgentLimitArgs {
+    /// Open agent connections from one peer address (an agent needs one;
+    /// raise it when agents reach the control plane through a proxy or
+    /// NAT that shares an address).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..), env = "SETPOINT_AGENT_CONNECTIONS_PER_PEER")]
+    pub agent_connections_per_peer: u64,
+    /// Open agent connections in total.
+    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1..), env = "SETPOINT_AGENT_MAX_CONNECTIONS")]
+    pub agent_max_connections: u64,
+    /// Agent TLS handshakes in progress at once; connections beyond are
+    /// closed (agents retry with backoff).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..), env = "SETPOINT_AGENT_PENDING_HANDSHAKES")]
+    pub agent_pending_handshakes: u64,
+    /// A new agent stream must say hello within this; a connection
+    /// without an agent session for twice as long is closed.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, env = "SETPOINT_AGENT_HELLO_TIMEOUT")]
+    pub agent_hello_timeout: std::time::Duration,
+    /// How long a snapshot holds one of the 32 snapshot slots without an
+    /// answer from its agent before another node gets the slot.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, env = "SETPOINT_SNAPSHOT_ANSWER_TIMEOUT")]
+    pub snapshot_answer_timeout: std::time::Duration,
+}
+
+impl AgentLimitArgs {
+    pub fn limits(&self) -> setpoint_controlplane::stream::AgentLimits {
+        let defaults = setpoint_controlplane::stream::AgentLimits::default();
+        let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        setpoint_controlplane::stream::AgentLimits {
+            listener: setpoint_controlplane::peer_limits::ListenerLimits {
+                per_peer: count(self.agent_connections_per_peer),
+                total: count(self.agent_max_connections),
+                pending_handshakes: count(self.agent_pending_handshakes),
+                ..defaults.listener
+            },
+            hello_timeout: self.agent_hello_timeout,
+            snapshot_answer: self.snapshot_answer_timeout,
+            ..defaults
+        }
+    }
+}
+
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     let (number, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
@@ -429,6 +474,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 token_file: args.admin_token_file.clone(),
             },
             tls,
+            agents: args.agent_limits.limits(),
             election,
             rollout: args.rollout.config(),
         })

@@ -28,6 +28,16 @@ pub struct Metrics {
     /// Streams refused because the hello named another node than the
     /// client certificate.
     pub identity_refusals: Counter,
+    /// Agent connections closed because they carried no agent session for
+    /// the idle limit (a peer that connects and never says hello).
+    pub agent_idle_closes: Counter,
+    /// Snapshot slots taken back from sessions whose agent did not answer
+    /// the snapshot in time.
+    pub snapshot_slot_expiries: Counter,
+    /// Agent reports the store refused (bad node name, a row refused).
+    pub agent_statuses_refused: Counter,
+    /// Agent reports dropped because too many nodes' reports were waiting.
+    pub agent_statuses_dropped: Counter,
     pub compute_seconds: Histogram,
     pub commit_seconds: Histogram,
     pub apply_seconds: Histogram,
@@ -61,6 +71,10 @@ impl Metrics {
             tls_handshake_failures: Counter::default(),
             tls_reloads: Counter::default(),
             identity_refusals: Counter::default(),
+            agent_idle_closes: Counter::default(),
+            snapshot_slot_expiries: Counter::default(),
+            agent_statuses_refused: Counter::default(),
+            agent_statuses_dropped: Counter::default(),
             compute_seconds: seconds(),
             commit_seconds: seconds(),
             apply_seconds: seconds(),
@@ -121,6 +135,26 @@ impl Metrics {
             "setpoint_identity_refusals",
             "Agent streams refused: the hello named another node than the certificate",
             m.identity_refusals.clone(),
+        );
+        r.register(
+            "setpoint_agent_idle_closes",
+            "Agent connections closed for carrying no agent session (no hello) too long",
+            m.agent_idle_closes.clone(),
+        );
+        r.register(
+            "setpoint_snapshot_slot_expiries",
+            "Snapshot slots taken back because the agent did not answer the snapshot in time",
+            m.snapshot_slot_expiries.clone(),
+        );
+        r.register(
+            "setpoint_agent_statuses_refused",
+            "Agent reports the store refused to record",
+            m.agent_statuses_refused.clone(),
+        );
+        r.register(
+            "setpoint_agent_statuses_dropped",
+            "Agent reports dropped because too many nodes' reports were waiting",
+            m.agent_statuses_dropped.clone(),
         );
         r.register(
             "setpoint_compute_duration_seconds",

@@ -44,6 +44,7 @@ pub(crate) fn config(manifests: &Path, database: &str, tokens: &Path) -> ServeCo
             ..AdminConfig::default()
         },
         tls: None,
+        agents: Default::default(),
         election: Default::default(),
     }
 }

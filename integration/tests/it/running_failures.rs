@@ -25,7 +25,7 @@ use crate::e2e_support::{
     spawn_agent,
 };
 
-fn config(manifests: &Path, database: &str, listen: SocketAddr) -> ServeConfig {
+pub(crate) fn config(manifests: &Path, database: &str, listen: SocketAddr) -> ServeConfig {
     ServeConfig {
         manifests: manifests.to_path_buf(),
         kube: None,
@@ -38,11 +38,12 @@ fn config(manifests: &Path, database: &str, listen: SocketAddr) -> ServeConfig {
         rollout: None,
         admin: Default::default(),
         tls: None,
+        agents: Default::default(),
         election: Default::default(),
     }
 }
 
-fn any_port() -> SocketAddr {
+pub(crate) fn any_port() -> SocketAddr {
     "127.0.0.1:0".parse().expect("addr")
 }
 
@@ -65,13 +66,13 @@ pub(crate) async fn wait_for(what: &str, limit: Duration, mut check: impl FnMut(
 /// A control plane in a tokio runtime of its own (started on its own
 /// thread, since a runtime cannot be started from inside the test's), so
 /// that the test can kill it.
-struct ControlPlane {
+pub(crate) struct ControlPlane {
     runtime: Option<tokio::runtime::Runtime>,
-    running: Running,
+    pub(crate) running: Running,
 }
 
 impl ControlPlane {
-    async fn launch(config: ServeConfig) -> anyhow::Result<ControlPlane> {
+    pub(crate) async fn launch(config: ServeConfig) -> anyhow::Result<ControlPlane> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         std::thread::Builder::new()
             .name("controlplane".into())
@@ -111,7 +112,7 @@ impl ControlPlane {
     /// watcher, store connections) is dropped at once, mid-whatever; no
     /// graceful shutdown runs, no stream is closed politely beyond what
     /// the kernel does for closed sockets.
-    fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
@@ -215,14 +216,14 @@ async fn control_plane_killed_mid_rollout_agents_keep_state_and_resume_by_delta(
     );
 }
 
-fn envelope(body: AgentBody) -> AgentMessage {
+pub(crate) fn envelope(body: AgentBody) -> AgentMessage {
     AgentMessage {
         protocol_version: PROTOCOL_VERSION,
         body: Some(body),
     }
 }
 
-fn hello(node: &str) -> AgentBody {
+pub(crate) fn hello(node: &str) -> AgentBody {
     AgentBody::Hello(Hello {
         node: node.to_string(),
         agent_version: "raw test client".to_string(),
@@ -234,7 +235,7 @@ fn hello(node: &str) -> AgentBody {
 /// Opens a stream with the generated client. `first` is queued before
 /// the call: the control plane answers the call only once it has the
 /// first message (or gives up waiting for it).
-async fn open_stream(
+pub(crate) async fn open_stream(
     addr: SocketAddr,
     first: Vec<AgentMessage>,
 ) -> (
@@ -257,7 +258,7 @@ async fn open_stream(
 }
 
 /// The next snapshot or delta (heartbeats skipped, pieces reassembled).
-async fn next_state(inbound: &mut Streaming<ControlMessage>) -> ControlBody {
+pub(crate) async fn next_state(inbound: &mut Streaming<ControlMessage>) -> ControlBody {
     let mut reassembly = setpoint_proto::pieces::Reassembly::default();
     loop {
         let m = tokio::time::timeout(Duration::from_secs(10), inbound.message())

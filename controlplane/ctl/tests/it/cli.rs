@@ -107,6 +107,7 @@ async fn control_plane_with(with_tokens: bool, tls: Option<AdminTls>) -> Fixture
             ..AdminConfig::default()
         },
         tls: None,
+        agents: Default::default(),
         election: Default::default(),
     })
     .await
