@@ -3,15 +3,19 @@
 //! the leader, which runs them with its fencing epoch between commits.
 //!
 //! ```text
-//!  setpointctl ─gRPC─▶ AdminService ─ authorize(token → Access) ─┬─ reads ─▶ Store
-//!                                                                └─ AdminCommand (mpsc) ─▶ leader loop (serve.rs)
-//!                                                                      Store::rollback / resume with the leader's epoch
+//!  setpointctl ─TLS─▶ peer_limits (per peer, total, handshake, idle)
+//!      ─HTTP/2 headers─▶ Authenticate (token → Access, before any body byte is read)
+//!      ─▶ AdminServer (decodes at most MAX_REQUEST_BYTES) ─▶ AdminService ─┬─ reads ─▶ Store
+//!                                                                         └─ AdminCommand (mpsc) ─▶ leader loop (serve.rs)
+//!                                                                               Store::rollback / resume with the leader's epoch
 //! ```
 //!
 //! Tokens: `serve --admin-token-file F`. Each non-empty line not starting
 //! with `#` is `<role> <token>` (role `read` or `admin`) or just `<token>`
 //! (role `admin`). Tokens are compared in constant time. Without a token
-//! file every call is refused.
+//! file every call is refused. The file is read again when its bytes
+//! change (a rotated Secret); a file that does not parse keeps the
+//! previous tokens. A file group or others may read is warned about.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -19,8 +23,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use setpoint_dataplane::Format;
-use setpoint_proto::admin::admin_server::Admin;
+use setpoint_proto::admin::admin_server::{Admin, AdminServer};
 use setpoint_proto::admin::{
     DiffNodeRequest, DiffNodeResponse, ExplainRequest, ExplainResponse, FleetSummary,
     ListRevisionsRequest, ListRevisionsResponse, NodeStatus, PauseRequest, ResumeRequest, Revision,
@@ -32,10 +37,19 @@ use setpoint_store::{
     StoreError,
 };
 use tokio::sync::{mpsc, oneshot, watch};
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
+use crate::metrics::Metrics;
+use crate::peer_limits::ListenerLimits;
+use crate::reload::Reloading;
 use crate::rollout::RolloutStatus;
 use crate::serve::Role;
+
+/// The largest request message the admin API decodes. Its requests are
+/// names, numbers and a reason: a rollback naming about 2,000 nodes fits.
+/// (Responses may be large: a fleet's status, a node's state.)
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 
 /// Where and how the admin API listens.
 #[derive(Clone, Debug, Default)]
@@ -45,7 +59,55 @@ pub struct AdminConfig {
     /// The token file (format in the module doc); `None`: every call is
     /// refused.
     pub token_file: Option<PathBuf>,
+    /// TLS on the admin listener. Without it the listener must be on
+    /// loopback.
+    pub tls: Option<AdminTls>,
+    pub limits: AdminLimits,
 }
+
+/// The admin listener's certificate and key (PEM files), reloaded when
+/// their bytes change. Clients are not asked for certificates: they
+/// present bearer tokens.
+#[derive(Clone, Debug)]
+pub struct AdminTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// What one admin peer may hold, and how long anything may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AdminLimits {
+    pub listener: ListenerLimits,
+    /// Concurrent calls on one connection (HTTP/2 streams).
+    pub streams_per_connection: u32,
+    /// One call, from its headers to its response.
+    pub request_timeout: Duration,
+    /// A connection is closed this long after it opened (clients reconnect).
+    pub max_connection_age: Duration,
+    /// How often the token and TLS files are looked at for a change.
+    pub reload_every: Duration,
+}
+
+impl Default for AdminLimits {
+    fn default() -> AdminLimits {
+        AdminLimits {
+            listener: ListenerLimits {
+                per_peer: 16,
+                total: 128,
+                pending_handshakes: 32,
+                handshake: Duration::from_secs(10),
+                idle: Duration::from_secs(60),
+            },
+            streams_per_connection: 16,
+            request_timeout: Duration::from_secs(60),
+            max_connection_age: Duration::from_secs(600),
+            reload_every: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Request headers (the token among them) of one call.
+const MAX_HEADER_BYTES: u32 = 16 * 1024;
 
 /// What a token may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -113,12 +175,21 @@ impl std::error::Error for TokenFileError {
 const MIN_TOKEN_LEN: usize = 16;
 
 impl Tokens {
+    /// Reads and parses the file, warning when group or others may read
+    /// or write it.
     pub fn load(path: &Path) -> Result<Tokens, TokenFileError> {
         let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Tokens::parse(&text)
+        let tokens = Tokens::parse(&text)?;
+        if let Some(warning) = std::fs::metadata(path)
+            .ok()
+            .and_then(|m| exposure_warning(path, m.permissions()))
+        {
+            tracing::warn!("{warning}");
+        }
+        Ok(tokens)
     }
 
     /// Parses `<role> <token>` or `<token>` lines; `#` starts a comment line.
@@ -171,6 +242,20 @@ impl Tokens {
         }
         found
     }
+}
+
+/// A warning when a token file's mode lets group or others read or write
+/// it (the owner's bits are the operator's business).
+fn exposure_warning(path: &Path, permissions: std::fs::Permissions) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = permissions.mode() & 0o777;
+    (mode & 0o066 != 0).then(|| {
+        format!(
+            "the admin token file {} is readable by group or others (mode {mode:04o}): \
+             anyone who reads it holds its tokens; chmod 600 it (in Kubernetes: defaultMode 0400)",
+            path.display()
+        )
+    })
 }
 
 /// Equal bytes, in time that depends on the lengths only.
@@ -247,39 +332,20 @@ const MAX_PAGE: u32 = 1000;
 const MAX_NAME: usize = 253;
 const MAX_REASON: usize = 1024;
 
-/// The gRPC service. Cheap to clone.
+/// The current tokens, or `None` when the control plane has no token file.
+type TokenSource = Option<Arc<Reloading<Tokens>>>;
+
+/// Checks the bearer token from the request's headers and records its
+/// [`Access`] in the request's extensions. It runs as a tonic interceptor,
+/// before the service is called — that is, before any byte of the body is
+/// read or decoded — so a caller without a token costs a header parse.
 #[derive(Clone)]
-pub struct AdminService {
-    store: Store,
-    tokens: Option<Arc<Tokens>>,
-    writes: mpsc::Sender<AdminCommand>,
-    role: watch::Receiver<Role>,
-    rollout: Option<watch::Receiver<RolloutStatus>>,
+pub struct Authenticate {
+    tokens: TokenSource,
 }
 
-impl AdminService {
-    pub fn new(
-        store: Store,
-        tokens: Option<Tokens>,
-        writes: mpsc::Sender<AdminCommand>,
-        role: watch::Receiver<Role>,
-    ) -> AdminService {
-        AdminService {
-            store,
-            tokens: tokens.map(Arc::new),
-            writes,
-            role,
-            rollout: None,
-        }
-    }
-
-    /// Reports the progressive rollout's phase in `Status`.
-    pub fn with_rollout(mut self, rollout: watch::Receiver<RolloutStatus>) -> AdminService {
-        self.rollout = Some(rollout);
-        self
-    }
-
-    fn authorize<T>(&self, request: &Request<T>, need: Access) -> Result<(), Status> {
+impl tonic::service::Interceptor for Authenticate {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let Some(tokens) = &self.tokens else {
             return Err(Status::unauthenticated(
                 "the admin API is disabled: the control plane was started without --admin-token-file",
@@ -294,13 +360,58 @@ impl AdminService {
             .as_bytes()
             .strip_prefix(b"Bearer ")
             .ok_or_else(|| Status::unauthenticated("authorization is not `Bearer <token>`"))?;
-        match tokens.check(presented) {
-            None => Err(Status::unauthenticated("unknown token")),
-            Some(have) if have < need => Err(Status::permission_denied(
-                "this token has the read role; the call needs admin",
-            )),
-            Some(_) => Ok(()),
+        let access = tokens
+            .get()
+            .check(presented)
+            .ok_or_else(|| Status::unauthenticated("unknown token"))?;
+        request.extensions_mut().insert(access);
+        Ok(request)
+    }
+}
+
+/// Whether the caller's token (checked by [`Authenticate`]) allows `need`.
+/// A request that did not pass the interceptor has no access at all.
+fn require<T>(request: &Request<T>, need: Access) -> Result<(), Status> {
+    match request.extensions().get::<Access>() {
+        None => Err(Status::unauthenticated(
+            "no token was checked for this call",
+        )),
+        Some(have) if *have < need => Err(Status::permission_denied(
+            "this token has the read role; the call needs admin",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// The gRPC service. Cheap to clone. Serve it behind [`Authenticate`]
+/// (as [`Listener::serve`] does): its methods refuse requests that did not
+/// pass it.
+#[derive(Clone)]
+pub struct AdminService {
+    store: Store,
+    writes: mpsc::Sender<AdminCommand>,
+    role: watch::Receiver<Role>,
+    rollout: Option<watch::Receiver<RolloutStatus>>,
+}
+
+impl AdminService {
+    pub fn new(
+        store: Store,
+        writes: mpsc::Sender<AdminCommand>,
+        role: watch::Receiver<Role>,
+    ) -> AdminService {
+        AdminService {
+            store,
+            writes,
+            role,
+            rollout: None,
         }
+    }
+
+    /// Reports the progressive rollout's phase in `Status`.
+    pub fn with_rollout(mut self, rollout: watch::Receiver<RolloutStatus>) -> AdminService {
+        self.rollout = Some(rollout);
+        self
     }
 
     async fn write(&self, write: AdminWrite) -> Result<Response<WriteResponse>, Status> {
@@ -338,6 +449,171 @@ impl AdminService {
             .await
             .map_err(store_status)?
             .ok_or_else(|| Status::failed_precondition("no revision committed yet"))
+    }
+}
+
+/// The admin listener, bound, with its tokens and TLS config loaded (so
+/// that a bad file fails `serve` at start), not yet serving.
+pub struct Listener {
+    listener: tokio::net::TcpListener,
+    tokens: TokenSource,
+    tls: Option<Arc<Reloading<rustls::ServerConfig>>>,
+    limits: AdminLimits,
+    metrics: Arc<Metrics>,
+}
+
+/// The admin listener's TLS config: its certificate, no client
+/// certificates (callers present tokens), HTTP/2.
+fn server_config(tls: &AdminTls) -> anyhow::Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(
+            crate::tls::read_certs(&tls.cert)?,
+            crate::tls::read_key(&tls.key)?,
+        )
+        .with_context(|| {
+            format!(
+                "the admin certificate {} with the key {}",
+                tls.cert.display(),
+                tls.key.display()
+            )
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+impl Listener {
+    /// Binds `config.listen` (which must be set) after loading the token
+    /// file and the TLS files. Refuses plaintext off loopback.
+    pub async fn bind(config: &AdminConfig, metrics: Arc<Metrics>) -> anyhow::Result<Listener> {
+        let AdminConfig {
+            listen,
+            token_file,
+            tls,
+            limits,
+        } = config;
+        let addr = listen.context("no admin listen address")?;
+        if tls.is_none() {
+            anyhow::ensure!(
+                addr.ip().is_loopback(),
+                "refusing to serve the admin API in plaintext on {addr}: give --admin-tls-cert and \
+                 --admin-tls-key, or listen on a loopback address"
+            );
+        }
+        let tokens = match token_file {
+            Some(path) => {
+                let (path, reloads) = (path.clone(), metrics.admin_token_reloads.clone());
+                let reloading = Reloading::start(
+                    "the admin token file",
+                    vec![path.clone()],
+                    limits.reload_every,
+                    move || Tokens::load(&path),
+                    move || {
+                        reloads.inc();
+                    },
+                )?;
+                Some(Arc::new(reloading))
+            }
+            None => {
+                tracing::warn!("admin API without --admin-token-file: every call is refused");
+                None
+            }
+        };
+        let tls = match tls {
+            Some(tls) => {
+                let (files, reloads) = (
+                    vec![tls.cert.clone(), tls.key.clone()],
+                    metrics.admin_tls_reloads.clone(),
+                );
+                let tls = tls.clone();
+                let reloading = Reloading::start(
+                    "the admin listener's TLS files",
+                    files,
+                    limits.reload_every,
+                    move || server_config(&tls),
+                    move || {
+                        reloads.inc();
+                    },
+                )?;
+                Some(Arc::new(reloading))
+            }
+            None => None,
+        };
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the admin listener {addr}"))?;
+        Ok(Listener {
+            listener,
+            tokens,
+            tls,
+            limits: *limits,
+            metrics,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves `service` behind the listener's limits and [`Authenticate`]
+    /// until the process ends.
+    pub fn serve(self, service: AdminService) {
+        let Listener {
+            listener,
+            tokens,
+            tls,
+            limits,
+            metrics,
+        } = self;
+        // Pings well within the idle timeout: every live client answers
+        // them, so only a silent one reaches it.
+        let keepalive = limits.listener.idle / 4;
+        let server = tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(keepalive))
+            .http2_keepalive_timeout(Some(keepalive))
+            .max_concurrent_streams(Some(limits.streams_per_connection))
+            .concurrency_limit_per_connection(limits.streams_per_connection as usize)
+            .timeout(limits.request_timeout)
+            .max_connection_age(limits.max_connection_age)
+            .max_connection_age_grace(limits.request_timeout)
+            // Flow control holds what a peer sends ahead of the server to
+            // about one request per stream.
+            .initial_stream_window_size(Some(2 * MAX_REQUEST_BYTES as u32))
+            .initial_connection_window_size(Some(4 * MAX_REQUEST_BYTES as u32))
+            .http2_max_header_list_size(Some(MAX_HEADER_BYTES))
+            .add_service(InterceptedService::new(
+                AdminServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES),
+                Authenticate { tokens },
+            ));
+        let drops = metrics.connections_dropped.clone();
+        let serving: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> =
+            match tls {
+                Some(tls) => Box::pin(server.serve_with_incoming(crate::peer_limits::incoming(
+                    "admin",
+                    listener,
+                    limits.listener,
+                    drops,
+                    move |socket, _peer| {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(tls.get());
+                        async move { acceptor.accept(socket).await.context("TLS handshake") }
+                    },
+                ))),
+                None => Box::pin(server.serve_with_incoming(crate::peer_limits::incoming(
+                    "admin",
+                    listener,
+                    limits.listener,
+                    drops,
+                    |socket, _peer| async move { Ok(socket) },
+                ))),
+            };
+        tokio::spawn(async move {
+            if let Err(e) = serving.await {
+                tracing::error!("admin server stopped: {e}");
+            }
+        });
     }
 }
 
@@ -410,7 +686,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ListRevisionsRequest>,
     ) -> Result<Response<ListRevisionsResponse>, Status> {
-        self.authorize(&request, Access::Read)?;
+        require(&request, Access::Read)?;
         let ListRevisionsRequest { page_size, before } = request.into_inner();
         let page_size = match page_size {
             0 => 50,
@@ -440,7 +716,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ShowNodeRequest>,
     ) -> Result<Response<ShowNodeResponse>, Status> {
-        self.authorize(&request, Access::Read)?;
+        require(&request, Access::Read)?;
         let ShowNodeRequest {
             node,
             revision,
@@ -475,7 +751,7 @@ impl Admin for AdminService {
         &self,
         request: Request<DiffNodeRequest>,
     ) -> Result<Response<DiffNodeResponse>, Status> {
-        self.authorize(&request, Access::Read)?;
+        require(&request, Access::Read)?;
         let DiffNodeRequest { node, from, to } = request.into_inner();
         check_name("the node name", &node)?;
         if from == 0 || to == 0 {
@@ -504,7 +780,7 @@ impl Admin for AdminService {
         &self,
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        self.authorize(&request, Access::Read)?;
+        require(&request, Access::Read)?;
         let head = self.store.head().await.map_err(store_status)?;
         let agents = self.store.agent_statuses().await.map_err(store_status)?;
         let pins = self.store.pins().await.map_err(store_status)?;
@@ -579,7 +855,7 @@ impl Admin for AdminService {
         &self,
         request: Request<RollbackRequest>,
     ) -> Result<Response<WriteResponse>, Status> {
-        self.authorize(&request, Access::Admin)?;
+        require(&request, Access::Admin)?;
         let RollbackRequest { to, nodes, reason } = request.into_inner();
         if to == 0 {
             return Err(Status::invalid_argument("the target revision must be > 0"));
@@ -597,7 +873,7 @@ impl Admin for AdminService {
         &self,
         request: Request<PauseRequest>,
     ) -> Result<Response<WriteResponse>, Status> {
-        self.authorize(&request, Access::Admin)?;
+        require(&request, Access::Admin)?;
         let PauseRequest { nodes, all, reason } = request.into_inner();
         check_reason(&reason)?;
         let nodes = match (node_set(nodes)?, all) {
@@ -618,7 +894,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ResumeRequest>,
     ) -> Result<Response<WriteResponse>, Status> {
-        self.authorize(&request, Access::Admin)?;
+        require(&request, Access::Admin)?;
         let ResumeRequest { nodes } = request.into_inner();
         self.write(AdminWrite::Resume {
             nodes: node_set(nodes)?,
@@ -630,7 +906,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ExplainRequest>,
     ) -> Result<Response<ExplainResponse>, Status> {
-        self.authorize(&request, Access::Read)?;
+        require(&request, Access::Read)?;
         let request = request.into_inner();
         check_name("the node name", &request.node)?;
         let packet = crate::explain::packet(&request).map_err(Status::invalid_argument)?;
@@ -683,6 +959,24 @@ mod tests {
             Tokens::parse("# nothing\n"),
             Err(TokenFileError::Empty)
         ));
+    }
+
+    #[test]
+    fn token_files_others_may_read_are_warned_about() {
+        use std::os::unix::fs::PermissionsExt;
+        for (mode, warned) in [
+            (0o600, false),
+            (0o400, false),
+            (0o700, false),
+            (0o640, true),
+            (0o440, true),
+            (0o604, true),
+            (0o620, true),
+            (0o644, true),
+        ] {
+            let warning = exposure_warning(Path::new("/t"), std::fs::Permissions::from_mode(mode));
+            assert_eq!(warning.is_some(), warned, "{mode:o}: {warning:?}");
+        }
     }
 
     #[test]

@@ -126,6 +126,8 @@ pub struct ServeArgs {
     #[arg(long, env = "SETPOINT_CLIENT_CA", requires_all = ["tls_cert", "tls_key"])]
     pub client_ca: Option<PathBuf>,
     #[command(flatten)]
+    pub agent_limits: AgentLimitArgs,
+    #[command(flatten)]
     pub rollout: RolloutArgs,
     /// Export trace spans over OTLP/gRPC to this collector (default:
     /// $OTEL_EXPORTER_OTLP_ENDPOINT; none: no export).
@@ -166,10 +168,6 @@ pub struct RolloutArgs {
     /// the rollout and roll them back.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..), env = "SETPOINT_FAILURE_THRESHOLD")]
     pub failure_threshold: u64,
-    /// A canary that acked and is then not heard from (no heartbeat, no
-    /// stream) for this long has failed (agents heartbeat every 10 s).
-    #[arg(long, default_value = "30s", value_parser = parse_duration, env = "SETPOINT_CANARY_SILENCE")]
-    pub canary_silence: std::time::Duration,
 }
 
 impl RolloutArgs {
@@ -180,19 +178,60 @@ impl RolloutArgs {
             canary_selector,
             soak,
             failure_threshold,
-            canary_silence,
         } = self.clone();
         (rollout == RolloutMode::Canary).then(|| setpoint_controlplane::rollout::RolloutConfig {
             share: canary_share,
             selector: canary_selector,
             soak,
             failure_threshold: usize::try_from(failure_threshold).unwrap_or(usize::MAX),
-            canary_silence,
         })
     }
 }
 
 /// `500ms`, `30s`, `2m`, or a bare number of seconds.
+/// What the agent listener lets a peer hold, and for how long.
+#[derive(clap::Args, Debug)]
+pub struct AgentLimitArgs {
+    /// Open agent connections from one peer address (an agent needs one;
+    /// raise it when agents reach the control plane through a proxy or
+    /// NAT that shares an address).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..), env = "SETPOINT_AGENT_CONNECTIONS_PER_PEER")]
+    pub agent_connections_per_peer: u64,
+    /// Open agent connections in total.
+    #[arg(long, default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1..), env = "SETPOINT_AGENT_MAX_CONNECTIONS")]
+    pub agent_max_connections: u64,
+    /// Agent TLS handshakes in progress at once; connections beyond are
+    /// closed (agents retry with backoff).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..), env = "SETPOINT_AGENT_PENDING_HANDSHAKES")]
+    pub agent_pending_handshakes: u64,
+    /// A new agent stream must say hello within this; a connection
+    /// without an agent session for twice as long is closed.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, env = "SETPOINT_AGENT_HELLO_TIMEOUT")]
+    pub agent_hello_timeout: std::time::Duration,
+    /// How long a snapshot holds one of the 32 snapshot slots without an
+    /// answer from its agent before another node gets the slot.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, env = "SETPOINT_SNAPSHOT_ANSWER_TIMEOUT")]
+    pub snapshot_answer_timeout: std::time::Duration,
+}
+
+impl AgentLimitArgs {
+    pub fn limits(&self) -> setpoint_controlplane::stream::AgentLimits {
+        let defaults = setpoint_controlplane::stream::AgentLimits::default();
+        let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        setpoint_controlplane::stream::AgentLimits {
+            listener: setpoint_controlplane::peer_limits::ListenerLimits {
+                per_peer: count(self.agent_connections_per_peer),
+                total: count(self.agent_max_connections),
+                pending_handshakes: count(self.agent_pending_handshakes),
+                ..defaults.listener
+            },
+            hello_timeout: self.agent_hello_timeout,
+            snapshot_answer: self.snapshot_answer_timeout,
+            ..defaults
+        }
+    }
+}
+
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let s = s.trim();
     let (number, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
@@ -254,6 +293,35 @@ pub struct ComputeArgs {
     /// (Kubernetes allows it always, for kubelet probes).
     #[arg(long, env = "SETPOINT_POLICE_NODE_TRAFFIC")]
     pub police_node_traffic: bool,
+    /// The CIDRs ClusterIPs are allocated from (repeatable); no external or
+    /// load-balancer IP is served inside them. Default: unknown (an
+    /// address equal to any ClusterIP is refused all the same).
+    #[arg(
+        long = "service-cidr",
+        value_delimiter = ',',
+        env = "SETPOINT_SERVICE_CIDR"
+    )]
+    pub service_cidrs: Vec<IpNet>,
+    /// Serve a Service's externalIPs only inside these CIDRs (repeatable;
+    /// default: any address no other rule refuses).
+    #[arg(
+        long = "external-ip-cidrs",
+        value_delimiter = ',',
+        env = "SETPOINT_EXTERNAL_IP_CIDRS"
+    )]
+    pub external_ip_cidrs: Vec<IpNet>,
+    /// Serve a node's own address when a Service lists it as an external or
+    /// load-balancer IP (never bound on any node's service interface).
+    #[arg(long, env = "SETPOINT_ALLOW_NODE_EXTERNAL_IPS")]
+    pub allow_node_external_ips: bool,
+    /// A Service with more frontends (ports × addresses, plus NodePorts)
+    /// is left out whole.
+    #[arg(long, default_value_t = setpoint_compute::layout::DEFAULT_MAX_SERVICE_FRONTENDS, env = "SETPOINT_MAX_SERVICE_FRONTENDS")]
+    pub max_service_frontends: usize,
+    /// A Service with more endpoints over all its EndpointSlices is left
+    /// out whole.
+    #[arg(long, default_value_t = setpoint_compute::layout::DEFAULT_MAX_SERVICE_ENDPOINTS, env = "SETPOINT_MAX_SERVICE_ENDPOINTS")]
+    pub max_service_endpoints: usize,
 }
 
 impl ComputeArgs {
@@ -265,6 +333,11 @@ impl ComputeArgs {
             masquerade_all,
             masquerade_bit,
             police_node_traffic,
+            service_cidrs,
+            external_ip_cidrs,
+            allow_node_external_ips,
+            max_service_frontends,
+            max_service_endpoints,
         } = self.clone();
         ComputeConfig {
             default_scheduler: ipvs_scheduler,
@@ -273,6 +346,11 @@ impl ComputeArgs {
             masquerade_all,
             masquerade_bit,
             police_node_traffic,
+            service_cidrs,
+            external_ip_cidrs,
+            allow_node_external_ips,
+            max_service_frontends,
+            max_service_endpoints,
             ..ComputeConfig::default()
         }
     }
@@ -396,6 +474,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 token_file: args.admin_token_file.clone(),
             },
             tls,
+            agents: args.agent_limits.limits(),
             election,
             rollout: args.rollout.config(),
         })

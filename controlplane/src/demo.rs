@@ -87,6 +87,7 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<bool> {
         rollout: None,
         admin: Default::default(),
         tls: None,
+        agents: Default::default(),
         election: Default::default(),
     })
     .await?;

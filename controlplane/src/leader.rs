@@ -13,8 +13,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use setpoint_compute::admit::{LeftOutReason, RefusalReason};
+use setpoint_compute::index::ProblemKind;
 use setpoint_compute::{ClusterObject, ComputeConfig, Index, ObjectKey};
-use setpoint_store::{Cause, CommitRequest, Epoch, RevisionId, Store};
+use setpoint_dataplane::NodeDataplane;
+use setpoint_store::{Cause, CommitRequest, Epoch, OWN_PART_PREFIX, RevisionId, Store};
 use tokio::sync::watch;
 
 use crate::fanout::{Fanout, Publisher};
@@ -44,6 +51,73 @@ pub struct Leader {
     head: watch::Sender<u64>,
     /// Publishes committed states to this process's sessions.
     publisher: Option<Publisher>,
+    gauges: Option<ProblemGauges>,
+    /// The compute problems last logged, so each is logged when it appears.
+    logged: BTreeSet<String>,
+}
+
+/// A reason, as a metric label (a variant name: bounded).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+/// What compute refused, as gauges of the current count: Service addresses
+/// not served and Services left out (by reason), node states held back.
+#[derive(Clone, Debug, Default)]
+pub struct ProblemGauges {
+    pub address_refusals: Family<ReasonLabel, Gauge>,
+    pub services_left_out: Family<ReasonLabel, Gauge>,
+    pub invalid_node_states: Gauge,
+}
+
+impl ProblemGauges {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "setpoint_service_address_refusals",
+            "Service addresses (external, load-balancer, cluster IPs) not served, by reason",
+            self.address_refusals.clone(),
+        );
+        registry.register(
+            "setpoint_services_left_out",
+            "Services not served at all (over a budget, or making a node's state invalid), by reason",
+            self.services_left_out.clone(),
+        );
+        registry.register(
+            "setpoint_invalid_node_states",
+            "Nodes whose computed state is invalid for no Service's fault: they keep their last valid state",
+            self.invalid_node_states.clone(),
+        );
+    }
+
+    /// Sets the gauges to what `index` holds now.
+    pub fn record(&self, index: &Index) {
+        let mut refusals: BTreeMap<RefusalReason, i64> = BTreeMap::new();
+        let mut left_out: BTreeMap<LeftOutReason, i64> = BTreeMap::new();
+        for problem in index.problems() {
+            match problem.kind {
+                ProblemKind::AddressRefused(r) => *refusals.entry(r).or_default() += 1,
+                ProblemKind::LeftOut(r) => *left_out.entry(r).or_default() += 1,
+                ProblemKind::Object | ProblemKind::FrontendTaken => {}
+            }
+        }
+        for reason in RefusalReason::ALL {
+            self.address_refusals
+                .get_or_create(&ReasonLabel {
+                    reason: reason.as_str(),
+                })
+                .set(refusals.get(&reason).copied().unwrap_or(0));
+        }
+        for reason in LeftOutReason::ALL {
+            self.services_left_out
+                .get_or_create(&ReasonLabel {
+                    reason: reason.as_str(),
+                })
+                .set(left_out.get(&reason).copied().unwrap_or(0));
+        }
+        self.invalid_node_states
+            .set(i64::try_from(index.invalid_nodes().len()).unwrap_or(i64::MAX));
+    }
 }
 
 impl Leader {
@@ -65,7 +139,44 @@ impl Leader {
             dirty: false,
             head,
             publisher: None,
+            gauges: None,
+            logged: BTreeSet::new(),
         })
+    }
+
+    /// From now on, every sync sets `gauges` to the compute problems.
+    pub fn report_to(&mut self, gauges: ProblemGauges) {
+        gauges.record(&self.index);
+        self.gauges = Some(gauges);
+    }
+
+    /// Logs compute problems that appeared since the last sync (a refused
+    /// address, a Service left out, a node state held back) and updates
+    /// the gauges.
+    fn report_problems(&mut self) {
+        let mut now: BTreeSet<String> = BTreeSet::new();
+        for problem in self.index.problems() {
+            let what = if problem.skipped {
+                "skipped"
+            } else {
+                "warning"
+            };
+            now.insert(format!("{what}: {}", problem.rejection));
+        }
+        for (node, invalid) in self.index.invalid_nodes() {
+            let list: Vec<String> = invalid.iter().map(|i| i.to_string()).collect();
+            now.insert(format!(
+                "invalid: node {node}'s computed state is not published ({})",
+                list.join("; ")
+            ));
+        }
+        for line in now.difference(&self.logged) {
+            tracing::warn!("{line}");
+        }
+        self.logged = now;
+        if let Some(gauges) = &self.gauges {
+            gauges.record(&self.index);
+        }
     }
 
     /// From now on, every revision this leader writes is published to
@@ -86,7 +197,7 @@ impl Leader {
         publisher.load_pins(&self.store).await;
         let index = &self.index;
         publisher.publish(revision.0, &self.nodes, Some(&BTreeSet::new()), |n| {
-            index.node_state(n)
+            publishable(index, n)
         });
     }
 
@@ -140,6 +251,10 @@ impl Leader {
             return Ok(None);
         }
         let outcome = self.index.commit();
+        self.report_problems();
+        // Never committed nor published: such a node keeps its last valid
+        // state (compute already left out every Service that explains an
+        // invalid state; what remains is no Service's fault).
         let live: BTreeSet<String> = self.index.node_names().map(|n| n.to_string()).collect();
         let removed: BTreeSet<String> = self.nodes.difference(&live).cloned().collect();
         // A restarted leader has no memory of what the store holds: its
@@ -154,13 +269,20 @@ impl Leader {
             },
         );
         let mut nodes_changed = 0;
+        let mut held: Vec<&String> = Vec::new();
         for node in &live {
-            if (first || outcome.changed_nodes.contains(node.as_str()))
-                && let Some(state) = self.index.node_state(node)
-            {
+            if !(first || outcome.changed_nodes.contains(node.as_str())) {
+                continue;
+            }
+            if self.index.invalid_nodes().contains_key(node.as_str()) {
+                held.push(node);
+            } else if let Some(state) = self.index.node_state(node) {
                 request.add_node_state(node.clone(), &state);
                 nodes_changed += 1;
             }
+        }
+        if !held.is_empty() {
+            nodes_changed += self.hold(&held, &mut request).await?;
         }
         if nodes_changed == 0 && removed.is_empty() {
             self.nodes = live;
@@ -180,7 +302,7 @@ impl Leader {
                 .collect();
             let index = &self.index;
             publisher.publish(revision.0, &live, (!first).then_some(&changed), |n| {
-                index.node_state(n)
+                publishable(index, n)
             });
         }
         self.nodes = live;
@@ -194,6 +316,47 @@ impl Leader {
             seen_at,
         }))
     }
+}
+
+impl Leader {
+    /// Keeps `nodes`, whose computed states are invalid, at the state the
+    /// store holds for them now. Shared parts are recorded per revision
+    /// for every node, so a node merely left out of the request would
+    /// combine its old parts with the new shared ones — a state nobody
+    /// validated; instead its state is recorded whole as its own part.
+    /// A node never committed has nothing to keep and stays absent.
+    async fn hold(&self, nodes: &[&String], request: &mut CommitRequest) -> anyhow::Result<usize> {
+        let Some(head) = self.store.head().await? else {
+            return Ok(0);
+        };
+        let mut held = 0;
+        for node in nodes {
+            let Some(last) = self
+                .store
+                .node_state(node, head)
+                .await
+                .with_context(|| format!("reading node {node}'s last state to keep it"))?
+            else {
+                continue;
+            };
+            let whole = NodeDataplane::from_parts([(
+                format!("{OWN_PART_PREFIX}{node}"),
+                Arc::new(last.flatten()),
+            )]);
+            request.add_node_state((*node).clone(), &whole);
+            held += 1;
+        }
+        Ok(held)
+    }
+}
+
+/// A node's computed state, unless it is invalid: then its sessions read
+/// its last valid state from the store.
+fn publishable(index: &Index, node: &str) -> Option<NodeDataplane> {
+    if index.invalid_nodes().contains_key(node) {
+        return None;
+    }
+    index.node_state(node)
 }
 
 /// Moves the shared head forward to `revision`; never back (the leader,

@@ -8,6 +8,8 @@ pub mod explain;
 pub mod fanout;
 pub mod leader;
 pub mod metrics;
+pub mod peer_limits;
+pub mod reload;
 pub mod rollout;
 pub mod serve;
 pub mod status;

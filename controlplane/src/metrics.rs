@@ -28,6 +28,16 @@ pub struct Metrics {
     /// Streams refused because the hello named another node than the
     /// client certificate.
     pub identity_refusals: Counter,
+    /// Agent connections closed because they carried no agent session for
+    /// the idle limit (a peer that connects and never says hello).
+    pub agent_idle_closes: Counter,
+    /// Snapshot slots taken back from sessions whose agent did not answer
+    /// the snapshot in time.
+    pub snapshot_slot_expiries: Counter,
+    /// Agent reports the store refused (bad node name, a row refused).
+    pub agent_statuses_refused: Counter,
+    /// Agent reports dropped because too many nodes' reports were waiting.
+    pub agent_statuses_dropped: Counter,
     pub compute_seconds: Histogram,
     pub commit_seconds: Histogram,
     pub apply_seconds: Histogram,
@@ -36,6 +46,8 @@ pub struct Metrics {
     pub rollouts_promoted: Counter,
     pub rollouts_halted: Counter,
     pub rollout_rollbacks: Counter,
+    /// Compute's refusals: addresses, Services left out, invalid states.
+    pub service_problems: crate::leader::ProblemGauges,
 }
 
 fn seconds() -> Histogram {
@@ -59,6 +71,10 @@ impl Metrics {
             tls_handshake_failures: Counter::default(),
             tls_reloads: Counter::default(),
             identity_refusals: Counter::default(),
+            agent_idle_closes: Counter::default(),
+            snapshot_slot_expiries: Counter::default(),
+            agent_statuses_refused: Counter::default(),
+            agent_statuses_dropped: Counter::default(),
             compute_seconds: seconds(),
             commit_seconds: seconds(),
             apply_seconds: seconds(),
@@ -67,6 +83,7 @@ impl Metrics {
             rollouts_promoted: Counter::default(),
             rollouts_halted: Counter::default(),
             rollout_rollbacks: Counter::default(),
+            service_problems: Default::default(),
         };
         let r = &mut registry;
         r.register(
@@ -120,6 +137,26 @@ impl Metrics {
             m.identity_refusals.clone(),
         );
         r.register(
+            "setpoint_agent_idle_closes",
+            "Agent connections closed for carrying no agent session (no hello) too long",
+            m.agent_idle_closes.clone(),
+        );
+        r.register(
+            "setpoint_snapshot_slot_expiries",
+            "Snapshot slots taken back because the agent did not answer the snapshot in time",
+            m.snapshot_slot_expiries.clone(),
+        );
+        r.register(
+            "setpoint_agent_statuses_refused",
+            "Agent reports the store refused to record",
+            m.agent_statuses_refused.clone(),
+        );
+        r.register(
+            "setpoint_agent_statuses_dropped",
+            "Agent reports dropped because too many nodes' reports were waiting",
+            m.agent_statuses_dropped.clone(),
+        );
+        r.register(
             "setpoint_compute_duration_seconds",
             "Index update and state computation per revision",
             m.compute_seconds.clone(),
@@ -160,6 +197,7 @@ impl Metrics {
             "Canary nodes rolled back automatically by a halted rollout",
             m.rollout_rollbacks.clone(),
         );
+        m.service_problems.register(r);
         Arc::new(Metrics { registry, ..m })
     }
 

@@ -21,7 +21,7 @@ use crate::admin::{AdminCommand, AdminConfig, AdminService, Tokens};
 use crate::leader::{Committed, Leader, raise};
 use crate::metrics::{Metrics, serve_http};
 use crate::rollout::{Rollout, RolloutConfig, RolloutStatus, node_labels};
-use crate::stream::AgentService;
+use crate::stream::{AgentLimits, AgentService};
 use crate::tls::ServerTls;
 
 #[derive(Clone)]
@@ -47,6 +47,8 @@ pub struct ServeConfig {
     /// mTLS on the agent listener. Without it the listener must be on
     /// loopback (development only, and said loudly).
     pub tls: Option<ServerTls>,
+    /// What the agent listener lets a peer hold, and for how long.
+    pub agents: AgentLimits,
     /// Who leads: the store's lock, or a Kubernetes Lease.
     pub election: Election,
     /// Progressive rollout (`--rollout canary`); `None`: every revision
@@ -113,6 +115,7 @@ impl ServeConfig {
             compute: ComputeConfig::default(),
             admin: AdminConfig::default(),
             tls: None,
+            agents: AgentLimits::default(),
             election: Election::Store,
             rollout: None,
         }
@@ -132,6 +135,7 @@ impl std::fmt::Debug for ServeConfig {
             compute,
             admin,
             tls,
+            agents,
             election,
             rollout,
         } = self;
@@ -146,6 +150,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("compute", compute)
             .field("admin", admin)
             .field("tls", tls)
+            .field("agents", agents)
             .field("election", election)
             .field("rollout", rollout)
             .finish()
@@ -271,6 +276,12 @@ const MANIFEST_RESCAN: Duration = Duration::from_secs(10);
 /// and retry after a backoff.
 const AGENT_BACKLOG: u32 = 8192;
 
+/// What one agent stream may have in flight towards the control plane
+/// (its largest message).
+const AGENT_STREAM_WINDOW: u32 = setpoint_proto::MAX_UPSTREAM_MESSAGE_BYTES as u32;
+/// Request headers of an agent's call.
+const AGENT_MAX_HEADERS: u32 = 16 * 1024;
+
 fn bind_agent_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
@@ -313,7 +324,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
             raise(&forward, now);
         }
     });
-    let service = AgentService::new(store.clone(), head.subscribe(), metrics.clone());
+    let service = AgentService::new(store.clone(), head.subscribe(), metrics.clone())
+        .with_limits(config.agents, config.tls.is_some());
 
     let agent_listener = bind_agent_listener(config.listen)
         .with_context(|| format!("binding the agent listener {}", config.listen))?;
@@ -339,24 +351,26 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         .map(|l| l.local_addr())
         .transpose()?;
 
+    // Agents send small messages on one stream each; everything they can
+    // make this side buffer is bounded (large states go the other way).
+    let agent_limits = config.agents;
     let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(agent_limits.streams_per_connection)
+        .initial_stream_window_size(AGENT_STREAM_WINDOW)
+        .initial_connection_window_size(AGENT_STREAM_WINDOW * agent_limits.streams_per_connection)
+        .http2_max_header_list_size(AGENT_MAX_HEADERS)
         .add_service(
             AgentStreamServer::new(service.clone())
-                .max_decoding_message_size(setpoint_proto::MAX_MESSAGE_BYTES),
-        );
-    let grpc: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> =
-        match &config.tls {
-            Some(tls) => Box::pin(grpc.serve_with_incoming(crate::tls::incoming(
-                agent_listener,
-                tls.clone(),
-                metrics.clone(),
-            )?)),
-            None => Box::pin(grpc.serve_with_incoming(
-                tokio_stream::wrappers::TcpListenerStream::new(agent_listener),
-            )),
-        };
+                .max_decoding_message_size(setpoint_proto::MAX_UPSTREAM_MESSAGE_BYTES),
+        )
+        .serve_with_incoming(crate::tls::incoming(
+            agent_listener,
+            config.tls.clone(),
+            &agent_limits,
+            metrics.clone(),
+        )?);
     tokio::spawn(async move {
         if let Err(e) = grpc.await {
             tracing::error!("agent stream server stopped: {e}");
@@ -475,6 +489,7 @@ impl Replica {
                     {
                         Ok(mut leader) => {
                             leader.publish_to(self.service.fanout.clone()).await;
+                            leader.report_to(self.metrics.service_problems.clone());
                             tracing::info!(epoch = leader.epoch().0, "leading");
                             self.role.send_replace(Role::Leader);
                             match self.config.kube.clone() {

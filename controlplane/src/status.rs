@@ -3,41 +3,88 @@
 //! report per node, in a few statements. With thousands of agents acking
 //! one revision this is a handful of writes, not one per agent, and an
 //! ack is never held up by the database.
+//!
+//! What waits is one report per node, at most [`MAX_PENDING_NODES`] nodes:
+//! a peer reporting fast only replaces its own pending report, and a
+//! flood of node names cannot grow the queue without bound.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use setpoint_store::{AgentStatus, Store};
 use tokio::sync::mpsc;
 
+use crate::metrics::Metrics;
+
+/// Nodes whose reports wait for the writer at most; a report for another
+/// node beyond it is dropped and counted (the agent's next one retries).
+pub const MAX_PENDING_NODES: usize = 100_000;
+
+type Pending = Arc<Mutex<HashMap<String, AgentStatus>>>;
+
 #[derive(Clone)]
 pub struct StatusWriter {
-    tx: mpsc::UnboundedSender<AgentStatus>,
+    pending: Pending,
+    /// Rings the writer; one ring stands for any number of reports.
+    doorbell: mpsc::Sender<()>,
+    metrics: Arc<Metrics>,
 }
 
 impl StatusWriter {
-    /// Starts the writer task (on the current runtime).
-    pub fn start(store: Store) -> StatusWriter {
-        let (tx, mut rx) = mpsc::unbounded_channel::<AgentStatus>();
+    /// Starts the writer task (on the current runtime); it ends when the
+    /// last handle is dropped.
+    pub fn start(store: Store, metrics: Arc<Metrics>) -> StatusWriter {
+        let pending = Pending::default();
+        let (doorbell, mut rung) = mpsc::channel(1);
+        let (reports, task_metrics) = (pending.clone(), metrics.clone());
         tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut newest: HashMap<String, AgentStatus> = HashMap::new();
-                newest.insert(first.node.clone(), first);
-                while let Ok(next) = rx.try_recv() {
-                    newest.insert(next.node.clone(), next);
+            while rung.recv().await.is_some() {
+                let batch: Vec<AgentStatus> = match reports.lock() {
+                    Ok(mut reports) => reports.drain().map(|(_, s)| s).collect(),
+                    Err(_) => return,
+                };
+                if batch.is_empty() {
+                    continue;
                 }
-                let batch: Vec<AgentStatus> = newest.into_values().collect();
-                if let Err(e) = store.record_agent_statuses(&batch).await {
-                    tracing::warn!("cannot record {} agent statuses: {e}", batch.len());
+                match store.record_agent_statuses(&batch).await {
+                    Ok(refused) => {
+                        for r in refused {
+                            task_metrics.agent_statuses_refused.inc();
+                            tracing::warn!(node = %r.node, "agent status not stored: {}", r.reason);
+                        }
+                    }
+                    Err(e) => {
+                        task_metrics.store_errors.inc();
+                        tracing::warn!("cannot record {} agent statuses: {e}", batch.len());
+                    }
                 }
             }
         });
-        StatusWriter { tx }
+        StatusWriter {
+            pending,
+            doorbell,
+            metrics,
+        }
     }
 
-    /// Queues `status` for the store.
+    /// Queues `status` for the store, replacing a pending one of its node.
     pub fn record(&self, status: AgentStatus) {
-        if self.tx.send(status).is_err() {
-            tracing::warn!("the agent status writer has stopped");
+        let queued = match self.pending.lock() {
+            Ok(mut reports) => {
+                if reports.len() < MAX_PENDING_NODES || reports.contains_key(&status.node) {
+                    reports.insert(status.node.clone(), status);
+                    true
+                } else {
+                    false
+                }
+            }
+            Err(_) => false,
+        };
+        if queued {
+            // Full: a ring is pending, and the writer takes this report too.
+            let _ = self.doorbell.try_send(());
+        } else {
+            self.metrics.agent_statuses_dropped.inc();
         }
     }
 }

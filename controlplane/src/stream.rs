@@ -20,7 +20,10 @@ use setpoint_proto::v1::agent_stream_server::AgentStream;
 use setpoint_proto::v1::control_message::Body as ControlBody;
 use setpoint_proto::v1::{AgentMessage, ControlMessage, Heartbeat, Hello};
 use setpoint_proto::{PROTOCOL_VERSION, digest_from};
-use setpoint_store::{AgentResult, AgentStatus, RevisionId, Store};
+use setpoint_store::{
+    AgentResult, AgentStatus, MAX_NACK_ERROR_BYTES, MAX_NACK_OPERATION_BYTES, RevisionId, Store,
+    clean_text,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -28,15 +31,79 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
+use crate::peer_limits::ListenerLimits;
 use crate::status::StatusWriter;
+use crate::tls::{AgentPeer, SessionOnConnection};
 
-/// How long an agent has to say hello.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEPALIVE: Duration = Duration::from_secs(10);
 /// An agent silent this long is gone.
 const SILENCE_LIMIT: Duration = Duration::from_secs(45);
 const RETRY_FIRST: Duration = Duration::from_millis(500);
 const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// What the agent listener lets a peer hold, and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AgentLimits {
+    /// Connections per peer address and in total, pending handshakes, and
+    /// how long a connection may take to start or stay without a byte.
+    pub listener: ListenerLimits,
+    /// Concurrent streams on one connection (an agent uses one).
+    pub streams_per_connection: u32,
+    /// A stream must say hello within this; a connection carrying no
+    /// agent session for twice as long is closed (the stream's own
+    /// refusal, with its reason, comes first).
+    pub hello_timeout: Duration,
+    /// How long a snapshot holds one of the [`crate::fanout::SNAPSHOTS_IN_FLIGHT`] slots
+    /// without an answer from its agent; then the slot goes to another
+    /// node (the session still takes the late answer).
+    pub snapshot_answer: Duration,
+}
+
+impl Default for AgentLimits {
+    fn default() -> Self {
+        AgentLimits {
+            listener: ListenerLimits {
+                per_peer: 16,
+                total: 65_536,
+                pending_handshakes: 1024,
+                handshake: Duration::from_secs(10),
+                // Longer than the server's HTTP/2 keepalive interval plus
+                // its timeout, which every live client answers.
+                idle: Duration::from_secs(60),
+            },
+            streams_per_connection: 4,
+            hello_timeout: Duration::from_secs(10),
+            snapshot_answer: Duration::from_secs(60),
+        }
+    }
+}
+
+impl AgentLimits {
+    /// The same limits with `n` connections per peer address (a fleet
+    /// of agents on one host, as benchmarks run it).
+    pub fn with_connections_per_peer(self, n: usize) -> AgentLimits {
+        AgentLimits {
+            listener: ListenerLimits {
+                per_peer: n,
+                ..self.listener
+            },
+            ..self
+        }
+    }
+}
+
+/// Whether `node` can be a Kubernetes Node's name (a DNS-1123 subdomain:
+/// lowercase letters, digits, `-` and `.`, alphanumeric at both ends, at
+/// most 253 bytes). Nothing else is ever compared with a certificate.
+pub fn valid_node_name(node: &str) -> bool {
+    let bytes = node.as_bytes();
+    let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    !bytes.is_empty()
+        && bytes.len() <= setpoint_store::MAX_NODE_NAME_BYTES
+        && bytes.first().is_some_and(alnum)
+        && bytes.last().is_some_and(alnum)
+        && bytes.iter().all(|b| alnum(b) || *b == b'-' || *b == b'.')
+}
 
 /// What the fleet looks like right now, for progress displays and readiness.
 #[derive(Clone, Debug, Default)]
@@ -59,6 +126,10 @@ pub struct AgentService {
     /// States the leader published, and memoized encodings.
     pub fanout: Arc<Fanout>,
     statuses: StatusWriter,
+    limits: AgentLimits,
+    /// Whether every stream must come with a client certificate naming
+    /// its node (the listener has mTLS).
+    identities_required: bool,
 }
 
 fn now_ms() -> i64 {
@@ -92,7 +163,7 @@ pub fn traceparent(revision: u64, node: &str) -> String {
 
 impl AgentService {
     pub fn new(store: Store, head: watch::Receiver<u64>, metrics: Arc<Metrics>) -> AgentService {
-        let statuses = StatusWriter::start(store.clone());
+        let statuses = StatusWriter::start(store.clone(), metrics.clone());
         AgentService {
             store,
             head,
@@ -103,7 +174,40 @@ impl AgentService {
             seen: Arc::default(),
             fanout: Arc::default(),
             statuses,
+            limits: AgentLimits::default(),
+            identities_required: false,
         }
+    }
+
+    /// The same service under `limits`; with `identities_required`, a
+    /// stream without a client certificate naming its node is refused.
+    pub fn with_limits(self, limits: AgentLimits, identities_required: bool) -> AgentService {
+        AgentService {
+            limits,
+            identities_required,
+            ..self
+        }
+    }
+
+    /// Refuses `hello` unless the connection's certificate names its
+    /// node exactly (see [`crate::tls::names_node`]).
+    fn check_identity(&self, peer: Option<&AgentPeer>, hello: &Hello) -> Result<(), Status> {
+        let certs = peer.and_then(|p| p.certs.as_ref());
+        if certs.is_none() && !self.identities_required {
+            return Ok(());
+        }
+        if certs
+            .and_then(|c| c.first())
+            .is_some_and(|c| crate::tls::names_node(c, &hello.node))
+        {
+            return Ok(());
+        }
+        self.metrics.identity_refusals.inc();
+        tracing::warn!(node = %hello.node, "refused: the client certificate names another node");
+        Err(Status::permission_denied(format!(
+            "this connection's client certificate does not name node '{}' (exactly, as a SAN DNS name): an agent may speak only for its own node",
+            hello.node
+        )))
     }
 }
 
@@ -118,11 +222,12 @@ impl AgentStream for AgentService {
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<ControlStream>, Status> {
         // Over mTLS the client certificate says which node may speak here.
-        let certified = request.peer_certs();
+        let peer = request.extensions().get::<AgentPeer>().cloned();
         let mut inbound = request.into_inner();
-        let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+        let hello_timeout = self.limits.hello_timeout;
+        let first = tokio::time::timeout(hello_timeout, inbound.message())
             .await
-            .map_err(|_| Status::deadline_exceeded("no hello within 10 s"))??
+            .map_err(|_| Status::deadline_exceeded(format!("no hello within {hello_timeout:?}")))??
             .ok_or_else(|| Status::invalid_argument("stream ended before hello"))?;
         if first.protocol_version != PROTOCOL_VERSION {
             return Err(Status::failed_precondition(format!(
@@ -133,21 +238,12 @@ impl AgentStream for AgentService {
         let Some(AgentBody::Hello(hello)) = first.body else {
             return Err(Status::invalid_argument("the first message must be hello"));
         };
-        if hello.node.is_empty() || hello.node.len() > 253 {
-            return Err(Status::invalid_argument("hello names no valid node"));
+        if !valid_node_name(&hello.node) {
+            return Err(Status::invalid_argument(
+                "hello names no valid node (a Kubernetes Node name: lowercase letters, digits, '-' and '.', at most 253 bytes)",
+            ));
         }
-        if let Some(certs) = certified
-            && !certs
-                .first()
-                .is_some_and(|c| crate::tls::names_node(c, &hello.node))
-        {
-            self.metrics.identity_refusals.inc();
-            tracing::warn!(node = %hello.node, "refused: the client certificate names another node");
-            return Err(Status::permission_denied(format!(
-                "this connection's client certificate does not name node '{}' (as a SAN DNS name): an agent may speak only for its own node",
-                hello.node
-            )));
-        }
+        self.check_identity(peer.as_ref(), &hello)?;
         let id = self
             .next_session
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -168,12 +264,12 @@ impl AgentStream for AgentService {
             in_flight: None,
             retry_at: None,
             retry_delay: RETRY_FIRST,
-            snapshot_permit: None,
+            snapshot_slot: None,
             rollout: None,
-            last_report: Default::default(),
+            _on_connection: peer.as_ref().map(AgentPeer::session),
         };
         self.metrics.agents_connected.inc();
-        let metrics = self.metrics.clone();
+        let (metrics, sessions) = (self.metrics.clone(), self.sessions.clone());
         let errors = session.tx.clone();
         tokio::spawn(async move {
             let node = session.node.clone();
@@ -181,9 +277,16 @@ impl AgentStream for AgentService {
                 Ok(()) => tracing::info!(%node, "agent stream ended"),
                 Err(e) => {
                     tracing::warn!(%node, "agent stream ended: {e}");
-                    // The agent learns why, not just that the stream ended.
-                    let _ = errors.send(Err(e)).await;
+                    // The agent learns why, not just that the stream ended
+                    // (unless it reads nothing at all).
+                    let _ = errors.send_timeout(Err(e), KEEPALIVE).await;
                 }
+            }
+            // Only live sessions are remembered.
+            if let Ok(mut s) = sessions.lock()
+                && s.get(&node) == Some(&id)
+            {
+                s.remove(&node);
             }
             metrics.agents_connected.dec();
         });
@@ -221,11 +324,42 @@ struct Session {
     retry_at: Option<tokio::time::Instant>,
     retry_delay: Duration,
     /// Held from sending a snapshot until the agent answers it.
-    snapshot_permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    snapshot_slot: Option<SnapshotSlot>,
     /// The span of the revision in flight.
     rollout: Option<tracing::Span>,
-    /// The last report recorded, stamped again by heartbeats.
-    last_report: std::sync::Mutex<Option<AgentStatus>>,
+    /// Keeps the connection open while this session lives.
+    _on_connection: Option<SessionOnConnection>,
+}
+
+/// One of the [`crate::fanout::SNAPSHOTS_IN_FLIGHT`] slots, held while an agent has a
+/// snapshot to answer. Given back when dropped (the answer came, the
+/// session ended) or when the deadline passes, whichever is first: an
+/// agent that takes a snapshot and never answers holds a slot only that
+/// long, so a few hung agents cannot stop every other node's snapshot.
+struct SnapshotSlot {
+    _answered: tokio::sync::oneshot::Sender<()>,
+}
+
+impl SnapshotSlot {
+    fn hold(
+        permit: tokio::sync::OwnedSemaphorePermit,
+        deadline: Duration,
+        node: &str,
+        metrics: Arc<Metrics>,
+    ) -> SnapshotSlot {
+        let (answered, dropped) = tokio::sync::oneshot::channel::<()>();
+        let node = node.to_string();
+        tokio::spawn(async move {
+            if tokio::time::timeout(deadline, dropped).await.is_err() {
+                metrics.snapshot_slot_expiries.inc();
+                tracing::warn!(%node, "no answer to the snapshot within {deadline:?}: its slot goes to another node");
+            }
+            drop(permit);
+        });
+        SnapshotSlot {
+            _answered: answered,
+        }
+    }
 }
 
 impl Session {
@@ -246,9 +380,6 @@ impl Session {
             contact_ms: now_ms(),
             agent_version: self.agent_version.clone(),
         };
-        if let Ok(mut last) = self.last_report.lock() {
-            *last = Some(status.clone());
-        }
         self.service.statuses.record(status);
     }
 
@@ -328,7 +459,7 @@ impl Session {
                     let beat = message(ControlBody::Heartbeat(Heartbeat {
                         unix_millis: u64::try_from(now_ms()).unwrap_or(0),
                     }));
-                    self.tx.send(Ok(beat)).await.map_err(|_| Status::cancelled("agent gone"))?;
+                    self.send(beat).await?;
                 }
             }
         }
@@ -382,9 +513,16 @@ impl Session {
                 ControlBody::Delta(d)
             }
             None => {
-                if self.snapshot_permit.is_none() {
+                if self.snapshot_slot.is_none() {
                     let permit = self.service.fanout.snapshots.clone().acquire_owned().await;
-                    self.snapshot_permit = permit.ok();
+                    self.snapshot_slot = permit.ok().map(|p| {
+                        SnapshotSlot::hold(
+                            p,
+                            self.service.limits.snapshot_answer,
+                            &self.node,
+                            self.service.metrics.clone(),
+                        )
+                    });
                 }
                 let s = self
                     .service
@@ -410,10 +548,20 @@ impl Session {
         m.traceparent = setpoint_agent::telemetry::traceparent_of(&rollout).unwrap_or(derived);
         self.rollout = Some(rollout);
         tracing::debug!(node = %self.node, revision = head, traceparent = %m.traceparent, "sent");
-        self.tx
-            .send(Ok(m))
-            .await
-            .map_err(|_| Status::cancelled("agent gone"))
+        self.send(m).await
+    }
+
+    /// Queues `m` for the agent; an agent that reads nothing for the
+    /// silence limit (its queue stays full) is gone.
+    async fn send(&self, m: ControlMessage) -> Result<(), Status> {
+        use tokio::sync::mpsc::error::SendTimeoutError;
+        match self.tx.send_timeout(Ok(m), SILENCE_LIMIT).await {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Timeout(_)) => Err(Status::deadline_exceeded(
+                "the agent reads nothing of what it is sent",
+            )),
+            Err(SendTimeoutError::Closed(_)) => Err(Status::cancelled("agent gone")),
+        }
     }
 
     async fn receive(&mut self, m: AgentMessage) -> Result<(), Status> {
@@ -424,7 +572,7 @@ impl Session {
         }
         match m.body {
             Some(AgentBody::Ack(ack)) => {
-                self.snapshot_permit = None;
+                self.snapshot_slot = None;
                 self.rollout = None;
                 let Some(sent) = self.sent.clone().filter(|s| s.revision == ack.revision) else {
                     return Err(Status::invalid_argument(format!(
@@ -459,38 +607,36 @@ impl Session {
                 self.record(self.acked.as_ref(), AgentResult::Ack).await;
             }
             Some(AgentBody::Nack(nack)) => {
-                self.snapshot_permit = None;
+                self.snapshot_slot = None;
                 self.rollout = None;
+                if self
+                    .sent
+                    .as_ref()
+                    .is_none_or(|s| s.revision != nack.revision)
+                {
+                    return Err(Status::invalid_argument(format!(
+                        "nack for revision {} which was not sent",
+                        nack.revision
+                    )));
+                }
                 self.service.metrics.nacks.inc();
-                tracing::warn!(node = %self.node, revision = nack.revision, "nack: {} ({})", nack.error, nack.failed_operation);
+                // What the agent wrote goes to logs and the fleet view
+                // (and, cleaned the same way, to the store): one line,
+                // bounded.
+                let error = clean_text(&nack.error, MAX_NACK_ERROR_BYTES);
+                let operation = clean_text(&nack.failed_operation, MAX_NACK_OPERATION_BYTES);
+                tracing::warn!(node = %self.node, revision = nack.revision, "nack: {error} ({operation})");
                 self.in_flight = None;
                 // The kernel may be anywhere now: the retry is a snapshot.
                 self.acked = None;
                 self.retry_at = Some(tokio::time::Instant::now() + self.retry_delay);
                 self.retry_delay = (self.retry_delay * 2).min(RETRY_MAX);
-                let reason = format!("{} ({})", nack.error, nack.failed_operation);
-                self.update_fleet(0, Some(reason.clone()), None);
-                self.record(
-                    None,
-                    AgentResult::Nack {
-                        error: nack.error,
-                        operation: nack.failed_operation,
-                    },
-                )
-                .await;
+                let reason = format!("{error} ({operation})");
+                self.update_fleet(0, Some(reason), None);
+                self.record(None, AgentResult::Nack { error, operation })
+                    .await;
             }
-            Some(AgentBody::Heartbeat(_)) => {
-                // The contact, for the rollout's canary liveness: the last
-                // ack's report stamped again (never a nack's, which would
-                // then look new).
-                let last = self.last_report.lock().ok().and_then(|l| l.clone());
-                if let Some(status) = last.filter(|s| s.result == AgentResult::Ack) {
-                    self.service.statuses.record(AgentStatus {
-                        contact_ms: now_ms(),
-                        ..status
-                    });
-                }
-            }
+            Some(AgentBody::Heartbeat(_)) => {}
             Some(AgentBody::Hello(_)) => {
                 return Err(Status::invalid_argument("hello twice on one stream"));
             }
@@ -525,6 +671,51 @@ impl Session {
             view.degraded = degraded;
             if let Some(a) = apply {
                 view.last_apply = a;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn node_names_are_kubernetes_node_names() {
+        for good in [
+            "node-a",
+            "a",
+            "ip-10-0-0-1.ec2.internal",
+            "0node9",
+            &"n".repeat(253),
+        ] {
+            assert!(valid_node_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "Node-A",
+            "NODE-A",
+            "*.nodes.test",
+            "-node",
+            "node-",
+            "node.",
+            "node a",
+            "node\0a",
+            "node\na",
+            "nöde",
+            &"n".repeat(254),
+        ] {
+            assert!(!valid_node_name(bad), "{bad:?}");
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn a_valid_node_name_has_only_lowercase_digits_dashes_and_dots(name in "\\PC{0,40}") {
+            if valid_node_name(&name) {
+                prop_assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.'));
             }
         }
     }

@@ -1,39 +1,50 @@
-//! mTLS on the agent listener.
+//! The agent listener's connections, and mTLS on them.
 //!
 //! ```text
-//!  TCP accept ─▶ TLS handshake (the current ServerConfig: our cert, client
-//!               certs must chain to --client-ca) ─▶ tonic (peer certs in the
-//!               request) ─▶ stream: hello's node must be a SAN DNS name of
-//!               the client cert, else PERMISSION_DENIED
+//!  TCP accept ─▶ peer_limits (per peer, total, pending handshakes, handshake
+//!               and preface deadline, idle) ─▶ TLS handshake (the current
+//!               ServerConfig: our cert, client certs must chain to
+//!               --client-ca) ─▶ AgentConnection (closed after 2 × the hello
+//!               timeout without an agent session) ─▶ tonic (AgentPeer in
+//!               the request) ─▶ stream: hello's node must be exactly a SAN
+//!               DNS name of the client cert, else PERMISSION_DENIED
 //!  files ──poll──▶ content changed ─▶ new ServerConfig for new connections
 //! ```
 //!
 //! An agent's certificate names its node as a SAN DNS name (`node-a`), as
-//! cert-manager's `dnsNames` writes it; the subject CN is not read. The
-//! files are read again whenever their bytes change (a Secret update
-//! swaps a symlink), and a set that does not load keeps the old config.
+//! cert-manager's `dnsNames` writes it; the subject CN is not read, and a
+//! wildcard or a name differing in case names no node. The files are read
+//! again whenever their bytes change (a Secret update swaps a symlink),
+//! and a set that does not load keeps the old config.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures::task::AtomicWaker;
 use rustls::RootCertStore;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
 
 use crate::metrics::Metrics;
-
-/// How long a client has to finish the handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::peer_limits::Guarded;
+use crate::stream::AgentLimits;
 
 /// The agent listener's certificate, key, and the CA its clients' certs
 /// must chain to (PEM files).
@@ -121,29 +132,241 @@ impl Current {
     }
 }
 
-/// TLS connections accepted on `listener`, for `Server::serve_with_incoming`.
-/// Fails only when the files do not load at start; later a broken set of
-/// files is logged and the previous config kept. Handshake failures are
-/// counted and logged, never passed on. The tasks end when the returned
-/// stream is dropped.
+/// Who is on an agent connection, as its streams see it (a request
+/// extension): the peer's address, its verified client certificates (with
+/// mTLS), and the connection's live agent sessions.
+#[derive(Clone)]
+pub struct AgentPeer {
+    pub addr: SocketAddr,
+    pub certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+    sessions: Arc<Sessions>,
+}
+
+/// The agent sessions on one connection.
+struct Sessions {
+    live: AtomicUsize,
+    /// When the last session ended (or the connection opened).
+    idle_since: Mutex<Instant>,
+    /// The connection's reader, woken when its last session ends.
+    reader: AtomicWaker,
+}
+
+impl AgentPeer {
+    /// Marks a session live on this connection until the guard drops.
+    pub fn session(&self) -> SessionOnConnection {
+        self.sessions.live.fetch_add(1, Ordering::SeqCst);
+        SessionOnConnection(self.sessions.clone())
+    }
+}
+
+/// A live agent session on a connection; see [`AgentPeer::session`].
+pub struct SessionOnConnection(Arc<Sessions>);
+
+impl Drop for SessionOnConnection {
+    fn drop(&mut self) {
+        if self.0.live.fetch_sub(1, Ordering::SeqCst) == 1 {
+            *self.0.idle_since.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+            self.0.reader.wake();
+        }
+    }
+}
+
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// An agent connection: closed once it has carried no agent session for
+/// `sessionless` (a peer that connects, even speaks HTTP/2 and answers
+/// pings, but never says hello, or stays after its stream ended).
+pub struct AgentConnection {
+    transport: Transport,
+    peer: AgentPeer,
+    sessionless: Duration,
+    closes_at: Pin<Box<Sleep>>,
+    closed: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl AgentConnection {
+    fn new(
+        transport: Transport,
+        addr: SocketAddr,
+        sessionless: Duration,
+        metrics: Arc<Metrics>,
+    ) -> AgentConnection {
+        let certs = match &transport {
+            Transport::Plain(_) => None,
+            Transport::Tls(tls) => tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|c| Arc::new(c.iter().map(|c| c.clone().into_owned()).collect())),
+        };
+        let now = Instant::now();
+        AgentConnection {
+            transport,
+            peer: AgentPeer {
+                addr,
+                certs,
+                sessions: Arc::new(Sessions {
+                    live: AtomicUsize::new(0),
+                    idle_since: Mutex::new(now),
+                    reader: AtomicWaker::new(),
+                }),
+            },
+            sessionless,
+            closes_at: Box::pin(tokio::time::sleep_until(now + sessionless)),
+            closed: false,
+            metrics,
+        }
+    }
+
+    /// Whether the connection went without a session for too long (then
+    /// reads fail and the server closes it). Registers the reader to be
+    /// woken when the deadline passes or the last session ends.
+    fn sessionless_too_long(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        if self.closed {
+            return true;
+        }
+        let sessions = &self.peer.sessions;
+        sessions.reader.register(cx.waker());
+        if sessions.live.load(Ordering::SeqCst) > 0 {
+            return false;
+        }
+        let due = *sessions
+            .idle_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            + self.sessionless;
+        if self.closes_at.deadline() != due {
+            self.closes_at.as_mut().reset(due);
+        }
+        if self.closes_at.as_mut().poll(cx).is_ready() {
+            self.closed = true;
+            self.metrics.agent_idle_closes.inc();
+            tracing::info!(peer = %self.peer.addr, "closing an agent connection without a session for {:?}", self.sessionless);
+            return true;
+        }
+        false
+    }
+}
+
+impl AsyncRead for AgentConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.sessionless_too_long(cx) {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no agent session on this connection",
+            )));
+        }
+        match &mut self.transport {
+            Transport::Plain(t) => Pin::new(t).poll_read(cx, buf),
+            Transport::Tls(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for AgentConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match &mut self.transport {
+            Transport::Plain(t) => Pin::new(t).poll_write(cx, buf),
+            Transport::Tls(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match &mut self.transport {
+            Transport::Plain(t) => Pin::new(t).poll_flush(cx),
+            Transport::Tls(t) => Pin::new(t.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match &mut self.transport {
+            Transport::Plain(t) => Pin::new(t).poll_shutdown(cx),
+            Transport::Tls(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl Connected for AgentConnection {
+    type ConnectInfo = AgentPeer;
+
+    fn connect_info(&self) -> AgentPeer {
+        self.peer.clone()
+    }
+}
+
+/// Agent connections accepted on `listener` within `limits` (see
+/// [`crate::peer_limits`]), through the TLS handshake when `tls` is given,
+/// for `Server::serve_with_incoming`. Fails only when the TLS files do not
+/// load at start; later a broken set of files is logged and the previous
+/// config kept. Handshake failures are counted and logged, never passed
+/// on. The tasks end when the returned stream is dropped.
 pub fn incoming(
     listener: TcpListener,
-    tls: ServerTls,
+    tls: Option<ServerTls>,
+    limits: &AgentLimits,
     metrics: Arc<Metrics>,
-) -> anyhow::Result<ReceiverStream<std::io::Result<TlsStream<TcpStream>>>> {
+) -> anyhow::Result<ReceiverStream<std::io::Result<Guarded<AgentConnection>>>> {
+    let current = match tls {
+        Some(tls) => Some(reloading(tls, metrics.clone())?),
+        None => None,
+    };
+    let sessionless = limits.hello_timeout.saturating_mul(2);
+    let drops = metrics.connections_dropped.clone();
+    let handshake = move |socket: TcpStream, addr: SocketAddr| {
+        let (current, metrics) = (current.clone(), metrics.clone());
+        async move {
+            let transport = match current {
+                Some(current) => match TlsAcceptor::from(current.get()).accept(socket).await {
+                    Ok(tls) => Transport::Tls(Box::new(tls)),
+                    Err(e) => {
+                        metrics.tls_handshake_failures.inc();
+                        return Err(anyhow::Error::from(e).context("TLS handshake"));
+                    }
+                },
+                None => Transport::Plain(socket),
+            };
+            Ok(AgentConnection::new(transport, addr, sessionless, metrics))
+        }
+    };
+    Ok(crate::peer_limits::incoming(
+        "agent",
+        listener,
+        limits.listener,
+        drops,
+        handshake,
+    ))
+}
+
+/// The current TLS config, loaded now and again whenever the files'
+/// bytes change, until nothing holds it any more.
+fn reloading(tls: ServerTls, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Current>> {
     let mut seen = fingerprint(&tls);
     let current = Arc::new(Current(RwLock::new(Arc::new(server_config(&tls)?))));
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-
-    let reloading = current.clone();
-    let closed = tx.clone();
-    let reload_metrics = metrics.clone();
+    let weak = Arc::downgrade(&current);
     tokio::spawn(async move {
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(tls.reload_every) => {}
-                _ = closed.closed() => return,
-            }
+            tokio::time::sleep(tls.reload_every).await;
+            let Some(reloading) = weak.upgrade() else {
+                return;
+            };
             let now = fingerprint(&tls);
             if now.is_none() || now == seen {
                 continue;
@@ -152,7 +375,7 @@ pub fn incoming(
                 Ok(config) => {
                     reloading.set(config);
                     seen = now;
-                    reload_metrics.tls_reloads.inc();
+                    metrics.tls_reloads.inc();
                     tracing::info!(cert = %tls.cert.display(), "reloaded the agent listener's TLS files");
                 }
                 // Half-written files load next time round; keep the old.
@@ -160,58 +383,16 @@ pub fn incoming(
             }
         }
     });
-
-    tokio::spawn(async move {
-        loop {
-            let (socket, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!("accepting an agent connection: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = tx.closed() => return,
-            };
-            let acceptor = TlsAcceptor::from(current.get());
-            let (tx, metrics) = (tx.clone(), metrics.clone());
-            tokio::spawn(async move {
-                match handshake(acceptor, socket, peer).await {
-                    Ok(stream) => {
-                        let _ = tx.send(Ok(stream)).await;
-                    }
-                    Err(e) => {
-                        metrics.tls_handshake_failures.inc();
-                        tracing::warn!(%peer, "TLS handshake refused: {e:#}");
-                    }
-                }
-            });
-        }
-    });
-    Ok(ReceiverStream::new(rx))
-}
-
-async fn handshake(
-    acceptor: TlsAcceptor,
-    socket: TcpStream,
-    peer: SocketAddr,
-) -> anyhow::Result<TlsStream<TcpStream>> {
-    let _ = socket.set_nodelay(true);
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket))
-        .await
-        .with_context(|| format!("{peer} did not finish the handshake in time"))?
-        .context("handshake")
+    Ok(current)
 }
 
 /// Whether `cert` (already verified against the client CA) names `node`
-/// as a SAN DNS name.
+/// exactly as one of its SAN DNS names: byte for byte, no wildcard
+/// (`*.nodes.example` names no node), no case folding (`Node-A` is not
+/// `node-a`), and only valid node names are ever compared.
 pub fn names_node(cert: &CertificateDer<'_>, node: &str) -> bool {
     let Ok(cert) = webpki::EndEntityCert::try_from(cert) else {
         return false;
     };
-    let Ok(name) = ServerName::try_from(node) else {
-        return false;
-    };
-    cert.verify_is_valid_for_subject_name(&name).is_ok()
+    crate::stream::valid_node_name(node) && cert.valid_dns_names().any(|name| name == node)
 }

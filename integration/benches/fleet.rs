@@ -232,10 +232,14 @@ fn control_plane() {
             compute: Default::default(),
             rollout: None,
             tls: None,
+            // Every agent of the fleet connects from this one address.
+            agents: setpoint_controlplane::stream::AgentLimits::default()
+                .with_connections_per_peer(1 << 20),
             election: Default::default(),
             admin: AdminConfig {
                 listen: Some(any),
                 token_file: Some(tokens.clone()),
+                ..AdminConfig::default()
             },
         })
         .await

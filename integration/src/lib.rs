@@ -4,7 +4,6 @@
 use std::process::{Command, Output};
 
 pub mod cluster;
-pub mod netns_agent;
 pub mod postgres;
 pub mod vm;
 

@@ -266,7 +266,7 @@ impl Applier {
         self.put_kernel_sets(&mut f, &save)?;
         let mut raw = RawRules::new();
         for family in Family::ALL {
-            let tables = iptables::read(&self.target, family, is_ours, &self.book)?;
+            let tables = iptables::read(&self.target, family, is_ours, &mut self.book)?;
             for (key, chain) in tables.chains {
                 f.put_chain(key, std::sync::Arc::new(chain));
             }
@@ -515,7 +515,7 @@ impl Applier {
             {
                 expected.add_jump(jump.clone());
             }
-            let read = iptables::read_table(&self.target, family, table, is_ours, &self.book)?;
+            let read = iptables::read_table(&self.target, family, table, is_ours, &mut self.book)?;
             for (key, chain) in read.chains {
                 kernel.put_chain(key, std::sync::Arc::new(chain));
             }

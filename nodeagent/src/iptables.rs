@@ -47,14 +47,18 @@ pub fn save_tool(family: Family) -> &'static str {
 /// prints the rest in.
 const TAG_PREFIX: &str = "setpoint:";
 
-/// The tag of a rule: a hash of its words (12 hex digits).
+/// Bytes of the hash a tag carries: 96 bits, so that no state can be
+/// crafted with two rules of one tag.
+pub const TAG_BYTES: usize = 12;
+
+/// The tag of a rule: a hash of its words ([`TAG_BYTES`] bytes, in hex).
 pub fn rule_tag(rule: &Rule) -> String {
     let mut h = Sha256::new();
     for word in &rule.0 {
         h.update(word.as_bytes());
         h.update([0]);
     }
-    format!("{TAG_PREFIX}{}", hex::encode(&h.finalize()[..6]))
+    format!("{TAG_PREFIX}{}", hex::encode(&h.finalize()[..TAG_BYTES]))
 }
 
 /// Rules read from the kernel that Setpoint cannot name (untagged, or a
@@ -159,14 +163,46 @@ fn run_tool(
 }
 
 /// The rules Setpoint knows by tag: every chain rule and jump of the
-/// states it has applied or is about to apply.
+/// states it has applied or is about to apply; and, per tag, the words
+/// `iptables-save` printed for that rule when it was first read back.
+///
+/// A tag alone never vouches for a kernel rule: the first time a tagged
+/// rule is read, its target, sets and comments must be the contract
+/// rule's (`iptables-save` prints the rest in a normal form of its own,
+/// `-p` first, `-m tcp` added, `/32` appended); every later read must
+/// print exactly what that first read printed. A rule someone edited
+/// under our tag reads as unknown, and is replaced.
 #[derive(Default)]
 pub struct RuleBook {
     rules: HashMap<String, Rule>,
     jumps: HashMap<(Family, Table, String, String), Jump>,
+    printed: HashMap<String, Vec<String>>,
 }
 
 impl RuleBook {
+    /// Whether `printed` (a kernel rule's words, its tag left out) is the
+    /// contract rule `rule` of tag `tag`; remembers the printed form the
+    /// first time.
+    fn vouches(&mut self, tag: &str, rule: &Rule, printed: &[String]) -> bool {
+        if let Some(known) = self.printed.get(tag) {
+            return known.as_slice() == printed;
+        }
+        let same = |flag: &str| -> bool {
+            let mut want: Vec<&str> = values_of(&rule.0, flag).collect();
+            let mut got: Vec<&str> = values_of(printed, flag).collect();
+            want.sort_unstable();
+            got.sort_unstable();
+            want == got
+        };
+        let plausible = ["-j", "-g", "--match-set", "--comment"]
+            .into_iter()
+            .all(same);
+        if plausible {
+            self.printed.insert(tag.to_string(), printed.to_vec());
+        }
+        plausible
+    }
+
     pub fn learn(&mut self, f: &Fragment) {
         for (_, chain) in f.chains() {
             for rule in &chain.rules {
@@ -225,11 +261,27 @@ fn words(line: &str) -> Vec<String> {
     }
 }
 
-fn tag_of(words: &[String]) -> Option<&str> {
+/// The values following `flag` in `words`.
+fn values_of<'a>(words: &'a [String], flag: &'a str) -> impl Iterator<Item = &'a str> + 'a {
     words
         .windows(2)
-        .find(|w| w[0] == "--comment" && w[1].starts_with(TAG_PREFIX))
+        .filter(move |w| w[0] == flag)
         .map(|w| w[1].as_str())
+}
+
+/// A rule's tag and its words without the tag's comment match.
+fn split_tag(words: &[String]) -> (Option<String>, Vec<String>) {
+    let at = words.windows(4).position(|w| {
+        w[0] == "-m" && w[1] == "comment" && w[2] == "--comment" && w[3].starts_with(TAG_PREFIX)
+    });
+    match at {
+        Some(i) => {
+            let mut rest = words[..i].to_vec();
+            rest.extend_from_slice(&words[i + 4..]);
+            (Some(words[i + 3].clone()), rest)
+        }
+        None => (None, words.to_vec()),
+    }
 }
 
 fn target_of(words: &[String]) -> Option<&str> {
@@ -259,7 +311,7 @@ pub fn parse_save(
     text: &str,
     family: Family,
     ours: impl Fn(&str) -> bool,
-    book: &RuleBook,
+    book: &mut RuleBook,
 ) -> KernelTables {
     let mut k = KernelTables::default();
     let mut chains: BTreeMap<ChainKey, Chain> = BTreeMap::new();
@@ -281,10 +333,14 @@ pub fn parse_save(
                 continue;
             }
             let chain = w.remove(0);
-            let tag = tag_of(&w).map(str::to_string);
+            let (tag, printed) = split_tag(&w);
             if ours(&chain) {
-                let rule = match tag.as_ref().and_then(|t| book.rules.get(t)) {
-                    Some(known) => known.clone(),
+                let known = tag
+                    .as_ref()
+                    .and_then(|t| Some((t, book.rules.get(t)?.clone())))
+                    .filter(|(t, rule)| book.vouches(t, rule, &printed));
+                let rule = match known {
+                    Some((_, known)) => known,
                     None => {
                         let rule = Rule(w);
                         k.raw.insert(rule.clone());
@@ -297,11 +353,14 @@ pub fn parse_save(
                     .rules
                     .push(rule);
             } else if target_of(&w).is_some_and(&ours) {
-                let known = tag.and_then(|tag| book.jumps.get(&(family, t, chain.clone(), tag)));
-                jumps
-                    .entry((t, chain))
-                    .or_default()
-                    .push((known.cloned(), Rule(w)));
+                let known = tag
+                    .and_then(|tag| {
+                        let jump = book.jumps.get(&(family, t, chain.clone(), tag.clone()))?;
+                        Some((tag, jump.clone()))
+                    })
+                    .filter(|(tag, jump)| book.vouches(tag, &jump.rule, &printed))
+                    .map(|(_, jump)| jump);
+                jumps.entry((t, chain)).or_default().push((known, Rule(w)));
             }
         }
     }
@@ -336,7 +395,7 @@ pub fn read_table(
     family: Family,
     table: Table,
     ours: impl Fn(&str) -> bool,
-    book: &RuleBook,
+    book: &mut RuleBook,
 ) -> Result<KernelTables, IptablesError> {
     let text = save(target, family, &["-t", table.as_str()])?;
     Ok(parse_save(&text, family, ours, book))
@@ -347,7 +406,7 @@ pub fn read(
     target: &Target,
     family: Family,
     ours: impl Fn(&str) -> bool,
-    book: &RuleBook,
+    book: &mut RuleBook,
 ) -> Result<KernelTables, IptablesError> {
     let text = save(target, family, &[])?;
     Ok(parse_save(&text, family, ours, book))
@@ -355,4 +414,90 @@ pub fn read(
 
 fn save(target: &Target, family: Family, args: &[&str]) -> Result<String, IptablesError> {
     run_tool(target, save_tool(family), args, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use setpoint_dataplane::{Chain, ChainKey, Family, Fragment, Rule, Table};
+
+    use super::*;
+
+    fn chain_key() -> ChainKey {
+        ChainKey {
+            family: Family::Inet,
+            table: Table::Filter,
+            name: "SP-FW".to_string(),
+        }
+    }
+
+    /// A book that knows one rule of `SP-FW`, and that rule.
+    fn book_of(words: &[&str]) -> (RuleBook, Rule) {
+        let rule = Rule::new(words.iter().copied());
+        let mut f = Fragment::new();
+        f.put_chain(
+            chain_key(),
+            Arc::new(Chain {
+                rules: vec![rule.clone()],
+            }),
+        );
+        let mut book = RuleBook::default();
+        book.learn(&f);
+        (book, rule)
+    }
+
+    /// What `iptables-save` prints with `SP-FW` holding one rule.
+    fn saved(rule_text: &str) -> String {
+        format!("*filter\n:INPUT ACCEPT [0:0]\n:SP-FW - [0:0]\n-A SP-FW {rule_text}\nCOMMIT\n")
+    }
+
+    /// Whether the read-back took the kernel rule for the contract rule.
+    fn vouched(book: &mut RuleBook, text: &str) -> bool {
+        let tables = parse_save(&saved(text), Family::Inet, |n| n.starts_with("SP-"), book);
+        tables.raw.is_empty()
+    }
+
+    #[test]
+    fn tags_carry_96_bits() {
+        let tag = rule_tag(&Rule::new(["-j", "ACCEPT"]));
+        let hex = tag.strip_prefix(TAG_PREFIX).expect("prefix");
+        assert_eq!(hex.len() * 4, 96, "{tag}");
+        assert!(hex.bytes().all(|b| b.is_ascii_hexdigit()), "{tag}");
+        assert_ne!(tag, rule_tag(&Rule::new(["-j", "DROP"])));
+    }
+
+    /// A tag names a rule; it does not vouch for whatever carries it.
+    #[test]
+    fn read_back_compares_the_words_not_only_the_tag() {
+        let (mut book, rule) = book_of(&["-p", "tcp", "--dport", "53", "-j", "ACCEPT"]);
+        let tag = rule_tag(&rule);
+        // Another target, set or comment under the tag: never the rule.
+        for forged in [
+            format!("-p tcp -m comment --comment {tag} -m tcp --dport 53 -j DROP"),
+            format!(
+                "-p tcp -m comment --comment {tag} -m tcp --dport 53 -j ACCEPT -m comment --comment x"
+            ),
+            format!("-p tcp -m comment --comment {tag} -m set --match-set SP-Y src -j ACCEPT"),
+        ] {
+            assert!(!vouched(&mut book, &forged), "{forged}");
+        }
+        // The kernel's normal form of the rule, first read: the rule.
+        let normal = format!("-p tcp -m comment --comment {tag} -m tcp --dport 53 -j ACCEPT");
+        assert!(vouched(&mut book, &normal));
+        assert!(vouched(&mut book, &normal), "and again");
+        // Any other words later, even with target and comments kept: not.
+        let edited = format!(
+            "-s 192.0.2.9/32 -p tcp -m comment --comment {tag} -m tcp --dport 54 -j ACCEPT"
+        );
+        assert!(!vouched(&mut book, &edited));
+        let tables = parse_save(
+            &saved(&edited),
+            Family::Inet,
+            |n| n.starts_with("SP-"),
+            &mut book,
+        );
+        assert_eq!(tables.chains.len(), 1);
+        assert_ne!(tables.chains[0].1.rules, vec![rule], "read back as it is");
+    }
 }

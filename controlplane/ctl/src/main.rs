@@ -18,7 +18,7 @@ use tonic::Code;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 const EXIT_CODES: &str = "\
 Exit status:
@@ -40,12 +40,21 @@ either alone or as `<role> <token>` (the control plane's own file works).";
     after_help = EXIT_CODES
 )]
 struct Cli {
-    /// The control plane's admin API.
+    /// The control plane's admin API: http://HOST:PORT (loopback), or
+    /// https://HOST:PORT with --ca.
     #[arg(long, default_value = "http://127.0.0.1:7444", env = "SETPOINT_SERVER")]
     server: String,
     /// File with the bearer token to present.
     #[arg(long, env = "SETPOINT_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// The CA certificate (PEM) the admin API's certificate must chain
+    /// to; required with an https:// --server.
+    #[arg(long, env = "SETPOINT_CA")]
+    ca: Option<PathBuf>,
+    /// The name the admin API's certificate must carry (default: the host
+    /// of --server; set it when reaching the API through a port-forward).
+    #[arg(long, env = "SETPOINT_SERVER_NAME", requires = "ca")]
+    server_name: Option<String>,
     /// Output: human tables or JSON for scripts.
     #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -239,12 +248,54 @@ async fn connect(cli: &Cli) -> Result<Client, Failure> {
         .map_err(|e| Failure::usage(format!("--server {:?}: {e}", cli.server)))?
         .connect_timeout(Duration::from_secs(cli.timeout.clamp(1, 10)))
         .timeout(Duration::from_secs(cli.timeout.max(1)));
+    let endpoint = secure(endpoint, cli, auth.is_some())?;
     let channel = endpoint.connect().await.map_err(|e| Failure {
         code: 4,
         message: format!("cannot reach {}: {e}", cli.server),
     })?;
     Ok(AdminClient::with_interceptor(channel, Bearer(auth))
         .max_decoding_message_size(setpoint_proto::MAX_MESSAGE_BYTES))
+}
+
+/// TLS for an https:// server, verified against `--ca`; a warning when a
+/// token would cross the network in plaintext.
+fn secure(endpoint: Endpoint, cli: &Cli, with_token: bool) -> Result<Endpoint, Failure> {
+    let uri = endpoint.uri();
+    let https = uri.scheme_str() == Some("https");
+    match (&cli.ca, https) {
+        (Some(ca), true) => {
+            let pem = std::fs::read(ca)
+                .map_err(|e| Failure::usage(format!("cannot read --ca {}: {e}", ca.display())))?;
+            let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+            if let Some(name) = &cli.server_name {
+                tls = tls.domain_name(name.clone());
+            }
+            endpoint
+                .tls_config(tls)
+                .map_err(|e| Failure::usage(format!("TLS settings: {e}")))
+        }
+        (None, true) => Err(Failure::usage(
+            "an https:// server needs --ca FILE: the CA certificate its certificate chains to",
+        )),
+        (Some(_), false) => Err(Failure::usage(
+            "--ca is for an https:// server; this one is plaintext",
+        )),
+        (None, false) => {
+            let loopback = uri.host().is_some_and(|h| {
+                h == "localhost"
+                    || h.trim_matches(['[', ']'])
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            });
+            if with_token && !loopback {
+                eprintln!(
+                    "warning: sending the token to {} in plaintext; use https:// and --ca",
+                    cli.server
+                );
+            }
+            Ok(endpoint)
+        }
+    }
 }
 
 fn print_json(value: &Value) -> Result<(), Failure> {

@@ -175,7 +175,7 @@ async fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
-fn metric(running: &Running, name: &str) -> f64 {
+pub(crate) fn metric(running: &Running, name: &str) -> f64 {
     running
         .metrics
         .encode()
@@ -442,4 +442,43 @@ async fn plaintext_off_loopback_is_refused() {
         .to_string();
     assert!(why.contains("must be https://"), "{why}");
     assert!(check_transport(&options("https://setpoint:7443", Some(files))).is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_or_case_folded_certificate_names_no_node() {
+    let Fixture {
+        manifests: _manifests,
+        _data,
+        pki,
+        server: _,
+        running,
+    } = serve_tls().await;
+    wait_for("a first revision", || *running.head.borrow() > 0).await;
+    // A wildcard certificate would name every node under it; a name that
+    // differs in case is another name.
+    let (_w, wildcard) = agent(
+        &running,
+        "node-a.nodes.test",
+        pki.node("wildcard", "*.nodes.test"),
+    );
+    let (_u, upper) = agent(&running, "node-a", pki.node("upper", "NODE-A"));
+    let (_b, b) = agent(&running, "node-b", pki.node("node-b", "node-b"));
+    wait_for(
+        "the wildcard and the upper-case certificate refused",
+        || progress(&wildcard).last_error.is_some() && progress(&upper).last_error.is_some(),
+    )
+    .await;
+    for (node, p) in [("node-a.nodes.test", &wildcard), ("node-a", &upper)] {
+        let refused = progress(p);
+        let why = refused.last_error.unwrap_or_default();
+        assert!(
+            why.contains(&format!("does not name node '{node}'")),
+            "{node}: refused with PERMISSION_DENIED: {why}"
+        );
+        assert_eq!(refused.revision, 0, "{node} never got a state");
+    }
+    assert!(metric(&running, "setpoint_identity_refusals_total") >= 2.0);
+    // The exact name is served.
+    let head = *running.head.borrow();
+    wait_for("node-b to ack", || progress(&b).revision == head).await;
 }

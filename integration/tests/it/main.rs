@@ -3,10 +3,10 @@
 
 mod admin_api;
 mod agent_identity;
+mod agent_listener_limits;
 mod agent_refuses;
 mod deploy_manifests;
 mod e2e_support;
-mod failsafe;
 mod large_state;
 mod leader_election;
 mod policy_matrix;
@@ -14,5 +14,6 @@ mod render_applies;
 mod rollout;
 mod running_failures;
 mod running_system;
+mod service_hijacks;
 mod sigkill;
 mod vm_smoke;

@@ -38,11 +38,12 @@ pub(crate) fn config(manifests: &Path, database: &str, listen: SocketAddr) -> Se
         rollout: None,
         admin: Default::default(),
         tls: None,
+        agents: Default::default(),
         election: Default::default(),
     }
 }
 
-fn any_port() -> SocketAddr {
+pub(crate) fn any_port() -> SocketAddr {
     "127.0.0.1:0".parse().expect("addr")
 }
 
@@ -215,14 +216,14 @@ async fn control_plane_killed_mid_rollout_agents_keep_state_and_resume_by_delta(
     );
 }
 
-fn envelope(body: AgentBody) -> AgentMessage {
+pub(crate) fn envelope(body: AgentBody) -> AgentMessage {
     AgentMessage {
         protocol_version: PROTOCOL_VERSION,
         body: Some(body),
     }
 }
 
-fn hello(node: &str) -> AgentBody {
+pub(crate) fn hello(node: &str) -> AgentBody {
     AgentBody::Hello(Hello {
         node: node.to_string(),
         agent_version: "raw test client".to_string(),
@@ -234,7 +235,7 @@ fn hello(node: &str) -> AgentBody {
 /// Opens a stream with the generated client. `first` is queued before
 /// the call: the control plane answers the call only once it has the
 /// first message (or gives up waiting for it).
-async fn open_stream(
+pub(crate) async fn open_stream(
     addr: SocketAddr,
     first: Vec<AgentMessage>,
 ) -> (
@@ -257,7 +258,7 @@ async fn open_stream(
 }
 
 /// The next snapshot or delta (heartbeats skipped, pieces reassembled).
-async fn next_state(inbound: &mut Streaming<ControlMessage>) -> ControlBody {
+pub(crate) async fn next_state(inbound: &mut Streaming<ControlMessage>) -> ControlBody {
     let mut reassembly = setpoint_proto::pieces::Reassembly::default();
     loop {
         let m = tokio::time::timeout(Duration::from_secs(10), inbound.message())

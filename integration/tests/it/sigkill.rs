@@ -21,7 +21,7 @@ use crate::running_failures::{free_addr, open_store, wait_for};
 
 /// The control-plane binary of this build (built here when `cargo test`
 /// was not asked to build it).
-fn controlplane_binary() -> &'static Path {
+pub(crate) fn controlplane_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
         let exe = std::env::current_exe().expect("test executable path");

@@ -594,6 +594,77 @@ mod ipset_backend {
         assert!(save.contains(foreign), "the foreign rule stays:\n{save}");
     }
 
+    /// A rule edited in place under its tag (another source address, the
+    /// tag's comment kept) is drift: read-back compares what the kernel
+    /// prints with what it printed after the agent's own restore, not the
+    /// tag alone; the next apply puts the rule back.
+    #[test]
+    fn a_rule_edited_under_its_tag_is_drift_and_repaired() {
+        use setpoint_agent::apply::ApplyError;
+        require_root_and_tools();
+        let ns = Netns::create("agent-tag").expect("netns");
+        let mut applier = applier(&ns);
+        let objects = example_objects();
+        let full = state(&objects, &vec![true; objects.len()], "node-a");
+        applier.apply(&full).expect("first apply");
+        let target = applier.target().clone();
+        let save = target
+            .run("iptables-save", &["-t", "nat"], None)
+            .expect("save");
+        // A tagged rule of ours whose words need no quoting but the tag's
+        // (iptables-nft quotes every comment).
+        let (chain, number, words) = save
+            .lines()
+            .filter_map(|l| l.strip_prefix("-A "))
+            .filter(|l| l.starts_with("SP-"))
+            .scan(
+                std::collections::BTreeMap::<String, usize>::new(),
+                |seen, l| {
+                    let (chain, rest) = l.split_once(' ')?;
+                    let n = seen.entry(chain.to_string()).or_default();
+                    *n += 1;
+                    Some((chain.to_string(), *n, rest.to_string()))
+                },
+            )
+            .find(|(_, _, rest)| rest.contains("setpoint:") && rest.matches('"').count() <= 2)
+            .unwrap_or_else(|| panic!("a tagged rule in nat:\n{save}"));
+        let number = number.to_string();
+        let mut argv = vec![
+            "-w",
+            "-t",
+            "nat",
+            "-R",
+            &chain,
+            &number,
+            "-s",
+            "192.0.2.99/32",
+        ];
+        argv.extend(words.split(' ').map(|w| w.trim_matches('"')));
+        target
+            .run("iptables", &argv, None)
+            .expect("edit the rule in place");
+        let edited = target
+            .run("iptables-save", &["-t", "nat"], None)
+            .expect("save");
+        assert!(edited.contains("192.0.2.99"), "{edited}");
+
+        match applier.verify(&full) {
+            Err(ApplyError::Mismatch { differences, .. }) => {
+                assert!(
+                    differences.join("\n").contains(&chain),
+                    "names the edited chain {chain}: {differences:?}"
+                )
+            }
+            other => panic!("an edited rule under its tag must be drift, got {other:?}"),
+        }
+        applier.apply(&full).expect("repair");
+        assert_eq!(applier.verify(&full).expect("repaired"), full.digest());
+        let repaired = target
+            .run("iptables-save", &["-t", "nat"], None)
+            .expect("save");
+        assert!(!repaired.contains("192.0.2.99"), "{repaired}");
+    }
+
     /// A state with virtual servers on a kernel without IPVS is refused
     /// before anything is touched, naming the missing feature.
     #[test]

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use setpoint_agent::client::{Agent, AgentOptions};
 use setpoint_agent::services::IpvsMode;
-use setpoint_controlplane::admin::AdminConfig;
+use setpoint_controlplane::admin::{AdminConfig, AdminTls};
 use setpoint_controlplane::serve::{Running, ServeConfig, start};
 
 const READ_TOKEN: &str = "read-token-0123456789abcdef";
@@ -27,6 +27,52 @@ impl Fixture {
 }
 
 async fn control_plane(with_tokens: bool) -> Fixture {
+    control_plane_with(with_tokens, None).await
+}
+
+/// A control plane whose admin API is TLS with a certificate for
+/// `localhost` and 127.0.0.1, issued by a CA of its own.
+struct Pki {
+    ca: PathBuf,
+    other_ca: PathBuf,
+    tls: AdminTls,
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Pki {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let ca = |name: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, name);
+            let key = KeyPair::generate().expect("key");
+            CertifiedIssuer::self_signed(params, key).expect("CA")
+        };
+        let (issuer, other) = (ca("admin CA"), ca("another CA"));
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("sign");
+        let path = |name: &str, text: String| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).expect("write PEM");
+            path
+        };
+        Pki {
+            ca: path("ca.pem", issuer.pem()),
+            other_ca: path("other-ca.pem", other.pem()),
+            tls: AdminTls {
+                cert: path("admin.crt", cert.pem()),
+                key: path("admin.key", key.serialize_pem()),
+            },
+        }
+    }
+}
+
+async fn control_plane_with(with_tokens: bool, tls: Option<AdminTls>) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let manifests = dir.path().join("manifests");
     std::fs::create_dir(&manifests).expect("mkdir");
@@ -57,13 +103,17 @@ async fn control_plane(with_tokens: bool) -> Fixture {
         admin: AdminConfig {
             listen: Some(localhost),
             token_file: with_tokens.then(|| dir.path().join("tokens")),
+            tls: tls.clone(),
+            ..AdminConfig::default()
         },
         tls: None,
+        agents: Default::default(),
         election: Default::default(),
     })
     .await
     .expect("control plane starts");
-    let server = format!("http://{}", running.admin_addr.expect("admin listens"));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let server = format!("{scheme}://{}", running.admin_addr.expect("admin listens"));
     Fixture {
         dir,
         running,
@@ -463,4 +513,58 @@ async fn explain_through_the_binary() {
         let out = ctl_as(&f, token, &args, code).await;
         assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_admin_api_with_https_and_ca() {
+    let certs = tempfile::tempdir().expect("dir");
+    let pki = Pki::new(certs.path());
+    let f = control_plane_with(true, Some(pki.tls.clone())).await;
+    wait_head(&f.running, 0).await;
+    let ca = pki.ca.display().to_string();
+    let status = ctl_as(&f, Some("read"), &["--ca", &ca, "-o", "json", "status"], 0).await;
+    assert!(
+        status.json()["head"].as_u64().is_some_and(|h| h > 0),
+        "{}",
+        status.stdout
+    );
+    // Through a port-forward the host is not the certificate's: name it.
+    for (name, code) in [("localhost", 0), ("elsewhere", 4)] {
+        let args = ["--ca", &ca, "--server-name", name, "status"];
+        let out = ctl_as(&f, Some("read"), &args, code).await;
+        assert!(
+            code == 0 || out.stderr.contains("cannot reach"),
+            "{}",
+            out.stderr
+        );
+    }
+
+    // A CA that did not issue the certificate: no connection, no token sent.
+    let other = pki.other_ca.display().to_string();
+    let untrusted = ctl_as(&f, Some("read"), &["--ca", &other, "status"], 4).await;
+    assert!(
+        untrusted.stderr.contains("cannot reach"),
+        "{}",
+        untrusted.stderr
+    );
+    // https:// without --ca, --ca with http://: usage errors.
+    let no_ca = ctl_as(&f, Some("read"), &["status"], 2).await;
+    assert!(no_ca.stderr.contains("--ca"), "{}", no_ca.stderr);
+    let plain = f.server.replace("https://", "http://");
+    let token = f.token("read");
+    let out = ctl(&[
+        "--server",
+        &plain,
+        "--ca",
+        &ca,
+        "--token-file",
+        &token,
+        "status",
+    ])
+    .await;
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    // Plaintext to the TLS port gets nothing.
+    let out = ctl(&["--server", &plain, "--token-file", &token, "status"]).await;
+    assert_ne!(out.code, 0, "{}", out.stdout);
+    assert!(out.stdout.is_empty(), "{}", out.stdout);
 }

@@ -82,6 +82,7 @@ async fn kube_objects_reach_an_agent_and_watch_events_make_new_revisions() {
         rollout: None,
         admin: Default::default(),
         tls: None,
+        agents: Default::default(),
         election: Default::default(),
     })
     .await

@@ -1,12 +1,12 @@
 //! What a manifest may cost: aliases refused, nesting and file size capped,
 //! error positions found without re-reading what came before. Allocations
-//! are measured on the test's own thread (`alloc`).
+//! are measured on the test's own thread (`hostile`).
 
 use std::path::Path;
 
 use setpoint_source::{Limits, ManifestCache, load_path_with, parse_bytes, parse_str};
 
-use crate::alloc::measure;
+use crate::hostile::measure;
 use crate::{check, check_as, render};
 
 const MIB: usize = 1 << 20;

@@ -1,7 +1,9 @@
 //! Integration tests of the manifest source: in-memory text (`parse`) and
 //! files on disk (`load`).
 
-mod alloc;
+mod decoders;
+#[path = "../../../../proto/dataplane/tests/it/hostile.rs"]
+mod hostile;
 mod limits;
 mod load;
 mod parse;

@@ -7,11 +7,15 @@
 //! - `render`: the kernel-tool renderings, JSON and `SetEntry` text.
 //! - `model`: canonical forms of the atoms (real server order, rule
 //!   targets).
+//! - `decoders`: chunk, manifest, state and diff decoders fed arbitrary and
+//!   edited bytes (`hostile`: the inputs and a counting allocator).
 //!
 //! Fixtures are built with the builders in `fixtures`.
 
+mod decoders;
 mod fixtures;
 mod golden;
+mod hostile;
 mod model;
 mod props;
 mod render;
