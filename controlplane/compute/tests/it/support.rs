@@ -566,11 +566,11 @@ pub fn problems(index: &Index) -> Vec<String> {
 }
 
 /// Asserts every node of `incremental` has exactly the state (digest and
-/// equality) a from-scratch index over `objects` computes, and the same
-/// set of nodes.
+/// equality) a from-scratch index over `objects` (and the same
+/// configuration) computes, and the same set of nodes.
 #[track_caller]
 pub fn assert_same_as_fresh(incremental: &Index, objects: impl IntoIterator<Item = ClusterObject>) {
-    let fresh = index_of(objects);
+    let fresh = index_with(incremental.config().clone(), objects);
     let names = |i: &Index| i.node_names().map(|n| n.to_string()).collect::<Vec<_>>();
     assert_eq!(names(incremental), names(&fresh), "node sets differ");
     for name in names(&fresh) {
