@@ -162,3 +162,63 @@ pub fn parse_save(
     }
     Ok(sets)
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Words `ipset save` lines are made of, and some it never prints.
+    fn word() -> impl Strategy<Value = String> {
+        prop_oneof![
+            proptest::sample::select(vec![
+                "create",
+                "add",
+                "SP-X",
+                "SP-Y",
+                "KUBE-Z",
+                "hash:ip",
+                "hash:net",
+                "hash:ip,port",
+                "bitmap:port",
+                "hash:nope",
+                "family",
+                "inet",
+                "inet6",
+                "maxelem",
+                "65536",
+                "4294967296",
+                "10.0.0.1",
+                "10.0.0.0/8",
+                "fd00::1",
+                "10.0.0.1,tcp:80",
+                "nomatch",
+                "0-65535",
+                "",
+                "\u{0}",
+                "é",
+            ])
+            .prop_map(str::to_string),
+            "[ -~]{0,12}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any text as `ipset save` output: sets or a line-numbered
+        /// error, never a panic.
+        #[test]
+        fn arbitrary_save_output_never_panics(
+            raw in any::<String>(),
+            lines in proptest::collection::vec(proptest::collection::vec(word(), 0..6), 0..12),
+        ) {
+            let _ = parse_save(&raw, |_| true);
+            let text: String = lines.iter().map(|l| l.join(" ") + "\n").collect();
+            if let Err(IpsetError::Parse { line, .. }) = parse_save(&text, |n| n.starts_with("SP-")) {
+                prop_assert!(line >= 1 && line <= lines.len());
+            }
+        }
+    }
+}

@@ -500,4 +500,58 @@ mod tests {
         assert_eq!(tables.chains.len(), 1);
         assert_ne!(tables.chains[0].1.rules, vec![rule], "read back as it is");
     }
+
+    /// Words `iptables-save` lines are made of, quoting included.
+    fn word() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            proptest::sample::select(vec![
+                "*filter",
+                "*nat",
+                "*bogus",
+                ":SP-FW",
+                ":INPUT",
+                "-",
+                "[0:0]",
+                "-A",
+                "SP-FW",
+                "INPUT",
+                "-m",
+                "comment",
+                "--comment",
+                "\"setpoint:0123",
+                "\"a b\"",
+                "\\",
+                "\"",
+                "-j",
+                "-g",
+                "SP-FW",
+                "ACCEPT",
+                "COMMIT",
+                "",
+                "é",
+            ])
+            .prop_map(str::to_string),
+            "[ -~]{0,12}",
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Any text as `iptables-save` output: chains, jumps and raw rules,
+        /// never a panic; nothing read back that the text does not hold.
+        #[test]
+        fn arbitrary_save_output_never_panics(
+            raw in proptest::prelude::any::<String>(),
+            lines in proptest::collection::vec(proptest::collection::vec(word(), 0..8), 0..16),
+        ) {
+            let (mut book, _) = book_of(&["-j", "ACCEPT"]);
+            let _ = parse_save(&raw, Family::Inet, |_| true, &mut book);
+            let text: String = lines.iter().map(|l| l.join(" ") + "\n").collect();
+            let tables = parse_save(&text, Family::Inet6, |n| n.starts_with("SP-"), &mut book);
+            let rules: usize = tables.chains.iter().map(|(_, c)| c.rules.len()).sum();
+            proptest::prop_assert!(rules + tables.jumps.len() <= lines.len());
+        }
+    }
 }

@@ -32,6 +32,8 @@ pub enum LocalStateError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{path} is over {limit} bytes; not read")]
+    TooLarge { path: PathBuf, limit: u64 },
     #[error("{path} is not a valid applied-state record: {source}")]
     Corrupt {
         path: PathBuf,
@@ -42,6 +44,42 @@ pub enum LocalStateError {
 
 pub struct LocalState {
     dir: PathBuf,
+}
+
+/// Largest record file read: a record is a node name, two numbers and a
+/// digest.
+const MAX_RECORD_BYTES: u64 = 64 * 1024;
+/// Largest state file read: no larger than a state the agent can be sent.
+const MAX_STATE_BYTES: u64 = setpoint_proto::MAX_REASSEMBLED_BYTES as u64;
+
+/// The text of `path`, `None` when it does not exist; an error when it is
+/// over `limit` bytes, before they are read.
+fn read_bounded(path: &Path, limit: u64) -> Result<Option<String>, LocalStateError> {
+    use std::io::Read as _;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(LocalStateError::Read {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let mut text = String::new();
+    file.take(limit + 1)
+        .read_to_string(&mut text)
+        .map_err(|source| LocalStateError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if text.len() as u64 > limit {
+        return Err(LocalStateError::TooLarge {
+            path: path.to_path_buf(),
+            limit,
+        });
+    }
+    Ok(Some(text))
 }
 
 impl LocalState {
@@ -59,10 +97,8 @@ impl LocalState {
     /// The last record, `None` when there is none yet.
     pub fn load(&self) -> Result<Option<Applied>, LocalStateError> {
         let path = self.path();
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(LocalStateError::Read { path, source }),
+        let Some(text) = read_bounded(&path, MAX_RECORD_BYTES)? else {
+            return Ok(None);
         };
         serde_json::from_str(&text)
             .map(Some)
@@ -73,10 +109,8 @@ impl LocalState {
     /// agent can take deltas against it.
     pub fn load_state(&self) -> Result<Option<NodeDataplane>, LocalStateError> {
         let path = self.dir.join(Self::STATE_FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(LocalStateError::Read { path, source }),
+        let Some(text) = read_bounded(&path, MAX_STATE_BYTES)? else {
+            return Ok(None);
         };
         if text.starts_with("{\"parts\"") {
             let cache = setpoint_proto::parts::FragmentCache::process();
@@ -190,5 +224,52 @@ mod tests {
         std::fs::write(dir.path().join("applied.json"), "{\"node\": 3").expect("write");
         let err = LocalState::new(dir.path()).load().expect_err("corrupt");
         assert!(err.to_string().contains("applied.json"), "{err}");
+    }
+
+    #[test]
+    fn an_oversized_record_is_refused_unread() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let big = format!(
+            "{{\"node\": \"{}\"}}",
+            "x".repeat(MAX_RECORD_BYTES as usize)
+        );
+        std::fs::write(dir.path().join("applied.json"), big).expect("write");
+        let err = LocalState::new(dir.path()).load().expect_err("too large");
+        assert!(matches!(err, LocalStateError::TooLarge { .. }), "{err}");
+    }
+
+    fn contents() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let json = prop_oneof![
+            Just("{\"parts\"".to_string()),
+            Just("{\"parts\":[{\"name\":\"base\",\"digest\":\"".to_string()),
+            Just("{\"node\":\"n\",\"revision\":".to_string()),
+            Just(String::new()),
+        ];
+        (json, proptest::collection::vec(any::<u8>(), 0..200)).prop_map(|(head, tail)| {
+            let mut bytes = head.into_bytes();
+            bytes.extend(tail);
+            bytes
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Whatever the files hold, loading is a record, nothing, or an
+        /// error naming the file — never a panic.
+        #[test]
+        fn arbitrary_files_never_panic(record in contents(), state in contents()) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            std::fs::write(dir.path().join("applied.json"), &record).expect("write");
+            std::fs::write(dir.path().join("state.json"), &state).expect("write");
+            let local = LocalState::new(dir.path());
+            if let Err(e) = local.load() {
+                proptest::prop_assert!(e.to_string().contains("applied.json"), "{}", e);
+            }
+            if let Err(e) = local.load_state() {
+                proptest::prop_assert!(e.to_string().contains("state.json"), "{}", e);
+            }
+        }
     }
 }

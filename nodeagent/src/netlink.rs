@@ -355,4 +355,43 @@ mod tests {
         short[..4].copy_from_slice(&3u32.to_ne_bytes());
         assert!(matches!(take(&[short], 1), Err(NetlinkError::Malformed(_))));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Arbitrary datagrams, and arbitrary headers in front of
+        /// arbitrary payloads: errors or answers, never a panic, and
+        /// never more reply bytes than were received.
+        #[test]
+        fn arbitrary_datagrams_never_panic(
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            framed in proptest::collection::vec(
+                (
+                    proptest::prelude::any::<u16>(),
+                    proptest::prelude::any::<u16>(),
+                    0u32..3,
+                    proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40),
+                    proptest::prelude::any::<u32>(),
+                ),
+                0..6,
+            ),
+            seq in 0u32..3,
+        ) {
+            let mut answer = Answer::default();
+            let _ = answer.take(&raw, seq);
+            let mut datagram = Vec::new();
+            for (kind, flags, msg_seq, payload, lie) in &framed {
+                let mut m = message(*kind, *flags, *msg_seq, payload);
+                // Sometimes a length that lies.
+                if lie % 4 == 0 {
+                    m[..4].copy_from_slice(&lie.to_ne_bytes());
+                }
+                datagram.extend(m);
+            }
+            let mut answer = Answer::default();
+            let _ = answer.take(&datagram, seq);
+            let kept: usize = answer.replies.iter().map(Vec::len).sum();
+            proptest::prop_assert!(kept <= datagram.len());
+        }
+    }
 }

@@ -671,4 +671,35 @@ mod tests {
             }
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Arbitrary bytes as a kernel reply: an error or a value, never
+        /// a panic.
+        #[test]
+        fn arbitrary_replies_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256)) {
+            let _ = decode_service(&bytes);
+            let _ = decode_dest(&bytes, &"10.0.0.1".parse().expect("address"));
+            let _ = decode_dest(&bytes, &"fd00::1".parse().expect("address"));
+        }
+
+        /// Well-framed replies whose attributes are arbitrary (any type,
+        /// any length, nested where the kernel nests), so the decoders get
+        /// past the framing.
+        #[test]
+        fn arbitrary_attributes_never_panic(
+            cmd in proptest::prelude::any::<u8>(),
+            nested in proptest::sample::select(vec![CMD_ATTR_SERVICE, CMD_ATTR_DEST, 0, 7]),
+            children in proptest::collection::vec(
+                (0u16..20, proptest::collection::vec(proptest::prelude::any::<u8>(), 0..24)),
+                0..12,
+            ),
+        ) {
+            let children: Vec<Vec<u8>> = children.iter().map(|(k, p)| tlv(*k, p)).collect();
+            let bytes = reply(cmd, nested, &children);
+            let _ = decode_service(&bytes);
+            let _ = decode_dest(&bytes, &"10.0.0.1".parse().expect("address"));
+        }
+    }
 }
