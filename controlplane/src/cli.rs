@@ -168,6 +168,10 @@ pub struct RolloutArgs {
     /// the rollout and roll them back.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..), env = "SETPOINT_FAILURE_THRESHOLD")]
     pub failure_threshold: u64,
+    /// A canary that acked and is then not heard from (no heartbeat, no
+    /// stream) for this long has failed (agents heartbeat every 10 s).
+    #[arg(long, default_value = "30s", value_parser = parse_duration, env = "SETPOINT_CANARY_SILENCE")]
+    pub canary_silence: std::time::Duration,
 }
 
 impl RolloutArgs {
@@ -178,12 +182,14 @@ impl RolloutArgs {
             canary_selector,
             soak,
             failure_threshold,
+            canary_silence,
         } = self.clone();
         (rollout == RolloutMode::Canary).then(|| setpoint_controlplane::rollout::RolloutConfig {
             share: canary_share,
             selector: canary_selector,
             soak,
             failure_threshold: usize::try_from(failure_threshold).unwrap_or(usize::MAX),
+            canary_silence,
         })
     }
 }

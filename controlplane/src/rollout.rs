@@ -125,9 +125,13 @@ pub struct RolloutConfig {
     /// How long every canary must have held the revision, without a
     /// failure, before the rest get it.
     pub soak: Duration,
-    /// This many failing canaries (a nack after the rollout started) halt
-    /// the rollout.
+    /// This many failing canaries (a nack after the rollout started, or
+    /// silence after acking) halt the rollout.
     pub failure_threshold: usize,
+    /// A canary that acked the target and has not been heard from (ack,
+    /// heartbeat) for longer than this has failed: the revision may have
+    /// cut its path to the control plane.
+    pub canary_silence: Duration,
 }
 
 impl Default for RolloutConfig {
@@ -137,6 +141,7 @@ impl Default for RolloutConfig {
             selector: Vec::new(),
             soak: Duration::from_secs(30),
             failure_threshold: 1,
+            canary_silence: Duration::from_secs(30),
         }
     }
 }
@@ -209,6 +214,8 @@ pub struct CanaryReport {
     pub acked: bool,
     /// Its agent nacked since the rollout started: the error.
     pub failure: Option<String>,
+    /// When its agent was last heard from (Unix ms; `None`: never).
+    pub contact_ms: Option<i64>,
 }
 
 /// What the driver must do after an observation.
@@ -229,19 +236,51 @@ pub enum Step {
 }
 
 /// The pure state machine: no I/O, time as an input.
+///
+/// A canary fails by a nack, or by silence: once it acked the target it
+/// must be heard from (ack, heartbeat) at least every `silence_ms`, and
+/// the soak ends only when every canary was heard from after it — so a
+/// canary stays connected and heartbeating through the whole soak, or
+/// the rollout halts. (Silence is judged when observed: the leader ticks
+/// about once a second.)
 #[derive(Clone, Debug, PartialEq)]
 pub struct Machine {
     pub phase: Phase,
     pub soak_ms: i64,
     pub failure_threshold: usize,
+    pub silence_ms: i64,
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 impl Machine {
-    pub fn new(good: Option<u64>, soak: Duration, failure_threshold: usize) -> Machine {
+    pub fn new(good: Option<u64>, config: &RolloutConfig) -> Machine {
         Machine {
             phase: Phase::Idle { good },
-            soak_ms: i64::try_from(soak.as_millis()).unwrap_or(i64::MAX),
-            failure_threshold: failure_threshold.max(1),
+            soak_ms: millis(config.soak),
+            failure_threshold: config.failure_threshold.max(1),
+            silence_ms: millis(config.canary_silence),
+        }
+    }
+
+    /// Why `r` failed, if it did: its nack, or its silence since acking.
+    fn failure(&self, r: &CanaryReport, now_ms: i64) -> Option<String> {
+        if let Some(error) = &r.failure {
+            return Some(error.clone());
+        }
+        if !r.acked {
+            return None;
+        }
+        match r.contact_ms {
+            None => Some("acked but never heard from".to_string()),
+            Some(heard) if now_ms.saturating_sub(heard) > self.silence_ms => Some(format!(
+                "silent for {} ms after acking (bound {} ms): disconnected or not heartbeating",
+                now_ms.saturating_sub(heard),
+                self.silence_ms
+            )),
+            Some(_) => None,
         }
     }
 
@@ -270,33 +309,28 @@ impl Machine {
 
     /// Looks at the canaries' reports.
     pub fn observe(&mut self, reports: &[CanaryReport], now_ms: i64) -> Step {
-        let Phase::Canary {
-            target,
-            good,
-            acked_ms,
-            ..
-        } = &mut self.phase
-        else {
+        let Phase::Canary { target, good, .. } = self.phase else {
             return Step::Wait;
         };
-        let (target, good) = (*target, *good);
-        let failed: BTreeSet<String> = reports
+        let failures: Vec<(&str, String)> = reports
             .iter()
-            .filter(|r| r.failure.is_some())
-            .map(|r| r.node.clone())
+            .filter_map(|r| {
+                self.failure(r, now_ms)
+                    .map(|reason| (r.node.as_str(), reason))
+            })
             .collect();
+        let failed: BTreeSet<String> = failures.iter().map(|(n, _)| n.to_string()).collect();
+        let Phase::Canary { acked_ms, .. } = &mut self.phase else {
+            return Step::Wait;
+        };
         if failed.len() >= self.failure_threshold {
             let mut reason = format!(
                 "{REASON_PREFIX}revision {target} failed on {} canary node(s) (threshold {}):",
                 failed.len(),
                 self.failure_threshold
             );
-            for r in reports.iter().filter(|r| r.failure.is_some()).take(3) {
-                reason.push_str(&format!(
-                    " {}: {};",
-                    r.node,
-                    r.failure.as_deref().unwrap_or_default()
-                ));
+            for (node, why) in failures.iter().take(3) {
+                reason.push_str(&format!(" {node}: {why};"));
             }
             match good {
                 Some(g) => reason.push_str(&format!(" rolled back to {g}")),
@@ -320,7 +354,12 @@ impl Machine {
             return Step::Wait;
         }
         let since = *acked_ms.get_or_insert(now_ms);
-        if now_ms.saturating_sub(since) < self.soak_ms {
+        let soaked = since.saturating_add(self.soak_ms);
+        if now_ms < soaked
+            || !reports
+                .iter()
+                .all(|r| r.contact_ms.is_some_and(|heard| heard >= soaked))
+        {
             return Step::Wait;
         }
         self.phase = Phase::Idle { good: Some(target) };
@@ -358,7 +397,7 @@ impl Rollout {
         status: watch::Sender<RolloutStatus>,
     ) -> anyhow::Result<Rollout> {
         let good = store.head().await?.map(|r| r.0);
-        let machine = Machine::new(good, config.soak, config.failure_threshold);
+        let machine = Machine::new(good, &config);
         let rollout = Rollout {
             config,
             machine,
@@ -537,6 +576,9 @@ impl Rollout {
             };
             let agent = store.agent_status(node).await?;
             let acked = agent.as_ref().and_then(|a| a.applied_digest) == Some(*want);
+            // Sessions record every contact of an agent holding an acked
+            // state (heartbeats too), whichever replica it is connected to.
+            let contact_ms = agent.as_ref().map(|a| a.contact_ms);
             let failure = match agent {
                 Some(a) if a.contact_ms >= started_ms => match a.result {
                     AgentResult::Nack { error, operation } => {
@@ -550,6 +592,7 @@ impl Rollout {
                 node: node.clone(),
                 acked,
                 failure,
+                contact_ms,
             });
         }
         let step = self.machine.observe(&reports, now_ms());
@@ -617,13 +660,23 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn report(node: &str, acked: bool, failure: Option<&str>) -> CanaryReport {
+    /// A canary's report, its agent last heard from at `heard`.
+    fn report_heard(node: &str, acked: bool, failure: Option<&str>, heard: i64) -> CanaryReport {
         CanaryReport {
             node: node.into(),
             acked,
             failure: failure.map(String::from),
+            contact_ms: Some(heard),
         }
     }
+
+    /// A canary's report, its agent heard from just now (every row's time
+    /// is below `NOW`).
+    fn report(node: &str, acked: bool, failure: Option<&str>) -> CanaryReport {
+        report_heard(node, acked, failure, NOW)
+    }
+
+    const NOW: i64 = 1_000_000;
 
     /// One row: a machine in a phase, the reports at a time, the step and
     /// the phase after.
@@ -643,6 +696,20 @@ mod tests {
             },
             soak_ms: 1000,
             failure_threshold: 1,
+            silence_ms: 500,
+        }
+    }
+
+    /// The nodes and reason of a halt of revision 5 back to 4.
+    fn halt_of_5_to_4(step: Step) -> (BTreeSet<String>, String) {
+        match step {
+            Step::Halt {
+                target: 5,
+                to: Some(4),
+                nodes,
+                reason,
+            } => (nodes, reason),
+            other => panic!("expected a halt of 5 back to 4, got {other:?}"),
         }
     }
 
@@ -693,19 +760,10 @@ mod tests {
         );
         // A failure halts even during the soak, and rolls back to good.
         let mut halted = canary(5, Some(4), Some(100));
-        let step = halted.observe(
+        let (nodes, reason) = halt_of_5_to_4(halted.observe(
             &[report("a", true, None), report("b", false, Some("boom"))],
             500,
-        );
-        let Step::Halt {
-            target: 5,
-            to: Some(4),
-            nodes,
-            reason,
-        } = step
-        else {
-            panic!("expected a halt, got {step:?}");
-        };
+        ));
         assert_eq!(nodes, BTreeSet::from(["b".to_string()]));
         assert!(reason.starts_with(REASON_PREFIX) && reason.contains("b: boom"));
         // Halted: nothing happens on observation, even if all ack later.
@@ -718,7 +776,7 @@ mod tests {
         );
         // Idle: nothing to do.
         check(
-            Machine::new(Some(3), Duration::from_secs(1), 1),
+            Machine::new(Some(3), &RolloutConfig::default()),
             &ok,
             0,
             Step::Wait,
@@ -738,6 +796,57 @@ mod tests {
             1000,
             Step::Promote { target: 5 },
             Phase::Idle { good: Some(5) },
+        );
+        // Every canary acked and the soak is over, but one was last heard
+        // before its end: wait for it.
+        check(
+            canary(5, Some(4), Some(100)),
+            &[report("a", true, None), report_heard("b", true, None, 1099)],
+            1500,
+            Step::Wait,
+            waiting(Some(100)),
+        );
+        // … heard after it: promote.
+        check(
+            canary(5, Some(4), Some(100)),
+            &[report("a", true, None), report_heard("b", true, None, 1100)],
+            1500,
+            Step::Promote { target: 5 },
+            Phase::Idle { good: Some(5) },
+        );
+        // An acked canary silent for longer than the bound during the soak
+        // has failed: halt and roll it back, though it never nacked.
+        let mut silent = canary(5, Some(4), Some(100));
+        let (nodes, reason) = halt_of_5_to_4(silent.observe(
+            &[report("a", true, None), report_heard("b", true, None, 200)],
+            701,
+        ));
+        assert_eq!(nodes, BTreeSet::from(["b".to_string()]));
+        assert!(reason.contains("b: silent for 501 ms"), "{reason}");
+        // At the bound exactly it is still live.
+        check(
+            canary(5, Some(4), Some(100)),
+            &[report("a", true, None), report_heard("b", true, None, 200)],
+            700,
+            Step::Wait,
+            waiting(Some(100)),
+        );
+        // Acked but never heard from at all: failed.
+        let never = CanaryReport {
+            contact_ms: None,
+            ..report("b", true, None)
+        };
+        assert!(matches!(
+            canary(5, Some(4), None).observe(&[never], 10),
+            Step::Halt { .. }
+        ));
+        // Not acked yet (waiting for its revision): silence is not judged.
+        check(
+            canary(5, Some(4), None),
+            &[report_heard("b", false, None, 0)],
+            10_000,
+            Step::Wait,
+            waiting(None),
         );
         // No good revision: halt without a rollback target.
         assert!(matches!(
@@ -831,6 +940,7 @@ mod tests {
         Observe {
             acked: Vec<bool>,
             failed: Vec<bool>,
+            heard: Vec<bool>,
             dt: i64,
         },
     }
@@ -841,25 +951,33 @@ mod tests {
             4 => (
                 proptest::collection::vec(any::<bool>(), 3),
                 proptest::collection::vec(proptest::bool::weighted(0.1), 3),
+                proptest::collection::vec(proptest::bool::weighted(0.8), 3),
                 0i64..800
             )
-                .prop_map(|(acked, failed, dt)| Event::Observe { acked, failed, dt }),
+                .prop_map(|(acked, failed, heard, dt)| Event::Observe { acked, failed, heard, dt }),
         ]
     }
 
     proptest! {
         /// Whatever happens: a promotion is of the newest commit, only after
         /// every canary acked it continuously for the soak with no failure
-        /// under the threshold; a halt names exactly the failing canaries
-        /// and rolls back to the last promoted revision; a failed revision
-        /// never becomes good.
+        /// under the threshold and was heard from after the soak; a halt
+        /// names exactly the failing canaries (a nack, or acked and silent
+        /// past the bound) and rolls back to the last promoted revision; a
+        /// failed revision never becomes good.
         #[test]
         fn transitions_keep_the_invariants(
             threshold in 1usize..3,
             events in proptest::collection::vec(event(), 1..60),
         ) {
-            let soak = 1000;
-            let mut m = Machine::new(Some(1), Duration::from_millis(soak as u64), threshold);
+            let (soak, silence) = (1000, 600);
+            let mut m = Machine::new(Some(1), &RolloutConfig {
+                soak: Duration::from_millis(soak as u64),
+                failure_threshold: threshold,
+                canary_silence: Duration::from_millis(silence as u64),
+                ..RolloutConfig::default()
+            });
+            let mut contacts: [Option<i64>; 3] = [None; 3];
             let (mut now, mut newest, mut promoted) = (0i64, 1u64, 1u64);
             let mut all_acked_since: Option<i64> = None;
             let mut halted = false;
@@ -873,18 +991,28 @@ mod tests {
                         all_acked_since = None;
                         halted = false;
                     }
-                    Event::Observe { acked, failed, dt } => {
+                    Event::Observe { acked, failed, heard, dt } => {
                         now += dt;
+                        for (contact, heard) in contacts.iter_mut().zip(&heard) {
+                            if *heard {
+                                *contact = Some(now);
+                            }
+                        }
                         let reports: Vec<CanaryReport> = (0..3)
                             .map(|i| CanaryReport {
                                 node: format!("c{i}"),
                                 acked: acked[i],
                                 failure: failed[i].then(|| "err".to_string()),
+                                contact_ms: contacts[i],
                             })
                             .collect();
                         let failing: BTreeSet<String> = reports
                             .iter()
-                            .filter(|r| r.failure.is_some())
+                            .filter(|r| {
+                                r.failure.is_some()
+                                    || (r.acked
+                                        && r.contact_ms.is_none_or(|c| now - c > silence))
+                            })
                             .map(|r| r.node.clone())
                             .collect();
                         let in_canary = matches!(m.phase, Phase::Canary { .. });
@@ -901,6 +1029,8 @@ mod tests {
                                 prop_assert!(failing.len() < threshold);
                                 let since = all_acked_since.take();
                                 prop_assert!(since.is_some_and(|s| now - s >= soak));
+                                let soaked = since.unwrap_or_default() + soak;
+                                prop_assert!(contacts.iter().all(|c| c.is_some_and(|c| c >= soaked)));
                                 promoted = target;
                                 prop_assert_eq!(&m.phase, &Phase::Idle { good: Some(target) });
                             }

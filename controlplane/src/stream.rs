@@ -267,6 +267,7 @@ impl AgentStream for AgentService {
             snapshot_slot: None,
             rollout: None,
             _on_connection: peer.as_ref().map(AgentPeer::session),
+            last_report: Default::default(),
         };
         self.metrics.agents_connected.inc();
         let (metrics, sessions) = (self.metrics.clone(), self.sessions.clone());
@@ -329,6 +330,8 @@ struct Session {
     rollout: Option<tracing::Span>,
     /// Keeps the connection open while this session lives.
     _on_connection: Option<SessionOnConnection>,
+    /// The last report recorded, stamped again by heartbeats.
+    last_report: std::sync::Mutex<Option<AgentStatus>>,
 }
 
 /// One of the [`crate::fanout::SNAPSHOTS_IN_FLIGHT`] slots, held while an agent has a
@@ -380,6 +383,9 @@ impl Session {
             contact_ms: now_ms(),
             agent_version: self.agent_version.clone(),
         };
+        if let Ok(mut last) = self.last_report.lock() {
+            *last = Some(status.clone());
+        }
         self.service.statuses.record(status);
     }
 
@@ -636,7 +642,18 @@ impl Session {
                 self.record(None, AgentResult::Nack { error, operation })
                     .await;
             }
-            Some(AgentBody::Heartbeat(_)) => {}
+            Some(AgentBody::Heartbeat(_)) => {
+                // The contact, for the rollout's canary liveness: the last
+                // ack's report stamped again (never a nack's, which would
+                // then look new).
+                let last = self.last_report.lock().ok().and_then(|l| l.clone());
+                if let Some(status) = last.filter(|s| s.result == AgentResult::Ack) {
+                    self.service.statuses.record(AgentStatus {
+                        contact_ms: now_ms(),
+                        ..status
+                    });
+                }
+            }
             Some(AgentBody::Hello(_)) => {
                 return Err(Status::invalid_argument("hello twice on one stream"));
             }

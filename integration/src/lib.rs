@@ -4,6 +4,7 @@
 use std::process::{Command, Output};
 
 pub mod cluster;
+pub mod netns_agent;
 pub mod postgres;
 pub mod vm;
 

@@ -77,6 +77,15 @@ struct RunArgs {
     /// $OTEL_EXPORTER_OTLP_ENDPOINT; none: no export).
     #[arg(long)]
     otlp_endpoint: Option<String>,
+    /// Fail-safe: losing the control plane within this many seconds of
+    /// applying a revision (having reached it with the state before) and
+    /// not getting it back within --failsafe-after returns the node to
+    /// that state. 0 turns the fail-safe off (always fail static).
+    #[arg(long, env = "SETPOINT_FAILSAFE_WINDOW", default_value_t = 120)]
+    failsafe_window: u64,
+    /// Fail-safe: seconds without the control plane before the revert.
+    #[arg(long, env = "SETPOINT_FAILSAFE_AFTER", default_value_t = 30)]
+    failsafe_after: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -174,6 +183,11 @@ fn run_agent(args: RunArgs) -> anyhow::Result<bool> {
             }),
             _ => None,
         },
+        failsafe: (args.failsafe_window > 0).then(|| setpoint_agent::client::FailsafeConfig {
+            window: std::time::Duration::from_secs(args.failsafe_window),
+            after: std::time::Duration::from_secs(args.failsafe_after),
+        }),
+        ..AgentOptions::new(String::new(), String::new())
     };
     setpoint_agent::client::check_transport(&options)?;
     if let Some(tls) = &options.tls {

@@ -1,7 +1,16 @@
 //! The agent's side of the stream: connect, say what the kernel holds,
 //! apply what comes, ack or nack; reconnect with jittered backoff and keep
-//! the kernel as it is while the control plane is away. Between messages
-//! it drains removed TCP real servers and repairs drift.
+//! the kernel as it is while the control plane is away (fail static).
+//! Between messages it drains removed TCP real servers and repairs drift.
+//!
+//! One exception to fail static, the fail-safe ([`Failsafe`]): a revision
+//! may cut the node's own path to the control plane, and then no later
+//! revision could ever replace it. When the stream is lost within
+//! `window` of applying revision R, the state before R was proven good
+//! (the control plane was heard from while it was held), and the control
+//! plane is not back within `after`, the agent goes back to that state by
+//! itself — once: it refuses R's state from then on (a nack naming the
+//! fail-safe), and never steps back further.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -40,12 +49,43 @@ pub struct AgentOptions {
     /// mTLS to the control plane (`controlplane` must then be `https://`).
     /// Without it the control plane must be on loopback.
     pub tls: Option<AgentTls>,
+    /// How often the agent says it is alive (the rollout's canary check
+    /// counts on it).
+    pub heartbeat: Duration,
+    /// Nothing heard from the control plane (it heartbeats every 10 s)
+    /// for this long ends the stream.
+    pub silence_limit: Duration,
+    /// The fail-safe; `None`: always fail static.
+    pub failsafe: Option<FailsafeConfig>,
+}
+
+/// When the agent returns to the previous state by itself (see the module
+/// doc).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FailsafeConfig {
+    /// Losing the stream this soon after applying a revision arms the
+    /// fail-safe; later, the control plane is simply away.
+    pub window: Duration,
+    /// How long the control plane may stay unreachable after such a loss
+    /// before the agent reverts.
+    pub after: Duration,
+}
+
+impl Default for FailsafeConfig {
+    fn default() -> Self {
+        FailsafeConfig {
+            window: Duration::from_secs(120),
+            after: Duration::from_secs(30),
+        }
+    }
 }
 
 impl AgentOptions {
     /// `node` talking to `controlplane` with the binary's defaults: this
     /// network namespace, applying for real with kernel IPVS, a drift check
-    /// every 30 s, no state directory, no TLS. Callers change what differs.
+    /// every 30 s, no state directory, no TLS, a heartbeat every 10 s, the
+    /// stream given up after 45 s of silence, the fail-safe's defaults.
+    /// Callers change what differs.
     pub fn new(node: impl Into<String>, controlplane: impl Into<String>) -> AgentOptions {
         AgentOptions {
             node: node.into(),
@@ -56,6 +96,9 @@ impl AgentOptions {
             ipvs: IpvsMode::Kernel,
             drift_interval: Duration::from_secs(30),
             tls: None,
+            heartbeat: Duration::from_secs(10),
+            silence_limit: Duration::from_secs(45),
+            failsafe: Some(FailsafeConfig::default()),
         }
     }
 }
@@ -146,12 +189,102 @@ pub struct AgentProgress {
     pub connected: bool,
     pub last_error: Option<String>,
     pub last_apply: Duration,
+    /// Times the fail-safe returned to the previous state.
+    pub failsafe_reverts: u64,
+}
+
+/// A state the kernel held, by revision.
+pub type Held = (u64, NodeDataplane);
+
+/// The fail-safe's memory, pure: time is an input.
+///
+/// Armed by an apply when the state before it was proven good (something
+/// arrived from the control plane after that state was applied); a loss
+/// of the stream within `window` of the apply starts the clock, anything
+/// heard from the control plane stops it; `after` later the revert is
+/// due. After a revert nothing is armed until the next apply, and the
+/// reverted-from state is refused, so it never loops.
+#[derive(Debug)]
+pub struct Failsafe {
+    config: FailsafeConfig,
+    /// The proven state before the latest apply.
+    previous: Option<Held>,
+    applied_at: Option<Instant>,
+    heard_since_apply: bool,
+    lost_at: Option<Instant>,
+    reverted_from: Option<Digest>,
+}
+
+/// Why a state is refused: the fail-safe left it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reverted {
+    pub from_revision: u64,
+    pub to_revision: u64,
+}
+
+impl Failsafe {
+    pub fn new(config: FailsafeConfig) -> Failsafe {
+        Failsafe {
+            config,
+            previous: None,
+            applied_at: None,
+            heard_since_apply: false,
+            lost_at: None,
+            reverted_from: None,
+        }
+    }
+
+    /// A state was applied at `now`; `before` is what the kernel held.
+    pub fn applied(&mut self, before: Option<Held>, now: Instant) {
+        self.previous = before.filter(|_| self.heard_since_apply);
+        self.applied_at = Some(now);
+        self.heard_since_apply = false;
+        self.lost_at = None;
+    }
+
+    /// Something arrived from the control plane.
+    pub fn heard(&mut self) {
+        self.heard_since_apply = true;
+        self.lost_at = None;
+    }
+
+    /// The stream is gone (or could not be opened) at `now`.
+    pub fn lost(&mut self, now: Instant) {
+        let recent = self
+            .applied_at
+            .is_some_and(|t| now.saturating_duration_since(t) <= self.config.window);
+        if self.lost_at.is_none() && recent && self.previous.is_some() {
+            self.lost_at = Some(now);
+        }
+    }
+
+    /// When the revert is due, if the clock runs.
+    pub fn due_at(&self) -> Option<Instant> {
+        self.lost_at.map(|t| t + self.config.after)
+    }
+
+    /// The state to return to, if the revert is due at `now`; `current`
+    /// (the state left) is refused from then on.
+    pub fn take_revert(&mut self, now: Instant, current: Option<Digest>) -> Option<Held> {
+        if self.due_at().is_none_or(|due| now < due) {
+            return None;
+        }
+        self.lost_at = None;
+        self.applied_at = None;
+        self.reverted_from = current;
+        self.previous.take()
+    }
+
+    /// Whether `digest` is the state the fail-safe left.
+    pub fn refuses(&self, digest: &Digest) -> bool {
+        self.reverted_from.as_ref() == Some(digest)
+    }
 }
 
 pub struct Agent {
     options: AgentOptions,
     applier: Arc<Mutex<Applier>>,
-    held: Option<(u64, NodeDataplane)>,
+    held: Option<Held>,
     /// The kernel view of the held state (by its digest), kept so a delta
     /// is planned in time that grows with the change, not the state.
     held_view: Option<(Digest, Fragment)>,
@@ -161,6 +294,9 @@ pub struct Agent {
     /// Writes what was applied to the state directory (started on first
     /// use, inside the runtime).
     recorder: Option<Recorder>,
+    failsafe: Option<Failsafe>,
+    /// The revisions of the fail-safe's last revert (from, to).
+    reverted: Option<Reverted>,
 }
 
 /// Records applied states in the state directory after the ack, the newest
@@ -234,6 +370,11 @@ impl Agent {
     pub fn new(options: AgentOptions) -> Agent {
         let services = for_target(&options.target, options.ipvs);
         let applier = Applier::new(options.target.clone(), services);
+        // A dry run applies nothing, so it has nothing to go back from.
+        let failsafe = options
+            .failsafe
+            .filter(|f| !options.dry_run && !f.window.is_zero())
+            .map(Failsafe::new);
         Agent {
             options,
             applier: Arc::new(Mutex::new(applier)),
@@ -243,6 +384,8 @@ impl Agent {
             progress: Arc::default(),
             metrics: AgentMetrics::new(),
             recorder: None,
+            failsafe,
+            reverted: None,
         }
     }
 
@@ -322,6 +465,9 @@ impl Agent {
             }
             self.note(|p| p.connected = false);
             self.metrics.connected.set(0);
+            if let Some(f) = &mut self.failsafe {
+                f.lost(Instant::now());
+            }
             // A stream that was up starts the backoff over; repeated
             // failures to connect grow it.
             if self.was_connected || started.elapsed() > Duration::from_secs(30) {
@@ -329,8 +475,80 @@ impl Agent {
             }
             self.was_connected = false;
             let jitter = rand::rng().random_range(0.5..1.5);
-            tokio::time::sleep(backoff.mul_f64(jitter)).await;
+            let mut wake = Instant::now() + backoff.mul_f64(jitter);
+            // The revert comes when due, not after a long backoff.
+            if let Some(due) = self.failsafe.as_ref().and_then(Failsafe::due_at) {
+                wake = wake.min(due);
+            }
+            tokio::time::sleep_until(wake.into()).await;
+            self.revert_if_due().await;
             backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// The fail-safe: back to the proven previous state when the control
+    /// plane has stayed unreachable since shortly after an apply.
+    async fn revert_if_due(&mut self) {
+        let current = self.held.as_ref().map(|(_, s)| s.digest());
+        let left = self.held.as_ref().map(|(r, _)| *r).unwrap_or(0);
+        let Some((revision, state)) = self
+            .failsafe
+            .as_mut()
+            .and_then(|f| f.take_revert(Instant::now(), current))
+        else {
+            return;
+        };
+        tracing::error!(
+            from = left,
+            to = revision,
+            "fail-safe: the control plane has been unreachable since shortly after revision {left} \
+             was applied; returning to revision {revision}, which it was reachable with, and \
+             refusing revision {left}'s state"
+        );
+        self.metrics.failsafe_reverts.inc();
+        self.note(|p| p.failsafe_reverts += 1);
+        self.reverted = Some(Reverted {
+            from_revision: left,
+            to_revision: revision,
+        });
+        let target = state.clone();
+        match self
+            .with_applier(move |a| a.apply_viewed(&target).map(|(_, view)| view))
+            .await
+        {
+            Some(Ok(view)) => {
+                self.held_view = Some((state.digest(), view));
+                self.record_applied(revision, &state);
+                self.held = Some((revision, state));
+                self.metrics
+                    .revision
+                    .set(i64::try_from(revision).unwrap_or(i64::MAX));
+                self.note(|p| p.revision = revision);
+            }
+            failed => {
+                let why = match failed {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "the apply worker failed".to_string(),
+                };
+                tracing::error!("fail-safe: the revert to revision {revision} failed: {why}");
+                // What the kernel holds is no longer known for sure.
+                self.held = None;
+            }
+        }
+    }
+
+    /// Has the state directory record `state` as applied at `revision`.
+    fn record_applied(&mut self, revision: u64, state: &NodeDataplane) {
+        if let Some(local) = self.local() {
+            let record = Applied {
+                node: self.options.node.clone(),
+                revision,
+                digest: state.digest(),
+                applied_at: unix_millis() / 1000,
+            };
+            self.recorder
+                .get_or_insert_with(|| Recorder::start(local))
+                .record(record, state.clone());
         }
     }
 
@@ -368,8 +586,9 @@ impl Agent {
         // that takes longer than the control plane's silence limit must
         // not get the stream cut under it.
         let beats = tx.clone();
+        let every = self.options.heartbeat;
         let _heartbeats = AbortOnDropHandle::new(tokio::spawn(async move {
-            let mut heartbeat = tokio::time::interval(Duration::from_secs(10));
+            let mut heartbeat = tokio::time::interval(every);
             loop {
                 heartbeat.tick().await;
                 let beat = envelope(AgentBody::Heartbeat(Heartbeat {
@@ -384,11 +603,22 @@ impl Agent {
         drift.tick().await;
         let mut reap = tokio::time::interval(Duration::from_secs(1));
         let mut reassembly = Reassembly::default();
+        // A control plane whose packets stop arriving (a blackholed path)
+        // leaves the stream open; its heartbeats tell.
+        let silence = tokio::time::sleep(self.options.silence_limit);
+        tokio::pin!(silence);
         loop {
             tokio::select! {
+                biased;
                 message = inbound.message() => match message? {
                     None => return Ok(()),
                     Some(m) => {
+                        silence
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + self.options.silence_limit);
+                        if let Some(f) = &mut self.failsafe {
+                            f.heard();
+                        }
                         let Some(m) = reassembly
                             .push(m)
                             .map_err(|e| anyhow::anyhow!("the control plane's message pieces: {e}"))?
@@ -400,6 +630,10 @@ impl Agent {
                         }
                     }
                 },
+                _ = &mut silence => anyhow::bail!(
+                    "nothing heard from the control plane for {:?}",
+                    self.options.silence_limit
+                ),
                 _ = drift.tick() => self.repair_drift().await,
                 _ = reap.tick() => {
                     if !self.options.dry_run {
@@ -474,6 +708,27 @@ impl Agent {
                 }
             }
         };
+        if let Some(reverted) = self
+            .failsafe
+            .as_ref()
+            .filter(|f| f.refuses(&wanted.digest()))
+            .and(self.reverted.as_ref())
+        {
+            // The kernel is untouched and still holds what it held.
+            let error = format!(
+                "refused: the fail-safe left this state (revision {}) after it cut this node off \
+                 from the control plane, and returned to revision {}",
+                reverted.from_revision, reverted.to_revision
+            );
+            tracing::warn!(revision, "nack: {error}");
+            self.metrics.nacks.inc();
+            self.note(|p| p.nacks += 1);
+            return Ok(Some(envelope(AgentBody::Nack(Nack {
+                revision,
+                error,
+                failed_operation: "fail-safe".to_string(),
+            }))));
+        }
         // The control plane's trace id for this revision, so the agent's
         // logs of the apply join the rollout's trace.
         let trace_id = m
@@ -566,18 +821,11 @@ impl Agent {
                 let took = started.elapsed();
                 let digest = state.digest();
                 self.held_view = Some((digest, view));
-                if let Some(local) = self.local() {
-                    let record = Applied {
-                        node: self.options.node.clone(),
-                        revision,
-                        digest,
-                        applied_at: unix_millis() / 1000,
-                    };
-                    self.recorder
-                        .get_or_insert_with(|| Recorder::start(local))
-                        .record(record, state.clone());
+                self.record_applied(revision, &state);
+                let before = self.held.replace((revision, state));
+                if let Some(f) = &mut self.failsafe {
+                    f.applied(before, Instant::now());
                 }
-                self.held = Some((revision, state));
                 self.metrics
                     .revision
                     .set(i64::try_from(revision).unwrap_or(i64::MAX));
@@ -715,6 +963,134 @@ mod tests {
         };
         assert_eq!(nack.failed_operation, "apply delta");
         assert!(a.held.is_none(), "after a nack nothing is held");
+    }
+
+    /// One row of the fail-safe's table: events at seconds since the
+    /// start, and whether a revert (to which revision) comes out at the end.
+    #[derive(Clone, Copy, Debug)]
+    enum Event {
+        Apply(u64),
+        Heard,
+        Lost,
+    }
+
+    fn failsafe_after(events: &[(u64, Event)], at: u64) -> Option<u64> {
+        let t0 = Instant::now();
+        let secs = |s: u64| t0 + Duration::from_secs(s);
+        let mut f = Failsafe::new(FailsafeConfig {
+            window: Duration::from_secs(60),
+            after: Duration::from_secs(10),
+        });
+        let mut held: Option<Held> = None;
+        for (t, e) in events {
+            match e {
+                Event::Apply(r) => {
+                    let before = held.replace((*r, state(&[])));
+                    f.applied(before, secs(*t));
+                }
+                Event::Heard => f.heard(),
+                Event::Lost => f.lost(secs(*t)),
+            }
+        }
+        f.take_revert(secs(at), None).map(|(r, _)| r)
+    }
+
+    #[test]
+    fn the_failsafe_reverts_only_shortly_after_an_apply_from_a_proven_state() {
+        use Event::*;
+        let proven = [(0, Apply(1)), (5, Heard), (6, Apply(2))];
+        let with = |more: &[(u64, Event)]| -> Vec<(u64, Event)> {
+            proven.iter().chain(more).copied().collect()
+        };
+        // Lost 10 s after applying 2, not back for 10 s: back to 1.
+        assert_eq!(failsafe_after(&with(&[(16, Lost)]), 26), Some(1));
+        // … not before the bound.
+        assert_eq!(failsafe_after(&with(&[(16, Lost)]), 25), None);
+        // Reconnect attempts failing again do not restart the clock.
+        assert_eq!(
+            failsafe_after(&with(&[(16, Lost), (20, Lost), (24, Lost)]), 26),
+            Some(1)
+        );
+        // Heard from the control plane again in time: no revert.
+        assert_eq!(failsafe_after(&with(&[(16, Lost), (20, Heard)]), 40), None);
+        // Lost after the window: the control plane is simply away.
+        assert_eq!(failsafe_after(&with(&[(67, Lost)]), 200), None);
+        // At the window's edge it still counts.
+        assert_eq!(failsafe_after(&with(&[(66, Lost)]), 76), Some(1));
+        // Nothing heard while 1 was held: 1 is not proven, nothing to go
+        // back to.
+        assert_eq!(
+            failsafe_after(&[(0, Apply(1)), (6, Apply(2)), (7, Lost)], 100),
+            None
+        );
+        // The first state has no previous.
+        assert_eq!(failsafe_after(&[(0, Apply(1)), (1, Lost)], 100), None);
+        // Heartbeats after applying 2 do not disarm it.
+        assert_eq!(
+            failsafe_after(&with(&[(7, Heard), (8, Heard), (9, Lost)]), 19),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn the_failsafe_steps_back_once_and_refuses_the_state_it_left() {
+        let t0 = Instant::now();
+        let (one, two) = (state(&["10.0.0.1"]), state(&["10.0.0.2"]));
+        let mut f = Failsafe::new(FailsafeConfig {
+            window: Duration::from_secs(60),
+            after: Duration::from_secs(1),
+        });
+        f.applied(None, t0);
+        f.heard();
+        f.applied(Some((1, one.clone())), t0);
+        f.lost(t0);
+        let later = t0 + Duration::from_secs(2);
+        assert_eq!(
+            f.take_revert(later, Some(two.digest())).map(|(r, _)| r),
+            Some(1)
+        );
+        assert!(f.refuses(&two.digest()) && !f.refuses(&one.digest()));
+        // Still unreachable: never a second step back.
+        f.lost(later);
+        assert_eq!(f.due_at(), None);
+        assert_eq!(f.take_revert(later + Duration::from_secs(60), None), None);
+    }
+
+    #[tokio::test]
+    async fn a_state_the_failsafe_left_is_refused_with_the_kernel_untouched() {
+        let (one, two) = (state(&["10.0.0.1"]), state(&["10.0.0.1", "10.0.0.2"]));
+        let mut a = agent();
+        let mut f = Failsafe::new(FailsafeConfig::default());
+        f.reverted_from = Some(two.digest());
+        a.failsafe = Some(f);
+        a.reverted = Some(Reverted {
+            from_revision: 2,
+            to_revision: 1,
+        });
+        a.held = Some((1, one.clone()));
+        let reply = a
+            .handle(delta_message(1, 2, &one, &two))
+            .await
+            .expect("handled")
+            .expect("a reply");
+        let Some(AgentBody::Nack(nack)) = reply.body else {
+            panic!("expected a nack: {reply:?}");
+        };
+        assert_eq!(nack.failed_operation, "fail-safe");
+        assert!(nack.error.contains("returned to revision 1"), "{nack:?}");
+        assert_eq!(
+            a.held.as_ref().map(|(r, s)| (*r, s.digest())),
+            Some((1, one.digest())),
+            "still holding what the kernel holds"
+        );
+        // Another state is applied as usual.
+        let three = state(&["10.0.0.3"]);
+        let reply = a
+            .handle(delta_message(1, 3, &one, &three))
+            .await
+            .expect("handled")
+            .expect("a reply");
+        assert!(matches!(reply.body, Some(AgentBody::Ack(_))), "{reply:?}");
     }
 
     #[tokio::test]

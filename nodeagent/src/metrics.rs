@@ -21,6 +21,7 @@ pub struct AgentMetrics {
     pub drift_checks: Counter,
     pub drift_repairs: Counter,
     pub drained: Counter,
+    pub failsafe_reverts: Counter,
     pub apply_seconds: Histogram,
 }
 
@@ -38,6 +39,7 @@ impl AgentMetrics {
             drift_checks: Counter::default(),
             drift_repairs: Counter::default(),
             drained: Counter::default(),
+            failsafe_reverts: Counter::default(),
             // 0.5 ms … ~16 s.
             apply_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
         };
@@ -77,6 +79,11 @@ impl AgentMetrics {
             "setpoint_agent_drained_real_servers",
             "Removed TCP real servers deleted after draining",
             m.drained.clone(),
+        );
+        r.register(
+            "setpoint_agent_failsafe_reverts",
+            "Returns to the previous state after losing the control plane shortly after an apply",
+            m.failsafe_reverts.clone(),
         );
         r.register(
             "setpoint_agent_apply_duration_seconds",

@@ -7,6 +7,7 @@ mod agent_listener_limits;
 mod agent_refuses;
 mod deploy_manifests;
 mod e2e_support;
+mod failsafe;
 mod large_state;
 mod leader_election;
 mod policy_matrix;

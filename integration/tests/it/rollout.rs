@@ -4,7 +4,9 @@
 //! reaches node-a first and the others only after the soak; a revision
 //! node-a's kernel refuses (a set of the wrong type created by the test in
 //! its namespace, so `ipset restore` fails) halts the rollout, node-a is
-//! rolled back automatically, and node-b and node-c never get it.
+//! rolled back automatically, and node-b and node-c never get it. A
+//! canary that acks and then goes silent (its agent gone) during the soak
+//! halts the rollout the same way.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -19,12 +21,93 @@ use setpoint_proto::admin::StatusRequest;
 use setpoint_proto::admin::admin_client::AdminClient;
 use setpoint_store::{AgentResult, RevisionId, Store};
 
+use setpoint_agent::client::{Agent, AgentOptions};
+use setpoint_agent::services::IpvsMode;
+use setpoint_agent::target::Target;
+
 use crate::e2e_support::{
-    copy_examples, fresh_postgres_database, manifests_and_tokens, spawn_agent, wait_head_past,
+    copy_examples, fresh_postgres_database, manifests_and_tokens, wait_head_past,
 };
 
 const TOKEN: &str = "e2e-rollout-admin-token-0123";
 const SOAK: Duration = Duration::from_secs(2);
+/// Agents here heartbeat every 200 ms.
+const SILENCE: Duration = Duration::from_millis(1500);
+
+/// An agent applying into `ns` that heartbeats every 200 ms, so canaries
+/// are heard from within the short silence bound of these tests.
+fn spawn_agent(
+    running: &Running,
+    node: &str,
+    ns: &Netns,
+    state_dir: &Path,
+) -> tokio::task::JoinHandle<()> {
+    let agent = Agent::new(AgentOptions {
+        target: Target {
+            netns: Some(ns.name().to_string()),
+        },
+        state_dir: Some(state_dir.to_path_buf()),
+        ipvs: IpvsMode::Simulated,
+        heartbeat: Duration::from_millis(200),
+        ..AgentOptions::new(node, format!("http://{}", running.agent_addr))
+    });
+    tokio::spawn(agent.run())
+}
+
+const NAMES: [&str; 3] = ["node-a", "node-b", "node-c"];
+
+/// node-a, node-b and node-c, each with an agent applying into a namespace
+/// of its own (`<tag>-a` …), all settled on the first revision.
+struct Fleet {
+    namespaces: Vec<Netns>,
+    _dirs: Vec<tempfile::TempDir>,
+    agents: Vec<tokio::task::JoinHandle<()>>,
+    /// The first revision, and every node's state in it.
+    first: u64,
+    first_states: Vec<Digest>,
+}
+
+impl Fleet {
+    async fn start(running: &Running, tag: &str) -> Fleet {
+        let namespaces: Vec<Netns> = ["a", "b", "c"]
+            .iter()
+            .map(|n| Netns::create(&format!("{tag}-{n}")).expect("netns"))
+            .collect();
+        let dirs: Vec<tempfile::TempDir> = NAMES
+            .iter()
+            .map(|_| tempfile::tempdir().expect("dir"))
+            .collect();
+        let agents = NAMES
+            .iter()
+            .zip(&namespaces)
+            .zip(&dirs)
+            .map(|((node, ns), d)| spawn_agent(running, node, ns, d.path()))
+            .collect();
+        // The first revision: nothing to hold yet; it settles as the good one.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let first = loop {
+            let s = running.rollout.borrow().clone();
+            if s.phase == "idle" && s.good > 0 {
+                break *running.head.borrow();
+            }
+            assert!(Instant::now() < deadline, "no first rollout: {s:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let mut first_states = Vec::new();
+        for node in NAMES {
+            let want = desired(&running.store, node, first).await;
+            wait_applied(&running.store, node, want).await;
+            first_states.push(want);
+        }
+        Fleet {
+            namespaces,
+            _dirs: dirs,
+            agents,
+            first,
+            first_states,
+        }
+    }
+}
 
 fn config(manifests: &Path, database: &str, tokens: &Path) -> ServeConfig {
     ServeConfig {
@@ -33,6 +116,7 @@ fn config(manifests: &Path, database: &str, tokens: &Path) -> ServeConfig {
             selector: vec!["kubernetes.io/hostname=node-a".parse().expect("selector")],
             soak: SOAK,
             failure_threshold: 1,
+            canary_silence: SILENCE,
         }),
         ..crate::admin_api::config(manifests, database, tokens)
     }
@@ -147,46 +231,13 @@ async fn canary_first_then_all_and_a_failing_canary_halts_and_rolls_back() {
         .await
         .expect("control plane starts");
     let store = running.store.clone();
-    let names = ["node-a", "node-b", "node-c"];
-    let namespaces: Vec<Netns> = ["ro-a", "ro-b", "ro-c"]
-        .iter()
-        .map(|n| Netns::create(n).expect("netns"))
-        .collect();
-    let dirs: Vec<tempfile::TempDir> = names
-        .iter()
-        .map(|_| tempfile::tempdir().expect("dir"))
-        .collect();
-    let _agents: Vec<_> = names
-        .iter()
-        .zip(&namespaces)
-        .zip(&dirs)
-        .map(|((node, ns), d)| spawn_agent(&running, node, ns, d.path()).0)
-        .collect();
-
-    // The first revision: nothing to hold yet; it settles as the good one.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let first = loop {
-        let s = running.rollout.borrow().clone();
-        if s.phase == "idle" && s.good > 0 {
-            break *running.head.borrow();
-        }
-        assert!(Instant::now() < deadline, "no first rollout: {s:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let names = NAMES;
+    let fleet = Fleet::start(&running, "ro").await;
+    let (namespaces, first, before) = (&fleet.namespaces, fleet.first, &fleet.first_states);
     assert_eq!(running.rollout.borrow().canaries, ["node-a"]);
-    for node in names {
-        wait_applied(&store, node, desired(&store, node, first).await).await;
-    }
 
     // A healthy revision: a Service's cluster IP moves.
     let services = manifests.join("services-default.yaml");
-    let before: Vec<Digest> = {
-        let mut v = Vec::new();
-        for node in names {
-            v.push(desired(&store, node, first).await);
-        }
-        v
-    };
     let target = move_service(&running, &services, "10.96.1.20", "10.96.1.21", first).await;
     let canary_done = {
         wait_applied(&store, "node-a", desired(&store, "node-a", target).await).await;
@@ -380,4 +431,59 @@ async fn canary_first_then_all_and_a_failing_canary_halts_and_rolls_back() {
     }
     assert_eq!(running.rollout.borrow().good, newer);
     assert!(store.pins().await.expect("pins").is_empty(), "all released");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_that_acks_and_goes_silent_halts_the_rollout() {
+    require_root_and_tools();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (manifests, tokens) = manifests_and_tokens(dir.path(), &format!("{TOKEN}\n"));
+    // A soak four times the silence bound: the silent canary is noticed
+    // long before the rest could be promoted.
+    let mut config = config(&manifests, &fresh_postgres_database(), &tokens);
+    if let Some(rollout) = &mut config.rollout {
+        rollout.soak = SILENCE * 4;
+    }
+    let running = start(config).await.expect("control plane starts");
+    let store = running.store.clone();
+    let fleet = Fleet::start(&running, "rs").await;
+    let (first, before) = (fleet.first, fleet.first_states.clone());
+
+    // A revision reaches the canary, which acks it and then goes silent:
+    // its agent is gone (no stream, no heartbeat) during the soak.
+    let services = manifests.join("services-default.yaml");
+    let target = move_service(&running, &services, "10.96.1.20", "10.96.1.21", first).await;
+    wait_applied(&store, "node-a", desired(&store, "node-a", target).await).await;
+    fleet.agents[0].abort();
+    wait_phase(&running, "halted").await;
+    let status = running.rollout.borrow().clone();
+    assert_eq!(status.failed, ["node-a"], "{status:?}");
+    assert_eq!(status.target, target, "{status:?}");
+    assert!(
+        status.reason.contains("node-a: silent for"),
+        "the reason names the silence: {status:?}"
+    );
+    // Rolled back (pinned at the good revision for when it returns), and
+    // the others never got the target.
+    wait_head_past(&running, target).await;
+    let pins = store.pins().await.expect("pins");
+    let pin_a = pins
+        .iter()
+        .find(|p| p.node == "node-a")
+        .expect("node-a pinned");
+    assert_eq!(pin_a.held_at, RevisionId(first), "{pin_a:?}");
+    for (i, node) in NAMES.iter().enumerate().skip(1) {
+        let head = *running.head.borrow();
+        assert_eq!(desired(&store, node, head).await, before[i], "{node}");
+        assert_eq!(applied(&store, node).await, Some(before[i]), "{node}");
+        let save = ipset_save(&fleet.namespaces[i]);
+        assert!(!save.contains("10.96.1.21"), "{node}: {save}");
+    }
+    assert!(
+        running
+            .metrics
+            .encode()
+            .contains("setpoint_rollouts_halted_total 1"),
+        "counted"
+    );
 }
