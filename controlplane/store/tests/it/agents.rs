@@ -1,13 +1,14 @@
 //! Agent status: one row per node, the newest report wins.
 
 use setpoint_dataplane::Digest;
-use setpoint_store::{AgentResult, AgentStatus, RevisionId, StoreError};
+use setpoint_store::{AgentResult, AgentStatus, Backend, RevisionId, StoreError};
 
 use crate::support::TestDb;
 
 both!(
     agent_status_upserts_per_node,
-    a_nack_with_nul_and_a_huge_text_is_stored_clean_beside_other_acks
+    a_nack_with_nul_and_a_huge_text_is_stored_clean_beside_other_acks,
+    a_row_the_database_refuses_costs_only_its_own_report
 );
 
 fn status(node: &str, revision: u64, result: AgentResult, contact_ms: i64) -> AgentStatus {
@@ -148,4 +149,42 @@ async fn a_nack_with_nul_and_a_huge_text_is_stored_clean_beside_other_acks(db: T
         store.agent_status("node-a").await.expect("read"),
         Some(newer)
     );
+}
+
+/// The database refuses one row of a batch (here a constraint the test
+/// adds): that report alone is left out, with the database's reason; the
+/// others in the same statement are stored.
+async fn a_row_the_database_refuses_costs_only_its_own_report(db: TestDb) {
+    let refuse = match db.backend() {
+        Backend::Sqlite => {
+            "CREATE TRIGGER refuse_one BEFORE INSERT ON agent_status \
+             WHEN NEW.agent_version = 'refused by the database' \
+             BEGIN SELECT RAISE(ABORT, 'refuse_one'); END"
+        }
+        Backend::Postgres => {
+            "ALTER TABLE agent_status ADD CONSTRAINT refuse_one \
+             CHECK (agent_version <> 'refused by the database')"
+        }
+    };
+    db.store
+        .execute_unchecked(refuse)
+        .await
+        .expect("the test's constraint");
+    let mut bad = status("node-b", 2, AgentResult::Ack, 1_000);
+    bad.agent_version = "refused by the database".to_string();
+    let batch = [
+        status("node-a", 2, AgentResult::Ack, 1_000),
+        bad,
+        status("node-c", 2, AgentResult::Ack, 1_000),
+    ];
+    let refused = db
+        .store
+        .record_agent_statuses(&batch)
+        .await
+        .expect("the others are stored");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].node, "node-b");
+    assert!(refused[0].reason.contains("refuse_one"), "{refused:?}");
+    let stored = db.store.agent_statuses().await.expect("read");
+    assert_eq!(stored, vec![batch[0].clone(), batch[2].clone()]);
 }
