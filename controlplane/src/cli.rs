@@ -93,6 +93,14 @@ pub struct ServeArgs {
     /// refused.
     #[arg(long, env = "SETPOINT_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// The admin listener's certificate (PEM, chain first); with
+    /// --admin-tls-key the admin API is TLS (required off loopback).
+    /// Reloaded when the files change.
+    #[arg(long, env = "SETPOINT_ADMIN_TLS_CERT", requires = "admin_tls_key")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// The private key of --admin-tls-cert (PEM).
+    #[arg(long, env = "SETPOINT_ADMIN_TLS_KEY", requires = "admin_tls_cert")]
+    pub admin_tls_key: Option<PathBuf>,
     /// Who commits when several replicas run: the store's leader lock
     /// (PostgreSQL advisory lock) or a coordination.k8s.io/v1 Lease. Either
     /// way the winner takes a new store epoch that fences older leaders.
@@ -478,6 +486,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             admin: setpoint_controlplane::admin::AdminConfig {
                 listen: Some(args.admin_listen),
                 token_file: args.admin_token_file.clone(),
+                tls: match (&args.admin_tls_cert, &args.admin_tls_key) {
+                    (Some(cert), Some(key)) => Some(setpoint_controlplane::admin::AdminTls {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                    }),
+                    _ => None,
+                },
+                limits: Default::default(),
             },
             tls,
             agents: args.agent_limits.limits(),
@@ -490,10 +506,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.database, running.agent_addr, running.metrics_addr
         );
         if let Some(admin) = running.admin_addr {
+            let scheme = if args.admin_tls_cert.is_some() { "https" } else { "http" };
             match &args.admin_token_file {
-                Some(_) => println!("admin API on {admin}"),
+                Some(_) => println!("admin API on {scheme}://{admin}"),
                 None => println!(
-                    "admin API on {admin}, refusing every call: no --admin-token-file"
+                    "admin API on {scheme}://{admin}, refusing every call: no --admin-token-file"
                 ),
             }
         }

@@ -48,6 +48,13 @@ pub struct Metrics {
     pub rollout_rollbacks: Counter,
     /// Compute's refusals: addresses, Services left out, invalid states.
     pub service_problems: crate::leader::ProblemGauges,
+    /// Connections a listener closed before or instead of serving them
+    /// (limits, handshakes, silence), by listener and reason.
+    pub connections_dropped: crate::peer_limits::Drops,
+    /// Times the admin token file was read again after a change.
+    pub admin_token_reloads: Counter,
+    /// Times the admin listener's certificate files were reloaded.
+    pub admin_tls_reloads: Counter,
 }
 
 fn seconds() -> Histogram {
@@ -84,6 +91,9 @@ impl Metrics {
             rollouts_halted: Counter::default(),
             rollout_rollbacks: Counter::default(),
             service_problems: Default::default(),
+            connections_dropped: Default::default(),
+            admin_token_reloads: Counter::default(),
+            admin_tls_reloads: Counter::default(),
         };
         let r = &mut registry;
         r.register(
@@ -196,6 +206,21 @@ impl Metrics {
             "setpoint_rollout_rollbacks",
             "Canary nodes rolled back automatically by a halted rollout",
             m.rollout_rollbacks.clone(),
+        );
+        r.register(
+            "setpoint_connections_dropped",
+            "Connections a listener closed unserved: over a limit, a failed or slow handshake, silence",
+            m.connections_dropped.clone(),
+        );
+        r.register(
+            "setpoint_admin_token_reloads",
+            "Reloads of the admin token file after a change",
+            m.admin_token_reloads.clone(),
+        );
+        r.register(
+            "setpoint_admin_tls_reloads",
+            "Reloads of the admin listener's certificate files",
+            m.admin_tls_reloads.clone(),
         );
         m.service_problems.register(r);
         Arc::new(Metrics { registry, ..m })

@@ -10,13 +10,12 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use setpoint_compute::ComputeConfig;
 use setpoint_kube::lease::{LeaseElector, LeaseHold, LeaseSettings};
-use setpoint_proto::admin::admin_server::AdminServer;
 use setpoint_proto::v1::agent_stream_server::AgentStreamServer;
 use setpoint_store::{Leadership, Store};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::admin::{AdminCommand, AdminConfig, AdminService, Tokens};
+use crate::admin::{AdminCommand, AdminConfig, AdminService};
 
 use crate::leader::{Committed, Leader, raise};
 use crate::metrics::{Metrics, serve_http};
@@ -334,16 +333,8 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("binding the metrics listener {}", config.metrics_listen))?;
     let metrics_addr = metrics_listener.local_addr()?;
-    let tokens = match &config.admin.token_file {
-        Some(path) => Some(Tokens::load(path)?),
-        None => None,
-    };
     let admin_listener = match config.admin.listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the admin listener {addr}"))?,
-        ),
+        Some(_) => Some(crate::admin::Listener::bind(&config.admin, metrics.clone()).await?),
         None => None,
     };
     let admin_addr = admin_listener
@@ -387,22 +378,9 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         ..RolloutStatus::default()
     });
     if let Some(listener) = admin_listener {
-        if tokens.is_none() {
-            tracing::warn!("admin API without --admin-token-file: every call is refused");
-        }
-        let admin = AdminService::new(store.clone(), tokens, admin_tx, role.clone())
-            .with_rollout(rollout.clone());
-        let server = tonic::transport::Server::builder()
-            .add_service(
-                AdminServer::new(admin)
-                    .max_decoding_message_size(setpoint_proto::MAX_MESSAGE_BYTES),
-            )
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
-        tokio::spawn(async move {
-            if let Err(e) = server.await {
-                tracing::error!("admin server stopped: {e}");
-            }
-        });
+        listener.serve(
+            AdminService::new(store.clone(), admin_tx, role.clone()).with_rollout(rollout.clone()),
+        );
     }
     let replica = Replica {
         config,

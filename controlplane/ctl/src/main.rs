@@ -257,6 +257,15 @@ async fn connect(cli: &Cli) -> Result<Client, Failure> {
         .max_decoding_message_size(setpoint_proto::MAX_MESSAGE_BYTES))
 }
 
+/// Whether a URI's host is this machine (`localhost`, 127.0.0.0/8, `[::1]`).
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// TLS for an https:// server, verified against `--ca`; a warning when a
 /// token would cross the network in plaintext.
 fn secure(endpoint: Endpoint, cli: &Cli, with_token: bool) -> Result<Endpoint, Failure> {
@@ -281,13 +290,7 @@ fn secure(endpoint: Endpoint, cli: &Cli, with_token: bool) -> Result<Endpoint, F
             "--ca is for an https:// server; this one is plaintext",
         )),
         (None, false) => {
-            let loopback = uri.host().is_some_and(|h| {
-                h == "localhost"
-                    || h.trim_matches(['[', ']'])
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback())
-            });
-            if with_token && !loopback {
+            if with_token && !uri.host().is_some_and(is_loopback) {
                 eprintln!(
                     "warning: sending the token to {} in plaintext; use https:// and --ca",
                     cli.server
@@ -733,6 +736,22 @@ mod tests {
         assert_eq!(utc(1_000), "1970-01-01T00:00:01Z");
         assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00Z");
         assert_eq!(utc(1_735_689_599_000), "2024-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn plaintext_is_quiet_only_on_loopback() {
+        for (host, loopback) in [
+            ("localhost", true),
+            ("127.0.0.1", true),
+            ("127.3.2.1", true),
+            ("[::1]", true),
+            ("10.0.0.1", false),
+            ("[fd00::1]", false),
+            ("setpoint.example", false),
+            ("localhost.example", false),
+        ] {
+            assert_eq!(is_loopback(host), loopback, "{host}");
+        }
     }
 
     #[test]
