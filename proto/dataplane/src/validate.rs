@@ -681,11 +681,16 @@ impl NodeDataplane {
         if overlap > 0 {
             problems.push(Invalid::DuplicatedAcrossParts { atoms: overlap });
         }
+        // Checked as the kernel will hold it, NodePort templates expanded
+        // over the node's addresses: what the agent checks again.
         let flat = self.flatten();
-        if let Err(collision) = crate::template::expand(&flat) {
-            problems.push(Invalid::NodePortCollision { collision });
+        match crate::template::expand(&flat) {
+            Ok(view) => problems.extend(validate_fragment(&view)),
+            Err(collision) => {
+                problems.push(Invalid::NodePortCollision { collision });
+                problems.extend(validate_fragment(&flat));
+            }
         }
-        problems.extend(validate_fragment(&flat));
         problems
     }
 }

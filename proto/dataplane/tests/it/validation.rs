@@ -8,8 +8,8 @@ use setpoint_dataplane::validate::{
     validate_step,
 };
 use setpoint_dataplane::{
-    Family, Format, Invalid, MAX_CHAIN_NAME_LEN, MAX_SET_NAME_LEN, Protocol, Scheduler, SetType,
-    Table, render,
+    Family, Format, Invalid, MAX_CHAIN_NAME_LEN, MAX_SET_NAME_LEN, NodeDataplane, Protocol,
+    Scheduler, SetType, Table, render,
 };
 
 use crate::fixtures::{StateBuilder, entry, ip, state};
@@ -27,7 +27,12 @@ fn check(state: StateBuilder, expected: &[Invalid]) {
     want.sort_by_key(key);
     assert_eq!(got, want, "state:\n{}", render(&state, Format::Text));
 
-    let (from, goal) = (base().build().flatten(), state.flatten());
+    // The agent's view: NodePort templates expanded where they can be.
+    let view = |s: &NodeDataplane| {
+        let flat = s.flatten();
+        setpoint_dataplane::template::expand(&flat).unwrap_or(flat)
+    };
+    let (from, goal) = (view(&base().build()), view(&state));
     let mut stepped = validate_step(&goal, &diff_fragments(&from, &goal));
     stepped.sort_by_key(key);
     stepped.dedup();
@@ -382,16 +387,30 @@ fn addresses_are_never_reserved_ones() {
             reason: "loopback",
         }],
     );
-    // The unspecified address is a NodePort template's key.
+    // The unspecified address is a NodePort template's key; it is checked
+    // where the kernel will hold it, on each node-port address.
+    let node_port = || {
+        base()
+            .vs(
+                Protocol::Tcp,
+                "0.0.0.0:30080",
+                Scheduler::Rr,
+                None,
+                &[("10.244.1.5:80", 1)],
+            )
+            .set("SP-NODEPORT-IPS", SetType::HashIp, Family::Inet, 64)
+    };
     check(
-        base().vs(
-            Protocol::Tcp,
-            "0.0.0.0:30080",
-            Scheduler::Rr,
-            None,
-            &[("10.244.1.5:80", 1)],
-        ),
+        node_port().entries("SP-NODEPORT-IPS", &["192.168.1.10"]),
         &[],
+    );
+    check(
+        node_port().entries("SP-NODEPORT-IPS", &["192.168.1.10", "127.0.0.1"]),
+        &[Invalid::ReservedAddress {
+            what: "virtual server",
+            address: ip("127.0.0.1"),
+            reason: "loopback",
+        }],
     );
 }
 
