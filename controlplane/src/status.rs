@@ -28,12 +28,19 @@ pub struct StatusWriter {
     /// Rings the writer; one ring stands for any number of reports.
     doorbell: mpsc::Sender<()>,
     metrics: Arc<Metrics>,
+    max_nodes: usize,
 }
 
 impl StatusWriter {
     /// Starts the writer task (on the current runtime); it ends when the
     /// last handle is dropped.
     pub fn start(store: Store, metrics: Arc<Metrics>) -> StatusWriter {
+        StatusWriter::start_bounded(store, metrics, MAX_PENDING_NODES)
+    }
+
+    /// [`StatusWriter::start`] with at most `max_nodes` nodes' reports
+    /// waiting.
+    fn start_bounded(store: Store, metrics: Arc<Metrics>, max_nodes: usize) -> StatusWriter {
         let pending = Pending::default();
         let (doorbell, mut rung) = mpsc::channel(1);
         let (reports, task_metrics) = (pending.clone(), metrics.clone());
@@ -64,6 +71,7 @@ impl StatusWriter {
             pending,
             doorbell,
             metrics,
+            max_nodes,
         }
     }
 
@@ -71,7 +79,7 @@ impl StatusWriter {
     pub fn record(&self, status: AgentStatus) {
         let queued = match self.pending.lock() {
             Ok(mut reports) => {
-                if reports.len() < MAX_PENDING_NODES || reports.contains_key(&status.node) {
+                if reports.len() < self.max_nodes || reports.contains_key(&status.node) {
                     reports.insert(status.node.clone(), status);
                     true
                 } else {
@@ -85,6 +93,60 @@ impl StatusWriter {
             let _ = self.doorbell.try_send(());
         } else {
             self.metrics.agent_statuses_dropped.inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use setpoint_store::{AgentResult, RevisionId};
+
+    fn report(node: &str, revision: u64) -> AgentStatus {
+        AgentStatus {
+            node: node.to_string(),
+            applied_revision: Some(RevisionId(revision)),
+            applied_digest: None,
+            result: AgentResult::Ack,
+            contact_ms: i64::try_from(revision).unwrap_or(0),
+            agent_version: "test".to_string(),
+        }
+    }
+
+    /// On this single-threaded runtime the writer cannot run until the
+    /// test awaits, so what waits is exactly what `record` kept.
+    #[tokio::test]
+    async fn waiting_reports_are_one_per_node_and_at_most_the_bound() {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("db").display());
+        let store = Store::open(&url).await.expect("store");
+        let metrics = Metrics::new();
+        let writer = StatusWriter::start_bounded(store.clone(), metrics.clone(), 2);
+        for revision in 1..=50 {
+            writer.record(report("node-a", revision));
+        }
+        writer.record(report("node-b", 1));
+        writer.record(report("node-c", 1));
+        assert_eq!(
+            metrics.agent_statuses_dropped.get(),
+            1,
+            "node-c is over the bound"
+        );
+        writer.record(report("node-b", 2));
+        assert_eq!(
+            metrics.agent_statuses_dropped.get(),
+            1,
+            "a waiting node's report replaces its own"
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let stored = store.agent_statuses().await.expect("read");
+            if stored.len() == 2 {
+                assert_eq!(stored, vec![report("node-a", 50), report("node-b", 2)]);
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{stored:?}");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 }
