@@ -27,6 +27,7 @@ macro_rules! both {
 mod agents;
 mod cluster;
 mod crash;
+mod decoders;
 mod fencing;
 mod gc;
 mod integrity;
