@@ -3,7 +3,10 @@
 //! over (a misspelt field fails, as `kubectl apply --validate=strict`
 //! would), kustomize lists every file, the control plane's RBAC grants
 //! exactly the reads its Kubernetes source makes, and the objects are
-//! wired to each other (selectors, named ports, the agent's URL).
+//! wired to each other (selectors, named ports, the agent's URL). Neither
+//! the agents' way to the control plane nor the control plane's way to the
+//! API server goes through a ClusterIP or cluster DNS, which Setpoint
+//! itself programs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -11,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{
-    Namespace, PodSpec, PodTemplateSpec, Service, ServiceAccount, Volume, VolumeMount,
+    ConfigMap, Namespace, PodSpec, PodTemplateSpec, Service, ServiceAccount, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
@@ -126,6 +129,7 @@ struct Objects {
     deployments: Vec<Deployment>,
     daemon_sets: Vec<DaemonSet>,
     services: Vec<Service>,
+    config_maps: Vec<ConfigMap>,
     pdbs: Vec<PodDisruptionBudget>,
 }
 
@@ -137,6 +141,7 @@ impl Objects {
             ("v1", "Namespace") => self.namespaces.push(strict(doc)?),
             ("v1", "ServiceAccount") => self.service_accounts.push(strict(doc)?),
             ("v1", "Service") => self.services.push(strict(doc)?),
+            ("v1", "ConfigMap") => self.config_maps.push(strict(doc)?),
             ("rbac.authorization.k8s.io/v1", "ClusterRole") => {
                 self.cluster_roles.push(strict(doc)?)
             }
@@ -214,6 +219,7 @@ fn every_manifest_decodes_without_unknown_fields() {
     assert_eq!(o.daemon_sets.len(), 1);
     assert_eq!(o.pdbs.len(), 1);
     assert_eq!(o.services.len(), 1);
+    assert_eq!(o.config_maps.len(), 1);
     assert_eq!(o.service_accounts.len(), 2);
     assert_eq!(o.cluster_roles.len(), 1);
 }
@@ -570,14 +576,10 @@ fn the_objects_are_wired_to_each_other() {
         Some("setpoint-controlplane")
     );
 
-    // The agent: its node from the downward API, the control plane by the
-    // Service's name and gRPC port, on the host's network.
+    // The agent: its node from the downward API, on the host's network
+    // (its way to the control plane: `no_path_goes_through_what_setpoint_programs`).
     let agent_pod = ds_spec.template.spec.as_ref().expect("pod spec");
     assert_eq!(agent_pod.host_network, Some(true));
-    assert_eq!(
-        agent_pod.dns_policy.as_deref(),
-        Some("ClusterFirstWithHostNet")
-    );
     assert_eq!(
         agent_pod.service_account_name.as_deref(),
         Some("setpoint-agent")
@@ -590,12 +592,6 @@ fn the_objects_are_wired_to_each_other() {
             .map(|f| f.field_path.as_str()),
         Some("spec.nodeName")
     );
-    let url = env(&ds_spec.template, "SETPOINT_CONTROLPLANE")
-        .and_then(|e| e.value.clone())
-        .expect("SETPOINT_CONTROLPLANE");
-    let name = service.metadata.name.as_deref().expect("name");
-    let namespace = service.metadata.namespace.as_deref().expect("namespace");
-    assert_eq!(url, format!("https://{name}.{namespace}.svc:7443"));
     // mTLS files from the node's own directory, mounted read-only.
     for (var, file) in [
         ("SETPOINT_TLS_CERT", "tls.crt"),
@@ -637,4 +633,126 @@ fn the_objects_are_wired_to_each_other() {
     let volume = lock.host_path.as_ref().expect("the lock is the host's");
     assert_eq!(volume.path, "/run/xtables.lock");
     assert_eq!(volume.type_.as_deref(), Some("FileOrCreate"));
+}
+
+/// The value of `name` in the first container of `template`, read from the
+/// one ConfigMap (it must come from there, by key).
+fn from_config_map(o: &Objects, template: &PodTemplateSpec, name: &str) -> String {
+    let var = env(template, name).unwrap_or_else(|| panic!("{name} not set"));
+    let key = var
+        .value_from
+        .as_ref()
+        .and_then(|v| v.config_map_key_ref.as_ref())
+        .unwrap_or_else(|| panic!("{name} does not come from a ConfigMap"));
+    let map = &o.config_maps[0];
+    assert_eq!(Some(key.name.as_str()), map.metadata.name.as_deref());
+    map.data
+        .as_ref()
+        .and_then(|d| d.get(&key.key))
+        .unwrap_or_else(|| panic!("the ConfigMap has no key {}", key.key))
+        .clone()
+}
+
+/// A name or address that reaches its target only through what Setpoint
+/// programs: a Service's cluster DNS name, the `kubernetes` Service, or an
+/// address in the usual Service CIDRs.
+fn through_a_service(host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let service_cidr = |ip: std::net::IpAddr| match ip {
+        // 10.96.0.0/12 (kubeadm, kind), 10.0.0.0/16 (AKS), 172.20.0.0/16 (EKS).
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            (o[0] == 10 && (o[1] == 0 || (96..112).contains(&o[1]))) || (o[0] == 172 && o[1] == 20)
+        }
+        std::net::IpAddr::V6(v6) => v6.segments()[0] == 0xfd00,
+    };
+    host == "kubernetes"
+        || host.starts_with("kubernetes.default")
+        || host.ends_with(".svc")
+        || host.contains(".svc.")
+        || host.ends_with(".cluster.local")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .is_ok_and(service_cidr)
+}
+
+#[test]
+fn the_service_check_knows_service_paths() {
+    for via in [
+        "setpoint-controlplane.setpoint-system.svc",
+        "setpoint-controlplane.setpoint-system.svc.cluster.local.",
+        "kubernetes.default",
+        "kubernetes",
+        "10.96.0.1",
+        "[fd00::1]",
+    ] {
+        assert!(through_a_service(via), "{via}");
+    }
+    for direct in ["api.cluster.example", "192.0.2.10", "[2001:db8::1]"] {
+        assert!(!through_a_service(direct), "{direct}");
+    }
+}
+
+/// A revision that broke a ClusterIP or cluster DNS could otherwise cut
+/// agents off from the control plane, or the control plane off from the
+/// API server, and then no revision could repair it.
+#[test]
+fn no_path_goes_through_what_setpoint_programs() {
+    let o = load();
+    let cp = &o.deployments[0].spec.as_ref().expect("spec").template;
+    let agent = &o.daemon_sets[0].spec.as_ref().expect("spec").template;
+    for (what, template) in [("control plane", cp), ("agent", agent)] {
+        let pod = template.spec.as_ref().expect("pod spec");
+        assert_eq!(pod.host_network, Some(true), "{what}: on the host network");
+        // The node's resolver, not cluster DNS (ClusterFirst* would send
+        // every lookup to the cluster DNS Service's ClusterIP).
+        assert_eq!(pod.dns_policy.as_deref(), Some("Default"), "{what}");
+        for var in pod.containers[0].env.iter().flatten() {
+            let value = var.value.as_deref().unwrap_or_default();
+            assert!(
+                !value.contains(".svc") && !value.contains("cluster.local"),
+                "{what}: {} = {value} names a Service",
+                var.name
+            );
+        }
+    }
+    // Agents: the URL in the ConfigMap, to the control plane's own port on
+    // its nodes (host network: the container port is the node's).
+    let url = from_config_map(&o, agent, "SETPOINT_CONTROLPLANE");
+    let rest = url.strip_prefix("https://").expect("an https URL");
+    let (host, port) = rest.rsplit_once(':').expect("host:port");
+    assert!(
+        !through_a_service(host),
+        "agents reach the control plane via {host}"
+    );
+    let cp_pod = cp.spec.as_ref().expect("pod spec");
+    let grpc = cp_pod.containers[0]
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref() == Some("grpc"))
+        .expect("a grpc port");
+    assert_eq!(port.parse::<i32>().ok(), Some(grpc.container_port));
+    // One replica per node on the node's ports.
+    let anti = cp_pod
+        .affinity
+        .as_ref()
+        .and_then(|a| a.pod_anti_affinity.as_ref())
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .expect("required anti-affinity");
+    assert!(
+        anti.iter()
+            .any(|t| t.topology_key == "kubernetes.io/hostname")
+    );
+    // The control plane: the API server at its own address, overriding the
+    // `kubernetes` ClusterIP kubelet injects (kube-rs reads these two).
+    let api = from_config_map(&o, cp, "KUBERNETES_SERVICE_HOST");
+    assert!(!through_a_service(&api), "the API server via {api}");
+    let api_port = from_config_map(&o, cp, "KUBERNETES_SERVICE_PORT");
+    assert!(api_port.parse::<u16>().is_ok(), "{api_port}");
 }
