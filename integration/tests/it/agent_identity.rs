@@ -446,23 +446,18 @@ async fn plaintext_off_loopback_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wildcard_or_case_folded_certificate_names_no_node() {
-    let Fixture {
-        manifests: _manifests,
-        _data,
-        pki,
-        server: _,
-        running,
-    } = serve_tls().await;
+    let fixture = serve_tls().await;
+    let (pki, running) = (&fixture.pki, &fixture.running);
     wait_for("a first revision", || *running.head.borrow() > 0).await;
     // A wildcard certificate would name every node under it; a name that
     // differs in case is another name.
     let (_w, wildcard) = agent(
-        &running,
+        running,
         "node-a.nodes.test",
         pki.node("wildcard", "*.nodes.test"),
     );
-    let (_u, upper) = agent(&running, "node-a", pki.node("upper", "NODE-A"));
-    let (_b, b) = agent(&running, "node-b", pki.node("node-b", "node-b"));
+    let (_u, upper) = agent(running, "node-a", pki.node("upper", "NODE-A"));
+    let (_b, b) = agent(running, "node-b", pki.node("node-b", "node-b"));
     wait_for(
         "the wildcard and the upper-case certificate refused",
         || progress(&wildcard).last_error.is_some() && progress(&upper).last_error.is_some(),
@@ -477,7 +472,7 @@ async fn a_wildcard_or_case_folded_certificate_names_no_node() {
         );
         assert_eq!(refused.revision, 0, "{node} never got a state");
     }
-    assert!(metric(&running, "setpoint_identity_refusals_total") >= 2.0);
+    assert!(metric(running, "setpoint_identity_refusals_total") >= 2.0);
     // The exact name is served.
     let head = *running.head.borrow();
     wait_for("node-b to ack", || progress(&b).revision == head).await;
