@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use setpoint_agent::client::{Agent, AgentOptions};
 use setpoint_agent::services::IpvsMode;
-use setpoint_controlplane::admin::{AdminConfig, AdminTls};
+use setpoint_controlplane::admin::{AdminConfig, AdminLimits, AdminTls};
 use setpoint_controlplane::serve::{Running, ServeConfig, start};
 
 const READ_TOKEN: &str = "read-token-0123456789abcdef";
@@ -36,6 +36,8 @@ struct Pki {
     ca: PathBuf,
     other_ca: PathBuf,
     tls: AdminTls,
+    /// A certificate and key for the same names from the other CA (PEM).
+    rotated: (String, String),
 }
 
 impl Pki {
@@ -51,11 +53,15 @@ impl Pki {
             CertifiedIssuer::self_signed(params, key).expect("CA")
         };
         let (issuer, other) = (ca("admin CA"), ca("another CA"));
-        let key = KeyPair::generate().expect("key");
-        let cert = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-            .expect("params")
-            .signed_by(&key, &issuer)
-            .expect("sign");
+        let leaf = |issuer: &CertifiedIssuer<'static, KeyPair>| {
+            let key = KeyPair::generate().expect("key");
+            let cert = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+                .expect("params")
+                .signed_by(&key, issuer)
+                .expect("sign");
+            (cert.pem(), key.serialize_pem())
+        };
+        let ((cert, key), rotated) = (leaf(&issuer), leaf(&other));
         let path = |name: &str, text: String| {
             let path = dir.join(name);
             std::fs::write(&path, text).expect("write PEM");
@@ -65,9 +71,10 @@ impl Pki {
             ca: path("ca.pem", issuer.pem()),
             other_ca: path("other-ca.pem", other.pem()),
             tls: AdminTls {
-                cert: path("admin.crt", cert.pem()),
-                key: path("admin.key", key.serialize_pem()),
+                cert: path("admin.crt", cert),
+                key: path("admin.key", key),
             },
+            rotated,
         }
     }
 }
@@ -104,7 +111,10 @@ async fn control_plane_with(with_tokens: bool, tls: Option<AdminTls>) -> Fixture
             listen: Some(localhost),
             token_file: with_tokens.then(|| dir.path().join("tokens")),
             tls: tls.clone(),
-            ..AdminConfig::default()
+            limits: AdminLimits {
+                reload_every: Duration::from_millis(100),
+                ..AdminLimits::default()
+            },
         },
         tls: None,
         agents: Default::default(),
@@ -567,4 +577,34 @@ async fn tls_admin_api_with_https_and_ca() {
     let out = ctl(&["--server", &plain, "--token-file", &token, "status"]).await;
     assert_ne!(out.code, 0, "{}", out.stdout);
     assert!(out.stdout.is_empty(), "{}", out.stdout);
+
+    // Rotated files (swapped as kubelet swaps a Secret) serve new
+    // connections without a restart.
+    let (cert, key) = &pki.rotated;
+    for (path, text) in [(&pki.tls.key, key), (&pki.tls.cert, cert)] {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text).expect("write");
+        std::fs::rename(&tmp, path).expect("swap");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ctl(&[
+        "--server",
+        &f.server,
+        "--ca",
+        &other,
+        "--token-file",
+        &token,
+        "status",
+    ])
+    .await
+    .code
+        != 0
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the rotated certificate is not served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ctl_as(&f, Some("read"), &["--ca", &ca, "status"], 4).await;
 }
