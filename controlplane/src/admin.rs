@@ -82,7 +82,8 @@ pub struct AdminLimits {
     pub streams_per_connection: u32,
     /// One call, from its headers to its response.
     pub request_timeout: Duration,
-    /// A connection is closed this long after it opened (clients reconnect).
+    /// A connection is closed this long plus `request_timeout` after it
+    /// opened (clients reconnect), whatever it is doing.
     pub max_connection_age: Duration,
     /// How often the token and TLS files are looked at for a change.
     pub reload_every: Duration,
