@@ -522,6 +522,8 @@ fn the_objects_are_wired_to_each_other() {
         "--tls-cert=/etc/setpoint/tls/tls.crt",
         "--tls-key=/etc/setpoint/tls/tls.key",
         "--client-ca=/etc/setpoint/tls/ca.crt",
+        "--admin-tls-cert=/etc/setpoint/tls/tls.crt",
+        "--admin-tls-key=/etc/setpoint/tls/tls.key",
     ] {
         assert!(args.iter().any(|a| a == arg), "{arg} not in {args:?}");
     }
