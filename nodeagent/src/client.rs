@@ -9,8 +9,8 @@
 //! `window` of applying revision R, the state before R was proven good
 //! (the control plane was heard from while it was held), and the control
 //! plane is not back within `after`, the agent goes back to that state by
-//! itself — once: it refuses R's state from then on (a nack naming the
-//! fail-safe), and never steps back further.
+//! itself — once: it refuses R's state from then on, until it restarts
+//! (a nack naming the fail-safe), and never steps back further.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
