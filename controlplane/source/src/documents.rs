@@ -331,6 +331,34 @@ mod tests {
     }
 
     #[test]
+    fn errors_of_the_value_parser_are_located_in_the_file() {
+        // Two flow mappings in one document pass the screen; serde_yaml_ng
+        // refuses the second, and its line counts within the piece.
+        let docs = yaml("a: 1\n---\n{\"a\": 1}\n{\"b\": 2}\n", &Limits::default());
+        let reasons: Vec<_> = docs.iter().filter_map(|d| d.value.as_ref().err()).collect();
+        assert_eq!(reasons.len(), 1);
+        assert!(reasons[0].contains("at line 4 column 1"), "{reasons:?}");
+        assert_eq!(
+            shift_lines("x at line 2 column 3, while y at line 1 column 1", 10),
+            "x at line 12 column 3, while y at line 11 column 1"
+        );
+        // Only positions move: other numbers after "line " stay.
+        assert_eq!(
+            shift_lines("line 5 of 9, line x", 10),
+            "line 5 of 9, line x"
+        );
+    }
+
+    #[test]
+    fn json_depth_skips_strings() {
+        let text = r#"{"a": "[[[\"[[{", "b": [[1]]}"#;
+        assert_eq!(json_too_deep(text, 3), None);
+        let at = json_too_deep(text, 2).expect("too deep");
+        assert_eq!(&text[at..], "[1]]}");
+        assert_eq!(line_and_column("a\nbc[", 4), (2, 3));
+    }
+
+    #[test]
     fn syntax_errors_are_located_in_the_file() {
         let docs = yaml("a: 1\n---\nb: [\n---\nc: 3\n", &Limits::default());
         let got: Vec<(usize, Result<Value, String>)> =
