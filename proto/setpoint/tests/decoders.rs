@@ -294,3 +294,25 @@ fn the_valid_encodings_decode() {
     }
     assert_recovers(&mut Reassembly::default());
 }
+
+#[test]
+fn a_length_claiming_two_to_the_sixty_allocates_nothing_like_it() {
+    // Field 2 (the hello), length-delimited, claiming 2^60 bytes; then a
+    // few bytes. And a piece claiming u32::MAX pieces of 2^60 bytes.
+    let mut claim = vec![0x12];
+    claim.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x10]);
+    claim.extend_from_slice(b"node-a");
+    let (decoded, allocated) = measure(|| AgentMessage::decode(claim.as_slice()));
+    assert!(decoded.is_err());
+    assert_bounded("hello claim", &claim, allocated, 16, 4 << 10);
+    let (decoded, allocated) = measure(|| ControlMessage::decode(claim.as_slice()));
+    assert!(decoded.is_err());
+    assert_bounded("snapshot claim", &claim, allocated, 16, 4 << 10);
+
+    let mut reassembly = Reassembly::default();
+    let (outcome, allocated) =
+        measure(|| reassembly.push(piece(0, u32::MAX, b"a little".to_vec())));
+    assert_eq!(outcome.ok(), Some(None), "the first of many pieces is held");
+    assert_bounded("piece claim", b"a little", allocated, 16, 4 << 10);
+    assert_recovers(&mut reassembly);
+}

@@ -192,3 +192,38 @@ fn the_valid_encodings_decode() {
     let back: NodeDataplane = serde_json::from_slice(&json).expect("decodes");
     assert_eq!(back.digest(), example().digest());
 }
+
+/// LEB128, as chunks write lengths.
+fn varint(mut v: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+    out
+}
+
+#[test]
+fn a_length_claiming_two_to_the_sixty_allocates_nothing_like_it() {
+    let one_rule = state()
+        .chain(Family::Inet, Table::Filter, "SP-X", &[&["X"]])
+        .build();
+    let (_, chunks) = ChunkedFragment::new(Arc::new(one_rule.flatten()));
+    let body = &chunks[0].body;
+    // The chain ends: 1 rule, of 1 word, of 1 byte, "X".
+    let tail = [1, 1, 1, b'X'];
+    assert!(body.ends_with(&tail), "{body:?}");
+    let head = &body[..body.len() - tail.len()];
+    for claim in [
+        [varint(1 << 60), vec![1, 1, b'X']].concat(),
+        [vec![1], varint(1 << 60), vec![1, b'X']].concat(),
+        [vec![1, 1], varint(1 << 60), vec![b'X']].concat(),
+    ] {
+        let forged = [head, &claim].concat();
+        let (decoded, allocated) = measure(|| decode_chunk(&sha256(&forged), &forged));
+        let err = decoded.expect_err("a claim past the body is refused");
+        assert!(err.to_string().contains("exceeds"), "{err}");
+        assert_bounded("forged chunk", &forged, allocated, 64, 4 << 10);
+    }
+}
