@@ -257,7 +257,7 @@ impl Loader {
         let file = fs::File::open(path).map_err(read_error(path))?;
         let len = file.metadata().map_err(read_error(path))?.len();
         if len > max {
-            self.too_large(path, len);
+            self.too_large(path, &format!("is {len} bytes"));
             return Ok(());
         }
         let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
@@ -265,21 +265,23 @@ impl Loader {
             .read_to_end(&mut bytes)
             .map_err(read_error(path))?;
         if bytes.len() as u64 > max {
-            self.too_large(path, bytes.len() as u64);
+            // It grew while read, or is a device that says 0 and never ends.
+            self.too_large(path, &format!("has more than {max} bytes"));
             return Ok(());
         }
         self.file(path, &bytes);
         Ok(())
     }
 
-    fn too_large(&mut self, path: &Path, len: u64) {
+    /// `size` says how large: "is 17 bytes".
+    fn too_large(&mut self, path: &Path, size: &str) {
         self.report.skipped.push(Skipped {
             file: path.to_path_buf(),
             document: 0,
             kind: None,
             name: None,
             reason: format!(
-                "refused: file is {len} bytes, over the limit of {} bytes; not read",
+                "refused: file {size}, over the limit of {} bytes; not read",
                 self.limits.max_file_bytes
             ),
         });
@@ -287,7 +289,7 @@ impl Loader {
 
     fn file(&mut self, path: &Path, bytes: &[u8]) {
         if bytes.len() as u64 > self.limits.max_file_bytes {
-            self.too_large(path, bytes.len() as u64);
+            self.too_large(path, &format!("is {} bytes", bytes.len()));
             return;
         }
         let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);

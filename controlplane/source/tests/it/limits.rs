@@ -211,6 +211,20 @@ fn a_file_over_the_size_limit_is_skipped_unread_and_the_others_load() {
     );
 }
 
+#[test]
+fn an_endless_file_is_read_only_to_the_limit() {
+    // A size of 0 that never ends: reading stops one byte past the limit.
+    let limits = Limits {
+        max_file_bytes: 1024,
+        ..Limits::default()
+    };
+    let report = load_path_with(Path::new("/dev/zero"), &limits).expect("loads");
+    assert_eq!(
+        render(&report),
+        "skipped /dev/zero: refused: file has more than 1024 bytes, over the limit of 1024 bytes; not read\n"
+    );
+}
+
 /// `count` documents of `comment_lines` comment lines and one unclosed
 /// bracket each.
 fn broken_documents(count: usize, comment_lines: usize) -> String {
