@@ -21,6 +21,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 
 use ipnet::IpNet;
+use setpoint_dataplane::diff::{Change, diff_fragments};
 use setpoint_dataplane::validate::Invalid;
 use setpoint_dataplane::{
     Digest, Family, Fragment, NodeDataplane, SetEntry, VirtualServerKey, template,
@@ -202,11 +203,30 @@ enum Served<'a> {
     Serve(Cow<'a, Service>, Vec<Refusal>),
 }
 
-/// The shared part of a zone's nodes' states (base, services, zone),
-/// validated once per change of its fragments.
+/// The shared part of a zone's nodes' states (base, services, zone) as
+/// last validated: checked whole the first time and after any problem,
+/// otherwise by what changed since.
 struct SharedCheck {
-    digests: (Digest, Digest),
+    services: Arc<Fragment>,
+    zone: Arc<Fragment>,
     flat: Fragment,
+    invalid: Vec<Invalid>,
+}
+
+/// What a zone's shared part gained at its last check: what a node whose
+/// own parts did not change must be checked against.
+#[derive(Default)]
+struct SharedGain {
+    /// Checked whole: so is every node of the zone.
+    whole: bool,
+    entries: Vec<(String, SetEntry)>,
+    virtual_servers: Vec<VirtualServerKey>,
+}
+
+/// A node's own parts as last validated, with the state's problems.
+struct NodeCheck {
+    own: Option<Digest>,
+    policy: Option<Digest>,
     invalid: Vec<Invalid>,
 }
 
@@ -261,20 +281,151 @@ fn atom_in(part: &Fragment, atom: &Atom) -> bool {
     }
 }
 
-/// The problems of one node's state: those of its zone's shared part, of
-/// its own parts over the base (`NodeDataplane::validate` on each), and
-/// what only the union shows — an atom in two parts, a set the parts
+/// The shared part of a zone's states, checked against the last check
+/// when there was one without problems (`validate`'s checks on what the
+/// fragments' diff adds: entries against their set, set fill, virtual
+/// servers' families; anything else is checked whole), else whole.
+fn check_shared(
+    base: &Arc<Fragment>,
+    services: &Arc<Fragment>,
+    zone: &Arc<Fragment>,
+    previous: Option<&SharedCheck>,
+) -> (SharedCheck, SharedGain) {
+    let mut flat = Fragment::clone(services);
+    let overlap = flat.absorb(base) + flat.absorb(zone);
+    let mut gain = SharedGain::default();
+    let mut invalid = Vec::new();
+    let changes = previous.filter(|p| p.invalid.is_empty()).map(|p| {
+        let mut changes = diff_fragments(&p.services, services).changes;
+        changes.extend(diff_fragments(&p.zone, zone).changes);
+        changes
+    });
+    let delta = changes.filter(|changes| {
+        changes.iter().all(|c| {
+            matches!(
+                c,
+                Change::EntriesAdded { .. }
+                    | Change::EntriesRemoved { .. }
+                    | Change::AddressAdded { .. }
+                    | Change::AddressRemoved { .. }
+                    | Change::VirtualServerAdded { .. }
+                    | Change::VirtualServerEdited { .. }
+                    | Change::VirtualServerRemoved { .. }
+                    | Change::RealServerAdded { .. }
+                    | Change::RealServerEdited { .. }
+                    | Change::RealServerRemoved { .. }
+            )
+        })
+    });
+    match delta {
+        Some(changes) => {
+            let mut filled: BTreeSet<&String> = BTreeSet::new();
+            for change in &changes {
+                match change {
+                    Change::EntriesAdded { set, entries } => {
+                        filled.insert(set);
+                        invalid.extend(entry_problems(&flat, set, entries));
+                        gain.entries
+                            .extend(entries.iter().map(|e| (set.clone(), e.clone())));
+                    }
+                    Change::VirtualServerAdded { key, .. } => {
+                        gain.virtual_servers.push(*key);
+                        invalid.extend(family_problem(&flat, key));
+                    }
+                    Change::VirtualServerEdited { key, .. }
+                    | Change::RealServerAdded { key, .. }
+                    | Change::RealServerEdited { key, .. } => {
+                        invalid.extend(family_problem(&flat, key));
+                    }
+                    _ => {}
+                }
+            }
+            for set in filled {
+                invalid.extend(overfull(&flat, set, flat.entry_count(set)));
+            }
+        }
+        None => {
+            gain.whole = true;
+            invalid = NodeDataplane::from_fragment(flat.clone()).validate();
+        }
+    }
+    if overlap > 0 {
+        invalid.push(Invalid::DuplicatedAcrossParts { atoms: overlap });
+    }
+    invalid.dedup();
+    let check = SharedCheck {
+        services: services.clone(),
+        zone: zone.clone(),
+        flat,
+        invalid,
+    };
+    (check, gain)
+}
+
+/// `validate`'s problems with `entries` added to `set` in `flat`.
+fn entry_problems(flat: &Fragment, set: &str, entries: &[SetEntry]) -> Vec<Invalid> {
+    let Some(spec) = flat.set(set) else {
+        return vec![Invalid::EntriesWithoutSet {
+            set: set.to_string(),
+            count: entries.len(),
+        }];
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        if !spec.kind.accepts(entry) {
+            out.push(Invalid::EntryWrongType {
+                set: set.to_string(),
+                entry: entry.clone(),
+                kind: spec.kind,
+            });
+        } else if entry.family().is_some_and(|f| f != spec.family) || !entry.is_single_family() {
+            out.push(Invalid::EntryWrongFamily {
+                set: set.to_string(),
+                entry: entry.clone(),
+                family: spec.family,
+            });
+        }
+    }
+    out
+}
+
+/// The set overfull with `entries`, if it is.
+fn overfull(flat: &Fragment, set: &str, entries: usize) -> Option<Invalid> {
+    let spec = flat.set(set)?;
+    (entries > spec.maxelem as usize).then(|| Invalid::SetOverfull {
+        set: set.to_string(),
+        entries,
+        maxelem: spec.maxelem,
+    })
+}
+
+/// A virtual server with a real server of the other family, if it is one.
+fn family_problem(flat: &Fragment, key: &VirtualServerKey) -> Option<Invalid> {
+    let vs = flat.virtual_server(key)?;
+    vs.real_servers
+        .iter()
+        .any(|rs| Family::of(&rs.address) != key.family())
+        .then(|| Invalid::MixedFamilyVirtualServer {
+            key: format!("{}/{key}", key.protocol),
+        })
+}
+
+/// The template twin of a concrete virtual server key.
+fn twin(key: &VirtualServerKey) -> VirtualServerKey {
+    VirtualServerKey {
+        address: template::template_address(key.family()),
+        ..*key
+    }
+}
+
+/// The problems of one node's state, checked whole: those of its zone's
+/// shared part, of its own parts over the base (`NodeDataplane::validate`),
+/// and what only the union shows — an atom in two parts, a set the parts
 /// overfill together, a NodePort template on a node address where a
 /// virtual server of its own sits. Equals `validate` of the whole state
 /// without merging the shared part per node.
-fn check_node(
-    base: &Arc<Fragment>,
-    shared: &SharedCheck,
-    own: Option<&Arc<Fragment>>,
-    policy: Option<&Arc<Fragment>>,
-) -> Vec<Invalid> {
+fn check_node(base: &Arc<Fragment>, shared: &SharedCheck, mine: &[&Arc<Fragment>]) -> Vec<Invalid> {
     let mut invalid = shared.invalid.clone();
-    let mine: Vec<&Arc<Fragment>> = own.into_iter().chain(policy).collect();
     let mut parts: Vec<(String, Arc<Fragment>)> = vec![(PART_BASE.to_string(), base.clone())];
     for (i, part) in mine.iter().enumerate() {
         parts.push((format!("own/{i}"), Arc::clone(part)));
@@ -294,35 +445,80 @@ fn check_node(
         .flat_map(|part| part.all_entries().map(|(set, _)| set))
         .collect();
     for set in sets {
-        let entries = flat.entry_count(set);
-        if let Some(spec) = flat.set(set)
-            && entries > spec.maxelem as usize
+        if let Some(problem) = overfull(&flat, set, flat.entry_count(set))
+            && !invalid.contains(&problem)
         {
-            let problem = Invalid::SetOverfull {
-                set: set.clone(),
-                entries,
-                maxelem: spec.maxelem,
-            };
-            if !invalid.contains(&problem) {
-                invalid.push(problem);
-            }
+            invalid.push(problem);
         }
     }
     for family in Family::ALL {
-        let template = template::template_address(family);
         for address in template::node_port_addresses(&flat, family) {
             for (key, _) in flat.virtual_servers_at(address) {
-                let twin = VirtualServerKey {
-                    address: template,
-                    ..*key
-                };
-                if flat.virtual_server(&twin).is_some() {
+                if flat.virtual_server(&twin(key)).is_some() {
                     invalid.push(Invalid::NodePortCollision {
                         collision: template::Collision { key: *key },
                     });
                 }
             }
         }
+    }
+    invalid
+}
+
+/// The problems of a node whose own parts did not change since a check
+/// without problems, after its zone's shared part gained `gain`: only
+/// what the gained atoms can break with the node's own parts.
+fn check_gain(shared: &SharedCheck, gain: &SharedGain, mine: &[&Arc<Fragment>]) -> Vec<Invalid> {
+    let mut invalid = shared.invalid.clone();
+    let has = |set: &str, entry: &SetEntry| {
+        mine.iter()
+            .any(|p| p.entries(set).is_some_and(|e| e.contains(entry)))
+    };
+    let mut duplicated = 0u64;
+    let mut filled: BTreeSet<&String> = BTreeSet::new();
+    for (set, entry) in &gain.entries {
+        if has(set, entry) {
+            duplicated += 1;
+        }
+        if mine.iter().any(|p| p.entry_count(set) > 0) {
+            filled.insert(set);
+        }
+    }
+    for set in filled {
+        let entries =
+            shared.flat.entry_count(set) + mine.iter().map(|p| p.entry_count(set)).sum::<usize>();
+        invalid.extend(overfull(&shared.flat, set, entries));
+    }
+    let vs_anywhere = |key: &VirtualServerKey| {
+        shared.flat.virtual_server(key).is_some()
+            || mine.iter().any(|p| p.virtual_server(key).is_some())
+    };
+    for key in &gain.virtual_servers {
+        if mine.iter().any(|p| p.virtual_server(key).is_some()) {
+            duplicated += 1;
+        }
+        let addresses = |family| {
+            mine.iter()
+                .flat_map(move |p| template::node_port_addresses(p, family))
+                .collect::<Vec<IpAddr>>()
+        };
+        if template::is_template(key) {
+            for address in addresses(key.family()) {
+                let concrete = VirtualServerKey { address, ..*key };
+                if vs_anywhere(&concrete) {
+                    invalid.push(Invalid::NodePortCollision {
+                        collision: template::Collision { key: concrete },
+                    });
+                }
+            }
+        } else if addresses(key.family()).contains(&key.address) && vs_anywhere(&twin(key)) {
+            invalid.push(Invalid::NodePortCollision {
+                collision: template::Collision { key: *key },
+            });
+        }
+    }
+    if duplicated > 0 {
+        invalid.push(Invalid::DuplicatedAcrossParts { atoms: duplicated });
     }
     invalid
 }
@@ -367,6 +563,7 @@ pub struct Index {
     /// explains; the leader must not publish them.
     invalid_nodes: BTreeMap<Arc<str>, Vec<Invalid>>,
     shared_checks: HashMap<Option<Arc<str>>, SharedCheck>,
+    node_checks: HashMap<Arc<str>, NodeCheck>,
 
     claims: HashMap<Frontend, BTreeSet<ServiceId>>,
     claimed_by: HashMap<ServiceId, Vec<Frontend>>,
@@ -982,47 +1179,61 @@ impl Index {
                 zones.insert(node.zone.clone());
             }
         }
+        let mut gains: HashMap<Option<Arc<str>>, SharedGain> = HashMap::new();
         for zone in zones {
             let zone_fragment = self
                 .zones
                 .get(&zone)
                 .map(|b| b.fragment.clone())
                 .unwrap_or_default();
-            let digests = (self.global.fragment.digest(), zone_fragment.digest());
-            if self
-                .shared_checks
-                .get(&zone)
-                .is_some_and(|c| c.digests == digests)
-            {
+            let previous = self.shared_checks.get(&zone);
+            if previous.is_some_and(|p| {
+                p.services.digest() == self.global.fragment.digest()
+                    && p.zone.digest() == zone_fragment.digest()
+            }) {
                 continue;
             }
-            let mut flat = Fragment::clone(&self.global.fragment);
-            let overlap = flat.absorb(&self.base) + flat.absorb(&zone_fragment);
-            let mut invalid = NodeDataplane::from_fragment(flat.clone()).validate();
-            if overlap > 0 {
-                invalid.push(Invalid::DuplicatedAcrossParts { atoms: overlap });
-            }
-            self.shared_checks.insert(
-                zone,
-                SharedCheck {
-                    digests,
-                    flat,
-                    invalid,
-                },
-            );
+            let (check, gain) =
+                check_shared(&self.base, &self.global.fragment, &zone_fragment, previous);
+            self.shared_checks.insert(zone.clone(), check);
+            gains.insert(zone, gain);
         }
-        let verdicts: Vec<(Arc<str>, Vec<Invalid>)> = nodes
+        let unchanged = SharedGain::default();
+        let verdicts: Vec<(Arc<str>, NodeCheck)> = nodes
             .par_iter()
             .filter_map(|name| {
                 let node = self.nodes.get(name)?;
                 let shared = self.shared_checks.get(&node.zone)?;
+                let gain = gains.get(&node.zone).unwrap_or(&unchanged);
                 let own = self.node_fragments.get(name).map(|b| &b.fragment);
                 let policy = self.policy_fragments.get(name);
-                Some((name.clone(), check_node(&self.base, shared, own, policy)))
+                let mine: Vec<&Arc<Fragment>> = own.into_iter().chain(policy).collect();
+                let (own, policy) = (own.map(|f| f.digest()), policy.map(|f| f.digest()));
+                let same = self
+                    .node_checks
+                    .get(name)
+                    .is_some_and(|c| c.invalid.is_empty() && c.own == own && c.policy == policy);
+                let invalid = if same && !gain.whole {
+                    check_gain(shared, gain, &mine)
+                } else {
+                    check_node(&self.base, shared, &mine)
+                };
+                Some((
+                    name.clone(),
+                    NodeCheck {
+                        own,
+                        policy,
+                        invalid,
+                    },
+                ))
             })
             .collect();
         let mut excluded: BTreeMap<ServiceId, String> = BTreeMap::new();
-        for (name, invalid) in verdicts {
+        self.node_checks
+            .retain(|name, _| self.nodes.contains_key(name));
+        for (name, check) in verdicts {
+            let invalid = check.invalid.clone();
+            self.node_checks.insert(name.clone(), check);
             if invalid.is_empty() {
                 self.invalid_nodes.remove(&name);
                 continue;

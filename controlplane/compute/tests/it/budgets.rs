@@ -201,19 +201,26 @@ fn a_left_out_service_comes_back_when_it_fits_and_incremental_equals_fresh() {
     all_valid(&index);
 }
 
-#[test]
-fn a_node_address_external_ip_on_a_node_port_is_left_out() {
-    // Allowed as an external IP, node-a's address on port 30080 collides
-    // with the NodePort 30080 of another Service on node-a.
-    let config = ComputeConfig {
+fn allow_node_ips() -> ComputeConfig {
+    ComputeConfig {
         allow_node_external_ips: true,
         ..ComputeConfig::default()
-    };
-    let objects = cluster(objs![
+    }
+}
+
+/// `aaa/ext` serves node-a's address on port 30080 (allowed); `np` has
+/// NodePort 30080, which node-a serves on that address too.
+fn ext() -> Vec<ClusterObject> {
+    objs![
         mk_service("aaa", "ext")
             .cluster_ip("10.96.0.30")
             .port("http", "TCP", 30080)
             .external_ips(&["192.168.10.11"]),
+    ]
+}
+
+fn np() -> Vec<ClusterObject> {
+    objs![
         mk_service("default", "np")
             .type_("NodePort")
             .cluster_ip("10.96.0.31")
@@ -222,10 +229,31 @@ fn a_node_address_external_ip_on_a_node_port_is_left_out() {
         mk_slice("default", "np", "IPv4")
             .port("http", "TCP", 8080)
             .eps(&[("10.244.2.9", "node-b")]),
-    ]);
+    ]
+}
+
+#[test]
+fn a_node_address_external_ip_on_a_node_port_is_left_out_whichever_came_first() {
+    for (first, second) in [(ext(), np()), (np(), ext())] {
+        let mut index = index_with(allow_node_ips(), cluster(first.clone()));
+        for o in second.clone() {
+            index.upsert(o);
+        }
+        index.commit();
+        assert_eq!(
+            left_out(&index),
+            [("Service/aaa/ext".to_string(), LeftOutReason::InvalidState)]
+        );
+        all_valid(&index);
+        assert_same_as_fresh(&index, cluster([first, second].concat()));
+    }
+}
+
+#[test]
+fn a_node_address_external_ip_on_a_node_port_is_left_out() {
     let index = check_with(
-        config,
-        objects,
+        allow_node_ips(),
+        cluster([ext(), np()].concat()),
         "node-a",
         "vs tcp 192.168.10.11",
         &["vs tcp 192.168.10.11:30080 rr -> 10.244.2.9:8080"],
