@@ -84,6 +84,16 @@ fn main() {
         flat.virtual_server_count()
     );
 
+    // What checking a whole state costs: every snapshot pays it, a delta
+    // from the held state checks only what it changes.
+    let view = setpoint_agent::apply::kernel_view(&state).expect("kernel view");
+    let started = Instant::now();
+    let problems = setpoint_dataplane::validate::validate_fragment(&view);
+    println!(
+        "whole-state check of the kernel view (each snapshot): {:.2?}, {} problems",
+        started.elapsed(),
+        problems.len()
+    );
     let ns = Netns::create("bench-apply").expect("netns");
     let mut agent = applier(&ns);
     let started = Instant::now();

@@ -767,7 +767,8 @@ impl Applier {
     /// Reads the kernel back; its digest when it holds `want`, else the
     /// differences.
     pub fn verify(&mut self, want: &NodeDataplane) -> Result<Digest, ApplyError> {
-        let goal = kernel_view(want)?;
+        // A state read back from disk at start is checked like one sent.
+        let goal = checked_view(want)?;
         // A restarted agent knows the rules only from the state it checks.
         self.learn(&goal);
         self.verify_view(&goal, want.digest())

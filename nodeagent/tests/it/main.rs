@@ -194,6 +194,57 @@ fn a_set_changing_type_is_refused() {
     );
 }
 
+/// Every way into the executor refuses a state that breaks the contract
+/// before it runs a single tool: the target names a namespace that does
+/// not exist, so any tool run would fail otherwise.
+#[test]
+fn every_executor_path_refuses_before_running_a_tool() {
+    use setpoint_agent::apply::{Applier, ApplyError};
+    use setpoint_agent::kernel_model::ModelServices;
+    use setpoint_agent::target::Target;
+
+    let good = one_set(SetType::HashIp, 1024, &[]);
+    let mut f = good.flatten();
+    f.put_chain(
+        ChainKey {
+            family: Family::Inet,
+            table: Table::Filter,
+            name: "SP-TEST".to_string(),
+        },
+        Arc::new(Chain {
+            rules: vec![Rule::new([
+                "-m",
+                "comment",
+                "--comment",
+                "a\nCOMMIT",
+                "-j",
+                "ACCEPT",
+            ])],
+        }),
+    );
+    let bad = NodeDataplane::from_fragment(f);
+    let refused = |what: &str, result: Result<(), ApplyError>| match result {
+        Err(ApplyError::Refused { problems }) => assert!(
+            problems
+                .iter()
+                .any(|p| p.to_string().contains("control character")),
+            "{what}: {problems:?}"
+        ),
+        other => panic!("{what} must be refused before any tool runs: {other:?}"),
+    };
+    let mut applier = Applier::new(
+        Target {
+            netns: Some("setpoint-no-such-namespace".to_string()),
+        },
+        Box::new(ModelServices::default()),
+    );
+    refused("apply", applier.apply(&bad).map(drop));
+    refused("apply_from", applier.apply_from(&good, &bad).map(drop));
+    refused("plan", applier.plan(&bad).map(drop));
+    refused("plan_from", Applier::plan_from(&good, &bad).map(drop));
+    refused("verify", applier.verify(&bad).map(drop));
+}
+
 mod ipset_backend {
     use std::collections::BTreeMap;
 
