@@ -294,7 +294,7 @@ fn check_shared(
     let mut flat = Fragment::clone(services);
     let overlap = flat.absorb(base) + flat.absorb(zone);
     let mut gain = SharedGain::default();
-    let mut invalid = Vec::new();
+    let mut invalid: Vec<Invalid>;
     let changes = previous.filter(|p| p.invalid.is_empty()).map(|p| {
         let mut changes = diff_fragments(&p.services, services).changes;
         changes.extend(diff_fragments(&p.zone, zone).changes);
@@ -319,27 +319,43 @@ fn check_shared(
     });
     match delta {
         Some(changes) => {
+            // What the diff adds, with the definitions of the sets it
+            // fills, validated as a state of its own: `validate`'s own
+            // checks of entries and virtual servers. Set fill is the
+            // whole set's, counted here.
+            let mut added = Fragment::new();
             let mut filled: BTreeSet<&String> = BTreeSet::new();
             for change in &changes {
                 match change {
                     Change::EntriesAdded { set, entries } => {
                         filled.insert(set);
-                        invalid.extend(entry_problems(&flat, set, entries));
-                        gain.entries
-                            .extend(entries.iter().map(|e| (set.clone(), e.clone())));
+                        if let Some(spec) = flat.set(set) {
+                            added.put_set(set.clone(), spec.clone());
+                        }
+                        for entry in entries {
+                            added.add_entry(set, entry.clone());
+                            gain.entries.push((set.clone(), entry.clone()));
+                        }
                     }
-                    Change::VirtualServerAdded { key, .. } => {
-                        gain.virtual_servers.push(*key);
-                        invalid.extend(family_problem(&flat, key));
-                    }
-                    Change::VirtualServerEdited { key, .. }
+                    Change::VirtualServerAdded { key, .. }
+                    | Change::VirtualServerEdited { key, .. }
                     | Change::RealServerAdded { key, .. }
                     | Change::RealServerEdited { key, .. } => {
-                        invalid.extend(family_problem(&flat, key));
+                        if matches!(change, Change::VirtualServerAdded { .. }) {
+                            gain.virtual_servers.push(*key);
+                        }
+                        if let Some(vs) = flat.virtual_server(key) {
+                            added.put_virtual_server(*key, vs.clone());
+                        }
                     }
                     _ => {}
                 }
             }
+            invalid = NodeDataplane::from_fragment(added)
+                .validate()
+                .into_iter()
+                .filter(|p| !matches!(p, Invalid::SetOverfull { .. }))
+                .collect();
             for set in filled {
                 invalid.extend(overfull(&flat, set, flat.entry_count(set)));
             }
@@ -362,33 +378,6 @@ fn check_shared(
     (check, gain)
 }
 
-/// `validate`'s problems with `entries` added to `set` in `flat`.
-fn entry_problems(flat: &Fragment, set: &str, entries: &[SetEntry]) -> Vec<Invalid> {
-    let Some(spec) = flat.set(set) else {
-        return vec![Invalid::EntriesWithoutSet {
-            set: set.to_string(),
-            count: entries.len(),
-        }];
-    };
-    let mut out = Vec::new();
-    for entry in entries {
-        if !spec.kind.accepts(entry) {
-            out.push(Invalid::EntryWrongType {
-                set: set.to_string(),
-                entry: entry.clone(),
-                kind: spec.kind,
-            });
-        } else if entry.family().is_some_and(|f| f != spec.family) || !entry.is_single_family() {
-            out.push(Invalid::EntryWrongFamily {
-                set: set.to_string(),
-                entry: entry.clone(),
-                family: spec.family,
-            });
-        }
-    }
-    out
-}
-
 /// The set overfull with `entries`, if it is.
 fn overfull(flat: &Fragment, set: &str, entries: usize) -> Option<Invalid> {
     let spec = flat.set(set)?;
@@ -397,17 +386,6 @@ fn overfull(flat: &Fragment, set: &str, entries: usize) -> Option<Invalid> {
         entries,
         maxelem: spec.maxelem,
     })
-}
-
-/// A virtual server with a real server of the other family, if it is one.
-fn family_problem(flat: &Fragment, key: &VirtualServerKey) -> Option<Invalid> {
-    let vs = flat.virtual_server(key)?;
-    vs.real_servers
-        .iter()
-        .any(|rs| Family::of(&rs.address) != key.family())
-        .then(|| Invalid::MixedFamilyVirtualServer {
-            key: format!("{}/{key}", key.protocol),
-        })
 }
 
 /// The template twin of a concrete virtual server key.
