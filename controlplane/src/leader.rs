@@ -379,3 +379,78 @@ fn summarize(changed: &[String]) -> String {
         [first, rest @ ..] => format!("{first} and {} more changed", rest.len()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use setpoint_compute::{ComputeConfig, Index};
+
+    use super::*;
+
+    fn services(hijack_external: &str) -> Vec<ClusterObject> {
+        let text = format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: kubernetes, namespace: default}}
+spec: {{clusterIP: 10.96.0.1, ports: [{{port: 443}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: hijack, namespace: default}}
+spec: {{clusterIP: 10.96.5.5, externalIPs: {hijack_external}, ports: [{{port: 443}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: wide, namespace: default}}
+spec: {{clusterIP: 10.96.5.6, externalIPs: [203.0.113.1, 203.0.113.2], ports: [{{port: 443}}]}}
+"#
+        );
+        let report = setpoint_source::parse_str(&text, std::path::Path::new("services.yaml"));
+        assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+        report.objects
+    }
+
+    fn exposed(gauges: &ProblemGauges) -> String {
+        let mut registry = Registry::default();
+        gauges.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encodes");
+        text
+    }
+
+    #[test]
+    fn gauges_count_refusals_and_left_out_services_by_reason() {
+        let mut index = Index::new(ComputeConfig {
+            max_service_frontends: 2,
+            ..ComputeConfig::default()
+        });
+        for o in services("[10.96.0.1, 0.0.0.0]") {
+            index.upsert(o);
+        }
+        index.commit();
+        let gauges = ProblemGauges::default();
+        gauges.record(&index);
+        let text = exposed(&gauges);
+        for line in [
+            "setpoint_service_address_refusals{reason=\"ClusterIp\"} 1",
+            "setpoint_service_address_refusals{reason=\"Unspecified\"} 1",
+            "setpoint_service_address_refusals{reason=\"NodeAddress\"} 0",
+            "setpoint_services_left_out{reason=\"TooManyFrontends\"} 1",
+            "setpoint_services_left_out{reason=\"InvalidState\"} 0",
+            "setpoint_invalid_node_states 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        // Fixed: the gauges go back to zero.
+        for o in services("[]") {
+            index.upsert(o);
+        }
+        index.commit();
+        gauges.record(&index);
+        assert!(
+            exposed(&gauges)
+                .lines()
+                .any(|l| l == "setpoint_service_address_refusals{reason=\"ClusterIp\"} 0")
+        );
+    }
+}
