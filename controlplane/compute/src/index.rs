@@ -802,15 +802,25 @@ impl Index {
             || self.nodes_changed
             || self.policy_full
             || !self.policy_pod_changes.is_empty();
-        if pending {
-            // What was left out for an invalid state gets another chance:
-            // the decision is taken again on the new objects, as a fresh
-            // index would take it.
-            let readmit: Vec<ServiceId> = std::mem::take(&mut self.left_out_invalid)
+        // What was left out for an invalid state gets another chance: the
+        // decision is taken again on the new objects, as a fresh index
+        // would take it.
+        let readmit: Vec<ServiceId> = if pending {
+            std::mem::take(&mut self.left_out_invalid)
                 .into_keys()
-                .collect();
-            self.dirty_services.extend(readmit);
-        }
+                .collect()
+        } else {
+            Vec::new()
+        };
+        // A readmitted Service that is left out again touches nodes and
+        // changes nothing: those are not reported.
+        let before: Option<HashMap<Arc<str>, Digest>> = (!readmit.is_empty()).then(|| {
+            self.nodes
+                .keys()
+                .filter_map(|n| Some((n.clone(), self.node_digest(n)?)))
+                .collect()
+        });
+        self.dirty_services.extend(readmit);
         let mut outcome = CommitOutcome::default();
         let mut changes = PassChanges::default();
         for round in 0.. {
@@ -826,7 +836,11 @@ impl Index {
                 self.dirty_services.insert(id);
             }
         }
-        outcome.changed_nodes = changes.nodes(self).into_iter().collect();
+        let mut changed = changes.nodes(self);
+        if let Some(before) = before {
+            changed.retain(|n| before.get(n) != self.node_digest(n).as_ref());
+        }
+        outcome.changed_nodes = changed.into_iter().collect();
         outcome
     }
 

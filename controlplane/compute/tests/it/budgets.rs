@@ -264,3 +264,27 @@ fn a_node_address_external_ip_on_a_node_port_is_left_out() {
     );
     all_valid(&index);
 }
+
+#[test]
+fn a_service_left_out_again_changes_no_node() {
+    let mut objects = cluster(neighbour());
+    objects.push(big(5).into());
+    let mut index = index_with(tiny_sets(), objects);
+    assert_eq!(left_out(&index).len(), 1);
+    // Any change gives it another chance; left out again, it leaves every
+    // node as it was.
+    index.upsert(
+        mk_service("default", "headless")
+            .cluster_ip("None")
+            .port("http", "TCP", 80)
+            .into(),
+    );
+    let outcome = index.commit();
+    assert_eq!(left_out(&index).len(), 1);
+    assert!(
+        outcome.changed_nodes.is_empty(),
+        "{:?}",
+        outcome.changed_nodes
+    );
+    assert!(outcome.replanned_services >= 2, "it was planned again");
+}
