@@ -159,6 +159,11 @@ pub enum Invalid {
     MixedFamilyVirtualServer {
         key: String,
     },
+    /// IPVS takes weights as a signed 32-bit number.
+    WeightTooLarge {
+        address: IpAddr,
+        weight: u32,
+    },
     DuplicatedAcrossParts {
         atoms: u64,
     },
@@ -342,6 +347,11 @@ impl fmt::Display for Invalid {
             Invalid::MixedFamilyVirtualServer { key } => write!(
                 f,
                 "virtual server {key} has a real server of the other family"
+            ),
+            Invalid::WeightTooLarge { address, weight } => write!(
+                f,
+                "real server {address} has weight {weight}, IPVS takes at most {}",
+                i32::MAX
             ),
             Invalid::DuplicatedAcrossParts { atoms } => {
                 write!(f, "{atoms} atoms are defined in more than one fragment")
@@ -667,6 +677,12 @@ impl Check<'_> {
                 what: "real server",
                 address: rs.address,
                 reason,
+            });
+        }
+        if i32::try_from(rs.weight).is_err() {
+            self.problems.push(Invalid::WeightTooLarge {
+                address: rs.address,
+                weight: rs.weight,
             });
         }
     }

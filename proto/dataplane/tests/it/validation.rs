@@ -763,6 +763,27 @@ fn virtual_servers_are_single_family() {
 }
 
 #[test]
+fn weights_fit_ipvs() {
+    let weight = |w: u32| {
+        base().vs(
+            Protocol::Tcp,
+            "10.96.0.11:80",
+            Scheduler::Wrr,
+            None,
+            &[("10.244.1.5:8080", w)],
+        )
+    };
+    check(weight(i32::MAX as u32), &[]);
+    check(
+        weight(i32::MAX as u32 + 1),
+        &[Invalid::WeightTooLarge {
+            address: ip("10.244.1.5"),
+            weight: i32::MAX as u32 + 1,
+        }],
+    );
+}
+
+#[test]
 fn fragments_are_disjoint() {
     check(
         base().part("zone").address("10.96.0.10"),
