@@ -21,7 +21,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 
 use ipnet::IpNet;
-use setpoint_dataplane::diff::{Change, diff_fragments};
+use setpoint_dataplane::diff::{Change, Diff, apply_to_fragment, diff_fragments};
 use setpoint_dataplane::validate::Invalid;
 use setpoint_dataplane::{
     Digest, Family, Fragment, NodeDataplane, SetEntry, VirtualServerKey, template,
@@ -291,17 +291,14 @@ fn check_shared(
     zone: &Arc<Fragment>,
     previous: Option<&SharedCheck>,
 ) -> (SharedCheck, SharedGain) {
-    let mut flat = Fragment::clone(services);
-    let overlap = flat.absorb(base) + flat.absorb(zone);
     let mut gain = SharedGain::default();
     let mut invalid: Vec<Invalid>;
-    let changes = previous.filter(|p| p.invalid.is_empty()).map(|p| {
+    // The last checked union with the diff applied; an atom added where
+    // another part has it fails to apply, and is checked whole.
+    let delta = previous.filter(|p| p.invalid.is_empty()).and_then(|p| {
         let mut changes = diff_fragments(&p.services, services).changes;
         changes.extend(diff_fragments(&p.zone, zone).changes);
-        changes
-    });
-    let delta = changes.filter(|changes| {
-        changes.iter().all(|c| {
+        let checkable = changes.iter().all(|c| {
             matches!(
                 c,
                 Change::EntriesAdded { .. }
@@ -315,10 +312,19 @@ fn check_shared(
                     | Change::RealServerEdited { .. }
                     | Change::RealServerRemoved { .. }
             )
-        })
+        });
+        if !checkable {
+            return None;
+        }
+        let mut flat = p.flat.clone();
+        let diff = Diff { changes };
+        apply_to_fragment(&mut flat, &diff).ok()?;
+        Some((flat, diff.changes))
     });
+    let flat: Fragment;
     match delta {
-        Some(changes) => {
+        Some((applied, changes)) => {
+            flat = applied;
             // What the diff adds, with the definitions of the sets it
             // fills, validated as a state of its own: `validate`'s own
             // checks of entries and virtual servers. Set fill is the
@@ -362,11 +368,14 @@ fn check_shared(
         }
         None => {
             gain.whole = true;
-            invalid = NodeDataplane::from_fragment(flat.clone()).validate();
+            let mut whole = Fragment::clone(services);
+            let overlap = whole.absorb(base) + whole.absorb(zone);
+            invalid = NodeDataplane::from_fragment(whole.clone()).validate();
+            if overlap > 0 {
+                invalid.push(Invalid::DuplicatedAcrossParts { atoms: overlap });
+            }
+            flat = whole;
         }
-    }
-    if overlap > 0 {
-        invalid.push(Invalid::DuplicatedAcrossParts { atoms: overlap });
     }
     invalid.dedup();
     let check = SharedCheck {
