@@ -496,6 +496,67 @@ mod ipset_backend {
         applier.apply(&full).expect("a full apply repairs it");
     }
 
+    /// `setpoint-agent apply` refuses a state file with a newline in a rule
+    /// word: it names the reason, fails, and the namespace holds nothing of
+    /// it (on main its set was created before the rule failed).
+    #[test]
+    fn the_cli_refuses_a_crafted_state_file_and_touches_nothing() {
+        use std::sync::Arc;
+
+        use setpoint_dataplane::{Chain, ChainKey, Rule, SetEntry, SetSpec, Table};
+        require_root_and_tools();
+        let ns = Netns::create("agent-cli-refuse").expect("netns");
+        let mut f = setpoint_dataplane::Fragment::new();
+        f.put_set(
+            "SP-CLI",
+            SetSpec {
+                kind: SetType::HashIp,
+                family: Family::Inet,
+                maxelem: 64,
+                comment: String::new(),
+            },
+        );
+        f.add_entry("SP-CLI", SetEntry::Ip("10.0.0.1".parse().expect("ip")));
+        f.put_chain(
+            ChainKey {
+                family: Family::Inet,
+                table: Table::Filter,
+                name: "SP-CLI".to_string(),
+            },
+            Arc::new(Chain {
+                rules: vec![Rule::new([
+                    "-m",
+                    "comment",
+                    "--comment",
+                    "x\n-F INPUT",
+                    "-j",
+                    "ACCEPT",
+                ])],
+            }),
+        );
+        let state = NodeDataplane::from_fragment(f);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("state.json");
+        std::fs::write(&file, serde_json::to_string(&state).expect("json")).expect("write");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_setpoint-agent"))
+            .args(["apply", "--netns", ns.name(), "--state"])
+            .arg(&file)
+            .output()
+            .expect("runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "refused: {stderr}");
+        assert!(stderr.contains("control character"), "{stderr}");
+        let target = Target {
+            netns: Some(ns.name().to_string()),
+        };
+        assert_eq!(
+            target.ipset(&["list", "-n"], None).expect("list").trim(),
+            ""
+        );
+        let save = target.run("iptables-save", &[], None).expect("save");
+        assert!(!save.contains("SP-"), "{save}");
+    }
+
     /// `setpoint-agent cleanup` leaves nothing of Setpoint's in the
     /// namespace and nothing else touched.
     #[test]
