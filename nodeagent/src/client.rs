@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
+use setpoint_dataplane::text::clean_text;
 use setpoint_dataplane::{Digest, Fragment, NodeDataplane};
 use setpoint_proto::parts::{FragmentCache, apply_delta, snapshot_state_cached};
 use setpoint_proto::pieces::Reassembly;
@@ -350,6 +351,17 @@ fn envelope(body: AgentBody) -> AgentMessage {
         protocol_version: PROTOCOL_VERSION,
         body: Some(body),
     }
+}
+
+/// A nack that always fits the control plane's upstream limit, whatever
+/// the failing tool printed: the error is cut and cleaned, or the control
+/// plane would end the stream without recording why.
+fn nack_message(revision: u64, error: &str, operation: &str) -> AgentMessage {
+    envelope(AgentBody::Nack(Nack {
+        revision,
+        error: clean_text(error, setpoint_proto::MAX_NACK_TEXT_BYTES),
+        failed_operation: clean_text(operation, 256),
+    }))
 }
 
 /// Which step failed, for the nack.
@@ -748,17 +760,14 @@ impl Agent {
     fn nack(&mut self, revision: u64, error: String, operation: &str) -> AgentMessage {
         tracing::warn!(revision, "nack: {error} ({operation})");
         self.metrics.nacks.inc();
+        let message = nack_message(revision, &error, operation);
         self.note(|p| {
             p.nacks += 1;
-            p.last_error = Some(error.clone());
+            p.last_error = Some(error);
         });
         // What the kernel holds is no longer known for sure.
         self.held = None;
-        envelope(AgentBody::Nack(Nack {
-            revision,
-            error,
-            failed_operation: operation.to_string(),
-        }))
+        message
     }
 
     async fn apply(&mut self, revision: u64, state: NodeDataplane) -> AgentMessage {
@@ -882,9 +891,23 @@ impl Agent {
 
 #[cfg(test)]
 mod tests {
+    use prost::Message;
     use setpoint_dataplane::{Family, Fragment, SetEntry, SetSpec, SetType};
 
     use super::*;
+
+    #[test]
+    fn a_nack_fits_the_upstream_limit_whatever_the_tool_printed() {
+        let printed = "iptables-restore: line 1 failed\n\0".repeat(100_000);
+        let message = nack_message(7, &printed, "iptables-restore");
+        assert!(message.encoded_len() <= setpoint_proto::MAX_UPSTREAM_MESSAGE_BYTES);
+        let Some(AgentBody::Nack(nack)) = message.body else {
+            panic!("not a nack: {message:?}");
+        };
+        assert!(nack.error.starts_with("iptables-restore: line 1 failed"));
+        assert!(!nack.error.chars().any(char::is_control));
+        assert_eq!(nack.failed_operation, "iptables-restore");
+    }
 
     fn state(entries: &[&str]) -> NodeDataplane {
         let mut f = Fragment::new();

@@ -56,9 +56,10 @@ mod write;
 
 pub use agents::{
     MAX_AGENT_VERSION_BYTES, MAX_NACK_ERROR_BYTES, MAX_NACK_OPERATION_BYTES, MAX_NODE_NAME_BYTES,
-    RefusedStatus, clean_text,
+    RefusedStatus,
 };
 pub use db::Leadership;
+pub use setpoint_dataplane::text::clean_text;
 pub use error::{Result, StoreError};
 pub use store::{Store, StoreOptions};
 pub use types::{

@@ -21,6 +21,7 @@ pub mod model;
 pub mod render;
 pub mod state;
 pub mod template;
+pub mod text;
 pub mod validate;
 mod wire;
 

@@ -25,6 +25,12 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// refused before it is decoded (the store keeps a nack's text shorter
 /// still).
 pub const MAX_UPSTREAM_MESSAGE_BYTES: usize = 64 * 1024;
+/// The most an agent puts in a nack's error text (cut at a character,
+/// control characters blanked): a nack listing many problems must still
+/// fit [`MAX_UPSTREAM_MESSAGE_BYTES`], or the control plane would end the
+/// stream without recording why, and the agent would be sent the same
+/// state again forever.
+pub const MAX_NACK_TEXT_BYTES: usize = 4 * 1024;
 /// The largest message an agent decodes off the wire: gRPC's usual
 /// 4 MiB. States and deltas over [`pieces::PIECE_BYTES`] travel as pieces,
 /// bounded as a whole by [`MAX_REASSEMBLED_BYTES`].
