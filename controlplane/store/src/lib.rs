@@ -59,8 +59,8 @@ pub use agents::{
     RefusedStatus,
 };
 pub use db::Leadership;
-pub use setpoint_dataplane::text::clean_text;
 pub use error::{Result, StoreError};
+pub use setpoint_dataplane::text::clean_text;
 pub use store::{Store, StoreOptions};
 pub use types::{
     AgentResult, AgentStatus, Backend, Cause, CommitRequest, Epoch, FailPoint, GcReport, NodeParts,
