@@ -223,11 +223,20 @@ struct SharedGain {
     virtual_servers: Vec<VirtualServerKey>,
 }
 
-/// A node's own parts as last validated, with the state's problems.
+/// A node's own parts as last validated (the same `Arc`s while they are
+/// not edited), with the state's problems.
 struct NodeCheck {
-    own: Option<Digest>,
-    policy: Option<Digest>,
+    own: Option<Arc<Fragment>>,
+    policy: Option<Arc<Fragment>>,
     invalid: Vec<Invalid>,
+}
+
+fn same_part(a: &Option<Arc<Fragment>>, b: Option<&Arc<Fragment>>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        (None, None) => true,
+        _ => false,
+    }
 }
 
 /// Most Services excluded in one commit for invalid states before the
@@ -834,9 +843,8 @@ impl Index {
         let mut changes = PassChanges::default();
         for round in 0.. {
             let pass = self.pass(&mut outcome);
-            let validate = pass.nodes(self);
+            let excluded = self.guard(&pass);
             changes.merge(pass);
-            let excluded = self.guard(&validate);
             if excluded.is_empty() || round >= MAX_GUARD_ROUNDS {
                 break;
             }
@@ -1173,15 +1181,20 @@ impl Index {
     /// returns the Services that explain an invalid state, each with the
     /// reason, to be left out. What no Service explains is kept in
     /// [`Index::invalid_nodes`].
-    fn guard(&mut self, nodes: &[Arc<str>]) -> Vec<(ServiceId, String)> {
-        let mut zones: BTreeSet<Option<Arc<str>>> = BTreeSet::new();
-        for name in nodes {
-            if let Some(node) = self.nodes.get(name) {
-                zones.insert(node.zone.clone());
+    fn guard(&mut self, pass: &PassChanges) -> Vec<(ServiceId, String)> {
+        let zones: BTreeSet<Option<Arc<str>>> = if pass.global {
+            self.zones.keys().cloned().collect()
+        } else {
+            let mut zones = pass.zones.clone();
+            for name in &pass.touched {
+                if let Some(node) = self.nodes.get(name) {
+                    zones.insert(node.zone.clone());
+                }
             }
-        }
+            zones
+        };
         let mut gains: HashMap<Option<Arc<str>>, SharedGain> = HashMap::new();
-        for zone in zones {
+        for zone in zones.iter().cloned() {
             let zone_fragment = self
                 .zones
                 .get(&zone)
@@ -1189,7 +1202,7 @@ impl Index {
                 .unwrap_or_default();
             let previous = self.shared_checks.get(&zone);
             if previous.is_some_and(|p| {
-                p.services.digest() == self.global.fragment.digest()
+                Arc::ptr_eq(&p.services, &self.global.fragment)
                     && p.zone.digest() == zone_fragment.digest()
             }) {
                 continue;
@@ -1200,7 +1213,40 @@ impl Index {
             gains.insert(zone, gain);
         }
         let unchanged = SharedGain::default();
-        let verdicts: Vec<(Arc<str>, NodeCheck)> = nodes
+        // A node whose own parts were not edited, in a zone whose shared
+        // part gained nothing a node can collide with and has no problem,
+        // keeps a verdict without problems: only the others are looked at.
+        let quiet = |zone: &Option<Arc<str>>| {
+            let gain = gains.get(zone).unwrap_or(&unchanged);
+            !gain.whole
+                && gain.entries.is_empty()
+                && gain.virtual_servers.is_empty()
+                && self
+                    .shared_checks
+                    .get(zone)
+                    .is_some_and(|c| c.invalid.is_empty())
+        };
+        let quiet_zones: BTreeSet<&Option<Arc<str>>> = zones.iter().filter(|z| quiet(z)).collect();
+        let mut look: BTreeSet<Arc<str>> = pass.touched.iter().cloned().collect();
+        look.extend(self.invalid_nodes.keys().cloned());
+        let nodes: Vec<Arc<str>> = if quiet_zones.len() == zones.len() {
+            look.into_iter()
+                .filter(|n| self.nodes.contains_key(n))
+                .collect()
+        } else {
+            pass.nodes(self)
+                .into_iter()
+                .filter(|n| {
+                    look.contains(n)
+                        || self
+                            .nodes
+                            .get(n)
+                            .is_some_and(|node| !quiet_zones.contains(&node.zone))
+                })
+                .collect()
+        };
+        // Only nodes whose verdict may differ from their last one.
+        let verdicts: Vec<(Arc<str>, Option<NodeCheck>, Vec<Invalid>)> = nodes
             .par_iter()
             .filter_map(|name| {
                 let node = self.nodes.get(name)?;
@@ -1209,32 +1255,42 @@ impl Index {
                 let own = self.node_fragments.get(name).map(|b| &b.fragment);
                 let policy = self.policy_fragments.get(name);
                 let mine: Vec<&Arc<Fragment>> = own.into_iter().chain(policy).collect();
-                let (own, policy) = (own.map(|f| f.digest()), policy.map(|f| f.digest()));
-                let same = self
-                    .node_checks
-                    .get(name)
-                    .is_some_and(|c| c.invalid.is_empty() && c.own == own && c.policy == policy);
-                let invalid = if same && !gain.whole {
-                    check_gain(shared, gain, &mine)
-                } else {
-                    check_node(&self.base, shared, &mine)
+                let same = self.node_checks.get(name).is_some_and(|c| {
+                    c.invalid.is_empty() && same_part(&c.own, own) && same_part(&c.policy, policy)
+                });
+                if same && !gain.whole {
+                    if gain.entries.is_empty() && gain.virtual_servers.is_empty() {
+                        return Some((name.clone(), None, shared.invalid.clone()));
+                    }
+                    return Some((name.clone(), None, check_gain(shared, gain, &mine)));
+                }
+                let invalid = check_node(&self.base, shared, &mine);
+                let check = NodeCheck {
+                    own: own.cloned(),
+                    policy: policy.cloned(),
+                    invalid: invalid.clone(),
                 };
-                Some((
-                    name.clone(),
-                    NodeCheck {
-                        own,
-                        policy,
-                        invalid,
-                    },
-                ))
+                Some((name.clone(), Some(check), invalid))
             })
             .collect();
         let mut excluded: BTreeMap<ServiceId, String> = BTreeMap::new();
-        self.node_checks
-            .retain(|name, _| self.nodes.contains_key(name));
-        for (name, check) in verdicts {
-            let invalid = check.invalid.clone();
-            self.node_checks.insert(name.clone(), check);
+        if self.node_checks.len() > self.nodes.len() {
+            self.node_checks
+                .retain(|name, _| self.nodes.contains_key(name));
+        }
+        for (name, check, invalid) in verdicts {
+            match check {
+                Some(check) => {
+                    self.node_checks.insert(name.clone(), check);
+                }
+                None if !invalid.is_empty() => {
+                    // Checked whole next time.
+                    if let Some(c) = self.node_checks.get_mut(&name) {
+                        c.invalid = invalid.clone();
+                    }
+                }
+                None => {}
+            }
             if invalid.is_empty() {
                 self.invalid_nodes.remove(&name);
                 continue;
