@@ -40,6 +40,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
+use crate::leader::AddressProblems;
 use crate::metrics::Metrics;
 use crate::peer_limits::ListenerLimits;
 use crate::reload::Reloading;
@@ -393,6 +394,8 @@ pub struct AdminService {
     writes: mpsc::Sender<AdminCommand>,
     role: watch::Receiver<Role>,
     rollout: Option<watch::Receiver<RolloutStatus>>,
+    /// The leader's compute problems, for `Explain`.
+    address_problems: Option<watch::Receiver<Option<Arc<AddressProblems>>>>,
 }
 
 impl AdminService {
@@ -406,7 +409,18 @@ impl AdminService {
             writes,
             role,
             rollout: None,
+            address_problems: None,
         }
+    }
+
+    /// `Explain` lists what compute refused about the destination address
+    /// (what the leader publishes; a follower's receiver holds `None`).
+    pub fn with_address_problems(
+        mut self,
+        problems: watch::Receiver<Option<Arc<AddressProblems>>>,
+    ) -> AdminService {
+        self.address_problems = Some(problems);
+        self
     }
 
     /// Reports the progressive rollout's phase in `Status`.
@@ -926,9 +940,22 @@ impl Admin for AdminService {
                     request.node
                 ))
             })?;
-        crate::explain::respond(&state, &packet, revision.0)
-            .map(Response::new)
-            .map_err(Status::invalid_argument)
+        let mut response = crate::explain::respond(&state, &packet, revision.0)
+            .map_err(Status::invalid_argument)?;
+        let published = self
+            .address_problems
+            .as_ref()
+            .and_then(|p| p.borrow().clone());
+        match crate::explain::problems(
+            *self.role.borrow() == Role::Leader,
+            published.as_deref(),
+            revision.0,
+            packet.dst,
+        ) {
+            Ok(problems) => response.problems = problems,
+            Err(why) => response.problems_unknown = why,
+        }
+        Ok(Response::new(response))
     }
 }
 

@@ -1,13 +1,16 @@
 //! The admin API's `Explain`: a request's 5-tuple checked and turned into
 //! a [`Packet`], the node's state read from the store, and
 //! [`setpoint_dataplane::explain::explain`] (pure) rendered as text and
-//! JSON.
+//! JSON; beside it, what compute refused about the destination address
+//! ([`problems`]), which only the leader knows.
 
 use std::net::IpAddr;
 
 use setpoint_dataplane::NodeDataplane;
 use setpoint_dataplane::explain::{Explanation, Origin, Packet, explain, render_text};
-use setpoint_proto::admin::{ExplainRequest, ExplainResponse};
+use setpoint_proto::admin::{AddressProblem, ExplainRequest, ExplainResponse};
+
+use crate::leader::AddressProblems;
 
 /// The packet a request describes; a bad field is an error naming it.
 pub fn packet(request: &ExplainRequest) -> Result<Packet, String> {
@@ -54,7 +57,47 @@ pub fn respond(
         text: render_text(&explanation),
         json,
         verdict: explanation.verdict.as_str().to_string(),
+        problems: Vec::new(),
+        problems_unknown: String::new(),
     })
+}
+
+/// The compute problems about `dst` when explaining `revision`, or why
+/// they cannot be listed. The leader keeps them for its latest computation
+/// only (in memory, not in the store): a follower, a leader that has not
+/// computed yet and any other revision get a reason instead.
+pub fn problems(
+    leading: bool,
+    published: Option<&AddressProblems>,
+    revision: u64,
+    dst: IpAddr,
+) -> Result<Vec<AddressProblem>, String> {
+    if !leading {
+        return Err(
+            "this replica does not lead: only the leader knows what compute refused; \
+                    ask the replica holding the leader lock"
+                .into(),
+        );
+    }
+    let Some(published) = published else {
+        return Err("the leader has not computed a revision yet".into());
+    };
+    if published.revision != revision {
+        return Err(format!(
+            "the leader knows what compute refused for revision {} (its latest) only, \
+             not for revision {revision}",
+            published.revision
+        ));
+    }
+    Ok(published
+        .concerning(dst)
+        .map(|p| AddressProblem {
+            service: p.service.clone(),
+            addresses: p.addresses.iter().map(|a| a.to_string()).collect(),
+            reason: p.reason.to_string(),
+            text: p.text.clone(),
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -190,6 +233,42 @@ mod tests {
         ];
         for row in &rows {
             check(&state, row);
+        }
+    }
+
+    #[test]
+    fn problems_are_listed_only_for_the_leaders_revision() {
+        use crate::leader::{AddressProblem, AddressProblems};
+        let hijack = AddressProblem {
+            service: "aaa/hijack".into(),
+            addresses: vec!["10.96.0.1".parse().expect("ip")],
+            reason: "ClusterIp",
+            text: "Service aaa/hijack: external IP 10.96.0.1 is not served".into(),
+        };
+        let published = AddressProblems {
+            revision: 7,
+            problems: std::sync::Arc::new(vec![hijack]),
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let listed = problems(true, Some(&published), 7, ip("10.96.0.1")).expect("listed");
+        assert_eq!(
+            listed
+                .iter()
+                .map(|p| (p.service.as_str(), p.addresses.clone(), p.reason.as_str()))
+                .collect::<Vec<_>>(),
+            [("aaa/hijack", vec!["10.96.0.1".to_string()], "ClusterIp")]
+        );
+        assert_eq!(
+            problems(true, Some(&published), 7, ip("10.96.0.2")),
+            Ok(vec![])
+        );
+        for (leading, published, revision, says) in [
+            (false, Some(&published), 7, "does not lead"),
+            (true, None, 7, "not computed"),
+            (true, Some(&published), 6, "revision 7 (its latest) only"),
+        ] {
+            let why = problems(leading, published, revision, ip("10.96.0.1")).expect_err("unknown");
+            assert!(why.contains(says), "{why}");
         }
     }
 

@@ -9,6 +9,7 @@
 //! a deposed leader's late commit is refused by the store.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -54,6 +55,63 @@ pub struct Leader {
     gauges: Option<ProblemGauges>,
     /// The compute problems last logged, so each is logged when it appears.
     logged: BTreeSet<String>,
+    /// Where the address problems are published for `explain`.
+    address_problems: Option<watch::Sender<Option<Arc<AddressProblems>>>>,
+}
+
+/// A compute problem about a Service's addresses: what `explain` says
+/// beside a packet's verdict when the packet's destination is among
+/// `addresses`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AddressProblem {
+    /// `namespace/name`.
+    pub service: String,
+    /// The addresses it concerns: the refused one, the taken frontend's,
+    /// or every address of a Service left out.
+    pub addresses: Vec<IpAddr>,
+    /// Bounded: a `RefusalReason` or `LeftOutReason` variant name, or
+    /// `FrontendTaken`.
+    pub reason: &'static str,
+    /// The problem as `render` prints it.
+    pub text: String,
+}
+
+/// The leader's address problems, for the node states of one revision.
+/// Published after each commit and relabelled with each revision an admin
+/// write or the rollout commits (they do not change what compute refuses),
+/// so a reader holding revision `r` knows whether these describe it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AddressProblems {
+    pub revision: u64,
+    pub problems: Arc<Vec<AddressProblem>>,
+}
+
+impl AddressProblems {
+    /// The problems that concern `address`.
+    pub fn concerning(&self, address: IpAddr) -> impl Iterator<Item = &AddressProblem> {
+        self.problems
+            .iter()
+            .filter(move |p| p.addresses.contains(&address))
+    }
+}
+
+/// The address problems `index` holds now.
+pub fn address_problems(index: &Index) -> Vec<AddressProblem> {
+    index
+        .problems()
+        .filter(|p| !p.addresses.is_empty())
+        .map(|p| AddressProblem {
+            service: format!("{}/{}", p.object.namespace, p.object.name),
+            addresses: p.addresses.clone(),
+            reason: match p.kind {
+                ProblemKind::AddressRefused(r) => r.as_str(),
+                ProblemKind::LeftOut(r) => r.as_str(),
+                ProblemKind::FrontendTaken => "FrontendTaken",
+                ProblemKind::Object => "Object",
+            },
+            text: p.rejection.to_string(),
+        })
+        .collect()
 }
 
 /// A reason, as a metric label (a variant name: bounded).
@@ -141,7 +199,41 @@ impl Leader {
             publisher: None,
             gauges: None,
             logged: BTreeSet::new(),
+            address_problems: None,
         })
+    }
+
+    /// From now on, the address problems of each revision this leader
+    /// writes are published to `to` (`None` until its first commit).
+    pub fn publish_problems_to(&mut self, to: watch::Sender<Option<Arc<AddressProblems>>>) {
+        self.address_problems = Some(to);
+    }
+
+    /// Publishes the index's address problems as those of `revision`,
+    /// whose computed states are the index's.
+    fn publish_problems(&self, revision: RevisionId) {
+        if let Some(to) = &self.address_problems {
+            to.send_replace(Some(Arc::new(AddressProblems {
+                revision: revision.0,
+                problems: Arc::new(address_problems(&self.index)),
+            })));
+        }
+    }
+
+    /// The problems last published, relabelled as `revision`'s.
+    fn relabel_problems(&self, revision: RevisionId) {
+        if let Some(to) = &self.address_problems {
+            to.send_if_modified(|current| match current {
+                Some(p) if p.revision != revision.0 => {
+                    *current = Some(Arc::new(AddressProblems {
+                        revision: revision.0,
+                        problems: p.problems.clone(),
+                    }));
+                    true
+                }
+                _ => false,
+            });
+        }
     }
 
     /// From now on, every sync sets `gauges` to the compute problems.
@@ -191,6 +283,7 @@ impl Leader {
     /// After an admin write committed `revision`: pins changed, so the
     /// published states are re-derived.
     pub async fn admin_wrote(&mut self, revision: RevisionId) {
+        self.relabel_problems(revision);
         let Some(publisher) = self.publisher.as_mut() else {
             return;
         };
@@ -285,6 +378,8 @@ impl Leader {
             nodes_changed += self.hold(&held, &mut request).await?;
         }
         if nodes_changed == 0 && removed.is_empty() {
+            // The head's states are what compute makes of the objects now.
+            self.publish_problems(RevisionId(*self.head.borrow()));
             self.nodes = live;
             return Ok(None);
         }
@@ -294,6 +389,7 @@ impl Leader {
         self.dirty = true;
         let revision = self.store.commit(request).await.context("committing")?;
         self.dirty = false;
+        self.publish_problems(revision);
         if let Some(publisher) = self.publisher.as_mut() {
             let changed: BTreeSet<String> = outcome
                 .changed_nodes
@@ -418,8 +514,9 @@ spec: {{clusterIP: 10.96.5.6, externalIPs: [203.0.113.1, 203.0.113.2], ports: [{
         text
     }
 
-    #[test]
-    fn gauges_count_refusals_and_left_out_services_by_reason() {
+    /// `default/hijack` claims 10.96.0.1 (a ClusterIP) and 0.0.0.0;
+    /// `default/wide` is over a budget of 2 frontends.
+    fn hijacked_index() -> Index {
         let mut index = Index::new(ComputeConfig {
             max_service_frontends: 2,
             ..ComputeConfig::default()
@@ -428,6 +525,58 @@ spec: {{clusterIP: 10.96.5.6, externalIPs: [203.0.113.1, 203.0.113.2], ports: [{
             index.upsert(o);
         }
         index.commit();
+        index
+    }
+
+    #[test]
+    fn address_problems_name_service_addresses_and_reason() {
+        let index = hijacked_index();
+        let published = AddressProblems {
+            revision: 3,
+            problems: Arc::new(address_problems(&index)),
+        };
+        let about = |ip: &str| -> Vec<(String, &'static str)> {
+            published
+                .concerning(ip.parse().expect("ip"))
+                .map(|p| (p.service.clone(), p.reason))
+                .collect()
+        };
+        assert_eq!(
+            about("10.96.0.1"),
+            [("default/hijack".to_string(), "ClusterIp")]
+        );
+        assert_eq!(
+            about("0.0.0.0"),
+            [("default/hijack".to_string(), "Unspecified")]
+        );
+        // Every address of a Service left out.
+        for ip in ["10.96.5.6", "203.0.113.2"] {
+            assert_eq!(
+                about(ip),
+                [("default/wide".to_string(), "TooManyFrontends")],
+                "{ip}"
+            );
+        }
+        assert_eq!(about("10.96.5.5"), []);
+        let refusal = published
+            .concerning("10.96.0.1".parse().expect("ip"))
+            .next()
+            .expect("refused");
+        // The line `render` prints after "warning: ".
+        let rendered: Vec<String> = index.problems().map(|p| p.rejection.to_string()).collect();
+        assert!(rendered.contains(&refusal.text), "{rendered:?}");
+        assert!(
+            refusal.text.contains("Service default/hijack")
+                && refusal.text.contains("10.96.0.1")
+                && refusal.text.contains("ClusterIp"),
+            "{}",
+            refusal.text
+        );
+    }
+
+    #[test]
+    fn gauges_count_refusals_and_left_out_services_by_reason() {
+        let mut index = hijacked_index();
         let gauges = ProblemGauges::default();
         gauges.record(&index);
         let text = exposed(&gauges);

@@ -17,7 +17,7 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::admin::{AdminCommand, AdminConfig, AdminService};
 
-use crate::leader::{Committed, Leader, raise};
+use crate::leader::{AddressProblems, Committed, Leader, raise};
 use crate::metrics::{Metrics, serve_http};
 use crate::rollout::{Rollout, RolloutConfig, RolloutStatus, node_labels};
 use crate::stream::{AgentLimits, AgentService};
@@ -171,6 +171,10 @@ pub struct Running {
     /// Problems with the source: the manifests as the last load reported
     /// them, or the Kubernetes objects left out because they did not decode.
     pub problems: watch::Receiver<Vec<String>>,
+    /// What compute refused of the Services' addresses, for the revision
+    /// they are labelled with; `None` while this replica does not lead
+    /// (or has not computed yet).
+    pub address_problems: watch::Receiver<Option<Arc<AddressProblems>>>,
     pub role: watch::Receiver<Role>,
     /// The progressive rollout's phase ("off" when not configured).
     pub rollout: watch::Receiver<RolloutStatus>,
@@ -371,6 +375,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
 
     let (commits, _) = broadcast::channel(64);
     let (problems_tx, problems) = watch::channel(Vec::new());
+    let (address_problems_tx, address_problems) = watch::channel(None);
     let (role_tx, role) = watch::channel(Role::Follower);
     let (admin_tx, admin_rx) = mpsc::channel(16);
     let (rollout_tx, rollout) = watch::channel(RolloutStatus {
@@ -379,7 +384,9 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     });
     if let Some(listener) = admin_listener {
         listener.serve(
-            AdminService::new(store.clone(), admin_tx, role.clone()).with_rollout(rollout.clone()),
+            AdminService::new(store.clone(), admin_tx, role.clone())
+                .with_rollout(rollout.clone())
+                .with_address_problems(address_problems.clone()),
         );
     }
     let replica = Replica {
@@ -390,6 +397,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         metrics: metrics.clone(),
         commits: commits.clone(),
         problems: problems_tx,
+        address_problems: address_problems_tx,
         role: role_tx,
         admin: tokio::sync::Mutex::new(admin_rx),
         rollout: rollout_tx,
@@ -411,6 +419,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         head: head.subscribe(),
         commits,
         problems,
+        address_problems,
         role,
         rollout,
     })
@@ -424,6 +433,7 @@ struct Replica {
     metrics: Arc<Metrics>,
     commits: broadcast::Sender<Committed>,
     problems: watch::Sender<Vec<String>>,
+    address_problems: watch::Sender<Option<Arc<AddressProblems>>>,
     role: watch::Sender<Role>,
     /// Admin writes, run by whichever term of leadership is current.
     admin: tokio::sync::Mutex<mpsc::Receiver<AdminCommand>>,
@@ -468,6 +478,7 @@ impl Replica {
                         Ok(mut leader) => {
                             leader.publish_to(self.service.fanout.clone()).await;
                             leader.report_to(self.metrics.service_problems.clone());
+                            leader.publish_problems_to(self.address_problems.clone());
                             tracing::info!(epoch = leader.epoch().0, "leading");
                             self.role.send_replace(Role::Leader);
                             match self.config.kube.clone() {
@@ -477,6 +488,8 @@ impl Replica {
                                 None => self.watch_manifests(leader, &mut leadership).await,
                             }
                             self.service.fanout.retire();
+                            // Another replica's computation may differ.
+                            self.address_problems.send_replace(None);
                             tracing::warn!("leadership lost");
                         }
                         Err(e) => tracing::warn!("cannot start leading: {e:#}"),

@@ -181,6 +181,10 @@ pub struct Problem {
     /// a part of it (one endpoint, one annotation, a port conflict).
     pub skipped: bool,
     pub kind: ProblemKind,
+    /// The addresses it concerns (so `explain` can say why one is not
+    /// served): a refused address, a taken frontend's, or every address of
+    /// a Service left out; empty for a problem with an object as written.
+    pub addresses: Vec<IpAddr>,
 }
 
 /// What a problem is about; bounded, for metric labels.
@@ -194,6 +198,20 @@ pub enum ProblemKind {
     AddressRefused(RefusalReason),
     /// A whole Service that is not served.
     LeftOut(LeftOutReason),
+}
+
+/// Every address a Service asks to be served on.
+fn addresses_of(svc: &Service) -> Vec<IpAddr> {
+    let mut all: Vec<IpAddr> = svc
+        .cluster_ips
+        .iter()
+        .chain(&svc.external_ips)
+        .chain(&svc.load_balancer_ips)
+        .copied()
+        .collect();
+    all.sort();
+    all.dedup();
+    all
 }
 
 /// A Service as compute serves it.
@@ -755,7 +773,7 @@ impl Index {
     fn note(&mut self, key: &ObjectKey, rejections: Vec<Rejection>, skipped: bool) {
         let kinded = rejections
             .into_iter()
-            .map(|r| (r, ProblemKind::Object))
+            .map(|r| (r, ProblemKind::Object, Vec::new()))
             .collect();
         self.note_kinds(key, kinded, skipped);
     }
@@ -763,19 +781,24 @@ impl Index {
     fn note_kinds(
         &mut self,
         key: &ObjectKey,
-        rejections: Vec<(Rejection, ProblemKind)>,
+        rejections: Vec<(Rejection, ProblemKind, Vec<IpAddr>)>,
         skipped: bool,
     ) {
         if rejections.is_empty() {
             return;
         }
         let list = self.problems.entry(key.clone()).or_default();
-        list.extend(rejections.into_iter().map(|(rejection, kind)| Problem {
-            object: key.clone(),
-            rejection,
-            skipped,
-            kind,
-        }));
+        list.extend(
+            rejections
+                .into_iter()
+                .map(|(rejection, kind, addresses)| Problem {
+                    object: key.clone(),
+                    rejection,
+                    skipped,
+                    kind,
+                    addresses,
+                }),
+        );
     }
 
     /// Current problems, by object.
@@ -1669,13 +1692,14 @@ impl Index {
                         reason: why,
                     },
                     ProblemKind::LeftOut(reason),
+                    self.services.get(id).map(addresses_of).unwrap_or_default(),
                 )],
                 true,
             ),
             Served::Serve(svc, refusals) => {
                 let claims = &self.claims;
                 let owns = |f: &Frontend| claims.get(f).and_then(|s| s.first()) == Some(id);
-                let mut notes: Vec<(Rejection, ProblemKind)> = refusals
+                let mut notes: Vec<(Rejection, ProblemKind, Vec<IpAddr>)> = refusals
                     .iter()
                     .map(|r| {
                         (
@@ -1684,6 +1708,7 @@ impl Index {
                                 reason: r.to_string(),
                             },
                             ProblemKind::AddressRefused(r.reason),
+                            vec![r.address],
                         )
                     })
                     .collect();
@@ -1699,6 +1724,10 @@ impl Index {
                                 ),
                             },
                             ProblemKind::FrontendTaken,
+                            match f {
+                                Frontend::Vip(ip, ..) => vec![ip],
+                                Frontend::NodePort(..) => Vec::new(),
+                            },
                         ));
                     }
                 }

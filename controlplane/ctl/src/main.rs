@@ -165,6 +165,25 @@ fn endpoint(text: &str) -> Result<(String, u32), Failure> {
     Ok((addr.ip().to_string(), u32::from(addr.port())))
 }
 
+/// What compute refused about the destination address, after the walk:
+/// one line a problem, as `render` prints it on stderr.
+fn problems_text(dst: &str, r: &setpoint_proto::admin::ExplainResponse) -> String {
+    if !r.problems_unknown.is_empty() {
+        return format!(
+            "compute problems about {dst}: unknown ({})\n",
+            r.problems_unknown
+        );
+    }
+    if r.problems.is_empty() {
+        return format!("compute problems about {dst}: none\n");
+    }
+    let mut text = format!("compute problems about {dst}:\n");
+    for p in &r.problems {
+        text.push_str(&format!("  {}\n", p.text));
+    }
+    text
+}
+
 /// A failure with its exit status.
 struct Failure {
     code: u8,
@@ -526,7 +545,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     protocol: proto,
                     src_ip,
                     src_port,
-                    dst_ip,
+                    dst_ip: dst_ip.clone(),
                     dst_port,
                     from,
                 })
@@ -537,10 +556,29 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     code: 1,
                     message: format!("the server sent an explanation that is not JSON: {e}"),
                 })?;
-                print_json(&json!({ "revision": r.revision, "explanation": explanation }))?;
+                let problems: Vec<Value> = r
+                    .problems
+                    .iter()
+                    .map(|p| {
+                        json!({
+                            "service": p.service,
+                            "addresses": p.addresses,
+                            "reason": p.reason,
+                            "text": p.text,
+                        })
+                    })
+                    .collect();
+                let unknown = (!r.problems_unknown.is_empty()).then_some(&r.problems_unknown);
+                print_json(&json!({
+                    "revision": r.revision,
+                    "explanation": explanation,
+                    "problems": problems,
+                    "problems_unknown": unknown,
+                }))?;
             } else {
                 println!("node state at revision {}", r.revision);
                 print!("{}", r.text);
+                print!("{}", problems_text(&dst_ip, &r));
             }
         }
         Verb::Diff { node, from, to } => {

@@ -138,6 +138,13 @@ struct Out {
 }
 
 impl Out {
+    /// Asserts stdout holds every one of `wants`.
+    fn says(&self, wants: &[&str]) {
+        for want in wants {
+            assert!(self.stdout.contains(want), "{want:?} in {}", self.stdout);
+        }
+    }
+
     fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("stdout is JSON ({e}): {}", self.stdout))
@@ -427,15 +434,13 @@ async fn explain_through_the_binary() {
         0,
     )
     .await;
-    for want in [
-        &format!("node state at revision {head}") as &str,
+    out.says(&[
+        &format!("node state at revision {head}"),
         "packet: tcp 10.244.1.20:40000 -> 10.96.1.20:80 from a pod",
         "SP-CLUSTER-IP 10.96.1.20,tcp:80",
         "virtual server: 10.96.1.20:80/tcp scheduler rr",
         "verdict: dnat",
-    ] {
-        assert!(out.stdout.contains(want), "{want:?} in {}", out.stdout);
-    }
+    ]);
     // JSON: a Service without endpoints is rejected, at a given revision.
     let out = ctl_as(
         &f,
@@ -523,6 +528,97 @@ async fn explain_through_the_binary() {
         let out = ctl_as(&f, token, &args, code).await;
         assert!(out.stderr.contains(says), "{args:?}: {}", out.stderr);
     }
+}
+
+/// A tenant's Service that lists `default/kubernetes`'s ClusterIP as an
+/// external IP.
+const HIJACK: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: hijack, namespace: aaa}
+spec:
+  clusterIP: 10.96.5.5
+  externalIPs: [10.96.0.1]
+  ports: [{name: https, port: 443, protocol: TCP}]
+"#;
+
+/// `setpointctl [-o json] explain` on node-a from a pod to `dst`, with the
+/// read token.
+async fn explain_to(f: &Fixture, json: bool, revision: Option<u64>, dst: &str) -> Out {
+    let revision = revision.map(|r| r.to_string());
+    let mut args = Vec::new();
+    if json {
+        args.extend(["-o", "json"]);
+    }
+    args.extend([
+        "explain",
+        "--node",
+        "node-a",
+        "--src",
+        "10.244.1.20",
+        "--dst",
+        dst,
+    ]);
+    if let Some(r) = &revision {
+        args.extend(["--revision", r.as_str()]);
+    }
+    ctl_as(f, Some("read"), &args, 0).await
+}
+
+/// `explain` says why an address is not served: the refusal, naming the
+/// Service, the address and the reason, beside the verdict (text and
+/// JSON); an unrelated address lists none, and a revision the leader's
+/// problems do not describe says so instead of guessing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_names_the_refusals_of_the_destination_address() {
+    let f = control_plane(true).await;
+    let before = wait_head(&f.running, 0).await;
+    std::fs::write(f.manifests().join("hijack.yaml"), HIJACK).expect("write");
+    let head = wait_head(&f.running, before).await;
+    let out = explain_to(&f, false, None, "10.96.0.1:443").await;
+    out.says(&[
+        &format!("node state at revision {head}"),
+        // The ClusterIP still goes to the API server.
+        "verdict: dnat",
+        "compute problems about 10.96.0.1:\n",
+        "Service aaa/hijack: external IP 10.96.0.1 is not served",
+        "(reason ClusterIp)",
+    ]);
+    let out = explain_to(&f, true, None, "10.96.0.1:443").await.json();
+    assert_eq!(out["revision"], head);
+    assert_eq!(out["explanation"]["verdict"], "dnat");
+    assert_eq!(out["problems_unknown"], Value::Null, "{out}");
+    let problems = out["problems"].as_array().expect("problems");
+    assert_eq!(problems.len(), 1, "{out}");
+    assert_eq!(problems[0]["service"], "aaa/hijack");
+    assert_eq!(problems[0]["addresses"], serde_json::json!(["10.96.0.1"]));
+    assert_eq!(problems[0]["reason"], "ClusterIp");
+
+    // The hijacker's own ClusterIP, and another Service's: nothing refused.
+    for dst in ["10.96.5.5:443", "10.96.1.20:80"] {
+        let out = explain_to(&f, true, None, dst).await.json();
+        assert_eq!(out["problems"], serde_json::json!([]), "{dst}: {out}");
+        assert_eq!(out["problems_unknown"], Value::Null, "{dst}: {out}");
+        let out = explain_to(&f, false, None, dst).await;
+        let ip = dst.split(':').next().expect("ip");
+        let none = format!("compute problems about {ip}: none");
+        assert!(out.stdout.contains(&none), "{dst}: {}", out.stdout);
+    }
+
+    // The revision before the hijack: compute's problems then are not kept.
+    let out = explain_to(&f, true, Some(before), "10.96.0.1:443")
+        .await
+        .json();
+    assert_eq!(out["problems"], serde_json::json!([]), "{out}");
+    let unknown = out["problems_unknown"].as_str().expect("a reason");
+    assert!(unknown.contains(&format!("revision {head}")), "{unknown}");
+    let out = explain_to(&f, false, Some(before), "10.96.0.1:443").await;
+    assert!(
+        out.stdout
+            .contains("compute problems about 10.96.0.1: unknown ("),
+        "{}",
+        out.stdout
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
