@@ -32,6 +32,166 @@ impl std::fmt::Display for Rejection {
     }
 }
 
+/// `text` as a reason quotes it: escaped (a newline stays `\n`, never a
+/// second line of a report) and cut, so a problem is one short line
+/// whatever an object holds.
+pub(crate) fn quoted(text: &str) -> String {
+    const QUOTED_BYTES: usize = 64;
+    let cut = &text[..text.floor_char_boundary(QUOTED_BYTES)];
+    let ellipsis = if cut.len() < text.len() { "…" } else { "" };
+    format!("{cut:?}{ellipsis}")
+}
+
+// Kubernetes' own syntax for the names and labels compute reads, as the
+// API server enforces it (apimachinery's `util/validation`). Manifest files
+// are not checked by an API server; an object from either source is held
+// to it here, so no tenant text outside it reaches a node's state.
+
+const DNS_LABEL_MAX: usize = 63;
+const DNS_SUBDOMAIN_MAX: usize = 253;
+const LABEL_NAME_MAX: usize = 63;
+const LABEL_VALUE_MAX: usize = 63;
+const PORT_NAME_MAX: usize = 15;
+
+fn too_long(text: &str, max: usize) -> Option<String> {
+    (text.len() > max).then(|| {
+        format!(
+            "{} is {} bytes, at most {max} are allowed",
+            quoted(text),
+            text.len()
+        )
+    })
+}
+
+/// RFC 1123 label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 bytes
+/// (namespace names).
+pub fn check_dns_label(text: &str) -> Result<(), String> {
+    if let Some(e) = too_long(text, DNS_LABEL_MAX) {
+        return Err(e);
+    }
+    if is_dns_label_text(text) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} is not a DNS label (lower-case letters, digits and '-', starting and ending with a letter or digit)",
+            quoted(text)
+        ))
+    }
+}
+
+fn is_dns_label_text(text: &str) -> bool {
+    let b = text.as_bytes();
+    let edge = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    b.first().is_some_and(edge)
+        && b.last().is_some_and(edge)
+        && b.iter().all(|c| edge(c) || *c == b'-')
+}
+
+/// RFC 1123 subdomain: dot-separated labels, at most 253 bytes (names of
+/// pods and NetworkPolicies, label key prefixes).
+pub fn check_dns_subdomain(text: &str) -> Result<(), String> {
+    if let Some(e) = too_long(text, DNS_SUBDOMAIN_MAX) {
+        return Err(e);
+    }
+    if text.split('.').all(is_dns_label_text) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} is not a DNS subdomain (dot-separated lower-case letters, digits and '-')",
+            quoted(text)
+        ))
+    }
+}
+
+/// RFC 1035 label: a DNS label that starts with a letter (Service names).
+pub fn check_dns_1035_label(text: &str) -> Result<(), String> {
+    check_dns_label(text)?;
+    if text.starts_with(|c: char| c.is_ascii_lowercase()) {
+        Ok(())
+    } else {
+        Err(format!("{} does not start with a letter", quoted(text)))
+    }
+}
+
+/// `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`: a label value or the name
+/// part of a label key.
+fn is_label_text(text: &str) -> bool {
+    let b = text.as_bytes();
+    let edge = |c: &u8| c.is_ascii_alphanumeric();
+    b.first().is_some_and(edge)
+        && b.last().is_some_and(edge)
+        && b.iter().all(|c| edge(c) || matches!(c, b'-' | b'_' | b'.'))
+}
+
+/// A label key (a qualified name): `[prefix/]name`, the prefix a DNS
+/// subdomain, the name at most 63 bytes of letters, digits, `-`, `_`, `.`
+/// starting and ending with a letter or digit.
+pub fn check_label_key(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if let Some(prefix) = prefix {
+        check_dns_subdomain(prefix)
+            .map_err(|e| format!("label key {}: prefix {e}", quoted(key)))?;
+    }
+    if name.len() > LABEL_NAME_MAX || !is_label_text(name) {
+        return Err(format!(
+            "label key {} is not a qualified name ([prefix/]name, the name at most {LABEL_NAME_MAX} letters, digits, '-', '_' or '.', starting and ending with a letter or digit)",
+            quoted(key)
+        ));
+    }
+    Ok(())
+}
+
+/// A label value: empty, or at most 63 bytes of letters, digits, `-`, `_`,
+/// `.` starting and ending with a letter or digit.
+pub fn check_label_value(value: &str) -> Result<(), String> {
+    if value.is_empty() {
+        return Ok(());
+    }
+    if value.len() > LABEL_VALUE_MAX || !is_label_text(value) {
+        return Err(format!(
+            "label value {} is not valid (at most {LABEL_VALUE_MAX} letters, digits, '-', '_' or '.', starting and ending with a letter or digit)",
+            quoted(value)
+        ));
+    }
+    Ok(())
+}
+
+/// Every key and value of a label map.
+pub fn check_labels<'a>(
+    labels: impl IntoIterator<Item = (&'a String, &'a String)>,
+) -> Result<(), String> {
+    for (key, value) in labels {
+        check_label_key(key)?;
+        check_label_value(value).map_err(|e| format!("label {}: {e}", quoted(key)))?;
+    }
+    Ok(())
+}
+
+/// A named port (IANA_SVC_NAME): at most 15 bytes of lower-case letters,
+/// digits and `-`, at least one letter, no `--`, no `-` at either end.
+pub fn check_port_name(name: &str) -> Result<(), String> {
+    let b = name.as_bytes();
+    let valid = !b.is_empty()
+        && b.len() <= PORT_NAME_MAX
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+        && b.iter().any(u8::is_ascii_lowercase)
+        && !name.contains("--")
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "port name {} is not an IANA service name (at most {PORT_NAME_MAX} lower-case letters, digits and single '-' inside, at least one letter)",
+            quoted(name)
+        ))
+    }
+}
+
 /// What became of a Service.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ServiceOutcome {
@@ -76,7 +236,19 @@ pub(crate) fn identify<'a>(
         .filter(|ns| !ns.is_empty())
         .unwrap_or(default_namespace);
     let name = meta.name.as_deref().unwrap_or_default();
-    (namespace, name, format!("{kind} {namespace}/{name}"))
+    let label = format!("{kind} {}/{}", printable(namespace), printable(name));
+    (namespace, name, label)
+}
+
+/// A name as a report shows it: as it is when it is a name Kubernetes
+/// could have given, escaped and cut otherwise (a newline in a name
+/// would forge a line of the report).
+pub(crate) fn printable(name: &str) -> String {
+    if name.len() <= DNS_SUBDOMAIN_MAX && !name.chars().any(char::is_control) {
+        name.to_string()
+    } else {
+        quoted(name)
+    }
 }
 
 pub fn service(svc: &core::Service, default_namespace: &str) -> ServiceOutcome {
@@ -90,6 +262,14 @@ pub fn service(svc: &core::Service, default_namespace: &str) -> ServiceOutcome {
     };
     if name.is_empty() {
         return reject("metadata.name is missing".into());
+    }
+    // Names the API server would refuse are refused here too: nothing
+    // about such a Service can be trusted to mean what it says.
+    if let Err(e) = check_dns_1035_label(name) {
+        return reject(format!("metadata.name: {e}"));
+    }
+    if let Err(e) = check_dns_label(namespace) {
+        return reject(format!("metadata.namespace: {e}"));
     }
     let labels = meta.labels.as_ref();
     if labels.is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL)) {
@@ -354,7 +534,7 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice, default_namespace: &str)
 
 pub fn node(node: &core::Node) -> Result<Node, Rejection> {
     let name = node.metadata.name.as_deref().unwrap_or_default();
-    let object = format!("Node {name}");
+    let object = format!("Node {}", printable(name));
     let reject = |reason: String| Rejection {
         object: object.clone(),
         reason,
@@ -394,4 +574,111 @@ pub fn node(node: &core::Node) -> Result<Node, Rejection> {
         addresses,
         pod_cidrs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubernetes_name_and_label_syntax() {
+        let long63 = "a".repeat(63);
+        let long64 = "a".repeat(64);
+        let sub253 = ["a".repeat(63).as_str(); 4].join(".")[..253].to_string();
+        let sub254 = format!("{sub253}a");
+        let prefixed = format!("{sub253}/{long63}");
+        type Check = fn(&str) -> Result<(), String>;
+        let table: &[(&str, Check, &str, bool)] = &[
+            ("dns label", check_dns_label, "kube-system", true),
+            ("dns label", check_dns_label, "0abc", true),
+            ("dns label", check_dns_label, &long63, true),
+            ("dns label", check_dns_label, &long64, false),
+            ("dns label", check_dns_label, "", false),
+            ("dns label", check_dns_label, "Abc", false),
+            ("dns label", check_dns_label, "a-", false),
+            ("dns label", check_dns_label, "a.b", false),
+            ("dns label", check_dns_label, "a\nb", false),
+            ("1035 label", check_dns_1035_label, "web", true),
+            ("1035 label", check_dns_1035_label, "0web", false),
+            ("subdomain", check_dns_subdomain, "pod-1.example.com", true),
+            ("subdomain", check_dns_subdomain, &sub253, true),
+            ("subdomain", check_dns_subdomain, &sub254, false),
+            ("subdomain", check_dns_subdomain, "a..b", false),
+            ("subdomain", check_dns_subdomain, ".a", false),
+            ("subdomain", check_dns_subdomain, "a_b", false),
+            ("label key", check_label_key, "app", true),
+            ("label key", check_label_key, "App.Name_x-1", true),
+            (
+                "label key",
+                check_label_key,
+                "kubernetes.io/service-name",
+                true,
+            ),
+            ("label key", check_label_key, &prefixed, true),
+            ("label key", check_label_key, "", false),
+            ("label key", check_label_key, "/app", false),
+            ("label key", check_label_key, "example.com/", false),
+            ("label key", check_label_key, "a/b/c", false),
+            ("label key", check_label_key, "Example.com/app", false),
+            ("label key", check_label_key, &long64, false),
+            ("label key", check_label_key, "app\n", false),
+            ("label key", check_label_key, "_app", false),
+            ("label value", check_label_value, "", true),
+            ("label value", check_label_value, "v1.2_3-x", true),
+            ("label value", check_label_value, &long63, true),
+            ("label value", check_label_value, &long64, false),
+            ("label value", check_label_value, "a\nb", false),
+            ("label value", check_label_value, "a b", false),
+            ("label value", check_label_value, "-a", false),
+            ("label value", check_label_value, "ä", false),
+            ("port name", check_port_name, "http", true),
+            ("port name", check_port_name, "h2-c", true),
+            ("port name", check_port_name, "web-8080abcdefg", true),
+            ("port name", check_port_name, "web-8080abcdefgh", false),
+            ("port name", check_port_name, "8080", false),
+            ("port name", check_port_name, "", false),
+            ("port name", check_port_name, "Web", false),
+            ("port name", check_port_name, "we--b", false),
+            ("port name", check_port_name, "-web", false),
+            ("port name", check_port_name, "we\tb", false),
+        ];
+        for (what, check, text, valid) in table {
+            let result = check(text);
+            assert_eq!(result.is_ok(), *valid, "{what} {text:?}: {result:?}");
+            if let Err(reason) = result {
+                assert!(!reason.chars().any(char::is_control), "{reason:?}");
+                assert!(reason.len() < 400, "{reason}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_report_shows_an_odd_name_escaped_and_cut() {
+        assert_eq!(printable("web"), "web");
+        assert_eq!(printable("a\nb"), "\"a\\nb\"");
+        let long = "x".repeat(300);
+        let shown = printable(&long);
+        assert!(shown.len() < 80 && shown.ends_with('…'), "{shown}");
+        let service = mk_service("a\nb");
+        let ServiceOutcome::Rejected(r) = service else {
+            panic!("{service:?}");
+        };
+        assert_eq!(r.object, "Service default/\"a\\nb\"");
+        assert!(r.reason.contains("metadata.name"), "{}", r.reason);
+    }
+
+    fn mk_service(name: &str) -> ServiceOutcome {
+        let svc = core::Service {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                ..Default::default()
+            },
+            spec: Some(core::ServiceSpec {
+                cluster_ip: Some("10.96.0.10".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        service(&svc, "default")
+    }
 }

@@ -679,8 +679,11 @@ impl Index {
             }
             ClusterObject::Pod(pod) => {
                 let slot = (key.namespace.clone(), key.name.clone());
-                let new = match policy::convert_pod(&pod) {
-                    Ok(model) => model,
+                let new = match policy::convert_pod_reporting(&pod) {
+                    Ok((model, warnings)) => {
+                        self.note(&key, warnings, false);
+                        model
+                    }
                     Err(r) => {
                         self.note(&key, vec![r], true);
                         None
@@ -695,7 +698,8 @@ impl Index {
                 }
             }
             ClusterObject::Namespace(ns) => {
-                let labels = ns.metadata.labels.clone().unwrap_or_default();
+                let (labels, warnings) = policy::convert_namespace(&ns);
+                self.note(&key, warnings, false);
                 if self.policy_view.namespaces.get(&key.name) != Some(&labels) {
                     self.policy_view.namespaces.insert(key.name.clone(), labels);
                     self.policy_full = true;
@@ -704,7 +708,8 @@ impl Index {
             ClusterObject::NetworkPolicy(np) => {
                 let slot = (key.namespace.clone(), key.name.clone());
                 match policy::convert_policy(&np) {
-                    Ok(model) => {
+                    Ok((model, warnings)) => {
+                        self.note(&key, warnings, false);
                         self.policy_view.policies.insert(slot, model);
                     }
                     Err(r) => {

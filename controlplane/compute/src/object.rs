@@ -71,10 +71,13 @@ pub struct ObjectKey {
 
 impl std::fmt::Display for ObjectKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Names come from tenants: one with a newline is shown escaped.
+        let name = crate::convert::printable(&self.name);
         if self.namespace.is_empty() {
-            write!(f, "{}/{}", self.kind, self.name)
+            write!(f, "{}/{name}", self.kind)
         } else {
-            write!(f, "{}/{}/{}", self.kind, self.namespace, self.name)
+            let namespace = crate::convert::printable(&self.namespace);
+            write!(f, "{}/{namespace}/{name}", self.kind)
         }
     }
 }

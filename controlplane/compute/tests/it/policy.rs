@@ -270,8 +270,30 @@ spec:
     assert_eq!(named[0].1, ["10.0.1.1,tcp:8080", "10.0.2.1,tcp:9090"]);
 }
 
+/// The rules of the chain `node`'s dispatch sends `ip`'s traffic to, for
+/// `direction` `"I"` (ingress, `-d`) or `"E"` (egress, `-s`); `None` when
+/// the pod is not isolated that way.
+fn pod_chain_rules(index: &Index, node: &str, ip: &str, direction: &str) -> Option<Vec<String>> {
+    let f = flat(index, node);
+    let matcher = if direction == "I" { "-d" } else { "-s" };
+    let prefix = format!("{matcher} {ip}/32 -j SP-{direction}-");
+    let dispatch = f
+        .chains()
+        .find(|(k, _)| k.family == Family::Inet && k.name == "SP-POLICY")?;
+    let rule = dispatch
+        .1
+        .rules
+        .iter()
+        .find(|r| r.0.join(" ").starts_with(&prefix))?;
+    let target = rule.0.last()?;
+    let chain = f
+        .chains()
+        .find(|(k, _)| k.family == Family::Inet && &k.name == target)?;
+    Some(chain.1.rules.iter().map(|r| r.0.join(" ")).collect())
+}
+
 #[test]
-fn bad_policies_are_skipped_with_a_reason() {
+fn bad_policies_fail_closed_with_a_reason() {
     let index = index(
         "apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -292,6 +314,7 @@ kind: NetworkPolicy
 metadata: {name: bad-op, namespace: x}
 spec:
   podSelector: {matchExpressions: [{key: a, operator: Near}]}
+  ingress: [{}]
 ---
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
@@ -305,13 +328,278 @@ spec: {podSelector: {}, policyTypes: [Ingress]}
         "{found}"
     );
     assert!(
-        found.contains("bad-except") && found.contains("not inside"),
+        found.contains("bad-except") && found.contains("not a strict subset"),
         "{found}"
     );
     assert!(
-        found.contains("bad-op") && found.contains("Near"),
+        found.contains("bad-op") && found.contains("Near") && found.contains("allows nothing"),
         "{found}"
     );
+    // None of them opens anything: bad-op's `ingress: [{}]` would allow
+    // everyone, so the unreadable policy isolates all of x both ways.
+    for direction in ["I", "E"] {
+        for (node, ip) in [("node-1", "10.0.1.1"), ("node-2", "10.0.2.1")] {
+            assert_eq!(
+                pod_chain_rules(&index, node, ip, direction),
+                Some(vec!["-j DROP".to_string()]),
+                "{node} {ip} {direction}"
+            );
+        }
+    }
     // The good policy still isolates y/a on node-2.
-    assert_eq!(pod_chains(&flat(&index, "node-2"), Family::Inet).len(), 1);
+    assert_eq!(
+        pod_chain_rules(&index, "node-2", "10.0.2.2", "I"),
+        Some(vec!["-j DROP".to_string()])
+    );
+}
+
+/// y's policy, a neighbour of every bad object below: y/a (node-2) admits
+/// pods labelled app=a from any namespace.
+const NEIGHBOUR: &str = "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: from-a, namespace: y}
+spec:
+  podSelector: {}
+  ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {app: a}}}]}]
+";
+
+/// y's policy as computed on node-2: one set of app=a pods, allowed in.
+fn assert_neighbour_computed(index: &Index) {
+    assert!(
+        index.invalid_nodes().is_empty(),
+        "{:?}",
+        index.invalid_nodes()
+    );
+    let rules = pod_chain_rules(index, "node-2", "10.0.2.2", "I").expect("y/a is isolated");
+    assert_eq!(rules.len(), 2, "{rules:?}");
+    let set = rules[0]
+        .strip_prefix("-m set --match-set ")
+        .and_then(|r| r.strip_suffix(" src -j RETURN"))
+        .unwrap_or_else(|| panic!("{rules:?}"));
+    let node2 = flat(index, "node-2");
+    let members: Vec<String> = node2
+        .entries(set)
+        .into_iter()
+        .flatten()
+        .map(SetEntry::to_string)
+        .collect();
+    assert_eq!(members, ["10.0.1.1", "10.0.2.2"]);
+}
+
+struct TenantTextCase {
+    name: &'static str,
+    yaml: String,
+    /// Substrings of the one problem the bad object gets.
+    problem: &'static [&'static str],
+    /// (node, pod IP, "I" or "E", the rules of the pod's chain): how the
+    /// bad object's own pods are left.
+    isolated: &'static [(
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static [&'static str],
+    )],
+}
+
+const DROP_ONLY: &[&str] = &["-j DROP"];
+
+/// Text a tenant writes (labels, selectors, named ports, names) that the
+/// API server would refuse: reported against its object, never in a
+/// state, never holding a node, never opening access.
+fn tenant_text_cases() -> Vec<TenantTextCase> {
+    vec![
+    TenantTextCase {
+        name: "pod label value with a newline",
+        yaml: r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny, namespace: x}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: evil, namespace: x, labels: {app: "a\nb"}}
+spec: {nodeName: node-2, containers: [{name: c}]}
+status: {phase: Running, podIP: 10.0.2.9}
+"#.to_string(),
+        problem: &["Pod x/evil", "label value \"a\\nb\""],
+        // Still policed by x's policy, and no member of y's app=a set.
+        isolated: &[("node-2", "10.0.2.9", "I", DROP_ONLY)],
+    },
+    TenantTextCase {
+        name: "peer selector value with a newline",
+        yaml: evil_in_x(r#"
+  podSelector: {matchLabels: {app: b}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: "a\nb"}}}]}]
+"#),
+        problem: &[
+            "NetworkPolicy x/evil",
+            "ingress rule 0, peer 0: podSelector: matchLabels",
+            "\"a\\nb\"",
+        ],
+        isolated: &[("node-2", "10.0.2.1", "I", DROP_ONLY)],
+    },
+    TenantTextCase {
+        name: "namespace selector value over 63 bytes",
+        yaml: evil_in_x(r#"
+  podSelector: {matchLabels: {app: b}}
+  policyTypes: [Egress]
+  egress: [{to: [{namespaceSelector: {matchExpressions: [{key: team, operator: In, values: [aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa]}]}}]}]
+"#),
+        problem: &[
+            "NetworkPolicy x/evil",
+            "egress rule 0, peer 0: namespaceSelector",
+        ],
+        isolated: &[("node-2", "10.0.2.1", "E", DROP_ONLY)],
+    },
+    TenantTextCase {
+        name: "policy named port with a control character",
+        yaml: evil_in_x(r#"
+  podSelector: {matchLabels: {app: b}}
+  policyTypes: [Egress]
+  egress: [{to: [{podSelector: {}}], ports: [{port: "we\tb"}]}]
+"#),
+        problem: &["NetworkPolicy x/evil", "port name \"we\\tb\""],
+        isolated: &[("node-2", "10.0.2.1", "E", DROP_ONLY)],
+    },
+    TenantTextCase {
+        name: "pod named port with a control character",
+        yaml: r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-in, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: evil}}
+  ingress: [{ports: [{port: web}]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: evil, namespace: x, labels: {app: evil}}
+spec:
+  nodeName: node-2
+  containers: [{name: c, ports: [{name: "w\aeb", containerPort: 81}, {name: web, containerPort: 80}]}]
+status: {phase: Running, podIP: 10.0.2.9}
+"#.to_string(),
+        problem: &["Pod x/evil", "named port left out", "\"w\\u{7}eb\""],
+        isolated: &[(
+            "node-2",
+            "10.0.2.9",
+            "I",
+            &["-p tcp --dport 80 -j RETURN", "-j DROP"],
+        )],
+    },
+    TenantTextCase {
+        name: "pod selector of the policy itself with a newline",
+        yaml: evil_in_x(r#"
+  podSelector: {matchLabels: {app: "b\n"}}
+  ingress: [{}]
+"#),
+        problem: &["NetworkPolicy x/evil", "podSelector", "allows nothing"],
+        isolated: &[
+            ("node-1", "10.0.1.1", "I", DROP_ONLY),
+            ("node-2", "10.0.2.1", "I", DROP_ONLY),
+            ("node-2", "10.0.2.1", "E", DROP_ONLY),
+        ],
+    },
+    TenantTextCase {
+        name: "ipBlock except of the whole cidr",
+        yaml: evil_in_x(r#"
+  podSelector: {matchLabels: {app: b}}
+  ingress: [{from: [{ipBlock: {cidr: 0.0.0.0/0, except: [0.0.0.0/0]}}]}]
+"#),
+        problem: &["NetworkPolicy x/evil", "not a strict subset"],
+        isolated: &[("node-2", "10.0.2.1", "I", DROP_ONLY)],
+    },
+    TenantTextCase {
+        name: "namespace name with a newline in a policy's own-namespace peer",
+        yaml: r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: p, namespace: "bad\nns", labels: {app: p}}
+spec: {nodeName: node-2, containers: [{name: c}]}
+status: {phase: Running, podIP: 10.0.2.9}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: evil, namespace: "bad\nns"}
+spec:
+  podSelector: {}
+  ingress: [{from: [{podSelector: {matchLabels: {app: p}}}]}]
+"#.to_string(),
+        problem: &[
+            "NetworkPolicy \"bad\\nns\"/evil",
+            "metadata.namespace",
+            "is not a DNS label",
+        ],
+        isolated: &[(
+            "node-2",
+            "10.0.2.9",
+            "I",
+            &["-m set --match-set SP-P-", "-j DROP"],
+        )],
+    },
+]
+}
+
+/// NetworkPolicy x/evil with `spec` (its fields indented two spaces).
+fn evil_in_x(spec: &str) -> String {
+    const HEADER: &str = "
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: evil, namespace: x}
+spec:
+";
+    format!("{HEADER}{}", spec.trim_start_matches('\n'))
+}
+
+#[test]
+fn tenant_text_outside_kubernetes_syntax_stops_no_node_and_opens_nothing() {
+    for case in tenant_text_cases() {
+        let name = case.name;
+        // From scratch, and as an update to a node already computed.
+        let fresh = index(&format!("{NEIGHBOUR}---{}", case.yaml));
+        let mut updated = index(NEIGHBOUR);
+        for o in objects(&case.yaml) {
+            updated.upsert(o);
+        }
+        updated.commit();
+        for index in [&fresh, &updated] {
+            for node in ["node-1", "node-2"] {
+                let state = index.node_state(node).expect("node");
+                assert!(
+                    state.validate().is_empty(),
+                    "{name}: {:?}",
+                    state.validate()
+                );
+            }
+            assert_neighbour_computed(index);
+            let found = problems(index);
+            assert!(
+                found
+                    .iter()
+                    .any(|p| case.problem.iter().all(|part| p.contains(part))),
+                "{name}: no problem with {:?} in {found:#?}",
+                case.problem
+            );
+            assert!(
+                found.iter().all(|p| !p.starts_with("skipped ")),
+                "{name}: {found:#?}"
+            );
+            for (node, ip, direction, rules) in case.isolated.iter() {
+                let actual = pod_chain_rules(index, node, ip, direction).unwrap_or_else(|| {
+                    panic!("{name}: {ip} on {node} is not isolated ({direction})")
+                });
+                assert_eq!(actual.len(), rules.len(), "{name}: {actual:?}");
+                for (rule, want) in actual.iter().zip(rules.iter()) {
+                    assert!(rule.starts_with(want), "{name}: {actual:?}");
+                }
+            }
+        }
+        assert_eq!(
+            updated.node_digest("node-2"),
+            fresh.node_digest("node-2"),
+            "{name}: incremental differs from fresh"
+        );
+    }
 }
