@@ -603,3 +603,141 @@ fn tenant_text_outside_kubernetes_syntax_stops_no_node_and_opens_nothing() {
         );
     }
 }
+
+mod arbitrary_text {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1 as core;
+    use k8s_openapi::api::networking::v1 as networking;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+        LabelSelector, LabelSelectorRequirement, ObjectMeta,
+    };
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    use proptest::prelude::*;
+    use setpoint_compute::ClusterObject;
+
+    use super::*;
+
+    fn selector(key: &str, value: &str) -> LabelSelector {
+        LabelSelector {
+            match_labels: Some(BTreeMap::from([(key.to_string(), value.to_string())])),
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: key.to_string(),
+                operator: "In".into(),
+                values: Some(vec![value.to_string()]),
+            }]),
+        }
+    }
+
+    /// A pod on node-2 and a policy in `namespace` that write `text`
+    /// wherever a tenant may write: names, labels, selectors, named ports.
+    fn tenant_objects(namespace: &str, key: &str, value: &str, port: &str) -> Vec<ClusterObject> {
+        let meta = |name: &str| ObjectMeta {
+            name: Some(name.to_string()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(BTreeMap::from([(key.to_string(), value.to_string())])),
+            ..Default::default()
+        };
+        let pod = core::Pod {
+            metadata: meta("p"),
+            spec: Some(core::PodSpec {
+                node_name: Some("node-2".into()),
+                containers: vec![core::Container {
+                    name: "c".into(),
+                    ports: Some(vec![core::ContainerPort {
+                        name: Some(port.to_string()),
+                        container_port: 80,
+                        ..Default::default()
+                    }]),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            status: Some(core::PodStatus {
+                phase: Some("Running".into()),
+                pod_ip: Some("10.0.2.9".into()),
+                ..Default::default()
+            }),
+        };
+        let peer = networking::NetworkPolicyPeer {
+            pod_selector: Some(selector(key, value)),
+            namespace_selector: Some(selector(key, value)),
+            ip_block: None,
+        };
+        let own_namespace_peer = networking::NetworkPolicyPeer {
+            pod_selector: Some(selector(key, value)),
+            ..Default::default()
+        };
+        let ports = Some(vec![networking::NetworkPolicyPort {
+            port: Some(IntOrString::String(port.to_string())),
+            ..Default::default()
+        }]);
+        let policy = networking::NetworkPolicy {
+            metadata: meta(value),
+            spec: Some(networking::NetworkPolicySpec {
+                pod_selector: Some(LabelSelector::default()),
+                policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+                ingress: Some(vec![networking::NetworkPolicyIngressRule {
+                    from: Some(vec![peer.clone(), own_namespace_peer.clone()]),
+                    ports: ports.clone(),
+                }]),
+                egress: Some(vec![networking::NetworkPolicyEgressRule {
+                    to: Some(vec![peer, own_namespace_peer]),
+                    ports,
+                }]),
+            }),
+        };
+        let namespace = core::Namespace {
+            metadata: ObjectMeta {
+                name: Some(namespace.to_string()),
+                labels: Some(BTreeMap::from([(key.to_string(), value.to_string())])),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        vec![
+            ClusterObject::Pod(pod),
+            ClusterObject::NetworkPolicy(policy),
+            ClusterObject::Namespace(namespace),
+        ]
+    }
+
+    /// Mostly near-valid text, with control characters, slashes, capitals
+    /// and lengths around the limits.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z0-9][a-z0-9.-]{0,20}",
+            "[a-zA-Z0-9./_\\-\n\t\u{7}\u{0} ]{0,80}",
+            ".{0,300}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        /// Whatever a tenant writes, every node's state stays publishable
+        /// and the neighbour's policy is computed.
+        #[test]
+        fn no_tenant_text_makes_a_state_invalid(
+            namespace in text(),
+            key in text(),
+            value in text(),
+            port in text(),
+        ) {
+            let mut index = index(NEIGHBOUR);
+            for o in tenant_objects(&namespace, &key, &value, &port) {
+                index.upsert(o);
+            }
+            index.commit();
+            for node in ["node-1", "node-2"] {
+                let state = index.node_state(node).expect("node");
+                prop_assert!(state.validate().is_empty(), "{:?}", state.validate());
+            }
+            assert_neighbour_computed(&index);
+            for problem in index.problems() {
+                let text = problem.rejection.to_string();
+                prop_assert!(!text.chars().any(char::is_control), "{text:?}");
+            }
+        }
+    }
+}
