@@ -142,7 +142,35 @@ pub struct ServeArgs {
     #[arg(long)]
     pub otlp_endpoint: Option<String>,
     #[command(flatten)]
+    pub manifest_limits: ManifestLimitArgs,
+    #[command(flatten)]
     pub compute: ComputeArgs,
+}
+
+/// What one manifest file may cost to read; a file or document over a
+/// limit is skipped with a problem, the others still load.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct ManifestLimitArgs {
+    /// A manifest file larger than this many MiB is skipped unread.
+    #[arg(long, default_value_t = setpoint_source::Limits::DEFAULT_MAX_FILE_MIB, value_parser = clap::value_parser!(u64).range(1..=1024), env = "SETPOINT_MANIFEST_MAX_FILE_MIB")]
+    pub manifest_max_file_mib: u64,
+    /// A document whose mappings and sequences nest deeper than this is
+    /// skipped (128 is the YAML and JSON parsers' own bound).
+    #[arg(long, default_value_t = setpoint_source::Limits::DEFAULT_MAX_DEPTH as u64, value_parser = clap::value_parser!(u64).range(1..=128), env = "SETPOINT_MANIFEST_MAX_DEPTH")]
+    pub manifest_max_depth: u64,
+}
+
+impl ManifestLimitArgs {
+    pub fn limits(&self) -> setpoint_source::Limits {
+        let ManifestLimitArgs {
+            manifest_max_file_mib,
+            manifest_max_depth,
+        } = *self;
+        setpoint_source::Limits {
+            max_file_bytes: manifest_max_file_mib << 20,
+            max_depth: usize::try_from(manifest_max_depth).unwrap_or(usize::MAX),
+        }
+    }
 }
 
 /// How a new revision reaches the nodes.
@@ -382,6 +410,8 @@ pub struct RenderArgs {
     #[arg(long, default_value = "text")]
     pub format: Format,
     #[command(flatten)]
+    pub manifest_limits: ManifestLimitArgs,
+    #[command(flatten)]
     pub compute: ComputeArgs,
 }
 
@@ -476,6 +506,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         let running = setpoint_controlplane::serve::start(setpoint_controlplane::serve::ServeConfig {
             manifests: args.manifests,
+            manifest_limits: args.manifest_limits.limits(),
             kube,
             database: args.database.clone(),
             listen: args.listen,
@@ -611,6 +642,47 @@ mod tests {
             &["--rollout", "sometimes"],
         ] {
             assert!(rollout(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn manifest_limit_flags() {
+        let limits = |args: &[&str]| -> Result<
+            (setpoint_source::Limits, setpoint_source::Limits),
+            clap::Error,
+        > {
+            let mut serve = vec!["setpoint-controlplane", "serve"];
+            serve.extend(args);
+            let mut render = vec!["setpoint-controlplane", "render", "--node", "n1"];
+            render.extend(args);
+            match (
+                Cli::try_parse_from(serve)?.command,
+                Cli::try_parse_from(render)?.command,
+            ) {
+                (Command::Serve(s), Command::Render(r)) => {
+                    Ok((s.manifest_limits.limits(), r.manifest_limits.limits()))
+                }
+                other => panic!("parsed {other:?}"),
+            }
+        };
+        let defaults = setpoint_source::Limits::default();
+        assert_eq!(limits(&[]).expect("parses"), (defaults, defaults));
+        let lower = setpoint_source::Limits {
+            max_file_bytes: 2 << 20,
+            max_depth: 10,
+        };
+        assert_eq!(
+            limits(&["--manifest-max-file-mib", "2", "--manifest-max-depth", "10"])
+                .expect("parses"),
+            (lower, lower)
+        );
+        for bad in [
+            &["--manifest-max-file-mib", "0"][..],
+            &["--manifest-max-file-mib", "1025"],
+            &["--manifest-max-depth", "0"],
+            &["--manifest-max-depth", "129"],
+        ] {
+            assert!(limits(bad).is_err(), "{bad:?}");
         }
     }
 

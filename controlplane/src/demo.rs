@@ -77,6 +77,7 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<bool> {
     let localhost = |port| SocketAddr::from(([127, 0, 0, 1], port));
     let running = start(ServeConfig {
         manifests: config.manifests.clone(),
+        manifest_limits: Default::default(),
         kube: None,
         database: config.database.clone(),
         listen: localhost(0),

@@ -8,8 +8,9 @@ use setpoint_compute::Index;
 use crate::cli::RenderArgs;
 
 pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
-    let report = setpoint_source::load_path(&args.manifests)
-        .with_context(|| format!("cannot read manifests at {}", args.manifests.display()))?;
+    let report =
+        setpoint_source::load_path_with(&args.manifests, &args.manifest_limits.limits())
+            .with_context(|| format!("cannot read manifests at {}", args.manifests.display()))?;
     for skipped in &report.skipped {
         eprintln!("skipped: {skipped}");
     }

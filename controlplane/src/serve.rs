@@ -28,6 +28,8 @@ pub struct ServeConfig {
     /// The manifest source: a file or a directory, polled. Ignored when
     /// `kube` is set.
     pub manifests: PathBuf,
+    /// What one manifest file may cost to read (size, nesting).
+    pub manifest_limits: setpoint_source::Limits,
     /// The Kubernetes API as the source instead of `manifests`: the leader
     /// watches it (`setpoint_kube::KubeSource`), computes only once every
     /// kind has listed, and commits each new snapshot (bursts batched by
@@ -105,6 +107,7 @@ impl ServeConfig {
         let any = SocketAddr::from(([127, 0, 0, 1], 0));
         ServeConfig {
             manifests: manifests.into(),
+            manifest_limits: setpoint_source::Limits::default(),
             kube: None,
             database: database.into(),
             listen: any,
@@ -125,6 +128,7 @@ impl std::fmt::Debug for ServeConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let ServeConfig {
             manifests,
+            manifest_limits,
             kube,
             database,
             listen,
@@ -140,6 +144,7 @@ impl std::fmt::Debug for ServeConfig {
         } = self;
         f.debug_struct("ServeConfig")
             .field("manifests", manifests)
+            .field("manifest_limits", manifest_limits)
             .field("kube", &kube.as_ref().map(|_| "Client"))
             .field("database", database)
             .field("listen", listen)
@@ -516,7 +521,7 @@ impl Replica {
     async fn watch_manifests(&self, mut leader: Leader, leadership: &mut Term) {
         let (config, problems) = (&self.config, &self.problems);
         // Only files that changed are parsed again.
-        let mut cache = setpoint_source::ManifestCache::default();
+        let mut cache = setpoint_source::ManifestCache::with_limits(config.manifest_limits);
         let mut failing = false;
         let mut admin = self.admin.lock().await;
         let mut rollout = self.start_rollout().await;
@@ -798,5 +803,61 @@ impl Replica {
                 tracing::warn!("rollout: {e:#}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `serve` reads the manifests within `manifest_limits`: a file over
+    /// them is a source problem, and the rest is committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn manifests_are_read_within_the_configured_limits() {
+        let dir = tempfile::tempdir().expect("dir");
+        let manifests = dir.path().join("manifests");
+        std::fs::create_dir(&manifests).expect("mkdir");
+        std::fs::write(
+            manifests.join("node.yaml"),
+            "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n",
+        )
+        .expect("write");
+        std::fs::write(
+            manifests.join("big.yaml"),
+            format!("# {}\n", "x".repeat(5000)),
+        )
+        .expect("write");
+        let running = start(ServeConfig {
+            manifest_limits: setpoint_source::Limits {
+                max_file_bytes: 4096,
+                ..setpoint_source::Limits::default()
+            },
+            ..ServeConfig::local(
+                &manifests,
+                format!("sqlite://{}?mode=rwc", dir.path().join("db").display()),
+            )
+        })
+        .await
+        .expect("starts");
+        let mut problems = running.problems.clone();
+        let listed = tokio::time::timeout(
+            Duration::from_secs(20),
+            problems.wait_for(|p| !p.is_empty()),
+        )
+        .await
+        .expect("the manifests are loaded")
+        .expect("the replica runs")
+        .clone();
+        assert!(
+            listed
+                .iter()
+                .any(|p| p.contains("big.yaml") && p.contains("over the limit of 4096 bytes")),
+            "{listed:?}"
+        );
+        let mut head = running.head.clone();
+        tokio::time::timeout(Duration::from_secs(20), head.wait_for(|h| *h > 0))
+            .await
+            .expect("node.yaml is committed")
+            .expect("the replica runs");
     }
 }

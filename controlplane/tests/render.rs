@@ -171,3 +171,99 @@ spec: {ports: [{port: banana}]}
         "{err}"
     );
 }
+
+/// `--manifest-max-file-mib` and `SETPOINT_MANIFEST_MAX_DEPTH` lower the
+/// manifest source's limits: a file over them is skipped with its reason,
+/// the other files still render (with the defaults, all of them do).
+#[test]
+fn manifest_limits_given_on_the_command_line_refuse_files() {
+    let dir = tempfile::tempdir().expect("dir");
+    let write =
+        |name: &str, text: &str| std::fs::write(dir.path().join(name), text).expect("write");
+    write(
+        "a-node.yaml",
+        "apiVersion: v1
+kind: Node
+metadata: {name: n1}
+status: {addresses: [{type: InternalIP, address: 192.168.0.1}]}
+",
+    );
+    // 1.5 MiB: a Service and a long comment.
+    write(
+        "big.yaml",
+        &format!(
+            "apiVersion: v1
+kind: Service
+metadata: {{name: big, namespace: default}}
+spec: {{clusterIP: 10.96.0.6, ports: [{{port: 80}}]}}
+{}",
+            "# padding\n".repeat(150_000)
+        ),
+    );
+    // Nested 10 deep (an unknown field, ignored once parsed).
+    write(
+        "deep.yaml",
+        "apiVersion: v1
+kind: Service
+metadata: {name: deep, namespace: default}
+spec: {clusterIP: 10.96.0.7, ports: [{port: 80}], x: [[[[[[[1]]]]]]]}
+",
+    );
+    let manifests = dir.path().to_str().expect("utf-8");
+    let run = |flags: &[&str], env: Option<(&str, &str)>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_setpoint-controlplane"));
+        command.args([
+            "render",
+            "--manifests",
+            manifests,
+            "--node",
+            "n1",
+            "--format",
+            "ipvs",
+        ]);
+        command
+            .args(flags)
+            .env_remove("SETPOINT_MANIFEST_MAX_FILE_MIB");
+        command.env_remove("SETPOINT_MANIFEST_MAX_DEPTH");
+        if let Some((key, value)) = env {
+            command.env(key, value);
+        }
+        let out = command.output().expect("the binary runs");
+        assert!(out.status.success(), "{flags:?}: {}", stderr(&out));
+        out
+    };
+    let both = "-A -t 10.96.0.6:80 -s rr\n-A -t 10.96.0.7:80 -s rr\n";
+    assert_eq!(stdout(&run(&[], None)), both);
+
+    let out = run(&["--manifest-max-file-mib", "1"], None);
+    assert_eq!(stdout(&out), "-A -t 10.96.0.7:80 -s rr\n");
+    let err = stderr(&out);
+    assert!(
+        err.contains("big.yaml") && err.contains("over the limit of 1048576 bytes"),
+        "{err}"
+    );
+
+    let out = run(&[], Some(("SETPOINT_MANIFEST_MAX_DEPTH", "8")));
+    assert_eq!(stdout(&out), "-A -t 10.96.0.6:80 -s rr\n");
+    let err = stderr(&out);
+    assert!(
+        err.contains("deep.yaml") && err.contains("nested deeper than 8"),
+        "{err}"
+    );
+
+    // Out of range: refused before anything is read.
+    let out = render(&[
+        "--manifests",
+        manifests,
+        "--node",
+        "n1",
+        "--manifest-max-depth",
+        "0",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--manifest-max-depth"),
+        "{}",
+        stderr(&out)
+    );
+}

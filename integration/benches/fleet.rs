@@ -223,6 +223,7 @@ fn control_plane() {
         let any = "127.0.0.1:0".parse().expect("addr");
         let running = start(ServeConfig {
             manifests: manifests.clone(),
+            manifest_limits: Default::default(),
             kube: None,
             database: fresh_postgres_database(),
             listen: any,

@@ -14,7 +14,10 @@ use setpoint_controlplane::admin::AdminConfig;
 use setpoint_controlplane::serve::{Role, Running, ServeConfig, start};
 use setpoint_integration::{Netns, require_root_and_tools};
 use setpoint_proto::admin::admin_client::AdminClient;
-use setpoint_proto::admin::{ListRevisionsRequest, ResumeRequest, RollbackRequest, StatusRequest};
+use setpoint_proto::admin::{
+    ExplainRequest, ExplainResponse, ListRevisionsRequest, ResumeRequest, RollbackRequest,
+    StatusRequest,
+};
 use setpoint_store::RevisionId;
 use tonic::transport::Channel;
 
@@ -30,6 +33,7 @@ pub(crate) fn config(manifests: &Path, database: &str, tokens: &Path) -> ServeCo
     let any = "127.0.0.1:0".parse().expect("addr");
     ServeConfig {
         manifests: manifests.to_path_buf(),
+        manifest_limits: Default::default(),
         kube: None,
         database: database.to_string(),
         listen: any,
@@ -65,6 +69,23 @@ fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
         );
     }
     request
+}
+
+/// `Explain` at the head of a packet from a pod on node-a to `dst`:80.
+async fn explain_at_head(admin: &mut AdminClient<Channel>, dst: &str) -> ExplainResponse {
+    let request = ExplainRequest {
+        node: "node-a".into(),
+        protocol: "tcp".into(),
+        src_ip: "10.244.1.20".into(),
+        dst_ip: dst.into(),
+        dst_port: 80,
+        ..ExplainRequest::default()
+    };
+    admin
+        .explain(with_token(request, Some(READ_TOKEN)))
+        .await
+        .expect("explains")
+        .into_inner()
 }
 
 /// Replaces every `from` in a manifest file with `to`.
@@ -169,6 +190,22 @@ async fn rollback_pins_nodes_until_resume_and_refuses_the_unauthorized() {
         tonic::Code::FailedPrecondition,
         "{refused:?}"
     );
+    // Only the leader knows what compute refused; the follower says so.
+    let explained = explain_at_head(&mut client(&follower).await, "10.96.1.21").await;
+    assert_eq!(explained.verdict, "dnat");
+    assert!(
+        explained.problems_unknown.contains("does not lead"),
+        "{explained:?}"
+    );
+    let explained = explain_at_head(&mut admin, "10.96.1.21").await;
+    assert_eq!(
+        (
+            explained.problems_unknown.as_str(),
+            explained.problems.len()
+        ),
+        ("", 0),
+        "{explained:?}"
+    );
 
     // The rollback, every node: a new revision with revision 1's states.
     let started = Instant::now();
@@ -195,6 +232,14 @@ async fn rollback_pins_nodes_until_resume_and_refuses_the_unauthorized() {
         assert!(save.contains("10.96.1.20,tcp:80"), "{node}: {save}");
         assert!(!save.contains("10.96.1.21"), "{node}: {save}");
     }
+    // The rollback's revision changed no computation: the leader's
+    // problems (none) describe it too.
+    let explained = explain_at_head(&mut admin, "10.96.1.20").await;
+    assert_eq!(
+        (explained.revision, explained.problems_unknown.as_str()),
+        (third, ""),
+        "{explained:?}"
+    );
     let status = admin
         .status(with_token(StatusRequest {}, Some(READ_TOKEN)))
         .await

@@ -28,6 +28,7 @@ use crate::e2e_support::{
 pub(crate) fn config(manifests: &Path, database: &str, listen: SocketAddr) -> ServeConfig {
     ServeConfig {
         manifests: manifests.to_path_buf(),
+        manifest_limits: Default::default(),
         kube: None,
         database: database.to_string(),
         listen,

@@ -99,6 +99,7 @@ async fn control_plane_with(with_tokens: bool, tls: Option<AdminTls>) -> Fixture
     let localhost = "127.0.0.1:0".parse().expect("addr");
     let running = start(ServeConfig {
         manifests: manifests.clone(),
+        manifest_limits: Default::default(),
         kube: None,
         database: format!("sqlite://{}?mode=rwc", dir.path().join("db").display()),
         listen: localhost,

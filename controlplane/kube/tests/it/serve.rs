@@ -69,6 +69,7 @@ async fn kube_objects_reach_an_agent_and_watch_events_make_new_revisions() {
     let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
     let running = start(ServeConfig {
         manifests: PathBuf::from("/nonexistent: the Kubernetes API is the source"),
+        manifest_limits: Default::default(),
         kube: Some(client),
         database: format!(
             "sqlite://{}?mode=rwc",
