@@ -891,7 +891,12 @@ impl Index {
 
     /// Nodes whose computed state fails validation for a reason no Service
     /// explains (a NetworkPolicy, the configuration), with the problems.
-    /// Their states must not be published.
+    /// Their states must not be published: the node is held at its last
+    /// state as a whole. NetworkPolicies are not blamed here — conversion
+    /// keeps tenant text out of a state and leaves out what it cannot
+    /// read, so what is left is scale (a peer set over its `maxelem`,
+    /// more sets or chains than a state may hold), where leaving a policy
+    /// out would un-isolate its pods.
     pub fn invalid_nodes(&self) -> &BTreeMap<Arc<str>, Vec<Invalid>> {
         &self.invalid_nodes
     }
