@@ -952,7 +952,10 @@ impl Admin for AdminService {
             revision.0,
             packet.dst,
         ) {
-            Ok(problems) => response.problems = problems,
+            Ok((problems, omitted)) => {
+                response.problems = problems;
+                response.problems_omitted = omitted;
+            }
             Err(why) => response.problems_unknown = why,
         }
         Ok(Response::new(response))

@@ -59,11 +59,17 @@ pub fn respond(
         verdict: explanation.verdict.as_str().to_string(),
         problems: Vec::new(),
         problems_unknown: String::new(),
+        problems_omitted: 0,
     })
 }
 
-/// The compute problems about `dst` when explaining `revision`, or why
-/// they cannot be listed. The leader keeps them for its latest computation
+/// At most this many problems are listed for one address; the rest are
+/// counted.
+pub const MAX_PROBLEMS: usize = 100;
+
+/// The compute problems about `dst` when explaining `revision` (at most
+/// [`MAX_PROBLEMS`], and how many more there are), or why they cannot be
+/// listed. The leader keeps them for its latest computation
 /// only (in memory, not in the store): a follower, a leader that has not
 /// computed yet and any other revision get a reason instead.
 pub fn problems(
@@ -71,7 +77,7 @@ pub fn problems(
     published: Option<&AddressProblems>,
     revision: u64,
     dst: IpAddr,
-) -> Result<Vec<AddressProblem>, String> {
+) -> Result<(Vec<AddressProblem>, u64), String> {
     if !leading {
         return Err(
             "this replica does not lead: only the leader knows what compute refused; \
@@ -89,15 +95,18 @@ pub fn problems(
             published.revision
         ));
     }
-    Ok(published
-        .concerning(dst)
+    let mut concerning = published.concerning(dst);
+    let listed = concerning
+        .by_ref()
+        .take(MAX_PROBLEMS)
         .map(|p| AddressProblem {
             service: p.service.clone(),
             addresses: p.addresses.iter().map(|a| a.to_string()).collect(),
             reason: p.reason.to_string(),
             text: p.text.clone(),
         })
-        .collect())
+        .collect();
+    Ok((listed, concerning.count() as u64))
 }
 
 #[cfg(test)]
@@ -247,10 +256,12 @@ mod tests {
         };
         let published = AddressProblems {
             revision: 7,
-            problems: std::sync::Arc::new(vec![hijack]),
+            problems: std::sync::Arc::new(vec![hijack.clone()]),
         };
         let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
-        let listed = problems(true, Some(&published), 7, ip("10.96.0.1")).expect("listed");
+        let (listed, omitted) =
+            problems(true, Some(&published), 7, ip("10.96.0.1")).expect("listed");
+        assert_eq!(omitted, 0);
         assert_eq!(
             listed
                 .iter()
@@ -260,8 +271,15 @@ mod tests {
         );
         assert_eq!(
             problems(true, Some(&published), 7, ip("10.96.0.2")),
-            Ok(vec![])
+            Ok((vec![], 0))
         );
+        // Many Services claiming one address: a bounded answer, counted.
+        let many = AddressProblems {
+            revision: 7,
+            problems: std::sync::Arc::new(vec![hijack; MAX_PROBLEMS + 5]),
+        };
+        let (listed, omitted) = problems(true, Some(&many), 7, ip("10.96.0.1")).expect("listed");
+        assert_eq!((listed.len(), omitted), (MAX_PROBLEMS, 5));
         for (leading, published, revision, says) in [
             (false, Some(&published), 7, "does not lead"),
             (true, None, 7, "not computed"),

@@ -181,6 +181,9 @@ fn problems_text(dst: &str, r: &setpoint_proto::admin::ExplainResponse) -> Strin
     for p in &r.problems {
         text.push_str(&format!("  {}\n", p.text));
     }
+    if r.problems_omitted > 0 {
+        text.push_str(&format!("  … and {} more\n", r.problems_omitted));
+    }
     text
 }
 
@@ -574,6 +577,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                     "explanation": explanation,
                     "problems": problems,
                     "problems_unknown": unknown,
+                    "problems_omitted": r.problems_omitted,
                 }))?;
             } else {
                 println!("node state at revision {}", r.revision);

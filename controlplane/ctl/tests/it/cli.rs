@@ -594,6 +594,7 @@ async fn explain_names_the_refusals_of_the_destination_address() {
     assert_eq!(problems[0]["service"], "aaa/hijack");
     assert_eq!(problems[0]["addresses"], serde_json::json!(["10.96.0.1"]));
     assert_eq!(problems[0]["reason"], "ClusterIp");
+    assert_eq!(out["problems_omitted"], 0);
 
     // The hijacker's own ClusterIP, and another Service's: nothing refused.
     for dst in ["10.96.5.5:443", "10.96.1.20:80"] {
