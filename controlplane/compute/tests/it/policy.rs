@@ -512,6 +512,39 @@ status: {phase: Running, podIP: 10.0.2.9}
         isolated: &[("node-2", "10.0.2.1", "I", DROP_ONLY)],
     },
     TenantTextCase {
+        name: "a peer with no selector and no ipBlock",
+        yaml: evil_in_x(r#"
+  podSelector: {matchLabels: {app: b}}
+  ingress: [{from: [{}]}]
+"#),
+        problem: &["NetworkPolicy x/evil", "a peer needs podSelector"],
+        isolated: &[("node-2", "10.0.2.1", "I", DROP_ONLY)],
+    },
+    TenantTextCase {
+        name: "an ipBlock beside a selector, and a port 0",
+        yaml: evil_in_x(r#"
+  podSelector: {matchLabels: {app: b}}
+  ingress:
+  - from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]
+  - ports: [{port: 0}]
+"#),
+        problem: &["NetworkPolicy x/evil", "ingress rule 1, port 0: port 0"],
+        isolated: &[("node-2", "10.0.2.1", "I", DROP_ONLY)],
+    },
+    TenantTextCase {
+        name: "an unknown policyType isolates both directions",
+        yaml: evil_in_x(r#"
+  podSelector: {matchLabels: {app: b}}
+  policyTypes: [Ingres]
+  ingress: [{ports: [{port: 80}]}]
+"#),
+        problem: &["NetworkPolicy x/evil", "policyTypes \"Ingres\""],
+        isolated: &[
+            ("node-2", "10.0.2.1", "I", &["-p tcp --dport 80 -j RETURN", "-j DROP"]),
+            ("node-2", "10.0.2.1", "E", DROP_ONLY),
+        ],
+    },
+    TenantTextCase {
         name: "namespace name with a newline in a policy's own-namespace peer",
         yaml: r#"
 apiVersion: v1
