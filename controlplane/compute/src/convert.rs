@@ -204,7 +204,7 @@ pub enum ServiceOutcome {
 fn parse_ip(text: &str, what: &str) -> Result<IpAddr, String> {
     text.trim()
         .parse::<IpAddr>()
-        .map_err(|_| format!("{what} {text:?} is not an IP address"))
+        .map_err(|_| format!("{what} {} is not an IP address", quoted(text)))
 }
 
 fn parse_port(value: i32, what: &str) -> Result<u16, String> {
@@ -219,7 +219,10 @@ pub(crate) fn parse_protocol(value: Option<&str>) -> Result<Protocol, String> {
         "TCP" => Ok(Protocol::Tcp),
         "UDP" => Ok(Protocol::Udp),
         "SCTP" => Ok(Protocol::Sctp),
-        other => Err(format!("protocol {other:?} is not TCP, UDP or SCTP")),
+        other => Err(format!(
+            "protocol {} is not TCP, UDP or SCTP",
+            quoted(other)
+        )),
     }
 }
 
@@ -308,16 +311,16 @@ pub fn service(svc: &core::Service, default_namespace: &str) -> ServiceOutcome {
             .collect::<Result<Vec<_>, _>>()?;
         let mut ports = Vec::new();
         for p in spec.ports.iter().flatten() {
-            let label = p.name.clone().unwrap_or_default();
+            let label = quoted(p.name.as_deref().unwrap_or_default());
             let node_port = match p.node_port {
                 None | Some(0) => None,
-                Some(n) => Some(parse_port(n, &format!("port {label:?} nodePort"))?),
+                Some(n) => Some(parse_port(n, &format!("port {label} nodePort"))?),
             };
             ports.push(ServicePort {
-                name: label.clone(),
+                name: p.name.clone().unwrap_or_default(),
                 protocol: parse_protocol(p.protocol.as_deref())
-                    .map_err(|e| format!("port {label:?}: {e}"))?,
-                port: parse_port(p.port, &format!("port {label:?}"))?,
+                    .map_err(|e| format!("port {label}: {e}"))?,
+                port: parse_port(p.port, &format!("port {label}"))?,
                 node_port,
             });
         }
@@ -344,7 +347,7 @@ pub fn service(svc: &core::Service, default_namespace: &str) -> ServiceOutcome {
             let net = range
                 .trim()
                 .parse::<IpNet>()
-                .map_err(|_| format!("loadBalancerSourceRange {range:?} is not a CIDR"))?;
+                .map_err(|_| format!("loadBalancerSourceRange {} is not a CIDR", quoted(range)))?;
             load_balancer_source_ranges.push(net.trunc());
         }
         // A zero CIDR admits everyone of its family: no firewall for that
@@ -386,13 +389,15 @@ pub fn service(svc: &core::Service, default_namespace: &str) -> ServiceOutcome {
             .and_then(|a| a.get(SCHEDULER_ANNOTATION))
         {
             None => None,
-            Some(text) => match text.trim().parse() {
+            Some(text) => match text.trim().parse::<setpoint_dataplane::Scheduler>() {
                 Ok(s) => Some(s),
                 Err(e) => {
                     warnings.push(Rejection {
                         object: object.clone(),
                         reason: format!(
-                            "annotation {SCHEDULER_ANNOTATION}: {e}; using the default"
+                            "annotation {SCHEDULER_ANNOTATION}: {}; using the default",
+                            // The error quotes the annotation, which is unbounded.
+                            setpoint_dataplane::text::clean_text(&e, 256)
                         ),
                     });
                     None
@@ -453,7 +458,12 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice, default_namespace: &str)
         "IPv4" => Family::Inet,
         "IPv6" => Family::Inet6,
         "FQDN" => return SliceOutcome::Ignored("FQDN address type"),
-        other => return reject(format!("addressType {other:?} is not IPv4, IPv6 or FQDN")),
+        other => {
+            return reject(format!(
+                "addressType {} is not IPv4, IPv6 or FQDN",
+                quoted(other)
+            ));
+        }
     };
     let mut ports = Vec::new();
     for p in slice.ports.iter().flatten() {
@@ -560,7 +570,7 @@ pub fn node(node: &core::Node) -> Result<Node, Rejection> {
     for text in cidr_texts {
         let net = text
             .parse::<IpNet>()
-            .map_err(|_| reject(format!("podCIDR {text:?} is not a CIDR")))?;
+            .map_err(|_| reject(format!("podCIDR {} is not a CIDR", quoted(&text))))?;
         pod_cidrs.push(net.trunc());
     }
     Ok(Node {
@@ -665,6 +675,40 @@ mod tests {
         };
         assert_eq!(r.object, "Service default/\"a\\nb\"");
         assert!(r.reason.contains("metadata.name"), "{}", r.reason);
+    }
+
+    #[test]
+    fn a_reason_quotes_at_most_a_short_cut_of_what_an_object_holds() {
+        let mut svc = core::Service {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                ..Default::default()
+            },
+            spec: Some(core::ServiceSpec {
+                cluster_ip: Some("10.96.0.10".into()),
+                ports: Some(vec![core::ServicePort {
+                    name: Some("p\n".repeat(50_000)),
+                    protocol: Some("X".repeat(100_000)),
+                    port: 80,
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let ServiceOutcome::Rejected(r) = service(&svc, "default") else {
+            panic!("a protocol of 100,000 bytes is accepted");
+        };
+        assert!(r.reason.len() < 300, "{} bytes", r.reason.len());
+        assert!(!r.reason.chars().any(char::is_control), "{}", r.reason);
+        if let Some(spec) = svc.spec.as_mut() {
+            spec.ports = None;
+            spec.cluster_ip = Some("x".repeat(100_000));
+        }
+        let ServiceOutcome::Rejected(r) = service(&svc, "default") else {
+            panic!("a cluster IP of 100,000 bytes is accepted");
+        };
+        assert!(r.reason.len() < 300, "{} bytes", r.reason.len());
     }
 
     fn mk_service(name: &str) -> ServiceOutcome {
