@@ -1,5 +1,6 @@
 //! A value built from files and built again when their bytes change: the
-//! admin API's tokens and its TLS config. Kubernetes updates a mounted
+//! admin API's tokens and TLS config, the agent listener's TLS config.
+//! Kubernetes updates a mounted
 //! Secret by swapping a symlink, so the files are read (not their mtimes)
 //! and compared by digest.
 //!

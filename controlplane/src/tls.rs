@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -33,7 +33,6 @@ use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{Instant, Sleep};
@@ -44,6 +43,7 @@ use tonic::transport::server::Connected;
 
 use crate::metrics::Metrics;
 use crate::peer_limits::Guarded;
+use crate::reload::Reloading;
 use crate::stream::AgentLimits;
 
 /// The agent listener's certificate, key, and the CA its clients' certs
@@ -99,37 +99,6 @@ fn server_config(tls: &ServerTls) -> anyhow::Result<ServerConfig> {
     // gRPC is HTTP/2; tonic's client insists on negotiating it.
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
-}
-
-/// A digest of the three files' bytes; `None` while one cannot be read.
-fn fingerprint(tls: &ServerTls) -> Option<[u8; 32]> {
-    let mut hash = Sha256::new();
-    for path in [&tls.cert, &tls.key, &tls.client_ca] {
-        let bytes = std::fs::read(path).ok()?;
-        hash.update((bytes.len() as u64).to_le_bytes());
-        hash.update(&bytes);
-    }
-    Some(hash.finalize().into())
-}
-
-/// The server config new connections get; swapped when the files change.
-struct Current(RwLock<Arc<ServerConfig>>);
-
-impl Current {
-    fn get(&self) -> Arc<ServerConfig> {
-        match self.0.read() {
-            Ok(c) => c.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
-    }
-
-    fn set(&self, config: ServerConfig) {
-        let mut slot = match self.0.write() {
-            Ok(c) => c,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        *slot = Arc::new(config);
-    }
 }
 
 /// Who is on an agent connection, as its streams see it (a request
@@ -325,7 +294,7 @@ pub fn incoming(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<ReceiverStream<std::io::Result<Guarded<AgentConnection>>>> {
     let current = match tls {
-        Some(tls) => Some(reloading(tls, metrics.clone())?),
+        Some(tls) => Some(Arc::new(reloading(tls, metrics.clone())?)),
         None => None,
     };
     let sessionless = limits.hello_timeout.saturating_mul(2);
@@ -357,33 +326,18 @@ pub fn incoming(
 
 /// The current TLS config, loaded now and again whenever the files'
 /// bytes change, until nothing holds it any more.
-fn reloading(tls: ServerTls, metrics: Arc<Metrics>) -> anyhow::Result<Arc<Current>> {
-    let mut seen = fingerprint(&tls);
-    let current = Arc::new(Current(RwLock::new(Arc::new(server_config(&tls)?))));
-    let weak = Arc::downgrade(&current);
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(tls.reload_every).await;
-            let Some(reloading) = weak.upgrade() else {
-                return;
-            };
-            let now = fingerprint(&tls);
-            if now.is_none() || now == seen {
-                continue;
-            }
-            match server_config(&tls) {
-                Ok(config) => {
-                    reloading.set(config);
-                    seen = now;
-                    metrics.tls_reloads.inc();
-                    tracing::info!(cert = %tls.cert.display(), "reloaded the agent listener's TLS files");
-                }
-                // Half-written files load next time round; keep the old.
-                Err(e) => tracing::warn!("keeping the previous TLS config: {e:#}"),
-            }
-        }
-    });
-    Ok(current)
+fn reloading(tls: ServerTls, metrics: Arc<Metrics>) -> anyhow::Result<Reloading<ServerConfig>> {
+    let files = vec![tls.cert.clone(), tls.key.clone(), tls.client_ca.clone()];
+    let every = tls.reload_every;
+    Reloading::start(
+        "the agent listener's TLS files",
+        files,
+        every,
+        move || server_config(&tls),
+        move || {
+            metrics.tls_reloads.inc();
+        },
+    )
 }
 
 /// Whether `cert` (already verified against the client CA) names `node`
