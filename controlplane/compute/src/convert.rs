@@ -9,6 +9,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use setpoint_dataplane::text::quoted;
 use setpoint_dataplane::{Family, Protocol};
 
 use crate::model::{Endpoint, EndpointSlice, Node, Service, ServiceId, ServicePort, SlicePort};
@@ -30,16 +31,6 @@ impl std::fmt::Display for Rejection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.object, self.reason)
     }
-}
-
-/// `text` as a reason quotes it: escaped (a newline stays `\n`, never a
-/// second line of a report) and cut, so a problem is one short line
-/// whatever an object holds.
-pub(crate) fn quoted(text: &str) -> String {
-    const QUOTED_BYTES: usize = 64;
-    let cut = &text[..text.floor_char_boundary(QUOTED_BYTES)];
-    let ellipsis = if cut.len() < text.len() { "…" } else { "" };
-    format!("{cut:?}{ellipsis}")
 }
 
 // Kubernetes' own syntax for the names and labels compute reads, as the

@@ -30,8 +30,9 @@ use sha2::{Digest as _, Sha256};
 
 use crate::convert::{
     Rejection, check_dns_label, check_dns_subdomain, check_label_key, check_label_value,
-    check_labels, check_port_name, identify, parse_protocol, printable, quoted,
+    check_labels, check_port_name, identify, parse_protocol, printable,
 };
+use setpoint_dataplane::text::quoted;
 
 pub const CHAIN_POLICY: &str = "SP-POLICY";
 /// Longest set comment: what iptables allows a rule comment.

@@ -27,6 +27,19 @@ pub fn clean_text(text: &str, max: usize) -> String {
     out
 }
 
+/// `text` as a problem or rejection quotes it: escaped as a Rust string
+/// literal (a newline stays `\n`, never a second line of a report) and cut
+/// to [`QUOTED_BYTES`] at a character boundary, the cut marked with `…`,
+/// so a problem is one short line whatever an object or a state holds.
+pub fn quoted(text: &str) -> String {
+    let cut = &text[..text.floor_char_boundary(QUOTED_BYTES)];
+    let ellipsis = if cut.len() < text.len() { "…" } else { "" };
+    format!("{cut:?}{ellipsis}")
+}
+
+/// How much of a text [`quoted`] shows.
+pub const QUOTED_BYTES: usize = 64;
+
 #[cfg(test)]
 mod tests {
     use super::*;

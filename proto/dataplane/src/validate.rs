@@ -30,6 +30,7 @@ use crate::model::{
     Rule, SetEntry, SetSpec, SetType, Table, VirtualServer, VirtualServerKey,
 };
 use crate::state::NodeDataplane;
+use crate::text::{QUOTED_BYTES, quoted};
 
 /// Most sets a state may define (the kernel's own ceiling, `ip_set_max`,
 /// is 65,534).
@@ -47,8 +48,6 @@ pub const MAX_RULE_WORD_BYTES: usize = 255;
 /// Set names the agent keeps for itself: sets rebuilt under a temporary
 /// name are swapped in and destroyed.
 pub const RESERVED_SET_PREFIX: &str = "SP-TMP-";
-/// How much of an offending word a problem quotes.
-const QUOTED_BYTES: usize = 64;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Invalid {
@@ -180,9 +179,7 @@ fn shown(text: &str) -> String {
     {
         return text.to_string();
     }
-    let cut = &text[..text.floor_char_boundary(QUOTED_BYTES)];
-    let ellipsis = if cut.len() < text.len() { "…" } else { "" };
-    format!("{cut:?}{ellipsis}")
+    quoted(text)
 }
 
 impl fmt::Display for Invalid {
