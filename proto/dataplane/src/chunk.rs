@@ -32,7 +32,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use sha2::{Digest as _, Sha256};
 
-use crate::digest::{self, Digest};
+use crate::digest::{self, Digest, Encoder};
 use crate::fragment::Fragment;
 use crate::model::{
     Chain, ChainKey, Family, Forward, Jump, Protocol, RealServer, Rule, Scheduler, SetEntry,
@@ -350,112 +350,30 @@ const TAG_ADDRESS: u8 = 5;
 const TAG_CHAIN: u8 = 6;
 const TAG_JUMP: u8 = 7;
 
+/// The chunk encoding: fields as the digest encodes them ([`Encoder`]),
+/// lengths and counts as LEB128.
 #[derive(Default)]
 struct Writer {
     buf: Vec<u8>,
 }
 
-impl Writer {
-    fn u8(&mut self, v: u8) {
-        self.buf.push(v);
+impl Encoder for Writer {
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
     }
-    fn u16(&mut self, v: u16) {
-        self.buf.extend_from_slice(&v.to_be_bytes());
-    }
-    fn u32(&mut self, v: u32) {
-        self.buf.extend_from_slice(&v.to_be_bytes());
-    }
-    fn varint(&mut self, mut v: u64) {
+    fn length(&mut self, n: usize) {
+        let mut v = n as u64;
         while v >= 0x80 {
             self.buf.push((v as u8) | 0x80);
             v >>= 7;
         }
         self.buf.push(v as u8);
     }
-    fn str(&mut self, s: &str) {
-        self.varint(s.len() as u64);
-        self.buf.extend_from_slice(s.as_bytes());
-    }
-    fn ip(&mut self, ip: &IpAddr) {
-        match ip {
-            IpAddr::V4(a) => {
-                self.u8(4);
-                self.buf.extend_from_slice(&a.octets());
-            }
-            IpAddr::V6(a) => {
-                self.u8(6);
-                self.buf.extend_from_slice(&a.octets());
-            }
-        }
-    }
-    fn net(&mut self, net: &IpNet) {
-        self.ip(&net.addr());
-        self.u8(net.prefix_len());
-    }
-    fn proto(&mut self, p: Protocol) {
-        self.u8(match p {
-            Protocol::Tcp => 6,
-            Protocol::Udp => 17,
-            Protocol::Sctp => 132,
-        });
-    }
-    fn rule(&mut self, rule: &Rule) {
-        self.varint(rule.0.len() as u64);
-        for arg in &rule.0 {
-            self.str(arg);
-        }
-    }
-    fn entry(&mut self, entry: &SetEntry) {
-        match entry {
-            SetEntry::Ip(ip) => {
-                self.u8(1);
-                self.ip(ip);
-            }
-            SetEntry::IpPort { ip, protocol, port } => {
-                self.u8(2);
-                self.ip(ip);
-                self.proto(*protocol);
-                self.u16(*port);
-            }
-            SetEntry::IpPortIp {
-                ip,
-                protocol,
-                port,
-                ip2,
-            } => {
-                self.u8(3);
-                self.ip(ip);
-                self.proto(*protocol);
-                self.u16(*port);
-                self.ip(ip2);
-            }
-            SetEntry::IpPortNet {
-                ip,
-                protocol,
-                port,
-                net,
-            } => {
-                self.u8(4);
-                self.ip(ip);
-                self.proto(*protocol);
-                self.u16(*port);
-                self.net(net);
-            }
-            SetEntry::Net { net, nomatch } => {
-                self.u8(5);
-                self.net(net);
-                self.u8(u8::from(*nomatch));
-            }
-            SetEntry::Port(port) => {
-                self.u8(6);
-                self.u16(*port);
-            }
-        }
-    }
 }
 
 const SET_TYPES: [SetType; 6] = SetType::ALL;
 const TABLES: [Table; 4] = Table::ALL;
+/// In the numbering of [`Encoder::forward`].
 const FORWARDS: [Forward; 3] = [Forward::Masq, Forward::Route, Forward::Tunnel];
 
 fn index_of<T: PartialEq>(all: &[T], v: &T) -> u8 {
@@ -486,22 +404,19 @@ fn encode_atom(w: &mut Writer, atom: &AtomRef<'_>, set: Option<&str>) {
         AtomRef::VirtualServer(key, vs) => {
             w.u8(TAG_VS);
             w.ip(&key.address);
-            w.proto(key.protocol);
+            w.protocol(key.protocol);
             w.u16(key.port);
             w.u8(index_of(&Scheduler::ALL, &vs.scheduler));
             match vs.persistence_timeout {
                 None => w.u8(0),
-                Some(t) => {
-                    w.u8(1);
-                    w.u32(t);
-                }
-            }
-            w.varint(vs.real_servers.len() as u64);
+                Some(t) => w.u8(1).u32(t),
+            };
+            w.length(vs.real_servers.len());
             for rs in &vs.real_servers {
-                w.ip(&rs.address);
-                w.u16(rs.port);
-                w.u32(rs.weight);
-                w.u8(index_of(&FORWARDS, &rs.forward));
+                w.ip(&rs.address)
+                    .u16(rs.port)
+                    .u32(rs.weight)
+                    .forward(rs.forward);
             }
         }
         AtomRef::Address(addr) => {
@@ -513,7 +428,7 @@ fn encode_atom(w: &mut Writer, atom: &AtomRef<'_>, set: Option<&str>) {
             w.u8(index_of(&Family::ALL, &key.family));
             w.u8(index_of(&TABLES, &key.table));
             w.str(&key.name);
-            w.varint(chain.rules.len() as u64);
+            w.length(chain.rules.len());
             for rule in &chain.rules {
                 w.rule(rule);
             }

@@ -115,68 +115,112 @@ fn chunk_array(chunk: &[u8]) -> [u8; 8] {
     out
 }
 
-/// Canonical encoder: tagged, length-prefixed, big-endian integers.
-struct Encoder(Sha256);
+/// The canonical encoding of atom fields: big-endian integers, an address
+/// as its family (4 or 6) and octets, a protocol as its IP number,
+/// length-prefixed strings. One writer per field, shared by the digest
+/// (lengths as 4-byte big-endian) and the revision store's chunks (lengths
+/// as LEB128), so the two encodings of a set entry cannot drift apart.
+pub trait Encoder {
+    /// Appends bytes as they are.
+    fn bytes(&mut self, bytes: &[u8]);
+    /// Appends a length or a count, in this encoding's width.
+    fn length(&mut self, n: usize);
 
-impl Encoder {
-    fn new(tag: u8) -> Self {
-        let mut h = Sha256::new();
-        h.update([tag]);
-        Encoder(h)
-    }
     fn u8(&mut self, v: u8) -> &mut Self {
-        self.0.update([v]);
+        self.bytes(&[v]);
         self
     }
     fn u16(&mut self, v: u16) -> &mut Self {
-        self.0.update(v.to_be_bytes());
+        self.bytes(&v.to_be_bytes());
         self
     }
     fn u32(&mut self, v: u32) -> &mut Self {
-        self.0.update(v.to_be_bytes());
+        self.bytes(&v.to_be_bytes());
         self
     }
     fn str(&mut self, s: &str) -> &mut Self {
-        self.u32(s.len() as u32);
-        self.0.update(s.as_bytes());
+        self.length(s.len());
+        self.bytes(s.as_bytes());
         self
     }
     fn ip(&mut self, ip: &IpAddr) -> &mut Self {
         match ip {
-            IpAddr::V4(a) => {
-                self.u8(4);
-                self.0.update(a.octets());
-            }
-            IpAddr::V6(a) => {
-                self.u8(6);
-                self.0.update(a.octets());
-            }
+            IpAddr::V4(a) => self.u8(4).bytes(&a.octets()),
+            IpAddr::V6(a) => self.u8(6).bytes(&a.octets()),
         }
         self
     }
     fn net(&mut self, net: &IpNet) -> &mut Self {
         self.ip(&net.addr()).u8(net.prefix_len())
     }
-    fn proto(&mut self, p: Protocol) -> &mut Self {
+    fn protocol(&mut self, p: Protocol) -> &mut Self {
         self.u8(match p {
             Protocol::Tcp => 6,
             Protocol::Udp => 17,
             Protocol::Sctp => 132,
         })
     }
-    fn raw(&mut self, bytes: &[u8]) -> &mut Self {
-        self.0.update(bytes);
-        self
+    fn forward(&mut self, forward: Forward) -> &mut Self {
+        self.u8(match forward {
+            Forward::Masq => 0,
+            Forward::Route => 1,
+            Forward::Tunnel => 2,
+        })
     }
     fn rule(&mut self, rule: &Rule) -> &mut Self {
-        self.u32(rule.0.len() as u32);
+        self.length(rule.0.len());
         for arg in &rule.0 {
             self.str(arg);
         }
         self
     }
+    /// A set entry: its kind (1 to 6), then its fields.
+    fn entry(&mut self, entry: &SetEntry) -> &mut Self {
+        match entry {
+            SetEntry::Ip(ip) => self.u8(1).ip(ip),
+            SetEntry::IpPort { ip, protocol, port } => {
+                self.u8(2).ip(ip).protocol(*protocol).u16(*port)
+            }
+            SetEntry::IpPortIp {
+                ip,
+                protocol,
+                port,
+                ip2,
+            } => self.u8(3).ip(ip).protocol(*protocol).u16(*port).ip(ip2),
+            SetEntry::IpPortNet {
+                ip,
+                protocol,
+                port,
+                net,
+            } => self.u8(4).ip(ip).protocol(*protocol).u16(*port).net(net),
+            SetEntry::Net { net, nomatch } => self.u8(5).net(net).u8(u8::from(*nomatch)),
+            SetEntry::Port(port) => self.u8(6).u16(*port),
+        }
+    }
+}
+
+/// The digest's encoder: an atom's tag, then its fields, into SHA-256;
+/// lengths and counts as 4-byte big-endian.
+struct Hashing(Sha256);
+
+impl Hashing {
+    fn new(tag: u8) -> Self {
+        let mut h = Sha256::new();
+        h.update([tag]);
+        Hashing(h)
+    }
     fn finish(&mut self) -> [u8; 32] {
         std::mem::take(&mut self.0).finalize().into()
+    }
+}
+
+impl Encoder for Hashing {
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+    fn length(&mut self, n: usize) {
+        // Atoms are far below 4 GiB: validation bounds names and rules.
+        self.u32(n as u32);
     }
 }
 
@@ -189,7 +233,7 @@ const TAG_CHAIN: u8 = 6;
 const TAG_JUMP: u8 = 7;
 
 pub fn hash_set(name: &str, spec: &SetSpec) -> [u8; 32] {
-    Encoder::new(TAG_SET)
+    Hashing::new(TAG_SET)
         .str(name)
         .str(spec.kind.as_str())
         .str(spec.family.as_str())
@@ -199,69 +243,43 @@ pub fn hash_set(name: &str, spec: &SetSpec) -> [u8; 32] {
 }
 
 pub fn hash_entry(set: &str, entry: &SetEntry) -> [u8; 32] {
-    let mut e = Encoder::new(TAG_ENTRY);
-    e.str(set);
-    match entry {
-        SetEntry::Ip(ip) => e.u8(1).ip(ip),
-        SetEntry::IpPort { ip, protocol, port } => e.u8(2).ip(ip).proto(*protocol).u16(*port),
-        SetEntry::IpPortIp {
-            ip,
-            protocol,
-            port,
-            ip2,
-        } => e.u8(3).ip(ip).proto(*protocol).u16(*port).ip(ip2),
-        SetEntry::IpPortNet {
-            ip,
-            protocol,
-            port,
-            net,
-        } => e.u8(4).ip(ip).proto(*protocol).u16(*port).net(net),
-        SetEntry::Net { net, nomatch } => e.u8(5).net(net).u8(u8::from(*nomatch)),
-        SetEntry::Port(port) => e.u8(6).u16(*port),
-    };
-    e.finish()
+    Hashing::new(TAG_ENTRY).str(set).entry(entry).finish()
 }
 
 pub(crate) fn hash_virtual_server_body(vs: &VirtualServer) -> [u8; 32] {
-    let mut e = Encoder::new(TAG_VS_BODY);
+    let mut e = Hashing::new(TAG_VS_BODY);
     e.str(vs.scheduler.as_str());
     match vs.persistence_timeout {
         None => e.u8(0),
         Some(timeout) => e.u8(1).u32(timeout),
     };
-    e.u32(vs.real_servers.len() as u32);
+    e.length(vs.real_servers.len());
     for rs in &vs.real_servers {
         e.ip(&rs.address)
             .u16(rs.port)
             .u32(rs.weight)
-            .u8(match rs.forward {
-                Forward::Masq => 0,
-                Forward::Route => 1,
-                Forward::Tunnel => 2,
-            });
+            .forward(rs.forward);
     }
     e.finish()
 }
 
 pub fn hash_virtual_server(key: &VirtualServerKey, vs: &VirtualServer) -> [u8; 32] {
-    Encoder::new(TAG_VS)
-        .ip(&key.address)
-        .proto(key.protocol)
-        .u16(key.port)
-        .raw(vs.body_hash())
-        .finish()
+    let mut e = Hashing::new(TAG_VS);
+    e.ip(&key.address).protocol(key.protocol).u16(key.port);
+    e.bytes(vs.body_hash());
+    e.finish()
 }
 
 pub fn hash_address(addr: &IpAddr) -> [u8; 32] {
-    Encoder::new(TAG_ADDRESS).ip(addr).finish()
+    Hashing::new(TAG_ADDRESS).ip(addr).finish()
 }
 
 pub fn hash_chain(key: &ChainKey, chain: &Chain) -> [u8; 32] {
-    let mut e = Encoder::new(TAG_CHAIN);
+    let mut e = Hashing::new(TAG_CHAIN);
     e.str(key.family.as_str())
         .str(key.table.as_str())
         .str(&key.name)
-        .u32(chain.rules.len() as u32);
+        .length(chain.rules.len());
     for rule in &chain.rules {
         e.rule(rule);
     }
@@ -269,7 +287,7 @@ pub fn hash_chain(key: &ChainKey, chain: &Chain) -> [u8; 32] {
 }
 
 pub fn hash_jump(jump: &Jump) -> [u8; 32] {
-    Encoder::new(TAG_JUMP)
+    Hashing::new(TAG_JUMP)
         .str(jump.family.as_str())
         .str(jump.table.as_str())
         .str(&jump.from)
