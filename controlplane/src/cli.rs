@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use ipnet::IpNet;
-use setpoint_compute::ComputeConfig;
+use setpoint_controlplane::args::ComputeArgs;
 use setpoint_dataplane::{Format, Scheduler};
 
 #[derive(Parser, Debug)]
@@ -28,9 +28,6 @@ enum Command {
     /// Watch the source (manifest files or the Kubernetes API), commit a
     /// revision per change, stream states to agents.
     Serve(ServeArgs),
-    /// The whole system on this machine: serve the example manifests from an
-    /// SQLite file, with one real agent per example node over loopback gRPC.
-    Demo(DemoArgs),
 }
 
 /// How `serve` picks the one replica that commits.
@@ -292,113 +289,6 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 }
 
 #[derive(Args, Debug)]
-pub struct DemoArgs {
-    #[arg(long, default_value = "deploy/examples", env = "SETPOINT_MANIFESTS")]
-    pub manifests: PathBuf,
-    #[arg(long, default_value = "sqlite://setpoint-demo.db?mode=rwc")]
-    pub database: String,
-    /// Exit 0 once every agent acked the newest revision, 1 after this many
-    /// seconds without.
-    #[arg(long)]
-    pub exit_when_converged: Option<u64>,
-    #[command(flatten)]
-    pub compute: ComputeArgs,
-}
-
-/// Settings of the computation shared by every command that computes.
-#[derive(Args, Debug, Clone)]
-pub struct ComputeArgs {
-    /// IPVS scheduler for Services without the setpoint.io/ipvs-scheduler annotation.
-    #[arg(long, default_value = "rr", env = "SETPOINT_IPVS_SCHEDULER")]
-    pub ipvs_scheduler: Scheduler,
-    /// Serve NodePorts only on node addresses inside these CIDRs (repeatable; default: all).
-    #[arg(
-        long = "nodeport-addresses",
-        value_delimiter = ',',
-        env = "SETPOINT_NODEPORT_ADDRESSES"
-    )]
-    pub nodeport_addresses: Vec<IpNet>,
-    /// Pod CIDRs of the cluster (repeatable; default: the Nodes' podCIDRs).
-    #[arg(
-        long = "cluster-cidr",
-        value_delimiter = ',',
-        env = "SETPOINT_CLUSTER_CIDR"
-    )]
-    pub cluster_cidrs: Vec<IpNet>,
-    /// Masquerade all traffic to cluster IPs.
-    #[arg(long, env = "SETPOINT_MASQUERADE_ALL")]
-    pub masquerade_all: bool,
-    /// fwmark bit used to request masquerading (kube-proxy uses 14).
-    #[arg(long, default_value_t = 18, value_parser = clap::value_parser!(u8).range(0..=31), env = "SETPOINT_MASQUERADE_BIT")]
-    pub masquerade_bit: u8,
-    /// Apply NetworkPolicy also to traffic from a node to its own pods
-    /// (Kubernetes allows it always, for kubelet probes).
-    #[arg(long, env = "SETPOINT_POLICE_NODE_TRAFFIC")]
-    pub police_node_traffic: bool,
-    /// The CIDRs ClusterIPs are allocated from (repeatable); no external or
-    /// load-balancer IP is served inside them. Default: unknown (an
-    /// address equal to any ClusterIP is refused all the same).
-    #[arg(
-        long = "service-cidr",
-        value_delimiter = ',',
-        env = "SETPOINT_SERVICE_CIDR"
-    )]
-    pub service_cidrs: Vec<IpNet>,
-    /// Serve a Service's externalIPs only inside these CIDRs (repeatable;
-    /// default: any address no other rule refuses).
-    #[arg(
-        long = "external-ip-cidrs",
-        value_delimiter = ',',
-        env = "SETPOINT_EXTERNAL_IP_CIDRS"
-    )]
-    pub external_ip_cidrs: Vec<IpNet>,
-    /// Serve a node's own address when a Service lists it as an external or
-    /// load-balancer IP (never bound on any node's service interface).
-    #[arg(long, env = "SETPOINT_ALLOW_NODE_EXTERNAL_IPS")]
-    pub allow_node_external_ips: bool,
-    /// A Service with more frontends (ports × addresses, plus NodePorts)
-    /// is left out whole.
-    #[arg(long, default_value_t = setpoint_compute::layout::DEFAULT_MAX_SERVICE_FRONTENDS, env = "SETPOINT_MAX_SERVICE_FRONTENDS")]
-    pub max_service_frontends: usize,
-    /// A Service with more endpoints over all its EndpointSlices is left
-    /// out whole.
-    #[arg(long, default_value_t = setpoint_compute::layout::DEFAULT_MAX_SERVICE_ENDPOINTS, env = "SETPOINT_MAX_SERVICE_ENDPOINTS")]
-    pub max_service_endpoints: usize,
-}
-
-impl ComputeArgs {
-    pub fn config(&self) -> ComputeConfig {
-        let ComputeArgs {
-            ipvs_scheduler,
-            nodeport_addresses,
-            cluster_cidrs,
-            masquerade_all,
-            masquerade_bit,
-            police_node_traffic,
-            service_cidrs,
-            external_ip_cidrs,
-            allow_node_external_ips,
-            max_service_frontends,
-            max_service_endpoints,
-        } = self.clone();
-        ComputeConfig {
-            default_scheduler: ipvs_scheduler,
-            nodeport_addresses,
-            cluster_cidrs,
-            masquerade_all,
-            masquerade_bit,
-            police_node_traffic,
-            service_cidrs,
-            external_ip_cidrs,
-            allow_node_external_ips,
-            max_service_frontends,
-            max_service_endpoints,
-            ..ComputeConfig::default()
-        }
-    }
-}
-
-#[derive(Args, Debug)]
 pub struct RenderArgs {
     /// A manifest file or a directory of them.
     #[arg(long, default_value = "deploy/examples", env = "SETPOINT_MANIFESTS")]
@@ -417,9 +307,9 @@ pub struct RenderArgs {
 
 /// Logs, and span export when an OTLP endpoint is given; keep the result
 /// alive while the command runs (dropping it flushes the export).
-fn init_logs(otlp: Option<String>) -> anyhow::Result<setpoint_agent::telemetry::Telemetry> {
-    let otlp = setpoint_agent::telemetry::endpoint(otlp);
-    setpoint_agent::telemetry::init("setpoint-controlplane", "warn", otlp.as_deref())
+fn init_logs(otlp: Option<String>) -> anyhow::Result<setpoint_runtime::telemetry::Telemetry> {
+    let otlp = setpoint_runtime::telemetry::endpoint(otlp);
+    setpoint_runtime::telemetry::init("setpoint-controlplane", "warn", otlp.as_deref())
 }
 
 /// A client for `--source kube`.
@@ -559,27 +449,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })
 }
 
-fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    let _telemetry = init_logs(None)?;
-    let runtime = tokio::runtime::Runtime::new()?;
-    let converged = runtime.block_on(setpoint_controlplane::demo::run(
-        setpoint_controlplane::demo::DemoConfig {
-            manifests: args.manifests,
-            database: args.database,
-            compute: args.compute.config(),
-            exit_when_converged: args.exit_when_converged.map(std::time::Duration::from_secs),
-        },
-    ))?;
-    anyhow::ensure!(converged, "the agents did not converge");
-    Ok(())
-}
-
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Render(args) => crate::render::run(&args),
         Command::Serve(args) => serve(args),
-        Command::Demo(args) => demo(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,7 +3,7 @@
 //! pause/resume, status for operators), metrics, and `serve` wiring them.
 
 pub mod admin;
-pub mod demo;
+pub mod args;
 pub mod explain;
 pub mod fanout;
 pub mod leader;

@@ -239,7 +239,7 @@ impl Metrics {
     }
 }
 
-impl setpoint_agent::metrics::Exposed for Metrics {
+impl setpoint_runtime::http::Exposed for Metrics {
     fn encode(&self) -> String {
         Metrics::encode(self)
     }
@@ -253,5 +253,5 @@ pub async fn serve_http(
     metrics: Arc<Metrics>,
     listener: tokio::net::TcpListener,
 ) -> std::io::Result<()> {
-    setpoint_agent::metrics::serve(metrics, listener).await
+    setpoint_runtime::http::serve(metrics, listener).await
 }

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use setpoint_dataplane::{Digest, NodeDataplane};
 use setpoint_proto::pieces::{PIECE_BYTES, into_pieces};
+use setpoint_proto::traceparent::Traceparent;
 use setpoint_proto::v1::agent_message::Body as AgentBody;
 use setpoint_proto::v1::agent_stream_server::AgentStream;
 use setpoint_proto::v1::control_message::Body as ControlBody;
@@ -145,20 +146,6 @@ fn message(body: ControlBody) -> ControlMessage {
         body: Some(body),
         traceparent: String::new(),
     }
-}
-
-/// W3C trace context for a revision's rollout to a node: every node's
-/// span of one revision shares the trace id (derived from the revision, so
-/// any replica derives the same one), each node has its own span id.
-pub fn traceparent(revision: u64, node: &str) -> String {
-    use sha2::{Digest as _, Sha256};
-    let trace = Sha256::digest(format!("setpoint/revision/{revision}"));
-    let span = Sha256::digest(format!("setpoint/revision/{revision}/{node}"));
-    format!(
-        "00-{}-{}-01",
-        hex::encode(&trace[..16]),
-        hex::encode(&span[..8])
-    )
 }
 
 impl AgentService {
@@ -548,10 +535,10 @@ impl Session {
         // The rollout of this revision to this node, open until the agent
         // answers; exported (with the agent's apply span as its child)
         // when OTLP is configured.
-        let derived = traceparent(head, &self.node);
+        let derived = Traceparent::of_rollout(head, &self.node).to_string();
         let rollout = tracing::info_span!("rollout", revision = head, node = %self.node);
-        setpoint_agent::telemetry::set_remote_parent(&rollout, &derived);
-        m.traceparent = setpoint_agent::telemetry::traceparent_of(&rollout).unwrap_or(derived);
+        setpoint_runtime::telemetry::set_remote_parent(&rollout, &derived);
+        m.traceparent = setpoint_runtime::telemetry::traceparent_of(&rollout).unwrap_or(derived);
         self.rollout = Some(rollout);
         tracing::debug!(node = %self.node, revision = head, traceparent = %m.traceparent, "sent");
         self.send(m).await

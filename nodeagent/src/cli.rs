@@ -152,8 +152,8 @@ fn run_check(path: &Path) -> anyhow::Result<bool> {
 
 fn run_agent(args: RunArgs) -> anyhow::Result<bool> {
     use setpoint_agent::client::{Agent, AgentOptions};
-    let otlp = setpoint_agent::telemetry::endpoint(args.otlp_endpoint.clone());
-    let _telemetry = setpoint_agent::telemetry::init("setpoint-agent", "info", otlp.as_deref())?;
+    let otlp = setpoint_runtime::telemetry::endpoint(args.otlp_endpoint.clone());
+    let _telemetry = setpoint_runtime::telemetry::init("setpoint-agent", "info", otlp.as_deref())?;
     let Some(node) = args.node else {
         anyhow::bail!("--node is required (or a command: apply, check, diff)");
     };
@@ -207,7 +207,7 @@ fn run_agent(args: RunArgs) -> anyhow::Result<bool> {
         if let Some(addr) = args.metrics_listen {
             let listener = tokio::net::TcpListener::bind(addr).await?;
             eprintln!("metrics on http://{}/metrics", listener.local_addr()?);
-            tokio::spawn(setpoint_agent::metrics::serve(
+            tokio::spawn(setpoint_runtime::http::serve(
                 agent.metrics.clone(),
                 listener,
             ));

@@ -24,4 +24,3 @@ pub mod plan;
 pub mod services;
 pub mod sysctl;
 pub mod target;
-pub mod telemetry;

@@ -1,5 +1,5 @@
-//! The agent's Prometheus metrics and its `/metrics`, `/healthz`,
-//! `/readyz` endpoint (ready once the kernel holds a revision).
+//! The agent's Prometheus metrics, and its readiness (once the kernel
+//! holds a revision) for the `/readyz` endpoint.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -102,42 +102,13 @@ impl AgentMetrics {
     }
 }
 
-/// What an HTTP endpoint exposes: metrics text and readiness (with the
-/// reason when not ready). The agent and the control plane both serve it.
-pub trait Exposed: Send + Sync + 'static {
-    fn encode(&self) -> String;
-    fn not_ready(&self) -> Option<&'static str>;
-}
-
-impl Exposed for AgentMetrics {
+/// Ready once the kernel holds a revision (`setpoint_runtime::http`
+/// serves it).
+impl setpoint_runtime::http::Exposed for AgentMetrics {
     fn encode(&self) -> String {
         AgentMetrics::encode(self)
     }
     fn not_ready(&self) -> Option<&'static str> {
         (!self.ready.load(Ordering::Relaxed)).then_some("no revision applied yet")
     }
-}
-
-/// Serves `/metrics`, `/healthz` and `/readyz` until the process ends.
-pub async fn serve<M: Exposed>(
-    metrics: Arc<M>,
-    listener: tokio::net::TcpListener,
-) -> std::io::Result<()> {
-    use axum::Router;
-    use axum::http::StatusCode;
-    use axum::routing::get;
-    let for_metrics = metrics.clone();
-    let app = Router::new()
-        .route("/metrics", get(move || async move { for_metrics.encode() }))
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || async move {
-                match metrics.not_ready() {
-                    None => (StatusCode::OK, "ready"),
-                    Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, reason),
-                }
-            }),
-        );
-    axum::serve(listener, app).await
 }

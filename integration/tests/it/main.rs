@@ -10,6 +10,7 @@ mod e2e_support;
 mod failsafe;
 mod large_state;
 mod leader_election;
+mod otlp;
 mod policy_matrix;
 mod render_applies;
 mod rollout;

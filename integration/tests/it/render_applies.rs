@@ -9,7 +9,7 @@ use setpoint_dataplane::render::ipset_entry;
 use setpoint_dataplane::{Family, Format, NodeDataplane, Table, render};
 use setpoint_integration::{Netns, require_root_and_tools};
 
-fn examples() -> PathBuf {
+pub(crate) fn examples() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples")
 }
 

@@ -58,7 +58,7 @@ pub(crate) fn controlplane_binary() -> &'static Path {
 }
 
 /// A `serve` process; killed with SIGKILL when dropped.
-struct Serve(Child);
+pub(crate) struct Serve(pub(crate) Child);
 
 impl Serve {
     fn start(manifests: &Path, database: &str, listen: SocketAddr) -> Serve {

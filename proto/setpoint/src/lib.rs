@@ -15,6 +15,7 @@ pub mod admin {
 
 pub mod parts;
 pub mod pieces;
+pub mod traceparent;
 
 use setpoint_dataplane::{Diff, Digest, NodeDataplane};
 

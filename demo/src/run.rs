@@ -1,4 +1,4 @@
-//! `demo`: the whole system on one machine. The control plane serves the
+//! The whole system on one machine. The control plane serves the
 //! example manifests from an SQLite file; one real agent per example node
 //! connects over gRPC on loopback and applies into its own network
 //! namespace (as root) or plans only (dry run). Edits to the manifests
@@ -16,7 +16,7 @@ use setpoint_agent::target::Target;
 use setpoint_compute::{ClusterObject, ComputeConfig};
 use setpoint_store::RevisionId;
 
-use crate::serve::{ServeConfig, start};
+use setpoint_controlplane::serve::{ServeConfig, start};
 
 pub struct DemoConfig {
     pub manifests: PathBuf,
@@ -151,7 +151,7 @@ pub async fn run(config: DemoConfig) -> anyhow::Result<bool> {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut committed_at = Instant::now();
     // Ctrl-C or SIGTERM: either way the namespaces are removed.
-    let stop = crate::serve::terminated();
+    let stop = setpoint_controlplane::serve::terminated();
     tokio::pin!(stop);
     loop {
         tokio::select! {

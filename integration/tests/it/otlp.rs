@@ -1,6 +1,6 @@
 //! Trace export over OTLP. `setpoint-controlplane serve --otlp-endpoint`
 //! and an agent (the real client, dry-run, in this process, exporting
-//! through the same telemetry module the agent binary uses) send their
+//! through the same telemetry module both binaries use) send their
 //! spans to a small OTLP/gRPC receiver on loopback. One revision's spans
 //! from both sides share a trace, and the agent's `apply` span is a child
 //! of the control plane's `rollout` span for that node.
@@ -21,6 +21,7 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use setpoint_agent::client::{Agent, AgentOptions};
 use setpoint_agent::services::IpvsMode;
+use setpoint_proto::traceparent::Traceparent;
 use tonic::{Request, Response, Status};
 
 /// Every span received, with the `service.name` of its resource.
@@ -77,24 +78,6 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
     }
 }
 
-fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("local addr")
-}
-
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn examples() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples")
-}
-
 fn copy_dir(from: &Path, to: &Path) {
     for entry in std::fs::read_dir(from).expect("examples") {
         let path = entry.expect("entry").path();
@@ -122,27 +105,27 @@ fn spans_of_one_revision_reach_the_collector_from_both_sides_as_parent_and_child
     });
     let endpoint = format!("http://{collector}");
 
-    // This process plays the agent; its spans go out as `setpoint-agent`.
-    // SAFETY (env): set before any thread of the exporter reads it.
-    unsafe { std::env::set_var("OTEL_BSP_SCHEDULE_DELAY", "100") };
-    let telemetry = setpoint_agent::telemetry::init("setpoint-agent", "warn", Some(&endpoint))
+    // This process plays the agent; its spans go out as `setpoint-agent`
+    // (after the batch processor's usual delay: other tests share this
+    // process, so its environment is left alone).
+    let telemetry = setpoint_runtime::telemetry::init("setpoint-agent", "warn", Some(&endpoint))
         .expect("telemetry");
 
     let dir = tempfile::tempdir().expect("tempdir");
     let manifests = dir.path().join("manifests");
     std::fs::create_dir(&manifests).expect("dir");
-    copy_dir(&examples(), &manifests);
-    let listen = free_addr();
+    copy_dir(&crate::render_applies::examples(), &manifests);
+    let listen = crate::running_failures::free_addr();
     let database = format!("sqlite://{}?mode=rwc", dir.path().join("db").display());
-    let _serve = Serve(
-        Command::new(env!("CARGO_BIN_EXE_setpoint-controlplane"))
+    let _serve = crate::sigkill::Serve(
+        Command::new(crate::sigkill::controlplane_binary())
             .arg("serve")
             .arg("--manifests")
             .arg(&manifests)
             .args(["--database", &database])
             .args(["--listen", &listen.to_string()])
-            .args(["--metrics-listen", &free_addr().to_string()])
-            .args(["--admin-listen", &free_addr().to_string()])
+            .args(["--metrics-listen", &crate::running_failures::free_addr().to_string()])
+            .args(["--admin-listen", &crate::running_failures::free_addr().to_string()])
             .args(["--otlp-endpoint", &endpoint])
             .env("OTEL_BSP_SCHEDULE_DELAY", "100")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -198,12 +181,7 @@ fn spans_of_one_revision_reach_the_collector_from_both_sides_as_parent_and_child
         .and_then(|r| r.parse().ok())
         .expect("revision attribute");
     // The trace is the revision's, as every replica derives it.
-    let derived = setpoint_controlplane::stream::traceparent(revision, "node-a");
-    let trace_hex: String = rollout
-        .trace_id
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    assert_eq!(derived.split('-').nth(1), Some(trace_hex.as_str()));
+    let derived = Traceparent::of_rollout(revision, "node-a");
+    assert_eq!(rollout.trace_id, derived.trace_id);
     drop(telemetry);
 }

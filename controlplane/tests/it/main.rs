@@ -1,0 +1,3 @@
+//! The control-plane binary as operators run it.
+
+mod render;
