@@ -32,6 +32,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use sha2::{Digest as _, Sha256};
 
+use crate::atoms::{AtomError, AtomRun};
 use crate::digest::{self, Digest, Encoder};
 use crate::fragment::Fragment;
 use crate::model::{
@@ -211,11 +212,13 @@ pub fn atoms_after<'a>(
             None => Bound::Unbounded,
         };
         let names = MergeKeys {
-            a: f.sets_map()
+            a: f.maps()
+                .sets
                 .range((lower.clone(), Bound::Unbounded))
                 .map(|(k, _)| k)
                 .peekable(),
-            b: f.entries_map()
+            b: f.maps()
+                .entries
                 .range((lower, Bound::Unbounded))
                 .map(|(k, _)| k)
                 .peekable(),
@@ -231,7 +234,8 @@ pub fn atoms_after<'a>(
             let def = if skip_def { None } else { f.set(name) }
                 .map(|spec| AtomRef::Set(name.as_str(), spec));
             let entries = f
-                .entries_map()
+                .maps()
+                .entries
                 .get(name)
                 .into_iter()
                 .flat_map(move |members| members.range((from.clone(), Bound::Unbounded)))
@@ -246,8 +250,8 @@ pub fn atoms_after<'a>(
     };
     let vss = section_bound(after, 1, vs_key)
         .into_iter()
-        .flat_map(move |b| f.virtual_servers_map().range((b, Bound::Unbounded)))
-        .map(|(k, h)| AtomRef::VirtualServer(k, &h.vs));
+        .flat_map(move |b| f.maps().virtual_servers.range((b, Bound::Unbounded)))
+        .map(|(k, h)| AtomRef::VirtualServer(k, h.virtual_server()));
 
     let addr_key = match after {
         Some(AtomKey::Address(a)) => Some(a),
@@ -255,7 +259,7 @@ pub fn atoms_after<'a>(
     };
     let addrs = section_bound(after, 2, addr_key)
         .into_iter()
-        .flat_map(move |b| f.addresses_set().range((b, Bound::Unbounded)))
+        .flat_map(move |b| f.maps().addresses.range((b, Bound::Unbounded)))
         .map(AtomRef::Address);
 
     let chain_key = match after {
@@ -264,7 +268,7 @@ pub fn atoms_after<'a>(
     };
     let chains = section_bound(after, 3, chain_key)
         .into_iter()
-        .flat_map(move |b| f.chains_map().range((b, Bound::Unbounded)))
+        .flat_map(move |b| f.maps().chains.range((b, Bound::Unbounded)))
         .map(|(k, c)| AtomRef::Chain(k, c));
 
     let jump_key = match after {
@@ -273,7 +277,7 @@ pub fn atoms_after<'a>(
     };
     let jumps = section_bound(after, 4, jump_key)
         .into_iter()
-        .flat_map(move |b| f.jumps_set().range((b, Bound::Unbounded)))
+        .flat_map(move |b| f.maps().jumps.range((b, Bound::Unbounded)))
         .map(AtomRef::Jump);
 
     set_atoms.chain(vss).chain(addrs).chain(chains).chain(jumps)
@@ -290,14 +294,14 @@ pub fn changed_keys(old: &Fragment, new: &Fragment) -> Vec<AtomKey> {
         name: name.clone(),
         entry: entry.cloned(),
     };
-    for item in old.sets_map().diff(new.sets_map()) {
+    for item in old.maps().sets.diff(new.maps().sets) {
         let name = match item {
             M::Add(n, _) | M::Remove(n, _) => n,
             M::Update { new: (n, _), .. } => n,
         };
         out.push(set_key(name, None));
     }
-    for item in old.entries_map().diff(new.entries_map()) {
+    for item in old.maps().entries.diff(new.maps().entries) {
         match item {
             M::Add(n, members) | M::Remove(n, members) => {
                 out.extend(members.iter().map(|e| set_key(n, Some(e))))
@@ -313,25 +317,25 @@ pub fn changed_keys(old: &Fragment, new: &Fragment) -> Vec<AtomKey> {
             }
         }
     }
-    for item in old.virtual_servers_map().diff(new.virtual_servers_map()) {
+    for item in old.maps().virtual_servers.diff(new.maps().virtual_servers) {
         let key = match item {
             M::Add(k, _) | M::Remove(k, _) => k,
             M::Update { new: (k, _), .. } => k,
         };
         out.push(AtomKey::VirtualServer(*key));
     }
-    for d in old.addresses_set().diff(new.addresses_set()) {
+    for d in old.maps().addresses.diff(new.maps().addresses) {
         let (S::Add(a) | S::Remove(a)) = d;
         out.push(AtomKey::Address(*a));
     }
-    for item in old.chains_map().diff(new.chains_map()) {
+    for item in old.maps().chains.diff(new.maps().chains) {
         let key = match item {
             M::Add(k, _) | M::Remove(k, _) => k,
             M::Update { new: (k, _), .. } => k,
         };
         out.push(AtomKey::Chain(key.clone()));
     }
-    for d in old.jumps_set().diff(new.jumps_set()) {
+    for d in old.maps().jumps.diff(new.maps().jumps) {
         let (S::Add(j) | S::Remove(j)) = d;
         out.push(AtomKey::Jump(j.clone()));
     }
@@ -570,32 +574,6 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// One atom of a chunk, decoded and owned; set names are indices into the
-/// chunk's [`DecodedChunk::names`].
-#[derive(Debug)]
-enum Atom {
-    Set(usize, SetSpec),
-    Entry(usize, SetEntry),
-    VirtualServer(VirtualServerKey, Arc<VirtualServer>),
-    Address(IpAddr),
-    Chain(ChainKey, Arc<Chain>),
-    Jump(Jump),
-}
-
-/// An atom's place in the canonical order, borrowed. The derived order is
-/// [`AtomKey`]'s (same variants, same fields, compared by value).
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
-enum KeyRef<'a> {
-    Set {
-        name: &'a str,
-        entry: Option<&'a SetEntry>,
-    },
-    VirtualServer(&'a VirtualServerKey),
-    Address(&'a IpAddr),
-    Chain(&'a ChainKey),
-    Jump(&'a Jump),
-}
-
 /// One chunk checked against its key, parsed and its atoms hashed, not yet
 /// in a fragment: the part of [`assemble`] each chunk does on its own, so
 /// chunks can be decoded on several threads and then put together in order
@@ -603,75 +581,13 @@ enum KeyRef<'a> {
 #[derive(Debug)]
 pub struct DecodedChunk {
     key: Digest,
-    names: Vec<String>,
-    atoms: Vec<(Atom, [u8; 32])>,
+    atoms: AtomRun,
 }
 
 impl DecodedChunk {
-    fn key_of<'a>(&'a self, atom: &'a Atom) -> KeyRef<'a> {
-        let name = |i: &usize| self.names.get(*i).map_or("", String::as_str);
-        match atom {
-            Atom::Set(i, _) => KeyRef::Set {
-                name: name(i),
-                entry: None,
-            },
-            Atom::Entry(i, e) => KeyRef::Set {
-                name: name(i),
-                entry: Some(e),
-            },
-            Atom::VirtualServer(k, _) => KeyRef::VirtualServer(k),
-            Atom::Address(a) => KeyRef::Address(a),
-            Atom::Chain(k, _) => KeyRef::Chain(k),
-            Atom::Jump(j) => KeyRef::Jump(j),
-        }
-    }
-
     /// How many atoms the chunk lists.
     pub fn atom_count(&self) -> u64 {
         self.atoms.len() as u64
-    }
-
-    /// The key of the chunk's last atom (`None` for an empty chunk).
-    pub fn last(&self) -> Option<AtomKey> {
-        let (atom, _) = self.atoms.last()?;
-        Some(match self.key_of(atom) {
-            KeyRef::Set { name, entry } => AtomKey::Set {
-                name: name.to_string(),
-                entry: entry.cloned(),
-            },
-            KeyRef::VirtualServer(k) => AtomKey::VirtualServer(*k),
-            KeyRef::Address(a) => AtomKey::Address(*a),
-            KeyRef::Chain(k) => AtomKey::Chain(k.clone()),
-            KeyRef::Jump(j) => AtomKey::Jump(j.clone()),
-        })
-    }
-
-    /// Puts the atoms into `f` (hashes as computed when decoding).
-    pub fn apply(self, f: &mut Fragment) {
-        let DecodedChunk { names, atoms, .. } = self;
-        let name = |i: usize| names.get(i).map_or("", String::as_str);
-        for (atom, hash) in atoms {
-            match atom {
-                Atom::Set(i, spec) => {
-                    f.put_set_hashed(name(i).to_string(), spec, &hash);
-                }
-                Atom::Entry(i, entry) => {
-                    f.add_entry_hashed(name(i), entry, &hash);
-                }
-                Atom::VirtualServer(key, vs) => {
-                    f.put_virtual_server_hashed(key, vs, hash);
-                }
-                Atom::Address(addr) => {
-                    f.add_address_hashed(addr, &hash);
-                }
-                Atom::Chain(key, chain) => {
-                    f.put_chain_hashed(key, chain, &hash);
-                }
-                Atom::Jump(jump) => {
-                    f.add_jump_hashed(jump, &hash);
-                }
-            }
-        }
     }
 }
 
@@ -694,63 +610,18 @@ pub fn decode_chunk(key: &Digest, body: &[u8]) -> Result<DecodedChunk, ChunkErro
         Ok(other) => return Err(fail(0, format!("format {other}, expected {CHUNK_FORMAT}"))),
         Err(e) => return Err(fail(0, e)),
     }
-    let mut out = DecodedChunk {
-        key: *key,
-        names: Vec::new(),
-        // Atoms are at least 2 bytes.
-        atoms: Vec::with_capacity(body.len() / 8),
-    };
-    let mut set: Option<usize> = None;
+    // Atoms are at least 2 bytes.
+    let mut atoms = AtomRun::with_capacity(body.len() / 8);
     while !r.done() {
         let at = r.pos;
-        let atom = decode_atom(&mut r, &mut out.names, &mut set).map_err(|e| fail(at, e))?;
-        if let Some((prev, _)) = out.atoms.last()
-            && out.key_of(prev) >= out.key_of(&atom)
-        {
-            return Err(fail(at, "atoms out of canonical order".into()));
-        }
-        let hash = atom_hash(&out.names, &atom);
-        out.atoms.push((atom, hash));
+        decode_atom(&mut r, &mut atoms).map_err(|e| fail(at, e))?;
     }
-    Ok(out)
+    Ok(DecodedChunk { key: *key, atoms })
 }
 
-fn atom_hash(names: &[String], atom: &Atom) -> [u8; 32] {
-    let name = |i: &usize| names.get(*i).map_or("", String::as_str);
-    match atom {
-        Atom::Set(i, spec) => digest::hash_set(name(i), spec),
-        Atom::Entry(i, entry) => digest::hash_entry(name(i), entry),
-        Atom::VirtualServer(key, vs) => digest::hash_virtual_server(key, vs),
-        Atom::Address(addr) => digest::hash_address(addr),
-        Atom::Chain(key, chain) => digest::hash_chain(key, chain),
-        Atom::Jump(jump) => digest::hash_jump(jump),
-    }
-}
-
-/// Decodes one chunk's atoms into `f` after checking that `body` hashes to
-/// `key`. Returns how many atoms the chunk listed and the key of its last
-/// atom (`None` for an empty chunk).
-pub fn decode_chunk_into(
-    f: &mut Fragment,
-    key: &Digest,
-    body: &[u8],
-) -> Result<(u64, Option<AtomKey>), ChunkError> {
-    let decoded = decode_chunk(key, body)?;
-    let out = (decoded.atom_count(), decoded.last());
-    decoded.apply(f);
-    Ok(out)
-}
-
-/// The index in `names` of `name`, added when it is not the last one.
-fn name_index(names: &mut Vec<String>, name: String) -> usize {
-    if names.last() != Some(&name) {
-        names.push(name);
-    }
-    names.len() - 1
-}
-
-fn decode_atom(r: &mut Reader<'_>, names: &mut Vec<String>, set: &mut Option<usize>) -> Read<Atom> {
-    Ok(match r.u8()? {
+/// Reads one atom into `atoms`, which checks its order and hashes it.
+fn decode_atom(r: &mut Reader<'_>, atoms: &mut AtomRun) -> Read<()> {
+    let added = match r.u8()? {
         TAG_SET => {
             let name = r.str()?;
             let spec = SetSpec {
@@ -759,19 +630,13 @@ fn decode_atom(r: &mut Reader<'_>, names: &mut Vec<String>, set: &mut Option<usi
                 maxelem: r.u32()?,
                 comment: r.str()?,
             };
-            let i = name_index(names, name);
-            *set = Some(i);
-            Atom::Set(i, spec)
+            atoms.set(name, spec)
         }
-        tag @ (TAG_ENTRY | TAG_ENTRY_SAME_SET) => {
-            if tag == TAG_ENTRY {
-                let name = r.str()?;
-                *set = Some(name_index(names, name));
-            }
-            let i =
-                set.ok_or_else(|| "entry continues a set but no set precedes it".to_string())?;
-            Atom::Entry(i, r.entry()?)
+        TAG_ENTRY => {
+            let name = r.str()?;
+            atoms.entry(name, r.entry()?)
         }
+        TAG_ENTRY_SAME_SET => atoms.next_entry(r.entry()?),
         TAG_VS => {
             let key = VirtualServerKey {
                 address: r.ip()?,
@@ -798,14 +663,9 @@ fn decode_atom(r: &mut Reader<'_>, names: &mut Vec<String>, set: &mut Option<usi
             if vs.real_servers.len() != n {
                 return Err(format!("virtual server {key} lists a real server twice"));
             }
-            *set = None;
-            Atom::VirtualServer(key, Arc::new(vs))
+            atoms.virtual_server(key, Arc::new(vs))
         }
-        TAG_ADDRESS => {
-            let addr = r.ip()?;
-            *set = None;
-            Atom::Address(addr)
-        }
+        TAG_ADDRESS => atoms.address(r.ip()?),
         TAG_CHAIN => {
             let key = ChainKey {
                 family: r.pick(&Family::ALL, "family")?,
@@ -817,22 +677,18 @@ fn decode_atom(r: &mut Reader<'_>, names: &mut Vec<String>, set: &mut Option<usi
             for _ in 0..n {
                 rules.push(r.rule()?);
             }
-            *set = None;
-            Atom::Chain(key, Arc::new(Chain { rules }))
+            atoms.chain(key, Arc::new(Chain { rules }))
         }
-        TAG_JUMP => {
-            let jump = Jump {
-                family: r.pick(&Family::ALL, "family")?,
-                table: r.pick(&TABLES, "table")?,
-                from: r.str()?,
-                position: r.u16()?,
-                rule: r.rule()?,
-            };
-            *set = None;
-            Atom::Jump(jump)
-        }
+        TAG_JUMP => atoms.jump(Jump {
+            family: r.pick(&Family::ALL, "family")?,
+            table: r.pick(&TABLES, "table")?,
+            from: r.str()?,
+            position: r.u16()?,
+            rule: r.rule()?,
+        }),
         other => return Err(format!("atom tag {other}")),
-    })
+    };
+    added.map_err(|e| e.to_string())
 }
 
 // --- chunking ---
@@ -1240,34 +1096,25 @@ pub fn assemble_decoded(
     header.verify(key)?;
     let mut f = Fragment::new();
     let mut listed = 0u64;
-    let mut last: Option<AtomKey> = None;
     for chunk in chunks {
-        let chunk = chunk?;
-        let chunk_key = chunk.key;
-        let before = f.atom_count();
-        let atoms = chunk.atom_count();
-        let chunk_last = chunk.last();
-        chunk.apply(&mut f);
-        // Atoms of this chunk must all follow the previous chunk's: checked
-        // by the count (a repeated atom adds nothing) and by the last keys.
-        if f.atom_count() != before + atoms {
-            return Err(ChunkError::Fragment {
-                key: *key,
-                reason: format!("chunk {chunk_key} repeats atoms of an earlier chunk"),
-            });
-        }
-        if let (Some(prev), Some(now)) = (&last, &chunk_last)
-            && prev >= now
-        {
-            return Err(ChunkError::Fragment {
-                key: *key,
-                reason: format!("chunk {chunk_key} is out of canonical order"),
-            });
-        }
-        if chunk_last.is_some() {
-            last = chunk_last;
-        }
-        listed += atoms;
+        let DecodedChunk {
+            key: chunk_key,
+            atoms,
+        } = chunk?;
+        let count = atoms.len() as u64;
+        // Every atom of this chunk must follow the previous chunk's.
+        f.append(atoms).map_err(|e| ChunkError::Fragment {
+            key: *key,
+            reason: match e {
+                AtomError::Repeated => {
+                    format!("chunk {chunk_key} repeats atoms of an earlier chunk")
+                }
+                AtomError::OutOfOrder | AtomError::NoSet => {
+                    format!("chunk {chunk_key} is out of canonical order")
+                }
+            },
+        })?;
+        listed += count;
     }
     if listed != header.atoms || f.atom_count() != header.atoms {
         return Err(ChunkError::Fragment {
@@ -1474,7 +1321,6 @@ mod tests {
 
     #[test]
     fn undecodable_chunk_with_matching_key_is_an_error() {
-        let mut f = Fragment::new();
         for body in [
             vec![CHUNK_FORMAT, 99],
             vec![CHUNK_FORMAT, TAG_ENTRY_SAME_SET, 1, 4, 10, 0, 0, 1],
@@ -1483,7 +1329,7 @@ mod tests {
             vec![CHUNK_FORMAT, TAG_ENTRY, 200, 200, 200],
         ] {
             let key = sha256(&body);
-            let err = decode_chunk_into(&mut f, &key, &body).unwrap_err();
+            let err = decode_chunk(&key, &body).unwrap_err();
             assert!(
                 matches!(&err, ChunkError::ChunkBody { key: k, .. } if *k == key),
                 "{err}"

@@ -225,7 +225,7 @@ pub fn diff_fragments(a: &Fragment, b: &Fragment) -> Diff {
     let mut created = Vec::new();
     let mut redefined = Vec::new();
     let mut destroyed = Vec::new();
-    for item in a.sets_map().diff(b.sets_map()) {
+    for item in a.maps().sets.diff(b.maps().sets) {
         match item {
             DiffItem::Add(name, spec) => created.push(Change::SetCreated {
                 name: name.clone(),
@@ -245,9 +245,13 @@ pub fn diff_fragments(a: &Fragment, b: &Fragment) -> Diff {
 
     let mut added: BTreeMap<&String, Vec<SetEntry>> = BTreeMap::new();
     let mut removed: BTreeMap<&String, Vec<SetEntry>> = BTreeMap::new();
-    let destroyed_names: Vec<&String> =
-        a.sets_map().keys().filter(|n| b.set(n).is_none()).collect();
-    for item in a.entries_map().diff(b.entries_map()) {
+    let destroyed_names: Vec<&String> = a
+        .maps()
+        .sets
+        .keys()
+        .filter(|n| b.set(n).is_none())
+        .collect();
+    for item in a.maps().entries.diff(b.maps().entries) {
         match item {
             DiffItem::Add(set, members) => added
                 .entry(set)
@@ -301,7 +305,7 @@ pub fn diff_fragments(a: &Fragment, b: &Fragment) -> Diff {
     );
     changes.extend(destroyed);
 
-    for item in a.addresses_set().diff(b.addresses_set()) {
+    for item in a.maps().addresses.diff(b.maps().addresses) {
         match item {
             imbl::ordset::DiffItem::Add(x) => changes.push(Change::AddressAdded { address: *x }),
             imbl::ordset::DiffItem::Remove(x) => {
@@ -311,7 +315,7 @@ pub fn diff_fragments(a: &Fragment, b: &Fragment) -> Diff {
     }
 
     let mut vs_changes = Vec::new();
-    for item in a.virtual_servers_map().diff(b.virtual_servers_map()) {
+    for item in a.maps().virtual_servers.diff(b.maps().virtual_servers) {
         match item {
             DiffItem::Add(key, vs) => vs_changes.push(Change::VirtualServerAdded {
                 key: *key,
@@ -326,7 +330,7 @@ pub fn diff_fragments(a: &Fragment, b: &Fragment) -> Diff {
     }
     changes.extend(vs_changes);
 
-    for item in a.chains_map().diff(b.chains_map()) {
+    for item in a.maps().chains.diff(b.maps().chains) {
         match item {
             DiffItem::Add(key, chain)
             | DiffItem::Update {
@@ -338,7 +342,7 @@ pub fn diff_fragments(a: &Fragment, b: &Fragment) -> Diff {
             DiffItem::Remove(key, _) => changes.push(Change::ChainRemoved { key: key.clone() }),
         }
     }
-    for item in a.jumps_set().diff(b.jumps_set()) {
+    for item in a.maps().jumps.diff(b.maps().jumps) {
         match item {
             imbl::ordset::DiffItem::Add(j) => changes.push(Change::JumpAdded { jump: j.clone() }),
             imbl::ordset::DiffItem::Remove(j) => {

@@ -18,9 +18,15 @@ use crate::model::{Chain, ChainKey, Jump, SetEntry, SetSpec, VirtualServer, Virt
 /// A virtual server with its atom hash, kept so that removing or replacing
 /// it does not hash it again.
 #[derive(Clone, Debug)]
-pub(crate) struct HashedVirtualServer {
+pub struct HashedVirtualServer {
     pub(crate) vs: Arc<VirtualServer>,
     hash: [u8; 32],
+}
+
+impl HashedVirtualServer {
+    pub fn virtual_server(&self) -> &Arc<VirtualServer> {
+        &self.vs
+    }
 }
 
 impl PartialEq for HashedVirtualServer {
@@ -386,22 +392,30 @@ impl Fragment {
         before + other.atom_count() - self.atom_count()
     }
 
-    pub(crate) fn sets_map(&self) -> &OrdMap<String, SetSpec> {
-        &self.sets
+    /// The persistent maps behind the fragment, read-only.
+    pub fn maps(&self) -> Maps<'_> {
+        Maps {
+            sets: &self.sets,
+            entries: &self.entries,
+            virtual_servers: &self.virtual_servers,
+            addresses: &self.addresses,
+            chains: &self.chains,
+            jumps: &self.jumps,
+        }
     }
-    pub(crate) fn entries_map(&self) -> &OrdMap<String, OrdSet<SetEntry>> {
-        &self.entries
-    }
-    pub(crate) fn virtual_servers_map(&self) -> &OrdMap<VirtualServerKey, HashedVirtualServer> {
-        &self.virtual_servers
-    }
-    pub(crate) fn addresses_set(&self) -> &OrdSet<IpAddr> {
-        &self.addresses
-    }
-    pub(crate) fn chains_map(&self) -> &OrdMap<ChainKey, Arc<Chain>> {
-        &self.chains
-    }
-    pub(crate) fn jumps_set(&self) -> &OrdSet<Jump> {
-        &self.jumps
-    }
+}
+
+/// The persistent maps behind a [`Fragment`], read-only: for a reader that
+/// walks a range or diffs two versions, skipping the subtrees they share
+/// (the state diff, the revision store's chunker). Changes go through
+/// `Fragment`'s methods, which keep its digest.
+#[derive(Clone, Copy, Debug)]
+pub struct Maps<'a> {
+    pub sets: &'a OrdMap<String, SetSpec>,
+    /// Entries per set name; a set with no entries is absent.
+    pub entries: &'a OrdMap<String, OrdSet<SetEntry>>,
+    pub virtual_servers: &'a OrdMap<VirtualServerKey, HashedVirtualServer>,
+    pub addresses: &'a OrdSet<IpAddr>,
+    pub chains: &'a OrdMap<ChainKey, Arc<Chain>>,
+    pub jumps: &'a OrdSet<Jump>,
 }

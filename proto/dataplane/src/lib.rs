@@ -12,6 +12,7 @@
 //!
 //! Pure: no I/O, no async.
 
+pub mod atoms;
 pub mod chunk;
 pub mod diff;
 pub mod digest;
@@ -25,9 +26,10 @@ pub mod text;
 pub mod validate;
 mod wire;
 
+pub use atoms::{AtomError, AtomRun};
 pub use diff::{ApplyError, Change, Diff, apply, diff};
 pub use digest::Digest;
-pub use fragment::Fragment;
+pub use fragment::{Fragment, Maps};
 pub use model::*;
 pub use render::{Format, render};
 pub use state::NodeDataplane;

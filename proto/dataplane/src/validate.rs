@@ -427,11 +427,11 @@ struct Check<'a> {
 
 impl Check<'_> {
     fn counts(&mut self) {
-        let sets = self.within.sets_map().len();
+        let sets = self.within.maps().sets.len();
         if sets > MAX_SETS {
             self.problems.push(Invalid::TooManySets { count: sets });
         }
-        let chains = self.within.chains_map().len();
+        let chains = self.within.maps().chains.len();
         if chains > MAX_CHAINS {
             self.problems.push(Invalid::TooManyChains { count: chains });
         }
