@@ -33,7 +33,7 @@ use crate::admit::{AddressContext, LeftOutReason, Refusal, RefusalReason, fronte
 use crate::convert::{self, Rejection, ServiceOutcome, SliceOutcome};
 use crate::layout::{ComputeConfig, SetId, base_fragment};
 use crate::model::{EndpointSlice, Node, Service, ServiceId};
-use crate::object::{ClusterObject, ObjectKey};
+use crate::object::{ClusterObject, Kind, ObjectKey};
 use crate::plan::{self, Atom, Frontend, NodeScope, ServicePlan, frontends, plan_service};
 use crate::policy::{self, PeerUse, PolicyView};
 
@@ -727,39 +727,38 @@ impl Index {
         self.problems.remove(key);
         self.ignored.remove(key);
         match key.kind {
-            "Service" => {
+            Kind::Service => {
                 let id = ServiceId::new(&key.namespace, &key.name);
                 self.services.remove(&id);
                 self.dirty_services.insert(id);
             }
-            "EndpointSlice" => {
+            Kind::EndpointSlice => {
                 let slot = (
                     Arc::from(key.namespace.as_str()),
                     Arc::from(key.name.as_str()),
                 );
                 self.remove_slice(&slot);
             }
-            "Node" => {
+            Kind::Node => {
                 let name: Arc<str> = Arc::from(key.name.as_str());
                 if self.nodes.remove(&name).is_some() {
                     self.dirty_nodes.insert(name);
                     self.nodes_changed = true;
                 }
             }
-            "Pod" => {
+            Kind::Pod => {
                 let slot = (key.namespace.clone(), key.name.clone());
                 if let Some(old) = self.policy_view.pods.remove(&slot) {
                     self.policy_pod_changes.push((Some(old), None));
                 }
             }
-            "Namespace" => {
+            Kind::Namespace => {
                 self.policy_full |= self.policy_view.namespaces.remove(&key.name).is_some();
             }
-            "NetworkPolicy" => {
+            Kind::NetworkPolicy => {
                 let slot = (key.namespace.clone(), key.name.clone());
                 self.policy_full |= self.policy_view.policies.remove(&slot).is_some();
             }
-            _ => {}
         }
     }
 
@@ -1679,7 +1678,7 @@ impl Index {
 
     fn plan(&mut self, id: &ServiceId, zones: &[Option<Arc<str>>]) -> Option<ServicePlan> {
         let key = ObjectKey {
-            kind: "Service",
+            kind: Kind::Service,
             namespace: id.namespace.to_string(),
             name: id.name.to_string(),
         };

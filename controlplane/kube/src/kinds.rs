@@ -19,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use kube::runtime::watcher;
 use serde::de::DeserializeOwned;
-use setpoint_compute::{ClusterObject, ObjectKey};
+use setpoint_compute::{ClusterObject, Kind, ObjectKey};
 
 /// The kinds, in the order snapshots list them.
 pub const KINDS: [&str; 6] = [
@@ -36,7 +36,7 @@ pub(crate) trait Watched:
     Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static
 {
     /// As in `ClusterObject::kind`.
-    const KIND: &'static str;
+    const KIND: Kind;
     const NAMESPACED: bool;
 
     /// List and watch parameters.
@@ -85,7 +85,7 @@ pub(crate) fn key_of<K: Watched>(meta: &ObjectMeta) -> ObjectKey {
 }
 
 impl Watched for Service {
-    const KIND: &'static str = "Service";
+    const KIND: Kind = Kind::Service;
     const NAMESPACED: bool = true;
     fn wrap(self) -> ClusterObject {
         ClusterObject::Service(self)
@@ -93,7 +93,7 @@ impl Watched for Service {
 }
 
 impl Watched for EndpointSlice {
-    const KIND: &'static str = "EndpointSlice";
+    const KIND: Kind = Kind::EndpointSlice;
     const NAMESPACED: bool = true;
     fn wrap(self) -> ClusterObject {
         ClusterObject::EndpointSlice(self)
@@ -101,7 +101,7 @@ impl Watched for EndpointSlice {
 }
 
 impl Watched for Namespace {
-    const KIND: &'static str = "Namespace";
+    const KIND: Kind = Kind::Namespace;
     const NAMESPACED: bool = false;
     /// Policy reads a namespace's labels only.
     fn trim(&mut self) {
@@ -115,7 +115,7 @@ impl Watched for Namespace {
 }
 
 impl Watched for NetworkPolicy {
-    const KIND: &'static str = "NetworkPolicy";
+    const KIND: Kind = Kind::NetworkPolicy;
     const NAMESPACED: bool = true;
     fn wrap(self) -> ClusterObject {
         ClusterObject::NetworkPolicy(self)
@@ -123,7 +123,7 @@ impl Watched for NetworkPolicy {
 }
 
 impl Watched for Node {
-    const KIND: &'static str = "Node";
+    const KIND: Kind = Kind::Node;
     const NAMESPACED: bool = false;
     /// Compute reads a node's labels (zone), `spec.podCIDR(s)` and its
     /// InternalIP/ExternalIP addresses. Conditions, images and heartbeats
@@ -158,7 +158,7 @@ impl Watched for Node {
 pub const POD_FIELD_SELECTOR: &str = "status.phase!=Succeeded,status.phase!=Failed";
 
 impl Watched for Pod {
-    const KIND: &'static str = "Pod";
+    const KIND: Kind = Kind::Pod;
     const NAMESPACED: bool = true;
     fn config() -> watcher::Config {
         watcher::Config::default().fields(POD_FIELD_SELECTOR)

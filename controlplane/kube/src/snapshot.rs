@@ -100,7 +100,7 @@ impl Snapshot {
     }
 
     pub fn get(&self, key: &ObjectKey) -> Option<&ClusterObject> {
-        self.kinds.get(key.kind)?.objects.get(key)
+        self.kinds.get(key.kind.as_str())?.objects.get(key)
     }
 
     /// Objects currently left out because they did not decode, with the

@@ -171,11 +171,11 @@ async fn watch_kind<K: Watched>(
                 if matches!(event, Event::InitDone | Event::Apply(_) | Event::Delete(_)) {
                     backoff.reset();
                 }
-                (Update::Event(K::KIND, map_event(event, entry::<K>)), None)
+                (Update::Event(K::KIND.as_str(), map_event(event, entry::<K>)), None)
             }
             Err(err) => (
                 Update::Error {
-                    kind: K::KIND,
+                    kind: K::KIND.as_str(),
                     expired: matches!(&err, watcher::Error::WatchError(status) if status.code == 410),
                     error: err.to_string(),
                 },
@@ -210,7 +210,7 @@ fn spawn_kind<K: Watched>(
     options: &Options,
     tx: &mpsc::Sender<Update>,
 ) {
-    let span = tracing::info_span!("watch", kind = K::KIND);
+    let span = tracing::info_span!("watch", kind = K::KIND.as_str());
     tasks.spawn(
         watch_kind::<K>(client.clone(), options.backoff.build(), tx.clone()).instrument(span),
     );

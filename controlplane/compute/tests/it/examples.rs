@@ -216,6 +216,6 @@ fn examples_one_object_per_commit_in_file_order() {
 fn examples_one_object_per_commit_nodes_last() {
     // As after a control plane restart whose Node watch syncs last.
     let mut objects = example_objects();
-    objects.sort_by_key(|o| o.kind() == "Node");
+    objects.sort_by_key(|o| o.kind() == Kind::Node);
     one_by_one(objects);
 }

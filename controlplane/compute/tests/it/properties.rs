@@ -245,7 +245,7 @@ fn run(p: Pool, batches: Vec<Vec<Op>>) -> Result<(), TestCaseError> {
                 }
                 Op::Delete(i) => {
                     let key = pool[i].key();
-                    if p.churn_nodes || key.kind != "Node" {
+                    if p.churn_nodes || key.kind != Kind::Node {
                         model.remove(&key);
                         index.delete(&key);
                     }

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1 as core;
 use k8s_openapi::api::discovery::v1 as discovery;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-pub use setpoint_compute::{ClusterObject, ComputeConfig, Index, ObjectKey};
+pub use setpoint_compute::{ClusterObject, ComputeConfig, Index, Kind, ObjectKey};
 use setpoint_dataplane::{Forward, NodeDataplane, template};
 
 /// `vec![ClusterObject::from(a), …]` for builders and objects alike.
@@ -398,7 +398,7 @@ impl EpB {
 
 pub fn svc_key(ns: &str, name: &str) -> ObjectKey {
     ObjectKey {
-        kind: "Service",
+        kind: Kind::Service,
         namespace: ns.into(),
         name: name.into(),
     }
@@ -406,7 +406,7 @@ pub fn svc_key(ns: &str, name: &str) -> ObjectKey {
 
 pub fn slice_key(ns: &str, name: &str) -> ObjectKey {
     ObjectKey {
-        kind: "EndpointSlice",
+        kind: Kind::EndpointSlice,
         namespace: ns.into(),
         name: name.into(),
     }
@@ -414,7 +414,7 @@ pub fn slice_key(ns: &str, name: &str) -> ObjectKey {
 
 pub fn node_key(name: &str) -> ObjectKey {
     ObjectKey {
-        kind: "Node",
+        kind: Kind::Node,
         namespace: String::new(),
         name: name.into(),
     }
