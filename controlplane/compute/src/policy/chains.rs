@@ -1,0 +1,473 @@
+//! One node's policy fragment: the `SP-POLICY` dispatch chain, a chain
+//! per isolated local pod and direction, and the peer sets they match.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use setpoint_dataplane::text::clean_text;
+use setpoint_dataplane::{
+    Chain, ChainKey, Family, Fragment, Jump, Protocol, Rule, SetEntry, SetSpec, SetType, Table,
+};
+use sha2::{Digest as _, Sha256};
+
+use super::{
+    MemberCache, Namespaces, Peer, PeerUse, Pod, PodPeer, Policy, PolicyRule, PolicyView, PortRef,
+    PortSpec,
+};
+
+pub const CHAIN_POLICY: &str = "SP-POLICY";
+/// Longest set comment: what iptables allows a rule comment.
+const MAX_SET_COMMENT_BYTES: usize = setpoint_dataplane::validate::MAX_RULE_WORD_BYTES;
+
+fn short_hash(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    hex::encode(&digest[..8]).to_uppercase()
+}
+
+fn family_tag(family: Family) -> &'static str {
+    match family {
+        Family::Inet => "",
+        Family::Inet6 => "6",
+    }
+}
+
+impl PolicyView {
+    /// The policy part of one node's state — chains for `local` (the
+    /// node's pods) and the sets they use — and the peers those sets draw
+    /// from. `members` caches set contents across the nodes of one pass.
+    pub fn node_fragment(
+        &self,
+        local: &[&Pod],
+        police_node_traffic: bool,
+        members: &MemberCache,
+    ) -> (Fragment, Vec<PeerUse>) {
+        let mut builder = NodePolicy {
+            view: self,
+            fragment: Fragment::new(),
+            dispatch: BTreeMap::new(),
+            members,
+            used: Vec::new(),
+        };
+        for pod in local.iter().copied() {
+            if pod.host_network {
+                continue;
+            }
+            let policies: Vec<&Policy> = self.selecting(pod).collect();
+            let ingress: Vec<&PolicyRule> = policies
+                .iter()
+                .filter_map(|p| p.ingress.as_ref())
+                .flatten()
+                .collect();
+            let egress: Vec<&PolicyRule> = policies
+                .iter()
+                .filter_map(|p| p.egress.as_ref())
+                .flatten()
+                .collect();
+            let isolated_in = policies.iter().any(|p| p.ingress.is_some());
+            let isolated_out = policies.iter().any(|p| p.egress.is_some());
+            for family in Family::ALL {
+                let ips: Vec<IpAddr> = pod
+                    .ips
+                    .iter()
+                    .copied()
+                    .filter(|ip| Family::of(ip) == family)
+                    .collect();
+                if ips.is_empty() {
+                    continue;
+                }
+                if isolated_out {
+                    let chain = format!(
+                        "SP-E-{}",
+                        short_hash(&format!("{}/{}", pod.namespace, pod.name))
+                    );
+                    let rules = builder.rules(pod, family, &egress, Direction::Egress);
+                    builder.pod_chain(family, &chain, rules);
+                    for ip in &ips {
+                        builder.dispatch(family, 0, Rule::new(["-s", &host(ip), "-j", &chain]));
+                    }
+                }
+                if isolated_in {
+                    let chain = format!(
+                        "SP-I-{}",
+                        short_hash(&format!("{}/{}", pod.namespace, pod.name))
+                    );
+                    let rules = builder.rules(pod, family, &ingress, Direction::Ingress);
+                    builder.pod_chain(family, &chain, rules);
+                    for ip in &ips {
+                        builder.dispatch(family, 1, Rule::new(["-d", &host(ip), "-j", &chain]));
+                    }
+                }
+            }
+        }
+        let used = std::mem::take(&mut builder.used);
+        (builder.finish(police_node_traffic), used)
+    }
+}
+
+fn host(ip: &IpAddr) -> String {
+    match ip {
+        IpAddr::V4(_) => format!("{ip}/32"),
+        IpAddr::V6(_) => format!("{ip}/128"),
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Ingress,
+    Egress,
+}
+
+struct NodePolicy<'a> {
+    view: &'a PolicyView,
+    fragment: Fragment,
+    /// SP-POLICY rules per family: (stage, rule); egress checks first.
+    dispatch: BTreeMap<Family, Vec<(u8, Rule)>>,
+    members: &'a MemberCache,
+    used: Vec<PeerUse>,
+}
+
+impl NodePolicy<'_> {
+    fn dispatch(&mut self, family: Family, stage: u8, rule: Rule) {
+        self.dispatch.entry(family).or_default().push((stage, rule));
+    }
+
+    fn pod_chain(&mut self, family: Family, name: &str, mut rules: Vec<Rule>) {
+        rules.push(Rule::new(["-j", "DROP"]));
+        self.fragment.put_chain(
+            ChainKey {
+                family,
+                table: Table::Filter,
+                name: name.to_string(),
+            },
+            Arc::new(Chain { rules }),
+        );
+    }
+
+    /// Set contents from the cache, computed by `compute` on a miss.
+    fn cached(&self, name: &str, compute: impl FnOnce() -> Vec<SetEntry>) -> Arc<Vec<SetEntry>> {
+        if let Ok(cache) = self.members.lock()
+            && let Some(hit) = cache.get(name)
+        {
+            return hit.clone();
+        }
+        let entries = Arc::new(compute());
+        if let Ok(mut cache) = self.members.lock() {
+            cache.insert(name.to_string(), entries.clone());
+        }
+        entries
+    }
+
+    fn ensure_set(
+        &mut self,
+        name: &str,
+        kind: SetType,
+        family: Family,
+        comment: String,
+        entries: &[SetEntry],
+    ) {
+        if self.fragment.set(name).is_some() {
+            return;
+        }
+        self.fragment.put_set(
+            name,
+            SetSpec {
+                kind,
+                family,
+                maxelem: 262_144,
+                // Comments carry selector text: conversion lets only valid
+                // Kubernetes syntax through, and this keeps any text that
+                // still arrives one bounded line, never a failed state.
+                comment: clean_text(&comment, MAX_SET_COMMENT_BYTES),
+            },
+        );
+        for e in entries {
+            self.fragment.add_entry(name, e.clone());
+        }
+    }
+
+    /// The set of IPs of a pod peer, created on first use.
+    fn pod_set(&mut self, peer: &PodPeer, family: Family) -> String {
+        let key = match &peer.namespaces {
+            Namespaces::Own(ns) => format!("ns={ns}|pods={}", peer.pods.canonical()),
+            Namespaces::Selected(sel) => {
+                format!("nssel={}|pods={}", sel.canonical(), peer.pods.canonical())
+            }
+        };
+        let name = format!("SP-P{}-{}", family_tag(family), short_hash(&key));
+        if self.fragment.set(&name).is_some() {
+            return name;
+        }
+        self.used.push(PeerUse::Pods(peer.clone()));
+        let view = self.view;
+        let entries = self.cached(&name, || {
+            view.peer_pods(peer)
+                .flat_map(|p| p.ips.iter().copied())
+                .filter(|ip| Family::of(ip) == family)
+                .map(SetEntry::Ip)
+                .collect()
+        });
+        self.ensure_set(
+            &name,
+            SetType::HashIp,
+            family,
+            format!("pods: {key}"),
+            &entries,
+        );
+        name
+    }
+
+    /// (IP, port) of the pods a peer selects that name `port` for `protocol`.
+    fn named_port_set(
+        &mut self,
+        peer: Option<&PodPeer>,
+        port: &str,
+        protocol: Protocol,
+        family: Family,
+    ) -> String {
+        let scope = match peer {
+            None => "all".to_string(),
+            Some(peer) => match &peer.namespaces {
+                Namespaces::Own(ns) => format!("ns={ns}|pods={}", peer.pods.canonical()),
+                Namespaces::Selected(sel) => {
+                    format!("nssel={}|pods={}", sel.canonical(), peer.pods.canonical())
+                }
+            },
+        };
+        let key = format!("{scope}|port={port}/{}", protocol.as_str());
+        let name = format!("SP-N{}-{}", family_tag(family), short_hash(&key));
+        if self.fragment.set(&name).is_some() {
+            return name;
+        }
+        self.used.push(match peer {
+            None => PeerUse::AllPods,
+            Some(peer) => PeerUse::Pods(peer.clone()),
+        });
+        let view = self.view;
+        let entries = self.cached(&name, || {
+            let pods: Vec<&Pod> = match peer {
+                None => view.pods.values().filter(|p| !p.host_network).collect(),
+                Some(peer) => view.peer_pods(peer).collect(),
+            };
+            pods.into_iter()
+                .filter_map(|p| p.named_port(port, protocol).map(|n| (p, n)))
+                .flat_map(|(p, n)| {
+                    p.ips
+                        .iter()
+                        .filter(move |ip| Family::of(ip) == family)
+                        .map(move |ip| SetEntry::IpPort {
+                            ip: *ip,
+                            protocol,
+                            port: n,
+                        })
+                })
+                .collect()
+        });
+        self.ensure_set(
+            &name,
+            SetType::HashIpPort,
+            family,
+            format!("named port: {key}"),
+            &entries,
+        );
+        name
+    }
+
+    /// The set of an ipBlock; `None` when the block is of the other family.
+    fn block_set(&mut self, cidr: &IpNet, except: &[IpNet], family: Family) -> Option<String> {
+        if Family::of_net(cidr) != family {
+            return None;
+        }
+        let key = format!("{cidr} except {except:?}");
+        let name = format!("SP-B{}-{}", family_tag(family), short_hash(&key));
+        // hash:net holds prefixes of length 1 and up: /0 is two halves.
+        let mut entries: Vec<SetEntry> = if cidr.prefix_len() == 0 {
+            match cidr.subnets(1) {
+                Ok(halves) => halves
+                    .map(|net| SetEntry::Net {
+                        net,
+                        nomatch: false,
+                    })
+                    .collect(),
+                Err(_) => Vec::new(),
+            }
+        } else {
+            vec![SetEntry::Net {
+                net: *cidr,
+                nomatch: false,
+            }]
+        };
+        // An except that is one of the halves replaces it (one entry per net).
+        entries.retain(|e| !matches!(e, SetEntry::Net { net, .. } if except.contains(net)));
+        entries.extend(except.iter().map(|net| SetEntry::Net {
+            net: *net,
+            nomatch: true,
+        }));
+        self.ensure_set(
+            &name,
+            SetType::HashNet,
+            family,
+            format!("ipBlock {key}"),
+            &entries,
+        );
+        Some(name)
+    }
+
+    /// RETURN rules allowing what `rules` allow for `pod` in `direction`.
+    fn rules(
+        &mut self,
+        pod: &Pod,
+        family: Family,
+        rules: &[&PolicyRule],
+        direction: Direction,
+    ) -> Vec<Rule> {
+        let dir = match direction {
+            Direction::Ingress => "src",
+            Direction::Egress => "dst",
+        };
+        let mut out = Vec::new();
+        for rule in rules {
+            // Peer matches: `None` is "any peer".
+            let mut peers: Vec<(Option<String>, Option<&PodPeer>)> = Vec::new();
+            if rule.peers.is_empty() {
+                peers.push((None, None));
+            }
+            for peer in &rule.peers {
+                match peer {
+                    Peer::Pods(p) => {
+                        let set = self.pod_set(p, family);
+                        peers.push((Some(set), Some(p)));
+                    }
+                    Peer::Block { cidr, except } => {
+                        if let Some(set) = self.block_set(cidr, except, family) {
+                            peers.push((Some(set), None));
+                        }
+                    }
+                }
+            }
+            let any_port = [PortSpec {
+                protocol: Protocol::Tcp,
+                port: None,
+                end_port: None,
+            }];
+            let ports: &[PortSpec] = if rule.ports.is_empty() {
+                &any_port
+            } else {
+                &rule.ports
+            };
+            for (set, pod_peer) in &peers {
+                for port in ports {
+                    let mut args: Vec<String> = Vec::new();
+                    let peer_match = |args: &mut Vec<String>| {
+                        if let Some(set) = set {
+                            args.extend(["-m", "set", "--match-set", set, dir].map(String::from));
+                        }
+                    };
+                    if rule.ports.is_empty() {
+                        peer_match(&mut args);
+                    } else {
+                        match &port.port {
+                            None => {
+                                peer_match(&mut args);
+                                args.extend(["-p", port.protocol.as_str()].map(String::from));
+                            }
+                            Some(PortRef::Number(n)) => {
+                                peer_match(&mut args);
+                                let range = match port.end_port {
+                                    Some(end) if end != *n => format!("{n}:{end}"),
+                                    _ => n.to_string(),
+                                };
+                                args.extend(
+                                    ["-p", port.protocol.as_str(), "--dport", &range]
+                                        .map(String::from),
+                                );
+                            }
+                            Some(PortRef::Name(name)) => match direction {
+                                Direction::Ingress => {
+                                    // The name is the local pod's own port.
+                                    let Some(n) = pod.named_port(name, port.protocol) else {
+                                        continue;
+                                    };
+                                    peer_match(&mut args);
+                                    args.extend(
+                                        ["-p", port.protocol.as_str(), "--dport", &n.to_string()]
+                                            .map(String::from),
+                                    );
+                                }
+                                Direction::Egress => {
+                                    // The name is each destination pod's port: a
+                                    // set of (IP, port) replaces both matches.
+                                    if set.is_some() && pod_peer.is_none() {
+                                        continue; // an ipBlock has no named ports
+                                    }
+                                    let named =
+                                        self.named_port_set(*pod_peer, name, port.protocol, family);
+                                    args.extend(
+                                        ["-m", "set", "--match-set", &named, "dst,dst"]
+                                            .map(String::from),
+                                    );
+                                }
+                            },
+                        }
+                    }
+                    args.extend(["-j", "RETURN"].map(String::from));
+                    out.push(Rule(args));
+                }
+            }
+        }
+        out
+    }
+
+    fn finish(mut self, police_node_traffic: bool) -> Fragment {
+        for (family, mut rules) in std::mem::take(&mut self.dispatch) {
+            rules.sort_by_key(|(stage, _)| *stage);
+            let mut chain = vec![Rule::new([
+                "-m",
+                "conntrack",
+                "--ctstate",
+                "RELATED,ESTABLISHED",
+                "-j",
+                "RETURN",
+            ])];
+            if !police_node_traffic {
+                // Kubernetes: traffic from a pod's own node is always allowed
+                // (kubelet probes).
+                chain.push(Rule::new([
+                    "-m",
+                    "addrtype",
+                    "--src-type",
+                    "LOCAL",
+                    "-j",
+                    "RETURN",
+                ]));
+            }
+            chain.extend(rules.into_iter().map(|(_, r)| r));
+            self.fragment.put_chain(
+                ChainKey {
+                    family,
+                    table: Table::Filter,
+                    name: CHAIN_POLICY.to_string(),
+                },
+                Arc::new(Chain { rules: chain }),
+            );
+            for from in ["FORWARD", "OUTPUT"] {
+                self.fragment.add_jump(Jump {
+                    family,
+                    table: Table::Filter,
+                    from: from.to_string(),
+                    position: 0,
+                    rule: Rule::new([
+                        "-m",
+                        "comment",
+                        "--comment",
+                        "setpoint network policy",
+                        "-j",
+                        CHAIN_POLICY,
+                    ]),
+                });
+            }
+        }
+        self.fragment
+    }
+}
