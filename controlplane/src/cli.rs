@@ -4,9 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use ipnet::IpNet;
 use setpoint_controlplane::args::ComputeArgs;
-use setpoint_dataplane::{Format, Scheduler};
+use setpoint_dataplane::Format;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -452,7 +451,19 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Render(args) => crate::render::run(&args),
+        Command::Render(RenderArgs {
+            manifests,
+            node,
+            format,
+            manifest_limits,
+            compute,
+        }) => crate::render::run(
+            &manifests,
+            &manifest_limits.limits(),
+            compute.config(),
+            &node,
+            format,
+        ),
         Command::Serve(args) => serve(args),
     };
     match result {

@@ -62,7 +62,13 @@ impl Default for Fanout {
     }
 }
 
-type Encoded = Arc<OnceLock<Result<Arc<[u8]>, String>>>;
+type Encoded = Arc<OnceLock<Result<Arc<[u8]>, EncodeError>>>;
+
+/// A part that could not be encoded for the wire. Shared by every session
+/// that wanted the same encoding (the memo keeps the first outcome).
+#[derive(Clone, Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct EncodeError(Arc<PayloadError>);
 
 struct MemoEntry {
     alive: Weak<Fragment>,
@@ -88,7 +94,7 @@ impl<K: Eq + Hash> Memo<K> {
         key: K,
         alive: &Arc<Fragment>,
         make: impl FnOnce() -> Result<Vec<u8>, PayloadError>,
-    ) -> Result<Arc<[u8]>, String> {
+    ) -> Result<Arc<[u8]>, EncodeError> {
         let cell = match self.map.lock() {
             Ok(mut guard) => {
                 let (map, sweep_at) = &mut *guard;
@@ -108,7 +114,7 @@ impl<K: Eq + Hash> Memo<K> {
             Err(_) => Encoded::default(),
         };
         // Concurrent sessions wanting the same encoding wait for one.
-        cell.get_or_init(|| make().map(Arc::from).map_err(|e| e.to_string()))
+        cell.get_or_init(|| make().map(Arc::from).map_err(|e| EncodeError(Arc::new(e))))
             .clone()
     }
 }
@@ -181,7 +187,11 @@ impl Fanout {
     }
 
     /// `state` as a snapshot of `revision`, from memoized part encodings.
-    pub fn snapshot(&self, revision: u64, state: &NodeDataplane) -> Result<v1::Snapshot, String> {
+    pub fn snapshot(
+        &self,
+        revision: u64,
+        state: &NodeDataplane,
+    ) -> Result<v1::Snapshot, EncodeError> {
         let parts = state
             .parts()
             .map(|(name, f)| {
@@ -200,7 +210,7 @@ impl Fanout {
         old: &NodeDataplane,
         to: u64,
         new: &NodeDataplane,
-    ) -> Result<v1::Delta, String> {
+    ) -> Result<v1::Delta, EncodeError> {
         let names: BTreeSet<&String> = old.parts().chain(new.parts()).map(|(n, _)| n).collect();
         let mut parts = Vec::new();
         for name in names {

@@ -4,6 +4,8 @@
 
 pub mod admin;
 pub mod args;
+pub mod delivery;
+pub mod election;
 pub mod explain;
 pub mod fanout;
 pub mod leader;

@@ -1,19 +1,17 @@
 //! The agent stream: one session per connected agent, fed from the store.
 //!
-//! A session keeps the state it last sent the agent (persistent maps, so
-//! this is cheap) and at most one revision in flight. When the head moves
-//! while the agent applies, the next message is one delta from what the
-//! agent acked to the newest head: revisions coalesce, nothing queues. A
-//! reconnecting agent whose revision and digest the store confirms gets a
-//! delta; any doubt gets a snapshot. A nack is retried with backoff, as a
-//! snapshot, and the node counts as degraded until it acks.
+//! What a session sends when is [`crate::delivery::Delivery`]'s decision
+//! (one revision in flight, revisions coalesce, nacks retried as snapshots
+//! with backoff); here is the I/O around it. A reconnecting agent whose
+//! revision and digest the store confirms gets a delta; any doubt gets a
+//! snapshot. A nacking node counts as degraded until it acks.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use setpoint_dataplane::{Digest, NodeDataplane};
+use setpoint_dataplane::Digest;
 use setpoint_proto::pieces::{PIECE_BYTES, into_pieces};
 use setpoint_proto::traceparent::Traceparent;
 use setpoint_proto::v1::agent_message::Body as AgentBody;
@@ -30,6 +28,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::delivery::{Acked, Delivery, Held, Next, Outgoing};
 use crate::fanout::Fanout;
 use crate::metrics::Metrics;
 use crate::peer_limits::ListenerLimits;
@@ -39,8 +38,6 @@ use crate::tls::{AgentPeer, SessionOnConnection};
 const KEEPALIVE: Duration = Duration::from_secs(10);
 /// An agent silent this long is gone.
 const SILENCE_LIMIT: Duration = Duration::from_secs(45);
-const RETRY_FIRST: Duration = Duration::from_millis(500);
-const RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// What the agent listener lets a peer hold, and for how long.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -246,11 +243,7 @@ impl AgentStream for AgentService {
             node: hello.node.clone(),
             agent_version: hello.agent_version.clone(),
             tx,
-            sent: None,
-            acked: None,
-            in_flight: None,
-            retry_at: None,
-            retry_delay: RETRY_FIRST,
+            delivery: Delivery::new(None),
             snapshot_slot: None,
             rollout: None,
             _on_connection: peer.as_ref().map(AgentPeer::session),
@@ -292,25 +285,14 @@ impl AgentStream for AgentService {
     }
 }
 
-/// What the agent holds, as far as this session knows.
-#[derive(Clone)]
-struct Held {
-    revision: u64,
-    state: NodeDataplane,
-}
-
 struct Session {
     service: AgentService,
     id: u64,
     node: String,
     agent_version: String,
     tx: mpsc::Sender<Result<ControlMessage, Status>>,
-    /// The last state sent (the agent holds it once it acks).
-    sent: Option<Held>,
-    acked: Option<Held>,
-    in_flight: Option<(u64, Instant)>,
-    retry_at: Option<tokio::time::Instant>,
-    retry_delay: Duration,
+    /// What to send next; the rest of the session does the I/O.
+    delivery: Delivery,
     /// Held from sending a snapshot until the agent answers it.
     snapshot_slot: Option<SnapshotSlot>,
     /// The span of the revision in flight.
@@ -400,12 +382,12 @@ impl Session {
         hello: Hello,
         mut inbound: Streaming<AgentMessage>,
     ) -> Result<(), Status> {
-        self.acked = self.confirm(&hello).await;
-        if let Some(acked) = &self.acked {
+        self.delivery = Delivery::new(self.confirm(&hello).await);
+        if let Some(acked) = self.delivery.acked() {
             // Reconnected holding a state the store confirms: it is there.
             self.update_fleet(acked.revision, None, None);
         }
-        self.record(self.acked.as_ref(), AgentResult::Ack).await;
+        self.record(self.delivery.acked(), AgentResult::Ack).await;
         let mut head = self.service.head.clone();
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         let mut last_heard = Instant::now();
@@ -413,15 +395,11 @@ impl Session {
             if !self.current() {
                 return Err(Status::aborted("a newer stream for this node took over"));
             }
-            if self.in_flight.is_none()
-                && self
-                    .retry_at
-                    .is_none_or(|t| t <= tokio::time::Instant::now())
-            {
-                let target = *head.borrow_and_update();
+            let target = *head.borrow_and_update();
+            if self.delivery.wants(target, Instant::now()) {
                 self.send_next(target).await?;
             }
-            let retry = self.retry_at;
+            let retry = self.delivery.retry_at().map(tokio::time::Instant::from_std);
             tokio::select! {
                 // What the agent sent first: after waiting for a snapshot
                 // permit, its queued heartbeats must count before the
@@ -458,46 +436,29 @@ impl Session {
         }
     }
 
-    /// Sends the node's state at `head` if the agent does not hold it:
+    /// Sends the node's state at `head`, which the agent does not hold:
     /// a delta from what it acked, or a snapshot.
     async fn send_next(&mut self, head: u64) -> Result<(), Status> {
-        if head == 0 || self.acked.as_ref().is_some_and(|a| a.revision >= head) {
-            return Ok(());
-        }
         let store_error = |e: setpoint_store::StoreError| Status::unavailable(e.to_string());
-        let Some(state) = self
+        let state = self
             .service
             .fanout
             .state(&self.service.store, &self.node, head)
             .await
-            .map_err(store_error)?
-        else {
-            // Not (yet) a node of the cluster: nothing to program, and
-            // an empty state would wipe a working node.
-            if let Some(a) = self.acked.as_mut() {
-                a.revision = head;
-            }
-            return Ok(());
-        };
-        let body = match &self.acked {
-            Some(acked) if acked.state.digest() == state.digest() => {
-                // Nothing changed for this node: acknowledge on its behalf.
-                let digest = state.digest();
-                let held = Held {
-                    revision: head,
-                    state,
-                };
-                self.acked = Some(held.clone());
-                self.update_fleet(head, None, None);
+            .map_err(store_error)?;
+        let body = match self.delivery.toward(head, state, Instant::now()) {
+            Next::NotANode => return Ok(()),
+            Next::Unchanged { revision, digest } => {
+                self.update_fleet(revision, None, None);
                 tracing::debug!(node = %self.node, head, %digest, "unchanged");
                 return Ok(());
             }
-            Some(acked) => {
+            Next::Send(Outgoing::Delta { from, to }) => {
                 let d = self
                     .service
                     .fanout
-                    .delta(acked.revision, &acked.state, head, &state)
-                    .map_err(Status::internal)?;
+                    .delta(from.revision, &from.state, to.revision, &to.state)
+                    .map_err(|e| Status::internal(e.to_string()))?;
                 self.service.metrics.deltas_sent.inc();
                 self.service
                     .metrics
@@ -505,7 +466,7 @@ impl Session {
                     .inc_by(u64::try_from(d.changes.len()).unwrap_or(0));
                 ControlBody::Delta(d)
             }
-            None => {
+            Next::Send(Outgoing::Snapshot { to }) => {
                 if self.snapshot_slot.is_none() {
                     let permit = self.service.fanout.snapshots.clone().acquire_owned().await;
                     self.snapshot_slot = permit.ok().map(|p| {
@@ -520,17 +481,12 @@ impl Session {
                 let s = self
                     .service
                     .fanout
-                    .snapshot(head, &state)
-                    .map_err(Status::internal)?;
+                    .snapshot(to.revision, &to.state)
+                    .map_err(|e| Status::internal(e.to_string()))?;
                 self.service.metrics.snapshots_sent.inc();
                 ControlBody::Snapshot(s)
             }
         };
-        self.sent = Some(Held {
-            revision: head,
-            state,
-        });
-        self.in_flight = Some((head, Instant::now()));
         let mut m = message(body);
         // The rollout of this revision to this node, open until the agent
         // answers; exported (with the agent's apply span as its child)
@@ -567,51 +523,35 @@ impl Session {
             Some(AgentBody::Ack(ack)) => {
                 self.snapshot_slot = None;
                 self.rollout = None;
-                let Some(sent) = self.sent.clone().filter(|s| s.revision == ack.revision) else {
-                    return Err(Status::invalid_argument(format!(
-                        "ack for revision {} which was not sent",
-                        ack.revision
-                    )));
-                };
-                let digest = digest_from(&ack.digest)
-                    .map_err(|e| Status::invalid_argument(format!("ack: {e}")))?;
-                if digest != sent.state.digest() {
+                let digest = digest_from(&ack.digest);
+                let round_trip = match self.delivery.on_ack(ack.revision, digest, Instant::now()) {
+                    Ok(Acked::Holds { round_trip, .. }) => round_trip,
                     // The agent holds something else: start over from a snapshot.
-                    self.acked = None;
-                    self.in_flight = None;
-                    return Ok(());
-                }
-                if let Some((_, since)) = self.in_flight.take() {
+                    Ok(Acked::HoldsOther) => return Ok(()),
+                    Err(e) => return Err(Status::invalid_argument(e.to_string())),
+                };
+                if let Some(round_trip) = round_trip {
                     self.service
                         .metrics
                         .round_trip
-                        .observe(since.elapsed().as_secs_f64());
+                        .observe(round_trip.as_secs_f64());
                 }
                 self.observe_programming(ack.revision);
-                self.retry_delay = RETRY_FIRST;
-                self.retry_at = None;
                 let apply = Duration::from_micros(ack.apply_micros);
                 self.service
                     .metrics
                     .apply_seconds
                     .observe(apply.as_secs_f64());
                 self.update_fleet(ack.revision, None, Some(apply));
-                self.acked = Some(sent);
-                self.record(self.acked.as_ref(), AgentResult::Ack).await;
+                self.record(self.delivery.acked(), AgentResult::Ack).await;
             }
             Some(AgentBody::Nack(nack)) => {
                 self.snapshot_slot = None;
                 self.rollout = None;
-                if self
-                    .sent
-                    .as_ref()
-                    .is_none_or(|s| s.revision != nack.revision)
-                {
-                    return Err(Status::invalid_argument(format!(
-                        "nack for revision {} which was not sent",
-                        nack.revision
-                    )));
-                }
+                // The kernel may be anywhere now: the retry is a snapshot.
+                self.delivery
+                    .on_nack(nack.revision, Instant::now())
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
                 self.service.metrics.nacks.inc();
                 // What the agent wrote goes to logs and the fleet view
                 // (and, cleaned the same way, to the store): one line,
@@ -619,11 +559,6 @@ impl Session {
                 let error = clean_text(&nack.error, MAX_NACK_ERROR_BYTES);
                 let operation = clean_text(&nack.failed_operation, MAX_NACK_OPERATION_BYTES);
                 tracing::warn!(node = %self.node, revision = nack.revision, "nack: {error} ({operation})");
-                self.in_flight = None;
-                // The kernel may be anywhere now: the retry is a snapshot.
-                self.acked = None;
-                self.retry_at = Some(tokio::time::Instant::now() + self.retry_delay);
-                self.retry_delay = (self.retry_delay * 2).min(RETRY_MAX);
                 let reason = format!("{error} ({operation})");
                 self.update_fleet(0, Some(reason), None);
                 self.record(None, AgentResult::Nack { error, operation })
