@@ -3,7 +3,6 @@
 //! over rtnetlink, in this or a named network namespace.
 
 use std::collections::BTreeSet;
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use neli::consts::nl::NlmF;
@@ -12,6 +11,7 @@ use neli::consts::socket::NlFamily;
 use neli::rtnl::{Ifaddrmsg, IfaddrmsgBuilder, Ifinfomsg, IfinfomsgBuilder, Rtattr, RtattrBuilder};
 use neli::types::{Buffer, RtBuffer};
 
+pub use crate::netlink::RequestError;
 use crate::netlink::{Netlink, NetlinkError, nul_terminated, parse};
 
 #[derive(Debug, thiserror::Error)]
@@ -21,51 +21,27 @@ pub enum LinkError {
         "the kernel has no dummy interfaces (creating {name}: unknown device type; modprobe dummy)"
     )]
     Unsupported { name: String },
-    #[error("cannot enter network namespace {netns}: {source}")]
-    Netns {
-        netns: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{operation} {target}: {source}")]
-    Kernel {
-        operation: &'static str,
-        target: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{operation} {target}: unreadable answer: {reason}")]
-    Malformed {
-        operation: &'static str,
-        target: String,
-        reason: String,
-    },
+    /// The namespace, the socket, or the kernel's answer.
+    #[error(transparent)]
+    Request(#[from] RequestError),
 }
 
 impl LinkError {
-    fn from_netlink(
-        e: NetlinkError,
-        operation: &'static str,
-        target: String,
-        netns: Option<&str>,
-    ) -> Self {
-        match e {
-            NetlinkError::Netns(source) => LinkError::Netns {
-                netns: netns.unwrap_or_default().to_string(),
-                source,
-            },
-            NetlinkError::Io(source) => LinkError::Kernel {
-                operation,
-                target,
-                source,
-            },
-            NetlinkError::Malformed(reason) => LinkError::Malformed {
-                operation,
-                target,
-                reason,
-            },
+    /// The errno the kernel answered with.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            LinkError::Request(e) => e.errno(),
+            LinkError::Unsupported { .. } => None,
         }
     }
+}
+
+fn unreadable(operation: &'static str, target: String, reason: String) -> LinkError {
+    LinkError::Request(RequestError::Malformed {
+        operation,
+        target,
+        reason,
+    })
 }
 
 /// An rtnetlink socket in one network namespace.
@@ -147,7 +123,7 @@ impl LinkClient {
     /// stays there), or in the agent's own with `None`.
     pub fn connect_in(netns: Option<&str>) -> Result<Self, LinkError> {
         let netlink = Netlink::open(NlFamily::Route, netns)
-            .map_err(|e| LinkError::from_netlink(e, "connect", "rtnetlink".into(), netns))?;
+            .map_err(|e| e.named("connect", "rtnetlink".into(), netns))?;
         Ok(LinkClient { netlink })
     }
 
@@ -164,7 +140,7 @@ impl LinkClient {
     {
         payload
             .and_then(|p| self.netlink.request(kind, flags, p))
-            .map_err(|e| LinkError::from_netlink(e, operation, target(), None))
+            .map_err(|e| LinkError::Request(e.named(operation, target(), None)))
     }
 
     /// The index of interface `name`, `None` if there is none.
@@ -183,18 +159,12 @@ impl LinkClient {
             NlmF::empty(),
             request,
         ) {
-            Err(LinkError::Kernel { source, .. })
-                if source.raw_os_error() == Some(libc::ENODEV) =>
-            {
+            Err(e) if e.errno() == Some(libc::ENODEV) => {
                 return Ok(None);
             }
             other => other?,
         };
-        let malformed = |reason: String| LinkError::Malformed {
-            operation: "look up link",
-            target: name.into(),
-            reason,
-        };
+        let malformed = |reason: String| unreadable("look up link", name.into(), reason);
         let reply = replies
             .first()
             .ok_or_else(|| malformed("no link in the answer".into()))?;
@@ -230,21 +200,20 @@ impl LinkClient {
                 request,
             );
             match created {
-                Err(LinkError::Kernel { source, .. })
-                    if source.raw_os_error() == Some(libc::EOPNOTSUPP) =>
-                {
+                Err(e) if e.errno() == Some(libc::EOPNOTSUPP) => {
                     return Err(LinkError::Unsupported { name: name.into() });
                 }
                 // Someone else created it meanwhile; it is used as found.
-                Err(LinkError::Kernel { source, .. })
-                    if source.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) if e.errno() == Some(libc::EEXIST) => {}
                 other => drop(other?),
             }
         }
-        let index = self.ifindex(name)?.ok_or_else(|| LinkError::Malformed {
-            operation: "create dummy link",
-            target: name.into(),
-            reason: "the link is gone right after its creation".into(),
+        let index = self.ifindex(name)?.ok_or_else(|| {
+            unreadable(
+                "create dummy link",
+                name.into(),
+                "the link is gone right after its creation".into(),
+            )
         })?;
         let up = IfinfomsgBuilder::default()
             .ifi_family(RtAddrFamily::Unspecified)
@@ -293,13 +262,7 @@ impl LinkClient {
                 });
             match read {
                 Ok(address) => addresses.extend(address.filter(|a| !is_link_local(a))),
-                Err(reason) => {
-                    return Err(LinkError::Malformed {
-                        operation: "list addresses of",
-                        target: target(),
-                        reason,
-                    });
-                }
+                Err(reason) => return Err(unreadable("list addresses of", target(), reason)),
             }
         }
         Ok(addresses)
@@ -316,11 +279,7 @@ impl LinkClient {
             NlmF::CREATE | NlmF::EXCL,
             request,
         ) {
-            Err(LinkError::Kernel { source, .. })
-                if source.raw_os_error() == Some(libc::EEXIST) =>
-            {
-                Ok(())
-            }
+            Err(e) if e.errno() == Some(libc::EEXIST) => Ok(()),
             other => other.map(drop),
         }
     }
@@ -337,14 +296,7 @@ impl LinkClient {
             NlmF::empty(),
             request,
         ) {
-            Err(LinkError::Kernel { source, .. })
-                if matches!(
-                    source.raw_os_error(),
-                    Some(libc::EADDRNOTAVAIL | libc::ENOENT)
-                ) =>
-            {
-                Ok(())
-            }
+            Err(e) if matches!(e.errno(), Some(libc::EADDRNOTAVAIL | libc::ENOENT)) => Ok(()),
             other => other.map(drop),
         }
     }

@@ -50,6 +50,70 @@ impl NetlinkError {
             _ => None,
         }
     }
+
+    /// This failure as a client reports it: `operation` on `target`, in
+    /// network namespace `netns`.
+    pub(crate) fn named(
+        self,
+        operation: &'static str,
+        target: String,
+        netns: Option<&str>,
+    ) -> RequestError {
+        match self {
+            NetlinkError::Netns(source) => RequestError::Netns {
+                netns: netns.unwrap_or_default().to_string(),
+                source,
+            },
+            NetlinkError::Io(source) => RequestError::Kernel {
+                operation,
+                target,
+                source,
+            },
+            NetlinkError::Malformed(reason) => RequestError::Malformed {
+                operation,
+                target,
+                reason,
+            },
+        }
+    }
+}
+
+/// A netlink request that failed, naming what was asked of what: the
+/// failures the IPVS and link clients share.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("cannot enter network namespace {netns}: {source}")]
+    Netns {
+        netns: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel refused (see [`RequestError::errno`]) or the socket
+    /// failed.
+    #[error("{operation} {target}: {source}")]
+    Kernel {
+        operation: &'static str,
+        target: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The kernel answered something the client cannot read.
+    #[error("{operation} {target}: unreadable answer: {reason}")]
+    Malformed {
+        operation: &'static str,
+        target: String,
+        reason: String,
+    },
+}
+
+impl RequestError {
+    /// The errno the kernel answered with.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            RequestError::Kernel { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
 }
 
 /// Runs `work` in the network namespace `/var/run/netns/<netns>`, or right

@@ -212,6 +212,49 @@ pub(super) struct DumpedDest {
     pub inactive_connections: u32,
 }
 
+/// Why a kernel answer could not be read. `what` is the nested attribute
+/// being read ("service", "destination").
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(super) enum Unreadable {
+    /// The message around the attributes.
+    #[error("{0}")]
+    Message(String),
+    #[error("no {0} attribute")]
+    NoNested(&'static str),
+    #[error("{what}: {reason}")]
+    Nested { what: &'static str, reason: String },
+    #[error("{what} attribute {kind} is missing")]
+    Missing { what: &'static str, kind: u16 },
+    #[error("{what} attribute {kind} has {len} bytes, not {want}")]
+    Size {
+        what: &'static str,
+        kind: u16,
+        len: usize,
+        want: usize,
+    },
+    #[error("{what}: address family {family}")]
+    Family { what: &'static str, family: i32 },
+    #[error("service protocol {0} is not tcp, udp or sctp")]
+    Protocol(i32),
+    #[error("{key}: scheduler name {name:?} is not text")]
+    SchedulerText {
+        key: VirtualServerKey,
+        name: Vec<u8>,
+    },
+    #[error("{protocol} {key}: {reason}")]
+    Scheduler {
+        protocol: Protocol,
+        key: VirtualServerKey,
+        reason: String,
+    },
+    #[error("real server {address}:{port}: forwarding method {method}")]
+    Forwarding {
+        address: IpAddr,
+        port: u16,
+        method: u32,
+    },
+}
+
 /// The attributes nested in one top-level attribute of a kernel message,
 /// looked up by type; unknown types are simply never asked for.
 struct Fields {
@@ -220,15 +263,18 @@ struct Fields {
 }
 
 impl Fields {
-    fn of(message_payload: &[u8], nested: u16, what: &'static str) -> Result<Fields, String> {
+    fn of(message_payload: &[u8], nested: u16, what: &'static str) -> Result<Fields, Unreadable> {
         let message: IpvsMessage = parse(message_payload).map_err(describe)?;
         let top = message.attrs().get_attr_handle();
         let outer = top
             .get_attribute(nested)
-            .ok_or_else(|| format!("no {what} attribute"))?;
+            .ok_or(Unreadable::NoNested(what))?;
         let inner = outer
             .get_attr_handle::<u16>()
-            .map_err(|e| format!("{what}: {e}"))?;
+            .map_err(|e| Unreadable::Nested {
+                what,
+                reason: e.to_string(),
+            })?;
         let attrs = inner
             .iter()
             .map(|a| (*a.nla_type().nla_type(), a.nla_payload().as_ref().to_vec()))
@@ -244,55 +290,59 @@ impl Fields {
             .map(|(_, payload)| payload.as_slice())
     }
 
-    fn required(&self, kind: u16) -> Result<&[u8], String> {
-        self.get(kind)
-            .ok_or_else(|| format!("{} attribute {kind} is missing", self.what))
-    }
-
-    fn array<const N: usize>(&self, kind: u16) -> Result<[u8; N], String> {
-        let bytes = self.required(kind)?;
-        <[u8; N]>::try_from(bytes).map_err(|_| {
-            format!(
-                "{} attribute {kind} has {} bytes, not {N}",
-                self.what,
-                bytes.len()
-            )
+    fn required(&self, kind: u16) -> Result<&[u8], Unreadable> {
+        self.get(kind).ok_or(Unreadable::Missing {
+            what: self.what,
+            kind,
         })
     }
 
-    fn u16(&self, kind: u16) -> Result<u16, String> {
+    fn array<const N: usize>(&self, kind: u16) -> Result<[u8; N], Unreadable> {
+        let bytes = self.required(kind)?;
+        <[u8; N]>::try_from(bytes).map_err(|_| Unreadable::Size {
+            what: self.what,
+            kind,
+            len: bytes.len(),
+            want: N,
+        })
+    }
+
+    fn u16(&self, kind: u16) -> Result<u16, Unreadable> {
         self.array(kind).map(u16::from_ne_bytes)
     }
 
-    fn be_u16(&self, kind: u16) -> Result<u16, String> {
+    fn be_u16(&self, kind: u16) -> Result<u16, Unreadable> {
         self.array(kind).map(u16::from_be_bytes)
     }
 
-    fn u32(&self, kind: u16) -> Result<u32, String> {
+    fn u32(&self, kind: u16) -> Result<u32, Unreadable> {
         self.array(kind).map(u32::from_ne_bytes)
     }
 
-    fn address(&self, kind: u16, family: u16) -> Result<IpAddr, String> {
+    fn address(&self, kind: u16, family: u16) -> Result<IpAddr, Unreadable> {
         let bytes = self.array::<16>(kind)?;
         match i32::from(family) {
             libc::AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(
                 bytes[0], bytes[1], bytes[2], bytes[3],
             ))),
             libc::AF_INET6 => Ok(IpAddr::V6(Ipv6Addr::from(bytes))),
-            other => Err(format!("{}: address family {other}", self.what)),
+            other => Err(Unreadable::Family {
+                what: self.what,
+                family: other,
+            }),
         }
     }
 }
 
-fn describe(e: NetlinkError) -> String {
-    match e {
+fn describe(e: NetlinkError) -> Unreadable {
+    Unreadable::Message(match e {
         NetlinkError::Malformed(why) => why,
         other => format!("{other:?}"),
-    }
+    })
 }
 
 /// Decodes one message of a service dump.
-pub(super) fn decode_service(message_payload: &[u8]) -> Result<DumpedService, String> {
+pub(super) fn decode_service(message_payload: &[u8]) -> Result<DumpedService, Unreadable> {
     let fields = Fields::of(message_payload, CMD_ATTR_SERVICE, "service")?;
     let family = fields.u16(SVC_ATTR_AF)?;
     if fields.get(SVC_ATTR_FWMARK).is_some() {
@@ -302,7 +352,7 @@ pub(super) fn decode_service(message_payload: &[u8]) -> Result<DumpedService, St
         libc::IPPROTO_TCP => Protocol::Tcp,
         libc::IPPROTO_UDP => Protocol::Udp,
         libc::IPPROTO_SCTP => Protocol::Sctp,
-        other => return Err(format!("service protocol {other} is not tcp, udp or sctp")),
+        other => return Err(Unreadable::Protocol(other)),
     };
     let key = VirtualServerKey {
         address: fields.address(SVC_ATTR_ADDR, family)?,
@@ -312,9 +362,16 @@ pub(super) fn decode_service(message_payload: &[u8]) -> Result<DumpedService, St
     let name = fields.required(SVC_ATTR_SCHED_NAME)?;
     let name = name.split(|b| *b == 0).next().unwrap_or_default();
     let scheduler = std::str::from_utf8(name)
-        .map_err(|_| format!("{key}: scheduler name {name:?} is not text"))?
+        .map_err(|_| Unreadable::SchedulerText {
+            key,
+            name: name.to_vec(),
+        })?
         .parse::<Scheduler>()
-        .map_err(|e| format!("{protocol} {key}: {e}"))?;
+        .map_err(|reason| Unreadable::Scheduler {
+            protocol,
+            key,
+            reason,
+        })?;
     let flags = fields.array::<8>(SVC_ATTR_FLAGS)?;
     let flags = u32::from_ne_bytes([flags[0], flags[1], flags[2], flags[3]]);
     let timeout = fields.u32(SVC_ATTR_TIMEOUT)?;
@@ -330,7 +387,7 @@ pub(super) fn decode_service(message_payload: &[u8]) -> Result<DumpedService, St
 pub(super) fn decode_dest(
     message_payload: &[u8],
     service_address: &IpAddr,
-) -> Result<DumpedDest, String> {
+) -> Result<DumpedDest, Unreadable> {
     let fields = Fields::of(message_payload, CMD_ATTR_DEST, "destination")?;
     // Kernels before 4.x do not report a destination's own family.
     let family = match fields.get(DEST_ATTR_ADDR_FAMILY) {
@@ -345,10 +402,12 @@ pub(super) fn decode_dest(
         CONN_F_MASQ | CONN_F_LOCALNODE => Forward::Masq,
         CONN_F_DROUTE => Forward::Route,
         CONN_F_TUNNEL => Forward::Tunnel,
-        other => {
-            return Err(format!(
-                "real server {address}:{port}: forwarding method {other}"
-            ));
+        method => {
+            return Err(Unreadable::Forwarding {
+                address,
+                port,
+                method,
+            });
         }
     };
     Ok(DumpedDest {

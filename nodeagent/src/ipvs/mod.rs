@@ -14,13 +14,13 @@
 mod attrs;
 
 use std::collections::BTreeMap;
-use std::io;
 use std::net::IpAddr;
 
 use neli::consts::nl::NlmF;
 use neli::consts::socket::NlFamily;
 use setpoint_dataplane::{RealServer, Scheduler, VirtualServer, VirtualServerKey};
 
+pub use crate::netlink::RequestError;
 use crate::netlink::{Netlink, NetlinkError};
 use attrs::{
     CMD_DEL_DEST, CMD_DEL_SERVICE, CMD_GET_DEST, CMD_GET_SERVICE, CMD_NEW_DEST, CMD_NEW_SERVICE,
@@ -32,27 +32,10 @@ pub enum IpvsError {
     /// Nothing to talk to: the IPVS module is not loaded (or not built).
     #[error("the kernel has no IPVS (generic netlink family IPVS not found; modprobe ip_vs)")]
     Unsupported,
-    #[error("cannot enter network namespace {netns}: {source}")]
-    Netns {
-        netns: String,
-        #[source]
-        source: io::Error,
-    },
-    /// The kernel refused (see [`IpvsError::errno`]) or the socket failed.
-    #[error("IPVS {operation} {target}: {source}")]
-    Kernel {
-        operation: &'static str,
-        target: String,
-        #[source]
-        source: io::Error,
-    },
-    /// The kernel answered something this client cannot read.
-    #[error("IPVS {operation} {target}: unreadable answer: {reason}")]
-    Malformed {
-        operation: &'static str,
-        target: String,
-        reason: String,
-    },
+    /// The namespace, the socket, or the kernel's answer; every operation
+    /// is named "IPVS …".
+    #[error(transparent)]
+    Request(#[from] RequestError),
 }
 
 impl IpvsError {
@@ -61,34 +44,27 @@ impl IpvsError {
     /// and `ENOENT` for a real server that does not.
     pub fn errno(&self) -> Option<i32> {
         match self {
-            IpvsError::Kernel { source, .. } => source.raw_os_error(),
-            _ => None,
+            IpvsError::Request(e) => e.errno(),
+            IpvsError::Unsupported => None,
         }
     }
+}
 
-    fn from_netlink(
-        e: NetlinkError,
-        operation: &'static str,
-        target: String,
-        netns: Option<&str>,
-    ) -> Self {
-        match e {
-            NetlinkError::Netns(source) => IpvsError::Netns {
-                netns: netns.unwrap_or_default().to_string(),
-                source,
-            },
-            NetlinkError::Io(source) => IpvsError::Kernel {
-                operation,
-                target,
-                source,
-            },
-            NetlinkError::Malformed(reason) => IpvsError::Malformed {
-                operation,
-                target,
-                reason,
-            },
-        }
-    }
+fn failed(
+    e: NetlinkError,
+    operation: &'static str,
+    target: String,
+    netns: Option<&str>,
+) -> IpvsError {
+    IpvsError::Request(e.named(operation, target, netns))
+}
+
+fn unreadable(operation: &'static str, target: String, reason: attrs::Unreadable) -> IpvsError {
+    IpvsError::Request(RequestError::Malformed {
+        operation,
+        target,
+        reason: reason.to_string(),
+    })
 }
 
 /// What a dump of the kernel's virtual servers found.
@@ -130,7 +106,7 @@ impl IpvsClient {
     /// Connects in network namespace `/var/run/netns/<netns>` (the socket
     /// stays there), or in the agent's own with `None`.
     pub fn connect_in(netns: Option<&str>) -> Result<Self, IpvsError> {
-        let fail = |e| IpvsError::from_netlink(e, "connect", "family IPVS".into(), netns);
+        let fail = |e| failed(e, "IPVS connect", "family IPVS".into(), netns);
         let mut netlink = Netlink::open(NlFamily::Generic, netns).map_err(fail)?;
         match netlink.resolve_family(attrs::GENL_NAME).map_err(fail)? {
             Some(family) => Ok(IpvsClient { netlink, family }),
@@ -150,7 +126,7 @@ impl IpvsClient {
         message
             .and_then(|message| self.netlink.request(self.family, NlmF::empty(), message))
             .map(drop)
-            .map_err(|e| IpvsError::from_netlink(e, operation, target(), None))
+            .map_err(|e| failed(e, operation, target(), None))
     }
 
     /// Adds the virtual server alone; its real servers are added one by one.
@@ -161,7 +137,7 @@ impl IpvsClient {
     ) -> Result<(), IpvsError> {
         let attrs = attrs::service(key, vs.scheduler, vs.persistence_timeout).map(|a| vec![a]);
         self.command(
-            "add service",
+            "IPVS add service",
             || service_target(key),
             CMD_NEW_SERVICE,
             attrs,
@@ -176,7 +152,7 @@ impl IpvsClient {
     ) -> Result<(), IpvsError> {
         let attrs = attrs::service(key, scheduler, persistence_timeout).map(|a| vec![a]);
         self.command(
-            "edit service",
+            "IPVS edit service",
             || service_target(key),
             CMD_SET_SERVICE,
             attrs,
@@ -187,7 +163,7 @@ impl IpvsClient {
     pub fn del_service(&mut self, key: &VirtualServerKey) -> Result<(), IpvsError> {
         let attrs = attrs::service_key(key).map(|a| vec![a]);
         self.command(
-            "delete service",
+            "IPVS delete service",
             || service_target(key),
             CMD_DEL_SERVICE,
             attrs,
@@ -204,14 +180,14 @@ impl IpvsClient {
     pub fn add_dest(&mut self, key: &VirtualServerKey, rs: &RealServer) -> Result<(), IpvsError> {
         let attrs = Self::with_service(key, attrs::dest(rs));
         let target = || dest_target(key, rs.address, rs.port);
-        self.command("add real server", target, CMD_NEW_DEST, attrs)
+        self.command("IPVS add real server", target, CMD_NEW_DEST, attrs)
     }
 
     /// Sets the weight and forwarding method of an existing real server.
     pub fn edit_dest(&mut self, key: &VirtualServerKey, rs: &RealServer) -> Result<(), IpvsError> {
         let attrs = Self::with_service(key, attrs::dest(rs));
         let target = || dest_target(key, rs.address, rs.port);
-        self.command("edit real server", target, CMD_SET_DEST, attrs)
+        self.command("IPVS edit real server", target, CMD_SET_DEST, attrs)
     }
 
     pub fn del_dest(
@@ -222,22 +198,19 @@ impl IpvsClient {
     ) -> Result<(), IpvsError> {
         let attrs = Self::with_service(key, attrs::dest_key(&address, port));
         let target = || dest_target(key, address, port);
-        self.command("delete real server", target, CMD_DEL_DEST, attrs)
+        self.command("IPVS delete real server", target, CMD_DEL_DEST, attrs)
     }
 
     /// Every virtual server with its real servers, as the contract has them.
     pub fn dump(&mut self) -> Result<IpvsDump, IpvsError> {
-        let operation = "dump services";
+        let operation = "IPVS dump services";
         let replies = attrs::message(CMD_GET_SERVICE, Vec::new())
             .and_then(|m| self.netlink.request(self.family, NlmF::DUMP, m))
-            .map_err(|e| IpvsError::from_netlink(e, operation, "(all)".into(), None))?;
+            .map_err(|e| failed(e, operation, "(all)".into(), None))?;
         let mut dump = IpvsDump::default();
         for reply in replies {
-            let service = attrs::decode_service(&reply).map_err(|reason| IpvsError::Malformed {
-                operation,
-                target: "(all)".into(),
-                reason,
-            })?;
+            let service = attrs::decode_service(&reply)
+                .map_err(|reason| unreadable(operation, "(all)".into(), reason))?;
             match service {
                 DumpedService::Fwmark(_) => dump.fwmark_services += 1,
                 DumpedService::Address {
@@ -261,11 +234,11 @@ impl IpvsClient {
     /// One virtual server with its real servers; `None` when the kernel
     /// has none at `key`. Two round trips, whatever the table size.
     pub fn service(&mut self, key: &VirtualServerKey) -> Result<Option<VirtualServer>, IpvsError> {
-        let operation = "get service";
+        let operation = "IPVS get service";
         let replies = match attrs::service_key(key)
             .and_then(|service| attrs::message(CMD_GET_SERVICE, vec![service]))
             .and_then(|m| self.netlink.request(self.family, NlmF::empty(), m))
-            .map_err(|e| IpvsError::from_netlink(e, operation, service_target(key), None))
+            .map_err(|e| failed(e, operation, service_target(key), None))
         {
             Ok(r) => r,
             Err(e) if matches!(e.errno(), Some(libc::ESRCH) | Some(libc::ENOENT)) => {
@@ -276,11 +249,8 @@ impl IpvsClient {
         let Some(reply) = replies.first() else {
             return Ok(None);
         };
-        let decoded = attrs::decode_service(reply).map_err(|reason| IpvsError::Malformed {
-            operation,
-            target: service_target(key),
-            reason,
-        })?;
+        let decoded = attrs::decode_service(reply)
+            .map_err(|reason| unreadable(operation, service_target(key), reason))?;
         let DumpedService::Address {
             scheduler,
             persistence_timeout,
@@ -328,19 +298,16 @@ impl IpvsClient {
     }
 
     fn dests(&mut self, key: &VirtualServerKey) -> Result<Vec<attrs::DumpedDest>, IpvsError> {
-        let operation = "dump real servers of";
+        let operation = "IPVS dump real servers of";
         let replies = attrs::service_key(key)
             .and_then(|service| attrs::message(CMD_GET_DEST, vec![service]))
             .and_then(|m| self.netlink.request(self.family, NlmF::DUMP, m))
-            .map_err(|e| IpvsError::from_netlink(e, operation, service_target(key), None))?;
+            .map_err(|e| failed(e, operation, service_target(key), None))?;
         replies
             .iter()
             .map(|reply| {
-                attrs::decode_dest(reply, &key.address).map_err(|reason| IpvsError::Malformed {
-                    operation,
-                    target: service_target(key),
-                    reason,
-                })
+                attrs::decode_dest(reply, &key.address)
+                    .map_err(|reason| unreadable(operation, service_target(key), reason))
             })
             .collect()
     }

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use setpoint_agent::ipvs::{IpvsClient, IpvsError};
-use setpoint_agent::link::{LinkClient, LinkError};
+use setpoint_agent::link::{LinkClient, LinkError, RequestError};
 use setpoint_agent::sysctl::{SysctlError, ensure_ipvs_sysctls, ensure_sysctls};
 use setpoint_dataplane::{
     Forward, Protocol, RealServer, Scheduler, VirtualServer, VirtualServerKey,
@@ -32,11 +32,11 @@ fn a_missing_namespace_is_its_own_error() {
     let missing = Some("sp-no-such-namespace");
     assert!(matches!(
         IpvsClient::connect_in(missing),
-        Err(IpvsError::Netns { .. })
+        Err(IpvsError::Request(RequestError::Netns { .. }))
     ));
     assert!(matches!(
         LinkClient::connect_in(missing),
-        Err(LinkError::Netns { .. })
+        Err(LinkError::Request(RequestError::Netns { .. }))
     ));
     assert!(matches!(
         ensure_ipvs_sysctls(missing),
