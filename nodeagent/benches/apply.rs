@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use setpoint_agent::apply::Applier;
+use setpoint_agent::apply::{Applier, Base, Verified, kernel_view};
 use setpoint_agent::kernel_model::ModelServices;
 use setpoint_agent::target::Target;
 use setpoint_compute::synthetic::{self, ClusterShape};
@@ -97,14 +97,14 @@ fn main() {
     let ns = Netns::create("bench-apply").expect("netns");
     let mut agent = applier(&ns);
     let started = Instant::now();
-    let report = agent.apply(&state).expect("cold apply");
+    let (report, _) = agent.apply(Base::Kernel, &state).expect("cold apply");
     let cold = started.elapsed();
     println!(
         "cold apply: {cold:.2?} ({} operations, verified digest {})",
         report.operations, report.digest
     );
     let started = Instant::now();
-    let again = agent.apply(&state).expect("no-op apply");
+    let (again, _) = agent.apply(Base::Kernel, &state).expect("no-op apply");
     println!(
         "no-op re-apply (full read-back, nothing to do): {:.2?}, {} operations",
         started.elapsed(),
@@ -126,7 +126,7 @@ fn main() {
         let first_diff = setpoint_dataplane::diff(&current, &next);
         let changes = first_diff.size();
         let started = Instant::now();
-        agent.apply(&next).expect("delta apply");
+        agent.apply(Base::Kernel, &next).expect("delta apply");
         full_times.push(started.elapsed());
         index.upsert(synthetic::slice(i, &shape, generation + rounds));
         index.commit();
@@ -134,8 +134,15 @@ fn main() {
             panic!("node exists")
         };
         let started = Instant::now();
+        // The held view expanded here as before; the agent keeps the one
+        // its last apply handed back.
+        let held = Verified {
+            revision: 0,
+            state: next.clone(),
+            view: kernel_view(&next).expect("kernel view"),
+        };
         agent
-            .apply_from(&next, &after)
+            .apply(Base::Held(&held), &after)
             .expect("delta apply from held");
         times.push(started.elapsed());
         let next = after;
@@ -220,7 +227,7 @@ fn main() {
     let ns = Netns::create("bench-set").expect("netns");
     let mut agent = applier(&ns);
     let started = Instant::now();
-    agent.apply(&big).expect("big set");
+    agent.apply(Base::Kernel, &big).expect("big set");
     let set_cold = started.elapsed();
     println!(
         "cold apply of a {n}-entry set: {set_cold:.2?} ({:.0} entries/s, read-back verified)",

@@ -8,8 +8,8 @@
 //!    `time -v`, i.e. wait4's ru_maxrss), `ipvsadm -Ln | wc -l`;
 //! 3. a one-endpoint successor state (the one-shot CLI reads the whole
 //!    kernel back, before and after: the full-read-back figure; the
-//!    streaming agent's `apply_from` path is measured on the host by
-//!    `benches/apply.rs`), then back to empty;
+//!    streaming agent's path from the held state (`Base::Held`) is
+//!    measured on the host by `benches/apply.rs`), then back to empty;
 //! 4. baselines for the IPVS table alone: one `ipvsadm` process per virtual
 //!    and per real server (the first N virtual servers, extrapolated), and
 //!    `ipvsadm -R` of the whole table (one process).
@@ -378,7 +378,9 @@ fn main() {
         out.peak_rss_mib("successor"),
         out.applied("successor")
     );
-    println!("  (the streaming agent's apply_from path is measured on the host: benches/apply.rs)");
+    println!(
+        "  (the streaming agent's path from the held state is measured on the host: benches/apply.rs)"
+    );
     println!(
         "tear-down of the {} services to empty: {empty:.2?}",
         large.shape.services

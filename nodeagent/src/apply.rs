@@ -1,16 +1,21 @@
-//! The executor: reads what the kernel holds of Setpoint's, plans the way
-//! to a target state, runs the plan through the backends phase by phase,
-//! and reads the kernel back to verify.
+//! The executor: plans the way from a base to a wanted state, runs the
+//! plan on a kernel phase by phase, and reads the kernel back to verify.
 //!
 //! ```text
-//!  kernel ──read──▶ Fragment ──diff/plan──▶ [Op] ──backends──▶ kernel ──read──▶ digest == target?
+//!  want ──contract checks──▶ kernel view (goal)
+//!  Base::Kernel    ──read whole──▶ current ─┐
+//!  Base::Held(v)   ──v.view, trusted──────▶ ├─diff/plan──▶ [Op] ──Kernel──▶ read back == goal?
 //! ```
 //!
-//! The kernel holds a state's kernel view ([`kernel_view`]): NodePort
-//! templates expanded over the node's addresses.
-//!
-//! IPVS and service addresses sit behind [`ServiceKernel`] so that a kernel
-//! without IPVS refuses, before touching anything, a state that needs it.
+//! A kernel holds a state's kernel view ([`kernel_view`]): NodePort
+//! templates expanded over the node's addresses. [`Base::Kernel`] reads
+//! the whole kernel before and after; [`Base::Held`] starts from a
+//! [`Verified`] state this agent applied, plans the two states' diff in
+//! time that grows with the change, and reads back only what the plan
+//! touched. The [`Kernel`] is the node's ([`NodeKernel`]) or, for a dry
+//! run, [`DryRun`]: it reads as empty, runs nothing and has nothing to
+//! read back, so a dry run plans exactly as an apply would from the same
+//! base.
 //!
 //! Nothing sent is trusted: before any kernel operation, a whole target
 //! passes the contract's checks ([`checked_view`]) and a step from the
@@ -18,22 +23,20 @@
 //! refusal is [`ApplyError::Refused`] with the problems, the kernel
 //! untouched.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::borrow::Cow;
 use std::time::{Duration, Instant};
 
 use setpoint_dataplane::diff::{apply_to_fragment, diff_fragments};
 use setpoint_dataplane::template::{self, Collision};
 use setpoint_dataplane::validate::{summary, validate_fragment, validate_step};
-use setpoint_dataplane::{
-    Change, Digest, Family, Fragment, Invalid, NodeDataplane, Protocol, SetSpec, SetType,
-    VirtualServer, VirtualServerKey,
-};
+use setpoint_dataplane::{Change, Diff, Digest, Fragment, Invalid, NodeDataplane};
 
-use crate::ipset::{self, IpsetError};
-use crate::iptables::{self, IptablesError, RawRules, RuleBook};
-use crate::plan::{Op, PlanError, phase, plan};
-use crate::target::Target;
+use crate::ipset::IpsetError;
+use crate::iptables::{IptablesError, RawRules};
+use crate::plan::{Op, PlanError, plan};
+
+mod node;
+pub use node::{ConntrackError, Draining, NoIpvs, NodeKernel, ServiceKernel};
 
 /// Kernel objects named like this are Setpoint's; nothing else is touched.
 pub fn is_ours(name: &str) -> bool {
@@ -98,32 +101,77 @@ fn refuse(problems: Vec<Invalid>) -> Result<(), ApplyError> {
     }
 }
 
-/// The kernel's changes from `held` (whose kernel view is `held_view`) to
-/// `want`, and `want`'s kernel view. From the contract's diff of the two
-/// states when templates allow (only the changed parts are compared and
-/// only the changes expanded); by expanding `want` whole when the diff
-/// edits the node-port addresses or does not fit. Refused when the
-/// changes break the contract's checks: `held_view` passed them, so the
-/// changed atoms and what they can break are all that is checked, in time
-/// that grows with the change.
-fn kernel_step(
-    held: &NodeDataplane,
-    held_view: &Fragment,
-    want: &NodeDataplane,
-) -> Result<(setpoint_dataplane::Diff, Fragment), ApplyError> {
-    let (changes, goal) = kernel_changes(held, held_view, want)?;
+/// A state that passed the contract's checks, with the kernel view it
+/// expands to: what the agent holds once the kernel verifiably holds it
+/// (the view an apply hands back), or what it found recorded and checked
+/// ([`Verified::check`]). The view is kept so that the next delta is
+/// planned from it ([`Base::Held`]) in time that grows with the change.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    pub revision: u64,
+    pub state: NodeDataplane,
+    /// `state`'s [`kernel_view`].
+    pub view: Fragment,
+}
+
+impl Verified {
+    /// `state` checked whole ([`checked_view`]).
+    pub fn check(revision: u64, state: NodeDataplane) -> Result<Verified, ApplyError> {
+        let view = checked_view(&state)?;
+        Ok(Verified {
+            revision,
+            state,
+            view,
+        })
+    }
+}
+
+/// What a plan starts from.
+#[derive(Clone, Copy, Debug)]
+pub enum Base<'a> {
+    /// Whatever the kernel holds of Setpoint's, read whole; the target is
+    /// checked whole, and after an apply the whole kernel is read back.
+    Kernel,
+    /// The state this agent last applied and verified, taken to be what
+    /// the kernel holds: the kernel's changes are the contract's diff of
+    /// the two states (changed parts only, template changes expanded per
+    /// node address), checked for what they change, and after an apply
+    /// only what the plan touched is read back. The drift timer re-reads
+    /// the rest.
+    Held(&'a Verified),
+}
+
+/// The operations from a base to a wanted state, in execution order.
+#[derive(Debug)]
+pub struct Plan<'a> {
+    /// How many kernel changes the operations carry out.
+    pub changes: usize,
+    pub ops: Vec<Op>,
+    /// The wanted state's kernel view.
+    pub goal: Fragment,
+    /// What the kernel holds before: read, or the held view.
+    current: Cow<'a, Fragment>,
+    /// Rules read back that no state names (replaced, as printed).
+    raw: RawRules,
+}
+
+/// The kernel's changes from `held` to `want`, and `want`'s kernel view.
+/// From the contract's diff of the two states when templates allow (only
+/// the changed parts are compared and only the changes expanded); by
+/// expanding `want` whole when the diff edits the node-port addresses or
+/// does not fit. Refused when the changes break the contract's checks:
+/// `held.view` passed them, so the changed atoms and what they can break
+/// are all that is checked, in time that grows with the change.
+fn kernel_step(held: &Verified, want: &NodeDataplane) -> Result<(Diff, Fragment), ApplyError> {
+    let (changes, goal) = kernel_changes(held, want)?;
     refuse(validate_step(&goal, &changes))?;
     Ok((changes, goal))
 }
 
-fn kernel_changes(
-    held: &NodeDataplane,
-    held_view: &Fragment,
-    want: &NodeDataplane,
-) -> Result<(setpoint_dataplane::Diff, Fragment), ApplyError> {
-    let contract = setpoint_dataplane::diff(held, want);
-    if let Some(changes) = template::expand_diff(held_view, &contract) {
-        let mut goal = held_view.clone();
+fn kernel_changes(held: &Verified, want: &NodeDataplane) -> Result<(Diff, Fragment), ApplyError> {
+    let contract = setpoint_dataplane::diff(&held.state, want);
+    if let Some(changes) = template::expand_diff(&held.view, &contract) {
+        let mut goal = held.view.clone();
         // Not fitting means a collision (or a view that is not `held`'s):
         // the whole expansion below names it, or gets it right.
         if apply_to_fragment(&mut goal, &changes).is_ok() {
@@ -131,73 +179,91 @@ fn kernel_changes(
         }
     }
     let goal = kernel_view(want)?;
-    Ok((diff_fragments(held_view, &goal), goal))
+    Ok((diff_fragments(&held.view, &goal), goal))
 }
 
-/// IPVS virtual servers and the service addresses, as a kernel backend.
-pub trait ServiceKernel {
-    /// Why this kernel cannot hold virtual servers, if it cannot.
+/// What plans run on: the node's kernel ([`NodeKernel`]) or none
+/// ([`DryRun`]). Reads leave out real servers still draining: they are on
+/// their way out and part of no state.
+pub trait Kernel {
+    /// Why it cannot hold virtual servers and service addresses, if it
+    /// cannot.
     fn missing_feature(&self) -> Option<String>;
-    /// Adds the kernel's virtual servers and service addresses to `into`.
-    fn read(&mut self, into: &mut Fragment) -> Result<(), ApplyError>;
-    /// One virtual server as the kernel holds it (for targeted checks).
-    fn read_virtual_server(
+    /// Takes note of what reads cannot tell about `goal` (set
+    /// descriptions and sizes, the contract's rules behind their tags).
+    fn learn(&mut self, goal: &Fragment);
+    /// What it holds of Setpoint's, and the rules it could not name.
+    fn read(&mut self) -> Result<(Fragment, RawRules), ApplyError>;
+    /// Real servers left draining by an earlier process that `goal` drops
+    /// drain on here instead of being removed again; they leave `current`.
+    fn adopt_draining(&mut self, current: &mut Fragment, goal: &Fragment);
+    /// Runs `ops` in order, from `current` to `goal`; what did not stop
+    /// it but an operator should see goes to `warnings`.
+    fn execute(
         &mut self,
-        key: &VirtualServerKey,
-    ) -> Result<Option<VirtualServer>, ApplyError>;
-    /// The service addresses as the kernel holds them.
-    fn read_addresses(&mut self) -> Result<BTreeSet<IpAddr>, ApplyError>;
-    /// Carries out an address or IPVS operation.
-    fn execute(&mut self, op: &Op) -> Result<(), ApplyError>;
-    /// (address, port, active, inactive connections) per real server.
-    fn connections(
+        ops: &[Op],
+        current: &Fragment,
+        goal: &Fragment,
+        raw: &RawRules,
+        warnings: &mut Vec<String>,
+    ) -> Result<(), ApplyError>;
+    /// Reads it all back: [`ApplyError::Mismatch`] unless it holds `goal`,
+    /// the view of the state whose digest is `want`.
+    fn verify(&mut self, goal: &Fragment, want: Digest) -> Result<(), ApplyError>;
+    /// Reads back what `ops` touched (the sets they edited, the tables
+    /// they restored, the virtual servers they changed, the addresses)
+    /// and compares it with `goal`.
+    fn verify_touched(
         &mut self,
-        key: &VirtualServerKey,
-    ) -> Result<Vec<(IpAddr, u16, u32, u32)>, ApplyError>;
+        ops: &[Op],
+        goal: &Fragment,
+        want: Digest,
+    ) -> Result<(), ApplyError>;
+    /// Removes drained real servers: no connections left, or past the
+    /// timeout. How many were removed.
+    fn reap_drained(&mut self) -> Result<usize, ApplyError>;
 }
 
-/// A kernel without IPVS (this machine's): holds no virtual servers and
-/// accepts no state that has any.
-pub struct NoIpvs {
-    pub reason: String,
-}
+/// The kernel of a dry run: reads as holding nothing, runs nothing, and
+/// has nothing to read back. Plans on it are an apply's plans; an ack
+/// from it means "accepted".
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DryRun;
 
-impl ServiceKernel for NoIpvs {
+impl Kernel for DryRun {
     fn missing_feature(&self) -> Option<String> {
-        Some(self.reason.clone())
+        None
     }
-    fn read(&mut self, _into: &mut Fragment) -> Result<(), ApplyError> {
+    fn learn(&mut self, _goal: &Fragment) {}
+    fn read(&mut self) -> Result<(Fragment, RawRules), ApplyError> {
+        Ok((Fragment::new(), RawRules::new()))
+    }
+    fn adopt_draining(&mut self, _current: &mut Fragment, _goal: &Fragment) {}
+    fn execute(
+        &mut self,
+        ops: &[Op],
+        _current: &Fragment,
+        _goal: &Fragment,
+        _raw: &RawRules,
+        _warnings: &mut Vec<String>,
+    ) -> Result<(), ApplyError> {
+        tracing::info!(operations = ops.len(), "dry run: planned, nothing applied");
         Ok(())
     }
-    fn read_virtual_server(
+    fn verify(&mut self, _goal: &Fragment, _want: Digest) -> Result<(), ApplyError> {
+        Ok(())
+    }
+    fn verify_touched(
         &mut self,
-        _key: &VirtualServerKey,
-    ) -> Result<Option<VirtualServer>, ApplyError> {
-        Ok(None)
+        _ops: &[Op],
+        _goal: &Fragment,
+        _want: Digest,
+    ) -> Result<(), ApplyError> {
+        Ok(())
     }
-    fn read_addresses(&mut self) -> Result<BTreeSet<IpAddr>, ApplyError> {
-        Ok(BTreeSet::new())
+    fn reap_drained(&mut self) -> Result<usize, ApplyError> {
+        Ok(0)
     }
-    fn execute(&mut self, op: &Op) -> Result<(), ApplyError> {
-        Err(ApplyError::Unsupported {
-            feature: self.reason.clone(),
-            needed_for: format!("{op:?}"),
-        })
-    }
-    fn connections(
-        &mut self,
-        _key: &VirtualServerKey,
-    ) -> Result<Vec<(IpAddr, u16, u32, u32)>, ApplyError> {
-        Ok(Vec::new())
-    }
-}
-
-/// A removed TCP real server kept at weight 0 until its connections end.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Draining {
-    pub key: VirtualServerKey,
-    pub address: IpAddr,
-    pub port: u16,
 }
 
 /// What one apply did.
@@ -211,153 +277,83 @@ pub struct ApplyReport {
     pub warnings: Vec<String>,
 }
 
+/// Plans and applies wanted states on one [`Kernel`].
 pub struct Applier {
-    target: Target,
-    services: Box<dyn ServiceKernel + Send>,
-    book: RuleBook,
-    /// Set descriptions and bitmap sizes the kernel does not report back.
-    known_sets: BTreeMap<String, SetSpec>,
-    draining: BTreeMap<Draining, Instant>,
-    pub drain_timeout: Duration,
-}
-
-/// One plan step for the kernel: operations of one backend run together.
-fn backend_of(op: &Op) -> u8 {
-    match op {
-        Op::CreateSet { .. }
-        | Op::RebuildSet { .. }
-        | Op::AddEntries { .. }
-        | Op::DelEntries { .. }
-        | Op::DestroySet { .. } => 0,
-        Op::Iptables { .. } => 1,
-        _ => 2,
-    }
+    kernel: Box<dyn Kernel + Send>,
 }
 
 impl Applier {
-    pub fn new(target: Target, services: Box<dyn ServiceKernel + Send>) -> Applier {
-        Applier {
-            target,
-            services,
-            book: RuleBook::default(),
-            known_sets: BTreeMap::new(),
-            draining: BTreeMap::new(),
-            drain_timeout: Duration::from_secs(60),
-        }
+    /// On the node's kernel: the tools run in `target`, IPVS and
+    /// addresses through `services`.
+    pub fn new(target: crate::target::Target, services: Box<dyn ServiceKernel + Send>) -> Applier {
+        Applier::on(Box::new(NodeKernel::new(target, services)))
     }
 
-    pub fn target(&self) -> &Target {
-        &self.target
+    /// On no kernel at all ([`DryRun`]).
+    pub fn dry_run() -> Applier {
+        Applier::on(Box::new(DryRun))
     }
 
-    fn learn(&mut self, f: &Fragment) {
-        self.book.learn(f);
-        for (name, spec) in f.sets() {
-            self.known_sets.insert(name.clone(), spec.clone());
-        }
+    pub fn on(kernel: Box<dyn Kernel + Send>) -> Applier {
+        Applier { kernel }
     }
 
-    /// What the kernel holds of Setpoint's, as a fragment, and the rules it
-    /// could not name. Real servers draining are left out: they are on
-    /// their way out and not part of any state.
-    pub fn read(&mut self) -> Result<(Fragment, RawRules), ApplyError> {
-        let mut f = Fragment::new();
-        let save = self.target.ipset(&["save"], None)?;
-        self.put_kernel_sets(&mut f, &save)?;
-        let mut raw = RawRules::new();
-        for family in Family::ALL {
-            let tables = iptables::read(&self.target, family, is_ours, &mut self.book)?;
-            for (key, chain) in tables.chains {
-                f.put_chain(key, std::sync::Arc::new(chain));
-            }
-            for jump in tables.jumps {
-                f.add_jump(jump);
-            }
-            raw.extend(tables.raw);
-        }
-        self.services.read(&mut f)?;
-        self.drop_draining(&mut f);
-        Ok((f, raw))
-    }
-
-    /// Leaves the real servers draining out of `f`.
-    fn drop_draining(&self, f: &mut Fragment) {
-        for d in self.draining.keys() {
-            if let Some(vs) = f.virtual_server(&d.key) {
-                let kept = vs
-                    .real_servers
-                    .iter()
-                    .filter(|r| (r.address, r.port) != (d.address, d.port))
-                    .copied()
-                    .collect();
-                let vs = VirtualServer::new(vs.scheduler, vs.persistence_timeout, kept);
-                f.put_virtual_server(d.key, std::sync::Arc::new(vs));
-            }
-        }
-    }
-
-    /// TCP real servers at weight 0 that `goal` does not have were left
-    /// draining by an earlier process (the one-shot CLI, a restarted
-    /// agent): they drain on here, with a fresh timeout, instead of being
-    /// counted and executed as changes again; then they leave `current`.
-    fn adopt_draining(&mut self, current: &mut Fragment, goal: &Fragment) {
-        let deadline = Instant::now() + self.drain_timeout;
-        let mut adopted = false;
-        for (key, vs) in current.virtual_servers() {
-            let Some(want) = goal.virtual_server(key) else {
-                continue;
-            };
-            if key.protocol != Protocol::Tcp {
-                continue;
-            }
-            for r in &vs.real_servers {
-                if r.weight == 0 && want.real_server(r.address, r.port).is_none() {
-                    let d = Draining {
-                        key: *key,
-                        address: r.address,
-                        port: r.port,
-                    };
-                    self.draining.entry(d).or_insert(deadline);
-                    adopted = true;
-                }
-            }
-        }
-        if adopted {
-            self.drop_draining(current);
-        }
-    }
-
-    /// The operations that would take the kernel to `want` (dry run; see
-    /// [`Applier::refuse_unsupported`] for whether this kernel can).
-    pub fn plan(&mut self, want: &NodeDataplane) -> Result<(Fragment, Vec<Op>), ApplyError> {
-        let goal = checked_view(want)?;
-        self.learn(&goal);
-        let (mut current, _) = self.read()?;
-        self.adopt_draining(&mut current, &goal);
-        let ops = plan(&diff_fragments(&current, &goal), &current, &goal)?;
-        Ok((current, ops))
-    }
-
-    /// The operations from `held` to `want`, without looking at the
-    /// kernel: what a dry-run agent reports.
-    pub fn plan_from(held: &NodeDataplane, want: &NodeDataplane) -> Result<Vec<Op>, ApplyError> {
-        Ok(Self::plan_step(held, &kernel_view(held)?, want)?.0)
-    }
-
-    /// [`Applier::plan_from`] when the kernel view of `held` is at hand:
-    /// the plan and `want`'s kernel view, in time that grows with the
-    /// change, not the state.
-    pub fn plan_step(
-        held: &NodeDataplane,
-        held_view: &Fragment,
+    /// The operations that would take the kernel from `base` to `want`;
+    /// nothing is changed (see [`Applier::refuse_unsupported`] for
+    /// whether this kernel can carry them out).
+    pub fn plan<'a>(
+        &mut self,
+        base: Base<'a>,
         want: &NodeDataplane,
-    ) -> Result<(Vec<Op>, Fragment), ApplyError> {
-        let (changes, goal) = kernel_step(held, held_view, want)?;
-        Ok((plan(&changes, held_view, &goal)?, goal))
+    ) -> Result<Plan<'a>, ApplyError> {
+        self.planned(base, want, false)
     }
 
+    /// The plan from `base` to `want`, `want` checked first; refused
+    /// before anything is read when `refuse_unsupported` and this kernel
+    /// cannot hold `want`.
+    fn planned<'a>(
+        &mut self,
+        base: Base<'a>,
+        want: &NodeDataplane,
+        refuse_unsupported: bool,
+    ) -> Result<Plan<'a>, ApplyError> {
+        let (step, goal) = match base {
+            Base::Kernel => (None, checked_view(want)?),
+            Base::Held(held) => {
+                let (changes, goal) = kernel_step(held, want)?;
+                (Some(changes), goal)
+            }
+        };
+        self.kernel.learn(&goal);
+        if refuse_unsupported {
+            self.refuse_unsupported(&goal)?;
+        }
+        let (changes, current, raw) = match base {
+            Base::Held(held) => {
+                let changes = step.unwrap_or_else(|| diff_fragments(&held.view, &goal));
+                (changes, Cow::Borrowed(&held.view), RawRules::new())
+            }
+            Base::Kernel => {
+                let (mut current, raw) = self.kernel.read()?;
+                self.kernel.adopt_draining(&mut current, &goal);
+                (diff_fragments(&current, &goal), Cow::Owned(current), raw)
+            }
+        };
+        let ops = plan(&changes, &current, &goal)?;
+        Ok(Plan {
+            changes: changes.changes.len(),
+            ops,
+            goal,
+            current,
+            raw,
+        })
+    }
+
+    /// [`ApplyError::Unsupported`] when `goal` needs what this kernel
+    /// lacks.
     pub fn refuse_unsupported(&self, goal: &Fragment) -> Result<(), ApplyError> {
-        if let Some(feature) = self.services.missing_feature() {
+        if let Some(feature) = self.kernel.missing_feature() {
             let needs = goal.virtual_server_count() + goal.addresses().count();
             if needs > 0 {
                 return Err(ApplyError::Unsupported {
@@ -373,427 +369,63 @@ impl Applier {
         Ok(())
     }
 
-    /// Takes the kernel to `want`, then verifies it by reading it back.
-    pub fn apply(&mut self, want: &NodeDataplane) -> Result<ApplyReport, ApplyError> {
-        Ok(self.apply_viewed(want)?.0)
-    }
-
-    /// [`Applier::apply`], also handing back `want`'s kernel view.
-    pub fn apply_viewed(
+    /// Takes the kernel from `base` to `want`, then verifies it by reading
+    /// back (all of it from [`Base::Kernel`], what the plan touched from
+    /// [`Base::Held`]). Hands back `want`'s kernel view, for the
+    /// [`Verified`] state the caller now holds.
+    pub fn apply(
         &mut self,
+        base: Base<'_>,
         want: &NodeDataplane,
     ) -> Result<(ApplyReport, Fragment), ApplyError> {
         let started = Instant::now();
-        let goal = checked_view(want)?;
-        self.learn(&goal);
-        self.refuse_unsupported(&goal)?;
-        let (mut current, raw) = self.read()?;
-        self.adopt_draining(&mut current, &goal);
-        let changes = diff_fragments(&current, &goal);
-        let ops = plan(&changes, &current, &goal)?;
+        let plan = self.planned(base, want, true)?;
         let mut report = ApplyReport {
-            changes: changes.changes.len(),
-            operations: ops.len(),
+            changes: plan.changes,
+            operations: plan.ops.len(),
             digest: want.digest(),
             duration: Duration::ZERO,
             warnings: Vec::new(),
         };
-        self.execute(&ops, &current, &goal, &raw, &mut report)?;
-        self.learn(&goal);
-        report.digest = self.verify_view(&goal, want.digest())?;
+        self.kernel.execute(
+            &plan.ops,
+            &plan.current,
+            &plan.goal,
+            &plan.raw,
+            &mut report.warnings,
+        )?;
+        match base {
+            Base::Kernel => {
+                self.kernel.learn(&plan.goal);
+                self.kernel.verify(&plan.goal, report.digest)?;
+            }
+            Base::Held(_) => self
+                .kernel
+                .verify_touched(&plan.ops, &plan.goal, report.digest)?,
+        }
         report.duration = started.elapsed();
-        Ok((report, goal))
+        Ok((report, plan.goal))
     }
 
-    /// Takes the kernel from `held` — the state this agent last applied and
-    /// verified — to `want` without reading the whole kernel: the plan is
-    /// the diff of the two states, and afterwards only what the plan
-    /// touched is read back and compared (the sets it edited, the tables it
-    /// restored, the virtual servers it changed, the addresses). Everything
-    /// else is as verified before; the drift timer re-reads it all.
-    pub fn apply_from(
-        &mut self,
-        held: &NodeDataplane,
-        want: &NodeDataplane,
-    ) -> Result<ApplyReport, ApplyError> {
-        Ok(self.apply_step(held, &kernel_view(held)?, want)?.0)
-    }
-
-    /// [`Applier::apply_from`] when the kernel view of `held` is at hand
-    /// (the agent keeps the one it verified): planning takes time that
-    /// grows with the change, not the state. Hands back `want`'s kernel
-    /// view.
-    pub fn apply_step(
-        &mut self,
-        held: &NodeDataplane,
-        held_view: &Fragment,
-        want: &NodeDataplane,
-    ) -> Result<(ApplyReport, Fragment), ApplyError> {
-        let started = Instant::now();
-        let (changes, goal) = kernel_step(held, held_view, want)?;
-        self.learn(&goal);
-        self.refuse_unsupported(&goal)?;
-        let current = held_view;
-        let ops = plan(&changes, current, &goal)?;
-        let mut report = ApplyReport {
-            changes: changes.changes.len(),
-            operations: ops.len(),
-            digest: want.digest(),
-            duration: Duration::ZERO,
-            warnings: Vec::new(),
-        };
-        self.execute(&ops, current, &goal, &RawRules::new(), &mut report)?;
-        self.verify_touched(&ops, &goal, want.digest())?;
-        report.duration = started.elapsed();
-        Ok((report, goal))
-    }
-
-    /// Reads back what `ops` touched and compares it with `goal`.
-    fn verify_touched(
-        &mut self,
-        ops: &[Op],
-        goal: &Fragment,
-        want: Digest,
-    ) -> Result<(), ApplyError> {
-        let mut sets: BTreeSet<&str> = BTreeSet::new();
-        let mut tables: BTreeSet<(Family, setpoint_dataplane::Table)> = BTreeSet::new();
-        let mut servers: BTreeSet<VirtualServerKey> = BTreeSet::new();
-        let mut addresses = false;
-        for op in ops {
-            match op {
-                Op::CreateSet { name, .. }
-                | Op::RebuildSet { name, .. }
-                | Op::DestroySet { name } => {
-                    sets.insert(name);
-                }
-                Op::AddEntries { set, .. } | Op::DelEntries { set, .. } => {
-                    sets.insert(set);
-                }
-                Op::Iptables { family, table, .. } => {
-                    tables.insert((*family, *table));
-                }
-                Op::AddVirtualServer { key, .. }
-                | Op::EditVirtualServer { key, .. }
-                | Op::DelVirtualServer { key }
-                | Op::AddRealServer { key, .. }
-                | Op::EditRealServer { key, .. }
-                | Op::DelRealServer { key, .. } => {
-                    servers.insert(*key);
-                }
-                Op::AddAddress { .. } | Op::DelAddress { .. } => addresses = true,
-            }
-        }
-        let mut expected = Fragment::new();
-        let mut kernel = Fragment::new();
-        for name in sets {
-            if let Some(spec) = goal.set(name) {
-                expected.put_set(name, spec.clone());
-                for e in goal.entries(name).into_iter().flatten() {
-                    expected.add_entry(name, e.clone());
-                }
-            }
-            let text = match self.target.ipset(&["save", name], None) {
-                Ok(text) => text,
-                // A set that is gone, as it should be when destroyed.
-                Err(IpsetError::Failed { stderr, .. }) if stderr.contains("does not exist") => {
-                    String::new()
-                }
-                Err(e) => return Err(e.into()),
-            };
-            self.put_kernel_sets(&mut kernel, &text)?;
-        }
-        for (family, table) in tables {
-            for (key, chain) in goal
-                .chains()
-                .filter(|(k, _)| k.family == family && k.table == table)
-            {
-                expected.put_chain(key.clone(), chain.clone());
-            }
-            for jump in goal
-                .jumps()
-                .filter(|j| j.family == family && j.table == table)
-            {
-                expected.add_jump(jump.clone());
-            }
-            let read = iptables::read_table(&self.target, family, table, is_ours, &mut self.book)?;
-            for (key, chain) in read.chains {
-                kernel.put_chain(key, std::sync::Arc::new(chain));
-            }
-            for jump in read.jumps {
-                kernel.add_jump(jump);
-            }
-        }
-        for key in servers {
-            if let Some(vs) = goal.virtual_server(&key) {
-                expected.put_virtual_server(key, vs.clone());
-            }
-            if let Some(vs) = self.services.read_virtual_server(&key)? {
-                kernel.put_virtual_server(key, std::sync::Arc::new(vs));
-            }
-        }
-        if addresses {
-            for a in goal.addresses() {
-                expected.add_address(*a);
-            }
-            for a in self.services.read_addresses()? {
-                kernel.add_address(a);
-            }
-        }
-        self.drop_draining(&mut kernel);
-        let left = diff_fragments(&kernel, &expected);
-        if left.is_empty() {
-            return Ok(());
-        }
-        Err(ApplyError::Mismatch {
-            kernel: NodeDataplane::from_fragment(kernel).digest(),
-            want,
-            differences: left.changes.iter().take(20).map(describe).collect(),
-        })
-    }
-
-    fn put_kernel_sets(&self, f: &mut Fragment, save: &str) -> Result<(), ApplyError> {
-        for (name, set) in ipset::parse_save(save, is_ours)? {
-            let known = self.known_sets.get(&name);
-            // A bitmap has no family in the kernel; the contract gives it one.
-            let family = match (set.kind, known) {
-                (SetType::BitmapPort, Some(k)) => k.family,
-                _ => set.family,
-            };
-            let spec = SetSpec {
-                kind: set.kind,
-                family,
-                maxelem: set
-                    .maxelem
-                    .or_else(|| known.map(|k| k.maxelem))
-                    .unwrap_or(65536),
-                comment: known.map(|k| k.comment.clone()).unwrap_or_default(),
-            };
-            f.put_set(name.clone(), spec);
-            for entry in set.entries {
-                f.add_entry(&name, entry);
-            }
-        }
-        Ok(())
-    }
-
-    fn execute(
-        &mut self,
-        ops: &[Op],
-        current: &Fragment,
-        goal: &Fragment,
-        raw: &RawRules,
-        report: &mut ApplyReport,
-    ) -> Result<(), ApplyError> {
-        let kinds: BTreeMap<String, SetType> = current
-            .sets()
-            .chain(goal.sets())
-            .map(|(name, spec)| (name.clone(), spec.kind))
-            .collect();
-        // Consecutive set operations of one phase go in one restore batch.
-        let mut start = 0;
-        while start < ops.len() {
-            let op = &ops[start];
-            let mut end = start + 1;
-            if backend_of(op) == 0 {
-                while end < ops.len() && backend_of(&ops[end]) == 0 && phase(&ops[end]) == phase(op)
-                {
-                    end += 1;
-                }
-                if let Some(text) = ipset::script(&ops[start..end], &kinds) {
-                    self.target.ipset(&["restore", "-exist"], Some(&text))?;
-                }
-            } else if let Op::Iptables { family, .. } = op {
-                if let Some(text) = iptables::script(op, current, goal, raw) {
-                    iptables::restore(&self.target, *family, &text)?;
-                }
-            } else {
-                self.service_op(op, report)?;
-            }
-            start = end;
-        }
-        Ok(())
-    }
-
-    /// IPVS and address operations, with graceful termination: a removed
-    /// TCP real server drains at weight 0; a UDP one goes at once and its
-    /// conntrack entries with it, so clients do not wait out the UDP timeout.
-    fn service_op(&mut self, op: &Op, report: &mut ApplyReport) -> Result<(), ApplyError> {
-        match op {
-            Op::DelRealServer { key, address, port } if key.protocol == Protocol::Tcp => {
-                let draining = Draining {
-                    key: *key,
-                    address: *address,
-                    port: *port,
-                };
-                let weight_zero = setpoint_dataplane::RealServer {
-                    address: *address,
-                    port: *port,
-                    weight: 0,
-                    forward: Default::default(),
-                };
-                self.services.execute(&Op::EditRealServer {
-                    key: *key,
-                    real_server: weight_zero,
-                })?;
-                self.draining
-                    .insert(draining, Instant::now() + self.drain_timeout);
-                Ok(())
-            }
-            Op::DelRealServer { key, address, port } => {
-                self.services.execute(op)?;
-                if key.protocol == Protocol::Udp
-                    && let Err(e) = self.clear_udp_conntrack(key, *address, *port)
-                {
-                    report.warnings.push(e);
-                }
-                Ok(())
-            }
-            Op::DelVirtualServer { key } => {
-                self.draining.retain(|d, _| d.key != *key);
-                self.services.execute(op)
-            }
-            Op::AddRealServer { key, real_server } => {
-                // A server that comes back while draining is simply re-weighted.
-                let back = Draining {
-                    key: *key,
-                    address: real_server.address,
-                    port: real_server.port,
-                };
-                if self.draining.remove(&back).is_some() {
-                    self.services.execute(&Op::EditRealServer {
-                        key: *key,
-                        real_server: *real_server,
-                    })
-                } else {
-                    self.services.execute(op)
-                }
-            }
-            op => self.services.execute(op),
-        }
-    }
-
-    fn clear_udp_conntrack(
-        &self,
-        key: &VirtualServerKey,
-        address: IpAddr,
-        port: u16,
-    ) -> Result<(), String> {
-        let (vip, vport, rs, rport) = (
-            key.address.to_string(),
-            key.port.to_string(),
-            address.to_string(),
-            port.to_string(),
-        );
-        let family = if key.address.is_ipv4() {
-            "ipv4"
-        } else {
-            "ipv6"
-        };
-        let args = [
-            "-D",
-            "-f",
-            family,
-            "-p",
-            "udp",
-            "--orig-dst",
-            &vip,
-            "--orig-port-dst",
-            &vport,
-            "--reply-src",
-            &rs,
-            "--reply-port-src",
-            &rport,
-        ];
-        match self.target.run("conntrack", &args, None) {
-            Ok(_) => Ok(()),
-            // conntrack exits 1 when no entry matched: nothing to clear.
-            Err(crate::target::RunError::Failed(stderr))
-                if stderr.contains("0 flow entries have been deleted") =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(format!(
-                "clearing UDP conntrack entries of {vip}:{vport} -> {rs}:{rport}: {}",
-                e.describe()
-            )),
-        }
-    }
-
-    /// Removes drained real servers: no connections left, or past the
-    /// timeout. Returns how many were removed.
-    pub fn reap_drained(&mut self) -> Result<usize, ApplyError> {
-        if self.draining.is_empty() {
-            return Ok(0);
-        }
-        let now = Instant::now();
-        let keys: BTreeSet<VirtualServerKey> = self.draining.keys().map(|d| d.key).collect();
-        let mut done = Vec::new();
-        for key in keys {
-            let counts = self.services.connections(&key)?;
-            for (d, deadline) in self.draining.range(
-                Draining {
-                    key,
-                    address: IpAddr::from([0u8; 4]),
-                    port: 0,
-                }..,
-            ) {
-                if d.key != key {
-                    break;
-                }
-                let idle = counts
-                    .iter()
-                    .find(|(a, p, _, _)| (*a, *p) == (d.address, d.port))
-                    .is_none_or(|(_, _, active, inactive)| active + inactive == 0);
-                if idle || now >= *deadline {
-                    done.push(*d);
-                }
-            }
-        }
-        for d in &done {
-            self.services.execute(&Op::DelRealServer {
-                key: d.key,
-                address: d.address,
-                port: d.port,
-            })?;
-            self.draining.remove(d);
-        }
-        Ok(done.len())
-    }
-
-    pub fn draining(&self) -> impl Iterator<Item = &Draining> {
-        self.draining.keys()
-    }
-
-    /// Reads the kernel back; its digest when it holds `want`, else the
-    /// differences.
-    pub fn verify(&mut self, want: &NodeDataplane) -> Result<Digest, ApplyError> {
-        // A state read back from disk at start is checked like one sent.
-        let goal = checked_view(want)?;
+    /// Reads the kernel back; `held`'s digest when it holds `held`, else
+    /// the differences.
+    pub fn verify(&mut self, held: &Verified) -> Result<Digest, ApplyError> {
         // A restarted agent knows the rules only from the state it checks.
-        self.learn(&goal);
-        self.verify_view(&goal, want.digest())
+        self.kernel.learn(&held.view);
+        let want = held.state.digest();
+        self.kernel.verify(&held.view, want)?;
+        Ok(want)
     }
 
-    /// Reads the kernel back and compares it with `goal`, the kernel view
-    /// of the state whose digest is `want_digest`; that digest when equal.
-    fn verify_view(&mut self, goal: &Fragment, want_digest: Digest) -> Result<Digest, ApplyError> {
-        let (kernel, _) = self.read()?;
-        let kernel_digest = kernel.digest();
-        if kernel_digest == goal.digest() {
-            return Ok(want_digest);
-        }
-        let differences = diff_fragments(&kernel, goal)
-            .changes
-            .iter()
-            .take(20)
-            .map(describe)
-            .collect();
-        Err(ApplyError::Mismatch {
-            kernel: kernel_digest,
-            want: want_digest,
-            differences,
-        })
+    /// Removes drained real servers; how many.
+    pub fn reap_drained(&mut self) -> Result<usize, ApplyError> {
+        self.kernel.reap_drained()
     }
+}
+
+/// Up to 20 of `left`'s changes, one line each.
+pub(crate) fn differences(left: &Diff) -> Vec<String> {
+    left.changes.iter().take(20).map(describe).collect()
 }
 
 /// One line per change the kernel still needs, for operators.
@@ -803,5 +435,177 @@ pub fn describe(change: &Change) -> String {
         format!("{}…", &s[..s.floor_char_boundary(300)])
     } else {
         s
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use setpoint_dataplane::{Family, SetEntry, SetSpec, SetType};
+
+    use super::*;
+    use crate::kernel_model::KernelModel;
+
+    /// A state of one set holding `entries`.
+    pub(crate) fn state(entries: &[&str]) -> NodeDataplane {
+        let mut f = Fragment::new();
+        f.put_set(
+            "SP-TEST",
+            SetSpec {
+                kind: SetType::HashIp,
+                family: Family::Inet,
+                maxelem: 1024,
+                comment: String::new(),
+            },
+        );
+        for e in entries {
+            f.add_entry("SP-TEST", e.parse::<SetEntry>().expect("entry"));
+        }
+        NodeDataplane::from_fragment(f)
+    }
+
+    fn verified(entries: &[&str]) -> Verified {
+        Verified::check(1, state(entries)).expect("a valid state")
+    }
+
+    /// An operation, short.
+    fn shown(op: &Op) -> String {
+        match op {
+            Op::CreateSet { name, .. } => format!("create {name}"),
+            Op::AddEntries { set, entries } => format!("add {} to {set}", entries.len()),
+            Op::DelEntries { set, entries } => format!("del {} from {set}", entries.len()),
+            Op::DestroySet { name } => format!("destroy {name}"),
+            other => format!("{other:?}"),
+        }
+    }
+
+    /// On which kernel a row plans.
+    #[derive(Clone, Copy, Debug)]
+    enum On {
+        /// The in-memory kernel, holding these entries (`None`: no set).
+        Model(Option<&'static [&'static str]>),
+        DryRun,
+    }
+
+    fn applier(on: On) -> Applier {
+        match on {
+            On::Model(holds) => Applier::on(Box::new(KernelModel::new(
+                holds.map(|e| state(e).flatten()).unwrap_or_default(),
+            ))),
+            On::DryRun => Applier::dry_run(),
+        }
+    }
+
+    /// Plans `want` on `on` from the held entries (`None`: from the
+    /// kernel), and compares the operations with `expected`.
+    fn check(on: On, held: Option<&[&str]>, want: &[&str], expected: &[&str]) {
+        let held = held.map(verified);
+        let base = held.as_ref().map_or(Base::Kernel, Base::Held);
+        let plan = applier(on)
+            .plan(base, &state(want))
+            .unwrap_or_else(|e| panic!("{on:?} from {held:?}: {e}"));
+        let ops: Vec<String> = plan.ops.iter().map(shown).collect();
+        assert_eq!(ops, expected, "{on:?}, held {held:?}, want {want:?}");
+        assert_eq!(plan.goal, kernel_view(&state(want)).expect("view"));
+    }
+
+    #[test]
+    fn plans_over_each_base() {
+        use On::*;
+        const A: &[&str] = &["10.0.0.1"];
+        const AB: &[&str] = &["10.0.0.1", "10.0.0.2"];
+        // From the kernel, read whole: what it holds decides.
+        check(
+            Model(None),
+            None,
+            A,
+            &["create SP-TEST", "add 1 to SP-TEST"],
+        );
+        check(Model(Some(A)), None, AB, &["add 1 to SP-TEST"]);
+        check(Model(Some(AB)), None, A, &["del 1 from SP-TEST"]);
+        check(Model(Some(AB)), None, AB, &[]);
+        // From the held state: the kernel is not read, whatever it holds.
+        check(Model(Some(A)), Some(A), AB, &["add 1 to SP-TEST"]);
+        check(Model(None), Some(A), AB, &["add 1 to SP-TEST"]);
+        check(Model(Some(AB)), Some(AB), AB, &[]);
+        check(Model(None), Some(AB), &[], &["del 2 from SP-TEST"]);
+        // A dry run reads as holding nothing, and plans from the held
+        // state as an apply would.
+        check(DryRun, None, A, &["create SP-TEST", "add 1 to SP-TEST"]);
+        check(DryRun, Some(A), AB, &["add 1 to SP-TEST"]);
+        check(DryRun, Some(AB), A, &["del 1 from SP-TEST"]);
+    }
+
+    #[test]
+    fn applies_from_each_base_reach_the_wanted_state_and_hand_back_its_view() {
+        let (a, ab) = (state(&["10.0.0.1"]), state(&["10.0.0.1", "10.0.0.2"]));
+        let mut applier = Applier::on(Box::new(KernelModel::default()));
+        let (report, view) = applier.apply(Base::Kernel, &a).expect("from nothing");
+        assert_eq!((report.changes, report.operations), (2, 2));
+        assert_eq!(report.digest, a.digest());
+        let held = Verified {
+            revision: 1,
+            state: a.clone(),
+            view,
+        };
+        let (report, view) = applier.apply(Base::Held(&held), &ab).expect("a delta");
+        assert_eq!((report.operations, report.digest), (1, ab.digest()));
+        assert_eq!(view, kernel_view(&ab).expect("view"));
+        let held = Verified {
+            revision: 2,
+            state: ab.clone(),
+            view,
+        };
+        assert_eq!(applier.verify(&held).expect("holds it"), ab.digest());
+        // A held state the kernel does not hold: the delta fails as the
+        // kernel would, and an apply from the kernel repairs it.
+        let mut drifted = Applier::on(Box::new(KernelModel::default()));
+        assert!(matches!(
+            drifted.apply(Base::Held(&held), &a),
+            Err(ApplyError::Service { .. })
+        ));
+        assert!(matches!(
+            drifted.verify(&held),
+            Err(ApplyError::Mismatch { .. })
+        ));
+        drifted.apply(Base::Kernel, &ab).expect("repair");
+        assert_eq!(drifted.verify(&held).expect("repaired"), ab.digest());
+    }
+
+    #[test]
+    fn a_dry_run_plans_and_refuses_like_an_apply_and_touches_nothing() {
+        let mut dry = Applier::dry_run();
+        let (report, view) = dry
+            .apply(Base::Kernel, &state(&["10.0.0.1"]))
+            .expect("accepted");
+        assert_eq!((report.changes, report.operations), (2, 2));
+        assert_eq!(view, kernel_view(&state(&["10.0.0.1"])).expect("view"));
+        // Nothing was done, and nothing is read back.
+        assert_eq!(
+            dry.plan(Base::Kernel, &state(&["10.0.0.1"]))
+                .expect("plan")
+                .ops
+                .len(),
+            2
+        );
+        assert_eq!(dry.reap_drained().expect("nothing draining"), 0);
+        // What an apply refuses, a dry run refuses.
+        let mut bad = state(&[]).flatten();
+        bad.put_set(
+            "SP-BAD\n",
+            SetSpec {
+                kind: SetType::HashIp,
+                family: Family::Inet,
+                maxelem: 1024,
+                comment: String::new(),
+            },
+        );
+        let bad = NodeDataplane::from_fragment(bad);
+        let held = verified(&[]);
+        for base in [Base::Kernel, Base::Held(&held)] {
+            assert!(matches!(
+                dry.apply(base, &bad),
+                Err(ApplyError::Refused { .. })
+            ));
+        }
     }
 }

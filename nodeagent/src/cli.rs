@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use setpoint_dataplane::{Diff, NodeDataplane, diff};
 
-use setpoint_agent::apply::{Applier, kernel_view};
+use setpoint_agent::apply::{Applier, Base, kernel_view};
 use setpoint_agent::plan::{Op, phase};
 use setpoint_agent::services::IpvsMode;
 use setpoint_agent::target::Target;
@@ -222,7 +222,7 @@ fn run_cleanup(netns: Option<String>) -> anyhow::Result<bool> {
     let target = Target { netns };
     let services = setpoint_agent::services::for_target(&target, IpvsMode::Kernel);
     let mut applier = Applier::new(target, services);
-    let report = applier.apply(&NodeDataplane::default())?;
+    let (report, _) = applier.apply(Base::Kernel, &NodeDataplane::default())?;
     println!(
         "removed {} kernel objects in {} operations; nothing of Setpoint's is left",
         report.changes, report.operations
@@ -246,14 +246,14 @@ fn run_apply(path: &Path, netns: Option<String>, dry_run: bool) -> anyhow::Resul
         if let Err(e) = kernel_view(&state).and_then(|goal| applier.refuse_unsupported(&goal)) {
             println!("note: a real apply here would fail: {e}");
         }
-        let (_, ops) = applier.plan(&state)?;
+        let ops = applier.plan(Base::Kernel, &state)?.ops;
         for op in &ops {
             println!("phase {} {}", phase(op), describe_op(op));
         }
         println!("dry run: {} operations, nothing applied", ops.len());
         return Ok(true);
     }
-    let report = applier.apply(&state)?;
+    let (report, _) = applier.apply(Base::Kernel, &state)?;
     for w in &report.warnings {
         eprintln!("warning: {w}");
     }

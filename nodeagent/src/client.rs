@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::Rng;
 use setpoint_dataplane::text::clean_text;
-use setpoint_dataplane::{Digest, Fragment, NodeDataplane};
+use setpoint_dataplane::{Digest, NodeDataplane};
 use setpoint_proto::parts::{FragmentCache, apply_delta, snapshot_state_cached};
 use setpoint_proto::pieces::Reassembly;
 use setpoint_proto::v1::agent_message::Body as AgentBody;
@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::task::AbortOnDropHandle;
 
-use crate::apply::{Applier, ApplyError, kernel_view};
+use crate::apply::{Applier, ApplyError, Base, Verified};
 use crate::local_state::{Applied, LocalState};
 use crate::metrics::AgentMetrics;
 use crate::services::{IpvsMode, for_target};
@@ -285,10 +285,11 @@ impl Failsafe {
 pub struct Agent {
     options: AgentOptions,
     applier: Arc<Mutex<Applier>>,
-    held: Option<Held>,
-    /// The kernel view of the held state (by its digest), kept so a delta
-    /// is planned in time that grows with the change, not the state.
-    held_view: Option<(Digest, Fragment)>,
+    /// What the kernel holds, as this agent applied and verified it (or
+    /// found it recorded and the kernel still holding it); `None` when
+    /// that is not known for sure. Deltas apply to it, and are planned
+    /// from its kernel view in time that grows with the change.
+    held: Option<Verified>,
     was_connected: bool,
     pub progress: Arc<Mutex<AgentProgress>>,
     pub metrics: Arc<AgentMetrics>,
@@ -380,8 +381,14 @@ fn failed_operation(e: &ApplyError) -> String {
 
 impl Agent {
     pub fn new(options: AgentOptions) -> Agent {
-        let services = for_target(&options.target, options.ipvs);
-        let applier = Applier::new(options.target.clone(), services);
+        let applier = if options.dry_run {
+            Applier::dry_run()
+        } else {
+            Applier::new(
+                options.target.clone(),
+                for_target(&options.target, options.ipvs),
+            )
+        };
         // A dry run applies nothing, so it has nothing to go back from.
         let failsafe = options
             .failsafe
@@ -391,7 +398,6 @@ impl Agent {
             options,
             applier: Arc::new(Mutex::new(applier)),
             held: None,
-            held_view: None,
             was_connected: false,
             progress: Arc::default(),
             metrics: AgentMetrics::new(),
@@ -440,20 +446,19 @@ impl Agent {
             tracing::warn!("the local state is for another node or inconsistent; ignoring it");
             return;
         }
-        if self.options.dry_run {
-            self.held = Some((record.revision, state));
-            return;
-        }
-        let check = state.clone();
-        let verified = self.with_applier(move |a| a.verify(&check)).await;
+        let revision = record.revision;
+        let verified = self
+            .with_applier(move |a| {
+                let held = Verified::check(revision, state)?;
+                a.verify(&held)?;
+                Ok::<_, ApplyError>(held)
+            })
+            .await;
         match verified {
-            Some(Ok(_)) => {
-                tracing::info!(
-                    revision = record.revision,
-                    "the kernel still holds the recorded state"
-                );
-                self.note(|p| p.revision = record.revision);
-                self.held = Some((record.revision, state));
+            Some(Ok(held)) => {
+                tracing::info!(revision, "the kernel still holds the recorded state");
+                self.note(|p| p.revision = revision);
+                self.held = Some(held);
             }
             Some(Err(e)) => {
                 tracing::info!("the kernel moved since the last run ({e}); asking for a snapshot")
@@ -501,8 +506,8 @@ impl Agent {
     /// The fail-safe: back to the proven previous state when the control
     /// plane has stayed unreachable since shortly after an apply.
     async fn revert_if_due(&mut self) {
-        let current = self.held.as_ref().map(|(_, s)| s.digest());
-        let left = self.held.as_ref().map(|(r, _)| *r).unwrap_or(0);
+        let current = self.held.as_ref().map(|h| h.state.digest());
+        let left = self.held.as_ref().map_or(0, |h| h.revision);
         let Some((revision, state)) = self
             .failsafe
             .as_mut()
@@ -525,13 +530,16 @@ impl Agent {
         });
         let target = state.clone();
         match self
-            .with_applier(move |a| a.apply_viewed(&target).map(|(_, view)| view))
+            .with_applier(move |a| a.apply(Base::Kernel, &target).map(|(_, view)| view))
             .await
         {
             Some(Ok(view)) => {
-                self.held_view = Some((state.digest(), view));
                 self.record_applied(revision, &state);
-                self.held = Some((revision, state));
+                self.held = Some(Verified {
+                    revision,
+                    state,
+                    view,
+                });
                 self.metrics
                     .revision
                     .set(i64::try_from(revision).unwrap_or(i64::MAX));
@@ -569,7 +577,7 @@ impl Agent {
             .max_decoding_message_size(setpoint_proto::MAX_DOWNSTREAM_MESSAGE_BYTES);
         let (tx, rx) = mpsc::channel(8);
         let (revision, digest) = match &self.held {
-            Some((r, s)) => (*r, digest_bytes(&s.digest())),
+            Some(held) => (held.revision, digest_bytes(&held.state.digest())),
             None => (0, Vec::new()),
         };
         tx.send(envelope(AgentBody::Hello(Hello {
@@ -702,7 +710,7 @@ impl Agent {
                 // base may be a newer revision of the very state held: the
                 // parts' and the result's digests decide, not the revision
                 // number (`apply_delta` checks both).
-                let Some((_, base)) = &self.held else {
+                let Some(held) = &self.held else {
                     return Ok(Some(self.nack(
                         d.to_revision,
                         format!(
@@ -712,7 +720,7 @@ impl Agent {
                         "apply delta",
                     )));
                 };
-                match apply_delta(base, &d, FragmentCache::process()) {
+                match apply_delta(&held.state, &d, FragmentCache::process()) {
                     Ok(next) => (d.to_revision, next),
                     Err(e) => {
                         return Ok(Some(self.nack(d.to_revision, e.to_string(), "apply delta")));
@@ -752,7 +760,7 @@ impl Agent {
             .to_string();
         let span = tracing::info_span!("apply", revision, trace_id = %trace_id);
         // A child of the control plane's rollout span, when exported.
-        crate::telemetry::set_remote_parent(&span, &m.traceparent);
+        setpoint_runtime::telemetry::set_remote_parent(&span, &m.traceparent);
         use tracing::Instrument as _;
         Ok(Some(self.apply(revision, wanted).instrument(span).await))
     }
@@ -772,68 +780,36 @@ impl Agent {
 
     async fn apply(&mut self, revision: u64, state: NodeDataplane) -> AgentMessage {
         let started = Instant::now();
+        // From a state this agent verified, only the difference is applied
+        // and read back; otherwise the whole kernel is.
+        let held = self.held.clone();
         let target = state.clone();
-        // The held state and its kernel view (the one kept, when it is
-        // still the held state's).
-        let held = self.held.as_ref().map(|(_, s)| {
-            let view = self
-                .held_view
-                .as_ref()
-                .filter(|(digest, _)| *digest == s.digest())
-                .map(|(_, view)| view.clone());
-            (s.clone(), view)
-        });
-        let incremental = held.as_ref().is_some_and(|(_, view)| view.is_some());
-        let result = if self.options.dry_run {
-            // Touches nothing, reads nothing: plans from what it was sent.
-            let (held, view) = held.unwrap_or_default();
-            let plan = move || {
-                match view {
-                    Some(view) => Ok(view),
-                    None => kernel_view(&held),
-                }
-                .and_then(|view| Applier::plan_step(&held, &view, &target))
-                .map(|(ops, goal)| {
-                    tracing::info!(
-                        revision,
-                        operations = ops.len(),
-                        "dry run: planned, nothing applied"
-                    );
-                    goal
-                })
-            };
-            if incremental {
-                // From the kept view: time grows with the change, and a
-                // thread hand-off would cost more than the plan.
-                Some(plan())
-            } else {
-                // The whole state expanded: off the async threads.
-                tokio::task::spawn_blocking(plan).await.ok()
-            }
+        let apply = move |a: &mut Applier| {
+            let base = held.as_ref().map_or(Base::Kernel, Base::Held);
+            a.apply(base, &target).map(|(_, view)| view)
+        };
+        let result = if self.options.dry_run && self.held.is_some() {
+            // Plans from the held view and touches nothing: time grows
+            // with the change, and a thread hand-off would cost more than
+            // the plan.
+            self.applier.lock().ok().map(|mut a| apply(&mut a))
         } else {
-            // From a state this agent verified, only the difference is
-            // applied and read back; otherwise the whole kernel is.
-            self.with_applier(move |a| match held {
-                Some((held, view)) => {
-                    let view = match view {
-                        Some(view) => view,
-                        None => kernel_view(&held)?,
-                    };
-                    a.apply_step(&held, &view, &target).map(|(_, goal)| goal)
-                }
-                None => a.apply_viewed(&target).map(|(_, goal)| goal),
-            })
-            .await
+            // Kernel tools, or a whole state expanded: off the async
+            // threads.
+            self.with_applier(apply).await
         };
         match result {
             Some(Ok(view)) => {
                 let took = started.elapsed();
                 let digest = state.digest();
-                self.held_view = Some((digest, view));
                 self.record_applied(revision, &state);
-                let before = self.held.replace((revision, state));
+                let before = self.held.replace(Verified {
+                    revision,
+                    state,
+                    view,
+                });
                 if let Some(f) = &mut self.failsafe {
-                    f.applied(before, Instant::now());
+                    f.applied(before.map(|h| (h.revision, h.state)), Instant::now());
                 }
                 self.metrics
                     .revision
@@ -863,18 +839,21 @@ impl Agent {
 
     /// Re-reads the kernel; puts back what someone changed.
     async fn repair_drift(&mut self) {
-        let Some((revision, state)) = self.held.clone() else {
+        let Some(held) = self.held.clone() else {
             return;
         };
         if self.options.dry_run {
             return;
         }
-        let check = state.clone();
+        let (revision, state) = (held.revision, held.state.clone());
         self.metrics.drift_checks.inc();
-        match self.with_applier(move |a| a.verify(&check)).await {
+        match self.with_applier(move |a| a.verify(&held)).await {
             Some(Err(ApplyError::Mismatch { differences, .. })) => {
                 tracing::warn!(revision, "drift: {}", differences.join("; "));
-                match self.with_applier(move |a| a.apply(&state)).await {
+                match self
+                    .with_applier(move |a| a.apply(Base::Kernel, &state))
+                    .await
+                {
                     Some(Ok(_)) => {
                         self.note(|p| p.drift_repairs += 1);
                         self.metrics.drift_repairs.inc();
@@ -892,9 +871,9 @@ impl Agent {
 #[cfg(test)]
 mod tests {
     use prost::Message;
-    use setpoint_dataplane::{Family, Fragment, SetEntry, SetSpec, SetType};
 
     use super::*;
+    use crate::apply::tests::state;
 
     #[test]
     fn a_nack_fits_the_upstream_limit_whatever_the_tool_printed() {
@@ -907,23 +886,6 @@ mod tests {
         assert!(nack.error.starts_with("iptables-restore: line 1 failed"));
         assert!(!nack.error.chars().any(char::is_control));
         assert_eq!(nack.failed_operation, "iptables-restore");
-    }
-
-    fn state(entries: &[&str]) -> NodeDataplane {
-        let mut f = Fragment::new();
-        f.put_set(
-            "SP-TEST",
-            SetSpec {
-                kind: SetType::HashIp,
-                family: Family::Inet,
-                maxelem: 1024,
-                comment: String::new(),
-            },
-        );
-        for e in entries {
-            f.add_entry("SP-TEST", e.parse::<SetEntry>().expect("entry"));
-        }
-        NodeDataplane::from_fragment(f)
     }
 
     fn delta_message(
@@ -953,7 +915,7 @@ mod tests {
     async fn a_delta_from_a_newer_revision_of_the_held_state_applies() {
         let (one, two) = (state(&["10.0.0.1"]), state(&["10.0.0.1", "10.0.0.2"]));
         let mut a = agent();
-        a.held = Some((1, one.clone()));
+        a.held = Some(Verified::check(1, one.clone()).expect("valid"));
         // Revision 2 left this node unchanged: the control plane acked it on
         // the agent's behalf and sends revision 3 as a delta from 2.
         let reply = a
@@ -966,7 +928,7 @@ mod tests {
             "{reply:?}"
         );
         assert_eq!(
-            a.held.as_ref().map(|(r, s)| (*r, s.digest())),
+            a.held.as_ref().map(|h| (h.revision, h.state.digest())),
             Some((3, two.digest()))
         );
         // A delta that does not fit the held state is refused by its digest.
@@ -1090,7 +1052,7 @@ mod tests {
             from_revision: 2,
             to_revision: 1,
         });
-        a.held = Some((1, one.clone()));
+        a.held = Some(Verified::check(1, one.clone()).expect("valid"));
         let reply = a
             .handle(delta_message(1, 2, &one, &two))
             .await
@@ -1102,7 +1064,7 @@ mod tests {
         assert_eq!(nack.failed_operation, "fail-safe");
         assert!(nack.error.contains("returned to revision 1"), "{nack:?}");
         assert_eq!(
-            a.held.as_ref().map(|(r, s)| (*r, s.digest())),
+            a.held.as_ref().map(|h| (h.revision, h.state.digest())),
             Some((1, one.digest())),
             "still holding what the kernel holds"
         );

@@ -1,15 +1,56 @@
 //! An in-memory kernel: applies [`Op`]s to a [`Fragment`] and refuses what
 //! the kernel would refuse — a rule naming a set or chain that does not
 //! exist, destroying a set or chain still in use, a real server without its
-//! virtual server. The planner's ordering is proven against it; the real
+//! virtual server. The planner's ordering is proven against it, the
+//! executor's plans and applies run on it as a [`Kernel`], and the real
 //! backends are checked against the same expectations.
 
 use std::sync::Arc;
 
-use setpoint_dataplane::{BUILTIN_TARGETS, ChainKey, Fragment, Rule, VirtualServer};
+use setpoint_dataplane::diff::diff_fragments;
+use setpoint_dataplane::{
+    BUILTIN_TARGETS, ChainKey, Digest, Fragment, Rule, VirtualServer, VirtualServerKey,
+};
 
-use crate::apply::ApplyError;
+use crate::apply::{ApplyError, Kernel, differences};
+use crate::iptables::RawRules;
 use crate::plan::Op;
+
+/// What the kernel would refuse, and why. `doing` names the operation
+/// where one message serves several.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("set {0} exists")]
+    SetExists(String),
+    #[error("{doing}: set {set} does not exist")]
+    NoSet { doing: &'static str, set: String },
+    #[error("set {0} is in use by a rule")]
+    SetInUse(String),
+    #[error("virtual server {0} exists")]
+    VirtualServerExists(VirtualServerKey),
+    #[error("{doing}: no virtual server {key}")]
+    NoVirtualServer {
+        doing: &'static str,
+        key: VirtualServerKey,
+    },
+    #[error("real server for missing virtual server {0}")]
+    RealServerWithoutVirtualServer(VirtualServerKey),
+    #[error("real server exists in {0}")]
+    RealServerExists(VirtualServerKey),
+    #[error("{doing}: no such real server in {key}")]
+    NoRealServer {
+        doing: &'static str,
+        key: VirtualServerKey,
+    },
+    #[error("no jump from {0} to delete")]
+    NoJump(String),
+    #[error("no chain {0} to delete")]
+    NoChain(String),
+    #[error("rule uses set {0} which does not exist")]
+    RuleNamesMissingSet(String),
+    #[error("rule jumps to {0} which does not exist")]
+    RuleJumpsToMissingChain(String),
+}
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KernelModel {
@@ -32,12 +73,12 @@ impl KernelModel {
             || self.state.jumps().any(|j| uses_set(&j.rule, name))
     }
 
-    pub fn apply(&mut self, op: &Op) -> Result<(), String> {
+    pub fn apply(&mut self, op: &Op) -> Result<(), Refused> {
         let f = &mut self.state;
         match op {
             Op::CreateSet { name, spec } => {
                 if f.set(name).is_some() {
-                    return Err(format!("set {name} exists"));
+                    return Err(Refused::SetExists(name.clone()));
                 }
                 f.put_set(name.clone(), spec.clone());
             }
@@ -47,7 +88,10 @@ impl KernelModel {
                 entries,
             } => {
                 if f.set(name).is_none() {
-                    return Err(format!("swap: set {name} does not exist"));
+                    return Err(Refused::NoSet {
+                        doing: "swap",
+                        set: name.clone(),
+                    });
                 }
                 f.put_set(name.clone(), spec.clone());
                 f.clear_entries(name);
@@ -57,7 +101,10 @@ impl KernelModel {
             }
             Op::AddEntries { set, entries } => {
                 if f.set(set).is_none() {
-                    return Err(format!("add: set {set} does not exist"));
+                    return Err(Refused::NoSet {
+                        doing: "add",
+                        set: set.clone(),
+                    });
                 }
                 for e in entries {
                     f.add_entry(set, e.clone());
@@ -65,7 +112,10 @@ impl KernelModel {
             }
             Op::DelEntries { set, entries } => {
                 if f.set(set).is_none() {
-                    return Err(format!("del: set {set} does not exist"));
+                    return Err(Refused::NoSet {
+                        doing: "del",
+                        set: set.clone(),
+                    });
                 }
                 for e in entries {
                     f.remove_entry(set, e);
@@ -73,11 +123,14 @@ impl KernelModel {
             }
             Op::DestroySet { name } => {
                 if self.set_in_use(name) {
-                    return Err(format!("set {name} is in use by a rule"));
+                    return Err(Refused::SetInUse(name.clone()));
                 }
                 let f = &mut self.state;
                 if f.remove_set(name).is_none() {
-                    return Err(format!("destroy: set {name} does not exist"));
+                    return Err(Refused::NoSet {
+                        doing: "destroy",
+                        set: name.clone(),
+                    });
                 }
                 f.clear_entries(name);
             }
@@ -92,7 +145,7 @@ impl KernelModel {
                 virtual_server,
             } => {
                 if f.virtual_server(key).is_some() {
-                    return Err(format!("virtual server {key} exists"));
+                    return Err(Refused::VirtualServerExists(*key));
                 }
                 f.put_virtual_server(*key, virtual_server.clone());
             }
@@ -101,9 +154,10 @@ impl KernelModel {
                 scheduler,
                 persistence_timeout,
             } => {
-                let old = f
-                    .virtual_server(key)
-                    .ok_or_else(|| format!("edit: no virtual server {key}"))?;
+                let old = f.virtual_server(key).ok_or(Refused::NoVirtualServer {
+                    doing: "edit",
+                    key: *key,
+                })?;
                 let new =
                     VirtualServer::new(*scheduler, *persistence_timeout, old.real_servers.clone());
                 f.put_virtual_server(*key, Arc::new(new));
@@ -111,12 +165,12 @@ impl KernelModel {
             Op::AddRealServer { key, real_server } => {
                 let old = f
                     .virtual_server(key)
-                    .ok_or_else(|| format!("real server for missing virtual server {key}"))?;
+                    .ok_or(Refused::RealServerWithoutVirtualServer(*key))?;
                 if old
                     .real_server(real_server.address, real_server.port)
                     .is_some()
                 {
-                    return Err(format!("real server exists in {key}"));
+                    return Err(Refused::RealServerExists(*key));
                 }
                 let mut reals = old.real_servers.clone();
                 reals.push(*real_server);
@@ -124,34 +178,45 @@ impl KernelModel {
                 f.put_virtual_server(*key, Arc::new(new));
             }
             Op::EditRealServer { key, real_server } => {
-                let old = f
-                    .virtual_server(key)
-                    .ok_or_else(|| format!("edit real server: no virtual server {key}"))?;
+                let old = f.virtual_server(key).ok_or(Refused::NoVirtualServer {
+                    doing: "edit real server",
+                    key: *key,
+                })?;
                 let mut reals = old.real_servers.clone();
                 let slot = reals
                     .iter_mut()
                     .find(|r| (r.address, r.port) == (real_server.address, real_server.port))
-                    .ok_or_else(|| format!("edit: no such real server in {key}"))?;
+                    .ok_or(Refused::NoRealServer {
+                        doing: "edit",
+                        key: *key,
+                    })?;
                 *slot = *real_server;
                 let new = VirtualServer::new(old.scheduler, old.persistence_timeout, reals);
                 f.put_virtual_server(*key, Arc::new(new));
             }
             Op::DelRealServer { key, address, port } => {
-                let old = f
-                    .virtual_server(key)
-                    .ok_or_else(|| format!("del real server: no virtual server {key}"))?;
+                let old = f.virtual_server(key).ok_or(Refused::NoVirtualServer {
+                    doing: "del real server",
+                    key: *key,
+                })?;
                 let mut reals = old.real_servers.clone();
                 let before = reals.len();
                 reals.retain(|r| (r.address, r.port) != (*address, *port));
                 if reals.len() == before {
-                    return Err(format!("del: no such real server in {key}"));
+                    return Err(Refused::NoRealServer {
+                        doing: "del",
+                        key: *key,
+                    });
                 }
                 let new = VirtualServer::new(old.scheduler, old.persistence_timeout, reals);
                 f.put_virtual_server(*key, Arc::new(new));
             }
             Op::DelVirtualServer { key } => {
                 if f.remove_virtual_server(key).is_none() {
-                    return Err(format!("del: no virtual server {key}"));
+                    return Err(Refused::NoVirtualServer {
+                        doing: "del",
+                        key: *key,
+                    });
                 }
             }
             Op::Iptables {
@@ -171,7 +236,7 @@ impl KernelModel {
                 };
                 for jump in del_jumps {
                     if !next.remove_jump(jump) {
-                        return Err(format!("no jump from {} to delete", jump.from));
+                        return Err(Refused::NoJump(jump.from.clone()));
                     }
                 }
                 for (name, chain) in replace {
@@ -179,7 +244,7 @@ impl KernelModel {
                 }
                 for name in delete {
                     if next.remove_chain(&key(name)).is_none() {
-                        return Err(format!("no chain {name} to delete"));
+                        return Err(Refused::NoChain(name.clone()));
                     }
                 }
                 for jump in add_jumps {
@@ -204,14 +269,14 @@ impl KernelModel {
                 for rule in &rules {
                     for set in rule.referenced_sets() {
                         if next.set(set).is_none() {
-                            return Err(format!("rule uses set {set} which does not exist"));
+                            return Err(Refused::RuleNamesMissingSet(set.to_string()));
                         }
                     }
                     if let Some(target) = rule.target()
                         && !BUILTIN_TARGETS.contains(&target)
                         && !chains.iter().any(|c| c == target)
                     {
-                        return Err(format!("rule jumps to {target} which does not exist"));
+                        return Err(Refused::RuleJumpsToMissingChain(target.to_string()));
                     }
                 }
                 *f = next;
@@ -261,9 +326,9 @@ impl crate::apply::ServiceKernel for ModelServices {
     }
 
     fn execute(&mut self, op: &Op) -> Result<(), ApplyError> {
-        self.model.apply(op).map_err(|message| ApplyError::Service {
+        self.model.apply(op).map_err(|refused| ApplyError::Service {
             operation: format!("{op:?}"),
-            message,
+            message: refused.to_string(),
         })
     }
 
@@ -282,5 +347,64 @@ impl crate::apply::ServiceKernel for ModelServices {
                     .collect()
             })
             .unwrap_or_default())
+    }
+}
+
+/// The whole kernel in memory, as an executor's [`Kernel`]: plans run on
+/// it step by step, refused as the kernel would refuse them, and read back
+/// whole. What the executor's state machine is tested against.
+impl Kernel for KernelModel {
+    fn missing_feature(&self) -> Option<String> {
+        None
+    }
+
+    fn learn(&mut self, _goal: &Fragment) {}
+
+    fn read(&mut self) -> Result<(Fragment, RawRules), ApplyError> {
+        Ok((self.state.clone(), RawRules::new()))
+    }
+
+    fn adopt_draining(&mut self, _current: &mut Fragment, _goal: &Fragment) {}
+
+    fn execute(
+        &mut self,
+        ops: &[Op],
+        _current: &Fragment,
+        _goal: &Fragment,
+        _raw: &RawRules,
+        _warnings: &mut Vec<String>,
+    ) -> Result<(), ApplyError> {
+        for op in ops {
+            self.apply(op).map_err(|refused| ApplyError::Service {
+                operation: format!("{op:?}"),
+                message: refused.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    fn verify(&mut self, goal: &Fragment, want: Digest) -> Result<(), ApplyError> {
+        let left = diff_fragments(&self.state, goal);
+        if left.is_empty() {
+            return Ok(());
+        }
+        Err(ApplyError::Mismatch {
+            kernel: self.state.digest(),
+            want,
+            differences: differences(&left),
+        })
+    }
+
+    fn verify_touched(
+        &mut self,
+        _ops: &[Op],
+        goal: &Fragment,
+        want: Digest,
+    ) -> Result<(), ApplyError> {
+        self.verify(goal, want)
+    }
+
+    fn reap_drained(&mut self) -> Result<usize, ApplyError> {
+        Ok(0)
     }
 }

@@ -108,19 +108,50 @@ fn table_ops(
     tables.entry((family, table)).or_default()
 }
 
-/// The phase an operation runs in (see the module doc).
-pub fn phase(op: &Op) -> u8 {
+/// When an operation runs (see the module doc): phases run in the order
+/// declared here, which is what makes a plan make-before-break.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Phase {
+    /// Sets created, redefined or grown.
+    SetsGrown = 1,
+    ServiceAddressesAdded = 2,
+    /// Virtual and real servers added or edited.
+    IpvsAdded = 3,
+    /// Chains and jumps, per family and table.
+    Iptables = 4,
+    /// Real and virtual servers removed.
+    IpvsRemoved = 5,
+    /// Set entries removed, sets destroyed.
+    SetsShrunk = 6,
+    ServiceAddressesRemoved = 7,
+}
+
+impl Phase {
+    /// Its number in the module doc's table (1–7), as operators read it.
+    pub fn number(self) -> u8 {
+        self as u8
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.number())
+    }
+}
+
+/// The phase `op` runs in.
+pub fn phase(op: &Op) -> Phase {
     match op {
-        Op::CreateSet { .. } | Op::RebuildSet { .. } | Op::AddEntries { .. } => 1,
-        Op::AddAddress { .. } => 2,
+        Op::CreateSet { .. } | Op::RebuildSet { .. } | Op::AddEntries { .. } => Phase::SetsGrown,
+        Op::AddAddress { .. } => Phase::ServiceAddressesAdded,
         Op::AddVirtualServer { .. }
         | Op::EditVirtualServer { .. }
         | Op::AddRealServer { .. }
-        | Op::EditRealServer { .. } => 3,
-        Op::Iptables { .. } => 4,
-        Op::DelRealServer { .. } | Op::DelVirtualServer { .. } => 5,
-        Op::DelEntries { .. } | Op::DestroySet { .. } => 6,
-        Op::DelAddress { .. } => 7,
+        | Op::EditRealServer { .. } => Phase::IpvsAdded,
+        Op::Iptables { .. } => Phase::Iptables,
+        Op::DelRealServer { .. } | Op::DelVirtualServer { .. } => Phase::IpvsRemoved,
+        Op::DelEntries { .. } | Op::DestroySet { .. } => Phase::SetsShrunk,
+        Op::DelAddress { .. } => Phase::ServiceAddressesRemoved,
     }
 }
 
@@ -257,4 +288,120 @@ pub fn plan(diff: &Diff, current: &Fragment, target: &Fragment) -> Result<Vec<Op
     // Stable: within a phase the diff's canonical order is kept.
     ops.sort_by_key(phase);
     Ok(ops)
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// Every kind of operation, with the phase it runs in, in plan order.
+    pub(crate) fn one_of_each() -> Vec<(Op, Phase)> {
+        let key = VirtualServerKey {
+            address: "10.96.0.1".parse().expect("ip"),
+            protocol: setpoint_dataplane::Protocol::Tcp,
+            port: 80,
+        };
+        let address: IpAddr = "10.96.0.1".parse().expect("ip");
+        let spec = SetSpec {
+            kind: setpoint_dataplane::SetType::HashIp,
+            family: Family::Inet,
+            maxelem: 1024,
+            comment: String::new(),
+        };
+        let real_server = RealServer {
+            address: "10.244.0.5".parse().expect("ip"),
+            port: 8080,
+            weight: 1,
+            forward: Default::default(),
+        };
+        let set = || "SP-X".to_string();
+        vec![
+            (
+                Op::CreateSet {
+                    name: set(),
+                    spec: spec.clone(),
+                },
+                Phase::SetsGrown,
+            ),
+            (
+                Op::RebuildSet {
+                    name: set(),
+                    spec,
+                    entries: Vec::new(),
+                },
+                Phase::SetsGrown,
+            ),
+            (
+                Op::AddEntries {
+                    set: set(),
+                    entries: Vec::new(),
+                },
+                Phase::SetsGrown,
+            ),
+            (Op::AddAddress { address }, Phase::ServiceAddressesAdded),
+            (
+                Op::AddVirtualServer {
+                    key,
+                    virtual_server: Arc::new(VirtualServer::new(Scheduler::Rr, None, Vec::new())),
+                },
+                Phase::IpvsAdded,
+            ),
+            (
+                Op::EditVirtualServer {
+                    key,
+                    scheduler: Scheduler::Rr,
+                    persistence_timeout: None,
+                },
+                Phase::IpvsAdded,
+            ),
+            (Op::AddRealServer { key, real_server }, Phase::IpvsAdded),
+            (Op::EditRealServer { key, real_server }, Phase::IpvsAdded),
+            (
+                Op::Iptables {
+                    family: Family::Inet,
+                    table: Table::Filter,
+                    replace: Vec::new(),
+                    delete: Vec::new(),
+                    add_jumps: Vec::new(),
+                    del_jumps: Vec::new(),
+                },
+                Phase::Iptables,
+            ),
+            (
+                Op::DelRealServer {
+                    key,
+                    address: real_server.address,
+                    port: real_server.port,
+                },
+                Phase::IpvsRemoved,
+            ),
+            (Op::DelVirtualServer { key }, Phase::IpvsRemoved),
+            (
+                Op::DelEntries {
+                    set: set(),
+                    entries: Vec::new(),
+                },
+                Phase::SetsShrunk,
+            ),
+            (Op::DestroySet { name: set() }, Phase::SetsShrunk),
+            (Op::DelAddress { address }, Phase::ServiceAddressesRemoved),
+        ]
+    }
+
+    #[test]
+    fn phases_are_the_module_docs_and_run_in_its_order() {
+        let rows = one_of_each();
+        for (op, expected) in &rows {
+            assert_eq!(phase(op), *expected, "{op:?}");
+        }
+        let numbers: Vec<u8> = rows.iter().map(|(_, p)| p.number()).collect();
+        assert_eq!(numbers, [1, 1, 1, 2, 3, 3, 3, 3, 4, 5, 5, 6, 6, 7]);
+        assert_eq!(Phase::Iptables.to_string(), "4");
+        // The order of the variants is the order of execution.
+        let mut reversed: Vec<Op> = rows.iter().rev().map(|(op, _)| op.clone()).collect();
+        reversed.sort_by_key(phase);
+        let phases: Vec<Phase> = reversed.iter().map(phase).collect();
+        let expected: Vec<Phase> = rows.iter().map(|(_, p)| *p).collect();
+        assert_eq!(phases, expected);
+    }
 }

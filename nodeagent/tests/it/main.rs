@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use setpoint_agent::kernel_model::KernelModel;
-use setpoint_agent::plan::{Op, phase, plan};
+use setpoint_agent::plan::{Op, Phase, phase, plan};
 use setpoint_compute::{ClusterObject, ComputeConfig, Index};
 use setpoint_dataplane::{
     Chain, ChainKey, Family, Fragment, NodeDataplane, Rule, SetEntry, SetSpec, SetType, Table, diff,
@@ -36,7 +36,7 @@ fn state(objects: &[ClusterObject], keep: &[bool], node: &str) -> NodeDataplane 
 /// Runs the plan from `a` to `b` on the model; every step must be accepted.
 fn run(a: &NodeDataplane, b: &NodeDataplane) -> Result<KernelModel, String> {
     let ops = plan(&diff(a, b), &a.flatten(), &b.flatten()).map_err(|e| e.to_string())?;
-    let phases: Vec<u8> = ops.iter().map(phase).collect();
+    let phases: Vec<Phase> = ops.iter().map(phase).collect();
     if !phases.is_sorted() {
         return Err(format!("phases out of order: {phases:?}"));
     }
@@ -199,7 +199,7 @@ fn a_set_changing_type_is_refused() {
 /// not exist, so any tool run would fail otherwise.
 #[test]
 fn every_executor_path_refuses_before_running_a_tool() {
-    use setpoint_agent::apply::{Applier, ApplyError};
+    use setpoint_agent::apply::{Applier, ApplyError, Base, Verified};
     use setpoint_agent::kernel_model::ModelServices;
     use setpoint_agent::target::Target;
 
@@ -238,23 +238,30 @@ fn every_executor_path_refuses_before_running_a_tool() {
         },
         Box::new(ModelServices::default()),
     );
-    refused("apply", applier.apply(&bad).map(drop));
-    refused("apply_from", applier.apply_from(&good, &bad).map(drop));
-    refused("plan", applier.plan(&bad).map(drop));
-    refused("plan_from", Applier::plan_from(&good, &bad).map(drop));
-    refused("verify", applier.verify(&bad).map(drop));
+    let held = Verified::check(1, good).expect("a valid state");
+    for (kernel, applier) in [("node", &mut applier), ("dry run", &mut Applier::dry_run())] {
+        for (from, base) in [("the kernel", Base::Kernel), ("held", Base::Held(&held))] {
+            let what = format!("{kernel} from {from}");
+            refused(
+                &format!("apply {what}"),
+                applier.apply(base, &bad).map(drop),
+            );
+            refused(&format!("plan {what}"), applier.plan(base, &bad).map(drop));
+        }
+    }
+    refused("check", Verified::check(2, bad).map(drop));
 }
 
 mod ipset_backend {
     use std::collections::BTreeMap;
 
-    use setpoint_agent::apply::Applier;
+    use setpoint_agent::apply::{Applier, ApplyError, ApplyReport, Base, Verified, kernel_view};
     use setpoint_agent::ipset::{parse_save, script};
     use setpoint_agent::iptables;
     use setpoint_agent::kernel_model::ModelServices;
-    use setpoint_agent::plan::{Op, phase, plan};
+    use setpoint_agent::plan::{Op, Phase, phase, plan};
     use setpoint_agent::target::Target;
-    use setpoint_dataplane::Family;
+    use setpoint_dataplane::{Digest, Family};
     use setpoint_dataplane::{NodeDataplane, SetType, diff};
     use setpoint_integration::{Netns, require_root_and_tools};
 
@@ -272,7 +279,7 @@ mod ipset_backend {
                 kinds.insert(name.clone(), spec.kind);
             }
         }
-        for wanted in [1u8, 6] {
+        for wanted in [Phase::SetsGrown, Phase::SetsShrunk] {
             let batch: Vec<Op> = ops
                 .iter()
                 .filter(|op| phase(op) == wanted)
@@ -390,11 +397,39 @@ mod ipset_backend {
         assert_eq!(leftovers.trim(), "SP-X", "the temporary set is gone");
     }
 
-    fn applier(ns: &Netns) -> Applier {
-        let target = Target {
+    fn target_of(ns: &Netns) -> Target {
+        Target {
             netns: Some(ns.name().to_string()),
+        }
+    }
+
+    fn applier(ns: &Netns) -> Applier {
+        Applier::new(target_of(ns), Box::new(ModelServices::default()))
+    }
+
+    /// An apply from whatever the kernel holds, read whole.
+    fn apply(applier: &mut Applier, want: &NodeDataplane) -> Result<ApplyReport, ApplyError> {
+        applier.apply(Base::Kernel, want).map(|(report, _)| report)
+    }
+
+    /// An apply from `held`, taken as what the kernel holds.
+    fn apply_from(
+        applier: &mut Applier,
+        held: &NodeDataplane,
+        want: &NodeDataplane,
+    ) -> Result<ApplyReport, ApplyError> {
+        let held = Verified {
+            revision: 1,
+            state: held.clone(),
+            view: kernel_view(held)?,
         };
-        Applier::new(target, Box::new(ModelServices::default()))
+        applier
+            .apply(Base::Held(&held), want)
+            .map(|(report, _)| report)
+    }
+
+    fn verify(applier: &mut Applier, want: &NodeDataplane) -> Result<Digest, ApplyError> {
+        applier.verify(&Verified::check(1, want.clone())?)
     }
 
     /// The executor through four successive states: sets and iptables
@@ -419,19 +454,17 @@ mod ipset_backend {
             NodeDataplane::default(),
         ];
         for (n, next) in steps.iter().enumerate() {
-            let report = applier
-                .apply(next)
-                .unwrap_or_else(|e| panic!("step {n}: {e}"));
+            let report = apply(&mut applier, next).unwrap_or_else(|e| panic!("step {n}: {e}"));
             assert_eq!(report.digest, next.digest(), "step {n}");
             assert!(report.operations > 0, "step {n} changes something");
-            assert_kernel_holds(applier.target(), next);
-            let again = applier.apply(next).expect("re-apply");
+            assert_kernel_holds(&target_of(&ns), next);
+            let again = apply(&mut applier, next).expect("re-apply");
             assert_eq!(
                 again.operations, 0,
                 "step {n}: a second apply has nothing to do"
             );
         }
-        let leftovers = applier.target().ipset(&["list", "-n"], None).expect("list");
+        let leftovers = target_of(&ns).ipset(&["list", "-n"], None).expect("list");
         assert_eq!(
             leftovers.trim(),
             "",
@@ -444,7 +477,6 @@ mod ipset_backend {
     /// afterwards agrees. Drift inside a touched set is caught.
     #[test]
     fn deltas_from_the_held_state_are_applied_and_checked_where_they_touch() {
-        use setpoint_agent::apply::ApplyError;
         require_root_and_tools();
         let ns = Netns::create("agent-from").expect("netns");
         let mut applier = applier(&ns);
@@ -455,16 +487,16 @@ mod ipset_backend {
             state(&objects, &all, "node-b"),
             state(&objects, &some, "node-b"),
         );
-        applier.apply(&full).expect("cold");
-        let report = applier.apply_from(&full, &partial).expect("delta down");
+        apply(&mut applier, &full).expect("cold");
+        let report = apply_from(&mut applier, &full, &partial).expect("delta down");
         assert!(report.operations > 0);
         assert_eq!(
-            applier.verify(&partial).expect("full read-back agrees"),
+            verify(&mut applier, &partial).expect("full read-back agrees"),
             partial.digest()
         );
-        applier.apply_from(&partial, &full).expect("delta up");
+        apply_from(&mut applier, &partial, &full).expect("delta up");
         assert_eq!(
-            applier.verify(&full).expect("full read-back agrees"),
+            verify(&mut applier, &full).expect("full read-back agrees"),
             full.digest()
         );
 
@@ -479,12 +511,11 @@ mod ipset_backend {
             })
             .map(|(name, _)| name.clone())
             .expect("a set that grows from partial to full");
-        applier.apply_from(&full, &partial).expect("delta down");
-        applier
-            .target()
+        apply_from(&mut applier, &full, &partial).expect("delta down");
+        target_of(&ns)
             .ipset(&["flush", &grown], None)
             .expect("flush");
-        match applier.apply_from(&partial, &full) {
+        match apply_from(&mut applier, &partial, &full) {
             Err(ApplyError::Mismatch { differences, .. }) => {
                 assert!(
                     differences.join(" ").contains(grown.as_str()),
@@ -493,7 +524,7 @@ mod ipset_backend {
             }
             other => panic!("drift in a touched set must be caught: {other:?}"),
         }
-        applier.apply(&full).expect("a full apply repairs it");
+        apply(&mut applier, &full).expect("a full apply repairs it");
     }
 
     /// `setpoint-agent apply` refuses a state file with a newline in a rule
@@ -585,8 +616,8 @@ mod ipset_backend {
             without_services.remove_address(&a);
         }
         let state = NodeDataplane::from_fragment(without_services);
-        applier.apply(&state).expect("apply");
-        let target = applier.target().clone();
+        apply(&mut applier, &state).expect("apply");
+        let target = target_of(&ns);
         let foreign = "-A INPUT -s 192.0.2.1/32 -j DROP";
         iptables::restore(
             &target,
@@ -631,14 +662,13 @@ mod ipset_backend {
     /// repairs exactly that, leaving everyone else's rules alone.
     #[test]
     fn drift_is_detected_and_repaired_without_touching_foreign_rules() {
-        use setpoint_agent::apply::ApplyError;
         require_root_and_tools();
         let ns = Netns::create("agent-drift").expect("netns");
         let mut applier = applier(&ns);
         let objects = example_objects();
         let full = state(&objects, &vec![true; objects.len()], "node-a");
-        applier.apply(&full).expect("first apply");
-        let target = applier.target().clone();
+        apply(&mut applier, &full).expect("first apply");
+        let target = target_of(&ns);
         let foreign = "-A INPUT -s 192.0.2.1/32 -j DROP";
         iptables::restore(
             &target,
@@ -690,7 +720,7 @@ mod ipset_backend {
         );
         iptables::restore(&target, Family::Inet, &delete).expect("delete jump");
 
-        match applier.verify(&full) {
+        match verify(&mut applier, &full) {
             Err(ApplyError::Mismatch { differences, .. }) => {
                 let all = differences.join("\n");
                 assert!(all.contains(set.as_str()), "names the flushed set: {all}");
@@ -699,7 +729,7 @@ mod ipset_backend {
             }
             other => panic!("drift must be a mismatch, got {other:?}"),
         }
-        let repair = applier.apply(&full).expect("repair");
+        let repair = apply(&mut applier, &full).expect("repair");
         assert_eq!(repair.digest, full.digest());
         assert!(repair.changes >= 3, "{repair:?}");
         let save = target.run("iptables-save", &[], None).expect("save");
@@ -712,14 +742,13 @@ mod ipset_backend {
     /// tag alone; the next apply puts the rule back.
     #[test]
     fn a_rule_edited_under_its_tag_is_drift_and_repaired() {
-        use setpoint_agent::apply::ApplyError;
         require_root_and_tools();
         let ns = Netns::create("agent-tag").expect("netns");
         let mut applier = applier(&ns);
         let objects = example_objects();
         let full = state(&objects, &vec![true; objects.len()], "node-a");
-        applier.apply(&full).expect("first apply");
-        let target = applier.target().clone();
+        apply(&mut applier, &full).expect("first apply");
+        let target = target_of(&ns);
         let save = target
             .run("iptables-save", &["-t", "nat"], None)
             .expect("save");
@@ -760,7 +789,7 @@ mod ipset_backend {
             .expect("save");
         assert!(edited.contains("192.0.2.99"), "{edited}");
 
-        match applier.verify(&full) {
+        match verify(&mut applier, &full) {
             Err(ApplyError::Mismatch { differences, .. }) => {
                 assert!(
                     differences.join("\n").contains(&chain),
@@ -769,8 +798,11 @@ mod ipset_backend {
             }
             other => panic!("an edited rule under its tag must be drift, got {other:?}"),
         }
-        applier.apply(&full).expect("repair");
-        assert_eq!(applier.verify(&full).expect("repaired"), full.digest());
+        apply(&mut applier, &full).expect("repair");
+        assert_eq!(
+            verify(&mut applier, &full).expect("repaired"),
+            full.digest()
+        );
         let repaired = target
             .run("iptables-save", &["-t", "nat"], None)
             .expect("save");
@@ -781,7 +813,7 @@ mod ipset_backend {
     /// before anything is touched, naming the missing feature.
     #[test]
     fn virtual_servers_without_ipvs_are_refused_and_nothing_is_applied() {
-        use setpoint_agent::apply::{ApplyError, NoIpvs};
+        use setpoint_agent::apply::NoIpvs;
         require_root_and_tools();
         let ns = Netns::create("agent-noipvs").expect("netns");
         let target = Target {
@@ -795,7 +827,7 @@ mod ipset_backend {
         );
         let objects = example_objects();
         let full = state(&objects, &vec![true; objects.len()], "node-a");
-        match applier.apply(&full) {
+        match apply(&mut applier, &full) {
             Err(e @ ApplyError::Unsupported { .. }) => {
                 assert!(e.to_string().contains("IPVS"), "{e}")
             }
@@ -810,7 +842,7 @@ mod ipset_backend {
             }
         }
         assert!(policy_only.flatten().virtual_server_count() == 0);
-        let report = applier.apply(&policy_only).expect("no IPVS needed");
+        let report = apply(&mut applier, &policy_only).expect("no IPVS needed");
         assert_eq!(report.digest, policy_only.digest());
     }
 }
