@@ -4,9 +4,6 @@
 //! bytes changed, each answers with a value or an error — never a panic —
 //! and allocates in proportion to what it was given.
 
-#[path = "../../dataplane/tests/it/hostile.rs"]
-mod hostile;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -14,6 +11,8 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use prost::Message;
 use setpoint_dataplane::{NodeDataplane, diff};
+
+use crate::hostile;
 use setpoint_proto::parts::{
     DIFF_PARTS_ENCODING, FragmentCache, STATE_PARTS_ENCODING, apply_delta, decode_state,
     delta_of_parts, encode_part, encode_part_diff, encode_state, snapshot_of_parts,
