@@ -86,7 +86,17 @@ fn host_address(ifindex: u32, address: IpAddr) -> Result<Ifaddrmsg, NetlinkError
         .map_err(encode_error)
 }
 
-fn address_of(message: &Ifaddrmsg) -> Result<Option<IpAddr>, String> {
+/// An address attribute whose length does not fit its family.
+#[derive(Debug, thiserror::Error)]
+#[error("{family:?} address of {len} bytes")]
+struct WrongLength {
+    family: RtAddrFamily,
+    len: usize,
+}
+
+/// The address `message` carries, `None` for a family other than IPv4
+/// and IPv6.
+fn address_of(message: &Ifaddrmsg) -> Result<Option<IpAddr>, WrongLength> {
     let handle = message.rtattrs().get_attr_handle();
     // IPv4 keeps the peer of a point-to-point link in IFA_ADDRESS.
     let Some(attr) = handle
@@ -96,12 +106,9 @@ fn address_of(message: &Ifaddrmsg) -> Result<Option<IpAddr>, String> {
         return Ok(None);
     };
     let bytes: &[u8] = attr.rta_payload().as_ref();
-    let wrong = || {
-        format!(
-            "{:?} address of {} bytes",
-            message.ifa_family(),
-            bytes.len()
-        )
+    let wrong = || WrongLength {
+        family: *message.ifa_family(),
+        len: bytes.len(),
     };
     match message.ifa_family() {
         RtAddrFamily::Inet => <[u8; 4]>::try_from(bytes)
@@ -256,7 +263,7 @@ impl LinkClient {
                 .map_err(|e| format!("{e:?}"))
                 .and_then(|message| {
                     Ok(match *message.ifa_index() == ifindex {
-                        true => address_of(&message)?,
+                        true => address_of(&message).map_err(|e| e.to_string())?,
                         false => None,
                     })
                 });
