@@ -6,7 +6,7 @@
 //!  setpointctl ─TLS─▶ peer_limits (per peer, total, handshake, idle)
 //!      ─HTTP/2 headers─▶ Authenticate (token → Access, before any body byte is read)
 //!      ─▶ AdminServer (decodes at most MAX_REQUEST_BYTES) ─▶ AdminService ─┬─ reads ─▶ Store
-//!                                                                         └─ AdminCommand (mpsc) ─▶ leader loop (serve.rs)
+//!                                                                         └─ AdminCommand (mpsc) ─▶ leader loop (serve/replica.rs)
 //!                                                                               Store::rollback / resume with the leader's epoch
 //! ```
 //!
@@ -40,12 +40,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
+use crate::election::Role;
 use crate::leader::AddressProblems;
 use crate::metrics::Metrics;
 use crate::peer_limits::ListenerLimits;
 use crate::reload::Reloading;
 use crate::rollout::RolloutStatus;
-use crate::serve::Role;
 
 /// The largest request message the admin API decodes. Its requests are
 /// names, numbers and a reason: a rollback naming about 2,000 nodes fits.
@@ -924,7 +924,8 @@ impl Admin for AdminService {
         require(&request, Access::Read)?;
         let request = request.into_inner();
         check_name("the node name", &request.node)?;
-        let packet = crate::explain::packet(&request).map_err(Status::invalid_argument)?;
+        let packet = crate::explain::packet(&request)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let revision = match request.revision {
             0 => self.head().await?,
             r => RevisionId(r),
@@ -941,7 +942,7 @@ impl Admin for AdminService {
                 ))
             })?;
         let mut response = crate::explain::respond(&state, &packet, revision.0)
-            .map_err(Status::invalid_argument)?;
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let published = self
             .address_problems
             .as_ref()
@@ -956,7 +957,7 @@ impl Admin for AdminService {
                 response.problems = problems;
                 response.problems_omitted = omitted;
             }
-            Err(why) => response.problems_unknown = why,
+            Err(why) => response.problems_unknown = why.to_string(),
         }
         Ok(Response::new(response))
     }

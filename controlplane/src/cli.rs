@@ -226,7 +226,6 @@ impl RolloutArgs {
     }
 }
 
-/// `500ms`, `30s`, `2m`, or a bare number of seconds.
 /// What the agent listener lets a peer hold, and for how long.
 #[derive(clap::Args, Debug)]
 pub struct AgentLimitArgs {
@@ -270,7 +269,17 @@ impl AgentLimitArgs {
     }
 }
 
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+/// A duration flag that does not parse (clap shows the text).
+#[derive(Debug, PartialEq, thiserror::Error)]
+enum DurationError {
+    #[error("{0:?}: expected a duration like 30s, 2m or 500ms")]
+    NotANumber(String),
+    #[error("{0:?}: the unit must be ms, s or m")]
+    UnknownUnit(String),
+}
+
+/// `500ms`, `30s`, `2m`, or a bare number of seconds.
+fn parse_duration(s: &str) -> Result<std::time::Duration, DurationError> {
     let s = s.trim();
     let (number, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => s.split_at(i),
@@ -278,12 +287,12 @@ fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     };
     let n: u64 = number
         .parse()
-        .map_err(|_| format!("{s:?}: expected a duration like 30s, 2m or 500ms"))?;
+        .map_err(|_| DurationError::NotANumber(s.to_string()))?;
     match unit {
         "ms" => Ok(std::time::Duration::from_millis(n)),
         "s" => Ok(std::time::Duration::from_secs(n)),
         "m" => Ok(std::time::Duration::from_secs(n.saturating_mul(60))),
-        _ => Err(format!("{s:?}: the unit must be ms, s or m")),
+        _ => Err(DurationError::UnknownUnit(s.to_string())),
     }
 }
 
@@ -581,8 +590,15 @@ mod tests {
         ] {
             assert_eq!(parse_duration(text), Ok(want), "{text}");
         }
-        for bad in ["", "s", "1.5s", "-1s", "3d"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
+        for (bad, says) in [
+            ("", r#""": expected a duration like 30s, 2m or 500ms"#),
+            ("s", r#""s": expected a duration like 30s, 2m or 500ms"#),
+            ("-1s", r#""-1s": expected a duration like 30s, 2m or 500ms"#),
+            ("1.5s", r#""1.5s": the unit must be ms, s or m"#),
+            ("3d", r#""3d": the unit must be ms, s or m"#),
+        ] {
+            let e = parse_duration(bad).expect_err(bad);
+            assert_eq!(e.to_string(), says, "{bad}");
         }
     }
 }

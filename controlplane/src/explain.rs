@@ -5,30 +5,49 @@
 //! ([`problems`]), which only the leader knows.
 
 use std::net::IpAddr;
+use std::str::FromStr;
 
-use setpoint_dataplane::NodeDataplane;
 use setpoint_dataplane::explain::{Explanation, Origin, Packet, explain, render_text};
+use setpoint_dataplane::{NodeDataplane, Protocol};
 use setpoint_proto::admin::{AddressProblem, ExplainRequest, ExplainResponse};
 
 use crate::leader::AddressProblems;
 
+/// Why a request does not describe a packet; the text names the field.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum PacketError {
+    #[error("{what} {text:?} is not an IP address")]
+    NotAnAddress { what: &'static str, text: String },
+    #[error("{what} {value} is not a port (0 to 65535)")]
+    NotAPort { what: &'static str, value: u32 },
+    #[error("a destination port is required")]
+    NoDestinationPort,
+    #[error("{0}")]
+    Protocol(<Protocol as FromStr>::Err),
+    #[error("{0}")]
+    Origin(<Origin as FromStr>::Err),
+}
+
 /// The packet a request describes; a bad field is an error naming it.
-pub fn packet(request: &ExplainRequest) -> Result<Packet, String> {
-    let ip = |what: &str, text: &str| {
+pub fn packet(request: &ExplainRequest) -> Result<Packet, PacketError> {
+    let ip = |what: &'static str, text: &str| {
         text.trim()
             .parse::<IpAddr>()
-            .map_err(|_| format!("{what} {text:?} is not an IP address"))
+            .map_err(|_| PacketError::NotAnAddress {
+                what,
+                text: text.to_string(),
+            })
     };
-    let port = |what: &str, value: u32| {
-        u16::try_from(value).map_err(|_| format!("{what} {value} is not a port (0 to 65535)"))
+    let port = |what: &'static str, value: u32| {
+        u16::try_from(value).map_err(|_| PacketError::NotAPort { what, value })
     };
     let protocol = match request.protocol.as_str() {
-        "" => setpoint_dataplane::Protocol::Tcp,
-        p => p.parse()?,
+        "" => Protocol::Tcp,
+        p => p.parse().map_err(PacketError::Protocol)?,
     };
     let dst_port = port("the destination port", request.dst_port)?;
     if dst_port == 0 {
-        return Err("a destination port is required".into());
+        return Err(PacketError::NoDestinationPort);
     }
     Ok(Packet {
         protocol,
@@ -39,8 +58,22 @@ pub fn packet(request: &ExplainRequest) -> Result<Packet, String> {
         },
         dst: ip("the destination", &request.dst_ip)?,
         dst_port,
-        from: request.from.parse::<Origin>()?,
+        from: request
+            .from
+            .parse::<Origin>()
+            .map_err(PacketError::Origin)?,
     })
+}
+
+/// Why a packet cannot be explained on a state.
+#[derive(Debug, thiserror::Error)]
+pub enum RespondError {
+    /// The walk refused the packet (its addresses are of different
+    /// families, say): the explainer's own words.
+    #[error("{0}")]
+    Unexplainable(String),
+    #[error("encoding the explanation: {0}")]
+    Encoding(#[from] serde_json::Error),
 }
 
 /// Explains `packet` on `state`, as the RPC answers.
@@ -48,10 +81,10 @@ pub fn respond(
     state: &NodeDataplane,
     packet: &Packet,
     revision: u64,
-) -> Result<ExplainResponse, String> {
-    let explanation: Explanation = explain(state, packet)?;
-    let json = serde_json::to_string_pretty(&explanation)
-        .map_err(|e| format!("encoding the explanation: {e}"))?;
+) -> Result<ExplainResponse, RespondError> {
+    let explanation: Explanation =
+        explain(state, packet).map_err(|e| RespondError::Unexplainable(e.to_string()))?;
+    let json = serde_json::to_string_pretty(&explanation)?;
     Ok(ExplainResponse {
         revision,
         text: render_text(&explanation),
@@ -67,6 +100,25 @@ pub fn respond(
 /// counted.
 pub const MAX_PROBLEMS: usize = 100;
 
+/// Why the compute problems about an address cannot be listed: only the
+/// leader knows them, for its latest computation. The text is what
+/// `problems_unknown` in the RPC's answer says.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum ProblemsUnknown {
+    #[error(
+        "this replica does not lead: only the leader knows what compute refused; \
+         ask the replica holding the leader lock"
+    )]
+    NotLeading,
+    #[error("the leader has not computed a revision yet")]
+    NotComputed,
+    #[error(
+        "the leader knows what compute refused for revision {latest} (its latest) only, \
+         not for revision {asked}"
+    )]
+    OtherRevision { latest: u64, asked: u64 },
+}
+
 /// The compute problems about `dst` when explaining `revision` (at most
 /// [`MAX_PROBLEMS`], and how many more there are), or why they cannot be
 /// listed. The leader keeps them for its latest computation
@@ -77,23 +129,18 @@ pub fn problems(
     published: Option<&AddressProblems>,
     revision: u64,
     dst: IpAddr,
-) -> Result<(Vec<AddressProblem>, u64), String> {
+) -> Result<(Vec<AddressProblem>, u64), ProblemsUnknown> {
     if !leading {
-        return Err(
-            "this replica does not lead: only the leader knows what compute refused; \
-                    ask the replica holding the leader lock"
-                .into(),
-        );
+        return Err(ProblemsUnknown::NotLeading);
     }
     let Some(published) = published else {
-        return Err("the leader has not computed a revision yet".into());
+        return Err(ProblemsUnknown::NotComputed);
     };
     if published.revision != revision {
-        return Err(format!(
-            "the leader knows what compute refused for revision {} (its latest) only, \
-             not for revision {revision}",
-            published.revision
-        ));
+        return Err(ProblemsUnknown::OtherRevision {
+            latest: published.revision,
+            asked: revision,
+        });
     }
     let mut concerning = published.concerning(dst);
     let listed = concerning
@@ -285,7 +332,9 @@ mod tests {
             (true, None, 7, "not computed"),
             (true, Some(&published), 6, "revision 7 (its latest) only"),
         ] {
-            let why = problems(leading, published, revision, ip("10.96.0.1")).expect_err("unknown");
+            let why = problems(leading, published, revision, ip("10.96.0.1"))
+                .expect_err("unknown")
+                .to_string();
             assert!(why.contains(says), "{why}");
         }
     }
@@ -317,7 +366,7 @@ mod tests {
         ] {
             let mut r = good.clone();
             mutate(&mut r);
-            let e = packet(&r).expect_err("refused");
+            let e = packet(&r).expect_err("refused").to_string();
             assert!(e.contains(why), "{e}");
         }
         let mixed = request("pod", "tcp", "fd00::1", "10.96.1.20", 80);

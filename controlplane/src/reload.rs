@@ -108,10 +108,7 @@ mod tests {
             "the test value",
             vec![file.clone()],
             Duration::from_millis(10),
-            move || -> Result<u32, String> {
-                let text = std::fs::read_to_string(&read).map_err(|e| e.to_string())?;
-                text.trim().parse().map_err(|_| format!("{text:?}"))
-            },
+            move || -> anyhow::Result<u32> { Ok(std::fs::read_to_string(&read)?.trim().parse()?) },
             || {},
         )
         .expect("builds");

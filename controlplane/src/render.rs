@@ -2,22 +2,31 @@
 
 use std::io::Write;
 
+use std::path::Path;
+
 use anyhow::{Context, bail};
-use setpoint_compute::Index;
+use setpoint_compute::{ComputeConfig, Index};
+use setpoint_dataplane::Format;
 
-use crate::cli::RenderArgs;
-
-pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
-    let report =
-        setpoint_source::load_path_with(&args.manifests, &args.manifest_limits.limits())
-            .with_context(|| format!("cannot read manifests at {}", args.manifests.display()))?;
+/// Prints `node`'s desired state in `format`, computed with `config` from
+/// the manifests at `manifests` (each file read within `limits`); what was
+/// skipped or refused on the way goes to stderr.
+pub fn run(
+    manifests: &Path,
+    limits: &setpoint_source::Limits,
+    config: ComputeConfig,
+    node: &str,
+    format: Format,
+) -> anyhow::Result<()> {
+    let report = setpoint_source::load_path_with(manifests, limits)
+        .with_context(|| format!("cannot read manifests at {}", manifests.display()))?;
     for skipped in &report.skipped {
         eprintln!("skipped: {skipped}");
     }
     for warning in &report.warnings {
         eprintln!("warning: {warning}");
     }
-    let mut index = Index::new(args.compute.config());
+    let mut index = Index::new(config);
     for object in report.objects {
         index.upsert(object);
     }
@@ -30,17 +39,14 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
         };
         eprintln!("{what}: {}", problem.rejection);
     }
-    let Some(state) = index.node_state(&args.node) else {
+    let Some(state) = index.node_state(node) else {
         let known: Vec<&str> = index.node_names().map(|n| &**n).collect();
         if known.is_empty() {
-            bail!(
-                "node {:?} not found: the manifests define no Nodes",
-                args.node
-            );
+            bail!("node {:?} not found: the manifests define no Nodes", node);
         }
         bail!(
             "node {:?} not found; known nodes: {}",
-            args.node,
+            node,
             known.join(", ")
         );
     };
@@ -51,11 +57,11 @@ pub fn run(args: &RenderArgs) -> anyhow::Result<()> {
         }
         bail!(
             "the computed state of node {} is not valid ({} problems)",
-            args.node,
+            node,
             problems.len()
         );
     }
-    let text = setpoint_dataplane::render(&state, args.format);
+    let text = setpoint_dataplane::render(&state, format);
     std::io::stdout()
         .lock()
         .write_all(text.as_bytes())

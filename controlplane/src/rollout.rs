@@ -69,25 +69,38 @@ pub enum Share {
     Count(usize),
 }
 
+/// Why a `--canary-share` does not parse.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum ShareError {
+    #[error("{0:?}: expected a percentage like 5%")]
+    NotAPercentage(String),
+    #[error("{0:?}: the share must be in (0%, 100%]")]
+    PercentageOutOfRange(String),
+    #[error("{0:?}: expected a node count or a percentage like 5%")]
+    NotACount(String),
+    #[error("the canary count must be at least 1")]
+    NoCanaries,
+}
+
 impl std::str::FromStr for Share {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Share, String> {
+    type Err = ShareError;
+    fn from_str(s: &str) -> Result<Share, ShareError> {
         let s = s.trim();
         if let Some(p) = s.strip_suffix('%') {
             let p: f64 = p
                 .trim()
                 .parse()
-                .map_err(|_| format!("{s:?}: expected a percentage like 5%"))?;
+                .map_err(|_| ShareError::NotAPercentage(s.to_string()))?;
             if !(p > 0.0 && p <= 100.0) {
-                return Err(format!("{s:?}: the share must be in (0%, 100%]"));
+                return Err(ShareError::PercentageOutOfRange(s.to_string()));
             }
             Ok(Share::Percent(p))
         } else {
             let n: usize = s
                 .parse()
-                .map_err(|_| format!("{s:?}: expected a node count or a percentage like 5%"))?;
+                .map_err(|_| ShareError::NotACount(s.to_string()))?;
             if n == 0 {
-                return Err("the canary count must be at least 1".into());
+                return Err(ShareError::NoCanaries);
             }
             Ok(Share::Count(n))
         }
@@ -101,15 +114,20 @@ pub struct LabelSelector {
     pub value: String,
 }
 
+/// A `--canary-selector` that is not `key=value`.
+#[derive(Debug, PartialEq, thiserror::Error)]
+#[error("{0:?}: expected key=value")]
+pub struct LabelSelectorError(String);
+
 impl std::str::FromStr for LabelSelector {
-    type Err = String;
-    fn from_str(s: &str) -> Result<LabelSelector, String> {
+    type Err = LabelSelectorError;
+    fn from_str(s: &str) -> Result<LabelSelector, LabelSelectorError> {
         match s.split_once('=') {
             Some((k, v)) if !k.trim().is_empty() => Ok(LabelSelector {
                 key: k.trim().to_string(),
                 value: v.trim().to_string(),
             }),
-            _ => Err(format!("{s:?}: expected key=value")),
+            _ => Err(LabelSelectorError(s.to_string())),
         }
     }
 }
@@ -925,13 +943,27 @@ mod tests {
     fn shares_and_selectors_parse() {
         assert_eq!("5%".parse::<Share>(), Ok(Share::Percent(5.0)));
         assert_eq!("3".parse::<Share>(), Ok(Share::Count(3)));
-        for bad in ["0", "0%", "101%", "x", "-1", ""] {
-            assert!(bad.parse::<Share>().is_err(), "{bad}");
+        for (bad, says) in [
+            ("0", "the canary count must be at least 1"),
+            ("0%", r#""0%": the share must be in (0%, 100%]"#),
+            ("101%", r#""101%": the share must be in (0%, 100%]"#),
+            ("x%", r#""x%": expected a percentage like 5%"#),
+            ("x", r#""x": expected a node count or a percentage like 5%"#),
+            (
+                "-1",
+                r#""-1": expected a node count or a percentage like 5%"#,
+            ),
+            ("", r#""": expected a node count or a percentage like 5%"#),
+        ] {
+            let e = bad.parse::<Share>().expect_err(bad);
+            assert_eq!(e.to_string(), says, "{bad}");
         }
         assert!("a=b".parse::<LabelSelector>().is_ok());
         assert!("a=".parse::<LabelSelector>().is_ok());
-        assert!("=b".parse::<LabelSelector>().is_err());
-        assert!("ab".parse::<LabelSelector>().is_err());
+        for bad in ["=b", "ab"] {
+            let e = bad.parse::<LabelSelector>().expect_err(bad);
+            assert_eq!(e.to_string(), format!("{bad:?}: expected key=value"));
+        }
     }
 
     #[derive(Clone, Debug)]

@@ -1,27 +1,32 @@
-//! `serve`: a source (manifest files, or the Kubernetes API) feeding the
-//! leader, the agent stream on gRPC, and metrics over HTTP — in one process.
+//! `serve`: one control-plane process. [`start`] opens the store, binds
+//! the agent stream (gRPC), metrics (HTTP) and admin listeners, and spawns
+//! a replica (`serve/replica.rs`) that campaigns for leadership and, while
+//! it leads, feeds the source (manifest files or the Kubernetes API) to the
+//! leader. A follower serves its agents from the store.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::Context;
 use setpoint_compute::ComputeConfig;
-use setpoint_kube::lease::{LeaseElector, LeaseHold, LeaseSettings};
 use setpoint_proto::v1::agent_stream_server::AgentStreamServer;
-use setpoint_store::{Leadership, Store};
+use setpoint_store::Store;
 use tokio::sync::{broadcast, mpsc, watch};
-use tokio_util::task::AbortOnDropHandle;
 
-use crate::admin::{AdminCommand, AdminConfig, AdminService};
-
-use crate::leader::{AddressProblems, Committed, Leader, raise};
+use crate::admin::{AdminConfig, AdminService};
+use crate::leader::{AddressProblems, Committed, raise};
 use crate::metrics::{Metrics, serve_http};
-use crate::rollout::{Rollout, RolloutConfig, RolloutStatus, node_labels};
+use crate::rollout::{RolloutConfig, RolloutStatus};
 use crate::stream::{AgentLimits, AgentService};
 use crate::tls::ServerTls;
+use replica::Replica;
+
+mod replica;
+
+// Part of `ServeConfig` and `Running`.
+pub use crate::election::{Election, Role};
 
 #[derive(Clone)]
 pub struct ServeConfig {
@@ -55,48 +60,6 @@ pub struct ServeConfig {
     /// Progressive rollout (`--rollout canary`); `None`: every revision
     /// goes to every node at once.
     pub rollout: Option<RolloutConfig>,
-}
-
-/// How the one committing replica is chosen. Either way the winner then
-/// takes a new store epoch, which fences every commit of an older leader.
-// One per process, built once: its size does not matter.
-#[allow(clippy::large_enum_variant)]
-#[derive(Clone, Default)]
-pub enum Election {
-    /// The store's leader lock (a PostgreSQL advisory lock; SQLite always
-    /// leads).
-    #[default]
-    Store,
-    /// A `coordination.k8s.io/v1` Lease through this client.
-    Lease {
-        client: setpoint_kube::kube::Client,
-        settings: LeaseSettings,
-    },
-}
-
-impl std::fmt::Debug for Election {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Election::Store => f.write_str("Store"),
-            Election::Lease { settings, .. } => f.debug_tuple("Lease").field(settings).finish(),
-        }
-    }
-}
-
-/// One term of leadership, however it was won.
-enum Term {
-    Store(Leadership),
-    Lease(LeaseHold),
-}
-
-impl Term {
-    /// Whether this replica still leads; once false, it must step down.
-    async fn still_held(&mut self) -> bool {
-        match self {
-            Term::Store(l) => l.still_held().await,
-            Term::Lease(hold) => hold.held(),
-        }
-    }
 }
 
 impl ServeConfig {
@@ -185,35 +148,6 @@ pub struct Running {
     pub rollout: watch::Receiver<RolloutStatus>,
 }
 
-/// Whether this replica computes and commits, or only serves streams.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
-    Leader,
-    Follower,
-}
-
-/// The manifests, when they changed since `cache` last loaded them (or
-/// always, with `force`), read off the async threads.
-async fn load_manifests(
-    cache: &mut setpoint_source::ManifestCache,
-    path: &std::path::Path,
-    force: bool,
-) -> anyhow::Result<Option<setpoint_source::LoadReport>> {
-    let (path, mut taken) = (path.to_path_buf(), std::mem::take(cache));
-    let (back, loaded) = tokio::task::spawn_blocking(move || {
-        let loaded = if force {
-            taken.load(&path).map(Some)
-        } else {
-            taken.load_if_changed(&path)
-        };
-        (taken, loaded)
-    })
-    .await
-    .map_err(|e| anyhow::anyhow!("the manifest loader failed: {e}"))?;
-    *cache = back;
-    Ok(loaded?)
-}
-
 /// While this replica follows, publishes each new head's node states, read
 /// from the store in a few queries for all nodes, so its sessions serve
 /// them from memory as the leader's do — instead of each session reading
@@ -273,10 +207,6 @@ pub async fn terminated() {
         }
     }
 }
-
-/// How often the manifest tree is looked at while inotify watches it
-/// (events can be missed: network file systems, a full event queue).
-const MANIFEST_RESCAN: Duration = Duration::from_secs(10);
 
 /// Pending connections the agent listener queues (the kernel caps it at
 /// `net.core.somaxconn`). Every agent of a large cluster reconnects at once
@@ -428,382 +358,6 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         role,
         rollout,
     })
-}
-
-struct Replica {
-    config: ServeConfig,
-    store: Store,
-    head: watch::Sender<u64>,
-    service: AgentService,
-    metrics: Arc<Metrics>,
-    commits: broadcast::Sender<Committed>,
-    problems: watch::Sender<Vec<String>>,
-    address_problems: watch::Sender<Option<Arc<AddressProblems>>>,
-    role: watch::Sender<Role>,
-    /// Admin writes, run by whichever term of leadership is current.
-    admin: tokio::sync::Mutex<mpsc::Receiver<AdminCommand>>,
-    rollout: watch::Sender<RolloutStatus>,
-}
-
-impl Replica {
-    /// One try at leading: the store's lock, or the Lease.
-    async fn campaign(
-        &self,
-        elector: Option<&Arc<tokio::sync::Mutex<LeaseElector>>>,
-    ) -> anyhow::Result<Option<Term>> {
-        Ok(match elector {
-            None => self.store.try_lead().await?.map(Term::Store),
-            Some(elector) => LeaseElector::campaign(elector).await?.map(Term::Lease),
-        })
-    }
-
-    /// Follows until leadership is free, leads until it is lost, and
-    /// again. A deposed leader's late commit is refused by the epoch fence.
-    async fn run(self) {
-        let (elector, retry) = match &self.config.election {
-            Election::Store => (None, Duration::from_secs(2)),
-            Election::Lease { client, settings } => (
-                Some(Arc::new(tokio::sync::Mutex::new(LeaseElector::new(
-                    client.clone(),
-                    settings.clone(),
-                )))),
-                settings.retry_period,
-            ),
-        };
-        loop {
-            match self.campaign(elector.as_ref()).await {
-                Ok(Some(mut leadership)) => {
-                    match Leader::start(
-                        self.store.clone(),
-                        self.config.compute.clone(),
-                        self.head.clone(),
-                    )
-                    .await
-                    {
-                        Ok(mut leader) => {
-                            leader.publish_to(self.service.fanout.clone()).await;
-                            leader.report_to(self.metrics.service_problems.clone());
-                            leader.publish_problems_to(self.address_problems.clone());
-                            tracing::info!(epoch = leader.epoch().0, "leading");
-                            self.role.send_replace(Role::Leader);
-                            match self.config.kube.clone() {
-                                Some(client) => {
-                                    self.watch_kube(client, leader, &mut leadership).await
-                                }
-                                None => self.watch_manifests(leader, &mut leadership).await,
-                            }
-                            self.service.fanout.retire();
-                            // Another replica's computation may differ.
-                            self.address_problems.send_replace(None);
-                            tracing::warn!("leadership lost");
-                        }
-                        Err(e) => tracing::warn!("cannot start leading: {e:#}"),
-                    }
-                    self.role.send_replace(Role::Follower);
-                }
-                Ok(None) => self.metrics.set_ready(true),
-                Err(e) => {
-                    self.metrics.set_ready(false);
-                    if elector.is_none() {
-                        self.metrics.store_errors.inc();
-                    }
-                    tracing::warn!("cannot campaign: {e:#}");
-                }
-            }
-            tokio::time::sleep(retry).await;
-        }
-    }
-
-    /// Looks at the manifests when inotify says something changed (every
-    /// `poll` without it, every `MANIFEST_RESCAN` anyway); a change is
-    /// loaded again after `batch` until nothing newer appears (so an
-    /// editor's burst of writes is one revision) and committed.
-    async fn watch_manifests(&self, mut leader: Leader, leadership: &mut Term) {
-        let (config, problems) = (&self.config, &self.problems);
-        // Only files that changed are parsed again.
-        let mut cache = setpoint_source::ManifestCache::with_limits(config.manifest_limits);
-        let mut failing = false;
-        let mut admin = self.admin.lock().await;
-        let mut rollout = self.start_rollout().await;
-        // With inotify, the tree is looked at when an event says so
-        // (and every MANIFEST_RESCAN for what events miss); without, on
-        // every poll.
-        let woken = Arc::new(AtomicBool::new(true));
-        let watch = {
-            let woken = woken.clone();
-            setpoint_source::ManifestWatch::start(&config.manifests, move || {
-                woken.store(true, Ordering::SeqCst);
-            })
-        };
-        let rescan = match &watch {
-            Ok(_) => MANIFEST_RESCAN.max(config.poll),
-            Err(e) => {
-                tracing::warn!(
-                    "cannot watch {} for changes ({e}); polling every {:?}",
-                    config.manifests.display(),
-                    config.poll
-                );
-                config.poll
-            }
-        };
-        let mut rescan_at = tokio::time::Instant::now();
-        loop {
-            if !leadership.still_held().await {
-                return;
-            }
-            let due = woken.swap(false, Ordering::SeqCst)
-                || tokio::time::Instant::now() >= rescan_at
-                || failing;
-            if due {
-                rescan_at = tokio::time::Instant::now() + rescan;
-                let seen_at = SystemTime::now();
-                // After a failed commit the same objects are synced again.
-                let mut found = load_manifests(&mut cache, &config.manifests, failing).await;
-                // A burst of writes is one revision: load again after
-                // `batch` until a look finds nothing newer (with inotify,
-                // only when an event came meanwhile).
-                while let Ok(Some(_)) = &found {
-                    tokio::time::sleep(config.batch).await;
-                    if !woken.swap(false, Ordering::SeqCst) && watch.is_ok() {
-                        break;
-                    }
-                    match load_manifests(&mut cache, &config.manifests, false).await {
-                        Ok(None) => break,
-                        newer => found = newer,
-                    }
-                }
-                match found {
-                    Ok(None) => {}
-                    Ok(Some(report)) => {
-                        let mut listed: Vec<String> = report
-                            .skipped
-                            .iter()
-                            .map(|s| format!("skipped: {s}"))
-                            .collect();
-                        listed.extend(report.warnings.iter().map(|w| format!("warning: {w}")));
-                        problems.send_replace(listed);
-                        let outcome = self
-                            .sync(&mut leader, rollout.as_mut(), report.objects, seen_at)
-                            .await;
-                        failing = !self.record(outcome);
-                    }
-                    Err(e) => {
-                        problems.send_replace(vec![format!("cannot read the manifests: {e}")]);
-                        // Load everything again next turn, and sync it: a
-                        // look that failed after an earlier one of this
-                        // burst succeeded leaves the cache ahead of the
-                        // leader, so "unchanged" would hide that change.
-                        failing = true;
-                    }
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(config.poll) => {}
-                Some(command) = admin.recv() => self.run_admin(&mut leader, command).await,
-            }
-            self.rollout_tick(&mut leader, rollout.as_mut()).await;
-        }
-    }
-
-    /// Watches the Kubernetes API while leading: nothing is computed until
-    /// every kind has listed (a half-loaded cluster would withdraw Services
-    /// from every node); then each new snapshot generation is synced, a
-    /// burst within `batch` as one revision. Admin writes run between syncs.
-    async fn watch_kube(
-        &self,
-        client: setpoint_kube::kube::Client,
-        mut leader: Leader,
-        leadership: &mut Term,
-    ) {
-        let config = &self.config;
-        let (mut snapshots, task) = setpoint_kube::KubeSource::start(client.clone());
-        // The source's watchers end with the leadership that started them.
-        let mut _source = AbortOnDropHandle::new(task);
-        // The generation last synced (0: none yet).
-        let mut synced: u64 = 0;
-        let mut failing = false;
-        let mut waiting_logged = false;
-        let mut admin = self.admin.lock().await;
-        let mut rollout = self.start_rollout().await;
-        loop {
-            if !leadership.still_held().await {
-                return;
-            }
-            let (ready, generation) = {
-                let s = snapshots.borrow();
-                (s.ready, s.generation)
-            };
-            if ready && (generation != synced || failing) {
-                // Let a burst of events land in one revision.
-                tokio::time::sleep(config.batch).await;
-                let snapshot = snapshots.borrow_and_update().clone();
-                let seen_at = snapshot.seen_since(synced).unwrap_or(snapshot.seen_at);
-                self.problems.send_replace(
-                    snapshot
-                        .skipped()
-                        .into_iter()
-                        .map(|s| format!("skipped: {s}"))
-                        .collect(),
-                );
-                let outcome = self
-                    .sync(&mut leader, rollout.as_mut(), snapshot.objects(), seen_at)
-                    .await;
-                failing = !self.record(outcome);
-                if !failing {
-                    synced = snapshot.generation;
-                }
-            } else if !ready && !waiting_logged {
-                waiting_logged = true;
-                tracing::info!("waiting for the Kubernetes API's initial lists");
-            }
-            tokio::select! {
-                changed = snapshots.changed(), if !failing => {
-                    if changed.is_err() {
-                        // The source task ended (it should not): start
-                        // another; the leader keeps its view meanwhile.
-                        tracing::error!("the Kubernetes source stopped; restarting it");
-                        tokio::time::sleep(config.poll).await;
-                        let (rx, task) = setpoint_kube::KubeSource::start(client.clone());
-                        snapshots = rx;
-                        _source = AbortOnDropHandle::new(task);
-                        synced = 0;
-                    }
-                }
-                _ = tokio::time::sleep(config.poll) => {}
-                Some(command) = admin.recv() => self.run_admin(&mut leader, command).await,
-            }
-            self.rollout_tick(&mut leader, rollout.as_mut()).await;
-        }
-    }
-
-    /// Records a sync's outcome in metrics, the seen-at map and the commit
-    /// feed; returns whether it succeeded (a failed commit is retried).
-    fn record(&self, outcome: anyhow::Result<Option<Committed>>) -> bool {
-        let (service, metrics, commits) = (&self.service, &self.metrics, &self.commits);
-        match outcome {
-            Ok(Some(c)) => {
-                metrics.set_ready(true);
-                metrics.revisions.inc();
-                metrics.compute_seconds.observe(c.compute.as_secs_f64());
-                metrics.commit_seconds.observe(c.commit.as_secs_f64());
-                if let Ok(mut s) = service.seen.lock() {
-                    s.insert(c.revision.0, c.seen_at);
-                    // Only recent revisions are ever acked.
-                    while s.len() > 1024 {
-                        s.pop_first();
-                    }
-                }
-                tracing::info!(
-                    revision = c.revision.0,
-                    nodes = c.nodes_changed,
-                    objects = c.objects_changed,
-                    "committed"
-                );
-                let _ = commits.send(c);
-                true
-            }
-            Ok(None) => {
-                metrics.set_ready(true);
-                true
-            }
-            Err(e) => {
-                // Keep serving the last state; not ready until the store is back.
-                metrics.set_ready(false);
-                metrics.store_errors.inc();
-                tracing::warn!("cannot commit: {e:#}");
-                false
-            }
-        }
-    }
-
-    /// Runs an admin write with the leader's epoch, between its commits.
-    async fn run_admin(&self, leader: &mut Leader, command: AdminCommand) {
-        if command.reply.is_closed() {
-            return;
-        }
-        let outcome = command.write.execute(&self.store, leader.epoch()).await;
-        if let Ok(revision) = &outcome {
-            self.wrote(leader, *revision).await;
-        }
-        let _ = command.reply.send(outcome);
-    }
-
-    /// Publishes a revision written outside a sync (admin, rollout): pins
-    /// changed, so the leader re-derives the states it serves.
-    async fn wrote(&self, leader: &mut Leader, revision: setpoint_store::RevisionId) {
-        if let Ok(mut s) = self.service.seen.lock() {
-            s.insert(revision.0, SystemTime::now());
-        }
-        // The head first, so that what reported the write (the rollout's
-        // status, say) is not seen ahead of it; sessions it wakes wait for
-        // the publication below.
-        raise(&self.head, revision.0);
-        leader.admin_wrote(revision).await;
-        self.metrics.revisions.inc();
-    }
-
-    /// The rollout of this term of leadership, when configured.
-    async fn start_rollout(&self) -> Option<Rollout> {
-        let config = self.config.rollout.clone()?;
-        match Rollout::start(config, &self.store, self.rollout.clone()).await {
-            Ok(r) => Some(r),
-            Err(e) => {
-                // Never commit unheld: without a rollout, syncs fail below.
-                tracing::error!("cannot start the rollout: {e:#}");
-                None
-            }
-        }
-    }
-
-    /// A sync, with the rollout's hold before and its restart after.
-    async fn sync(
-        &self,
-        leader: &mut Leader,
-        rollout: Option<&mut Rollout>,
-        objects: Vec<setpoint_compute::ClusterObject>,
-        seen_at: SystemTime,
-    ) -> anyhow::Result<Option<Committed>> {
-        if self.config.rollout.is_some() && rollout.is_none() {
-            anyhow::bail!("the rollout is configured but not running: not committing");
-        }
-        let Some(rollout) = rollout else {
-            return leader.sync(objects, seen_at).await;
-        };
-        let labels = node_labels(&objects);
-        if let Some(r) = rollout.hold(&self.store, leader.epoch(), &labels).await? {
-            self.wrote(leader, r).await;
-        }
-        let since_ms = crate::rollout::now_ms();
-        let outcome = leader.sync(objects, seen_at).await?;
-        if let Some(c) = &outcome {
-            match rollout
-                .committed(&self.store, leader.epoch(), c.revision, since_ms)
-                .await
-            {
-                Ok(Some(r)) => self.wrote(leader, r).await,
-                Ok(None) => {}
-                Err(e) => tracing::warn!("rollout: cannot release the canaries: {e:#}"),
-            }
-        }
-        Ok(outcome)
-    }
-
-    async fn rollout_tick(&self, leader: &mut Leader, rollout: Option<&mut Rollout>) {
-        let Some(rollout) = rollout else {
-            return;
-        };
-        match rollout
-            .tick(&self.store, leader.epoch(), &self.metrics)
-            .await
-        {
-            Ok(Some(r)) => self.wrote(leader, r).await,
-            Ok(None) => {}
-            Err(e) => {
-                self.metrics.store_errors.inc();
-                tracing::warn!("rollout: {e:#}");
-            }
-        }
-    }
 }
 
 #[cfg(test)]
