@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::chunk::{Chunk, FragmentHeader, Manifest};
 use setpoint_dataplane::Digest;
-use setpoint_dataplane::chunk::{Chunk, FragmentHeader, Manifest};
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,

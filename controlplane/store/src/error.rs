@@ -1,7 +1,7 @@
 //! [`StoreError`]: what failed, naming the object (node, revision, digest).
 
+use crate::chunk::ChunkError;
 use setpoint_dataplane::Digest;
-use setpoint_dataplane::chunk::ChunkError;
 
 use crate::types::{Epoch, FailPoint, RevisionId};
 

@@ -22,8 +22,8 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+use crate::chunk;
 use setpoint_dataplane::Digest;
-use setpoint_dataplane::chunk;
 
 use crate::db::{self, CONTENT, VERSIONED};
 use crate::error::Result;

@@ -21,9 +21,9 @@
 //!
 //! Reads re-hash everything: a chunk, manifest or header whose bytes do not
 //! match its key, or a state whose digest differs from the one recorded at
-//! commit, is an error naming it, never a wrong state. Chunking lives in
-//! the contract crate (`setpoint_dataplane::chunk`); this crate moves its
-//! output in and out of SQL. A big fragment's chunks are checked and
+//! commit, is an error naming it, never a wrong state. [`chunk`] is the
+//! storage format (content-defined chunks and manifests); the rest of this
+//! crate moves it in and out of SQL. A big fragment's chunks are checked and
 //! parsed on every core; a handle keeps the fragments it read last decoded
 //! (checked, keyed by digest, bounded by [`StoreOptions::decoded_atoms`]),
 //! so reads one after the other do not decode the same `services` part
@@ -45,6 +45,7 @@
 //! inside its transaction (a deposed leader cannot write).
 
 mod agents;
+pub mod chunk;
 mod db;
 mod decoded;
 mod error;

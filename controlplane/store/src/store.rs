@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use setpoint_dataplane::chunk::{self, FragmentHeader};
+use crate::chunk::{self, FragmentHeader};
 use setpoint_dataplane::{Diff, Digest, Fragment, NodeDataplane};
 use tokio::sync::Mutex;
 

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
-use setpoint_dataplane::chunk::{Chunk, ChunkedFragment, FragmentHeader, Manifest};
+use crate::chunk::{Chunk, ChunkedFragment, FragmentHeader, Manifest};
 use setpoint_dataplane::{Digest, Fragment, NodeDataplane};
 
 use crate::db::{self, NewNodeRow};

@@ -13,7 +13,6 @@
 //! Pure: no I/O, no async.
 
 pub mod atoms;
-pub mod chunk;
 pub mod diff;
 pub mod digest;
 pub mod explain;

@@ -2,25 +2,18 @@
 //! fragment's header, manifest and chunk bodies, each replaced by arbitrary
 //! bytes or its own bytes with a few changed. A read is then the state or an
 //! error — never a panic — and the rows restored read as before. (The
-//! decoders behind the hash checks are fed directly in setpoint-dataplane's
-//! `decoders` tests; here the checks themselves are under fire.)
-
-#[path = "../../../../proto/dataplane/tests/it/hostile.rs"]
-#[allow(
-    dead_code,
-    reason = "reads are async here: no per-thread allocation bounds"
-)]
-mod hostile;
+//! decoders behind the hash checks are fed directly in `chunks`; here the
+//! checks themselves are under fire.)
 
 use std::sync::Arc;
 
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::{Config, TestRunner};
-use setpoint_dataplane::chunk::ChunkedFragment;
+use setpoint_store::chunk::ChunkedFragment;
 use setpoint_store::{Store, StoreOptions};
 
+use crate::hostile::{arbitrary_bytes, edited, edits};
 use crate::support::{Cluster, TestDb, assert_state, own};
-use hostile::{arbitrary_bytes, edited, edits};
 
 both!(corrupted_rows_read_as_errors_never_panics);
 

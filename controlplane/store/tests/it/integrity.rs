@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use setpoint_dataplane::Digest;
-use setpoint_dataplane::chunk::ChunkedFragment;
+use setpoint_store::chunk::ChunkedFragment;
 use setpoint_store::{FailPoint, RevisionId, Store, StoreError, StoreOptions};
 
 use crate::support::{Cluster, TestDb, assert_state, own, services};

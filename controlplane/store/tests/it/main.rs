@@ -1,6 +1,9 @@
 //! One integration test binary for the store. Every test body is an async
 //! fn taking a [`support::TestDb`]; `both!` runs it on a fresh SQLite file
 //! (`sqlite::<name>`) and on a fresh PostgreSQL database (`postgres::<name>`).
+//! `chunks` pins the chunk format and feeds its decoders hostile bytes
+//! (`hostile`, shared with the contract's tests, brings a counting
+//! allocator).
 
 /// Declares `sqlite::$name` and `postgres::$name` tests for each body.
 macro_rules! both {
@@ -24,7 +27,11 @@ macro_rules! both {
     };
 }
 
+#[path = "../../../../proto/dataplane/tests/it/hostile.rs"]
+mod hostile;
+
 mod agents;
+mod chunks;
 mod cluster;
 mod crash;
 mod decoders;

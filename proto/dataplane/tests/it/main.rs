@@ -7,8 +7,9 @@
 //! - `render`: the kernel-tool renderings, JSON and `SetEntry` text.
 //! - `model`: canonical forms of the atoms (real server order, rule
 //!   targets).
-//! - `decoders`: chunk, manifest, state and diff decoders fed arbitrary and
-//!   edited bytes (`hostile`: the inputs and a counting allocator).
+//! - `decoders`: state and diff decoders fed arbitrary and edited bytes
+//!   (`hostile`: the inputs and a counting allocator, shared with the
+//!   store's chunk decoder tests).
 //!
 //! Fixtures are built with the builders in `fixtures`.
 

@@ -1,0 +1,154 @@
+//! Content-addressed storage form of a [`Fragment`]: chunks of atoms and a
+//! tree of manifests over them, so that a one-atom change rewrites one chunk
+//! and one path of small manifests instead of the whole fragment.
+//!
+//! ```text
+//!  FragmentHeader (key) ─▶ root manifest (level h) ─▶ … ─▶ level-1 manifests ─▶ chunks
+//!  root, height,            ordered child digests          ordered chunk        encoded runs of
+//!  state digest, atoms                                     digests              consecutive atoms
+//! ```
+//!
+//! - `order`: atoms in canonical order ([`AtomKey`]): set definitions each
+//!   followed by their entries (sets by name), then virtual servers,
+//!   addresses, chains and jumps; walking a fragment from a position, and
+//!   the positions two versions differ at.
+//! - `codec`: an atom's bytes (the contract's `digest::Encoder` fields,
+//!   LEB128 lengths) and a chunk's decoding, through the contract's
+//!   `AtomRun`, which hashes the atoms and checks their order.
+//! - `chunker`: where chunks end, and [`ChunkedFragment`], which re-encodes
+//!   only the chunks around an edit. A chunk ends after an atom whose
+//!   digest-derived hash falls under a threshold proportional to the atom's
+//!   encoded size (so chunks average [`TARGET_CHUNK_BYTES`]), or when it
+//!   reaches [`MAX_CHUNK_BYTES`] or [`MAX_CHUNK_ATOMS`]. Boundaries depend
+//!   on content, not on position, so an edit moves at most the boundaries
+//!   next to it, and the same fragment always gives the same chunks,
+//!   whatever its history.
+//! - `manifest`: the tree of manifests over the chunks, and the
+//!   [`FragmentHeader`] naming its root.
+//!
+//! Every stored object is keyed by the SHA-256 of its bytes, and decoding
+//! checks the key first: bytes that do not hash to their key, or that do not
+//! parse, are a [`ChunkError`] naming the object, never a different state.
+//!
+//! Pure: no I/O.
+
+mod chunker;
+mod codec;
+mod manifest;
+mod order;
+#[cfg(test)]
+mod tests;
+
+use setpoint_dataplane::{AtomError, Digest, Fragment};
+use sha2::{Digest as _, Sha256};
+
+pub use chunker::{Chunk, ChunkedFragment};
+pub use codec::{DecodedChunk, decode_chunk};
+pub use manifest::{FragmentHeader, Manifest, decode_manifest};
+pub use order::{AtomKey, AtomRef, atoms_after, changed_keys};
+
+/// Format byte at the start of every chunk, manifest and header body.
+pub const CHUNK_FORMAT: u8 = 1;
+/// Average encoded size of a chunk the boundary rule aims at.
+pub const TARGET_CHUNK_BYTES: usize = 2048;
+/// No content-defined boundary before a chunk has this many bytes.
+pub const MIN_CHUNK_BYTES: usize = 256;
+/// A chunk is cut once it reaches this size (one atom may exceed it alone).
+pub const MAX_CHUNK_BYTES: usize = 8192;
+/// A chunk is cut once it holds this many atoms.
+pub const MAX_CHUNK_ATOMS: usize = 1024;
+/// Average number of children of a manifest node.
+pub const TARGET_FANOUT: u64 = 32;
+/// Most children a manifest node has.
+pub const MAX_FANOUT: usize = 128;
+
+/// Why stored bytes could not be turned back into a fragment. Every variant
+/// names the object (by its key) that is wrong.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChunkError {
+    #[error("chunk {key}: bytes hash to {actual}, not to the chunk's key")]
+    ChunkDigest { key: Digest, actual: Digest },
+    #[error("chunk {key}: undecodable at byte {offset}: {reason}")]
+    ChunkBody {
+        key: Digest,
+        offset: usize,
+        reason: String,
+    },
+    #[error("manifest {key}: bytes hash to {actual}, not to the manifest's key")]
+    ManifestDigest { key: Digest, actual: Digest },
+    #[error("manifest {key}: {reason}")]
+    ManifestBody { key: Digest, reason: String },
+    #[error("fragment {key}: header hashes to {actual}, not to the fragment's key")]
+    HeaderDigest { key: Digest, actual: Digest },
+    #[error("fragment {key}: {reason}")]
+    Fragment { key: Digest, reason: String },
+}
+
+/// The key of stored bytes.
+fn sha256(bytes: &[u8]) -> Digest {
+    Digest(Sha256::digest(bytes).into())
+}
+
+/// Rebuilds a fragment from its header and its chunks in order, checking
+/// every chunk's key, the canonical order across chunks, the atom count and
+/// the state digest the header records.
+pub fn assemble<'a>(
+    key: &Digest,
+    header: &FragmentHeader,
+    chunks: impl IntoIterator<Item = (&'a Digest, &'a [u8])>,
+) -> Result<Fragment, ChunkError> {
+    // Lazily: nothing is decoded before the header is checked.
+    let decoded = chunks.into_iter().map(|(k, body)| decode_chunk(k, body));
+    assemble_decoded(key, header, decoded)
+}
+
+/// [`assemble`] from chunks already through [`decode_chunk`] (in order;
+/// the first error is returned), so the per-chunk work (hashing, parsing)
+/// can run in parallel. Checks the same: the header against its key, the
+/// canonical order across chunks, the atom count and the state digest.
+pub fn assemble_decoded(
+    key: &Digest,
+    header: &FragmentHeader,
+    chunks: impl IntoIterator<Item = Result<DecodedChunk, ChunkError>>,
+) -> Result<Fragment, ChunkError> {
+    header.verify(key)?;
+    let mut f = Fragment::new();
+    let mut listed = 0u64;
+    for chunk in chunks {
+        let DecodedChunk {
+            key: chunk_key,
+            atoms,
+        } = chunk?;
+        let count = atoms.len() as u64;
+        // Every atom of this chunk must follow the previous chunk's.
+        f.append(atoms).map_err(|e| ChunkError::Fragment {
+            key: *key,
+            reason: match e {
+                AtomError::Repeated => {
+                    format!("chunk {chunk_key} repeats atoms of an earlier chunk")
+                }
+                AtomError::OutOfOrder | AtomError::NoSet => {
+                    format!("chunk {chunk_key} is out of canonical order")
+                }
+            },
+        })?;
+        listed += count;
+    }
+    if listed != header.atoms || f.atom_count() != header.atoms {
+        return Err(ChunkError::Fragment {
+            key: *key,
+            reason: format!(
+                "chunks hold {listed} atoms, header records {}",
+                header.atoms
+            ),
+        });
+    }
+    let actual = f.digest();
+    if actual != header.digest {
+        return Err(ChunkError::Fragment {
+            key: *key,
+            reason: format!("content digest {actual}, header records {}", header.digest),
+        });
+    }
+    Ok(f)
+}
