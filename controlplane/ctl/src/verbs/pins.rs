@@ -1,0 +1,101 @@
+//! `setpointctl rollback`, `pause` and `resume`: the admin writes that pin
+//! nodes to a state and let them follow the computed states again.
+
+use serde_json::json;
+use setpoint_proto::admin::{PauseRequest, ResumeRequest, RollbackRequest};
+
+use crate::args::Output;
+use crate::connect::Client;
+use crate::failure::Failure;
+use crate::output::print_json;
+
+/// The nodes a write names, as its confirmation says them.
+fn who(nodes: &[String], everyone: &str) -> String {
+    if nodes.is_empty() {
+        everyone.to_string()
+    } else {
+        nodes.join(",")
+    }
+}
+
+pub async fn rollback(
+    client: &mut Client,
+    output: Output,
+    to: u64,
+    nodes: Vec<String>,
+    reason: String,
+) -> Result<(), Failure> {
+    let r = client
+        .rollback(RollbackRequest {
+            to,
+            nodes: nodes.clone(),
+            reason,
+        })
+        .await?
+        .into_inner();
+    match output {
+        Output::Json => print_json(&json!({ "revision": r.revision, "to": to })),
+        Output::Table => {
+            println!(
+                "revision {}: {} rolled back to revision {to} and pinned (setpointctl resume to undo)",
+                r.revision,
+                who(&nodes, "all nodes")
+            );
+            Ok(())
+        }
+    }
+}
+
+pub async fn pause(
+    client: &mut Client,
+    output: Output,
+    nodes: Vec<String>,
+    all: bool,
+    reason: String,
+) -> Result<(), Failure> {
+    let r = client
+        .pause(PauseRequest {
+            nodes: nodes.clone(),
+            all,
+            reason,
+        })
+        .await?
+        .into_inner();
+    match output {
+        Output::Json => print_json(&json!({ "revision": r.revision })),
+        Output::Table => {
+            let who = if all {
+                "all nodes".into()
+            } else {
+                nodes.join(",")
+            };
+            println!("revision {}: {who} paused", r.revision);
+            Ok(())
+        }
+    }
+}
+
+/// No `nodes` (`--all`): the server resumes every pinned node.
+pub async fn resume(
+    client: &mut Client,
+    output: Output,
+    nodes: Vec<String>,
+) -> Result<(), Failure> {
+    let r = client
+        .resume(ResumeRequest {
+            nodes: nodes.clone(),
+        })
+        .await?
+        .into_inner();
+    match output {
+        Output::Json => print_json(&json!({ "revision": r.revision })),
+        Output::Table => {
+            println!(
+                "revision {}: {} resumed",
+                r.revision,
+                who(&nodes, "all pinned nodes")
+            );
+            Ok(())
+        }
+    }
+}
