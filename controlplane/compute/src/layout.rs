@@ -2,6 +2,7 @@
 //! `SP-` prefix (`SP6-` for IPv6 sets), so it can run beside kube-proxy —
 //! and the node-independent "base" fragment that defines them.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -215,28 +216,120 @@ impl SetId {
     }
 }
 
-pub const CHAIN_SERVICES: &str = "SP-SERVICES";
-pub const CHAIN_POSTROUTING: &str = "SP-POSTROUTING";
-pub const CHAIN_NODE_PORT: &str = "SP-NODE-PORT";
-pub const CHAIN_LOAD_BALANCER: &str = "SP-LOAD-BALANCER";
-pub const CHAIN_MARK_MASQ: &str = "SP-MARK-MASQ";
-pub const CHAIN_FORWARD: &str = "SP-FORWARD";
-pub const CHAIN_PROXY_FIREWALL: &str = "SP-PROXY-FIREWALL";
-pub const CHAIN_SOURCE_RANGES: &str = "SP-SOURCE-RANGES-FIREWALL";
-pub const CHAIN_IPVS_FILTER: &str = "SP-IPVS-FILTER";
+// The chains and jumps, one rule a line as `iptables-save` prints them:
+// `-A <chain> <rule>`, a quoted comment one word. A line appending to a
+// built-in chain (PREROUTING, INPUT, …) is a jump into Setpoint's chains,
+// placed in the order written. Set names are written as IPv4's; IPv6's
+// rules match the `SP6-` twin. `{mark}` is the masquerade mark and
+// `{loopback}` the family's loopback network. `every_layout_line_parses`
+// holds these lines to that shape.
 
-fn rule(args: &[&str]) -> Rule {
-    Rule::new(args.iter().copied())
+/// Traffic to cluster IPs masqueraded: all of it (`masquerade_all`), or
+/// what comes from outside the pod CIDRs. One of them stands where the
+/// nat table says `{cluster-ip-masquerade}`.
+const MASQUERADE_ALL: &str = r#"-A SP-SERVICES -m comment --comment "masquerade all traffic to cluster IPs" -m set --match-set SP-CLUSTER-IP dst,dst -j SP-MARK-MASQ"#;
+const MASQUERADE_OFF_CLUSTER: &str = r#"-A SP-SERVICES -m comment --comment "masquerade off-cluster traffic to cluster IPs" -m set --match-set SP-CLUSTER-IP dst,dst -m set ! --match-set SP-CLUSTER-CIDR src -j SP-MARK-MASQ"#;
+const CLUSTER_IP_MASQUERADE: &str = "{cluster-ip-masquerade}";
+
+const NAT_LINES: &[&str] = &[
+    r#"-A PREROUTING -m comment --comment "setpoint service portals" -j SP-SERVICES"#,
+    r#"-A OUTPUT -m comment --comment "setpoint service portals" -j SP-SERVICES"#,
+    r#"-A POSTROUTING -m comment --comment "setpoint postrouting rules" -j SP-POSTROUTING"#,
+    "-A SP-SERVICES -s {loopback} -j RETURN",
+    r#"-A SP-SERVICES -m comment --comment "load balancer portals" -m set --match-set SP-LOAD-BALANCER dst,dst -j SP-LOAD-BALANCER"#,
+    CLUSTER_IP_MASQUERADE,
+    r#"-A SP-SERVICES -m comment --comment "masquerade traffic to external IPs" -m set --match-set SP-EXTERNAL-IP dst,dst -j SP-MARK-MASQ"#,
+    "-A SP-SERVICES -m set --match-set SP-EXTERNAL-IP dst,dst -j ACCEPT",
+    "-A SP-SERVICES -m set --match-set SP-EXTERNAL-IP-LOCAL dst,dst -j ACCEPT",
+    "-A SP-SERVICES -m addrtype --dst-type LOCAL -j SP-NODE-PORT",
+    "-A SP-SERVICES -m set --match-set SP-CLUSTER-IP dst,dst -j ACCEPT",
+    "-A SP-SERVICES -m set --match-set SP-LOAD-BALANCER dst,dst -j ACCEPT",
+    r#"-A SP-LOAD-BALANCER -m comment --comment "externalTrafficPolicy=Local keeps the client address" -m set --match-set SP-LOAD-BALANCER-LOCAL dst,dst -j RETURN"#,
+    "-A SP-LOAD-BALANCER -j SP-MARK-MASQ",
+    "-A SP-NODE-PORT -p tcp -m set --match-set SP-NODE-PORT-LOCAL-TCP dst -j RETURN",
+    "-A SP-NODE-PORT -p tcp -m set --match-set SP-NODE-PORT-TCP dst -j SP-MARK-MASQ",
+    "-A SP-NODE-PORT -p udp -m set --match-set SP-NODE-PORT-LOCAL-UDP dst -j RETURN",
+    "-A SP-NODE-PORT -p udp -m set --match-set SP-NODE-PORT-UDP dst -j SP-MARK-MASQ",
+    "-A SP-NODE-PORT -p sctp -m set --match-set SP-NODE-PORT-LOCAL-SCTP-HASH dst,dst -j RETURN",
+    "-A SP-NODE-PORT -p sctp -m set --match-set SP-NODE-PORT-SCTP-HASH dst,dst -j SP-MARK-MASQ",
+    r#"-A SP-POSTROUTING -m comment --comment "hairpin: a pod reaching itself through a service" -m set --match-set SP-LOOP-BACK dst,dst,src -j MASQUERADE"#,
+    "-A SP-POSTROUTING -m mark ! --mark {mark}/{mark} -j RETURN",
+    "-A SP-POSTROUTING -j MARK --xor-mark {mark}",
+    r#"-A SP-POSTROUTING -m comment --comment "service traffic requiring SNAT" -j MASQUERADE --random-fully"#,
+    "-A SP-MARK-MASQ -j MARK --or-mark {mark}",
+];
+
+const FILTER_LINES: &[&str] = &[
+    r#"-A INPUT -m comment --comment "setpoint ipvs access filter" -j SP-IPVS-FILTER"#,
+    r#"-A INPUT -m comment --comment "setpoint load balancer firewall" -j SP-PROXY-FIREWALL"#,
+    r#"-A INPUT -m comment --comment "setpoint service rejects" -j SP-SERVICES"#,
+    r#"-A INPUT -m comment --comment "setpoint health check node ports" -j SP-NODE-PORT"#,
+    r#"-A FORWARD -m comment --comment "setpoint load balancer firewall" -j SP-PROXY-FIREWALL"#,
+    r#"-A FORWARD -m comment --comment "setpoint service rejects" -j SP-SERVICES"#,
+    r#"-A FORWARD -m comment --comment "setpoint forwarding rules" -j SP-FORWARD"#,
+    r#"-A OUTPUT -m comment --comment "setpoint service rejects" -j SP-SERVICES"#,
+    "-A SP-FORWARD -m mark --mark {mark}/{mark} -j ACCEPT",
+    "-A SP-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+    "-A SP-NODE-PORT -p tcp -m set --match-set SP-HEALTH-CHECK-NODE-PORT dst -j ACCEPT",
+    r#"-A SP-SERVICES -m comment --comment "service has no endpoints" -m conntrack --ctstate NEW -m set --match-set SP-NO-ENDPOINTS dst,dst -j REJECT"#,
+    r#"-A SP-SERVICES -m comment --comment "externalTrafficPolicy=Local and no endpoint on this node" -m set ! --match-set SP-CLUSTER-CIDR src -m set --match-set SP-NO-LOCAL-ENDPOINTS dst,dst -j DROP"#,
+    "-A SP-PROXY-FIREWALL -m set --match-set SP-LOAD-BALANCER-FW dst,dst -j SP-SOURCE-RANGES-FIREWALL",
+    "-A SP-SOURCE-RANGES-FIREWALL -m set --match-set SP-LOAD-BALANCER-SOURCE-CIDR dst,dst,src -j RETURN",
+    "-A SP-SOURCE-RANGES-FIREWALL -m set --match-set SP-LOAD-BALANCER-SOURCE-IP dst,dst,src -j RETURN",
+    "-A SP-SOURCE-RANGES-FIREWALL -j DROP",
+    "-A SP-IPVS-FILTER -m set --match-set SP-LOAD-BALANCER dst,dst -j RETURN",
+    "-A SP-IPVS-FILTER -m set --match-set SP-CLUSTER-IP dst,dst -j RETURN",
+    "-A SP-IPVS-FILTER -m set --match-set SP-EXTERNAL-IP dst,dst -j RETURN",
+    "-A SP-IPVS-FILTER -m set --match-set SP-EXTERNAL-IP-LOCAL dst,dst -j RETURN",
+    "-A SP-IPVS-FILTER -m set --match-set SP-HEALTH-CHECK-NODE-PORT dst -j RETURN",
+    r#"-A SP-IPVS-FILTER -m comment --comment "service addresses answer on service ports only" -m conntrack --ctstate NEW -m set --match-set SP-IPVS-IPS dst -j REJECT"#,
+];
+
+/// The chains iptables itself has, into which Setpoint only jumps.
+const BUILT_IN_CHAINS: [&str; 5] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
+
+/// The words of a rule line, a double-quoted text one word without its
+/// quotes. An unclosed quote runs to the end of the line (the lines are
+/// ours: `every_layout_line_parses` keeps them well-formed).
+fn words(line: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = line.trim_start();
+    while !rest.is_empty() {
+        let (word, after) = match rest.strip_prefix('"') {
+            Some(quoted) => quoted.split_once('"').unwrap_or((quoted, "")),
+            None => rest.split_once(char::is_whitespace).unwrap_or((rest, "")),
+        };
+        out.push(word);
+        rest = after.trim_start();
+    }
+    out
 }
 
-fn comment(text: &str) -> [&str; 4] {
-    ["-m", "comment", "--comment", text]
-}
-
-fn with_comment(text: &str, rest: &[&str]) -> Rule {
-    let mut args: Vec<&str> = comment(text).to_vec();
-    args.extend_from_slice(rest);
-    rule(&args)
+/// One layout line for `family`: the chain it appends to, and its rule.
+fn rule_line(line: &str, family: Family, config: &ComputeConfig) -> (String, Rule) {
+    let mark_value = 1u32 << config.masquerade_bit.min(31);
+    let mark = format!("{mark_value:#x}");
+    let loopback = match family {
+        Family::Inet => "127.0.0.0/8",
+        Family::Inet6 => "::1/128",
+    };
+    let mut words = words(line).into_iter();
+    // `-A`, then the chain.
+    let chain = words.nth(1).unwrap_or_default().to_string();
+    let mut args: Vec<String> = Vec::new();
+    for word in words {
+        let arg = if args.last().is_some_and(|a| a == "--match-set") {
+            match (family, word.strip_prefix("SP-")) {
+                (Family::Inet6, Some(suffix)) => format!("SP6-{suffix}"),
+                _ => word.to_string(),
+            }
+        } else {
+            word.replace("{mark}", &mark)
+                .replace("{loopback}", loopback)
+        };
+        args.push(arg);
+    }
+    (chain, Rule(args))
 }
 
 /// The fragment every node shares: set definitions, chains and jumps. It
@@ -261,476 +354,43 @@ pub fn base_fragment(config: &ComputeConfig) -> Fragment {
 }
 
 fn add_chains(f: &mut Fragment, family: Family, config: &ComputeConfig) {
-    let set = |id: SetId| id.name(family);
-    let mark_value = 1u32 << config.masquerade_bit.min(31);
-    let mark = format!("{mark_value:#x}");
-    let mark_mask = format!("{mark_value:#x}/{mark_value:#x}");
-    let loopback_net = match family {
-        Family::Inet => "127.0.0.0/8",
-        Family::Inet6 => "::1/128",
+    let cluster_ip_masquerade = if config.masquerade_all {
+        MASQUERADE_ALL
+    } else {
+        MASQUERADE_OFF_CLUSTER
     };
-    let chain = |table: Table, name: &str, rules: Vec<Rule>| {
-        (
-            ChainKey {
+    for (table, lines) in [(Table::Nat, NAT_LINES), (Table::Filter, FILTER_LINES)] {
+        let mut chains: BTreeMap<String, Vec<Rule>> = BTreeMap::new();
+        let mut positions: BTreeMap<String, u16> = BTreeMap::new();
+        for line in lines {
+            let line = if *line == CLUSTER_IP_MASQUERADE {
+                cluster_ip_masquerade
+            } else {
+                line
+            };
+            let (chain, rule) = rule_line(line, family, config);
+            if BUILT_IN_CHAINS.contains(&chain.as_str()) {
+                let position = positions.entry(chain.clone()).or_insert(0);
+                *position += 1;
+                f.add_jump(Jump {
+                    family,
+                    table,
+                    from: chain,
+                    position: *position,
+                    rule,
+                });
+            } else {
+                chains.entry(chain).or_default().push(rule);
+            }
+        }
+        for (name, rules) in chains {
+            let key = ChainKey {
                 family,
                 table,
-                name: name.to_string(),
-            },
-            Chain { rules },
-        )
-    };
-    let cluster_ip_masq = if config.masquerade_all {
-        with_comment(
-            "masquerade all traffic to cluster IPs",
-            &[
-                "-m",
-                "set",
-                "--match-set",
-                &set(SetId::ClusterIp),
-                "dst,dst",
-                "-j",
-                CHAIN_MARK_MASQ,
-            ],
-        )
-    } else {
-        with_comment(
-            "masquerade off-cluster traffic to cluster IPs",
-            &[
-                "-m",
-                "set",
-                "--match-set",
-                &set(SetId::ClusterIp),
-                "dst,dst",
-                "-m",
-                "set",
-                "!",
-                "--match-set",
-                &set(SetId::ClusterCidr),
-                "src",
-                "-j",
-                CHAIN_MARK_MASQ,
-            ],
-        )
-    };
-    let nat = vec![
-        chain(
-            Table::Nat,
-            CHAIN_SERVICES,
-            vec![
-                rule(&["-s", loopback_net, "-j", "RETURN"]),
-                with_comment(
-                    "load balancer portals",
-                    &[
-                        "-m",
-                        "set",
-                        "--match-set",
-                        &set(SetId::LoadBalancer),
-                        "dst,dst",
-                        "-j",
-                        CHAIN_LOAD_BALANCER,
-                    ],
-                ),
-                cluster_ip_masq,
-                with_comment(
-                    "masquerade traffic to external IPs",
-                    &[
-                        "-m",
-                        "set",
-                        "--match-set",
-                        &set(SetId::ExternalIp),
-                        "dst,dst",
-                        "-j",
-                        CHAIN_MARK_MASQ,
-                    ],
-                ),
-                rule(&[
-                    "-m",
-                    "set",
-                    "--match-set",
-                    &set(SetId::ExternalIp),
-                    "dst,dst",
-                    "-j",
-                    "ACCEPT",
-                ]),
-                rule(&[
-                    "-m",
-                    "set",
-                    "--match-set",
-                    &set(SetId::ExternalIpLocal),
-                    "dst,dst",
-                    "-j",
-                    "ACCEPT",
-                ]),
-                rule(&[
-                    "-m",
-                    "addrtype",
-                    "--dst-type",
-                    "LOCAL",
-                    "-j",
-                    CHAIN_NODE_PORT,
-                ]),
-                rule(&[
-                    "-m",
-                    "set",
-                    "--match-set",
-                    &set(SetId::ClusterIp),
-                    "dst,dst",
-                    "-j",
-                    "ACCEPT",
-                ]),
-                rule(&[
-                    "-m",
-                    "set",
-                    "--match-set",
-                    &set(SetId::LoadBalancer),
-                    "dst,dst",
-                    "-j",
-                    "ACCEPT",
-                ]),
-            ],
-        ),
-        chain(
-            Table::Nat,
-            CHAIN_LOAD_BALANCER,
-            vec![
-                with_comment(
-                    "externalTrafficPolicy=Local keeps the client address",
-                    &[
-                        "-m",
-                        "set",
-                        "--match-set",
-                        &set(SetId::LoadBalancerLocal),
-                        "dst,dst",
-                        "-j",
-                        "RETURN",
-                    ],
-                ),
-                rule(&["-j", CHAIN_MARK_MASQ]),
-            ],
-        ),
-        chain(Table::Nat, CHAIN_NODE_PORT, {
-            let mut rules = Vec::new();
-            for protocol in Protocol::ALL {
-                let dirs = if protocol == Protocol::Sctp {
-                    "dst,dst"
-                } else {
-                    "dst"
-                };
-                let p = protocol.as_str();
-                rules.push(rule(&[
-                    "-p",
-                    p,
-                    "-m",
-                    "set",
-                    "--match-set",
-                    &set(SetId::node_port(protocol, true)),
-                    dirs,
-                    "-j",
-                    "RETURN",
-                ]));
-                rules.push(rule(&[
-                    "-p",
-                    p,
-                    "-m",
-                    "set",
-                    "--match-set",
-                    &set(SetId::node_port(protocol, false)),
-                    dirs,
-                    "-j",
-                    CHAIN_MARK_MASQ,
-                ]));
-            }
-            rules
-        }),
-        chain(
-            Table::Nat,
-            CHAIN_POSTROUTING,
-            vec![
-                with_comment(
-                    "hairpin: a pod reaching itself through a service",
-                    &[
-                        "-m",
-                        "set",
-                        "--match-set",
-                        &set(SetId::LoopBack),
-                        "dst,dst,src",
-                        "-j",
-                        "MASQUERADE",
-                    ],
-                ),
-                rule(&["-m", "mark", "!", "--mark", &mark_mask, "-j", "RETURN"]),
-                rule(&["-j", "MARK", "--xor-mark", &mark]),
-                with_comment(
-                    "service traffic requiring SNAT",
-                    &["-j", "MASQUERADE", "--random-fully"],
-                ),
-            ],
-        ),
-        chain(
-            Table::Nat,
-            CHAIN_MARK_MASQ,
-            vec![rule(&["-j", "MARK", "--or-mark", &mark])],
-        ),
-    ];
-    let filter = vec![
-        chain(
-            Table::Filter,
-            CHAIN_FORWARD,
-            vec![
-                rule(&["-m", "mark", "--mark", &mark_mask, "-j", "ACCEPT"]),
-                rule(&[
-                    "-m",
-                    "conntrack",
-                    "--ctstate",
-                    "RELATED,ESTABLISHED",
-                    "-j",
-                    "ACCEPT",
-                ]),
-            ],
-        ),
-        chain(
-            Table::Filter,
-            CHAIN_NODE_PORT,
-            vec![rule(&[
-                "-p",
-                "tcp",
-                "-m",
-                "set",
-                "--match-set",
-                &set(SetId::HealthCheckNodePort),
-                "dst",
-                "-j",
-                "ACCEPT",
-            ])],
-        ),
-        chain(
-            Table::Filter,
-            CHAIN_SERVICES,
-            vec![
-                with_comment(
-                    "service has no endpoints",
-                    &[
-                        "-m",
-                        "conntrack",
-                        "--ctstate",
-                        "NEW",
-                        "-m",
-                        "set",
-                        "--match-set",
-                        &set(SetId::NoEndpoints),
-                        "dst,dst",
-                        "-j",
-                        "REJECT",
-                    ],
-                ),
-                with_comment(
-                    "externalTrafficPolicy=Local and no endpoint on this node",
-                    &[
-                        "-m",
-                        "set",
-                        "!",
-                        "--match-set",
-                        &set(SetId::ClusterCidr),
-                        "src",
-                        "-m",
-                        "set",
-                        "--match-set",
-                        &set(SetId::NoLocalEndpoints),
-                        "dst,dst",
-                        "-j",
-                        "DROP",
-                    ],
-                ),
-            ],
-        ),
-        chain(
-            Table::Filter,
-            CHAIN_PROXY_FIREWALL,
-            vec![rule(&[
-                "-m",
-                "set",
-                "--match-set",
-                &set(SetId::LoadBalancerFw),
-                "dst,dst",
-                "-j",
-                CHAIN_SOURCE_RANGES,
-            ])],
-        ),
-        chain(
-            Table::Filter,
-            CHAIN_SOURCE_RANGES,
-            vec![
-                rule(&[
-                    "-m",
-                    "set",
-                    "--match-set",
-                    &set(SetId::LoadBalancerSourceCidr),
-                    "dst,dst,src",
-                    "-j",
-                    "RETURN",
-                ]),
-                rule(&[
-                    "-m",
-                    "set",
-                    "--match-set",
-                    &set(SetId::LoadBalancerSourceIp),
-                    "dst,dst,src",
-                    "-j",
-                    "RETURN",
-                ]),
-                rule(&["-j", "DROP"]),
-            ],
-        ),
-        chain(
-            Table::Filter,
-            CHAIN_IPVS_FILTER,
-            vec![
-                rule(&[
-                    "-m",
-                    "set",
-                    "--match-set",
-                    &set(SetId::LoadBalancer),
-                    "dst,dst",
-                    "-j",
-                    "RETURN",
-                ]),
-                rule(&[
-                    "-m",
-                    "set",
-                    "--match-set",
-                    &set(SetId::ClusterIp),
-                    "dst,dst",
-                    "-j",
-                    "RETURN",
-                ]),
-                rule(&[
-                    "-m",
-                    "set",
-                    "--match-set",
-                    &set(SetId::ExternalIp),
-                    "dst,dst",
-                    "-j",
-                    "RETURN",
-                ]),
-                rule(&[
-                    "-m",
-                    "set",
-                    "--match-set",
-                    &set(SetId::ExternalIpLocal),
-                    "dst,dst",
-                    "-j",
-                    "RETURN",
-                ]),
-                rule(&[
-                    "-m",
-                    "set",
-                    "--match-set",
-                    &set(SetId::HealthCheckNodePort),
-                    "dst",
-                    "-j",
-                    "RETURN",
-                ]),
-                with_comment(
-                    "service addresses answer on service ports only",
-                    &[
-                        "-m",
-                        "conntrack",
-                        "--ctstate",
-                        "NEW",
-                        "-m",
-                        "set",
-                        "--match-set",
-                        &set(SetId::IpvsIps),
-                        "dst",
-                        "-j",
-                        "REJECT",
-                    ],
-                ),
-            ],
-        ),
-    ];
-    for (key, chain) in nat.into_iter().chain(filter) {
-        f.put_chain(key, chain.into());
-    }
-    let jumps: [(Table, &str, &str, &str); 11] = [
-        (
-            Table::Nat,
-            "PREROUTING",
-            CHAIN_SERVICES,
-            "setpoint service portals",
-        ),
-        (
-            Table::Nat,
-            "OUTPUT",
-            CHAIN_SERVICES,
-            "setpoint service portals",
-        ),
-        (
-            Table::Nat,
-            "POSTROUTING",
-            CHAIN_POSTROUTING,
-            "setpoint postrouting rules",
-        ),
-        (
-            Table::Filter,
-            "INPUT",
-            CHAIN_IPVS_FILTER,
-            "setpoint ipvs access filter",
-        ),
-        (
-            Table::Filter,
-            "INPUT",
-            CHAIN_PROXY_FIREWALL,
-            "setpoint load balancer firewall",
-        ),
-        (
-            Table::Filter,
-            "INPUT",
-            CHAIN_SERVICES,
-            "setpoint service rejects",
-        ),
-        (
-            Table::Filter,
-            "INPUT",
-            CHAIN_NODE_PORT,
-            "setpoint health check node ports",
-        ),
-        (
-            Table::Filter,
-            "FORWARD",
-            CHAIN_PROXY_FIREWALL,
-            "setpoint load balancer firewall",
-        ),
-        (
-            Table::Filter,
-            "FORWARD",
-            CHAIN_SERVICES,
-            "setpoint service rejects",
-        ),
-        (
-            Table::Filter,
-            "FORWARD",
-            CHAIN_FORWARD,
-            "setpoint forwarding rules",
-        ),
-        (
-            Table::Filter,
-            "OUTPUT",
-            CHAIN_SERVICES,
-            "setpoint service rejects",
-        ),
-    ];
-    let mut position = std::collections::BTreeMap::new();
-    for (table, from, to, text) in jumps {
-        let n = position.entry((table, from)).or_insert(0u16);
-        *n += 1;
-        f.add_jump(Jump {
-            family,
-            table,
-            from: from.to_string(),
-            position: *n,
-            rule: with_comment(text, &["-j", to]),
-        });
+                name,
+            };
+            f.put_chain(key, Chain { rules }.into());
+        }
     }
 }
 
@@ -744,4 +404,91 @@ pub fn nodeport_addresses<'a>(
             && (config.nodeport_addresses.is_empty()
                 || config.nodeport_addresses.iter().any(|net| net.contains(ip)))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every line is `-A <chain> <rule>` with its quotes closed; a jump
+    /// targets a chain of the same table; a set matched is one of ours.
+    #[test]
+    fn every_layout_line_parses() {
+        let sets: Vec<String> = SetId::ALL.iter().map(|s| s.name(Family::Inet)).collect();
+        let nat = NAT_LINES
+            .iter()
+            .chain(&[MASQUERADE_ALL, MASQUERADE_OFF_CLUSTER]);
+        let tables: [(Table, Vec<&str>); 2] = [
+            (Table::Nat, nat.copied().collect()),
+            (Table::Filter, FILTER_LINES.to_vec()),
+        ];
+        for (table, lines) in tables {
+            let lines: Vec<&str> = lines
+                .into_iter()
+                .filter(|l| *l != CLUSTER_IP_MASQUERADE)
+                .collect();
+            let own: Vec<&str> = lines
+                .iter()
+                .filter_map(|l| words(l).get(1).copied())
+                .filter(|c| !BUILT_IN_CHAINS.contains(c))
+                .collect();
+            for line in &lines {
+                assert_eq!(line.matches('"').count() % 2, 0, "unclosed quote: {line}");
+                let w = words(line);
+                assert!(
+                    w.len() >= 4 && w[0] == "-A",
+                    "not `-A <chain> <rule>`: {line}"
+                );
+                for pair in w.windows(2) {
+                    if pair[0] == "--match-set" {
+                        assert!(sets.iter().any(|s| s == pair[1]), "unknown set: {line}");
+                    }
+                    if pair[0] == "-j" && pair[1].starts_with("SP-") {
+                        assert!(own.contains(&pair[1]), "no chain {} in {table:?}", pair[1]);
+                    }
+                }
+                for family in Family::ALL {
+                    let (_, rule) = rule_line(line, family, &ComputeConfig::default());
+                    assert!(rule.0.iter().all(|w| !w.contains('{')), "{line}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rule_lines_split_into_words() {
+        let table: &[(&str, &[&str])] = &[
+            ("-A X -j RETURN", &["-A", "X", "-j", "RETURN"]),
+            (
+                r#"-A X -m comment --comment "a b  c" -j Y"#,
+                &["-A", "X", "-m", "comment", "--comment", "a b  c", "-j", "Y"],
+            ),
+            ("  -A   X  -j  Y  ", &["-A", "X", "-j", "Y"]),
+            (r#"-A X --comment "open"#, &["-A", "X", "--comment", "open"]),
+            (r#"-A X --comment """#, &["-A", "X", "--comment", ""]),
+        ];
+        for (line, expected) in table {
+            assert_eq!(words(line), *expected, "{line}");
+        }
+    }
+
+    #[test]
+    fn ipv6_rules_match_the_sp6_sets_and_loopback() {
+        let config = ComputeConfig {
+            masquerade_bit: 14,
+            ..Default::default()
+        };
+        let line =
+            "-A SP-SERVICES -s {loopback} -m set --match-set SP-CLUSTER-IP dst,dst -j SP-MARK-MASQ";
+        let (chain, rule) = rule_line(line, Family::Inet6, &config);
+        assert_eq!(chain, "SP-SERVICES");
+        let expected = "-s ::1/128 -m set --match-set SP6-CLUSTER-IP dst,dst -j SP-MARK-MASQ";
+        assert_eq!(rule.0.join(" "), expected);
+        let (_, rule) = rule_line(
+            "-A SP-FORWARD -m mark --mark {mark}/{mark}",
+            Family::Inet,
+            &config,
+        );
+        assert_eq!(rule.0, ["-m", "mark", "--mark", "0x4000/0x4000"]);
+    }
 }
