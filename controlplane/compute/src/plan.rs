@@ -214,25 +214,7 @@ impl ServicePlan {
             if p.cluster_level != Level::Zone {
                 continue;
             }
-            let vs = p.zone_view(zone);
-            let key = |address| VirtualServerKey {
-                address,
-                protocol: p.protocol,
-                port: p.port,
-            };
-            if !p.internal_local {
-                for ip in &p.cluster_ips {
-                    out.push(Atom::VirtualServer(key(*ip), vs.clone()));
-                }
-            }
-            if !p.external_local {
-                for ip in p.external_ips.iter().chain(&p.load_balancer_ips) {
-                    out.push(Atom::VirtualServer(key(*ip), vs.clone()));
-                }
-                if let Some(template) = p.node_port_template() {
-                    out.push(Atom::VirtualServer(template, vs.clone()));
-                }
-            }
+            p.push_shared_virtual_servers(&p.zone_view(zone), &mut out);
         }
         dedup(out)
     }
@@ -354,6 +336,31 @@ impl ServicePlan {
 }
 
 impl PortPlan {
+    /// The virtual servers of a selection shared beyond one node (the
+    /// cluster-wide one, or a zone's): every frontend whose traffic policy
+    /// does not restrict it to the node's own endpoints, the NodePort's
+    /// template among them.
+    fn push_shared_virtual_servers(&self, vs: &Arc<VirtualServer>, out: &mut Vec<Atom>) {
+        let key = |address| VirtualServerKey {
+            address,
+            protocol: self.protocol,
+            port: self.port,
+        };
+        if !self.internal_local {
+            for ip in &self.cluster_ips {
+                out.push(Atom::VirtualServer(key(*ip), vs.clone()));
+            }
+        }
+        if !self.external_local {
+            for ip in self.external_ips.iter().chain(&self.load_balancer_ips) {
+                out.push(Atom::VirtualServer(key(*ip), vs.clone()));
+            }
+            if let Some(template) = self.node_port_template() {
+                out.push(Atom::VirtualServer(template, vs.clone()));
+            }
+        }
+    }
+
     /// The NodePort's template key, when the port has a NodePort.
     fn node_port_template(&self) -> Option<VirtualServerKey> {
         self.node_port.map(|port| VirtualServerKey {
@@ -677,25 +684,8 @@ pub fn plan_service(
                 }
             }
             if p.cluster_level == Level::Global {
-                let vs = p.global_vs.clone().unwrap_or_else(|| p.empty_vs.clone());
-                let key = |address| VirtualServerKey {
-                    address,
-                    protocol: p.protocol,
-                    port: p.port,
-                };
-                if !p.internal_local {
-                    for ip in &p.cluster_ips {
-                        global.push(Atom::VirtualServer(key(*ip), vs.clone()));
-                    }
-                }
-                if !p.external_local {
-                    for ip in p.external_ips.iter().chain(&p.load_balancer_ips) {
-                        global.push(Atom::VirtualServer(key(*ip), vs.clone()));
-                    }
-                    if let Some(template) = p.node_port_template() {
-                        global.push(Atom::VirtualServer(template, vs.clone()));
-                    }
-                }
+                let vs = p.global_vs.as_ref().unwrap_or(&p.empty_vs);
+                p.push_shared_virtual_servers(vs, &mut global);
             }
             ports.push(p);
         }
