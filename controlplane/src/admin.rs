@@ -17,15 +17,17 @@
 //! change (a rotated Secret); a file that does not parse keeps the
 //! previous tokens. A file group or others may read is warned about.
 
+mod listener;
+mod tokens;
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use setpoint_dataplane::Format;
-use setpoint_proto::admin::admin_server::{Admin, AdminServer};
+use setpoint_proto::admin::admin_server::Admin;
 use setpoint_proto::admin::{
     DiffNodeRequest, DiffNodeResponse, ExplainRequest, ExplainResponse, FleetSummary,
     ListRevisionsRequest, ListRevisionsResponse, NodeStatus, PauseRequest, ResumeRequest, Revision,
@@ -37,15 +39,15 @@ use setpoint_store::{
     StoreError,
 };
 use tokio::sync::{mpsc, oneshot, watch};
-use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use crate::election::Role;
 use crate::leader::AddressProblems;
-use crate::metrics::Metrics;
 use crate::peer_limits::ListenerLimits;
-use crate::reload::Reloading;
 use crate::rollout::RolloutStatus;
+pub use listener::Listener;
+use tokens::require;
+pub use tokens::{Access, Authenticate, TokenFileError, Tokens};
 
 /// The largest request message the admin API decodes. Its requests are
 /// names, numbers and a reason: a rollback naming about 2,000 nodes fits.
@@ -106,169 +108,6 @@ impl Default for AdminLimits {
             reload_every: Duration::from_secs(5),
         }
     }
-}
-
-/// Request headers (the token among them) of one call.
-const MAX_HEADER_BYTES: u32 = 16 * 1024;
-
-/// What a token may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Access {
-    /// Revisions, show, diff, status.
-    Read,
-    /// Everything, including rollback, pause and resume.
-    Admin,
-}
-
-/// The tokens of a token file, with their roles.
-#[derive(Clone)]
-pub struct Tokens {
-    tokens: Vec<(Access, Vec<u8>)>,
-}
-
-impl std::fmt::Debug for Tokens {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Tokens({} tokens)", self.tokens.len())
-    }
-}
-
-/// Why a token file cannot be used.
-#[derive(Debug)]
-pub enum TokenFileError {
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    Line {
-        line: usize,
-        reason: String,
-    },
-    Empty,
-}
-
-impl std::fmt::Display for TokenFileError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            TokenFileError::Read { path, source } => {
-                write!(
-                    f,
-                    "reading the admin token file {}: {source}",
-                    path.display()
-                )
-            }
-            TokenFileError::Line { line, reason } => {
-                write!(f, "admin token file line {line}: {reason}")
-            }
-            TokenFileError::Empty => f.write_str("the admin token file has no token"),
-        }
-    }
-}
-
-impl std::error::Error for TokenFileError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            TokenFileError::Read { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
-
-/// Tokens shorter than this are refused when the file is read.
-const MIN_TOKEN_LEN: usize = 16;
-
-impl Tokens {
-    /// Reads and parses the file, warning when group or others may read
-    /// or write it.
-    pub fn load(path: &Path) -> Result<Tokens, TokenFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| TokenFileError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let tokens = Tokens::parse(&text)?;
-        if let Some(warning) = std::fs::metadata(path)
-            .ok()
-            .and_then(|m| exposure_warning(path, m.permissions()))
-        {
-            tracing::warn!("{warning}");
-        }
-        Ok(tokens)
-    }
-
-    /// Parses `<role> <token>` or `<token>` lines; `#` starts a comment line.
-    pub fn parse(text: &str) -> Result<Tokens, TokenFileError> {
-        let mut tokens = Vec::new();
-        for (i, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
-            let words: Vec<&str> = line.split_whitespace().collect();
-            let (access, token) = match words.as_slice() {
-                [token] => (Access::Admin, *token),
-                ["read", token] => (Access::Read, *token),
-                ["admin", token] => (Access::Admin, *token),
-                [role, _] => {
-                    return Err(TokenFileError::Line {
-                        line: i + 1,
-                        reason: format!("unknown role {role:?} (expected read or admin)"),
-                    });
-                }
-                _ => {
-                    return Err(TokenFileError::Line {
-                        line: i + 1,
-                        reason: "expected `<role> <token>` or `<token>`".into(),
-                    });
-                }
-            };
-            if token.len() < MIN_TOKEN_LEN {
-                return Err(TokenFileError::Line {
-                    line: i + 1,
-                    reason: format!("a token must be at least {MIN_TOKEN_LEN} characters"),
-                });
-            }
-            tokens.push((access, token.as_bytes().to_vec()));
-        }
-        if tokens.is_empty() {
-            return Err(TokenFileError::Empty);
-        }
-        Ok(Tokens { tokens })
-    }
-
-    /// The role of `presented`, checking every token in constant time.
-    pub fn check(&self, presented: &[u8]) -> Option<Access> {
-        let mut found = None;
-        for (access, token) in &self.tokens {
-            if constant_time_eq(token, presented) {
-                found = found.max(Some(*access));
-            }
-        }
-        found
-    }
-}
-
-/// A warning when a token file's mode lets group or others read or write
-/// it (the owner's bits are the operator's business).
-fn exposure_warning(path: &Path, permissions: std::fs::Permissions) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = permissions.mode() & 0o777;
-    (mode & 0o066 != 0).then(|| {
-        format!(
-            "the admin token file {} is readable by group or others (mode {mode:04o}): \
-             anyone who reads it holds its tokens; chmod 600 it (in Kubernetes: defaultMode 0400)",
-            path.display()
-        )
-    })
-}
-
-/// Equal bytes, in time that depends on the lengths only.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = u8::from(a.len() != b.len());
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0);
-        diff |= x ^ y;
-    }
-    std::hint::black_box(diff) == 0
 }
 
 /// A write the admin API asks the leader to run with its epoch.
@@ -333,57 +172,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_PAGE: u32 = 1000;
 const MAX_NAME: usize = 253;
 const MAX_REASON: usize = 1024;
-
-/// The current tokens, or `None` when the control plane has no token file.
-type TokenSource = Option<Arc<Reloading<Tokens>>>;
-
-/// Checks the bearer token from the request's headers and records its
-/// [`Access`] in the request's extensions. It runs as a tonic interceptor,
-/// before the service is called — that is, before any byte of the body is
-/// read or decoded — so a caller without a token costs a header parse.
-#[derive(Clone)]
-pub struct Authenticate {
-    tokens: TokenSource,
-}
-
-impl tonic::service::Interceptor for Authenticate {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(tokens) = &self.tokens else {
-            return Err(Status::unauthenticated(
-                "the admin API is disabled: the control plane was started without --admin-token-file",
-            ));
-        };
-        let Some(value) = request.metadata().get("authorization") else {
-            return Err(Status::unauthenticated(
-                "missing `authorization: Bearer <token>` metadata",
-            ));
-        };
-        let presented = value
-            .as_bytes()
-            .strip_prefix(b"Bearer ")
-            .ok_or_else(|| Status::unauthenticated("authorization is not `Bearer <token>`"))?;
-        let access = tokens
-            .get()
-            .check(presented)
-            .ok_or_else(|| Status::unauthenticated("unknown token"))?;
-        request.extensions_mut().insert(access);
-        Ok(request)
-    }
-}
-
-/// Whether the caller's token (checked by [`Authenticate`]) allows `need`.
-/// A request that did not pass the interceptor has no access at all.
-fn require<T>(request: &Request<T>, need: Access) -> Result<(), Status> {
-    match request.extensions().get::<Access>() {
-        None => Err(Status::unauthenticated(
-            "no token was checked for this call",
-        )),
-        Some(have) if *have < need => Err(Status::permission_denied(
-            "this token has the read role; the call needs admin",
-        )),
-        Some(_) => Ok(()),
-    }
-}
 
 /// The gRPC service. Cheap to clone. Serve it behind [`Authenticate`]
 /// (as [`Listener::serve`] does): its methods refuse requests that did not
@@ -464,171 +252,6 @@ impl AdminService {
             .await
             .map_err(store_status)?
             .ok_or_else(|| Status::failed_precondition("no revision committed yet"))
-    }
-}
-
-/// The admin listener, bound, with its tokens and TLS config loaded (so
-/// that a bad file fails `serve` at start), not yet serving.
-pub struct Listener {
-    listener: tokio::net::TcpListener,
-    tokens: TokenSource,
-    tls: Option<Arc<Reloading<rustls::ServerConfig>>>,
-    limits: AdminLimits,
-    metrics: Arc<Metrics>,
-}
-
-/// The admin listener's TLS config: its certificate, no client
-/// certificates (callers present tokens), HTTP/2.
-fn server_config(tls: &AdminTls) -> anyhow::Result<rustls::ServerConfig> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS protocol versions")?
-        .with_no_client_auth()
-        .with_single_cert(
-            crate::tls::read_certs(&tls.cert)?,
-            crate::tls::read_key(&tls.key)?,
-        )
-        .with_context(|| {
-            format!(
-                "the admin certificate {} with the key {}",
-                tls.cert.display(),
-                tls.key.display()
-            )
-        })?;
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(config)
-}
-
-impl Listener {
-    /// Binds `config.listen` (which must be set) after loading the token
-    /// file and the TLS files. Refuses plaintext off loopback.
-    pub async fn bind(config: &AdminConfig, metrics: Arc<Metrics>) -> anyhow::Result<Listener> {
-        let AdminConfig {
-            listen,
-            token_file,
-            tls,
-            limits,
-        } = config;
-        let addr = listen.context("no admin listen address")?;
-        if tls.is_none() {
-            anyhow::ensure!(
-                addr.ip().is_loopback(),
-                "refusing to serve the admin API in plaintext on {addr}: give --admin-tls-cert and \
-                 --admin-tls-key, or listen on a loopback address"
-            );
-        }
-        let tokens = match token_file {
-            Some(path) => {
-                let (path, reloads) = (path.clone(), metrics.admin_token_reloads.clone());
-                let reloading = Reloading::start(
-                    "the admin token file",
-                    vec![path.clone()],
-                    limits.reload_every,
-                    move || Tokens::load(&path),
-                    move || {
-                        reloads.inc();
-                    },
-                )?;
-                Some(Arc::new(reloading))
-            }
-            None => {
-                tracing::warn!("admin API without --admin-token-file: every call is refused");
-                None
-            }
-        };
-        let tls = match tls {
-            Some(tls) => {
-                let (files, reloads) = (
-                    vec![tls.cert.clone(), tls.key.clone()],
-                    metrics.admin_tls_reloads.clone(),
-                );
-                let tls = tls.clone();
-                let reloading = Reloading::start(
-                    "the admin listener's TLS files",
-                    files,
-                    limits.reload_every,
-                    move || server_config(&tls),
-                    move || {
-                        reloads.inc();
-                    },
-                )?;
-                Some(Arc::new(reloading))
-            }
-            None => None,
-        };
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the admin listener {addr}"))?;
-        Ok(Listener {
-            listener,
-            tokens,
-            tls,
-            limits: *limits,
-            metrics,
-        })
-    }
-
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.listener.local_addr()
-    }
-
-    /// Serves `service` behind the listener's limits and [`Authenticate`]
-    /// until the process ends.
-    pub fn serve(self, service: AdminService) {
-        let Listener {
-            listener,
-            tokens,
-            tls,
-            limits,
-            metrics,
-        } = self;
-        // Pings well within the idle timeout: every live client answers
-        // them, so only a silent one reaches it.
-        let keepalive = limits.listener.idle / 4;
-        let server = tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(keepalive))
-            .http2_keepalive_timeout(Some(keepalive))
-            .max_concurrent_streams(Some(limits.streams_per_connection))
-            .concurrency_limit_per_connection(limits.streams_per_connection as usize)
-            .timeout(limits.request_timeout)
-            .max_connection_age(limits.max_connection_age)
-            .max_connection_age_grace(limits.request_timeout)
-            // Flow control holds what a peer sends ahead of the server to
-            // about one request per stream.
-            .initial_stream_window_size(Some(2 * MAX_REQUEST_BYTES as u32))
-            .initial_connection_window_size(Some(4 * MAX_REQUEST_BYTES as u32))
-            .http2_max_header_list_size(Some(MAX_HEADER_BYTES))
-            .add_service(InterceptedService::new(
-                AdminServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES),
-                Authenticate { tokens },
-            ));
-        let drops = metrics.connections_dropped.clone();
-        let serving: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> =
-            match tls {
-                Some(tls) => Box::pin(server.serve_with_incoming(crate::peer_limits::incoming(
-                    "admin",
-                    listener,
-                    limits.listener,
-                    drops,
-                    move |socket, _peer| {
-                        let acceptor = tokio_rustls::TlsAcceptor::from(tls.get());
-                        async move { acceptor.accept(socket).await.context("TLS handshake") }
-                    },
-                ))),
-                None => Box::pin(server.serve_with_incoming(crate::peer_limits::incoming(
-                    "admin",
-                    listener,
-                    limits.listener,
-                    drops,
-                    |socket, _peer| async move { Ok(socket) },
-                ))),
-            };
-        tokio::spawn(async move {
-            if let Err(e) = serving.await {
-                tracing::error!("admin server stopped: {e}");
-            }
-        });
     }
 }
 
@@ -960,61 +583,5 @@ impl Admin for AdminService {
             Err(why) => response.problems_unknown = why.to_string(),
         }
         Ok(Response::new(response))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_files_parse_with_roles() {
-        let t = Tokens::parse(
-            "# comment\n\nread rrrrrrrrrrrrrrrrrrrr\nadmin aaaaaaaaaaaaaaaaaaaa\nbbbbbbbbbbbbbbbbbbbb\n",
-        )
-        .expect("parses");
-        assert_eq!(t.check(b"rrrrrrrrrrrrrrrrrrrr"), Some(Access::Read));
-        assert_eq!(t.check(b"aaaaaaaaaaaaaaaaaaaa"), Some(Access::Admin));
-        assert_eq!(t.check(b"bbbbbbbbbbbbbbbbbbbb"), Some(Access::Admin));
-        assert_eq!(t.check(b"rrrrrrrrrrrrrrrrrrr"), None);
-        assert_eq!(t.check(b"rrrrrrrrrrrrrrrrrrrrr"), None);
-        assert_eq!(t.check(b""), None);
-        assert!(matches!(
-            Tokens::parse("root xxxxxxxxxxxxxxxxxxxx"),
-            Err(TokenFileError::Line { line: 1, .. })
-        ));
-        assert!(matches!(
-            Tokens::parse("short"),
-            Err(TokenFileError::Line { .. })
-        ));
-        assert!(matches!(
-            Tokens::parse("# nothing\n"),
-            Err(TokenFileError::Empty)
-        ));
-    }
-
-    #[test]
-    fn token_files_others_may_read_are_warned_about() {
-        use std::os::unix::fs::PermissionsExt;
-        for (mode, warned) in [
-            (0o600, false),
-            (0o400, false),
-            (0o700, false),
-            (0o640, true),
-            (0o440, true),
-            (0o604, true),
-            (0o620, true),
-            (0o644, true),
-        ] {
-            let warning = exposure_warning(Path::new("/t"), std::fs::Permissions::from_mode(mode));
-            assert_eq!(warning.is_some(), warned, "{mode:o}: {warning:?}");
-        }
-    }
-
-    #[test]
-    fn constant_time_eq_is_eq() {
-        for (a, b) in [("", ""), ("a", "a"), ("a", "b"), ("ab", "a"), ("a", "ab")] {
-            assert_eq!(constant_time_eq(a.as_bytes(), b.as_bytes()), a == b);
-        }
     }
 }
