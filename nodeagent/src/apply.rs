@@ -318,23 +318,20 @@ impl Applier {
         want: &NodeDataplane,
         refuse_unsupported: bool,
     ) -> Result<Plan<'a>, ApplyError> {
-        let (step, goal) = match base {
-            Base::Kernel => (None, checked_view(want)?),
+        let (goal, step) = match base {
+            Base::Kernel => (checked_view(want)?, None),
             Base::Held(held) => {
                 let (changes, goal) = kernel_step(held, want)?;
-                (Some(changes), goal)
+                (goal, Some((held, changes)))
             }
         };
         self.kernel.learn(&goal);
         if refuse_unsupported {
             self.refuse_unsupported(&goal)?;
         }
-        let (changes, current, raw) = match base {
-            Base::Held(held) => {
-                let changes = step.unwrap_or_else(|| diff_fragments(&held.view, &goal));
-                (changes, Cow::Borrowed(&held.view), RawRules::new())
-            }
-            Base::Kernel => {
+        let (changes, current, raw) = match step {
+            Some((held, changes)) => (changes, Cow::Borrowed(&held.view), RawRules::new()),
+            None => {
                 let (mut current, raw) = self.kernel.read()?;
                 self.kernel.adopt_draining(&mut current, &goal);
                 (diff_fragments(&current, &goal), Cow::Owned(current), raw)

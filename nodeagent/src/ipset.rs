@@ -152,7 +152,8 @@ pub fn parse_save(
                         text = format!("{addr}/{bits} {rest}").trim_end().to_string();
                     }
                 }
-                set.entries.push(text.parse().map_err(bad)?);
+                let entry = text.parse().map_err(|e| bad(format!("{e}")))?;
+                set.entries.push(entry);
             }
             _ => {}
         }

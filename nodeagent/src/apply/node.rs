@@ -162,14 +162,6 @@ impl NodeKernel {
         }
     }
 
-    pub fn target(&self) -> &Target {
-        &self.target
-    }
-
-    pub fn draining(&self) -> impl Iterator<Item = &Draining> {
-        self.draining.keys()
-    }
-
     /// Leaves the real servers draining out of `f`.
     fn drop_draining(&self, f: &mut Fragment) {
         for d in self.draining.keys() {
