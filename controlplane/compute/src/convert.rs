@@ -44,29 +44,71 @@ const LABEL_NAME_MAX: usize = 63;
 const LABEL_VALUE_MAX: usize = 63;
 const PORT_NAME_MAX: usize = 15;
 
-fn too_long(text: &str, max: usize) -> Option<String> {
-    (text.len() > max).then(|| {
-        format!(
-            "{} is {} bytes, at most {max} are allowed",
-            quoted(text),
-            text.len()
-        )
+/// Text outside Kubernetes' syntax for what it names: the reason a check
+/// failed. Holds the text quoted (escaped and cut), as reports show it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SyntaxError {
+    #[error("{text} is {len} bytes, at most {max} are allowed")]
+    TooLong {
+        text: String,
+        len: usize,
+        max: usize,
+    },
+    #[error(
+        "{0} is not a DNS label (lower-case letters, digits and '-', starting and ending with a letter or digit)"
+    )]
+    NotDnsLabel(String),
+    #[error("{0} is not a DNS subdomain (dot-separated lower-case letters, digits and '-')")]
+    NotDnsSubdomain(String),
+    #[error("{0} does not start with a letter")]
+    NoLeadingLetter(String),
+    #[error("label key {key}: prefix {prefix}")]
+    LabelKeyPrefix {
+        key: String,
+        prefix: Box<SyntaxError>,
+    },
+    #[error(
+        "label key {0} is not a qualified name ([prefix/]name, the name at most {max} letters, digits, '-', '_' or '.', starting and ending with a letter or digit)",
+        max = LABEL_NAME_MAX
+    )]
+    NotLabelKey(String),
+    #[error(
+        "label value {0} is not valid (at most {max} letters, digits, '-', '_' or '.', starting and ending with a letter or digit)",
+        max = LABEL_VALUE_MAX
+    )]
+    NotLabelValue(String),
+    #[error("label {key}: {value}")]
+    Label {
+        key: String,
+        value: Box<SyntaxError>,
+    },
+    #[error(
+        "port name {0} is not an IANA service name (at most {max} lower-case letters, digits and single '-' inside, at least one letter)",
+        max = PORT_NAME_MAX
+    )]
+    NotPortName(String),
+    #[error("protocol {0} is not TCP, UDP or SCTP")]
+    Protocol(String),
+}
+
+fn too_long(text: &str, max: usize) -> Option<SyntaxError> {
+    (text.len() > max).then(|| SyntaxError::TooLong {
+        text: quoted(text),
+        len: text.len(),
+        max,
     })
 }
 
 /// RFC 1123 label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 bytes
 /// (namespace names).
-pub fn check_dns_label(text: &str) -> Result<(), String> {
+pub fn check_dns_label(text: &str) -> Result<(), SyntaxError> {
     if let Some(e) = too_long(text, DNS_LABEL_MAX) {
         return Err(e);
     }
     if is_dns_label_text(text) {
         Ok(())
     } else {
-        Err(format!(
-            "{} is not a DNS label (lower-case letters, digits and '-', starting and ending with a letter or digit)",
-            quoted(text)
-        ))
+        Err(SyntaxError::NotDnsLabel(quoted(text)))
     }
 }
 
@@ -80,27 +122,24 @@ fn is_dns_label_text(text: &str) -> bool {
 
 /// RFC 1123 subdomain: dot-separated labels, at most 253 bytes (names of
 /// pods and NetworkPolicies, label key prefixes).
-pub fn check_dns_subdomain(text: &str) -> Result<(), String> {
+pub fn check_dns_subdomain(text: &str) -> Result<(), SyntaxError> {
     if let Some(e) = too_long(text, DNS_SUBDOMAIN_MAX) {
         return Err(e);
     }
     if text.split('.').all(is_dns_label_text) {
         Ok(())
     } else {
-        Err(format!(
-            "{} is not a DNS subdomain (dot-separated lower-case letters, digits and '-')",
-            quoted(text)
-        ))
+        Err(SyntaxError::NotDnsSubdomain(quoted(text)))
     }
 }
 
 /// RFC 1035 label: a DNS label that starts with a letter (Service names).
-pub fn check_dns_1035_label(text: &str) -> Result<(), String> {
+pub fn check_dns_1035_label(text: &str) -> Result<(), SyntaxError> {
     check_dns_label(text)?;
     if text.starts_with(|c: char| c.is_ascii_lowercase()) {
         Ok(())
     } else {
-        Err(format!("{} does not start with a letter", quoted(text)))
+        Err(SyntaxError::NoLeadingLetter(quoted(text)))
     }
 }
 
@@ -117,35 +156,31 @@ fn is_label_text(text: &str) -> bool {
 /// A label key (a qualified name): `[prefix/]name`, the prefix a DNS
 /// subdomain, the name at most 63 bytes of letters, digits, `-`, `_`, `.`
 /// starting and ending with a letter or digit.
-pub fn check_label_key(key: &str) -> Result<(), String> {
+pub fn check_label_key(key: &str) -> Result<(), SyntaxError> {
     let (prefix, name) = match key.split_once('/') {
         Some((prefix, name)) => (Some(prefix), name),
         None => (None, key),
     };
     if let Some(prefix) = prefix {
-        check_dns_subdomain(prefix)
-            .map_err(|e| format!("label key {}: prefix {e}", quoted(key)))?;
+        check_dns_subdomain(prefix).map_err(|e| SyntaxError::LabelKeyPrefix {
+            key: quoted(key),
+            prefix: Box::new(e),
+        })?;
     }
     if name.len() > LABEL_NAME_MAX || !is_label_text(name) {
-        return Err(format!(
-            "label key {} is not a qualified name ([prefix/]name, the name at most {LABEL_NAME_MAX} letters, digits, '-', '_' or '.', starting and ending with a letter or digit)",
-            quoted(key)
-        ));
+        return Err(SyntaxError::NotLabelKey(quoted(key)));
     }
     Ok(())
 }
 
 /// A label value: empty, or at most 63 bytes of letters, digits, `-`, `_`,
 /// `.` starting and ending with a letter or digit.
-pub fn check_label_value(value: &str) -> Result<(), String> {
+pub fn check_label_value(value: &str) -> Result<(), SyntaxError> {
     if value.is_empty() {
         return Ok(());
     }
     if value.len() > LABEL_VALUE_MAX || !is_label_text(value) {
-        return Err(format!(
-            "label value {} is not valid (at most {LABEL_VALUE_MAX} letters, digits, '-', '_' or '.', starting and ending with a letter or digit)",
-            quoted(value)
-        ));
+        return Err(SyntaxError::NotLabelValue(quoted(value)));
     }
     Ok(())
 }
@@ -153,17 +188,20 @@ pub fn check_label_value(value: &str) -> Result<(), String> {
 /// Every key and value of a label map.
 pub fn check_labels<'a>(
     labels: impl IntoIterator<Item = (&'a String, &'a String)>,
-) -> Result<(), String> {
+) -> Result<(), SyntaxError> {
     for (key, value) in labels {
         check_label_key(key)?;
-        check_label_value(value).map_err(|e| format!("label {}: {e}", quoted(key)))?;
+        check_label_value(value).map_err(|e| SyntaxError::Label {
+            key: quoted(key),
+            value: Box::new(e),
+        })?;
     }
     Ok(())
 }
 
 /// A named port (IANA_SVC_NAME): at most 15 bytes of lower-case letters,
 /// digits and `-`, at least one letter, no `--`, no `-` at either end.
-pub fn check_port_name(name: &str) -> Result<(), String> {
+pub fn check_port_name(name: &str) -> Result<(), SyntaxError> {
     let b = name.as_bytes();
     let valid = !b.is_empty()
         && b.len() <= PORT_NAME_MAX
@@ -176,10 +214,7 @@ pub fn check_port_name(name: &str) -> Result<(), String> {
     if valid {
         Ok(())
     } else {
-        Err(format!(
-            "port name {} is not an IANA service name (at most {PORT_NAME_MAX} lower-case letters, digits and single '-' inside, at least one letter)",
-            quoted(name)
-        ))
+        Err(SyntaxError::NotPortName(quoted(name)))
     }
 }
 
@@ -205,15 +240,12 @@ fn parse_port(value: i32, what: &str) -> Result<u16, String> {
         .ok_or_else(|| format!("{what} {value} is out of range 1-65535"))
 }
 
-pub(crate) fn parse_protocol(value: Option<&str>) -> Result<Protocol, String> {
+pub(crate) fn parse_protocol(value: Option<&str>) -> Result<Protocol, SyntaxError> {
     match value.unwrap_or("TCP") {
         "TCP" => Ok(Protocol::Tcp),
         "UDP" => Ok(Protocol::Udp),
         "SCTP" => Ok(Protocol::Sctp),
-        other => Err(format!(
-            "protocol {} is not TCP, UDP or SCTP",
-            quoted(other)
-        )),
+        other => Err(SyntaxError::Protocol(quoted(other))),
     }
 }
 
@@ -466,7 +498,7 @@ pub fn endpoint_slice(slice: &discovery::EndpointSlice, default_namespace: &str)
         };
         let protocol = match parse_protocol(p.protocol.as_deref()) {
             Ok(protocol) => protocol,
-            Err(e) => return reject(e),
+            Err(e) => return reject(e.to_string()),
         };
         ports.push(SlicePort {
             name: p.name.clone().unwrap_or_default(),
@@ -588,7 +620,7 @@ mod tests {
         let sub253 = ["a".repeat(63).as_str(); 4].join(".")[..253].to_string();
         let sub254 = format!("{sub253}a");
         let prefixed = format!("{sub253}/{long63}");
-        type Check = fn(&str) -> Result<(), String>;
+        type Check = fn(&str) -> Result<(), SyntaxError>;
         let table: &[(&str, Check, &str, bool)] = &[
             ("dns label", check_dns_label, "kube-system", true),
             ("dns label", check_dns_label, "0abc", true),
@@ -646,10 +678,58 @@ mod tests {
         for (what, check, text, valid) in table {
             let result = check(text);
             assert_eq!(result.is_ok(), *valid, "{what} {text:?}: {result:?}");
-            if let Err(reason) = result {
+            if let Err(reason) = result.map_err(|e| e.to_string()) {
                 assert!(!reason.chars().any(char::is_control), "{reason:?}");
                 assert!(reason.len() < 400, "{reason}");
             }
+        }
+    }
+
+    /// Each syntax error reads as the reason did when it was a string.
+    #[test]
+    fn syntax_errors_read_as_reasons() {
+        let long = "a".repeat(64);
+        let labels = [("app".to_string(), "a b".to_string())];
+        let table: Vec<(Result<(), SyntaxError>, String)> = vec![
+            (
+                check_dns_label(&long),
+                format!("\"{long}\" is 64 bytes, at most 63 are allowed"),
+            ),
+            (
+                check_dns_label("Abc"),
+                "\"Abc\" is not a DNS label (lower-case letters, digits and '-', starting and ending with a letter or digit)".into(),
+            ),
+            (
+                check_dns_subdomain("a..b"),
+                "\"a..b\" is not a DNS subdomain (dot-separated lower-case letters, digits and '-')".into(),
+            ),
+            (
+                check_dns_1035_label("0web"),
+                "\"0web\" does not start with a letter".into(),
+            ),
+            (
+                check_label_key("Example.com/app"),
+                "label key \"Example.com/app\": prefix \"Example.com\" is not a DNS subdomain (dot-separated lower-case letters, digits and '-')".into(),
+            ),
+            (
+                check_label_key("_app"),
+                "label key \"_app\" is not a qualified name ([prefix/]name, the name at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)".into(),
+            ),
+            (
+                check_labels(labels.iter().map(|(k, v)| (k, v))),
+                "label \"app\": label value \"a b\" is not valid (at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit)".into(),
+            ),
+            (
+                check_port_name("Web"),
+                "port name \"Web\" is not an IANA service name (at most 15 lower-case letters, digits and single '-' inside, at least one letter)".into(),
+            ),
+            (
+                parse_protocol(Some("ICMP")).map(|_| ()),
+                "protocol \"ICMP\" is not TCP, UDP or SCTP".into(),
+            ),
+        ];
+        for (result, expected) in table {
+            assert_eq!(result.map_err(|e| e.to_string()), Err(expected));
         }
     }
 

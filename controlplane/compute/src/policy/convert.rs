@@ -262,7 +262,7 @@ fn peer(p: &networking::NetworkPolicyPeer, own_namespace: &str) -> Result<Peer, 
 
 fn port(p: &networking::NetworkPolicyPort) -> Result<PortSpec, String> {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-    let protocol = parse_protocol(p.protocol.as_deref())?;
+    let protocol = parse_protocol(p.protocol.as_deref()).map_err(|e| e.to_string())?;
     let port = match &p.port {
         None => None,
         Some(IntOrString::Int(n)) => Some(PortRef::Number(
@@ -272,7 +272,7 @@ fn port(p: &networking::NetworkPolicyPort) -> Result<PortSpec, String> {
                 .ok_or_else(|| format!("port {n} is out of range 1-65535"))?,
         )),
         Some(IntOrString::String(s)) => {
-            check_port_name(s)?;
+            check_port_name(s).map_err(|e| e.to_string())?;
             Some(PortRef::Name(s.clone()))
         }
     };
@@ -367,14 +367,15 @@ pub fn convert_pod_reporting(p: &core::Pod) -> Result<(Option<Pod>, Vec<Rejectio
                 continue;
             };
             let named = (|| -> Result<(String, Protocol, u16), String> {
-                check_port_name(port_name)?;
+                check_port_name(port_name).map_err(|e| e.to_string())?;
                 let number = u16::try_from(port.container_port)
                     .ok()
                     .filter(|n| *n != 0)
                     .ok_or_else(|| {
                         format!("containerPort {} is out of range", port.container_port)
                     })?;
-                let protocol = parse_protocol(port.protocol.as_deref())?;
+                let protocol =
+                    parse_protocol(port.protocol.as_deref()).map_err(|e| e.to_string())?;
                 Ok((port_name.clone(), protocol, number))
             })();
             match named {
