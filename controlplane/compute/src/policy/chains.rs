@@ -78,26 +78,10 @@ impl PolicyView {
                     continue;
                 }
                 if isolated_out {
-                    let chain = format!(
-                        "SP-E-{}",
-                        short_hash(&format!("{}/{}", pod.namespace, pod.name))
-                    );
-                    let rules = builder.rules(pod, family, &egress, Direction::Egress);
-                    builder.pod_chain(family, &chain, rules);
-                    for ip in &ips {
-                        builder.dispatch(family, 0, Rule::new(["-s", &host(ip), "-j", &chain]));
-                    }
+                    builder.isolate(pod, family, &ips, &egress, Direction::Egress);
                 }
                 if isolated_in {
-                    let chain = format!(
-                        "SP-I-{}",
-                        short_hash(&format!("{}/{}", pod.namespace, pod.name))
-                    );
-                    let rules = builder.rules(pod, family, &ingress, Direction::Ingress);
-                    builder.pod_chain(family, &chain, rules);
-                    for ip in &ips {
-                        builder.dispatch(family, 1, Rule::new(["-d", &host(ip), "-j", &chain]));
-                    }
+                    builder.isolate(pod, family, &ips, &ingress, Direction::Ingress);
                 }
             }
         }
@@ -129,6 +113,31 @@ struct NodePolicy<'a> {
 }
 
 impl NodePolicy<'_> {
+    /// The chain of `pod` in `direction` for `family`, with `rules`, and
+    /// the SP-POLICY rules sending its addresses there (egress first).
+    fn isolate(
+        &mut self,
+        pod: &Pod,
+        family: Family,
+        ips: &[IpAddr],
+        rules: &[&PolicyRule],
+        direction: Direction,
+    ) {
+        let (prefix, stage, address) = match direction {
+            Direction::Egress => ("SP-E", 0, "-s"),
+            Direction::Ingress => ("SP-I", 1, "-d"),
+        };
+        let chain = format!(
+            "{prefix}-{}",
+            short_hash(&format!("{}/{}", pod.namespace, pod.name))
+        );
+        let rules = self.rules(pod, family, rules, direction);
+        self.pod_chain(family, &chain, rules);
+        for ip in ips {
+            self.dispatch(family, stage, Rule::new([address, &host(ip), "-j", &chain]));
+        }
+    }
+
     fn dispatch(&mut self, family: Family, stage: u8, rule: Rule) {
         self.dispatch.entry(family).or_default().push((stage, rule));
     }
