@@ -124,8 +124,14 @@ fn spans_of_one_revision_reach_the_collector_from_both_sides_as_parent_and_child
             .arg(&manifests)
             .args(["--database", &database])
             .args(["--listen", &listen.to_string()])
-            .args(["--metrics-listen", &crate::running_failures::free_addr().to_string()])
-            .args(["--admin-listen", &crate::running_failures::free_addr().to_string()])
+            .args([
+                "--metrics-listen",
+                &crate::running_failures::free_addr().to_string(),
+            ])
+            .args([
+                "--admin-listen",
+                &crate::running_failures::free_addr().to_string(),
+            ])
             .args(["--otlp-endpoint", &endpoint])
             .env("OTEL_BSP_SCHEDULE_DELAY", "100")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")

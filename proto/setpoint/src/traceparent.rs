@@ -110,11 +110,13 @@ mod tests {
         assert_ne!(a.trace_id, Traceparent::of_rollout(8, "node-a").trace_id);
         assert_eq!(Traceparent::parse(&a.to_string()), Some(a));
         // The text the control plane has always sent.
-        assert_eq!(
-            a.to_string(),
-            "00-{}-{}-01"
-                .replacen("{}", &hex::encode(&sha2::Sha256::digest("setpoint/revision/7")[..16]), 1)
-                .replacen("{}", &hex::encode(&sha2::Sha256::digest("setpoint/revision/7/node-a")[..8]), 1)
+        let trace = sha2::Sha256::digest("setpoint/revision/7");
+        let span = sha2::Sha256::digest("setpoint/revision/7/node-a");
+        let sent = format!(
+            "00-{}-{}-01",
+            hex::encode(&trace[..16]),
+            hex::encode(&span[..8])
         );
+        assert_eq!(a.to_string(), sent);
     }
 }
