@@ -5,9 +5,26 @@ use std::time::UNIX_EPOCH;
 
 use serde_json::Value;
 
+use crate::args::Output;
 use crate::failure::Failure;
 
-pub fn print_json(value: &Value) -> Result<(), Failure> {
+/// What a verb prints: with `-o json` the value `json` builds, pretty;
+/// else what `table` prints.
+pub fn emit(
+    output: Output,
+    json: impl FnOnce() -> Result<Value, Failure>,
+    table: impl FnOnce(),
+) -> Result<(), Failure> {
+    match output {
+        Output::Json => print_json(&json()?),
+        Output::Table => {
+            table();
+            Ok(())
+        }
+    }
+}
+
+fn print_json(value: &Value) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(value)
         .map_err(|e| Failure::failed(format!("encoding JSON: {e}")))?;
     println!("{text}");

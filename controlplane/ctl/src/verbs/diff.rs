@@ -6,7 +6,7 @@ use setpoint_proto::admin::DiffNodeRequest;
 use crate::args::Output;
 use crate::connect::Client;
 use crate::failure::Failure;
-use crate::output::print_json;
+use crate::output::emit;
 
 pub async fn diff(
     client: &mut Client,
@@ -23,28 +23,25 @@ pub async fn diff(
         })
         .await?
         .into_inner();
-    match output {
-        Output::Json => {
-            // Each change is JSON from the server; one that is not is kept as text.
-            let changes: Vec<Value> = r
-                .changes
-                .iter()
-                .map(|c| serde_json::from_str(c).unwrap_or_else(|_| Value::String(c.clone())))
-                .collect();
-            print_json(&json!({
-                "node": node, "from": from, "to": to,
-                "count": r.count, "changes": changes,
-            }))
+    let json = || {
+        // Each change is JSON from the server; one that is not is kept as text.
+        let changes: Vec<Value> = r
+            .changes
+            .iter()
+            .map(|c| serde_json::from_str(c).unwrap_or_else(|_| Value::String(c.clone())))
+            .collect();
+        Ok(json!({
+            "node": node, "from": from, "to": to,
+            "count": r.count, "changes": changes,
+        }))
+    };
+    emit(output, json, || {
+        for c in &r.changes {
+            println!("{c}");
         }
-        Output::Table => {
-            for c in &r.changes {
-                println!("{c}");
-            }
-            println!(
-                "{} change(s) to {node} from revision {from} to {to}",
-                r.count
-            );
-            Ok(())
-        }
-    }
+        println!(
+            "{} change(s) to {node} from revision {from} to {to}",
+            r.count
+        );
+    })
 }

@@ -7,7 +7,7 @@ use setpoint_proto::admin::{ExplainRequest, ExplainResponse};
 use crate::args::{ExplainArgs, Output};
 use crate::connect::Client;
 use crate::failure::Failure;
-use crate::output::print_json;
+use crate::output::emit;
 
 pub async fn explain(
     client: &mut Client,
@@ -40,15 +40,15 @@ pub async fn explain(
         })
         .await?
         .into_inner();
-    match output {
-        Output::Json => print_json(&to_json(&r)?),
-        Output::Table => {
+    emit(
+        output,
+        || to_json(&r),
+        || {
             println!("node state at revision {}", r.revision);
             print!("{}", r.text);
             print!("{}", problems_text(&dst_ip, &r));
-            Ok(())
-        }
-    }
+        },
+    )
 }
 
 /// `IP`, `IP:PORT` or `[IPv6]:PORT`: the address and the port (0 if none).

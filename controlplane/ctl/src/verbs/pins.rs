@@ -7,7 +7,7 @@ use setpoint_proto::admin::{PauseRequest, ResumeRequest, RollbackRequest};
 use crate::args::Output;
 use crate::connect::Client;
 use crate::failure::Failure;
-use crate::output::print_json;
+use crate::output::emit;
 
 /// The nodes a write names, as its confirmation says them.
 fn who(nodes: &[String], everyone: &str) -> String {
@@ -33,17 +33,17 @@ pub async fn rollback(
         })
         .await?
         .into_inner();
-    match output {
-        Output::Json => print_json(&json!({ "revision": r.revision, "to": to })),
-        Output::Table => {
+    emit(
+        output,
+        || Ok(json!({ "revision": r.revision, "to": to })),
+        || {
             println!(
                 "revision {}: {} rolled back to revision {to} and pinned (setpointctl resume to undo)",
                 r.revision,
                 who(&nodes, "all nodes")
-            );
-            Ok(())
-        }
-    }
+            )
+        },
+    )
 }
 
 pub async fn pause(
@@ -61,18 +61,18 @@ pub async fn pause(
         })
         .await?
         .into_inner();
-    match output {
-        Output::Json => print_json(&json!({ "revision": r.revision })),
-        Output::Table => {
+    emit(
+        output,
+        || Ok(json!({ "revision": r.revision })),
+        || {
             let who = if all {
                 "all nodes".into()
             } else {
                 nodes.join(",")
             };
             println!("revision {}: {who} paused", r.revision);
-            Ok(())
-        }
-    }
+        },
+    )
 }
 
 /// No `nodes` (`--all`): the server resumes every pinned node.
@@ -87,15 +87,15 @@ pub async fn resume(
         })
         .await?
         .into_inner();
-    match output {
-        Output::Json => print_json(&json!({ "revision": r.revision })),
-        Output::Table => {
+    emit(
+        output,
+        || Ok(json!({ "revision": r.revision })),
+        || {
             println!(
                 "revision {}: {} resumed",
                 r.revision,
                 who(&nodes, "all pinned nodes")
-            );
-            Ok(())
-        }
-    }
+            )
+        },
+    )
 }

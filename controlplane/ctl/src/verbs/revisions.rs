@@ -6,7 +6,7 @@ use setpoint_proto::admin::{ListRevisionsRequest, ListRevisionsResponse};
 use crate::args::Output;
 use crate::connect::Client;
 use crate::failure::Failure;
-use crate::output::{print_json, print_table, utc};
+use crate::output::{emit, print_table, utc};
 
 pub async fn revisions(
     client: &mut Client,
@@ -21,13 +21,7 @@ pub async fn revisions(
         })
         .await?
         .into_inner();
-    match output {
-        Output::Json => print_json(&to_json(&r)),
-        Output::Table => {
-            print_table_of(&r);
-            Ok(())
-        }
-    }
+    emit(output, || Ok(to_json(&r)), || print_table_of(&r))
 }
 
 fn to_json(r: &ListRevisionsResponse) -> Value {

@@ -6,7 +6,7 @@ use setpoint_proto::admin::ShowNodeRequest;
 use crate::args::Output;
 use crate::connect::Client;
 use crate::failure::Failure;
-use crate::output::print_json;
+use crate::output::emit;
 
 pub async fn show(
     client: &mut Client,
@@ -23,20 +23,19 @@ pub async fn show(
         })
         .await?
         .into_inner();
-    match output {
-        Output::Json => print_json(&json!({
+    let json = || {
+        Ok(json!({
             "node": node,
             "revision": r.revision,
             "digest": r.digest,
             "format": format,
             "text": r.text,
-        })),
-        Output::Table => {
-            print!("{}", r.text);
-            if !r.text.ends_with('\n') {
-                println!();
-            }
-            Ok(())
+        }))
+    };
+    emit(output, json, || {
+        print!("{}", r.text);
+        if !r.text.ends_with('\n') {
+            println!();
         }
-    }
+    })
 }

@@ -7,17 +7,11 @@ use setpoint_proto::admin::{RolloutStatus, StatusRequest, StatusResponse};
 use crate::args::Output;
 use crate::connect::Client;
 use crate::failure::Failure;
-use crate::output::{ago, print_json, print_table, short};
+use crate::output::{ago, emit, print_table, short};
 
 pub async fn status(client: &mut Client, output: Output) -> Result<(), Failure> {
     let r = client.status(StatusRequest {}).await?.into_inner();
-    match output {
-        Output::Json => print_json(&to_json(&r)),
-        Output::Table => {
-            print_table_of(&r);
-            Ok(())
-        }
-    }
+    emit(output, || Ok(to_json(&r)), || print_table_of(&r))
 }
 
 fn to_json(s: &StatusResponse) -> Value {
