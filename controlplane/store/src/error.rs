@@ -44,8 +44,10 @@ pub enum StoreError {
     Corrupt {
         node: String,
         revision: RevisionId,
+        /// Boxed: the error names up to three digests, and every `Result`
+        /// of this crate carries the variant's size.
         #[source]
-        source: ChunkError,
+        source: Box<ChunkError>,
     },
     /// A row a node state refers to is missing.
     #[error("node {node} at revision {revision}: {what} {key} is missing")]

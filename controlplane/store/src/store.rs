@@ -457,7 +457,7 @@ impl Store {
         let corrupt = |source| StoreError::Corrupt {
             node: node.to_string(),
             revision,
-            source,
+            source: Box::new(source),
         };
         let missing = |what: &'static str, key: &Digest| StoreError::Missing {
             node: node.to_string(),

@@ -189,8 +189,42 @@ pub enum ApplyError {
     Mismatch {
         index: usize,
         change: &'static str,
-        reason: String,
+        reason: Misfit,
     },
+}
+
+/// Why a change does not fit the state it is applied to.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Misfit {
+    #[error("set {0} exists")]
+    SetExists(String),
+    #[error("set {0} does not exist")]
+    NoSet(String),
+    #[error("{set} already has {entry}")]
+    EntryPresent { set: String, entry: SetEntry },
+    #[error("{set} has no {entry}")]
+    EntryAbsent { set: String, entry: SetEntry },
+    #[error("{0} is already bound")]
+    AddressBound(IpAddr),
+    #[error("{0} is not bound")]
+    AddressUnbound(IpAddr),
+    #[error("{0} exists")]
+    VirtualServerExists(VirtualServerKey),
+    #[error("no {0}")]
+    NoVirtualServer(VirtualServerKey),
+    /// A real server change for a virtual server that is not there.
+    #[error("no virtual server {0}")]
+    NoVirtualServerOfRealServer(VirtualServerKey),
+    #[error("real server exists")]
+    RealServerExists,
+    #[error("no such real server")]
+    NoRealServer,
+    #[error("no chain {0}")]
+    NoChain(String),
+    #[error("jump exists")]
+    JumpExists,
+    #[error("no such jump")]
+    NoJump,
 }
 
 /// What must change to turn `a` into `b`.
@@ -418,7 +452,7 @@ pub fn apply(base: &NodeDataplane, diff: &Diff) -> Result<NodeDataplane, ApplyEr
 /// changes before the failing one.
 pub fn apply_to_fragment(f: &mut Fragment, diff: &Diff) -> Result<(), ApplyError> {
     for (index, change) in diff.changes.iter().enumerate() {
-        let fail = |name: &'static str, reason: String| ApplyError::Mismatch {
+        let fail = |name: &'static str, reason: Misfit| ApplyError::Mismatch {
             index,
             change: name,
             reason,
@@ -426,44 +460,56 @@ pub fn apply_to_fragment(f: &mut Fragment, diff: &Diff) -> Result<(), ApplyError
         match change {
             Change::SetCreated { name, spec } => {
                 if f.set(name).is_some() {
-                    return Err(fail("set_created", format!("set {name} exists")));
+                    return Err(fail("set_created", Misfit::SetExists(name.clone())));
                 }
                 f.put_set(name.clone(), spec.clone());
             }
             Change::SetRedefined { name, spec } => {
                 if f.put_set(name.clone(), spec.clone()).is_none() {
                     f.remove_set(name);
-                    return Err(fail("set_redefined", format!("set {name} does not exist")));
+                    return Err(fail("set_redefined", Misfit::NoSet(name.clone())));
                 }
             }
             Change::EntriesAdded { set, entries } => {
                 for e in entries {
                     if !f.add_entry(set, e.clone()) {
-                        return Err(fail("entries_added", format!("{set} already has {e}")));
+                        return Err(fail(
+                            "entries_added",
+                            Misfit::EntryPresent {
+                                set: set.clone(),
+                                entry: e.clone(),
+                            },
+                        ));
                     }
                 }
             }
             Change::EntriesRemoved { set, entries } => {
                 for e in entries {
                     if !f.remove_entry(set, e) {
-                        return Err(fail("entries_removed", format!("{set} has no {e}")));
+                        return Err(fail(
+                            "entries_removed",
+                            Misfit::EntryAbsent {
+                                set: set.clone(),
+                                entry: e.clone(),
+                            },
+                        ));
                     }
                 }
             }
             Change::SetDestroyed { name } => {
                 if f.remove_set(name).is_none() {
-                    return Err(fail("set_destroyed", format!("set {name} does not exist")));
+                    return Err(fail("set_destroyed", Misfit::NoSet(name.clone())));
                 }
                 f.clear_entries(name);
             }
             Change::AddressAdded { address } => {
                 if !f.add_address(*address) {
-                    return Err(fail("address_added", format!("{address} is already bound")));
+                    return Err(fail("address_added", Misfit::AddressBound(*address)));
                 }
             }
             Change::AddressRemoved { address } => {
                 if !f.remove_address(address) {
-                    return Err(fail("address_removed", format!("{address} is not bound")));
+                    return Err(fail("address_removed", Misfit::AddressUnbound(*address)));
                 }
             }
             Change::VirtualServerAdded {
@@ -471,7 +517,10 @@ pub fn apply_to_fragment(f: &mut Fragment, diff: &Diff) -> Result<(), ApplyError
                 virtual_server,
             } => {
                 if f.virtual_server(key).is_some() {
-                    return Err(fail("virtual_server_added", format!("{key} exists")));
+                    return Err(fail(
+                        "virtual_server_added",
+                        Misfit::VirtualServerExists(*key),
+                    ));
                 }
                 f.put_virtual_server(*key, virtual_server.clone());
             }
@@ -482,14 +531,17 @@ pub fn apply_to_fragment(f: &mut Fragment, diff: &Diff) -> Result<(), ApplyError
             } => {
                 let old = f
                     .virtual_server(key)
-                    .ok_or_else(|| fail("virtual_server_edited", format!("no {key}")))?;
+                    .ok_or_else(|| fail("virtual_server_edited", Misfit::NoVirtualServer(*key)))?;
                 let new =
                     VirtualServer::new(*scheduler, *persistence_timeout, old.real_servers.clone());
                 f.put_virtual_server(*key, Arc::new(new));
             }
             Change::VirtualServerRemoved { key } => {
                 if f.remove_virtual_server(key).is_none() {
-                    return Err(fail("virtual_server_removed", format!("no {key}")));
+                    return Err(fail(
+                        "virtual_server_removed",
+                        Misfit::NoVirtualServer(*key),
+                    ));
                 }
             }
             Change::RealServerAdded { key, real_server } => {
@@ -498,7 +550,7 @@ pub fn apply_to_fragment(f: &mut Fragment, diff: &Diff) -> Result<(), ApplyError
                         .iter()
                         .any(|r| (r.address, r.port) == (real_server.address, real_server.port))
                     {
-                        return Err("real server exists".to_string());
+                        return Err(Misfit::RealServerExists);
                     }
                     reals.push(*real_server);
                     Ok(())
@@ -510,7 +562,7 @@ pub fn apply_to_fragment(f: &mut Fragment, diff: &Diff) -> Result<(), ApplyError
                     let slot = reals
                         .iter_mut()
                         .find(|r| (r.address, r.port) == (real_server.address, real_server.port))
-                        .ok_or("no such real server")?;
+                        .ok_or(Misfit::NoRealServer)?;
                     *slot = *real_server;
                     Ok(())
                 })
@@ -521,7 +573,7 @@ pub fn apply_to_fragment(f: &mut Fragment, diff: &Diff) -> Result<(), ApplyError
                     let before = reals.len();
                     reals.retain(|r| (r.address, r.port) != (*address, *port));
                     if reals.len() == before {
-                        return Err("no such real server".to_string());
+                        return Err(Misfit::NoRealServer);
                     }
                     Ok(())
                 })
@@ -532,17 +584,17 @@ pub fn apply_to_fragment(f: &mut Fragment, diff: &Diff) -> Result<(), ApplyError
             }
             Change::ChainRemoved { key } => {
                 if f.remove_chain(key).is_none() {
-                    return Err(fail("chain_removed", format!("no chain {}", key.name)));
+                    return Err(fail("chain_removed", Misfit::NoChain(key.name.clone())));
                 }
             }
             Change::JumpAdded { jump } => {
                 if !f.add_jump(jump.clone()) {
-                    return Err(fail("jump_added", "jump exists".to_string()));
+                    return Err(fail("jump_added", Misfit::JumpExists));
                 }
             }
             Change::JumpRemoved { jump } => {
                 if !f.remove_jump(jump) {
-                    return Err(fail("jump_removed", "no such jump".to_string()));
+                    return Err(fail("jump_removed", Misfit::NoJump));
                 }
             }
         }
@@ -553,11 +605,11 @@ pub fn apply_to_fragment(f: &mut Fragment, diff: &Diff) -> Result<(), ApplyError
 fn edit_reals(
     f: &mut Fragment,
     key: &VirtualServerKey,
-    edit: impl FnOnce(&mut Vec<RealServer>) -> Result<(), String>,
-) -> Result<(), String> {
+    edit: impl FnOnce(&mut Vec<RealServer>) -> Result<(), Misfit>,
+) -> Result<(), Misfit> {
     let old = f
         .virtual_server(key)
-        .ok_or_else(|| format!("no virtual server {key}"))?;
+        .ok_or(Misfit::NoVirtualServerOfRealServer(*key))?;
     let mut reals = old.real_servers.clone();
     edit(&mut reals)?;
     let new = VirtualServer::new(old.scheduler, old.persistence_timeout, reals);

@@ -37,16 +37,19 @@ pub enum Origin {
     Node,
 }
 
+/// An origin other than pod, outside or node.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown origin {0:?} (expected pod, outside or node)")]
+pub struct UnknownOrigin(pub String);
+
 impl std::str::FromStr for Origin {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Origin, String> {
+    type Err = UnknownOrigin;
+    fn from_str(s: &str) -> Result<Origin, UnknownOrigin> {
         match s {
             "" | "pod" => Ok(Origin::Pod),
             "outside" => Ok(Origin::Outside),
             "node" => Ok(Origin::Node),
-            other => Err(format!(
-                "unknown origin {other:?} (expected pod, outside or node)"
-            )),
+            other => Err(UnknownOrigin(other.to_string())),
         }
     }
 }
@@ -151,7 +154,31 @@ enum Flow {
 enum Match {
     Yes,
     No,
-    Unknown(String),
+    Unknown(NotUnderstood),
+}
+
+/// Why a rule's condition could not be evaluated; listed in
+/// [`Explanation::not_evaluated`].
+#[derive(Debug, thiserror::Error)]
+enum NotUnderstood {
+    #[error("match module {0} not understood")]
+    Module(String),
+    #[error("option {0} not understood")]
+    Option(String),
+    #[error("address {0:?} not understood")]
+    Address(String),
+    #[error("port {0:?} not understood")]
+    Port(String),
+    #[error("mark {0:?} not understood")]
+    Mark(String),
+    #[error(transparent)]
+    Protocol(#[from] crate::model::UnknownProtocol),
+    #[error("the source port is not given")]
+    NoSourcePort,
+    #[error("set {0} is not in the state")]
+    NoSet(String),
+    #[error("set {set}: direction {n} missing")]
+    NoDirection { set: String, n: usize },
 }
 
 struct Walk<'a> {
@@ -168,21 +195,31 @@ struct Walk<'a> {
     local: BTreeSet<IpAddr>,
 }
 
+/// Why a packet cannot be explained on a state.
+#[derive(Debug, thiserror::Error)]
+pub enum ExplainError {
+    #[error("source {src} and destination {dst} are of different address families")]
+    MixedFamilies { src: IpAddr, dst: IpAddr },
+    /// Two NodePort templates claim one address and port.
+    #[error(transparent)]
+    Collision(#[from] crate::template::Collision),
+}
+
 const MAX_DEPTH: usize = 32;
 
 /// How `state` treats `packet`: the set entries its rules find, the rules
 /// it passes from the built-in chains down, the IPVS virtual server, and
 /// the verdict. Pure; an error only for a packet mixing address families.
-pub fn explain(state: &NodeDataplane, packet: &Packet) -> Result<Explanation, String> {
+pub fn explain(state: &NodeDataplane, packet: &Packet) -> Result<Explanation, ExplainError> {
     let family = Family::of(&packet.dst);
     if Family::of(&packet.src) != family {
-        return Err(format!(
-            "source {} and destination {} are of different address families",
-            packet.src, packet.dst
-        ));
+        return Err(ExplainError::MixedFamilies {
+            src: packet.src,
+            dst: packet.dst,
+        });
     }
     // The kernel's view: NodePort templates on each node address.
-    let f = crate::template::expand(&state.flatten()).map_err(|c| c.to_string())?;
+    let f = crate::template::expand(&state.flatten())?;
     let mut local: BTreeSet<IpAddr> = f.addresses().copied().collect();
     local.extend(f.virtual_servers().map(|(k, _)| k.address));
     local.extend(crate::template::node_port_addresses(&f, family));
@@ -483,13 +520,13 @@ impl Walk<'_> {
         let args = &rule.0;
         let mut i = 0;
         let mut negate = false;
-        let mut unknown: Option<String> = None;
+        let mut unknown: Option<NotUnderstood> = None;
         let mut no = false;
         while i < args.len() {
             let arg = args[i].as_str();
             let value = args.get(i + 1).map(String::as_str);
             let mut step = 2;
-            let cond: Option<Result<bool, String>> = match (arg, value) {
+            let cond: Option<Result<bool, NotUnderstood>> = match (arg, value) {
                 ("!", _) => {
                     negate = true;
                     i += 1;
@@ -499,7 +536,7 @@ impl Walk<'_> {
                 ("-m" | "--match", Some(module)) => match module {
                     "comment" | "set" | "addrtype" | "mark" | "conntrack" | "tcp" | "udp"
                     | "sctp" => None,
-                    other => Some(Err(format!("match module {other} not understood"))),
+                    other => Some(Err(NotUnderstood::Module(other.to_string()))),
                 },
                 ("--comment", Some(_)) => None,
                 ("-s" | "--source", Some(v)) => Some(net(v).map(|n| n.contains(&self.packet.src))),
@@ -509,13 +546,13 @@ impl Walk<'_> {
                 ("-p" | "--protocol", Some(v)) => Some(
                     v.parse::<Protocol>()
                         .map(|p| p == self.packet.protocol)
-                        .map_err(|e| e.to_string()),
+                        .map_err(NotUnderstood::from),
                 ),
                 ("--dport" | "--destination-port", Some(v)) => {
                     Some(port_range(v).map(|(a, b)| (a..=b).contains(&self.packet.dst_port)))
                 }
                 ("--sport" | "--source-port", Some(v)) => Some(match self.packet.src_port {
-                    None => Err("the source port is not given".into()),
+                    None => Err(NotUnderstood::NoSourcePort),
                     Some(p) => port_range(v).map(|(a, b)| (a..=b).contains(&p)),
                 }),
                 ("--match-set", Some(set)) => {
@@ -528,10 +565,10 @@ impl Walk<'_> {
                 ("--mark", Some(v)) => Some(
                     parse_mark(v)
                         .map(|(v, m)| self.mark & m == v)
-                        .ok_or_else(|| format!("mark {v:?} not understood")),
+                        .ok_or_else(|| NotUnderstood::Mark(v.to_string())),
                 ),
                 ("--ctstate", Some(v)) => Some(Ok(v.split(',').any(|s| s == "NEW"))),
-                (other, _) => Some(Err(format!("option {other} not understood"))),
+                (other, _) => Some(Err(NotUnderstood::Option(other.to_string()))),
             };
             match cond {
                 None => {}
@@ -551,23 +588,25 @@ impl Walk<'_> {
     }
 
     /// Looks the packet up in a set as `--match-set NAME dirs` would.
-    fn set_match(&mut self, name: &str, dirs: &str, negated: bool) -> Result<bool, String> {
+    fn set_match(&mut self, name: &str, dirs: &str, negated: bool) -> Result<bool, NotUnderstood> {
         let Some(spec) = self.f.set(name) else {
-            return Err(format!("set {name} is not in the state"));
+            return Err(NotUnderstood::NoSet(name.to_string()));
         };
         let dirs: Vec<&str> = dirs.split(',').collect();
         let p = &self.packet;
+        let missing = |n: usize| NotUnderstood::NoDirection {
+            set: name.to_string(),
+            n,
+        };
         let ip = |n: usize| match dirs.get(n) {
             Some(&"src") => Ok(p.src),
             Some(&"dst") => Ok(p.dst),
-            _ => Err(format!("set {name}: direction {n} missing")),
+            _ => Err(missing(n)),
         };
         let port = |n: usize| match dirs.get(n) {
-            Some(&"src") => p
-                .src_port
-                .ok_or_else(|| "the source port is not given".to_string()),
+            Some(&"src") => p.src_port.ok_or(NotUnderstood::NoSourcePort),
             Some(&"dst") => Ok(p.dst_port),
-            _ => Err(format!("set {name}: direction {n} missing")),
+            _ => Err(missing(n)),
         };
         if spec.kind != SetType::BitmapPort && spec.family != self.family {
             return Ok(false);
@@ -659,14 +698,14 @@ fn socket(ip: IpAddr, port: u16) -> String {
     }
 }
 
-fn net(text: &str) -> Result<IpNet, String> {
+fn net(text: &str) -> Result<IpNet, NotUnderstood> {
     text.parse::<IpNet>()
         .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-        .map_err(|_| format!("address {text:?} not understood"))
+        .map_err(|_| NotUnderstood::Address(text.to_string()))
 }
 
-fn port_range(text: &str) -> Result<(u16, u16), String> {
-    let bad = || format!("port {text:?} not understood");
+fn port_range(text: &str) -> Result<(u16, u16), NotUnderstood> {
+    let bad = || NotUnderstood::Port(text.to_string());
     match text.split_once(':') {
         Some((a, b)) => Ok((a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?)),
         None => {

@@ -26,7 +26,7 @@ pub mod validate;
 mod wire;
 
 pub use atoms::{AtomError, AtomRun};
-pub use diff::{ApplyError, Change, Diff, apply, diff};
+pub use diff::{ApplyError, Change, Diff, Misfit, apply, diff};
 pub use digest::Digest;
 pub use fragment::{Fragment, Maps};
 pub use model::*;

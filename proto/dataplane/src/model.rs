@@ -77,14 +77,19 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// A protocol name other than tcp, udp or sctp (in lower case).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown protocol {0:?}")]
+pub struct UnknownProtocol(pub String);
+
 impl FromStr for Protocol {
-    type Err = String;
+    type Err = UnknownProtocol;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "tcp" => Ok(Protocol::Tcp),
             "udp" => Ok(Protocol::Udp),
             "sctp" => Ok(Protocol::Sctp),
-            other => Err(format!("unknown protocol {other:?}")),
+            other => Err(UnknownProtocol(other.to_string())),
         }
     }
 }
@@ -250,67 +255,89 @@ impl fmt::Display for SetEntry {
     }
 }
 
+/// Text that is not a set entry as ipset prints one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("set entry {text:?}: {problem}")]
+pub struct BadSetEntry {
+    pub text: String,
+    pub problem: EntryProblem,
+}
+
+/// What is wrong in a set entry's text.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EntryProblem {
+    #[error("expected proto:port")]
+    NoProtocolPort,
+    #[error(transparent)]
+    Protocol(#[from] UnknownProtocol),
+    #[error(transparent)]
+    Number(#[from] std::num::ParseIntError),
+    #[error(transparent)]
+    Address(#[from] std::net::AddrParseError),
+    #[error(transparent)]
+    Net(#[from] ipnet::AddrParseError),
+    #[error("unrecognised shape")]
+    Shape,
+}
+
 impl FromStr for SetEntry {
-    type Err = String;
+    type Err = BadSetEntry;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let bad = |why: &str| format!("set entry {text:?}: {why}");
-        if let Some(net) = text.strip_suffix(" nomatch") {
-            let net = net.parse::<IpNet>().map_err(|e| bad(&e.to_string()))?;
-            return Ok(SetEntry::Net { net, nomatch: true });
+        parse_entry(text).map_err(|problem| BadSetEntry {
+            text: text.to_string(),
+            problem,
+        })
+    }
+}
+
+fn parse_entry(text: &str) -> Result<SetEntry, EntryProblem> {
+    if let Some(net) = text.strip_suffix(" nomatch") {
+        return Ok(SetEntry::Net {
+            net: net.parse()?,
+            nomatch: true,
+        });
+    }
+    let parts: Vec<&str> = text.split(',').collect();
+    let proto_port = |s: &str| -> Result<(Protocol, u16), EntryProblem> {
+        let (proto, port) = s.rsplit_once(':').ok_or(EntryProblem::NoProtocolPort)?;
+        Ok((proto.parse()?, port.parse()?))
+    };
+    let ip = |s: &str| s.parse::<IpAddr>();
+    match parts.as_slice() {
+        [one] if one.contains('/') => Ok(SetEntry::Net {
+            net: one.parse()?,
+            nomatch: false,
+        }),
+        [one] if one.bytes().all(|b| b.is_ascii_digit()) => Ok(SetEntry::Port(one.parse()?)),
+        [one] => Ok(SetEntry::Ip(ip(one)?)),
+        [a, pp] => {
+            let (protocol, port) = proto_port(pp)?;
+            Ok(SetEntry::IpPort {
+                ip: ip(a)?,
+                protocol,
+                port,
+            })
         }
-        let parts: Vec<&str> = text.split(',').collect();
-        let proto_port = |s: &str| -> Result<(Protocol, u16), String> {
-            let (proto, port) = s
-                .rsplit_once(':')
-                .ok_or_else(|| bad("expected proto:port"))?;
-            let protocol = proto.parse::<Protocol>().map_err(|e| bad(&e))?;
-            let port = port.parse::<u16>().map_err(|e| bad(&e.to_string()))?;
-            Ok((protocol, port))
-        };
-        let ip = |s: &str| s.parse::<IpAddr>().map_err(|e| bad(&e.to_string()));
-        match parts.as_slice() {
-            [one] if one.contains('/') => Ok(SetEntry::Net {
-                net: one
-                    .parse()
-                    .map_err(|e: ipnet::AddrParseError| bad(&e.to_string()))?,
-                nomatch: false,
-            }),
-            [one] if one.bytes().all(|b| b.is_ascii_digit()) => Ok(SetEntry::Port(
-                one.parse()
-                    .map_err(|e: std::num::ParseIntError| bad(&e.to_string()))?,
-            )),
-            [one] => Ok(SetEntry::Ip(ip(one)?)),
-            [a, pp] => {
-                let (protocol, port) = proto_port(pp)?;
-                Ok(SetEntry::IpPort {
+        [a, pp, c] => {
+            let (protocol, port) = proto_port(pp)?;
+            if c.contains('/') {
+                Ok(SetEntry::IpPortNet {
                     ip: ip(a)?,
                     protocol,
                     port,
+                    net: c.parse()?,
+                })
+            } else {
+                Ok(SetEntry::IpPortIp {
+                    ip: ip(a)?,
+                    protocol,
+                    port,
+                    ip2: ip(c)?,
                 })
             }
-            [a, pp, c] => {
-                let (protocol, port) = proto_port(pp)?;
-                if c.contains('/') {
-                    Ok(SetEntry::IpPortNet {
-                        ip: ip(a)?,
-                        protocol,
-                        port,
-                        net: c
-                            .parse()
-                            .map_err(|e: ipnet::AddrParseError| bad(&e.to_string()))?,
-                    })
-                } else {
-                    Ok(SetEntry::IpPortIp {
-                        ip: ip(a)?,
-                        protocol,
-                        port,
-                        ip2: ip(c)?,
-                    })
-                }
-            }
-            _ => Err(bad("unrecognised shape")),
         }
+        _ => Err(EntryProblem::Shape),
     }
 }
 

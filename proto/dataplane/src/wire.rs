@@ -120,7 +120,7 @@ impl WireState {
     /// Rebuilds the fragment; a digest that does not match the content, or
     /// an atom listed twice, is an error rather than a silently different
     /// state.
-    pub(crate) fn into_fragment(self) -> Result<Fragment, String> {
+    pub(crate) fn into_fragment(self) -> Result<Fragment, WireError> {
         let mut f = Fragment::new();
         let mut listed = 0u64;
         for set in self.sets {
@@ -171,19 +171,26 @@ impl WireState {
             listed += 1;
         }
         if listed != f.atom_count() {
-            return Err(format!(
-                "state lists {listed} atoms but only {} are distinct",
-                f.atom_count()
-            ));
+            return Err(WireError::Repeated {
+                listed,
+                distinct: f.atom_count(),
+            });
         }
         if let Some(expected) = self.digest {
             let actual = f.digest();
             if actual != expected {
-                return Err(format!(
-                    "state digest mismatch: content hashes to {actual}, document says {expected}"
-                ));
+                return Err(WireError::Digest { actual, expected });
             }
         }
         Ok(f)
     }
+}
+
+/// Why a state's JSON does not describe a state.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WireError {
+    #[error("state lists {listed} atoms but only {distinct} are distinct")]
+    Repeated { listed: u64, distinct: u64 },
+    #[error("state digest mismatch: content hashes to {actual}, document says {expected}")]
+    Digest { actual: Digest, expected: Digest },
 }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use setpoint_dataplane::digest::Encoder;
 use setpoint_dataplane::{
-    AtomRun, Chain, ChainKey, Digest, Family, Forward, Jump, Protocol, RealServer, Rule, Scheduler,
-    SetEntry, SetSpec, SetType, Table, VirtualServer, VirtualServerKey,
+    AtomError, AtomRun, Chain, ChainKey, Digest, Family, Forward, Jump, Protocol, RealServer, Rule,
+    Scheduler, SetEntry, SetSpec, SetType, Table, VirtualServer, VirtualServerKey,
 };
 
 use super::order::AtomRef;
@@ -119,6 +119,47 @@ fn encode_atom(w: &mut Writer, atom: &AtomRef<'_>, set: Option<&str>) {
     }
 }
 
+/// What is wrong in a chunk's bytes.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("format {0}, expected {CHUNK_FORMAT}")]
+    Format(u8),
+    #[error("needs {needs} more bytes, has {has}")]
+    Short { needs: usize, has: usize },
+    #[error("varint longer than 64 bits")]
+    LongVarint,
+    #[error("length {claimed} exceeds the {left} bytes left")]
+    Length { claimed: u64, left: usize },
+    #[error("string: {0}")]
+    Utf8(std::string::FromUtf8Error),
+    #[error("address family tag {0}")]
+    FamilyTag(u8),
+    #[error("net {ip}/{prefix}: {source}")]
+    Net {
+        ip: IpAddr,
+        prefix: u8,
+        source: ipnet::PrefixLenError,
+    },
+    #[error("protocol number {0}")]
+    Protocol(u8),
+    /// A byte past the end of the list of a kind's values.
+    #[error("{what} index {index}")]
+    Index { what: &'static str, index: u8 },
+    #[error("nomatch flag {0}")]
+    Nomatch(u8),
+    #[error("entry kind {0}")]
+    EntryKind(u8),
+    #[error("persistence flag {0}")]
+    Persistence(u8),
+    #[error("virtual server {0} lists a real server twice")]
+    RealServerTwice(VirtualServerKey),
+    #[error("atom tag {0}")]
+    AtomTag(u8),
+    /// Out of canonical order, or an entry continuing no set.
+    #[error(transparent)]
+    Atom(#[from] AtomError),
+}
+
 /// A chunk's bytes as they are written: the format byte, then atoms.
 pub(super) struct ChunkWriter {
     w: Writer,
@@ -163,7 +204,7 @@ struct Reader<'a> {
     pos: usize,
 }
 
-type Read<T> = Result<T, String>;
+type Read<T> = Result<T, BodyError>;
 
 impl<'a> Reader<'a> {
     fn done(&self) -> bool {
@@ -174,7 +215,10 @@ impl<'a> Reader<'a> {
             .pos
             .checked_add(n)
             .filter(|end| *end <= self.buf.len())
-            .ok_or_else(|| format!("needs {n} more bytes, has {}", self.buf.len() - self.pos))?;
+            .ok_or(BodyError::Short {
+                needs: n,
+                has: self.buf.len() - self.pos,
+            })?;
         let out = &self.buf[self.pos..end];
         self.pos = end;
         Ok(out)
@@ -202,7 +246,7 @@ impl<'a> Reader<'a> {
                 return Ok(v);
             }
         }
-        Err("varint longer than 64 bits".into())
+        Err(BodyError::LongVarint)
     }
     fn len(&mut self) -> Read<usize> {
         let n = self.varint()?;
@@ -210,37 +254,37 @@ impl<'a> Reader<'a> {
         usize::try_from(n)
             .ok()
             .filter(|n| *n <= left)
-            .ok_or_else(|| format!("length {n} exceeds the {left} bytes left"))
+            .ok_or(BodyError::Length { claimed: n, left })
     }
     fn str(&mut self) -> Read<String> {
         let n = self.len()?;
-        String::from_utf8(self.take(n)?.to_vec()).map_err(|e| format!("string: {e}"))
+        String::from_utf8(self.take(n)?.to_vec()).map_err(BodyError::Utf8)
     }
     fn ip(&mut self) -> Read<IpAddr> {
         match self.u8()? {
             4 => Ok(IpAddr::V4(Ipv4Addr::from(self.array::<4>()?))),
             6 => Ok(IpAddr::V6(Ipv6Addr::from(self.array::<16>()?))),
-            other => Err(format!("address family tag {other}")),
+            other => Err(BodyError::FamilyTag(other)),
         }
     }
     fn net(&mut self) -> Read<IpNet> {
         let ip = self.ip()?;
         let prefix = self.u8()?;
-        IpNet::new(ip, prefix).map_err(|e| format!("net {ip}/{prefix}: {e}"))
+        IpNet::new(ip, prefix).map_err(|source| BodyError::Net { ip, prefix, source })
     }
     fn proto(&mut self) -> Read<Protocol> {
         match self.u8()? {
             6 => Ok(Protocol::Tcp),
             17 => Ok(Protocol::Udp),
             132 => Ok(Protocol::Sctp),
-            other => Err(format!("protocol number {other}")),
+            other => Err(BodyError::Protocol(other)),
         }
     }
-    fn pick<T: Copy>(&mut self, all: &[T], what: &str) -> Read<T> {
+    fn pick<T: Copy>(&mut self, all: &[T], what: &'static str) -> Read<T> {
         let i = self.u8()?;
         all.get(usize::from(i))
             .copied()
-            .ok_or_else(|| format!("{what} index {i}"))
+            .ok_or(BodyError::Index { what, index: i })
     }
     fn rule(&mut self) -> Read<Rule> {
         let n = self.len()?;
@@ -275,11 +319,11 @@ impl<'a> Reader<'a> {
                 nomatch: match self.u8()? {
                     0 => false,
                     1 => true,
-                    other => return Err(format!("nomatch flag {other}")),
+                    other => return Err(BodyError::Nomatch(other)),
                 },
             },
             6 => SetEntry::Port(self.u16()?),
-            other => return Err(format!("entry kind {other}")),
+            other => return Err(BodyError::EntryKind(other)),
         })
     }
 }
@@ -310,14 +354,14 @@ pub fn decode_chunk(key: &Digest, body: &[u8]) -> Result<DecodedChunk, ChunkErro
         return Err(ChunkError::ChunkDigest { key: *key, actual });
     }
     let mut r = Reader { buf: body, pos: 0 };
-    let fail = |offset: usize, reason: String| ChunkError::ChunkBody {
+    let fail = |offset: usize, reason: BodyError| ChunkError::ChunkBody {
         key: *key,
         offset,
         reason,
     };
     match r.u8() {
         Ok(CHUNK_FORMAT) => {}
-        Ok(other) => return Err(fail(0, format!("format {other}, expected {CHUNK_FORMAT}"))),
+        Ok(other) => return Err(fail(0, BodyError::Format(other))),
         Err(e) => return Err(fail(0, e)),
     }
     // Atoms are at least 2 bytes.
@@ -357,7 +401,7 @@ fn decode_atom(r: &mut Reader<'_>, atoms: &mut AtomRun) -> Read<()> {
             let persistence = match r.u8()? {
                 0 => None,
                 1 => Some(r.u32()?),
-                other => return Err(format!("persistence flag {other}")),
+                other => return Err(BodyError::Persistence(other)),
             };
             let n = r.len()?;
             let mut real_servers = Vec::with_capacity(n);
@@ -371,7 +415,7 @@ fn decode_atom(r: &mut Reader<'_>, atoms: &mut AtomRun) -> Read<()> {
             }
             let vs = VirtualServer::new(scheduler, persistence, real_servers);
             if vs.real_servers.len() != n {
-                return Err(format!("virtual server {key} lists a real server twice"));
+                return Err(BodyError::RealServerTwice(key));
             }
             atoms.virtual_server(key, Arc::new(vs))
         }
@@ -396,7 +440,7 @@ fn decode_atom(r: &mut Reader<'_>, atoms: &mut AtomRun) -> Read<()> {
             position: r.u16()?,
             rule: r.rule()?,
         }),
-        other => return Err(format!("atom tag {other}")),
+        other => return Err(BodyError::AtomTag(other)),
     };
-    added.map_err(|e| e.to_string())
+    Ok(added?)
 }

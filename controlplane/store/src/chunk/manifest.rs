@@ -3,7 +3,7 @@
 
 use setpoint_dataplane::Digest;
 
-use super::{CHUNK_FORMAT, ChunkError, MAX_FANOUT, TARGET_FANOUT, sha256};
+use super::{CHUNK_FORMAT, ChunkError, MAX_FANOUT, ManifestError, TARGET_FANOUT, sha256};
 
 /// One node of a fragment's manifest tree: the ordered keys of its children
 /// (chunks at level 1, manifests of level − 1 above).
@@ -38,7 +38,7 @@ pub fn decode_manifest(key: &Digest, level: u8, body: &[u8]) -> Result<Vec<Diges
     if actual != *key {
         return Err(ChunkError::ManifestDigest { key: *key, actual });
     }
-    let bad = |reason: String| ChunkError::ManifestBody { key: *key, reason };
+    let bad = |reason: ManifestError| ChunkError::ManifestBody { key: *key, reason };
     match body {
         [CHUNK_FORMAT, l, rest @ ..] if *l == level && rest.len() % 32 == 0 => Ok(rest
             .chunks_exact(32)
@@ -49,10 +49,13 @@ pub fn decode_manifest(key: &Digest, level: u8, body: &[u8]) -> Result<Vec<Diges
             })
             .collect()),
         [CHUNK_FORMAT, l, rest @ ..] if *l == level => {
-            Err(bad(format!("{} bytes of child keys", rest.len())))
+            Err(bad(ManifestError::ChildKeys(rest.len())))
         }
-        [CHUNK_FORMAT, l, ..] => Err(bad(format!("level {l}, expected {level}"))),
-        _ => Err(bad("not a manifest of this format".into())),
+        [CHUNK_FORMAT, l, ..] => Err(bad(ManifestError::Level {
+            found: *l,
+            expected: level,
+        })),
+        _ => Err(bad(ManifestError::Format)),
     }
 }
 

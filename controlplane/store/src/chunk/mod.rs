@@ -43,7 +43,7 @@ use setpoint_dataplane::{AtomError, Digest, Fragment};
 use sha2::{Digest as _, Sha256};
 
 pub use chunker::{Chunk, ChunkedFragment};
-pub use codec::{DecodedChunk, decode_chunk};
+pub use codec::{BodyError, DecodedChunk, decode_chunk};
 pub use manifest::{FragmentHeader, Manifest, decode_manifest};
 pub use order::{AtomKey, AtomRef, atoms_after, changed_keys};
 
@@ -72,16 +72,40 @@ pub enum ChunkError {
     ChunkBody {
         key: Digest,
         offset: usize,
-        reason: String,
+        reason: BodyError,
     },
     #[error("manifest {key}: bytes hash to {actual}, not to the manifest's key")]
     ManifestDigest { key: Digest, actual: Digest },
     #[error("manifest {key}: {reason}")]
-    ManifestBody { key: Digest, reason: String },
+    ManifestBody { key: Digest, reason: ManifestError },
     #[error("fragment {key}: header hashes to {actual}, not to the fragment's key")]
     HeaderDigest { key: Digest, actual: Digest },
     #[error("fragment {key}: {reason}")]
-    Fragment { key: Digest, reason: String },
+    Fragment { key: Digest, reason: AssemblyError },
+}
+
+/// What is wrong in a manifest's bytes.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("{0} bytes of child keys")]
+    ChildKeys(usize),
+    #[error("level {found}, expected {expected}")]
+    Level { found: u8, expected: u8 },
+    #[error("not a manifest of this format")]
+    Format,
+}
+
+/// Why chunks that each decode do not make the fragment a header names.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AssemblyError {
+    #[error("chunk {0} repeats atoms of an earlier chunk")]
+    Repeated(Digest),
+    #[error("chunk {0} is out of canonical order")]
+    OutOfOrder(Digest),
+    #[error("chunks hold {listed} atoms, header records {recorded}")]
+    Count { listed: u64, recorded: u64 },
+    #[error("content digest {actual}, header records {recorded}")]
+    Digest { actual: Digest, recorded: Digest },
 }
 
 /// The key of stored bytes.
@@ -124,12 +148,8 @@ pub fn assemble_decoded(
         f.append(atoms).map_err(|e| ChunkError::Fragment {
             key: *key,
             reason: match e {
-                AtomError::Repeated => {
-                    format!("chunk {chunk_key} repeats atoms of an earlier chunk")
-                }
-                AtomError::OutOfOrder | AtomError::NoSet => {
-                    format!("chunk {chunk_key} is out of canonical order")
-                }
+                AtomError::Repeated => AssemblyError::Repeated(chunk_key),
+                AtomError::OutOfOrder | AtomError::NoSet => AssemblyError::OutOfOrder(chunk_key),
             },
         })?;
         listed += count;
@@ -137,17 +157,20 @@ pub fn assemble_decoded(
     if listed != header.atoms || f.atom_count() != header.atoms {
         return Err(ChunkError::Fragment {
             key: *key,
-            reason: format!(
-                "chunks hold {listed} atoms, header records {}",
-                header.atoms
-            ),
+            reason: AssemblyError::Count {
+                listed,
+                recorded: header.atoms,
+            },
         });
     }
     let actual = f.digest();
     if actual != header.digest {
         return Err(ChunkError::Fragment {
             key: *key,
-            reason: format!("content digest {actual}, header records {}", header.digest),
+            reason: AssemblyError::Digest {
+                actual,
+                recorded: header.digest,
+            },
         });
     }
     Ok(f)

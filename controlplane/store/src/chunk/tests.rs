@@ -263,7 +263,7 @@ fn atoms_out_of_order_in_a_chunk_are_an_error() {
         let err = decode_chunk(&key, &body).unwrap_err();
         assert!(
             matches!(&err, ChunkError::ChunkBody { key: k, reason, .. }
-                if *k == key && reason.contains("canonical order")),
+                if *k == key && reason.to_string().contains("canonical order")),
             "{err}"
         );
     }

@@ -603,7 +603,7 @@ fn malformed_set_entries_are_refused_with_the_text() {
             .parse::<SetEntry>()
             .expect_err(&format!("{bad:?} parsed"));
         assert!(
-            err.contains(&format!("{bad:?}")),
+            err.to_string().contains(&format!("{bad:?}")),
             "{bad:?} gave error {err:?}"
         );
     }
