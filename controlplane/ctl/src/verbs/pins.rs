@@ -61,18 +61,8 @@ pub async fn pause(
         })
         .await?
         .into_inner();
-    emit(
-        output,
-        || Ok(json!({ "revision": r.revision })),
-        || {
-            let who = if all {
-                "all nodes".into()
-            } else {
-                nodes.join(",")
-            };
-            println!("revision {}: {who} paused", r.revision);
-        },
-    )
+    // With --all, `nodes` is empty.
+    confirm(output, r.revision, who(&nodes, "all nodes"), "paused")
 }
 
 /// No `nodes` (`--all`): the server resumes every pinned node.
@@ -87,15 +77,19 @@ pub async fn resume(
         })
         .await?
         .into_inner();
+    confirm(
+        output,
+        r.revision,
+        who(&nodes, "all pinned nodes"),
+        "resumed",
+    )
+}
+
+/// `revision R: WHO DONE`, or `{"revision": R}` with `-o json`.
+fn confirm(output: Output, revision: u64, who: String, done: &str) -> Result<(), Failure> {
     emit(
         output,
-        || Ok(json!({ "revision": r.revision })),
-        || {
-            println!(
-                "revision {}: {} resumed",
-                r.revision,
-                who(&nodes, "all pinned nodes")
-            )
-        },
+        || Ok(json!({ "revision": revision })),
+        || println!("revision {revision}: {who} {done}"),
     )
 }
