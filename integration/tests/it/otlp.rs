@@ -5,9 +5,8 @@
 //! from both sides share a trace, and the agent's `apply` span is a child
 //! of the control plane's `rollout` span for that node.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
