@@ -1,12 +1,16 @@
 //! The node agent's library: the planner that orders a diff into kernel
 //! operations (make-before-break), and an in-memory kernel to prove the
 //! order; the ipset, iptables, IPVS (generic netlink) and address
-//! (rtnetlink) backends with read-back; the executor that runs a plan and
-//! verifies the kernel by digest.
+//! (rtnetlink) backends with read-back; the executor, `Applier::plan` /
+//! `apply(base, want)` from `Base::Kernel` (the whole kernel read) or
+//! `Base::Held(&Verified)` (a state this agent applied and verified) on a
+//! `Kernel` — `NodeKernel`, `DryRun` or the `KernelModel` — checked by
+//! reading back; and the client, the agent's side of the stream.
 //!
 //! ```text
-//!  Diff ──plan()──▶ [Op] (phases 1..7) ──executor──▶ kernel
-//!                                      └─KernelModel (tests)
+//!  stream ─client─▶ apply(base, want)     base: Base::Kernel | Base::Held(&Verified)
+//!                     └─plan()─▶ [Op] by phase ─▶ Kernel ─▶ read back == want?
+//!                                   NodeKernel | DryRun | KernelModel (tests)
 //! ```
 
 pub mod apply;

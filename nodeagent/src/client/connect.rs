@@ -1,0 +1,82 @@
+//! The channel to the control plane: plaintext to a loopback control
+//! plane only, otherwise mTLS from the certificate files as they are at
+//! each connection.
+
+use std::path::PathBuf;
+
+use super::AgentOptions;
+
+/// The agent's certificate (naming its node as a SAN DNS name), its key,
+/// and the CA the control plane's certificate must chain to; PEM files,
+/// read again at every connection, so a rotated Secret is used from the
+/// next reconnect on.
+#[derive(Clone, Debug)]
+pub struct AgentTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    /// The name the control plane's certificate must carry (default: the
+    /// host of the `controlplane` URL).
+    pub server_name: Option<String>,
+}
+
+/// Refuses a transport that would carry the node's state unauthenticated
+/// over a network: plaintext is for a loopback control plane only, and TLS
+/// needs an `https://` URL.
+pub fn check_transport(options: &AgentOptions) -> anyhow::Result<()> {
+    let uri: tonic::transport::Uri = options
+        .controlplane
+        .parse()
+        .map_err(|e| anyhow::anyhow!("the control plane URL {:?}: {e}", options.controlplane))?;
+    let host = uri.host().unwrap_or_default();
+    match (&options.tls, uri.scheme_str()) {
+        (Some(_), Some("https")) => Ok(()),
+        (Some(_), _) => anyhow::bail!(
+            "with --tls-cert the control plane URL must be https://, not {}",
+            options.controlplane
+        ),
+        (None, Some("http")) if is_loopback_host(host) => Ok(()),
+        (None, _) => anyhow::bail!(
+            "refusing to talk to the control plane at {} without TLS: give --tls-cert, --tls-key and --ca \
+             (plaintext is for a loopback control plane only, in development)",
+            options.controlplane
+        ),
+    }
+}
+
+/// `localhost`, 127.0.0.0/8 or ::1 (as a URL writes it, in brackets).
+fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A channel to the control plane: plaintext, or mTLS from the files as
+/// they are now.
+pub(super) async fn connect(options: &AgentOptions) -> anyhow::Result<tonic::transport::Channel> {
+    use anyhow::Context;
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let endpoint = Endpoint::from_shared(options.controlplane.clone())
+        .with_context(|| format!("the control plane URL {}", options.controlplane))?;
+    let endpoint = match &options.tls {
+        None => endpoint,
+        Some(tls) => {
+            let read = |path: &PathBuf| {
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+            };
+            let mut config = ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(read(&tls.ca)?))
+                .identity(Identity::from_pem(read(&tls.cert)?, read(&tls.key)?));
+            if let Some(name) = &tls.server_name {
+                config = config.domain_name(name.clone());
+            }
+            endpoint.tls_config(config).context("the TLS settings")?
+        }
+    };
+    endpoint
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {}", options.controlplane))
+}
