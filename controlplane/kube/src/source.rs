@@ -171,7 +171,10 @@ async fn watch_kind<K: Watched>(
                 if matches!(event, Event::InitDone | Event::Apply(_) | Event::Delete(_)) {
                     backoff.reset();
                 }
-                (Update::Event(K::KIND.as_str(), map_event(event, entry::<K>)), None)
+                (
+                    Update::Event(K::KIND.as_str(), map_event(event, entry::<K>)),
+                    None,
+                )
             }
             Err(err) => (
                 Update::Error {
