@@ -14,6 +14,7 @@ mod examples;
 mod external;
 mod ignored;
 mod incremental;
+mod layout;
 mod node_port;
 mod policy;
 mod properties;
