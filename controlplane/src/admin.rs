@@ -364,7 +364,9 @@ impl Admin for AdminService {
         let format: Format = if format.is_empty() {
             Format::Text
         } else {
-            format.parse().map_err(Status::invalid_argument)?
+            format
+                .parse::<Format>()
+                .map_err(|e| Status::invalid_argument(e.to_string()))?
         };
         let revision = match revision {
             0 => self.head().await?,

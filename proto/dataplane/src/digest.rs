@@ -41,11 +41,23 @@ impl fmt::Debug for Digest {
     }
 }
 
+/// Text that is not a digest: not 64 hex digits.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("digest {text:?}: {source}")]
+pub struct NotADigest {
+    pub text: String,
+    #[source]
+    pub source: hex::FromHexError,
+}
+
 impl std::str::FromStr for Digest {
-    type Err = String;
+    type Err = NotADigest;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out).map_err(|e| format!("digest {s:?}: {e}"))?;
+        hex::decode_to_slice(s, &mut out).map_err(|source| NotADigest {
+            text: s.to_string(),
+            source,
+        })?;
         Ok(Digest(out))
     }
 }

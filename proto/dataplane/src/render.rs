@@ -19,8 +19,13 @@ pub enum Format {
     Text,
 }
 
+/// A format name [`Format`] does not know.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown format {0:?} (expected json, ipset, iptables, ip6tables, ipvs or text)")]
+pub struct UnknownFormat(pub String);
+
 impl FromStr for Format {
-    type Err = String;
+    type Err = UnknownFormat;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "json" => Ok(Format::Json),
@@ -29,9 +34,7 @@ impl FromStr for Format {
             "ip6tables" => Ok(Format::Ip6tables),
             "ipvs" => Ok(Format::Ipvs),
             "text" => Ok(Format::Text),
-            other => Err(format!(
-                "unknown format {other:?} (expected json, ipset, iptables, ip6tables, ipvs or text)"
-            )),
+            other => Err(UnknownFormat(other.to_string())),
         }
     }
 }

@@ -530,7 +530,11 @@ fn format_names_parse() {
         assert_eq!(name.parse::<Format>(), Ok(format));
         assert!(Format::NAMES.contains(name));
     }
-    let err = "yaml".parse::<Format>().unwrap_err();
+    let err = "yaml".parse::<Format>().unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "unknown format \"yaml\" (expected json, ipset, iptables, ip6tables, ipvs or text)"
+    );
     assert!(
         err.contains("\"yaml\"")
             && err.contains(Format::NAMES.split(',').next().unwrap_or_default())
