@@ -384,9 +384,16 @@ pub fn service(svc: &core::Service, default_namespace: &str) -> ServiceOutcome {
         let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
         let externally_reachable =
             type_ == "NodePort" || type_ == "LoadBalancer" || !external_ips.is_empty();
+        let external_local =
+            externally_reachable && spec.external_traffic_policy.as_deref() == Some("Local");
+        // Cloud load balancers probe it only for LoadBalancer Services with
+        // `Local` (kube-proxy's NeedsHealthCheck); otherwise the field is
+        // ignored, as kube-proxy ignores it.
         let health_check_node_port = match spec.health_check_node_port {
-            None | Some(0) => None,
-            Some(n) => Some(parse_port(n, "healthCheckNodePort")?),
+            Some(n) if n != 0 && type_ == "LoadBalancer" && external_local => {
+                Some(parse_port(n, "healthCheckNodePort")?)
+            }
+            _ => None,
         };
         let affinity_timeout = if spec.session_affinity.as_deref() == Some("ClientIP") {
             let timeout = spec
@@ -434,8 +441,7 @@ pub fn service(svc: &core::Service, default_namespace: &str) -> ServiceOutcome {
             external_ips,
             load_balancer_ips,
             load_balancer_source_ranges,
-            external_local: externally_reachable
-                && spec.external_traffic_policy.as_deref() == Some("Local"),
+            external_local,
             internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
             health_check_node_port,
             affinity_timeout,

@@ -241,3 +241,47 @@ fn itp_local_does_not_restrict_node_ports() {
         ],
     );
 }
+
+/// Only a LoadBalancer Service with `externalTrafficPolicy: Local` gets a
+/// health-check node port (kube-proxy's NeedsHealthCheck): the field on any
+/// other Service is ignored — not served, and not a reason to refuse it.
+#[test]
+fn only_local_load_balancers_get_a_health_check_node_port() {
+    let health = "set SP-HEALTH-CHECK-NODE-PORT 32000";
+    let cases = [
+        ("LoadBalancer", true, 32000, true),
+        ("LoadBalancer", false, 32000, false),
+        ("NodePort", true, 32000, false),
+        ("NodePort", false, 32000, false),
+        // Out of range, but ignored where kube-proxy ignores it.
+        ("LoadBalancer", false, 70000, false),
+        ("NodePort", true, -1, false),
+    ];
+    for (type_, local, port, served) in cases {
+        let mut service = mk_service("default", "web")
+            .type_(type_)
+            .cluster_ip("10.96.1.20")
+            .port("http", "TCP", 80)
+            .node_port(30890)
+            .health_check_node_port(port);
+        if type_ == "LoadBalancer" {
+            service = service.lb_ingress("203.0.113.20");
+        }
+        if local {
+            service = service.etp_local();
+        }
+        let objects = cluster(objs![
+            service,
+            mk_slice("default", "web", "IPv4")
+                .port("http", "TCP", 8080)
+                .eps(&[("10.244.1.6", "node-a")]),
+        ]);
+        let lines = render(&state_of(&index_of(objects), "node-a"));
+        let case = format!("{type_}, local {local}, port {port}");
+        assert_eq!(lines.iter().any(|l| l == health), served, "{case}");
+        assert!(
+            lines.iter().any(|l| l == "set SP-NODE-PORT-TCP 30890"),
+            "{case}: the Service is served"
+        );
+    }
+}
