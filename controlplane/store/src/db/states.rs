@@ -28,15 +28,13 @@ impl Db {
     /// Newest fragment of each shared part at or before `head` (removed
     /// parts have `None`).
     pub(crate) async fn live_shared(&self, head: i64) -> Result<Vec<(String, Option<Vec<u8>>)>> {
-        on_pool!(self, p => sqlx::query_as::<_, (String, Option<Vec<u8>>)>(
-            "SELECT s.name, s.fragment FROM shared_parts s
-              WHERE s.revision = (SELECT MAX(t.revision) FROM shared_parts t
-                                   WHERE t.name = s.name AND t.revision <= $1)"
-        )
-        .bind(head)
-        .fetch_all(p)
-        .await
-        .what("loading current shared parts"))
+        let rows = self
+            .newest_shared_rows(head, "loading current shared parts")
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, _, fragment)| (name, fragment))
+            .collect())
     }
 
     /// Newest row of each node at or before `revision`, as [`NodeRow`]s.
@@ -66,6 +64,16 @@ impl Db {
         &self,
         revision: i64,
     ) -> Result<Vec<(String, i64, Option<Vec<u8>>)>> {
+        self.newest_shared_rows(revision, "loading shared parts")
+            .await
+    }
+
+    /// The one query behind [`Db::live_shared`] and [`Db::shared_rows_at`].
+    async fn newest_shared_rows(
+        &self,
+        revision: i64,
+        what: &'static str,
+    ) -> Result<Vec<(String, i64, Option<Vec<u8>>)>> {
         on_pool!(self, p => sqlx::query_as::<_, (String, i64, Option<Vec<u8>>)>(
             "SELECT s.name, s.revision, s.fragment FROM shared_parts s
               WHERE s.revision = (SELECT MAX(t.revision) FROM shared_parts t
@@ -74,7 +82,7 @@ impl Db {
         .bind(revision)
         .fetch_all(p)
         .await
-        .what("loading shared parts"))
+        .what(what))
     }
 
     pub(crate) async fn nodes_written_at(&self, revision: i64) -> Result<Vec<String>> {
