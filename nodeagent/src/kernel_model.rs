@@ -354,17 +354,9 @@ impl crate::apply::ServiceKernel for ModelServices {
 /// it step by step, refused as the kernel would refuse them, and read back
 /// whole. What the executor's state machine is tested against.
 impl Kernel for KernelModel {
-    fn missing_feature(&self) -> Option<String> {
-        None
-    }
-
-    fn learn(&mut self, _goal: &Fragment) {}
-
     fn read(&mut self) -> Result<(Fragment, RawRules), ApplyError> {
         Ok((self.state.clone(), RawRules::new()))
     }
-
-    fn adopt_draining(&mut self, _current: &mut Fragment, _goal: &Fragment) {}
 
     fn execute(
         &mut self,
@@ -393,18 +385,5 @@ impl Kernel for KernelModel {
             want,
             differences: differences(&left),
         })
-    }
-
-    fn verify_touched(
-        &mut self,
-        _ops: &[Op],
-        goal: &Fragment,
-        want: Digest,
-    ) -> Result<(), ApplyError> {
-        self.verify(goal, want)
-    }
-
-    fn reap_drained(&mut self) -> Result<usize, ApplyError> {
-        Ok(0)
     }
 }
