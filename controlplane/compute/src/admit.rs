@@ -51,7 +51,7 @@ pub enum RefusalReason {
     Ipv4Mapped,
     /// Another (or the same) Service's ClusterIP: it belongs to that Service.
     ClusterIp,
-    /// Inside `--service-cidr`.
+    /// Inside the service CIDRs (`--service-cidr`, `ServiceCIDR` objects).
     ServiceCidr,
     /// Inside the pod CIDRs (`--cluster-cidr`, else the Nodes' podCIDRs).
     PodCidr,
@@ -106,7 +106,9 @@ impl RefusalReason {
             RefusalReason::ClusterIp => {
                 "it is a Service's cluster IP, which belongs to that Service"
             }
-            RefusalReason::ServiceCidr => "it is inside the service CIDR (--service-cidr)",
+            RefusalReason::ServiceCidr => {
+                "it is inside the service CIDRs (--service-cidr, ServiceCIDR objects)"
+            }
             RefusalReason::PodCidr => "it is inside the pod CIDRs",
             RefusalReason::NodeAddress => {
                 "it is a node's address (allowed only with --allow-node-external-ips)"
@@ -200,6 +202,69 @@ pub fn special(ip: IpAddr) -> Option<RefusalReason> {
             }
         }
     }
+}
+
+/// Why a CIDR is not taken as a service CIDR. Its addresses are rejected
+/// on every node unless a Service holds them, so a range that takes in
+/// addresses a node needs (loopback, link-local, multicast, the
+/// unspecified network) would cut nodes off; those are refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ServiceCidrError {
+    #[error("{text} is not a CIDR")]
+    NotACidr { text: String },
+    #[error("{net} has host bits set: the network is {network}")]
+    HostBits { net: IpNet, network: IpNet },
+    #[error("{net} overlaps {special} ({what}), which no node may reject")]
+    Special {
+        net: IpNet,
+        special: IpNet,
+        what: &'static str,
+    },
+}
+
+/// Ranges a service CIDR must not overlap.
+const SPECIAL_NETS: [(&str, &str); 10] = [
+    ("0.0.0.0/8", "the unspecified network"),
+    ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"),
+    ("224.0.0.0/4", "multicast"),
+    ("255.255.255.255/32", "broadcast"),
+    ("::/128", "the unspecified address"),
+    ("::1/128", "loopback"),
+    ("::ffff:0:0/96", "IPv4-mapped addresses"),
+    ("fe80::/10", "link-local"),
+    ("ff00::/8", "multicast"),
+];
+
+/// `net` as a service CIDR: host bits cut off, refused when it overlaps a
+/// special-purpose range.
+pub fn service_cidr(net: IpNet) -> Result<IpNet, ServiceCidrError> {
+    let net = net.trunc();
+    for (special, what) in SPECIAL_NETS {
+        let Ok(special) = special.parse::<IpNet>() else {
+            continue;
+        };
+        if net.contains(&special.network()) || special.contains(&net.network()) {
+            return Err(ServiceCidrError::Special { net, special, what });
+        }
+    }
+    Ok(net)
+}
+
+/// One of a `ServiceCIDR` object's `spec.cidrs`, held to what the API
+/// server accepts (a CIDR in canonical form, no host bits) and to
+/// [`service_cidr`].
+pub fn parse_service_cidr(text: &str) -> Result<IpNet, ServiceCidrError> {
+    let net: IpNet = text.parse().map_err(|_| ServiceCidrError::NotACidr {
+        text: setpoint_dataplane::text::quoted(text),
+    })?;
+    if net.trunc() != net {
+        return Err(ServiceCidrError::HostBits {
+            net,
+            network: net.trunc(),
+        });
+    }
+    service_cidr(net)
 }
 
 /// What the cluster has allocated, against which external and

@@ -7,7 +7,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 use setpoint_dataplane::{
-    Chain, ChainKey, Family, Fragment, Jump, Protocol, Rule, Scheduler, SetSpec, SetType, Table,
+    Chain, ChainKey, Family, Fragment, Jump, Protocol, Rule, Scheduler, SetEntry, SetSpec, SetType,
+    Table,
 };
 
 /// Default of [`ComputeConfig::max_service_frontends`]: far above real
@@ -38,9 +39,12 @@ pub struct ComputeConfig {
     /// Apply NetworkPolicy to traffic from a node to its own pods too.
     /// Off by default: Kubernetes always allows it (kubelet probes).
     pub police_node_traffic: bool,
-    /// The CIDRs ClusterIPs are allocated from. No external or
-    /// load-balancer IP is served inside them; empty means unknown (any
-    /// address equal to a ClusterIP is still refused).
+    /// The CIDRs ClusterIPs are allocated from: `--service-cidr`, and in
+    /// an [`crate::Index`]'s own copy also every `ServiceCIDR` object's
+    /// (sorted, deduplicated). No external or load-balancer IP is served
+    /// inside them, and traffic to an address inside them that no Service
+    /// holds is rejected (`SP-SERVICE-CIDR`); empty means unknown (any
+    /// address equal to a ClusterIP is still refused, nothing is rejected).
     pub service_cidrs: Vec<IpNet>,
     /// When not empty, `externalIPs` are served only inside these ranges.
     pub external_ip_cidrs: Vec<IpNet>,
@@ -98,9 +102,13 @@ pub enum SetId {
     NoEndpoints,
     NoLocalEndpoints,
     NodePortAddresses,
+    /// Defined only when service CIDRs are known ([`SetId::ALL`] leaves it
+    /// out): with none, the base fragment is what it was before it existed.
+    ServiceCidr,
 }
 
 impl SetId {
+    /// Every set the base fragment always defines.
     pub const ALL: [SetId; 21] = [
         SetId::LoopBack,
         SetId::ClusterIp,
@@ -149,6 +157,7 @@ impl SetId {
             SetId::NoLocalEndpoints => "NO-LOCAL-ENDPOINTS",
             // The contract's name: the agent expands NodePort templates over it.
             SetId::NodePortAddresses => "NODEPORT-IPS",
+            SetId::ServiceCidr => "SERVICE-CIDR",
         }
     }
 
@@ -162,7 +171,7 @@ impl SetId {
             | SetId::NodePortLocalUdp
             | SetId::HealthCheckNodePort => SetType::BitmapPort,
             SetId::IpvsIps | SetId::NodePortAddresses => SetType::HashIp,
-            SetId::ClusterCidr => SetType::HashNet,
+            SetId::ClusterCidr | SetId::ServiceCidr => SetType::HashNet,
             _ => SetType::HashIpPort,
         }
     }
@@ -194,6 +203,9 @@ impl SetId {
                 "external frontends with externalTrafficPolicy=Local and no endpoint on this node: dropped"
             }
             SetId::NodePortAddresses => "this node's addresses that serve NodePorts",
+            SetId::ServiceCidr => {
+                "service CIDRs: an address inside them no service holds is rejected"
+            }
         }
     }
 
@@ -285,6 +297,19 @@ const FILTER_LINES: &[&str] = &[
     r#"-A SP-IPVS-FILTER -m comment --comment "service addresses answer on service ports only" -m conntrack --ctstate NEW -m set --match-set SP-IPVS-IPS dst -j REJECT"#,
 ];
 
+/// Filter lines present only when the family has service CIDRs: a new
+/// connection to an address inside them that is not bound on the service
+/// interface (no Service holds it) is rejected at once, as kube-proxy's
+/// nftables mode refuses unallocated ClusterIPs, instead of being routed
+/// off the node. Held addresses are local, so from pods they reach INPUT,
+/// never FORWARD; from the node itself OUTPUT sees them, hence the
+/// `SP-IPVS-IPS` exception. Plain `REJECT` answers ICMP port unreachable
+/// (ICMPv6 for ip6tables): TCP's connect fails with "connection refused"
+/// as with a reset, and UDP and SCTP senders learn it too, with one rule.
+const SERVICE_CIDR_LINES: &[&str] = &[
+    r#"-A SP-SERVICES -m comment --comment "unallocated service address" -m conntrack --ctstate NEW -m set --match-set SP-SERVICE-CIDR dst -m set ! --match-set SP-IPVS-IPS dst -j REJECT"#,
+];
+
 /// The chains iptables itself has, into which Setpoint only jumps.
 const BUILT_IN_CHAINS: [&str; 5] = ["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"];
 
@@ -333,20 +358,37 @@ fn rule_line(line: &str, family: Family, config: &ComputeConfig) -> (String, Rul
 }
 
 /// The fragment every node shares: set definitions, chains and jumps. It
-/// depends on the configuration only.
+/// depends on the configuration only; `service_cidrs` adds, per family
+/// that has any, the `SP-SERVICE-CIDR` set holding them and the rule that
+/// rejects their unallocated addresses.
 pub fn base_fragment(config: &ComputeConfig) -> Fragment {
     let mut f = Fragment::new();
     for family in Family::ALL {
+        let spec = |set: SetId| SetSpec {
+            kind: set.kind(),
+            family,
+            maxelem: config.set_max_elements,
+            comment: set.comment().to_string(),
+        };
         for set in SetId::ALL {
-            f.put_set(
-                set.name(family),
-                SetSpec {
-                    kind: set.kind(),
-                    family,
-                    maxelem: config.set_max_elements,
-                    comment: set.comment().to_string(),
-                },
-            );
+            f.put_set(set.name(family), spec(set));
+        }
+        let service_cidrs: Vec<IpNet> = config
+            .service_cidrs
+            .iter()
+            .filter(|net| Family::of_net(net) == family)
+            .map(IpNet::trunc)
+            .collect();
+        if !service_cidrs.is_empty() {
+            let name = SetId::ServiceCidr.name(family);
+            f.put_set(name.clone(), spec(SetId::ServiceCidr));
+            for net in service_cidrs {
+                let entry = SetEntry::Net {
+                    net,
+                    nomatch: false,
+                };
+                f.add_entry(&name, entry);
+            }
         }
         add_chains(&mut f, family, config);
     }
@@ -359,7 +401,20 @@ fn add_chains(f: &mut Fragment, family: Family, config: &ComputeConfig) {
     } else {
         MASQUERADE_OFF_CLUSTER
     };
-    for (table, lines) in [(Table::Nat, NAT_LINES), (Table::Filter, FILTER_LINES)] {
+    let rejects_unallocated = config
+        .service_cidrs
+        .iter()
+        .any(|net| Family::of_net(net) == family);
+    let filter: Vec<&str> = if rejects_unallocated {
+        FILTER_LINES
+            .iter()
+            .chain(SERVICE_CIDR_LINES)
+            .copied()
+            .collect()
+    } else {
+        FILTER_LINES.to_vec()
+    };
+    for (table, lines) in [(Table::Nat, NAT_LINES), (Table::Filter, &filter[..])] {
         let mut chains: BTreeMap<String, Vec<Rule>> = BTreeMap::new();
         let mut positions: BTreeMap<String, u16> = BTreeMap::new();
         for line in lines {
@@ -414,13 +469,24 @@ mod tests {
     /// targets a chain of the same table; a set matched is one of ours.
     #[test]
     fn every_layout_line_parses() {
-        let sets: Vec<String> = SetId::ALL.iter().map(|s| s.name(Family::Inet)).collect();
+        let sets: Vec<String> = SetId::ALL
+            .iter()
+            .chain(&[SetId::ServiceCidr])
+            .map(|s| s.name(Family::Inet))
+            .collect();
         let nat = NAT_LINES
             .iter()
             .chain(&[MASQUERADE_ALL, MASQUERADE_OFF_CLUSTER]);
         let tables: [(Table, Vec<&str>); 2] = [
             (Table::Nat, nat.copied().collect()),
-            (Table::Filter, FILTER_LINES.to_vec()),
+            (
+                Table::Filter,
+                FILTER_LINES
+                    .iter()
+                    .chain(SERVICE_CIDR_LINES)
+                    .copied()
+                    .collect(),
+            ),
         ];
         for (table, lines) in tables {
             let lines: Vec<&str> = lines

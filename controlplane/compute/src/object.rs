@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::networking::v1::{NetworkPolicy, ServiceCIDR};
 
 /// One Kubernetes object of a kind Setpoint reads.
 // Objects are moved once from a source into the index; boxing would only
@@ -17,6 +17,8 @@ pub enum ClusterObject {
     Pod(Pod),
     Namespace(Namespace),
     NetworkPolicy(NetworkPolicy),
+    /// networking.k8s.io/v1: ranges ClusterIPs are allocated from.
+    ServiceCidr(ServiceCIDR),
 }
 
 /// The kinds of object Setpoint reads.
@@ -32,16 +34,18 @@ pub enum Kind {
     Node,
     Pod,
     Service,
+    ServiceCidr,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::EndpointSlice,
         Kind::Namespace,
         Kind::NetworkPolicy,
         Kind::Node,
         Kind::Pod,
         Kind::Service,
+        Kind::ServiceCidr,
     ];
 
     /// The API kind, as written in manifests.
@@ -53,12 +57,13 @@ impl Kind {
             Kind::Node => "Node",
             Kind::Pod => "Pod",
             Kind::Service => "Service",
+            Kind::ServiceCidr => "ServiceCIDR",
         }
     }
 
-    /// Nodes and Namespaces have no namespace.
+    /// Nodes, Namespaces and ServiceCIDRs have no namespace.
     pub const fn is_namespaced(self) -> bool {
-        !matches!(self, Kind::Node | Kind::Namespace)
+        !matches!(self, Kind::Node | Kind::Namespace | Kind::ServiceCidr)
     }
 }
 
@@ -84,6 +89,7 @@ impl ClusterObject {
             ClusterObject::Pod(_) => Kind::Pod,
             ClusterObject::Namespace(_) => Kind::Namespace,
             ClusterObject::NetworkPolicy(_) => Kind::NetworkPolicy,
+            ClusterObject::ServiceCidr(_) => Kind::ServiceCidr,
         }
     }
 
@@ -98,6 +104,7 @@ impl ClusterObject {
             ClusterObject::Pod(o) => &o.metadata,
             ClusterObject::Namespace(o) => &o.metadata,
             ClusterObject::NetworkPolicy(o) => &o.metadata,
+            ClusterObject::ServiceCidr(o) => &o.metadata,
         };
         let kind = self.kind();
         let namespace = if kind.is_namespaced() {

@@ -2,7 +2,7 @@
 //! in rounds until no Service is left out for an invalid state.
 //!
 //! ```text
-//!  readmit left-out ─▶ round: node changes ─▶ listed addresses ─▶ claims
+//!  readmit left-out ─▶ round: node changes ─▶ service CIDRs ─▶ listed addresses ─▶ claims
 //!                            ─▶ replan dirty Services ─▶ edit fragments
 //!                            ─▶ record plans ─▶ rebuild dirty nodes ─▶ policy
 //!                       guard: validate; leave out culprits ─▶ next round
@@ -114,6 +114,7 @@ impl Index {
         let pending = !self.dirty_services.is_empty()
             || !self.dirty_nodes.is_empty()
             || self.nodes_changed
+            || self.service_cidrs_changed
             || self.policy_full
             || !self.policy_pod_changes.is_empty();
         if !pending || self.left_out_invalid.is_empty() {
@@ -138,6 +139,9 @@ impl Index {
         let mut dirty: BTreeSet<ServiceId> = std::mem::take(&mut self.dirty_services);
         if self.nodes_changed {
             self.apply_node_changes(&mut dirty, &mut changes, &mut new_zones);
+        }
+        if self.service_cidrs_changed {
+            self.apply_service_cidr_changes(&mut dirty, &mut changes);
         }
         self.update_listed(&mut dirty);
         // Claims first: a Service that loses or wins a frontend is replanned.

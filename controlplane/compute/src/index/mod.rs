@@ -14,7 +14,8 @@
 //! `services` fragment and its zone's fragment.
 //!
 //! Each kind of object has its own module behind [`IndexResource`]
-//! (`service`, `endpoints`, `node`, `pod`, `namespace`, `network_policy`);
+//! (`service`, `endpoints`, `node`, `pod`, `namespace`, `network_policy`,
+//! `service_cidr`);
 //! `commit` runs the pending changes through named steps, `guard` and
 //! `check` validate what they leave.
 
@@ -32,6 +33,7 @@ mod pod;
 mod policy_fragments;
 mod problems;
 mod service;
+mod service_cidr;
 #[cfg(test)]
 mod tests;
 
@@ -106,6 +108,13 @@ pub struct Index {
     /// external and load-balancer IPs against.
     node_addresses: HashSet<IpAddr>,
     pod_cidrs: Vec<IpNet>,
+    /// `--service-cidr` as configured; `config.service_cidrs` holds these
+    /// and `service_cidr_objects`' CIDRs.
+    service_cidr_flag: Vec<IpNet>,
+    /// Each ServiceCIDR object's CIDRs that were taken, by name.
+    service_cidr_objects: BTreeMap<String, Vec<IpNet>>,
+    /// A ServiceCIDR object changed since the last commit.
+    service_cidrs_changed: bool,
     /// Services left out because their atoms made a state invalid; they
     /// are tried again at the next commit that changes anything.
     left_out_invalid: BTreeMap<ServiceId, String>,
@@ -136,19 +145,24 @@ pub struct Index {
 }
 
 impl Index {
-    pub fn new(config: ComputeConfig) -> Self {
+    pub fn new(mut config: ComputeConfig) -> Self {
+        let flag = config.service_cidrs.clone();
+        config.service_cidrs = service_cidr::effective(&flag, &BTreeMap::new());
         Index {
             base: Arc::new(base_fragment(&config)),
             config,
+            service_cidr_flag: flag,
             ..Default::default()
         }
     }
 
+    /// The configuration as compute uses it now: `service_cidrs` holds the
+    /// ServiceCIDR objects' CIDRs beside `--service-cidr`'s (as of the
+    /// last commit), so a fresh index built with it computes the same.
     pub fn config(&self) -> &ComputeConfig {
         &self.config
     }
 
-    /// Adds or replaces an object. Takes effect at the next [`Index::commit`].
     /// Adds or replaces an object. Takes effect at the next [`Index::commit`].
     pub fn upsert(&mut self, object: ClusterObject) {
         let key = object.key();
@@ -161,6 +175,7 @@ impl Index {
             ClusterObject::Pod(o) => self.apply(&key, o),
             ClusterObject::Namespace(o) => self.apply(&key, o),
             ClusterObject::NetworkPolicy(o) => self.apply(&key, o),
+            ClusterObject::ServiceCidr(o) => self.apply(&key, o),
         }
     }
 
@@ -177,6 +192,7 @@ impl Index {
             Kind::Pod => IndexResource::<core::Pod>::delete(self, key),
             Kind::Namespace => IndexResource::<core::Namespace>::delete(self, key),
             Kind::NetworkPolicy => IndexResource::<networking::NetworkPolicy>::delete(self, key),
+            Kind::ServiceCidr => IndexResource::<networking::ServiceCIDR>::delete(self, key),
         }
     }
 

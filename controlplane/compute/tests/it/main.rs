@@ -19,5 +19,6 @@ mod node_port;
 mod policy;
 mod properties;
 mod scheduling;
+mod service_cidrs;
 mod topology;
 mod traffic_policy;

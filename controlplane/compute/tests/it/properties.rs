@@ -28,6 +28,16 @@ struct Pool {
     max_elements: Option<u32>,
 }
 
+fn mk_service_cidr(name: &str, cidrs: &[&str]) -> ClusterObject {
+    use k8s_openapi::api::networking::v1 as networking;
+    let mut o = networking::ServiceCIDR::default();
+    o.metadata.name = Some(name.to_string());
+    o.spec = Some(networking::ServiceCIDRSpec {
+        cidrs: Some(cidrs.iter().map(|c| c.to_string()).collect()),
+    });
+    ClusterObject::ServiceCidr(o)
+}
+
 fn svc(name: &str) -> SvcB {
     mk_service("default", name)
 }
@@ -123,6 +133,15 @@ fn pool(p: Pool) -> Vec<ClusterObject> {
             .port("dns", "SCTP", 5353)
             .eps(&[("10.244.2.3", "node-b"), ("bad", "node-b")]),
     ];
+    // ServiceCIDRs: the union changes the base fragment and the admission
+    // of external IPs (api's 192.168.10.100, aaa-ext's 203.0.113.77).
+    o.extend([
+        mk_service_cidr("kubernetes", &["10.96.0.0/16", "fd00:96::/112"]),
+        mk_service_cidr("kubernetes", &["10.96.0.0/16"]),
+        mk_service_cidr("extra", &["192.168.10.0/24", "bad"]),
+        mk_service_cidr("extra", &["203.0.113.0/24"]),
+        mk_service_cidr("overlap", &["10.96.0.0/12"]),
+    ]);
     if p.churn_nodes {
         o.extend(objs![
             mk_node("node-b", "zone-2", &["192.168.10.12"]),
