@@ -275,6 +275,11 @@ pub fn plan(diff: &Diff, current: &Fragment, target: &Fragment) -> Result<Vec<Op
                     .del_jumps
                     .push(jump.clone());
             }
+            // Node facts are served, not applied: kernel views hold none.
+            Change::HealthCheckSet { .. }
+            | Change::HealthCheckRemoved { .. }
+            | Change::NodeConditionAdded { .. }
+            | Change::NodeConditionRemoved { .. } => {}
         }
     }
     ops.extend(tables.into_iter().map(|((family, table), t)| Op::Iptables {

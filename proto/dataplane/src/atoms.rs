@@ -10,14 +10,18 @@
 //! ```
 //!
 //! The canonical order: set definitions by name, each followed by its
-//! entries, then virtual servers, addresses, chains and jumps, each by key.
+//! entries, then virtual servers, addresses, chains, jumps, health checks
+//! and node conditions, each by key.
 
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::digest;
 use crate::fragment::Fragment;
-use crate::model::{Chain, ChainKey, Jump, SetEntry, SetSpec, VirtualServer, VirtualServerKey};
+use crate::model::{
+    Chain, ChainKey, HealthCheck, Jump, NodeCondition, SetEntry, SetSpec, VirtualServer,
+    VirtualServerKey,
+};
 
 /// Why atoms could not go into a fragment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -42,6 +46,8 @@ enum Atom {
     Address(IpAddr),
     Chain(ChainKey, Arc<Chain>),
     Jump(Jump),
+    HealthCheck(u16, HealthCheck),
+    NodeCondition(NodeCondition),
 }
 
 /// An atom's place in the canonical order, borrowed; the derived order is
@@ -56,6 +62,8 @@ enum Position<'a> {
     Address(&'a IpAddr),
     Chain(&'a ChainKey),
     Jump(&'a Jump),
+    HealthCheck(u16),
+    NodeCondition(NodeCondition),
 }
 
 /// A run of consecutive atoms of a fragment, each hashed as the digest sums
@@ -157,6 +165,21 @@ impl AtomRun {
         Ok(())
     }
 
+    /// A health check on `port`.
+    pub fn health_check(&mut self, port: u16, check: HealthCheck) -> Result<(), AtomError> {
+        self.follows(Position::HealthCheck(port))?;
+        let hash = digest::hash_health_check(port, &check);
+        self.atoms.push((Atom::HealthCheck(port, check), hash));
+        Ok(())
+    }
+
+    pub fn node_condition(&mut self, condition: NodeCondition) -> Result<(), AtomError> {
+        self.follows(Position::NodeCondition(condition))?;
+        let hash = digest::hash_node_condition(condition);
+        self.atoms.push((Atom::NodeCondition(condition), hash));
+        Ok(())
+    }
+
     fn push_entry(&mut self, i: usize, entry: SetEntry) {
         let hash = digest::hash_entry(self.name(i), &entry);
         self.atoms.push((Atom::Entry(i, entry), hash));
@@ -196,6 +219,8 @@ impl AtomRun {
             Atom::Address(a) => Position::Address(a),
             Atom::Chain(k, _) => Position::Chain(k),
             Atom::Jump(j) => Position::Jump(j),
+            Atom::HealthCheck(port, _) => Position::HealthCheck(*port),
+            Atom::NodeCondition(c) => Position::NodeCondition(*c),
         }
     }
 
@@ -244,6 +269,12 @@ impl Fragment {
                 Atom::Jump(jump) => {
                     self.add_jump_hashed(jump, &hash);
                 }
+                Atom::HealthCheck(port, check) => {
+                    self.put_health_check_hashed(port, check, &hash);
+                }
+                Atom::NodeCondition(condition) => {
+                    self.add_node_condition_hashed(condition, &hash);
+                }
             }
         }
         Ok(())
@@ -252,6 +283,12 @@ impl Fragment {
     /// The fragment's greatest atom in the canonical order.
     fn last_position(&self) -> Option<Position<'_>> {
         let maps = self.maps();
+        if let Some(condition) = maps.node_conditions.get_max() {
+            return Some(Position::NodeCondition(*condition));
+        }
+        if let Some((port, _)) = maps.health_checks.get_max() {
+            return Some(Position::HealthCheck(*port));
+        }
         if let Some(jump) = maps.jumps.get_max() {
             return Some(Position::Jump(jump));
         }
@@ -292,6 +329,8 @@ impl Fragment {
             Position::Address(address) => maps.addresses.contains(address),
             Position::Chain(key) => maps.chains.contains_key(key),
             Position::Jump(jump) => maps.jumps.contains(jump),
+            Position::HealthCheck(port) => maps.health_checks.contains_key(&port),
+            Position::NodeCondition(c) => maps.node_conditions.contains(&c),
         }
     }
 }
@@ -351,7 +390,17 @@ mod tests {
             position: 0,
             rule: Rule::new(["-j", "SP-X"]),
         });
+        f.put_health_check(30000, health_check(2));
+        f.add_node_condition(NodeCondition::Draining);
         f
+    }
+
+    fn health_check(local_endpoints: u32) -> HealthCheck {
+        HealthCheck {
+            namespace: "default".into(),
+            name: "web".into(),
+            local_endpoints,
+        }
     }
 
     /// `sample`'s atoms as two runs, split after the first entry of SP-A.
@@ -373,6 +422,8 @@ mod tests {
         for jump in f.jumps() {
             second.jump(jump.clone()).unwrap();
         }
+        second.health_check(30000, health_check(2)).unwrap();
+        second.node_condition(NodeCondition::Draining).unwrap();
         [first, second]
     }
 
@@ -384,7 +435,7 @@ mod tests {
         }
         assert_eq!(built, sample());
         assert_eq!(built.digest(), sample().digest());
-        assert_eq!(built.atom_count(), 8);
+        assert_eq!(built.atom_count(), 10);
     }
 
     #[test]
@@ -400,6 +451,24 @@ mod tests {
                 vs_key(1),
                 Arc::new(VirtualServer::new(Scheduler::Rr, None, Vec::new()))
             ),
+            Err(AtomError::OutOfOrder)
+        );
+        // Node facts come after every kernel atom, conditions last.
+        let mut run = AtomRun::default();
+        run.node_condition(NodeCondition::Draining).unwrap();
+        assert_eq!(
+            run.health_check(30000, health_check(1)),
+            Err(AtomError::OutOfOrder)
+        );
+        assert_eq!(run.address(ip(1)), Err(AtomError::OutOfOrder));
+        let mut run = AtomRun::default();
+        run.health_check(30001, health_check(1)).unwrap();
+        assert_eq!(
+            run.health_check(30000, health_check(1)),
+            Err(AtomError::OutOfOrder)
+        );
+        assert_eq!(
+            run.health_check(30001, health_check(2)),
             Err(AtomError::OutOfOrder)
         );
         // A definition comes before its entries.

@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::fragment::Fragment;
 use crate::model::{
-    Chain, ChainKey, Jump, RealServer, Scheduler, SetEntry, SetSpec, VirtualServer,
-    VirtualServerKey,
+    Chain, ChainKey, HealthCheck, Jump, NodeCondition, RealServer, Scheduler, SetEntry, SetSpec,
+    VirtualServer, VirtualServerKey,
 };
 use crate::state::{NodeDataplane, flatten};
 
@@ -100,6 +100,21 @@ pub enum Change {
     JumpRemoved {
         jump: Jump,
     },
+    /// A health check added on a port, or its content changed. Not a
+    /// kernel change (see [`Change::is_kernel`]).
+    HealthCheckSet {
+        port: u16,
+        health_check: HealthCheck,
+    },
+    HealthCheckRemoved {
+        port: u16,
+    },
+    NodeConditionAdded {
+        condition: NodeCondition,
+    },
+    NodeConditionRemoved {
+        condition: NodeCondition,
+    },
 }
 
 impl Change {
@@ -123,7 +138,24 @@ impl Change {
             Change::ChainRemoved { .. } => 14,
             Change::JumpAdded { .. } => 15,
             Change::JumpRemoved { .. } => 16,
+            Change::HealthCheckSet { .. } => 17,
+            Change::HealthCheckRemoved { .. } => 18,
+            Change::NodeConditionAdded { .. } => 19,
+            Change::NodeConditionRemoved { .. } => 20,
         }
+    }
+
+    /// Whether the change is to kernel state. Health checks and node
+    /// conditions are facts the agent serves or reports; it plans none of
+    /// them into the kernel ([`crate::template::expand_diff`] drops them).
+    pub fn is_kernel(&self) -> bool {
+        !matches!(
+            self,
+            Change::HealthCheckSet { .. }
+                | Change::HealthCheckRemoved { .. }
+                | Change::NodeConditionAdded { .. }
+                | Change::NodeConditionRemoved { .. }
+        )
     }
 
     /// The virtual server the change is about, if it is about one.
@@ -225,6 +257,12 @@ pub enum Misfit {
     JumpExists,
     #[error("no such jump")]
     NoJump,
+    #[error("no health check on port {0}")]
+    NoHealthCheck(u16),
+    #[error("node condition {0} holds already")]
+    NodeConditionPresent(NodeCondition),
+    #[error("node condition {0} does not hold")]
+    NodeConditionAbsent(NodeCondition),
 }
 
 /// What must change to turn `a` into `b`.
@@ -381,6 +419,28 @@ pub fn diff_fragments(a: &Fragment, b: &Fragment) -> Diff {
             imbl::ordset::DiffItem::Add(j) => changes.push(Change::JumpAdded { jump: j.clone() }),
             imbl::ordset::DiffItem::Remove(j) => {
                 changes.push(Change::JumpRemoved { jump: j.clone() })
+            }
+        }
+    }
+    for item in a.maps().health_checks.diff(b.maps().health_checks) {
+        match item {
+            DiffItem::Add(port, check)
+            | DiffItem::Update {
+                new: (port, check), ..
+            } => changes.push(Change::HealthCheckSet {
+                port: *port,
+                health_check: check.clone(),
+            }),
+            DiffItem::Remove(port, _) => changes.push(Change::HealthCheckRemoved { port: *port }),
+        }
+    }
+    for item in a.maps().node_conditions.diff(b.maps().node_conditions) {
+        match item {
+            imbl::ordset::DiffItem::Add(c) => {
+                changes.push(Change::NodeConditionAdded { condition: *c })
+            }
+            imbl::ordset::DiffItem::Remove(c) => {
+                changes.push(Change::NodeConditionRemoved { condition: *c })
             }
         }
     }
@@ -595,6 +655,30 @@ pub fn apply_to_fragment(f: &mut Fragment, diff: &Diff) -> Result<(), ApplyError
             Change::JumpRemoved { jump } => {
                 if !f.remove_jump(jump) {
                     return Err(fail("jump_removed", Misfit::NoJump));
+                }
+            }
+            Change::HealthCheckSet { port, health_check } => {
+                f.put_health_check(*port, health_check.clone());
+            }
+            Change::HealthCheckRemoved { port } => {
+                if f.remove_health_check(*port).is_none() {
+                    return Err(fail("health_check_removed", Misfit::NoHealthCheck(*port)));
+                }
+            }
+            Change::NodeConditionAdded { condition } => {
+                if !f.add_node_condition(*condition) {
+                    return Err(fail(
+                        "node_condition_added",
+                        Misfit::NodeConditionPresent(*condition),
+                    ));
+                }
+            }
+            Change::NodeConditionRemoved { condition } => {
+                if !f.remove_node_condition(*condition) {
+                    return Err(fail(
+                        "node_condition_removed",
+                        Misfit::NodeConditionAbsent(*condition),
+                    ));
                 }
             }
         }

@@ -1,7 +1,8 @@
 //! The stable digest of a dataplane.
 //!
 //! Every atom of a state (a set definition, a set entry, a virtual server
-//! with its real servers, an address, a chain, a jump) has a canonical byte
+//! with its real servers, an address, a chain, a jump, a health check, a
+//! node condition) has a canonical byte
 //! encoding and a SHA-256 hash. A state's digest is SHA-256 over the
 //! lane-wise sum of its atoms' hashes and the atom count. The sum makes the
 //! digest independent of how a state is split into fragments and lets a
@@ -19,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::model::{
-    Chain, ChainKey, Forward, Jump, Protocol, Rule, SetEntry, SetSpec, VirtualServer,
-    VirtualServerKey,
+    Chain, ChainKey, Forward, HealthCheck, Jump, NodeCondition, Protocol, Rule, SetEntry, SetSpec,
+    VirtualServer, VirtualServerKey,
 };
 
 pub const DIGEST_DOMAIN: &[u8] = b"setpoint/dataplane/v1";
@@ -243,6 +244,8 @@ const TAG_VS_BODY: u8 = 4;
 const TAG_ADDRESS: u8 = 5;
 const TAG_CHAIN: u8 = 6;
 const TAG_JUMP: u8 = 7;
+const TAG_HEALTH_CHECK: u8 = 8;
+const TAG_NODE_CONDITION: u8 = 9;
 
 pub fn hash_set(name: &str, spec: &SetSpec) -> [u8; 32] {
     Hashing::new(TAG_SET)
@@ -305,5 +308,20 @@ pub fn hash_jump(jump: &Jump) -> [u8; 32] {
         .str(&jump.from)
         .u16(jump.position)
         .rule(&jump.rule)
+        .finish()
+}
+
+pub fn hash_health_check(port: u16, check: &HealthCheck) -> [u8; 32] {
+    Hashing::new(TAG_HEALTH_CHECK)
+        .u16(port)
+        .str(&check.namespace)
+        .str(&check.name)
+        .u32(check.local_endpoints)
+        .finish()
+}
+
+pub fn hash_node_condition(condition: NodeCondition) -> [u8; 32] {
+    Hashing::new(TAG_NODE_CONDITION)
+        .str(condition.as_str())
         .finish()
 }

@@ -13,7 +13,10 @@ use std::sync::Arc;
 use imbl::{OrdMap, OrdSet};
 
 use crate::digest::{self, Accumulator, Digest};
-use crate::model::{Chain, ChainKey, Jump, SetEntry, SetSpec, VirtualServer, VirtualServerKey};
+use crate::model::{
+    Chain, ChainKey, HealthCheck, Jump, NodeCondition, SetEntry, SetSpec, VirtualServer,
+    VirtualServerKey,
+};
 
 /// A virtual server with its atom hash, kept so that removing or replacing
 /// it does not hash it again.
@@ -49,6 +52,8 @@ pub struct Fragment {
     addresses: OrdSet<IpAddr>,
     chains: OrdMap<ChainKey, Arc<Chain>>,
     jumps: OrdSet<Jump>,
+    health_checks: OrdMap<u16, HealthCheck>,
+    node_conditions: OrdSet<NodeCondition>,
     acc: Accumulator,
 }
 
@@ -61,6 +66,8 @@ impl PartialEq for Fragment {
             && self.addresses == other.addresses
             && self.chains == other.chains
             && self.jumps == other.jumps
+            && self.health_checks == other.health_checks
+            && self.node_conditions == other.node_conditions
     }
 }
 impl Eq for Fragment {}
@@ -79,7 +86,7 @@ impl Fragment {
     }
 
     /// Number of atoms (set definitions, entries, virtual servers,
-    /// addresses, chains, jumps).
+    /// addresses, chains, jumps, health checks, node conditions).
     pub fn atom_count(&self) -> u64 {
         self.acc.count()
     }
@@ -358,6 +365,94 @@ impl Fragment {
         }
     }
 
+    // --- node facts: served or reported by the agent, not kernel state ---
+
+    /// Health-check node ports by port.
+    pub fn health_checks(&self) -> impl Iterator<Item = (&u16, &HealthCheck)> {
+        self.health_checks.iter()
+    }
+
+    pub fn health_check(&self, port: u16) -> Option<&HealthCheck> {
+        self.health_checks.get(&port)
+    }
+
+    /// Puts (or replaces) the health check on `port`; returns the previous one.
+    pub fn put_health_check(&mut self, port: u16, check: HealthCheck) -> Option<HealthCheck> {
+        let hash = digest::hash_health_check(port, &check);
+        self.put_health_check_hashed(port, check, &hash)
+    }
+
+    /// [`Fragment::put_health_check`] with the atom's hash already computed.
+    pub(crate) fn put_health_check_hashed(
+        &mut self,
+        port: u16,
+        check: HealthCheck,
+        hash: &[u8; 32],
+    ) -> Option<HealthCheck> {
+        self.acc.add(hash);
+        let old = self.health_checks.insert(port, check);
+        if let Some(old) = &old {
+            self.acc.remove(&digest::hash_health_check(port, old));
+        }
+        old
+    }
+
+    pub fn remove_health_check(&mut self, port: u16) -> Option<HealthCheck> {
+        let old = self.health_checks.remove(&port)?;
+        self.acc.remove(&digest::hash_health_check(port, &old));
+        Some(old)
+    }
+
+    pub fn node_conditions(&self) -> impl Iterator<Item = &NodeCondition> {
+        self.node_conditions.iter()
+    }
+
+    pub fn has_node_condition(&self, condition: NodeCondition) -> bool {
+        self.node_conditions.contains(&condition)
+    }
+
+    /// Adds a condition; false if it was already there.
+    pub fn add_node_condition(&mut self, condition: NodeCondition) -> bool {
+        let hash = digest::hash_node_condition(condition);
+        self.add_node_condition_hashed(condition, &hash)
+    }
+
+    /// [`Fragment::add_node_condition`] with the atom's hash already computed.
+    pub(crate) fn add_node_condition_hashed(
+        &mut self,
+        condition: NodeCondition,
+        hash: &[u8; 32],
+    ) -> bool {
+        if self.node_conditions.insert(condition).is_none() {
+            self.acc.add(hash);
+            true
+        } else {
+            false
+        }
+    }
+
+    pub fn remove_node_condition(&mut self, condition: NodeCondition) -> bool {
+        if self.node_conditions.remove(&condition).is_some() {
+            self.acc.remove(&digest::hash_node_condition(condition));
+            true
+        } else {
+            false
+        }
+    }
+
+    /// This fragment without its node facts (health checks, node
+    /// conditions): the atoms a kernel holds. A clone when it has none.
+    pub fn without_node_facts(&self) -> Fragment {
+        let mut out = self.clone();
+        for (port, _) in self.health_checks() {
+            out.remove_health_check(*port);
+        }
+        for condition in self.node_conditions() {
+            out.remove_node_condition(*condition);
+        }
+        out
+    }
+
     /// Adds every atom of `other`; atoms present in both are kept once.
     /// Returns how many of `other`'s atoms were already here, which is zero
     /// when the two fragments are disjoint.
@@ -389,6 +484,14 @@ impl Fragment {
         for jump in other.jumps() {
             self.add_jump(jump.clone());
         }
+        for (port, check) in other.health_checks() {
+            if self.health_check(*port) != Some(check) {
+                self.put_health_check(*port, check.clone());
+            }
+        }
+        for condition in other.node_conditions() {
+            self.add_node_condition(*condition);
+        }
         before + other.atom_count() - self.atom_count()
     }
 
@@ -401,6 +504,8 @@ impl Fragment {
             addresses: &self.addresses,
             chains: &self.chains,
             jumps: &self.jumps,
+            health_checks: &self.health_checks,
+            node_conditions: &self.node_conditions,
         }
     }
 }
@@ -418,4 +523,6 @@ pub struct Maps<'a> {
     pub addresses: &'a OrdSet<IpAddr>,
     pub chains: &'a OrdMap<ChainKey, Arc<Chain>>,
     pub jumps: &'a OrdSet<Jump>,
+    pub health_checks: &'a OrdMap<u16, HealthCheck>,
+    pub node_conditions: &'a OrdSet<NodeCondition>,
 }

@@ -701,3 +701,54 @@ pub struct Jump {
 
 /// A shared, immutable virtual server.
 pub type SharedVirtualServer = Arc<VirtualServer>;
+
+/// Longest namespace a [`HealthCheck`] may name (a Kubernetes namespace is
+/// a DNS label).
+pub const MAX_NAMESPACE_LEN: usize = 63;
+/// Longest Service name a [`HealthCheck`] may name (a DNS subdomain).
+pub const MAX_OBJECT_NAME_LEN: usize = 253;
+
+/// A health-check node port the agent serves (kube-proxy's
+/// `healthCheckNodePort`), keyed in a fragment by that port: for a
+/// `LoadBalancer` Service with `externalTrafficPolicy: Local`, cloud load
+/// balancers send traffic only to nodes whose port answers 200. Not kernel
+/// state: the agent serves it over HTTP and never plans it into the kernel
+/// ([`crate::template::expand`] leaves it out of the kernel view). Sits in
+/// the node's own part, with the count for that node.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub namespace: String,
+    pub name: String,
+    /// The Service's endpoints on this node that are ready or, when none
+    /// is, serving and terminating (kube-proxy's rule): 200 when above
+    /// zero, 503 otherwise.
+    pub local_endpoints: u32,
+}
+
+/// A fact about the node itself that the agent reports rather than applies.
+/// Not kernel state, like [`HealthCheck`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeCondition {
+    /// Load balancers should drain this node: the Node is being deleted
+    /// (`metadata.deletionTimestamp`) or tainted
+    /// `ToBeDeletedByClusterAutoscaler` (KEP-3836). kube-proxy's `/healthz`
+    /// answers 503 then.
+    Draining,
+}
+
+impl NodeCondition {
+    pub const ALL: [NodeCondition; 1] = [NodeCondition::Draining];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeCondition::Draining => "draining",
+        }
+    }
+}
+
+impl fmt::Display for NodeCondition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

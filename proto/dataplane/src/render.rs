@@ -256,5 +256,22 @@ fn text(state: &NodeDataplane, f: &Fragment) -> String {
             let _ = write!(out, "\n# {tool}\n{rules}");
         }
     }
+    // Node facts, shown only when there are any: served, not applied.
+    if f.health_checks().next().is_some() {
+        out.push_str("\n# health checks\n");
+        for (port, check) in f.health_checks() {
+            let _ = writeln!(
+                out,
+                "  {port} {}/{} {} local endpoints",
+                check.namespace, check.name, check.local_endpoints
+            );
+        }
+    }
+    if f.node_conditions().next().is_some() {
+        out.push_str("\n# node\n");
+        for condition in f.node_conditions() {
+            let _ = writeln!(out, "  {condition}");
+        }
+    }
     out
 }

@@ -1,12 +1,13 @@
 //! [`NodeDataplane`]: one node's whole desired state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{Accumulator, Digest};
 use crate::fragment::Fragment;
+use crate::model::{HealthCheck, NodeCondition};
 use crate::wire::WireState;
 
 /// A node's full desired dataplane, made of named, disjoint fragments.
@@ -84,6 +85,33 @@ impl NodeDataplane {
     /// The union of all fragments as one. O(1) for a single fragment.
     pub fn flatten(&self) -> Fragment {
         flatten(self.parts.values())
+    }
+
+    /// The health-check node ports the agent serves, across all parts (in
+    /// a valid state a port sits in one part only; should two hold it,
+    /// the part named last wins).
+    pub fn health_checks(&self) -> BTreeMap<u16, HealthCheck> {
+        self.parts
+            .values()
+            .flat_map(|part| part.health_checks())
+            .map(|(port, check)| (*port, check.clone()))
+            .collect()
+    }
+
+    /// The node's conditions, across all parts.
+    pub fn node_conditions(&self) -> BTreeSet<NodeCondition> {
+        self.parts
+            .values()
+            .flat_map(|part| part.node_conditions().copied())
+            .collect()
+    }
+
+    /// Whether load balancers should drain this node
+    /// ([`NodeCondition::Draining`] in any part).
+    pub fn node_draining(&self) -> bool {
+        self.parts
+            .values()
+            .any(|part| part.has_node_condition(NodeCondition::Draining))
     }
 
     /// Atoms that sit in more than one fragment (zero in a valid state).

@@ -13,6 +13,9 @@
 //! The digest covers templates and the address set as they are. What the
 //! kernel holds is the expansion: the agent plans, applies and verifies
 //! against [`expand`], and renders of the kernel's view (`ipvs`) expand too.
+//! The expansion also leaves out the node facts (health checks, node
+//! conditions), which no kernel holds: the agent serves them from the
+//! state itself.
 //!
 //! ```text
 //!  services: 0.0.0.0:30080/tcp ─┐
@@ -108,10 +111,11 @@ pub fn expansion(
 }
 
 /// `f` with every template replaced by its virtual servers on the node's
-/// node-port addresses: what the kernel holds. O(templates × addresses);
-/// a fragment without templates comes back as a clone.
+/// node-port addresses, and without node facts: what the kernel holds.
+/// O(templates × addresses + node facts); a fragment with neither comes
+/// back as a clone.
 pub fn expand(f: &Fragment) -> Result<Fragment, Collision> {
-    let mut out = f.clone();
+    let mut out = f.without_node_facts();
     for (template, vs) in templates(f) {
         out.remove_virtual_server(&template);
         for key in expansion(f, &template) {
@@ -130,6 +134,7 @@ pub fn expand(f: &Fragment) -> Result<Fragment, Collision> {
 /// servers. `None` when the diff edits a node-port address set (every
 /// template's expansion changes shape) or when a template and a virtual
 /// server of its own trade an address: the caller expands whole then.
+/// Changes to node facts are left out, as [`expand`] leaves them out.
 /// A collision shows as the result not applying to `view` (a virtual
 /// server added where one exists).
 pub fn expand_diff(view: &Fragment, diff: &Diff) -> Option<Diff> {
@@ -140,7 +145,7 @@ pub fn expand_diff(view: &Fragment, diff: &Diff) -> Option<Diff> {
     };
     let mut addresses: [Option<Vec<IpAddr>>; 2] = [None, None];
     let mut changes = Vec::with_capacity(diff.changes.len());
-    for change in &diff.changes {
+    for change in diff.changes.iter().filter(|c| c.is_kernel()) {
         let set = match change {
             Change::SetCreated { name, .. }
             | Change::SetRedefined { name, .. }

@@ -1,6 +1,8 @@
 //! The JSON shape of a state: sets with their entries, virtual servers
-//! with their real servers, addresses, chains, jumps — each in canonical
-//! order, plus the digest so that a reader can detect corruption.
+//! with their real servers, addresses, chains, jumps, and (when there are
+//! any, so a state without them reads as before) health checks and node
+//! conditions — each in canonical order, plus the digest so that a reader
+//! can detect corruption.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -11,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use crate::digest::Digest;
 use crate::fragment::Fragment;
 use crate::model::{
-    Chain, ChainKey, Family, Jump, Protocol, RealServer, Rule, Scheduler, SetEntry, SetSpec,
-    SetType, Table, VirtualServer, VirtualServerKey,
+    Chain, ChainKey, Family, HealthCheck, Jump, NodeCondition, Protocol, RealServer, Rule,
+    Scheduler, SetEntry, SetSpec, SetType, Table, VirtualServer, VirtualServerKey,
 };
 
 #[derive(Serialize, Deserialize)]
@@ -32,6 +34,18 @@ pub(crate) struct WireState {
     chains: Vec<WireChain>,
     #[serde(default)]
     jumps: Vec<Jump>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    health_checks: Vec<WireHealthCheck>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    node_conditions: Vec<NodeCondition>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireHealthCheck {
+    port: u16,
+    namespace: String,
+    name: String,
+    local_endpoints: u32,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -114,6 +128,16 @@ impl WireState {
                 })
                 .collect(),
             jumps: f.jumps().cloned().collect(),
+            health_checks: f
+                .health_checks()
+                .map(|(port, check)| WireHealthCheck {
+                    port: *port,
+                    namespace: check.namespace.clone(),
+                    name: check.name.clone(),
+                    local_endpoints: check.local_endpoints,
+                })
+                .collect(),
+            node_conditions: f.node_conditions().copied().collect(),
         }
     }
 
@@ -168,6 +192,19 @@ impl WireState {
         }
         for jump in self.jumps {
             f.add_jump(jump);
+            listed += 1;
+        }
+        for check in self.health_checks {
+            let body = HealthCheck {
+                namespace: check.namespace,
+                name: check.name,
+                local_endpoints: check.local_endpoints,
+            };
+            f.put_health_check(check.port, body);
+            listed += 1;
+        }
+        for condition in self.node_conditions {
+            f.add_node_condition(condition);
             listed += 1;
         }
         if listed != f.atom_count() {

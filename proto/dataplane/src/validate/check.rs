@@ -8,8 +8,9 @@ use super::{
 };
 use crate::fragment::Fragment;
 use crate::model::{
-    BUILTIN_TARGETS, ChainKey, Family, Jump, MAX_CHAIN_NAME_LEN, MAX_SET_NAME_LEN, RealServer,
-    Rule, SetEntry, SetSpec, SetType, Table, VirtualServer, VirtualServerKey,
+    BUILTIN_TARGETS, ChainKey, Family, HealthCheck, Jump, MAX_CHAIN_NAME_LEN, MAX_NAMESPACE_LEN,
+    MAX_OBJECT_NAME_LEN, MAX_SET_NAME_LEN, RealServer, Rule, SetEntry, SetSpec, SetType, Table,
+    VirtualServer, VirtualServerKey,
 };
 
 /// Why `address` is never a service address, virtual server or real
@@ -49,7 +50,37 @@ pub(super) struct Check<'a> {
     pub(super) problems: Vec<Invalid>,
 }
 
+/// An RFC 1123 label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`.
+fn is_dns_label(text: &str) -> bool {
+    let b = text.as_bytes();
+    let edge = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    b.first().is_some_and(edge)
+        && b.last().is_some_and(edge)
+        && b.iter().all(|c| edge(c) || *c == b'-')
+}
+
 impl Check<'_> {
+    /// A health check's port and the names it carries (into an HTTP body).
+    pub(super) fn health_check(&mut self, port: u16, check: &HealthCheck) {
+        if port == 0 {
+            self.problems.push(Invalid::HealthCheckPortZero);
+        }
+        let namespace = &check.namespace;
+        if namespace.len() > MAX_NAMESPACE_LEN || !is_dns_label(namespace) {
+            self.problems.push(Invalid::HealthCheckNamespaceMalformed {
+                port,
+                namespace: namespace.clone(),
+            });
+        }
+        let name = &check.name;
+        if name.len() > MAX_OBJECT_NAME_LEN || !name.split('.').all(is_dns_label) {
+            self.problems.push(Invalid::HealthCheckNameMalformed {
+                port,
+                name: name.clone(),
+            });
+        }
+    }
+
     pub(super) fn counts(&mut self) {
         let sets = self.within.maps().sets.len();
         if sets > MAX_SETS {

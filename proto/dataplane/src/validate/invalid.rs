@@ -8,7 +8,10 @@ use super::{
     MAX_CHAINS, MAX_RULE_WORD_BYTES, MAX_RULE_WORDS, MAX_SET_ELEMENTS, MAX_SETS,
     RESERVED_SET_PREFIX,
 };
-use crate::model::{Family, MAX_CHAIN_NAME_LEN, MAX_SET_NAME_LEN, SetEntry, SetType, Table};
+use crate::model::{
+    Family, MAX_CHAIN_NAME_LEN, MAX_NAMESPACE_LEN, MAX_OBJECT_NAME_LEN, MAX_SET_NAME_LEN, SetEntry,
+    SetType, Table,
+};
 use crate::text::{QUOTED_BYTES, quoted};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,6 +133,26 @@ pub enum Invalid {
     },
     NodePortCollision {
         collision: crate::template::Collision,
+    },
+    /// A health check on port 0, which nothing can listen on for others.
+    HealthCheckPortZero,
+    /// Not a Kubernetes namespace: 1 to 63 of `a-z 0-9 -`, a letter or
+    /// digit at each end.
+    HealthCheckNamespaceMalformed {
+        port: u16,
+        namespace: String,
+    },
+    /// Not a Kubernetes object name: dot-separated namespaces-like labels,
+    /// 1 to 253 bytes.
+    HealthCheckNameMalformed {
+        port: u16,
+        name: String,
+    },
+    /// The same port in more than one part of a node's state: the agent
+    /// could serve only one of them.
+    HealthCheckPortRepeated {
+        port: u16,
+        parts: usize,
     },
 }
 
@@ -316,6 +339,21 @@ impl fmt::Display for Invalid {
                 write!(f, "{atoms} atoms are defined in more than one fragment")
             }
             Invalid::NodePortCollision { collision } => write!(f, "{collision}"),
+            Invalid::HealthCheckPortZero => write!(f, "a health check on port 0"),
+            Invalid::HealthCheckNamespaceMalformed { port, namespace } => write!(
+                f,
+                "the health check on port {port} names namespace {}, not 1 to {MAX_NAMESPACE_LEN} of a-z, 0-9 and -",
+                shown(namespace)
+            ),
+            Invalid::HealthCheckNameMalformed { port, name } => write!(
+                f,
+                "the health check on port {port} names Service {}, not 1 to {MAX_OBJECT_NAME_LEN} bytes of dot-separated a-z, 0-9 and -",
+                shown(name)
+            ),
+            Invalid::HealthCheckPortRepeated { port, parts } => write!(
+                f,
+                "health check port {port} is in {parts} parts, at most one is allowed"
+            ),
         }
     }
 }

@@ -18,11 +18,15 @@
 //! `iptables-restore` input); sizes are bounded ([`MAX_SETS`],
 //! [`MAX_CHAINS`], [`MAX_SET_ELEMENTS`], [`MAX_RULE_WORDS`],
 //! [`MAX_RULE_WORD_BYTES`]).
+//!
+//! Node facts (health checks, node conditions) are in no kernel view:
+//! [`validate_node_facts`] checks them on a whole state, as
+//! [`NodeDataplane::validate`] does, and an agent before it serves them.
 
 mod check;
 mod invalid;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::diff::{Change, Diff};
 use crate::fragment::Fragment;
@@ -78,11 +82,38 @@ impl NodeDataplane {
             Ok(view) => problems.extend(validate_fragment(&view)),
             Err(collision) => {
                 problems.push(Invalid::NodePortCollision { collision });
-                problems.extend(validate_fragment(&flat));
+                problems.extend(validate_fragment(&flat.without_node_facts()));
             }
         }
+        problems.extend(validate_node_facts(self));
         problems
     }
+}
+
+/// Every problem of a state's node facts: each health check's port and
+/// names, and a port in more than one part. O(health checks): an agent
+/// checks them whole with every state it is sent.
+pub fn validate_node_facts(state: &NodeDataplane) -> Vec<Invalid> {
+    let empty = Fragment::new();
+    let mut check = Check {
+        within: &empty,
+        problems: Vec::new(),
+    };
+    let mut parts_of: BTreeMap<u16, usize> = BTreeMap::new();
+    for (_, part) in state.parts() {
+        for (port, health_check) in part.health_checks() {
+            check.health_check(*port, health_check);
+            *parts_of.entry(*port).or_default() += 1;
+        }
+    }
+    for (port, parts) in parts_of {
+        if parts > 1 {
+            check
+                .problems
+                .push(Invalid::HealthCheckPortRepeated { port, parts });
+        }
+    }
+    check.problems
 }
 
 /// Every problem of one flat collection of atoms (a state's kernel view,
@@ -112,6 +143,9 @@ pub fn validate_fragment(f: &Fragment) -> Vec<Invalid> {
     }
     for address in f.addresses() {
         check.address(*address);
+    }
+    for (port, health_check) in f.health_checks() {
+        check.health_check(*port, health_check);
     }
     check.problems
 }
@@ -185,6 +219,9 @@ pub fn validate_step(goal: &Fragment, changes: &Diff) -> Vec<Invalid> {
                 check.chain(key, &chain.rules, !references_moved);
             }
             Change::JumpAdded { jump } => check.jump(jump, !references_moved),
+            Change::HealthCheckSet { port, health_check } => {
+                check.health_check(*port, health_check)
+            }
             Change::EntriesRemoved { .. }
             | Change::SetDestroyed { .. }
             | Change::AddressRemoved { .. }
@@ -192,7 +229,10 @@ pub fn validate_step(goal: &Fragment, changes: &Diff) -> Vec<Invalid> {
             | Change::VirtualServerRemoved { .. }
             | Change::RealServerRemoved { .. }
             | Change::ChainRemoved { .. }
-            | Change::JumpRemoved { .. } => {}
+            | Change::JumpRemoved { .. }
+            | Change::HealthCheckRemoved { .. }
+            | Change::NodeConditionAdded { .. }
+            | Change::NodeConditionRemoved { .. } => {}
         }
     }
     if references_moved {

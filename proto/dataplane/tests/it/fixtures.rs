@@ -6,8 +6,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use setpoint_dataplane::{
-    Chain, ChainKey, Family, Forward, Fragment, Jump, NodeDataplane, Protocol, RealServer, Rule,
-    Scheduler, SetEntry, SetSpec, SetType, Table, VirtualServer, VirtualServerKey,
+    Chain, ChainKey, Family, Forward, Fragment, HealthCheck, Jump, NodeCondition, NodeDataplane,
+    Protocol, RealServer, Rule, Scheduler, SetEntry, SetSpec, SetType, Table, VirtualServer,
+    VirtualServerKey,
 };
 
 pub fn ip(text: &str) -> IpAddr {
@@ -86,6 +87,18 @@ pub fn mk_jump(family: Family, table: Table, from: &str, position: u16, args: &[
         from: from.to_string(),
         position,
         rule: mk_rule(args),
+    }
+}
+
+/// A health check for Service `namespace/name`.
+pub fn mk_health_check(service: &str, local_endpoints: u32) -> HealthCheck {
+    let (namespace, name) = service
+        .split_once('/')
+        .unwrap_or_else(|| panic!("{service:?} is not namespace/name"));
+    HealthCheck {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        local_endpoints,
     }
 }
 
@@ -177,6 +190,18 @@ impl StateBuilder {
     ) -> Self {
         self.frag()
             .add_jump(mk_jump(family, table, from, position, args));
+        self
+    }
+
+    /// A health check on `port` for Service `namespace/name`.
+    pub fn health_check(mut self, port: u16, service: &str, local_endpoints: u32) -> Self {
+        self.frag()
+            .put_health_check(port, mk_health_check(service, local_endpoints));
+        self
+    }
+
+    pub fn draining(mut self) -> Self {
+        self.frag().add_node_condition(NodeCondition::Draining);
         self
     }
 

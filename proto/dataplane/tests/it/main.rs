@@ -3,6 +3,8 @@
 //! - `props`: property tests of the diff/apply/digest laws over generated
 //!   valid states, whole and split into fragments.
 //! - `golden`: pins the digest encoding.
+//! - `facts`: health checks and node conditions through digest, diff,
+//!   JSON, validation, the kernel view and the text render.
 //! - `validation`: table tests of `NodeDataplane::validate`.
 //! - `render`: the kernel-tool renderings, JSON and `SetEntry` text.
 //! - `model`: canonical forms of the atoms (real server order, rule
@@ -14,6 +16,7 @@
 //! Fixtures are built with the builders in `fixtures`.
 
 mod decoders;
+mod facts;
 mod fixtures;
 mod golden;
 mod hostile;

@@ -15,9 +15,9 @@ use proptest::option;
 use proptest::prelude::*;
 use proptest::sample::{Index, select};
 use setpoint_dataplane::{
-    ApplyError, Chain, ChainKey, Change, Diff, Family, Format, Forward, Fragment, Jump,
-    NodeDataplane, Protocol, RealServer, Rule, Scheduler, SetEntry, SetSpec, SetType, Table,
-    VirtualServer, VirtualServerKey, apply, diff, render,
+    ApplyError, Chain, ChainKey, Change, Diff, Family, Format, Forward, Fragment, HealthCheck,
+    Jump, NodeCondition, NodeDataplane, Protocol, RealServer, Rule, Scheduler, SetEntry, SetSpec,
+    SetType, Table, VirtualServer, VirtualServerKey, apply, diff, render,
 };
 
 // --- pools -----------------------------------------------------------------
@@ -55,6 +55,8 @@ const CHAIN_NAMES: &[&str] = &[
     "SP-FIREWALL-0123456789ABCDEF",
 ];
 const TABLES: [Table; 2] = [Table::Filter, Table::Nat];
+const HEALTH_CHECK_PORTS: &[u16] = &[30000, 30001, 32767];
+const SERVICES: &[(&str, &str)] = &[("default", "web"), ("kube-system", "ingress.v2")];
 const PORTS: &[u16] = &[53, 80, 443, 8080, 30080];
 /// `Some(0)` stays out until the digest tells it from `None`
 /// (`golden::digest_tells_no_persistence_from_zero_persistence`).
@@ -178,6 +180,8 @@ enum Atom {
     Address(IpAddr),
     Chain(ChainKey, Arc<Chain>),
     Jump(Jump),
+    HealthCheck(u16, HealthCheck),
+    Condition(NodeCondition),
 }
 
 fn insert(f: &mut Fragment, atom: &Atom) {
@@ -200,6 +204,12 @@ fn insert(f: &mut Fragment, atom: &Atom) {
         Atom::Jump(j) => {
             f.add_jump(j.clone());
         }
+        Atom::HealthCheck(port, check) => {
+            f.put_health_check(*port, check.clone());
+        }
+        Atom::Condition(c) => {
+            f.add_node_condition(*c);
+        }
     }
 }
 
@@ -211,6 +221,8 @@ fn remove(f: &mut Fragment, atom: &Atom) -> bool {
         Atom::Address(a) => f.remove_address(a),
         Atom::Chain(key, _) => f.remove_chain(key).is_some(),
         Atom::Jump(j) => f.remove_jump(j),
+        Atom::HealthCheck(port, _) => f.remove_health_check(*port).is_some(),
+        Atom::Condition(c) => f.remove_node_condition(*c),
     }
 }
 
@@ -307,6 +319,16 @@ type SetSeed = (usize, SetType, Family, u32, usize, Vec<[u8; 4]>);
 type VsSeed = (Family, [u8; 3], Scheduler, Option<u32>, Vec<[u8; 4]>);
 type ChainSeed = (Family, Table, usize, Vec<RuleSeed>);
 type JumpSeed = (Family, Table, Index, u16, Index, Option<usize>);
+type HealthCheckSeed = (usize, usize, u32);
+
+fn health_check_of(service: usize, local_endpoints: u32) -> HealthCheck {
+    let (namespace, name) = SERVICES[service];
+    HealthCheck {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+        local_endpoints,
+    }
+}
 
 /// The atoms of a valid state, in canonical kind order.
 fn assemble(
@@ -315,6 +337,7 @@ fn assemble(
     addrs: Vec<u8>,
     chains: Vec<ChainSeed>,
     jumps: Vec<JumpSeed>,
+    (health_checks, draining): (Vec<HealthCheckSeed>, bool),
 ) -> Vec<Atom> {
     let mut specs: BTreeMap<String, (SetSpec, BTreeSet<SetEntry>)> = BTreeMap::new();
     for (name, kind, family, maxelem, comment, entries) in sets {
@@ -422,6 +445,18 @@ fn assemble(
     atoms.extend(addresses.into_iter().map(Atom::Address));
     atoms.extend(chain_atoms);
     atoms.extend(jump_set.into_iter().map(Atom::Jump));
+    let health_checks: BTreeMap<u16, HealthCheck> = health_checks
+        .into_iter()
+        .map(|(port, service, n)| (HEALTH_CHECK_PORTS[port], health_check_of(service, n)))
+        .collect();
+    atoms.extend(
+        health_checks
+            .into_iter()
+            .map(|(port, check)| Atom::HealthCheck(port, check)),
+    );
+    if draining {
+        atoms.push(Atom::Condition(NodeCondition::Draining));
+    }
     atoms
 }
 
@@ -472,7 +507,15 @@ fn arb_atoms() -> impl Strategy<Value = Vec<Atom>> {
         ),
         0..3,
     );
-    (sets, vss, addrs, chains, jumps).prop_map(|(s, v, a, c, j)| assemble(s, v, a, c, j))
+    let facts = (
+        vec(
+            (0..HEALTH_CHECK_PORTS.len(), 0..SERVICES.len(), 0..3u32),
+            0..3,
+        ),
+        any::<bool>(),
+    );
+    (sets, vss, addrs, chains, jumps, facts)
+        .prop_map(|(s, v, a, c, j, f)| assemble(s, v, a, c, j, f))
 }
 
 fn arb_split() -> impl Strategy<Value = (usize, Vec<usize>)> {
@@ -497,6 +540,11 @@ enum Mutation {
     AddAddress(u8, usize),
     RemoveAddress(Index),
     ReplaceChain(Index, usize),
+    /// Adds a health check on a port, or sets its count.
+    SetHealthCheck(usize, u32, usize),
+    RemoveHealthCheck(Index),
+    AddDraining(usize),
+    RemoveDraining,
 }
 
 fn arb_mutation() -> impl Strategy<Value = Mutation> {
@@ -512,6 +560,11 @@ fn arb_mutation() -> impl Strategy<Value = Mutation> {
         (any::<u8>(), 0..3usize).prop_map(|(a, p)| Mutation::AddAddress(a, p)),
         any::<Index>().prop_map(Mutation::RemoveAddress),
         (any::<Index>(), 0..COMMENTS.len()).prop_map(|(c, t)| Mutation::ReplaceChain(c, t)),
+        (0..HEALTH_CHECK_PORTS.len(), 0..4u32, 0..3usize)
+            .prop_map(|(p, n, part)| Mutation::SetHealthCheck(p, n, part)),
+        any::<Index>().prop_map(Mutation::RemoveHealthCheck),
+        (0..3usize).prop_map(Mutation::AddDraining),
+        Just(Mutation::RemoveDraining),
     ]
 }
 
@@ -626,6 +679,47 @@ fn resolve(g: &Gen, m: &Mutation) -> Option<Edit> {
                 Atom::Chain(key.clone(), Arc::new(Chain { rules })),
             ))
         }
+        Mutation::SetHealthCheck(port, n, part) => {
+            let port = HEALTH_CHECK_PORTS[*port];
+            let at = g
+                .atoms
+                .iter()
+                .position(|(a, _)| matches!(a, Atom::HealthCheck(p, _) if *p == port));
+            match at {
+                Some(at) => {
+                    let Atom::HealthCheck(_, check) = &g.atoms[at].0 else {
+                        return None;
+                    };
+                    if check.local_endpoints == *n {
+                        return None;
+                    }
+                    let check = HealthCheck {
+                        local_endpoints: *n,
+                        ..check.clone()
+                    };
+                    Some(Edit::Replace(at, Atom::HealthCheck(port, check)))
+                }
+                None => Some(Edit::Add(
+                    Atom::HealthCheck(port, health_check_of(0, *n)),
+                    part % g.nparts,
+                )),
+            }
+        }
+        Mutation::RemoveHealthCheck(i) => {
+            let all = g.indices(|a| matches!(a, Atom::HealthCheck(..)));
+            (!all.is_empty()).then(|| Edit::Remove(*i.get(&all)))
+        }
+        Mutation::AddDraining(part) => {
+            let atom = Atom::Condition(NodeCondition::Draining);
+            if g.atoms.iter().any(|(a, _)| *a == atom) {
+                return None;
+            }
+            Some(Edit::Add(atom, part % g.nparts))
+        }
+        Mutation::RemoveDraining => {
+            let all = g.indices(|a| matches!(a, Atom::Condition(..)));
+            all.first().map(|at| Edit::Remove(*at))
+        }
     }
 }
 
@@ -661,7 +755,8 @@ fn perform(g: &mut Gen, state: &mut NodeDataplane, edit: Edit) {
 
 /// Breaks the precondition of `change` in `base`: removes what the change
 /// removes or edits, or adds what it adds. `None` for a change without a
-/// precondition (`ChainReplaced`) or when `base` already broke it.
+/// precondition (`ChainReplaced`, `HealthCheckSet`) or when `base` already
+/// broke it.
 fn sabotage(base: &mut Fragment, change: &Change) -> Option<()> {
     let edit_reals =
         |base: &mut Fragment, key: &VirtualServerKey, edit: &dyn Fn(&mut Vec<RealServer>)| {
@@ -738,6 +833,16 @@ fn sabotage(base: &mut Fragment, change: &Change) -> Option<()> {
         }
         Change::JumpRemoved { jump } => {
             base.remove_jump(jump).then_some(())?;
+        }
+        Change::HealthCheckSet { .. } => return None,
+        Change::HealthCheckRemoved { port } => {
+            base.remove_health_check(*port)?;
+        }
+        Change::NodeConditionAdded { condition } => {
+            base.add_node_condition(*condition).then_some(())?;
+        }
+        Change::NodeConditionRemoved { condition } => {
+            base.remove_node_condition(*condition).then_some(())?;
         }
     }
     Some(())
@@ -847,7 +952,12 @@ proptest! {
         let (a, b) = (ga.build(), gb.build());
         let d = diff(&a, &b);
         let checkable: Vec<usize> = (0..d.changes.len())
-            .filter(|&i| !matches!(d.changes[i], Change::ChainReplaced { .. }))
+            .filter(|&i| {
+                !matches!(
+                    d.changes[i],
+                    Change::ChainReplaced { .. } | Change::HealthCheckSet { .. }
+                )
+            })
             .collect();
         prop_assume!(!checkable.is_empty());
         let index = *pick.get(&checkable);
@@ -867,10 +977,13 @@ proptest! {
 // --- a worked example ----------------------------------------------------------
 
 mod example {
-    use setpoint_dataplane::{Change, Family, Protocol, Scheduler, SetType, Table, apply, diff};
+    use setpoint_dataplane::{
+        Change, Family, NodeCondition, Protocol, Scheduler, SetType, Table, apply, diff,
+    };
 
     use crate::fixtures::{
-        StateBuilder, entry, ip, mk_chain_key, mk_jump, mk_rs, mk_spec, mk_vs, mk_vs_key, state,
+        StateBuilder, entry, ip, mk_chain_key, mk_health_check, mk_jump, mk_rs, mk_spec, mk_vs,
+        mk_vs_key, state,
     };
 
     const SVC: &str = "SETPOINT-SERVICES";
@@ -894,6 +1007,9 @@ mod example {
             .chain(Family::Inet, Table::Nat, SVC, &[&["-j", "ACCEPT"]])
             .chain(Family::Inet, Table::Nat, "SETPOINT-OLD", &[])
             .jump(Family::Inet, Table::Nat, "PREROUTING", 0, &["-j", SVC])
+            .health_check(30000, "default/web", 1)
+            .health_check(30001, "default/gone", 0)
+            .health_check(30003, "default/same", 2)
     }
 
     fn after() -> StateBuilder {
@@ -916,6 +1032,11 @@ mod example {
             .address("fd00::10")
             .chain(Family::Inet, Table::Nat, SVC, &[&["-j", "DROP"]])
             .jump(Family::Inet, Table::Nat, "OUTPUT", 0, &["-j", SVC])
+            .health_check(30002, "default/new", 0)
+            .health_check(30003, "default/same", 2)
+            .part("cluster")
+            .health_check(30000, "default/web", 3)
+            .draining()
     }
 
     fn expected() -> Vec<Change> {
@@ -990,6 +1111,18 @@ mod example {
             },
             Change::JumpRemoved {
                 jump: mk_jump(Family::Inet, Table::Nat, "PREROUTING", 0, &["-j", SVC]),
+            },
+            Change::HealthCheckSet {
+                port: 30000,
+                health_check: mk_health_check("default/web", 3),
+            },
+            Change::HealthCheckSet {
+                port: 30002,
+                health_check: mk_health_check("default/new", 0),
+            },
+            Change::HealthCheckRemoved { port: 30001 },
+            Change::NodeConditionAdded {
+                condition: NodeCondition::Draining,
             },
         ]
     }
