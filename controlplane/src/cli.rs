@@ -61,10 +61,11 @@ pub struct ServeArgs {
     /// service account, else `$KUBECONFIG` or `~/.kube/config`).
     #[arg(long, env = "SETPOINT_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
-    /// The revision store: sqlite://FILE or postgres://….
+    /// The revision store: sqlite://FILE (created when missing, unless
+    /// the URL sets `?mode=` itself) or postgres://….
     #[arg(
         long,
-        default_value = "sqlite://setpoint.db?mode=rwc",
+        default_value = "sqlite://setpoint.db",
         env = "SETPOINT_DATABASE"
     )]
     pub database: String,

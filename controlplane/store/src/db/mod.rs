@@ -102,14 +102,37 @@ pub(crate) fn digest_of(bytes: &[u8], table: &'static str, column: &str) -> Resu
         })
 }
 
+/// Whether a `sqlite:` URL's query sets `mode=` (ro, rw, rwc, memory).
+fn sqlite_url_names_mode(url: &str) -> bool {
+    url.split_once('?')
+        .is_some_and(|(_, query)| query.split('&').any(|pair| pair.starts_with("mode=")))
+}
+
 impl Db {
     pub(crate) async fn open(url: &str, max_connections: u32) -> Result<Db> {
         if url.starts_with("sqlite:") {
-            let options = SqliteConnectOptions::from_str(url)
-                .map_err(|source| StoreError::Connect {
+            let options =
+                SqliteConnectOptions::from_str(url).map_err(|source| StoreError::Connect {
                     backend: "SQLite",
                     source,
-                })?
+                })?;
+            // sqlx opens an existing file only unless the URL says
+            // `?mode=rwc`; an operator naming a file means "keep the store
+            // there", so a URL without any `mode=` creates it. An explicit
+            // `mode=ro`/`mode=rw` is left as written.
+            let options = if sqlite_url_names_mode(url) {
+                options
+            } else {
+                let file = options.get_filename();
+                if !file.as_os_str().is_empty()
+                    && file != std::path::Path::new(":memory:")
+                    && !file.exists()
+                {
+                    tracing::info!(file = %file.display(), "creating the SQLite store");
+                }
+                options.create_if_missing(true)
+            };
+            let options = options
                 .journal_mode(SqliteJournalMode::Wal)
                 // Nothing acknowledged may be lost, even on power loss.
                 .synchronous(SqliteSynchronous::Full)

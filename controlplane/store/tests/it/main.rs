@@ -41,4 +41,5 @@ mod integrity;
 mod revisions;
 mod rollback;
 mod sharing;
+mod sqlite_url;
 mod support;
