@@ -6,6 +6,7 @@ use std::process::{Command, Output};
 pub mod cluster;
 pub mod netns_agent;
 pub mod postgres;
+pub mod service_matrix;
 pub mod vm;
 
 /// The status code of `GET /readyz` on a metrics listener.

@@ -75,6 +75,9 @@ const MODULES: &[&str] = &[
     "ip6table_raw",
     "dummy",
     "veth",
+    // SCTP sockets for the Service matrix's probes (IPVS and conntrack
+    // handle SCTP themselves).
+    "sctp",
     "virtio_pci",
     "virtio_blk",
     "9pnet_virtio",
@@ -120,6 +123,7 @@ const ERROR_MARKER: &str = "SETPOINT-VM-ERROR ";
 /// so it cannot outgrow this.
 const OUT_DISK_BYTES: u64 = 512 << 20;
 const QEMU: &str = "qemu-system-x86_64";
+const DEFAULT_MEMORY_MIB: u32 = 512;
 
 #[derive(Debug)]
 pub enum VmError {
@@ -302,6 +306,12 @@ impl Vm {
 
     /// Boots the kernel with the job and waits for it to power off.
     pub fn run(&self, job: &VmJob) -> Result<VmOutput, VmError> {
+        self.run_sized(job, DEFAULT_MEMORY_MIB)
+    }
+
+    /// [`Vm::run`] with `memory_mib` of guest RAM (which also holds the
+    /// initramfs root).
+    pub fn run_sized(&self, job: &VmJob, memory_mib: u32) -> Result<VmOutput, VmError> {
         let work = tempfile::tempdir().map_err(setup("temporary directory"))?;
         let root = work.path().join("root");
         write(&root.join("setpoint/job.sh"), job.script.as_bytes(), 0o755)?;
@@ -349,7 +359,8 @@ impl Vm {
         let stderr =
             fs::File::create(work.path().join("qemu.stderr")).map_err(setup("qemu.stderr"))?;
         let mut child = Command::new(QEMU)
-            .args(["-accel", "tcg", "-cpu", "max", "-m", "512"])
+            .args(["-accel", "tcg", "-cpu", "max", "-m"])
+            .arg(memory_mib.to_string())
             .args(["-nographic", "-no-reboot", "-nic", "none"])
             .arg("-kernel")
             .arg(&self.vmlinux)

@@ -18,5 +18,6 @@ mod rollout;
 mod running_failures;
 mod running_system;
 mod service_hijacks;
+mod service_matrix;
 mod sigkill;
 mod vm_smoke;
