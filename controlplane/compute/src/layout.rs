@@ -303,10 +303,16 @@ const FILTER_LINES: &[&str] = &[
 /// nftables mode refuses unallocated ClusterIPs, instead of being routed
 /// off the node. Held addresses are local, so from pods they reach INPUT,
 /// never FORWARD; from the node itself OUTPUT sees them, hence the
-/// `SP-IPVS-IPS` exception. Plain `REJECT` answers ICMP port unreachable
-/// (ICMPv6 for ip6tables): TCP's connect fails with "connection refused"
-/// as with a reset, and UDP and SCTP senders learn it too, with one rule.
+/// `SP-IPVS-IPS` exception.
+///
+/// TCP gets a reset: an ICMP error that reaches a socket while its
+/// `connect` still holds it (a pod's veth and the node's own stack deliver
+/// it within the call) is only a soft error, and the refusal is learnt
+/// from the retransmitted SYN a second later; a reset is queued and ends
+/// the connect at once (measured in a netns: 1.04 s against 13 ms). Other
+/// protocols get ICMP (ICMPv6) port unreachable, plain `REJECT`'s default.
 const SERVICE_CIDR_LINES: &[&str] = &[
+    r#"-A SP-SERVICES -p tcp -m comment --comment "unallocated service address" -m conntrack --ctstate NEW -m set --match-set SP-SERVICE-CIDR dst -m set ! --match-set SP-IPVS-IPS dst -j REJECT --reject-with tcp-reset"#,
     r#"-A SP-SERVICES -m comment --comment "unallocated service address" -m conntrack --ctstate NEW -m set --match-set SP-SERVICE-CIDR dst -m set ! --match-set SP-IPVS-IPS dst -j REJECT"#,
 ];
 

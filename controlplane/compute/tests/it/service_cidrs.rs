@@ -85,7 +85,7 @@ fn the_flag_fills_the_set_of_its_family_only() {
             .filter(|r| r.contains("SERVICE-CIDR"))
             .count()
     };
-    assert_eq!(rejects(Family::Inet), 1);
+    assert_eq!(rejects(Family::Inet), 2, "TCP reset, ICMP for the rest");
     // No IPv6 service CIDR: no IPv6 set and no rule.
     assert_eq!(rejects(Family::Inet6), 0);
     assert!(state.flatten().set("SP6-SERVICE-CIDR").is_none());
@@ -329,4 +329,14 @@ fn explain_rejects_an_unallocated_address_and_serves_a_held_one() {
             e.reason
         );
     }
+    // TCP is reset; UDP gets the ICMP rule.
+    let tcp = explain(&state, &packet("10.244.1.9", "10.96.0.99", 80, Origin::Pod)).expect("tcp");
+    assert!(tcp.reason.contains("tcp-reset"), "{}", tcp.reason);
+    let udp = Packet {
+        protocol: Protocol::Udp,
+        ..packet("10.244.1.9", "10.96.0.99", 53, Origin::Pod)
+    };
+    let udp = explain(&state, &udp).expect("udp");
+    assert_eq!(udp.verdict, Verdict::Reject, "{}", udp.reason);
+    assert!(!udp.reason.contains("tcp-reset"), "{}", udp.reason);
 }
