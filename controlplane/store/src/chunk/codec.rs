@@ -10,8 +10,9 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use setpoint_dataplane::digest::Encoder;
 use setpoint_dataplane::{
-    AtomError, AtomRun, Chain, ChainKey, Digest, Family, Forward, Jump, Protocol, RealServer, Rule,
-    Scheduler, SetEntry, SetSpec, SetType, Table, VirtualServer, VirtualServerKey,
+    AtomError, AtomRun, Chain, ChainKey, Digest, Family, Forward, HealthCheck, Jump, NodeCondition,
+    Protocol, RealServer, Rule, Scheduler, SetEntry, SetSpec, SetType, Table, VirtualServer,
+    VirtualServerKey,
 };
 
 use super::order::AtomRef;
@@ -24,6 +25,9 @@ const TAG_VS: u8 = 4;
 pub(super) const TAG_ADDRESS: u8 = 5;
 const TAG_CHAIN: u8 = 6;
 const TAG_JUMP: u8 = 7;
+// Tags added later; bytes written before them decode unchanged.
+pub(super) const TAG_HEALTH_CHECK: u8 = 8;
+pub(super) const TAG_NODE_CONDITION: u8 = 9;
 
 /// The chunk encoding: fields as the digest encodes them ([`Encoder`]),
 /// lengths and counts as LEB128.
@@ -48,6 +52,8 @@ impl Encoder for Writer {
 
 const SET_TYPES: [SetType; 6] = SetType::ALL;
 const TABLES: [Table; 4] = Table::ALL;
+/// Node conditions by index; new ones go at the end.
+const NODE_CONDITIONS: [NodeCondition; 1] = NodeCondition::ALL;
 /// In the numbering of [`Encoder::forward`].
 const FORWARDS: [Forward; 3] = [Forward::Masq, Forward::Route, Forward::Tunnel];
 
@@ -115,6 +121,17 @@ fn encode_atom(w: &mut Writer, atom: &AtomRef<'_>, set: Option<&str>) {
             w.str(&jump.from);
             w.u16(jump.position);
             w.rule(&jump.rule);
+        }
+        AtomRef::HealthCheck(port, check) => {
+            w.u8(TAG_HEALTH_CHECK);
+            w.u16(port);
+            w.str(&check.namespace);
+            w.str(&check.name);
+            w.u32(check.local_endpoints);
+        }
+        AtomRef::NodeCondition(condition) => {
+            w.u8(TAG_NODE_CONDITION);
+            w.u8(index_of(&NODE_CONDITIONS, &condition));
         }
     }
 }
@@ -440,6 +457,16 @@ fn decode_atom(r: &mut Reader<'_>, atoms: &mut AtomRun) -> Read<()> {
             position: r.u16()?,
             rule: r.rule()?,
         }),
+        TAG_HEALTH_CHECK => {
+            let port = r.u16()?;
+            let check = HealthCheck {
+                namespace: r.str()?,
+                name: r.str()?,
+                local_endpoints: r.u32()?,
+            };
+            atoms.health_check(port, check)
+        }
+        TAG_NODE_CONDITION => atoms.node_condition(r.pick(&NODE_CONDITIONS, "node condition")?),
         other => return Err(BodyError::AtomTag(other)),
     };
     Ok(added?)

@@ -10,8 +10,10 @@
 //!
 //! - `order`: atoms in canonical order ([`AtomKey`]): set definitions each
 //!   followed by their entries (sets by name), then virtual servers,
-//!   addresses, chains and jumps; walking a fragment from a position, and
-//!   the positions two versions differ at.
+//!   addresses, chains, jumps, health checks and node conditions; walking
+//!   a fragment from a position, and the positions two versions differ at.
+//!   Tags of kinds added later come after the first ones, so bytes
+//!   written before stay readable.
 //! - `codec`: an atom's bytes (the contract's `digest::Encoder` fields,
 //!   LEB128 lengths) and a chunk's decoding, through the contract's
 //!   `AtomRun`, which hashes the atoms and checks their order.

@@ -7,12 +7,14 @@ use std::ops::Bound;
 
 use setpoint_dataplane::digest;
 use setpoint_dataplane::{
-    Chain, ChainKey, Fragment, Jump, SetEntry, SetSpec, VirtualServer, VirtualServerKey,
+    Chain, ChainKey, Fragment, HealthCheck, Jump, NodeCondition, SetEntry, SetSpec, VirtualServer,
+    VirtualServerKey,
 };
 
 /// The position of an atom in the canonical order of a fragment. Derived
 /// `Ord` is that order: a set's definition (`entry: None`) comes before its
-/// entries, sets before virtual servers, then addresses, chains, jumps.
+/// entries, sets before virtual servers, then addresses, chains, jumps,
+/// health checks and node conditions.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum AtomKey {
     Set {
@@ -23,6 +25,8 @@ pub enum AtomKey {
     Address(IpAddr),
     Chain(ChainKey),
     Jump(Jump),
+    HealthCheck(u16),
+    NodeCondition(NodeCondition),
 }
 
 /// One atom of a fragment, borrowed.
@@ -34,6 +38,8 @@ pub enum AtomRef<'a> {
     Address(&'a IpAddr),
     Chain(&'a ChainKey, &'a Chain),
     Jump(&'a Jump),
+    HealthCheck(u16, &'a HealthCheck),
+    NodeCondition(NodeCondition),
 }
 
 impl AtomRef<'_> {
@@ -51,6 +57,8 @@ impl AtomRef<'_> {
             AtomRef::Address(addr) => AtomKey::Address(*addr),
             AtomRef::Chain(key, _) => AtomKey::Chain(key.clone()),
             AtomRef::Jump(jump) => AtomKey::Jump(jump.clone()),
+            AtomRef::HealthCheck(port, _) => AtomKey::HealthCheck(port),
+            AtomRef::NodeCondition(c) => AtomKey::NodeCondition(c),
         }
     }
 
@@ -63,6 +71,8 @@ impl AtomRef<'_> {
             AtomRef::Address(addr) => digest::hash_address(addr),
             AtomRef::Chain(key, chain) => digest::hash_chain(key, chain),
             AtomRef::Jump(jump) => digest::hash_jump(jump),
+            AtomRef::HealthCheck(port, check) => digest::hash_health_check(port, check),
+            AtomRef::NodeCondition(c) => digest::hash_node_condition(c),
         }
     }
 }
@@ -118,6 +128,8 @@ fn atom_rank(key: &AtomKey) -> u8 {
         AtomKey::Address(_) => 2,
         AtomKey::Chain(_) => 3,
         AtomKey::Jump(_) => 4,
+        AtomKey::HealthCheck(_) => 5,
+        AtomKey::NodeCondition(_) => 6,
     }
 }
 
@@ -207,7 +219,31 @@ pub fn atoms_after<'a>(
         .flat_map(move |b| f.maps().jumps.range((b, Bound::Unbounded)))
         .map(AtomRef::Jump);
 
-    set_atoms.chain(vss).chain(addrs).chain(chains).chain(jumps)
+    let port = match after {
+        Some(AtomKey::HealthCheck(p)) => Some(p),
+        _ => None,
+    };
+    let health_checks = section_bound(after, 5, port)
+        .into_iter()
+        .flat_map(move |b| f.maps().health_checks.range((b, Bound::Unbounded)))
+        .map(|(port, check)| AtomRef::HealthCheck(*port, check));
+
+    let condition = match after {
+        Some(AtomKey::NodeCondition(c)) => Some(c),
+        _ => None,
+    };
+    let conditions = section_bound(after, 6, condition)
+        .into_iter()
+        .flat_map(move |b| f.maps().node_conditions.range((b, Bound::Unbounded)))
+        .map(|c| AtomRef::NodeCondition(*c));
+
+    set_atoms
+        .chain(vss)
+        .chain(addrs)
+        .chain(chains)
+        .chain(jumps)
+        .chain(health_checks)
+        .chain(conditions)
 }
 
 /// Keys of the atoms added, removed or changed between `old` and `new`,
@@ -265,6 +301,17 @@ pub fn changed_keys(old: &Fragment, new: &Fragment) -> Vec<AtomKey> {
     for d in old.maps().jumps.diff(new.maps().jumps) {
         let (S::Add(j) | S::Remove(j)) = d;
         out.push(AtomKey::Jump(j.clone()));
+    }
+    for item in old.maps().health_checks.diff(new.maps().health_checks) {
+        let port = match item {
+            M::Add(p, _) | M::Remove(p, _) => p,
+            M::Update { new: (p, _), .. } => p,
+        };
+        out.push(AtomKey::HealthCheck(*port));
+    }
+    for d in old.maps().node_conditions.diff(new.maps().node_conditions) {
+        let (S::Add(c) | S::Remove(c)) = d;
+        out.push(AtomKey::NodeCondition(*c));
     }
     out.sort();
     out.dedup();

@@ -7,11 +7,13 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use setpoint_dataplane::{
-    Chain, ChainKey, Family, Forward, Jump, Protocol, RealServer, Rule, Scheduler, SetEntry,
-    SetSpec, SetType, Table, VirtualServer, VirtualServerKey,
+    Chain, ChainKey, Family, Forward, HealthCheck, Jump, NodeCondition, Protocol, RealServer, Rule,
+    Scheduler, SetEntry, SetSpec, SetType, Table, VirtualServer, VirtualServerKey,
 };
 
-use super::codec::{TAG_ADDRESS, TAG_ENTRY, TAG_ENTRY_SAME_SET};
+use super::codec::{
+    TAG_ADDRESS, TAG_ENTRY, TAG_ENTRY_SAME_SET, TAG_HEALTH_CHECK, TAG_NODE_CONDITION,
+};
 use super::*;
 
 fn spec() -> SetSpec {
@@ -112,7 +114,19 @@ fn sample(n: u32) -> Fragment {
         position: 0,
         rule: Rule::new(["-j", "SP-CHAIN-0"]),
     });
+    for i in 0..n / 10 {
+        f.put_health_check(30000 + i as u16, health_check(i, 1 + i % 3));
+    }
+    f.add_node_condition(NodeCondition::Draining);
     f
+}
+
+fn health_check(i: u32, local_endpoints: u32) -> HealthCheck {
+    HealthCheck {
+        namespace: format!("ns-{}", i % 7),
+        name: format!("svc-{i}"),
+        local_endpoints,
+    }
 }
 
 fn roundtrip(cf: &ChunkedFragment, store: &HashMap<Digest, Vec<u8>>) -> Fragment {
@@ -142,6 +156,8 @@ fn round_trip_every_atom_kind() {
     let back = roundtrip(&cf, &store);
     assert_eq!(back, *f);
     assert_eq!(back.digest(), f.digest());
+    assert_eq!(back.health_checks().count(), 30);
+    assert!(back.has_node_condition(NodeCondition::Draining));
 }
 
 #[test]
@@ -197,6 +213,20 @@ fn undecodable_chunk_with_matching_key_is_an_error() {
         vec![CHUNK_FORMAT, TAG_ADDRESS, 4, 10],
         vec![2],
         vec![CHUNK_FORMAT, TAG_ENTRY, 200, 200, 200],
+        // A node condition past the list of conditions.
+        vec![CHUNK_FORMAT, TAG_NODE_CONDITION, 7],
+        // A health check cut short in its count.
+        vec![
+            CHUNK_FORMAT,
+            TAG_HEALTH_CHECK,
+            0x75,
+            0x30,
+            1,
+            b'a',
+            1,
+            b'b',
+            0,
+        ],
     ] {
         let key = sha256(&body);
         let err = decode_chunk(&key, &body).unwrap_err();
@@ -232,6 +262,44 @@ fn atoms_out_of_order_in_a_chunk_are_an_error() {
             TAG_ADDRESS,
             4,
             10,
+            0,
+            0,
+            1,
+            TAG_ADDRESS,
+            4,
+            10,
+            0,
+            0,
+            1,
+        ],
+        // A node condition before a health check (conditions come last).
+        vec![
+            CHUNK_FORMAT,
+            TAG_NODE_CONDITION,
+            0,
+            TAG_HEALTH_CHECK,
+            0x75,
+            0x30,
+            1,
+            b'a',
+            1,
+            b'b',
+            0,
+            0,
+            0,
+            1,
+        ],
+        // A health check before an address (kernel atoms come first).
+        vec![
+            CHUNK_FORMAT,
+            TAG_HEALTH_CHECK,
+            0x75,
+            0x30,
+            1,
+            b'a',
+            1,
+            b'b',
+            0,
             0,
             0,
             1,
@@ -397,6 +465,9 @@ enum Edit {
     AddAddress(u32),
     RemoveSet,
     PutChain(u8, usize),
+    PutHealthCheck(u32, u32),
+    RemoveHealthCheck(u32),
+    FlipDraining,
 }
 
 fn edit() -> impl Strategy<Value = Edit> {
@@ -408,6 +479,9 @@ fn edit() -> impl Strategy<Value = Edit> {
         (0..400u32).prop_map(Edit::AddAddress),
         Just(Edit::RemoveSet),
         (0..4u8, 0..40usize).prop_map(|(c, r)| Edit::PutChain(c, r)),
+        (0..40u32, 0..3u32).prop_map(|(i, n)| Edit::PutHealthCheck(i, n)),
+        (0..40u32).prop_map(Edit::RemoveHealthCheck),
+        Just(Edit::FlipDraining),
     ]
 }
 
@@ -436,6 +510,17 @@ fn apply_edit(f: &mut Fragment, e: &Edit) {
         Edit::PutChain(c, r) => {
             let (k, v) = chain(&format!("SP-CHAIN-{c}"), *r);
             f.put_chain(k, v);
+        }
+        Edit::PutHealthCheck(i, n) => {
+            f.put_health_check(30000 + *i as u16, health_check(*i, *n));
+        }
+        Edit::RemoveHealthCheck(i) => {
+            f.remove_health_check(30000 + *i as u16);
+        }
+        Edit::FlipDraining => {
+            if !f.remove_node_condition(NodeCondition::Draining) {
+                f.add_node_condition(NodeCondition::Draining);
+            }
         }
     }
 }
