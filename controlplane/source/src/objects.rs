@@ -52,6 +52,7 @@ enum Known {
     Pod,
     Namespace,
     NetworkPolicy,
+    ServiceCidr,
 }
 
 impl Known {
@@ -63,6 +64,7 @@ impl Known {
             "Pod" => Known::Pod,
             "Namespace" => Known::Namespace,
             "NetworkPolicy" => Known::NetworkPolicy,
+            "ServiceCIDR" => Known::ServiceCidr,
             _ => return None,
         })
     }
@@ -71,12 +73,12 @@ impl Known {
         match self {
             Known::Service | Known::Node | Known::Pod | Known::Namespace => "v1",
             Known::EndpointSlice => "discovery.k8s.io/v1",
-            Known::NetworkPolicy => "networking.k8s.io/v1",
+            Known::NetworkPolicy | Known::ServiceCidr => "networking.k8s.io/v1",
         }
     }
 
     fn namespaced(self) -> bool {
-        !matches!(self, Known::Node | Known::Namespace)
+        !matches!(self, Known::Node | Known::Namespace | Known::ServiceCidr)
     }
 
     fn deserialize(self, value: &Value) -> Result<ClusterObject, String> {
@@ -87,6 +89,7 @@ impl Known {
             Known::Pod => ClusterObject::Pod(typed(value)?),
             Known::Namespace => ClusterObject::Namespace(typed(value)?),
             Known::NetworkPolicy => ClusterObject::NetworkPolicy(typed(value)?),
+            Known::ServiceCidr => ClusterObject::ServiceCidr(typed(value)?),
         })
     }
 }
@@ -226,6 +229,7 @@ fn meta_mut(object: &mut ClusterObject) -> &mut ObjectMeta {
         ClusterObject::Pod(o) => &mut o.metadata,
         ClusterObject::Namespace(o) => &mut o.metadata,
         ClusterObject::NetworkPolicy(o) => &mut o.metadata,
+        ClusterObject::ServiceCidr(o) => &mut o.metadata,
     }
 }
 

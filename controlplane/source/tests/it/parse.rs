@@ -90,6 +90,11 @@ apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: deny}
 spec: {podSelector: {}}
+---
+apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata: {name: kubernetes, namespace: ignored}
+spec: {cidrs: [10.96.0.0/12, 'fd00:96::/112']}
 ",
         "
         object Service/default/s
@@ -98,6 +103,7 @@ spec: {podSelector: {}}
         object Pod/default/p
         object Namespace/shop
         object NetworkPolicy/default/deny
+        object ServiceCIDR/kubernetes
         ",
     );
 }
