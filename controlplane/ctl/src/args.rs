@@ -23,27 +23,36 @@ either alone or as `<role> <token>` (the control plane's own file works).";
     about = "Operate a Setpoint control plane: revisions, show, diff, status, rollback, pause, resume, explain",
     after_help = EXIT_CODES
 )]
+/// Global flags may come before or after the verb, as with kubectl
+/// (`setpointctl status -o json`).
 pub struct Cli {
     /// The control plane's admin API: http://HOST:PORT (loopback), or
     /// https://HOST:PORT with --ca.
-    #[arg(long, default_value = "http://127.0.0.1:7444", env = "SETPOINT_SERVER")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "http://127.0.0.1:7444",
+        env = "SETPOINT_SERVER"
+    )]
     pub server: String,
     /// File with the bearer token to present.
-    #[arg(long, env = "SETPOINT_TOKEN_FILE")]
+    #[arg(long, global = true, env = "SETPOINT_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// The CA certificate (PEM) the admin API's certificate must chain
     /// to; required with an https:// --server.
-    #[arg(long, env = "SETPOINT_CA")]
+    #[arg(long, global = true, env = "SETPOINT_CA")]
     pub ca: Option<PathBuf>,
     /// The name the admin API's certificate must carry (default: the host
     /// of --server; set it when reaching the API through a port-forward).
-    #[arg(long, env = "SETPOINT_SERVER_NAME", requires = "ca")]
+    // Not `requires = "ca"`: clap checks that per command level, so
+    // `--ca F status --server-name N` would be refused; `connect` checks it.
+    #[arg(long, global = true, env = "SETPOINT_SERVER_NAME")]
     pub server_name: Option<String>,
     /// Output: human tables or JSON for scripts.
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
     /// Give up on a call after this many seconds.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, global = true, default_value_t = 30)]
     pub timeout: u64,
     #[command(subcommand)]
     pub verb: Verb,
@@ -141,4 +150,83 @@ pub struct ExplainArgs {
     /// Where the packet comes from: pod, outside or node.
     #[arg(long, default_value = "pod")]
     pub from: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(argv: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("setpointctl").chain(argv.iter().copied()))
+    }
+
+    #[test]
+    fn global_flags_are_accepted_before_and_after_the_verb() {
+        let cases: &[(&[&str], Output, &str, u64)] = &[
+            (&["status"], Output::Table, "http://127.0.0.1:7444", 30),
+            (
+                &["-o", "json", "status"],
+                Output::Json,
+                "http://127.0.0.1:7444",
+                30,
+            ),
+            (
+                &["status", "-o", "json"],
+                Output::Json,
+                "http://127.0.0.1:7444",
+                30,
+            ),
+            (
+                &[
+                    "status",
+                    "--output=json",
+                    "--server",
+                    "http://127.0.0.1:9",
+                    "--timeout",
+                    "5",
+                ],
+                Output::Json,
+                "http://127.0.0.1:9",
+                5,
+            ),
+            (
+                &["--timeout", "7", "revisions", "--limit", "3", "-o", "json"],
+                Output::Json,
+                "http://127.0.0.1:7444",
+                7,
+            ),
+        ];
+        for (argv, output, server, timeout) in cases {
+            let cli = parse(argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            assert_eq!(cli.output, *output, "{argv:?}");
+            assert_eq!(cli.server, *server, "{argv:?}");
+            assert_eq!(cli.timeout, *timeout, "{argv:?}");
+        }
+    }
+
+    #[test]
+    fn verb_flags_stay_with_their_verb() {
+        let cli = parse(&[
+            "explain",
+            "--node",
+            "a",
+            "--src",
+            "10.0.0.1",
+            "--dst",
+            "10.96.0.1:80",
+            "-o",
+            "json",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cli.output, Output::Json);
+        assert!(
+            matches!(cli.verb, Verb::Explain(ref a) if a.node == "a" && a.dst == "10.96.0.1:80")
+        );
+        // A verb's own flag before the verb is still a usage error.
+        assert!(parse(&["--limit", "3", "revisions"]).is_err());
+        let cli = parse(&["--ca", "/tmp/ca.pem", "status", "--server-name", "cp"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cli.server_name.as_deref(), Some("cp"));
+        assert_eq!(cli.ca, Some(PathBuf::from("/tmp/ca.pem")));
+    }
 }

@@ -88,6 +88,11 @@ fn is_loopback(host: &str) -> bool {
 fn secure(endpoint: Endpoint, cli: &Cli, with_token: bool) -> Result<Endpoint, Failure> {
     let uri = endpoint.uri();
     let https = uri.scheme_str() == Some("https");
+    if cli.server_name.is_some() && cli.ca.is_none() {
+        return Err(Failure::usage(
+            "--server-name is the name in an https:// server's certificate; it needs --ca FILE",
+        ));
+    }
     match (&cli.ca, https) {
         (Some(ca), true) => {
             let pem = std::fs::read(ca)

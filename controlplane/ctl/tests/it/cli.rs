@@ -394,6 +394,17 @@ async fn usage_unreachable_and_disabled_have_their_exit_codes() {
     assert_eq!(ctl(&["frobnicate"]).await.code, 2);
     let missing = ctl(&["--token-file", "/nonexistent/token", "status"]).await;
     assert_eq!(missing.code, 2, "{}", missing.stderr);
+    // Global flags after the verb are read as before it.
+    let missing = ctl(&["status", "-o", "json", "--token-file", "/nonexistent/token"]).await;
+    assert_eq!(missing.code, 2, "{}", missing.stderr);
+    assert!(
+        missing.stderr.contains("/nonexistent/token"),
+        "{}",
+        missing.stderr
+    );
+    let no_ca = ctl(&["status", "--server-name", "cp"]).await;
+    assert_eq!(no_ca.code, 2, "{}", no_ca.stderr);
+    assert!(no_ca.stderr.contains("--ca"), "{}", no_ca.stderr);
 
     // Nobody listens on this port.
     let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
