@@ -36,12 +36,16 @@ pub struct ComputeArgs {
     /// (Kubernetes allows it always, for kubelet probes).
     #[arg(long, env = "SETPOINT_POLICE_NODE_TRAFFIC")]
     pub police_node_traffic: bool,
-    /// The CIDRs ClusterIPs are allocated from (repeatable); no external or
-    /// load-balancer IP is served inside them. Default: unknown (an
-    /// address equal to any ClusterIP is refused all the same).
+    /// The CIDRs ClusterIPs are allocated from (repeatable), beside the
+    /// cluster's ServiceCIDR objects; no external or load-balancer IP is
+    /// served inside them, and traffic to an address inside them that no
+    /// Service holds is rejected. Default: only the ServiceCIDR objects'
+    /// (with none, an address equal to any ClusterIP is refused all the
+    /// same and nothing is rejected).
     #[arg(
         long = "service-cidr",
         value_delimiter = ',',
+        value_parser = parse_service_cidr,
         env = "SETPOINT_SERVICE_CIDR"
     )]
     pub service_cidrs: Vec<IpNet>,
@@ -65,6 +69,16 @@ pub struct ComputeArgs {
     /// out whole.
     #[arg(long, default_value_t = setpoint_compute::layout::DEFAULT_MAX_SERVICE_ENDPOINTS, env = "SETPOINT_MAX_SERVICE_ENDPOINTS")]
     pub max_service_endpoints: usize,
+}
+
+/// A `--service-cidr`: a CIDR (host bits cut off, as kube-apiserver's
+/// `--service-cluster-ip-range`) that takes in no loopback, link-local,
+/// multicast or unspecified address, which every node would then reject.
+fn parse_service_cidr(text: &str) -> Result<IpNet, String> {
+    let net: IpNet = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a CIDR: {e}"))?;
+    setpoint_compute::admit::service_cidr(net).map_err(|e| e.to_string())
 }
 
 impl ComputeArgs {

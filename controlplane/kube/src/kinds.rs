@@ -1,4 +1,4 @@
-//! The six kinds Setpoint reads: how each is watched, and what of it is kept.
+//! The seven kinds Setpoint reads: how each is watched, and what of it is kept.
 //!
 //! Objects are trimmed to the fields compute reads before they are stored,
 //! and `resourceVersion` and `managedFields` are dropped from all of them,
@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::{
     Container, Namespace, Node, NodeSpec, NodeStatus, Pod, PodSpec, PodStatus, Service,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::networking::v1::{NetworkPolicy, ServiceCIDR};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use kube::runtime::watcher;
@@ -22,13 +22,14 @@ use serde::de::DeserializeOwned;
 use setpoint_compute::{ClusterObject, Kind, ObjectKey};
 
 /// The kinds, in the order snapshots list them.
-pub const KINDS: [&str; 6] = [
+pub const KINDS: [&str; 7] = [
     "Namespace",
     "Node",
     "Service",
     "EndpointSlice",
     "Pod",
     "NetworkPolicy",
+    "ServiceCIDR",
 ];
 
 /// A kind the source watches.
@@ -38,6 +39,11 @@ pub(crate) trait Watched:
     /// As in `ClusterObject::kind`.
     const KIND: Kind;
     const NAMESPACED: bool;
+    /// The API server may not serve this kind (or may not let Setpoint
+    /// list it): a list answered 404 or 403 counts as listed with no
+    /// objects, so the source still becomes ready, and is retried after
+    /// the backoff like any failed list.
+    const OPTIONAL: bool = false;
 
     /// List and watch parameters.
     fn config() -> watcher::Config {
@@ -122,23 +128,55 @@ impl Watched for NetworkPolicy {
     }
 }
 
+/// networking.k8s.io/v1 since Kubernetes 1.33 (beta before, off by
+/// default): older clusters and clusters with the API disabled answer 404,
+/// and a control plane upgraded before its ClusterRole gets 403; either way
+/// the service CIDRs are then `--service-cidr`'s alone.
+impl Watched for ServiceCIDR {
+    const KIND: Kind = Kind::ServiceCidr;
+    const NAMESPACED: bool = false;
+    const OPTIONAL: bool = true;
+    /// Compute reads `spec.cidrs` only.
+    fn trim(&mut self) {
+        let meta = std::mem::take(&mut self.metadata);
+        self.metadata = ObjectMeta {
+            name: meta.name,
+            uid: meta.uid,
+            ..ObjectMeta::default()
+        };
+        self.status = None;
+    }
+    fn wrap(self) -> ClusterObject {
+        ClusterObject::ServiceCidr(self)
+    }
+}
+
 impl Watched for Node {
     const KIND: Kind = Kind::Node;
     const NAMESPACED: bool = false;
-    /// Compute reads a node's labels (zone), `spec.podCIDR(s)` and its
-    /// InternalIP/ExternalIP addresses. Conditions, images and heartbeats
-    /// are most of a Node's updates and none of compute's business.
+    /// Compute reads a node's labels (zone), `spec.podCIDR(s)`, its
+    /// InternalIP/ExternalIP addresses, and whether it is draining (a
+    /// deletion timestamp, the autoscaler's to-be-deleted taint; other
+    /// taints are dropped). Conditions, images and heartbeats are most of
+    /// a Node's updates and none of compute's business.
     fn trim(&mut self) {
         let meta = std::mem::take(&mut self.metadata);
         self.metadata = ObjectMeta {
             name: meta.name,
             uid: meta.uid,
             labels: meta.labels,
+            deletion_timestamp: meta.deletion_timestamp,
             ..ObjectMeta::default()
         };
         self.spec = self.spec.take().map(|s| NodeSpec {
             pod_cidr: s.pod_cidr,
             pod_cidrs: s.pod_cidrs,
+            taints: s.taints.map(|taints| {
+                taints
+                    .into_iter()
+                    .filter(|t| t.key == setpoint_compute::convert::TO_BE_DELETED_TAINT)
+                    .collect()
+            }),
             ..NodeSpec::default()
         });
         self.status = self.status.take().map(|s| NodeStatus {
@@ -258,6 +296,37 @@ mod tests {
             convert::node(&trimmed).unwrap()
         );
         assert!(trimmed.status.as_ref().unwrap().images.is_none());
+    }
+
+    /// What makes a node draining survives the trim; other taints do not.
+    #[test]
+    fn trimmed_nodes_keep_what_drains_them() {
+        let mut deleted = node();
+        deleted.metadata.deletion_timestamp =
+            Some(serde_json::from_value(serde_json::json!("2026-01-01T00:00:00Z")).unwrap());
+        let mut tainted = node();
+        tainted.spec.as_mut().unwrap().taints = Some(
+            serde_json::from_value(serde_json::json!([
+                {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"},
+                {"key": "ToBeDeletedByClusterAutoscaler", "value": "1700000000",
+                    "effect": "NoSchedule"}
+            ]))
+            .unwrap(),
+        );
+        for (full, draining) in [(node(), false), (deleted, true), (tainted, true)] {
+            let ClusterObject::Node(trimmed) = prepare(full.clone()) else {
+                panic!("not a node")
+            };
+            let model = convert::node(&trimmed).unwrap();
+            assert_eq!(model, convert::node(&full).unwrap());
+            assert_eq!(model.draining, draining);
+            let taints = trimmed.spec.and_then(|s| s.taints).unwrap_or_default();
+            assert!(
+                taints
+                    .iter()
+                    .all(|t| t.key == "ToBeDeletedByClusterAutoscaler")
+            );
+        }
     }
 
     #[test]

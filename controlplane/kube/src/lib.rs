@@ -10,7 +10,9 @@
 //! ```
 //!
 //! Kinds: Namespaces, Nodes, Services, EndpointSlices (discovery.k8s.io/v1),
-//! Pods (terminal ones excluded by a field selector) and NetworkPolicies,
+//! Pods (terminal ones excluded by a field selector), NetworkPolicies and
+//! ServiceCIDRs (networking.k8s.io/v1; optional: a server that does not
+//! serve them, or forbids listing them, counts as having none),
 //! cluster-wide. An object that does not decode is left out with its reason
 //! ([`Snapshot::skipped`]) and counted; the rest of its list is kept.
 //! Objects are trimmed to what compute reads (see `kinds`).

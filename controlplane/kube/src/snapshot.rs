@@ -77,7 +77,7 @@ impl Snapshot {
     /// Every object, as the manifest loader's `LoadReport::objects` would
     /// hold them: one per key, namespaced ones with a namespace. Grouped by
     /// kind (`Namespace`, `Node`, `Service`, `EndpointSlice`, `Pod`,
-    /// `NetworkPolicy`), sorted by key within a kind.
+    /// `NetworkPolicy`, `ServiceCIDR`), sorted by key within a kind.
     pub fn objects(&self) -> Vec<ClusterObject> {
         self.iter().cloned().collect()
     }

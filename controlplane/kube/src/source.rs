@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::networking::v1::{NetworkPolicy, ServiceCIDR};
 use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, DefaultBackoff, Event};
 use kube::{Api, Client};
@@ -19,8 +19,8 @@ use crate::lenient::Lenient;
 use crate::snapshot::{HISTORY, KindView, Snapshot};
 
 /// Watches Services, EndpointSlices (discovery.k8s.io/v1), Pods,
-/// Namespaces, Nodes and NetworkPolicies cluster-wide and publishes the
-/// whole view as [`Snapshot`]s.
+/// Namespaces, Nodes, NetworkPolicies and ServiceCIDRs cluster-wide and
+/// publishes the whole view as [`Snapshot`]s.
 pub struct KubeSource;
 
 /// Tuning; [`Options::default`] is what production uses.
@@ -137,6 +137,9 @@ enum Update {
         error: String,
         expired: bool,
     },
+    /// An optional kind's list was answered 404 or 403: the server does
+    /// not serve it (or lets us list it); it counts as listed, empty.
+    Absent(&'static str),
 }
 
 fn entry<K: Watched>(object: Lenient<K>) -> Entry {
@@ -176,14 +179,22 @@ async fn watch_kind<K: Watched>(
                     None,
                 )
             }
-            Err(err) => (
-                Update::Error {
-                    kind: K::KIND.as_str(),
-                    expired: matches!(&err, watcher::Error::WatchError(status) if status.code == 410),
-                    error: err.to_string(),
-                },
-                Some(backoff.next().unwrap_or(MAX_DELAY)),
-            ),
+            Err(err) => {
+                let absent = K::OPTIONAL
+                    && matches!(&err, watcher::Error::InitialListFailed(kube::Error::Api(status))
+                        if matches!(status.code, 403 | 404));
+                if absent && tx.send(Update::Absent(K::KIND.as_str())).await.is_err() {
+                    return;
+                }
+                (
+                    Update::Error {
+                        kind: K::KIND.as_str(),
+                        expired: matches!(&err, watcher::Error::WatchError(status) if status.code == 410),
+                        error: err.to_string(),
+                    },
+                    Some(backoff.next().unwrap_or(MAX_DELAY)),
+                )
+            }
         };
         if tx.send(update).await.is_err() {
             return;
@@ -230,6 +241,7 @@ async fn run(client: Client, options: Options, tx: watch::Sender<Snapshot>) {
     spawn_kind::<EndpointSlice>(&mut tasks, &client, &options, &updates_tx);
     spawn_kind::<Pod>(&mut tasks, &client, &options, &updates_tx);
     spawn_kind::<NetworkPolicy>(&mut tasks, &client, &options, &updates_tx);
+    spawn_kind::<ServiceCIDR>(&mut tasks, &client, &options, &updates_tx);
     drop(updates_tx);
 
     let mut state = State::new(tx.borrow().clone());
@@ -287,6 +299,18 @@ impl State {
                     view.status.last_error = Some(error);
                 }
                 return false;
+            }
+            Update::Absent(kind) => {
+                let Some(view) = self.snapshot.kinds.get_mut(kind) else {
+                    return false;
+                };
+                if view.status.listed {
+                    // Listed before: kept until a list says otherwise.
+                    return false;
+                }
+                tracing::info!(kind, "not served; counted as listed with no objects");
+                view.status.listed = true;
+                return true;
             }
             Update::Event(kind, event) => (kind, event),
         };

@@ -1,3 +1,4 @@
 //! The control-plane binary as operators run it.
 
 mod render;
+mod unallocated;

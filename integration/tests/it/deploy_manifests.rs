@@ -24,15 +24,16 @@ use serde::de::{Deserialize, DeserializeOwned};
 use serde_json::Value;
 
 /// What `--source kube` lists and watches, as (API group, resource): the
-/// six kinds of `controlplane/kube/src/kinds.rs` (`KINDS`). A kind added
+/// seven kinds of `controlplane/kube/src/kinds.rs` (`KINDS`). A kind added
 /// there must be added here and to `deploy/kubernetes/rbac.yaml`.
-const WATCHED: [(&str, &str); 6] = [
+const WATCHED: [(&str, &str); 7] = [
     ("", "namespaces"),
     ("", "nodes"),
     ("", "services"),
     ("discovery.k8s.io", "endpointslices"),
     ("", "pods"),
     ("networking.k8s.io", "networkpolicies"),
+    ("networking.k8s.io", "servicecidrs"),
 ];
 
 /// Verbs a read-only watcher may hold; `list` and `watch` are required.

@@ -52,7 +52,16 @@ pub fn mk_policy(ns: &str, name: &str) -> Value {
             "ingress": [{"from": [{"podSelector": {}}]}]}})
 }
 
-/// One object of every kind, in namespace `shop`.
+pub fn mk_service_cidr(name: &str, cidrs: &[&str]) -> Value {
+    json!({"apiVersion": "networking.k8s.io/v1", "kind": "ServiceCIDR",
+        "metadata": {"name": name, "finalizers": ["networking.k8s.io/service-cidr-finalizer"]},
+        "spec": {"cidrs": cidrs},
+        "status": {"conditions": [{"type": "Ready", "status": "True", "reason": "",
+            "message": "", "lastTransitionTime": "2025-01-01T00:00:00Z"}]}})
+}
+
+/// One object of every kind, in namespace `shop` (ServiceCIDRs are
+/// cluster-scoped).
 pub fn small_cluster() -> Vec<Value> {
     vec![
         mk_namespace("shop"),
@@ -61,5 +70,6 @@ pub fn small_cluster() -> Vec<Value> {
         mk_endpointslice("shop", "web-1", "web", &["10.244.0.5"]),
         mk_pod("shop", "web-0", "node-a", "10.244.0.5"),
         mk_policy("shop", "web-ingress"),
+        mk_service_cidr("kubernetes", &["10.96.0.0/16"]),
     ]
 }

@@ -67,16 +67,19 @@ struct Resource {
     paused: bool,
     /// The next this-many lists fail with 500.
     failing_lists: usize,
+    /// Answered 404 (the server does not serve the resource).
+    unserved: bool,
 }
 
 /// plural → (kind, apiVersion).
-const RESOURCES: [(&str, &str, &str); 6] = [
+const RESOURCES: [(&str, &str, &str); 7] = [
     ("namespaces", "Namespace", "v1"),
     ("nodes", "Node", "v1"),
     ("services", "Service", "v1"),
     ("endpointslices", "EndpointSlice", "discovery.k8s.io/v1"),
     ("pods", "Pod", "v1"),
     ("networkpolicies", "NetworkPolicy", "networking.k8s.io/v1"),
+    ("servicecidrs", "ServiceCIDR", "networking.k8s.io/v1"),
 ];
 
 fn plural_of(kind: &str) -> &'static str {
@@ -271,6 +274,18 @@ impl ApiServer {
         }
     }
 
+    /// `kind` is not served from now on: its lists and watches are answered
+    /// 404, as by a server without the API (or the objects are kept for
+    /// when it is served again).
+    pub fn unserve(&self, kind: &str) {
+        self.lock().resource(kind).unserved = true;
+    }
+
+    /// `kind` is served again.
+    pub fn serve(&self, kind: &str) {
+        self.lock().resource(kind).unserved = false;
+    }
+
     /// The next `n` lists of `kind` fail with 500.
     pub fn fail_lists(&self, kind: &str, n: usize) {
         self.lock().resource(kind).failing_lists = n;
@@ -429,6 +444,17 @@ impl Inner {
                 status(404, "NotFound", "no such resource"),
             );
         };
+        if resource.unserved {
+            return Response::builder()
+                .status(StatusCode::NOT_FOUND)
+                .header("content-type", "text/plain")
+                .body(
+                    Full::new(Bytes::from_static(b"404 page not found"))
+                        .map_err(|never: Infallible| match never {})
+                        .boxed(),
+                )
+                .unwrap();
+        }
         if !watch {
             if resource.failing_lists > 0 {
                 resource.failing_lists -= 1;

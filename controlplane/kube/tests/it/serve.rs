@@ -122,6 +122,11 @@ async fn kube_objects_reach_an_agent_and_watch_events_make_new_revisions() {
         sets.contains("10.96.0.10"),
         "the Service's ClusterIP is in the namespace's ipsets:\n{sets}"
     );
+    // The ServiceCIDR object's range, rejected where no Service holds it.
+    assert!(
+        sets.contains("add SP-SERVICE-CIDR 10.96.0.0/16"),
+        "the ServiceCIDR's range is in SP-SERVICE-CIDR:\n{sets}"
+    );
     let ipvs = rendered(&running, first, Format::Ipvs).await;
     assert!(ipvs.contains("10.244.0.5:8080"), "{ipvs}");
     let problems = running.problems.borrow().clone();

@@ -79,6 +79,7 @@ async fn initial_lists_of_every_kind_make_one_ready_snapshot() {
             "EndpointSlice/shop/web-1",
             "Pod/shop/web-0",
             "NetworkPolicy/shop/web-ingress",
+            "ServiceCIDR/kubernetes",
         ]
     );
     assert!(snapshot.skipped().is_empty());
@@ -119,12 +120,12 @@ async fn not_ready_until_every_initial_list_completed() {
     server.fail_lists("NetworkPolicy", 1_000_000);
     let (mut rx, task) = start(client);
     // Every other kind lists; the snapshot holds them but is not ready.
-    let partial = until(&mut rx, "five kinds listed", |s| {
+    let partial = until(&mut rx, "six kinds listed", |s| {
         KINDS
             .iter()
             .filter(|k| s.status(k).is_some_and(|st| st.listed))
             .count()
-            == 5
+            == 6
     })
     .await;
     assert!(!partial.ready);
@@ -157,7 +158,56 @@ async fn not_ready_until_every_initial_list_completed() {
     server.fail_lists("NetworkPolicy", 0);
     let snapshot = ready(&mut rx).await;
     assert!(has(&snapshot, "NetworkPolicy/shop/web-ingress"));
-    assert_eq!(snapshot.len(), 6);
+    assert_eq!(snapshot.len(), 7);
+    task.abort();
+}
+
+/// A server without the ServiceCIDR API (Kubernetes before 1.33, or the
+/// API off) answers 404: the source is ready without it, keeps asking,
+/// and takes the objects in once the API is served.
+#[tokio::test]
+async fn a_server_without_service_cidrs_is_ready_without_them() {
+    let (server, client) = ApiServer::start(small_cluster());
+    server.unserve("ServiceCIDR");
+    let (mut rx, task) = start(client);
+    let snapshot = ready(&mut rx).await;
+    assert!(
+        !has(&snapshot, "ServiceCIDR/kubernetes"),
+        "{}",
+        describe(&snapshot)
+    );
+    assert!(has(&snapshot, "NetworkPolicy/shop/web-ingress"));
+    let status = snapshot.status("ServiceCIDR").unwrap();
+    assert!(status.listed);
+    // A required kind that is not served is never taken as listed.
+    server.serve("ServiceCIDR");
+    let snapshot = until(&mut rx, "the ServiceCIDR once served", |s| {
+        has(s, "ServiceCIDR/kubernetes")
+    })
+    .await;
+    assert!(snapshot.status("ServiceCIDR").unwrap().errors >= 1);
+    task.abort();
+}
+
+/// A required kind answered 404 keeps the source not ready.
+#[tokio::test]
+async fn a_required_kind_not_served_keeps_the_source_not_ready() {
+    let (server, client) = ApiServer::start(small_cluster());
+    server.unserve("NetworkPolicy");
+    let (mut rx, task) = start(client);
+    let errors = |rx: &watch::Receiver<Snapshot>| {
+        rx.borrow()
+            .status("NetworkPolicy")
+            .map_or(0, |st| st.errors)
+    };
+    let started = tokio::time::Instant::now();
+    while errors(&rx) < 2 {
+        assert!(started.elapsed() < Duration::from_secs(5), "no list errors");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!rx.borrow().ready, "{}", describe(&rx.borrow()));
+    server.serve("NetworkPolicy");
+    ready(&mut rx).await;
     task.abort();
 }
 
@@ -192,7 +242,7 @@ async fn watch_events_update_the_snapshot() {
         })
         .await
     };
-    assert_eq!(snapshot.len(), 7, "{}", describe(&snapshot));
+    assert_eq!(snapshot.len(), 8, "{}", describe(&snapshot));
     assert!(snapshot.generation > first.generation);
     // The oldest change after the first ready snapshot is no later than
     // the newest publication.
@@ -318,7 +368,7 @@ async fn an_object_that_does_not_decode_is_skipped_and_counted() {
     assert!(has(&snapshot, "EndpointSlice/shop/web-1"));
     assert!(has(&snapshot, "EndpointSlice/shop/web-2"));
     assert!(!has(&snapshot, "EndpointSlice/shop/broken"));
-    assert_eq!(snapshot.len(), 7);
+    assert_eq!(snapshot.len(), 8);
     assert_eq!(snapshot.skipped_total, 1);
     let skipped = snapshot.skipped();
     assert_eq!(skipped.len(), 1, "{skipped:?}");
@@ -353,7 +403,7 @@ async fn an_object_that_does_not_decode_is_skipped_and_counted() {
         has(s, "EndpointSlice/shop/web-2") && s.skipped().is_empty()
     })
     .await;
-    assert_eq!(snapshot.len(), 7);
+    assert_eq!(snapshot.len(), 8);
     task.abort();
 }
 
