@@ -242,7 +242,24 @@ impl LinkClient {
     /// except IPv6 link-local ones: the kernel gives one to every interface
     /// that comes up, manages it itself, and it is never a service address.
     pub fn addresses(&mut self, ifindex: u32) -> Result<BTreeSet<IpAddr>, LinkError> {
-        let target = || format!("interface {ifindex}");
+        Ok(self
+            .dump_addresses(|| format!("interface {ifindex}"))?
+            .into_iter()
+            .filter(|(on, address)| *on == ifindex && !is_link_local(address))
+            .map(|(_, address)| address)
+            .collect())
+    }
+
+    /// Every IPv4 and IPv6 address of every interface, with the index of
+    /// the interface that holds it (one dump).
+    pub fn all_addresses(&mut self) -> Result<Vec<(u32, IpAddr)>, LinkError> {
+        self.dump_addresses(|| "all interfaces".to_string())
+    }
+
+    fn dump_addresses(
+        &mut self,
+        target: impl Fn() -> String,
+    ) -> Result<Vec<(u32, IpAddr)>, LinkError> {
         let request = IfaddrmsgBuilder::default()
             .ifa_family(RtAddrFamily::Unspecified)
             .ifa_prefixlen(0)
@@ -252,23 +269,21 @@ impl LinkClient {
             .map_err(encode_error);
         let replies = self.request(
             "list addresses of",
-            target,
+            &target,
             Rtm::Getaddr,
             NlmF::DUMP,
             request,
         )?;
-        let mut addresses = BTreeSet::new();
+        let mut addresses = Vec::with_capacity(replies.len());
         for reply in &replies {
             let read = parse::<Ifaddrmsg>(reply)
                 .map_err(|e| format!("{e:?}"))
                 .and_then(|message| {
-                    Ok(match *message.ifa_index() == ifindex {
-                        true => address_of(&message).map_err(|e| e.to_string())?,
-                        false => None,
-                    })
+                    let address = address_of(&message).map_err(|e| e.to_string())?;
+                    Ok(address.map(|a| (*message.ifa_index(), a)))
                 });
             match read {
-                Ok(address) => addresses.extend(address.filter(|a| !is_link_local(a))),
+                Ok(address) => addresses.extend(address),
                 Err(reason) => return Err(unreadable("list addresses of", target(), reason)),
             }
         }
