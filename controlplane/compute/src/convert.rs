@@ -19,6 +19,9 @@ pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-
 pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// The taint the cluster autoscaler puts on a node it is about to delete:
+/// with it, or a deletion timestamp, the node is draining (KEP-3836).
+pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
 
 /// Why an object (or a part of one) was not used.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -612,6 +615,10 @@ pub fn node(node: &core::Node) -> Result<Node, Rejection> {
             .map(|z| Arc::from(z.as_str())),
         addresses,
         pod_cidrs,
+        draining: node.metadata.deletion_timestamp.is_some()
+            || spec
+                .and_then(|s| s.taints.as_ref())
+                .is_some_and(|taints| taints.iter().any(|t| t.key == TO_BE_DELETED_TAINT)),
     })
 }
 

@@ -113,4 +113,8 @@ pub struct Node {
     /// InternalIP and ExternalIP addresses from the Node's status.
     pub addresses: Vec<IpAddr>,
     pub pod_cidrs: Vec<IpNet>,
+    /// Load balancers should drain the node: it is being deleted
+    /// (`metadata.deletionTimestamp`) or tainted
+    /// `ToBeDeletedByClusterAutoscaler` (KEP-3836).
+    pub draining: bool,
 }

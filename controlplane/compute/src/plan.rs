@@ -5,7 +5,8 @@
 //!  ServicePlan ─┬─ global atoms        (every node: cluster IP sets, addresses, most VSes)
 //!               ├─ atoms_for_zone(z)   (topology-aware Services: one VS per zone)
 //!               └─ atoms_for_node(n)   (n's NodePort addresses, local-only VSes,
-//!                                       hairpin entries for n's endpoints)
+//!                                       hairpin entries for n's endpoints,
+//!                                       the health check with n's count)
 //! ```
 //!
 //! Virtual servers with the same backends are one `Arc`. A NodePort's
@@ -14,14 +15,15 @@
 //! shared by every node when they are cluster-wide, per zone when
 //! topology-aware, per node only with `externalTrafficPolicy: Local`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
 use setpoint_dataplane::template::template_address;
 use setpoint_dataplane::{
-    Family, Forward, Protocol, RealServer, SetEntry, VirtualServer, VirtualServerKey,
+    Family, Forward, HealthCheck, NodeCondition, Protocol, RealServer, SetEntry, VirtualServer,
+    VirtualServerKey,
 };
 
 use crate::layout::{ComputeConfig, SetId, nodeport_addresses};
@@ -33,6 +35,11 @@ pub enum Atom {
     Entry(SetId, Family, SetEntry),
     VirtualServer(VirtualServerKey, Arc<VirtualServer>),
     Address(IpAddr),
+    /// The health check the node's agent serves on a port, with the
+    /// node's own count: in node parts only.
+    HealthCheck(u16, HealthCheck),
+    /// A condition of the node itself: in its own part only.
+    NodeCondition(NodeCondition),
 }
 
 /// The nodes a plan has node-specific atoms for.
@@ -99,11 +106,16 @@ pub fn frontends(svc: &Service) -> Vec<Frontend> {
 }
 
 /// The node's own atoms, whatever the Services: the addresses it serves
-/// NodePorts on, over which the agent expands NodePort templates.
+/// NodePorts on, over which the agent expands NodePort templates, and
+/// whether load balancers should drain it.
 pub fn node_address_atoms(node: &Node, config: &ComputeConfig) -> Vec<Atom> {
-    nodeport_addresses(config, &node.addresses)
+    let mut atoms: Vec<Atom> = nodeport_addresses(config, &node.addresses)
         .map(|ip| Atom::Entry(SetId::NodePortAddresses, Family::of(&ip), SetEntry::Ip(ip)))
-        .collect()
+        .collect();
+    if node.draining {
+        atoms.push(Atom::NodeCondition(NodeCondition::Draining));
+    }
+    atoms
 }
 
 /// Drops repeated atoms, keeping the first: a plan lists each atom once,
@@ -184,16 +196,19 @@ impl ServicePlan {
             .any(|p| p.cluster_level == Level::Zone && (!p.internal_local || !p.external_local))
     }
 
-    /// Which nodes get atoms from [`ServicePlan::atoms_for_node`].
+    /// Which nodes get atoms from [`ServicePlan::atoms_for_node`]. A
+    /// health-check port is served on every node, with a count of 0 where
+    /// the Service has no endpoint.
     pub fn node_scope(&self) -> NodeScope {
-        let every_node = self.ports.iter().any(|p| {
-            (p.node_port.is_some() && p.node_port_needs_node_atoms())
-                || p.internal_local
-                || (p.external_local
-                    && !(p.external_ips.is_empty() && p.load_balancer_ips.is_empty()))
-                || p.cluster_level == Level::Node
-                || !p.source_ranges.is_empty()
-        });
+        let every_node = self.health_check_node_port.is_some()
+            || self.ports.iter().any(|p| {
+                (p.node_port.is_some() && p.node_port_needs_node_atoms())
+                    || p.internal_local
+                    || (p.external_local
+                        && !(p.external_ips.is_empty() && p.load_balancer_ips.is_empty()))
+                    || p.cluster_level == Level::Node
+                    || !p.source_ranges.is_empty()
+            });
         if every_node {
             return NodeScope::All;
         }
@@ -331,7 +346,35 @@ impl ServicePlan {
                 ));
             }
         }
+        if let Some(port) = self.health_check_node_port {
+            out.push(Atom::HealthCheck(
+                port,
+                HealthCheck {
+                    namespace: self.id.namespace.to_string(),
+                    name: self.id.name.to_string(),
+                    local_endpoints: self.local_ready_endpoints(node),
+                },
+            ));
+        }
         dedup(out)
+    }
+
+    /// How many of the Service's endpoints on `node` are ready, each
+    /// address once whatever its ports and slices: what the node's
+    /// health-check port reports. kube-proxy's rule
+    /// (`EndpointsMap.LocalReadyEndpoints`): terminating endpoints, even
+    /// serving ones, do not count, so that load balancers move new
+    /// connections off a node whose endpoints are all going away, while
+    /// the node's virtual servers still send what arrives to them.
+    pub fn local_ready_endpoints(&self, node: &Node) -> u32 {
+        let addresses: BTreeSet<IpAddr> = self
+            .ports
+            .iter()
+            .flat_map(|p| p.backends.iter())
+            .filter(|b| b.ready && b.node.as_deref() == Some(&*node.name))
+            .map(|b| b.address)
+            .collect();
+        u32::try_from(addresses.len()).unwrap_or(u32::MAX)
     }
 }
 

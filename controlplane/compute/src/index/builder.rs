@@ -1,11 +1,11 @@
 //! A fragment under construction from atoms, with reference counts for
 //! atoms several Services contribute.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use setpoint_dataplane::{Family, Fragment, SetEntry};
+use setpoint_dataplane::{Family, Fragment, HealthCheck, NodeCondition, SetEntry};
 
 use crate::layout::SetId;
 use crate::plan::Atom;
@@ -18,6 +18,11 @@ pub(super) struct Builder {
     pub(super) fragment: Arc<Fragment>,
     shared: HashMap<(SetId, Family, SetEntry), u32>,
     addresses: HashMap<IpAddr, u32>,
+    /// Every health check asked for on a port. Two Services asking for one
+    /// port (manifests the API server did not allocate) leave the least in
+    /// the fragment, whatever the order they came in.
+    health_checks: HashMap<u16, BTreeSet<HealthCheck>>,
+    conditions: HashMap<NodeCondition, u32>,
 }
 
 impl Builder {
@@ -42,6 +47,47 @@ impl Builder {
             }
             Atom::VirtualServer(key, vs) => {
                 Arc::make_mut(&mut self.fragment).put_virtual_server(*key, vs.clone());
+            }
+            Atom::HealthCheck(port, check) => {
+                let checks = self.health_checks.entry(*port).or_default();
+                checks.insert(check.clone());
+                self.settle_health_check(*port);
+            }
+            Atom::NodeCondition(condition) => {
+                let count = self.conditions.entry(*condition).or_insert(0);
+                *count += 1;
+                if *count == 1 {
+                    Arc::make_mut(&mut self.fragment).add_node_condition(*condition);
+                }
+            }
+        }
+    }
+
+    /// Puts the least health check asked for on `port` into the fragment,
+    /// or none when none is.
+    fn settle_health_check(&mut self, port: u16) {
+        if self
+            .health_checks
+            .get(&port)
+            .is_some_and(BTreeSet::is_empty)
+        {
+            self.health_checks.remove(&port);
+        }
+        let least = self
+            .health_checks
+            .get(&port)
+            .and_then(|c| c.first())
+            .cloned();
+        if self.fragment.health_check(port) == least.as_ref() {
+            return;
+        }
+        let fragment = Arc::make_mut(&mut self.fragment);
+        match least {
+            Some(check) => {
+                fragment.put_health_check(port, check);
+            }
+            None => {
+                fragment.remove_health_check(port);
             }
         }
     }
@@ -69,6 +115,21 @@ impl Builder {
             }
             Atom::VirtualServer(key, _) => {
                 Arc::make_mut(&mut self.fragment).remove_virtual_server(key);
+            }
+            Atom::HealthCheck(port, check) => {
+                if let Some(checks) = self.health_checks.get_mut(port) {
+                    checks.remove(check);
+                }
+                self.settle_health_check(*port);
+            }
+            Atom::NodeCondition(condition) => {
+                if let Some(count) = self.conditions.get_mut(condition) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.conditions.remove(condition);
+                        Arc::make_mut(&mut self.fragment).remove_node_condition(*condition);
+                    }
+                }
             }
         }
     }

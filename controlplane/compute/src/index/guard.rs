@@ -23,6 +23,8 @@ fn atom_in(part: &Fragment, atom: &Atom) -> bool {
             .is_some_and(|e| e.contains(entry)),
         Atom::VirtualServer(key, _) => part.virtual_server(key).is_some(),
         Atom::Address(ip) => part.has_address(ip),
+        Atom::HealthCheck(port, check) => part.health_check(*port) == Some(check),
+        Atom::NodeCondition(condition) => part.has_node_condition(*condition),
     }
 }
 

@@ -12,6 +12,7 @@ mod conflicts;
 mod endpoints;
 mod examples;
 mod external;
+mod health_checks;
 mod ignored;
 mod incremental;
 mod layout;

@@ -59,6 +59,9 @@ fn pool(p: Pool) -> Vec<ClusterObject> {
         mk_node("node-b", "zone-1", &["192.168.10.12", "fd00:10::12"]),
         mk_node("node-b", "zone-1", &["192.168.10.300"]),
         mk_node("node-c", "zone-2", &["192.168.10.13"]).pod_cidrs(&["10.244.3.0/24"]),
+        // Draining nodes (the health-check node facts' other half).
+        mk_node("node-a", "zone-1", &["192.168.10.11"]).taint("ToBeDeletedByClusterAutoscaler"),
+        mk_node("node-c", "zone-2", &["192.168.10.13"]).deleting(),
         // Services.
         svc("web").cluster_ip("10.96.0.10").port("http", "TCP", 80),
         svc("web")

@@ -75,6 +75,26 @@ impl NodeB {
         self
     }
 
+    /// A taint with `key` (effect NoSchedule).
+    pub fn taint(mut self, key: &str) -> Self {
+        if let Some(spec) = self.0.spec.as_mut() {
+            spec.taints.get_or_insert_with(Vec::new).push(core::Taint {
+                key: key.to_string(),
+                effect: "NoSchedule".into(),
+                ..Default::default()
+            });
+        }
+        self
+    }
+
+    /// `metadata.deletionTimestamp` set: the Node is being deleted.
+    pub fn deleting(mut self) -> Self {
+        self.0.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(Default::default()),
+        );
+        self
+    }
+
     pub fn address(mut self, type_: &str, ip: &str) -> Self {
         if let Some(status) = self.0.status.as_mut() {
             status
