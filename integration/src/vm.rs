@@ -306,12 +306,18 @@ impl Vm {
 
     /// Boots the kernel with the job and waits for it to power off.
     pub fn run(&self, job: &VmJob) -> Result<VmOutput, VmError> {
-        self.run_sized(job, DEFAULT_MEMORY_MIB)
+        self.run_sized(job, DEFAULT_MEMORY_MIB, |_| false)
     }
 
     /// [`Vm::run`] with `memory_mib` of guest RAM (which also holds the
-    /// initramfs root).
-    pub fn run_sized(&self, job: &VmJob, memory_mib: u32) -> Result<VmOutput, VmError> {
+    /// initramfs root), printing to stdout, as they come, the console
+    /// lines `echo` picks (for progress of a long job).
+    pub fn run_sized(
+        &self,
+        job: &VmJob,
+        memory_mib: u32,
+        echo: fn(&str) -> bool,
+    ) -> Result<VmOutput, VmError> {
         let work = tempfile::tempdir().map_err(setup("temporary directory"))?;
         let root = work.path().join("root");
         write(&root.join("setpoint/job.sh"), job.script.as_bytes(), 0o755)?;
@@ -386,7 +392,22 @@ impl Vm {
         // Read while qemu runs: a full pipe would stall the guest.
         let console = std::thread::spawn(move || {
             let mut bytes = Vec::new();
-            let _ = stdout.read_to_end(&mut bytes);
+            let mut chunk = [0u8; 4096];
+            let mut shown = 0;
+            while let Ok(n) = stdout.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                bytes.extend_from_slice(&chunk[..n]);
+                while let Some(end) = bytes[shown..].iter().position(|b| *b == b'\n') {
+                    let line = String::from_utf8_lossy(&bytes[shown..shown + end]);
+                    let line = line.trim_end_matches('\r');
+                    if echo(line) {
+                        println!("{line}");
+                    }
+                    shown += end + 1;
+                }
+            }
             bytes
         });
         let status = wait_until(&mut child, job.timeout);

@@ -2,7 +2,7 @@
 //! `setpoint_integration::service_matrix`.
 //!
 //! ```text
-//! cargo build -p setpoint-controlplane -p setpoint-agent -p setpoint-ctl -p setpoint-integration --bins
+//! cargo build -p setpoint-controlplane -p setpoint-agent -p setpoint-integration --bins
 //! target/debug/setpoint-service-matrix integration/scenarios/services        # the whole matrix
 //! target/debug/setpoint-service-matrix integration/scenarios/services/01-clusterip   # one scenario
 //! ```
@@ -78,7 +78,24 @@ fn main() -> ExitCode {
     };
     match service_matrix::run_in_vm(&scenarios, &me, &binaries, &keep) {
         Ok(run) => {
-            print!("{}", run.results);
+            // The probe lines were printed as the guest wrote them; the
+            // failures again, and the summary, last.
+            let failures: Vec<&str> = run
+                .results
+                .lines()
+                .filter(|l| l.starts_with("FAIL "))
+                .collect();
+            if !failures.is_empty() {
+                println!("failures:");
+                for line in &failures {
+                    println!("{line}");
+                }
+            }
+            for line in run.results.lines().filter(|l| {
+                !l.starts_with("PASS ") && !l.starts_with("FAIL ") && !l.starts_with("# ")
+            }) {
+                println!("{line}");
+            }
             println!("guest logs and /out: {}", run.logs.display());
             if run.passed {
                 ExitCode::SUCCESS

@@ -26,8 +26,14 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// A step's manifests reach every node's kernel within this.
 pub const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A kept UDP flow's datagram interval while a step's change lands, and how
+/// long it goes on after every agent acked.
+const FLOW_EVERY: Duration = Duration::from_millis(50);
+const FLOW_AFTER: Duration = Duration::from_millis(500);
+
 const WORK: &str = "/run/service-matrix";
 const ADMIN: &str = "http://127.0.0.1:7444";
+const ADMIN_TOKEN: &str = "service-matrix-admin-token";
 
 struct Processes(Vec<(String, Child)>);
 
@@ -57,6 +63,8 @@ fn spawn(name: &str, logs: &Path, program: &str, args: &[String]) -> anyhow::Res
     let err = log.try_clone()?;
     Command::new(program)
         .args(args)
+        // Logs with timings, for the step times the run prints.
+        .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(err)
@@ -64,73 +72,171 @@ fn spawn(name: &str, logs: &Path, program: &str, args: &[String]) -> anyhow::Res
         .map_err(|e| anyhow::anyhow!("starting {program}: {e}"))
 }
 
-fn ctl(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("setpointctl")
-        .args(["--server", ADMIN, "--token-file", &format!("{WORK}/token")])
-        .args(args)
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "setpointctl {}: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+/// Milliseconds spent asking the admin API (reported per step).
+static ADMIN_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The control plane's admin API, as setpointctl asks it (a bearer token
+/// over plaintext loopback), in-process: under one emulated CPU a
+/// setpointctl process costs seconds the agents need.
+struct Admin {
+    runtime: tokio::runtime::Runtime,
+    token: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+}
+
+impl Admin {
+    fn new(token: &str) -> anyhow::Result<Admin> {
+        Ok(Admin {
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+            token: format!("Bearer {token}").parse()?,
+        })
+    }
+
+    fn call<T>(
+        &self,
+        what: &str,
+        f: impl AsyncFnOnce(
+            &mut setpoint_proto::admin::admin_client::AdminClient<tonic::transport::Channel>,
+        ) -> Result<T, tonic::Status>,
+    ) -> anyhow::Result<T> {
+        let started = Instant::now();
+        let result = self.runtime.block_on(async {
+            let channel = tonic::transport::Endpoint::from_static(ADMIN)
+                .connect_timeout(Duration::from_secs(5))
+                .timeout(Duration::from_secs(30))
+                .connect()
+                .await?;
+            let mut client = setpoint_proto::admin::admin_client::AdminClient::new(channel)
+                .max_decoding_message_size(setpoint_proto::MAX_MESSAGE_BYTES);
+            Ok::<_, anyhow::Error>(f(&mut client).await?)
+        });
+        let ms = started.elapsed().as_millis() as u64;
+        ADMIN_MS.fetch_add(ms, std::sync::atomic::Ordering::Relaxed);
+        eprintln!("admin {what}: {ms} ms");
+        result
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(message);
+        r.metadata_mut().insert("authorization", self.token.clone());
+        r
+    }
+
+    fn status(&self) -> anyhow::Result<setpoint_proto::admin::StatusResponse> {
+        let request = self.request(setpoint_proto::admin::StatusRequest {});
+        self.call("status", async move |c| {
+            Ok(c.status(request).await?.into_inner())
+        })
+    }
+
+    fn node_state(&self, node: &str) -> anyhow::Result<NodeDataplane> {
+        let request = self.request(setpoint_proto::admin::ShowNodeRequest {
+            node: node.to_string(),
+            revision: 0,
+            format: "json".into(),
+        });
+        let text = self.call("show", async move |c| {
+            Ok(c.show_node(request).await?.into_inner().text)
+        })?;
+        Ok(serde_json::from_str(&text)?)
+    }
 }
 
 /// The head revision, once every node's agent holds it, else why not.
-fn converged(nodes: usize, after: u64) -> anyhow::Result<Result<u64, String>> {
-    let status: serde_json::Value = serde_json::from_str(&ctl(&["-o", "json", "status"])?)?;
-    let head = status["head"].as_u64().unwrap_or(0);
+fn converged(admin: &Admin, nodes: usize, after: u64) -> anyhow::Result<Result<u64, String>> {
+    let status = admin.status()?;
+    let head = status.head;
     if head <= after {
         return Ok(Err(format!(
             "head {head}, waiting for a revision after {after}"
         )));
     }
-    let listed = status["nodes"].as_array().cloned().unwrap_or_default();
-    let behind: Vec<String> = listed
+    let behind: Vec<String> = status
+        .nodes
         .iter()
-        .filter(|n| n["at_head"].as_bool() != Some(true))
+        .filter(|n| !n.at_head)
         .map(|n| {
             format!(
                 "{} at {} ({} {})",
-                n["node"].as_str().unwrap_or("?"),
-                n["applied_revision"],
-                n["result"].as_str().unwrap_or(""),
-                n["error"].as_str().unwrap_or("")
+                n.node, n.applied_revision, n.result, n.error
             )
         })
         .collect();
-    if listed.len() < nodes || !behind.is_empty() {
+    if status.nodes.len() < nodes || !behind.is_empty() {
         return Ok(Err(format!(
             "head {head}: {} of {nodes} nodes listed, behind: {}",
-            listed.len(),
+            status.nodes.len(),
             behind.join(", ")
         )));
     }
     Ok(Ok(head))
 }
 
-fn wait_converged(procs: &mut Processes, nodes: usize, after: u64) -> anyhow::Result<u64> {
-    let started = Instant::now();
-    loop {
-        procs.alive()?;
-        let why = match converged(nodes, after) {
-            Ok(Ok(head)) => return Ok(head),
-            Ok(Err(why)) => why,
-            Err(e) => e.to_string(),
-        };
-        if started.elapsed() > CONVERGE_TIMEOUT {
-            anyhow::bail!("not converged after {CONVERGE_TIMEOUT:?}: {why}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+/// `setpoint_agent_revision` from an agent's metrics listener.
+fn agent_revision(port: u16) -> Option<u64> {
+    use std::io::Read;
+    let mut conn = TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(1),
+    )
+    .ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("setpoint_agent_revision "))
+        .and_then(|v| v.trim().parse().ok())
 }
 
-fn node_state(node: &str) -> anyhow::Result<NodeDataplane> {
-    let text = ctl(&["show", "--node", node, "--format", "json"])?;
-    Ok(serde_json::from_str(&text)?)
+/// Waits until every agent's kernel holds a revision after `after` and the
+/// head (the agents' own metric, `setpoint_agent_revision`, polled cheaply;
+/// the admin API's status, which costs the emulated CPU a second or more,
+/// asked only once they moved, or every five seconds in case a revision
+/// leaves some node alone); returns the head.
+fn wait_converged(
+    admin: &Admin,
+    procs: &mut Processes,
+    ports: &[u16],
+    after: u64,
+) -> anyhow::Result<u64> {
+    let started = Instant::now();
+    let mut want = after + 1;
+    let mut last_status = Instant::now();
+    loop {
+        procs.alive()?;
+        let held: Vec<Option<u64>> = ports.iter().map(|p| agent_revision(*p)).collect();
+        let lowest = held.iter().map(|r| r.unwrap_or(0)).min().unwrap_or(0);
+        if lowest >= want || last_status.elapsed() > Duration::from_secs(5) {
+            last_status = Instant::now();
+            let status = admin.status()?;
+            if status.head > after && lowest >= status.head {
+                return Ok(status.head);
+            }
+            if status.head > after
+                && lowest >= want
+                && status.nodes.len() >= ports.len()
+                && status.nodes.iter().all(|n| n.at_head)
+            {
+                // The head changed no state of some node's.
+                return Ok(status.head);
+            }
+            want = want.max(status.head);
+        }
+        if started.elapsed() > CONVERGE_TIMEOUT {
+            let why = match converged(admin, ports.len(), after) {
+                Ok(Err(why)) => why,
+                Ok(Ok(head)) => format!("head {head}"),
+                Err(e) => e.to_string(),
+            };
+            anyhow::bail!(
+                "not converged after {CONVERGE_TIMEOUT:?}: agents hold revisions {held:?}, waiting for {want}; {why}"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The manifests the control plane reads: the cluster's and one scenario
@@ -233,6 +339,8 @@ struct Ctx<'a> {
     states: BTreeMap<String, NodeDataplane>,
     /// Connections kept by `keep`, for a later step's `over`.
     kept: HashMap<String, TcpStream>,
+    /// UDP flows kept by `keep` (one socket, one source port).
+    flows: HashMap<String, std::net::UdpSocket>,
 }
 
 fn source(t: &Topology, from: &str) -> Result<Source, String> {
@@ -431,6 +539,10 @@ impl Ctx<'_> {
             Verdict::Accept | Verdict::NotSetpoint => {
                 if self.topology.pod_of(dst).is_some() {
                     backends.push((dst, probe.port));
+                } else if let Some(other) = self.topology.node_of(dst).filter(|n| n.name != entry) {
+                    // Routed to that node, whose rules see it from outside.
+                    let other = other.name.clone();
+                    return self.explained(&other, Origin::Outside, src, dst, probe, leg2_src);
                 } else if self.topology.node_of(dst).is_some()
                     || self
                         .states
@@ -509,41 +621,63 @@ impl Ctx<'_> {
 
         // The packets, for real.
         let repeat = probe.repeat.max(1);
-        let observed: Vec<Observed> = if let Some(name) = &probe.over {
-            let stream = self
-                .kept
-                .get_mut(name)
-                .ok_or(format!("no connection kept as {name:?}"))?;
-            (0..repeat)
-                .map(|_| probe::ask(stream, PROBE_TIMEOUT))
-                .collect()
-        } else {
-            let proto = probe.protocol;
-            let keep = probe.keep.is_some();
-            let result = setpoint_agent::in_netns(Some(&src.netns), move || {
-                let mut seen = Vec::new();
-                let mut kept = None;
-                for i in 0..repeat {
-                    if keep && i == 0 {
-                        match probe::connect(proto, to, PROBE_TIMEOUT) {
-                            Ok(mut s) => {
-                                seen.push(probe::ask(&mut s, PROBE_TIMEOUT));
-                                kept = Some(s);
-                            }
-                            Err(o) => seen.push(o),
-                        }
-                    } else {
-                        seen.push(probe::once(proto, to, PROBE_TIMEOUT));
+        let observed: Vec<Observed> =
+            if let Some(name) = probe.over.as_ref().filter(|_| probe.protocol == Proto::Udp) {
+                let socket = self
+                    .flows
+                    .get(name)
+                    .ok_or(format!("no UDP flow kept as {name:?}"))?;
+                probe::drain_udp(socket);
+                (0..repeat)
+                    .map(|_| probe::ask_udp(socket, PROBE_TIMEOUT))
+                    .collect()
+            } else if let (Some(name), Proto::Udp) = (&probe.keep, probe.protocol) {
+                let made = setpoint_agent::in_netns(Some(&src.netns), move || {
+                    probe::udp_flow(to, PROBE_TIMEOUT)
+                })
+                .map_err(|e| format!("entering {}: {e}", src.netns))?;
+                match made {
+                    Ok((socket, first)) => {
+                        self.flows.insert(name.clone(), socket);
+                        vec![first]
                     }
+                    Err(o) => vec![o],
                 }
-                (seen, kept)
-            })
-            .map_err(|e| format!("entering {}: {e}", src.netns))?;
-            if let (Some(name), Some(stream)) = (&probe.keep, result.1) {
-                self.kept.insert(name.clone(), stream);
-            }
-            result.0
-        };
+            } else if let Some(name) = &probe.over {
+                let stream = self
+                    .kept
+                    .get_mut(name)
+                    .ok_or(format!("no connection kept as {name:?}"))?;
+                (0..repeat)
+                    .map(|_| probe::ask(stream, PROBE_TIMEOUT))
+                    .collect()
+            } else {
+                let proto = probe.protocol;
+                let keep = probe.keep.is_some();
+                let result = setpoint_agent::in_netns(Some(&src.netns), move || {
+                    let mut seen = Vec::new();
+                    let mut kept = None;
+                    for i in 0..repeat {
+                        if keep && i == 0 {
+                            match probe::connect(proto, to, PROBE_TIMEOUT) {
+                                Ok(mut s) => {
+                                    seen.push(probe::ask(&mut s, PROBE_TIMEOUT));
+                                    kept = Some(s);
+                                }
+                                Err(o) => seen.push(o),
+                            }
+                        } else {
+                            seen.push(probe::once(proto, to, PROBE_TIMEOUT));
+                        }
+                    }
+                    (seen, kept)
+                })
+                .map_err(|e| format!("entering {}: {e}", src.netns))?;
+                if let (Some(name), Some(stream)) = (&probe.keep, result.1) {
+                    self.kept.insert(name.clone(), stream);
+                }
+                result.0
+            };
 
         // Against the expectation.
         let mut problems = Vec::new();
@@ -623,6 +757,71 @@ impl Ctx<'_> {
     }
 }
 
+/// The nodes' kernels as the operator's tools show them, for a failed
+/// probe: `dumps/<scenario>-<step>-<probe>.txt` under `out`.
+fn dump(out: &Path, name: &str, topology: &Topology) {
+    let dir = out.join("dumps");
+    let _ = fs::create_dir_all(&dir);
+    let mut text = String::new();
+    for n in &topology.nodes {
+        for tool in [
+            &["ipvsadm", "-Ln"][..],
+            &["iptables-save"][..],
+            &["ip6tables-save"][..],
+            &["ipset", "list"][..],
+            &["ip", "-o", "addr"][..],
+            &["conntrack", "-L"][..],
+        ] {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &n.name])
+                .args(tool)
+                .output();
+            let _ = writeln!(text, "==== {} {}", n.name, tool.join(" "));
+            match out {
+                Ok(o) => {
+                    text.push_str(&String::from_utf8_lossy(&o.stdout));
+                    text.push_str(&String::from_utf8_lossy(&o.stderr));
+                }
+                Err(e) => {
+                    let _ = writeln!(text, "{e}");
+                }
+            }
+        }
+    }
+    let _ = fs::write(dir.join(format!("{name}.txt")), text);
+}
+
+/// Which pods answered a measured flow, when each took over, and the gap
+/// between the last answer of one and the first of the next.
+fn flow_summary(answers: &[(Duration, String)], acked_ms: u128) -> String {
+    let mut runs: Vec<(String, Duration, Duration)> = Vec::new();
+    for (at, pod) in answers {
+        match runs.last_mut() {
+            Some((p, _, last)) if p == pod => *last = *at,
+            _ => runs.push((pod.clone(), *at, *at)),
+        }
+    }
+    let mut text = runs
+        .iter()
+        .map(|(p, first, last)| format!("{p} +{}..+{} ms", first.as_millis(), last.as_millis()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    for pair in runs.windows(2) {
+        let gap = pair[1].1.saturating_sub(pair[0].2);
+        let _ = write!(
+            text,
+            "; moved {} -> {} with a gap of {} ms ({} datagrams every {} ms)",
+            pair[0].0,
+            pair[1].0,
+            gap.as_millis(),
+            answers.len(),
+            FLOW_EVERY.as_millis()
+        );
+    }
+    let _ = write!(text, "; every agent acked at +{acked_ms} ms");
+    text
+}
+
 /// `reply from a seen-source X` ×N, joined, counted.
 fn summarize(observed: &[Observed]) -> String {
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
@@ -657,7 +856,8 @@ pub fn run(scenarios: &Path, out: &Path) -> anyhow::Result<bool> {
     let manifests = work.join("manifests");
     fs::create_dir_all(&manifests)?;
     let token = work.join("token");
-    fs::write(&token, "admin service-matrix-admin-token\n")?;
+    fs::write(&token, format!("admin {ADMIN_TOKEN}\n"))?;
+    let admin = Admin::new(ADMIN_TOKEN)?;
     fs::set_permissions(&token, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     write_manifests(&manifests, &matrix.cluster, &BTreeMap::new())?;
     let report = setpoint_source::load_path(&manifests)?;
@@ -690,7 +890,7 @@ pub fn run(scenarios: &Path, out: &Path) -> anyhow::Result<bool> {
         "--batch-ms",
         "50",
         "--cluster-cidr",
-        "10.244.0.0/16,fd00:244::/48",
+        "10.244.0.0/16,fd00:244::/32",
         "--service-cidr",
         "10.96.0.0/16,fd00:96::/112",
     ]
@@ -716,6 +916,7 @@ pub fn run(scenarios: &Path, out: &Path) -> anyhow::Result<bool> {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    let agent_ports: Vec<u16> = (0..topology.nodes.len()).map(|i| 9500 + i as u16).collect();
     for (i, node) in topology.nodes.iter().enumerate() {
         let args: Vec<String> = [
             "--node",
@@ -727,7 +928,7 @@ pub fn run(scenarios: &Path, out: &Path) -> anyhow::Result<bool> {
             "--state-dir",
             &format!("{WORK}/agent-{}", node.name),
             "--metrics-listen",
-            &format!("127.0.0.1:{}", 9500 + i),
+            &format!("127.0.0.1:{}", agent_ports[i]),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -743,7 +944,7 @@ pub fn run(scenarios: &Path, out: &Path) -> anyhow::Result<bool> {
         ));
     }
     let t0 = Instant::now();
-    let mut head = wait_converged(&mut procs, topology.nodes.len(), 0)?;
+    let mut head = wait_converged(&admin, &mut procs, &agent_ports, 0)?;
     say(&format!(
         "# control plane and {} agents at revision {head} in {} ms",
         topology.nodes.len(),
@@ -756,12 +957,23 @@ pub fn run(scenarios: &Path, out: &Path) -> anyhow::Result<bool> {
             topology: &topology,
             states: BTreeMap::new(),
             kept: HashMap::new(),
+            flows: HashMap::new(),
         };
         for step in &sc.steps {
+            ADMIN_MS.store(0, std::sync::atomic::Ordering::Relaxed);
             let t0 = Instant::now();
+            // Kept UDP flows keep sending while the step's change lands.
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let mut measuring = Vec::new();
+            for (name, socket) in &ctx.flows {
+                measuring.push((
+                    name.clone(),
+                    probe::measure_flow(socket.try_clone()?, FLOW_EVERY, t0, stop.clone()),
+                ));
+            }
             let changed = write_manifests(&manifests, &matrix.cluster, &step.manifests)?;
             let converge = if changed {
-                match wait_converged(&mut procs, topology.nodes.len(), head) {
+                match wait_converged(&admin, &mut procs, &agent_ports, head) {
                     Ok(h) => {
                         head = h;
                         Ok(())
@@ -772,6 +984,19 @@ pub fn run(scenarios: &Path, out: &Path) -> anyhow::Result<bool> {
                 Ok(())
             };
             let converge_ms = t0.elapsed().as_millis();
+            if !measuring.is_empty() {
+                std::thread::sleep(FLOW_AFTER);
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            for (name, handle) in measuring {
+                let answers = handle.join().unwrap_or_default();
+                say(&format!(
+                    "# {}/{} flow {name}: {}",
+                    sc.name,
+                    step.name,
+                    flow_summary(&answers, converge_ms)
+                ));
+            }
             if let Err(e) = converge {
                 for p in &step.probes {
                     failed += 1;
@@ -781,7 +1006,8 @@ pub fn run(scenarios: &Path, out: &Path) -> anyhow::Result<bool> {
             }
             ctx.states.clear();
             for n in &topology.nodes {
-                ctx.states.insert(n.name.clone(), node_state(&n.name)?);
+                ctx.states
+                    .insert(n.name.clone(), admin.node_state(&n.name)?);
             }
             let t1 = Instant::now();
             for p in &step.probes {
@@ -795,6 +1021,11 @@ pub fn run(scenarios: &Path, out: &Path) -> anyhow::Result<bool> {
                     }
                     Err(line) => {
                         failed += 1;
+                        dump(
+                            out,
+                            &format!("{}-{}-{}", sc.name, step.name, p.name),
+                            &topology,
+                        );
                         say(&format!(
                             "FAIL {}/{} {}: {line}",
                             sc.name, step.name, p.name
@@ -803,9 +1034,10 @@ pub fn run(scenarios: &Path, out: &Path) -> anyhow::Result<bool> {
                 }
             }
             say(&format!(
-                "# {}/{}: revision {head}, converged in {converge_ms} ms, {} probes in {} ms",
+                "# {}/{}: revision {head}, converged in {converge_ms} ms (admin API {} ms, with the states), {} probes in {} ms",
                 sc.name,
                 step.name,
+                ADMIN_MS.load(std::sync::atomic::Ordering::Relaxed),
                 step.probes.len(),
                 t1.elapsed().as_millis()
             ));

@@ -4,8 +4,7 @@
 //! one real `setpoint-agent` per node.
 //!
 //! The host side ([`run_in_vm`]) boots ONE VM for the whole run with the
-//! scenario files, this binary, the control plane, the agent and
-//! setpointctl; the same binary in guest mode ([`guest::run`]) builds the
+//! scenario files, this binary, the control plane and the agent; the same binary in guest mode ([`guest::run`]) builds the
 //! cluster and runs the steps, writing one line per probe
 //! (`PASS|FAIL scenario/step probe: expected X, got Y; explain on NODE: Z`)
 //! and `N passed, M failed` to `/out/results.txt`, which the host prints.
@@ -39,14 +38,14 @@ pub struct MatrixRun {
 }
 
 /// The binaries the guest needs, from `dir` (the cargo target directory's
-/// `debug/`): the control plane, the agent and setpointctl.
+/// `debug/`): the control plane and the agent.
 pub fn binaries_in(dir: &Path) -> Result<Vec<PathBuf>, String> {
     let mut found = Vec::new();
-    for name in ["setpoint-controlplane", "setpoint-agent", "setpointctl"] {
+    for name in ["setpoint-controlplane", "setpoint-agent"] {
         let path = dir.join(name);
         if !path.is_file() {
             return Err(format!(
-                "no {} (build it first: cargo build -p setpoint-controlplane -p setpoint-agent -p setpoint-ctl -p setpoint-integration --bins)",
+                "no {} (build it first: cargo build -p setpoint-controlplane -p setpoint-agent -p setpoint-integration --bins)",
                 path.display()
             ));
         }
@@ -113,7 +112,10 @@ pub fn run_in_vm(
         script: format!("/usr/local/bin/{name} guest {target} /out\n"),
         timeout: VM_TIMEOUT,
     };
-    let out = vm.run_sized(&job, VM_MEMORY_MIB)?;
+    // The guest's probe lines as they come; results.txt has them all.
+    let out = vm.run_sized(&job, VM_MEMORY_MIB, |line| {
+        line.starts_with("PASS ") || line.starts_with("FAIL ") || line.starts_with("# ")
+    })?;
     std::fs::create_dir_all(keep)?;
     for (path, bytes) in &out.files {
         let to = keep.join(path);

@@ -214,8 +214,14 @@ pub fn serve_pod(pod: &str, listeners: Vec<TcpListener>, sockets: Vec<UdpSocket>
         let pod = pod.to_string();
         std::thread::spawn(move || {
             let mut buf = [0u8; 512];
-            while let Ok((_, peer)) = socket.recv_from(&mut buf) {
-                let _ = socket.send_to(format!("{pod} {}\n", peer.ip()).as_bytes(), peer);
+            while let Ok((n, peer)) = socket.recv_from(&mut buf) {
+                // The request's words come back, so that a flow can match
+                // replies to its numbered datagrams.
+                let request = String::from_utf8_lossy(&buf[..n]);
+                let _ = socket.send_to(
+                    format!("{pod} {} {}\n", peer.ip(), request.trim()).as_bytes(),
+                    peer,
+                );
             }
         });
     }
@@ -341,4 +347,84 @@ pub fn once(proto: Proto, to: SocketAddr, timeout: Duration) -> Observed {
             Err(observed) => observed,
         },
     }
+}
+
+/// A UDP socket connected to `to` (a fixed source port: one conntrack
+/// flow) and its first answer.
+pub fn udp_flow(to: SocketAddr, timeout: Duration) -> Result<(UdpSocket, Observed), Observed> {
+    let started = Instant::now();
+    let bind: SocketAddr = if to.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let socket = UdpSocket::bind(bind)
+        .and_then(|s| s.connect(to).map(|()| s))
+        .map_err(|e| classify(&e, started))?;
+    let first = ask_udp(&socket, timeout);
+    Ok((socket, first))
+}
+
+/// One datagram out on a kept flow, its answer back.
+pub fn ask_udp(socket: &UdpSocket, timeout: Duration) -> Observed {
+    let started = Instant::now();
+    let result = socket
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| socket.send(b"probe\n"))
+        .and_then(|_| {
+            let mut buf = [0u8; 512];
+            let n = socket.recv(&mut buf)?;
+            Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+        });
+    match result {
+        Ok(text) => parse_reply(text.trim_end()),
+        Err(e) => classify(&e, started),
+    }
+}
+
+/// Answers left in a kept flow's socket (a flow measurement's stragglers).
+pub fn drain_udp(socket: &UdpSocket) {
+    let mut buf = [0u8; 512];
+    if socket.set_nonblocking(true).is_ok() {
+        while socket.recv(&mut buf).is_ok() {}
+        let _ = socket.set_nonblocking(false);
+    }
+}
+
+/// A numbered datagram every `every` on a kept flow until `stop`, with the
+/// pod that answered each (by number) and when, from `origin`.
+pub fn measure_flow(
+    socket: UdpSocket,
+    every: Duration,
+    origin: Instant,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<(Duration, String)>> {
+    use std::sync::atomic::Ordering;
+    std::thread::spawn(move || {
+        let mut answers = Vec::new();
+        let mut sent: Vec<Duration> = Vec::new();
+        let _ = socket.set_read_timeout(Some(Duration::from_millis(5)));
+        let mut buf = [0u8; 512];
+        let mut next = Instant::now();
+        while !stop.load(Ordering::Relaxed) {
+            if Instant::now() >= next {
+                let _ = socket.send(format!("flow {}\n", sent.len()).as_bytes());
+                sent.push(origin.elapsed());
+                next += every;
+            }
+            if let Ok(n) = socket.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]);
+                let words: Vec<&str> = text.split_whitespace().collect();
+                if let (Some(pod), Some(&"flow"), Some(k)) = (
+                    words.first(),
+                    words.get(2),
+                    words.get(3).and_then(|k| k.parse::<usize>().ok()),
+                ) && let Some(at) = sent.get(k)
+                {
+                    answers.push((*at, pod.to_string()));
+                }
+            }
+        }
+        answers
+    })
 }

@@ -280,3 +280,76 @@ pub fn load(root: &Path) -> Result<Matrix, ScenarioError> {
     }
     Ok(Matrix { cluster, scenarios })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expectations_read_as_written() {
+        let reply = |pods: &[&str], seen: &str| Expect::Reply {
+            from: pods.iter().map(|p| p.to_string()).collect(),
+            seen: seen.into(),
+        };
+        let cases: &[(&str, Result<Expect, &str>)] = &[
+            ("refused", Ok(Expect::Refused)),
+            ("dropped", Ok(Expect::Dropped)),
+            (
+                "{reply: [web-a, web-b], seen: client}",
+                Ok(reply(&["web-a", "web-b"], "client")),
+            ),
+            (
+                "{reply: [web-a], seen: \"node:node-a\"}",
+                Ok(reply(&["web-a"], "node:node-a")),
+            ),
+            ("accepted", Err("want refused, dropped or")),
+            ("{reply: [], seen: client}", Err("expect reply from no pod")),
+        ];
+        for (text, want) in cases {
+            let got: Result<Expect, String> =
+                serde_yaml_ng::from_str(text).map_err(|e| e.to_string());
+            match (want, got) {
+                (Ok(w), Ok(g)) => assert_eq!(&g, w, "{text}"),
+                (Err(w), Err(g)) => assert!(g.contains(w), "{text}: {g}"),
+                (w, g) => panic!("{text}: want {w:?}, got {g:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn steps_carry_files_over_and_replace_them_by_name() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let root = dir.path();
+        let write = |path: &str, text: &str| {
+            let p = root.join(path);
+            fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+            fs::write(p, text).expect("write");
+        };
+        write("cluster/nodes.yaml", "# nodes\n");
+        write("01-x/1-a/services.yaml", "a\n");
+        write("01-x/1-a/slices.yaml", "slices\n");
+        write(
+            "01-x/1-a/probes.yaml",
+            "probes:\n  - {name: p, from: client, to: node:node-a, protocol: tcp, port: 80, expect: refused}\n",
+        );
+        write("01-x/2-b/services.yaml", "b\n");
+        let m = load(root).expect("loads");
+        assert_eq!(m.cluster.keys().collect::<Vec<_>>(), ["nodes.yaml"]);
+        let s = &m.scenarios[0];
+        assert_eq!(s.steps.len(), 2);
+        assert_eq!(s.steps[0].probes.len(), 1);
+        assert_eq!(s.steps[0].probes[0].repeat, 1);
+        assert_eq!(s.steps[1].manifests["services.yaml"], "b\n");
+        assert_eq!(s.steps[1].manifests["slices.yaml"], "slices\n");
+        assert!(s.steps[1].probes.is_empty());
+        // One scenario's directory: its parent holds cluster/.
+        let one = load(&root.join("01-x")).expect("loads");
+        assert_eq!(one.scenarios.len(), 1);
+        // A misspelt field is an error, not a silently default probe.
+        write(
+            "01-x/2-b/probes.yaml",
+            "probes:\n  - {name: p, from: client, to: x, protocol: tcp, port: 80, expect: refused, repaet: 3}\n",
+        );
+        assert!(load(root).is_err());
+    }
+}

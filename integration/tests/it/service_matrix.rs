@@ -15,7 +15,7 @@ fn every_service_behaviour_on_real_packets() {
         "the matrix boots qemu through integration/vm/prepare: run as root (scripts/test)"
     );
     let matrix = PathBuf::from(env!("CARGO_BIN_EXE_setpoint-service-matrix"));
-    // The control plane, agent and setpointctl are other packages'
+    // The control plane and the agent are other packages'
     // binaries: built here into the same target directory.
     let bin_dir = matrix
         .parent()
@@ -29,8 +29,6 @@ fn every_service_behaviour_on_real_packets() {
             "setpoint-controlplane",
             "-p",
             "setpoint-agent",
-            "-p",
-            "setpoint-ctl",
         ])
         .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
         .status()
