@@ -283,6 +283,8 @@ const FILTER_LINES: &[&str] = &[
     "-A SP-FORWARD -m mark --mark {mark}/{mark} -j ACCEPT",
     "-A SP-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
     "-A SP-NODE-PORT -p tcp -m set --match-set SP-HEALTH-CHECK-NODE-PORT dst -j ACCEPT",
+    // TCP gets a reset, the rest ICMP: see SERVICE_CIDR_LINES for why.
+    r#"-A SP-SERVICES -p tcp -m comment --comment "service has no endpoints" -m conntrack --ctstate NEW -m set --match-set SP-NO-ENDPOINTS dst,dst -j REJECT --reject-with tcp-reset"#,
     r#"-A SP-SERVICES -m comment --comment "service has no endpoints" -m conntrack --ctstate NEW -m set --match-set SP-NO-ENDPOINTS dst,dst -j REJECT"#,
     r#"-A SP-SERVICES -m comment --comment "externalTrafficPolicy=Local and no endpoint on this node" -m set ! --match-set SP-CLUSTER-CIDR src -m set --match-set SP-NO-LOCAL-ENDPOINTS dst,dst -j DROP"#,
     "-A SP-PROXY-FIREWALL -m set --match-set SP-LOAD-BALANCER-FW dst,dst -j SP-SOURCE-RANGES-FIREWALL",
@@ -294,6 +296,7 @@ const FILTER_LINES: &[&str] = &[
     "-A SP-IPVS-FILTER -m set --match-set SP-EXTERNAL-IP dst,dst -j RETURN",
     "-A SP-IPVS-FILTER -m set --match-set SP-EXTERNAL-IP-LOCAL dst,dst -j RETURN",
     "-A SP-IPVS-FILTER -m set --match-set SP-HEALTH-CHECK-NODE-PORT dst -j RETURN",
+    r#"-A SP-IPVS-FILTER -p tcp -m comment --comment "service addresses answer on service ports only" -m conntrack --ctstate NEW -m set --match-set SP-IPVS-IPS dst -j REJECT --reject-with tcp-reset"#,
     r#"-A SP-IPVS-FILTER -m comment --comment "service addresses answer on service ports only" -m conntrack --ctstate NEW -m set --match-set SP-IPVS-IPS dst -j REJECT"#,
 ];
 

@@ -1,7 +1,10 @@
 //! The base fragment (every node's `SP-` sets, chains and jumps) pinned by
 //! digest for several configurations: the layout is written as rule lines,
 //! and a change of one word anywhere must be a decision, not an accident.
-//! The digests were taken from the argv-array layout it replaced.
+//! The digests were taken from the argv-array layout it replaced, then
+//! changed once on purpose: TCP rejects (no endpoints, a service address on
+//! another port) became `--reject-with tcp-reset`, refused at once instead
+//! of after the SYN's retransmission.
 
 use setpoint_compute::ComputeConfig;
 use setpoint_compute::layout::base_fragment;
@@ -12,7 +15,7 @@ fn the_base_fragment_is_pinned_per_configuration() {
         (
             "default",
             ComputeConfig::default(),
-            "56017c14dfaf6fe28d684ef27d2b2e10763e5741d10cedd5e9bb0f0fa120366f",
+            "b5dd16fa36c637062f6b5b28af1016da46aa0d5a748ec7358da928b9836fe163",
         ),
         (
             "masquerade all",
@@ -20,7 +23,7 @@ fn the_base_fragment_is_pinned_per_configuration() {
                 masquerade_all: true,
                 ..ComputeConfig::default()
             },
-            "d307d96c9e405b09ea220c4fc847edd8978957b8e81e50fd8c74e24bb26e67c8",
+            "00bf831c21c8226afeb2365a46209c2088ad13cdb35da4b7e3207f618789eff2",
         ),
         (
             "masquerade bit 14",
@@ -28,7 +31,7 @@ fn the_base_fragment_is_pinned_per_configuration() {
                 masquerade_bit: 14,
                 ..ComputeConfig::default()
             },
-            "40e57d73fb4fbac67944f473e8cfaad28d49d9956e8c38c8478566cd6b153ce8",
+            "6979b402ca7eb994089f7f3d87ff5f124ebae1edb6cb0c99ec07a1c1efc6e3b9",
         ),
     ];
     let wrong: Vec<String> = configs
