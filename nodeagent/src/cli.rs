@@ -86,6 +86,41 @@ struct RunArgs {
     /// Fail-safe: seconds without the control plane before the revert.
     #[arg(long, env = "SETPOINT_FAILSAFE_AFTER", default_value_t = 30)]
     failsafe_after: u64,
+    /// kube-proxy's proxy health server: `/healthz` (503 also while the
+    /// node is being deleted or drained) and `/livez`, on this address
+    /// (`[::]:PORT`: dual-stack); empty: not served. Inside --netns.
+    #[arg(
+        long,
+        env = "SETPOINT_HEALTHZ_BIND_ADDRESS",
+        default_value = "0.0.0.0:10256"
+    )]
+    healthz_bind_address: BindAddress,
+    /// Seconds a received revision may wait unapplied (or, after start,
+    /// for a first one) before /healthz, /livez and the health-check ports
+    /// say the proxy is unhealthy (kube-proxy's: twice its 30 s sync).
+    #[arg(long, env = "SETPOINT_HEALTHZ_STALE_AFTER", default_value_t = 60)]
+    healthz_stale_after: u64,
+    /// Serve each `LoadBalancer` + `externalTrafficPolicy: Local`
+    /// Service's healthCheckNodePort (on all addresses, inside --netns;
+    /// never in a dry run). `false`: leave them to another proxy.
+    #[arg(long, env = "SETPOINT_HEALTH_CHECK_PORTS", default_value_t = true, action = clap::ArgAction::Set)]
+    health_check_ports: bool,
+}
+
+/// A listen address, or none (the empty string).
+#[derive(Clone, Copy, Debug)]
+struct BindAddress(Option<std::net::SocketAddr>);
+
+impl std::str::FromStr for BindAddress {
+    type Err = String;
+    fn from_str(s: &str) -> Result<BindAddress, String> {
+        if s.trim().is_empty() {
+            return Ok(BindAddress(None));
+        }
+        s.parse()
+            .map(|a| BindAddress(Some(a)))
+            .map_err(|_| format!("{s:?} is not IP:PORT (e.g. 0.0.0.0:10256, [::]:10256) nor empty"))
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -187,6 +222,14 @@ fn run_agent(args: RunArgs) -> anyhow::Result<bool> {
             window: std::time::Duration::from_secs(args.failsafe_window),
             after: std::time::Duration::from_secs(args.failsafe_after),
         }),
+        health: setpoint_agent::health::HealthConfig {
+            stale_after: std::time::Duration::from_secs(args.healthz_stale_after.max(1)),
+            proxy_listen: args.healthz_bind_address.0,
+            service_ip: args
+                .health_check_ports
+                .then_some(setpoint_agent::health::listen::ALL_ADDRESSES),
+            limits: setpoint_agent::health::Limits::default(),
+        },
         ..AgentOptions::new(String::new(), String::new())
     };
     setpoint_agent::client::check_transport(&options)?;

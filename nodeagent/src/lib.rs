@@ -15,6 +15,7 @@
 
 pub mod apply;
 pub mod client;
+pub mod health;
 pub mod ipset;
 pub mod iptables;
 pub mod ipvs;

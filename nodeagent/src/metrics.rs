@@ -1,11 +1,14 @@
 //! The agent's Prometheus metrics, and its readiness (once the kernel
-//! holds a revision) for the `/readyz` endpoint.
+//! holds a revision) for the `/readyz` endpoint; the health servers'
+//! counters and the proxy's health ([`crate::health::Tracker`]).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -23,6 +26,81 @@ pub struct AgentMetrics {
     pub drained: Counter,
     pub failsafe_reverts: Counter,
     pub apply_seconds: Histogram,
+    pub health: HealthMetrics,
+    /// The proxy's health the health servers answer from, written by the
+    /// client; exported as `setpoint_agent_proxy_healthy`.
+    pub proxy_health: crate::health::Tracker,
+}
+
+/// Which kind of health server.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum HealthServer {
+    /// A Service's health-check node port.
+    Service,
+    /// `/healthz` and `/livez`.
+    Proxy,
+}
+
+/// `service`, `proxy`.
+impl EncodeLabelValue for HealthServer {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        encoder.write_str(match self {
+            HealthServer::Service => "service",
+            HealthServer::Proxy => "proxy",
+        })
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealthRequestLabels {
+    pub server: HealthServer,
+    /// The status answered, `timeout` or `gone` (closed before a request).
+    pub code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HealthServerLabels {
+    pub server: HealthServer,
+}
+
+/// The health servers' metrics; clones count into the same series.
+#[derive(Clone, Debug, Default)]
+pub struct HealthMetrics {
+    pub requests: Family<HealthRequestLabels, Counter>,
+    pub bind_failures: Family<HealthServerLabels, Counter>,
+    /// Health-check ports listening now.
+    pub service_servers: Gauge,
+}
+
+impl HealthMetrics {
+    pub fn request(&self, server: HealthServer, outcome: crate::health::http::Outcome) {
+        use crate::health::http::Outcome;
+        let code = match outcome {
+            Outcome::Answered(status) => status.to_string(),
+            Outcome::TimedOut => "timeout".to_string(),
+            Outcome::Gone => "gone".to_string(),
+        };
+        self.requests
+            .get_or_create(&HealthRequestLabels { server, code })
+            .inc();
+    }
+
+    pub fn bind_failed(&self, server: HealthServer) {
+        self.bind_failures
+            .get_or_create(&HealthServerLabels { server })
+            .inc();
+    }
+
+    /// Requests answered with `code` (`"200"`, `"timeout"`, …) so far.
+    pub fn requests_with(&self, server: HealthServer, code: &str) -> u64 {
+        self.requests
+            .get_or_create(&HealthRequestLabels {
+                server,
+                code: code.to_string(),
+            })
+            .get()
+    }
 }
 
 impl AgentMetrics {
@@ -42,6 +120,8 @@ impl AgentMetrics {
             failsafe_reverts: Counter::default(),
             // 0.5 ms … ~16 s.
             apply_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            health: HealthMetrics::default(),
+            proxy_health: crate::health::Tracker::new(crate::health::DEFAULT_STALE_AFTER),
         };
         let r = &mut registry;
         r.register(
@@ -90,6 +170,22 @@ impl AgentMetrics {
             "Apply including read-back",
             m.apply_seconds.clone(),
         );
+        r.register(
+            "setpoint_agent_health_requests",
+            "Requests to the health servers by server (service: a health-check node port; proxy: /healthz, /livez) and answer",
+            m.health.requests.clone(),
+        );
+        r.register(
+            "setpoint_agent_health_bind_failures",
+            "Health server ports that could not be bound (tried again: a health-check port with the next state, the proxy's every 5 s)",
+            m.health.bind_failures.clone(),
+        );
+        r.register(
+            "setpoint_agent_health_check_servers",
+            "Services' health-check node ports listening",
+            m.health.service_servers.clone(),
+        );
+        r.register_collector(Box::new(m.proxy_health.clone()));
         Arc::new(AgentMetrics { registry, ..m })
     }
 

@@ -21,12 +21,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rand::Rng;
 
 use crate::apply::{Applier, Base, Verified};
+use crate::health::{Health, HealthConfig};
 use crate::metrics::AgentMetrics;
 use crate::services::{IpvsMode, for_target};
 use crate::target::Target;
 
 mod connect;
 mod failsafe;
+mod health;
 mod receive;
 mod record;
 mod session;
@@ -57,6 +59,10 @@ pub struct AgentOptions {
     pub silence_limit: Duration,
     /// The fail-safe; `None`: always fail static.
     pub failsafe: Option<FailsafeConfig>,
+    /// The health servers (kube-proxy's health-check node ports and
+    /// `/healthz`, `/livez`), in `target`'s network namespace; none by
+    /// default. The health-check ports are not opened in a dry run.
+    pub health: HealthConfig,
 }
 
 impl AgentOptions {
@@ -78,6 +84,7 @@ impl AgentOptions {
             heartbeat: Duration::from_secs(10),
             silence_limit: Duration::from_secs(45),
             failsafe: Some(FailsafeConfig::default()),
+            health: HealthConfig::default(),
         }
     }
 }
@@ -114,6 +121,8 @@ pub struct Agent {
     failsafe: Option<Failsafe>,
     /// The revisions of the fail-safe's last revert (from, to).
     reverted: Option<Reverted>,
+    /// Told of every revision applied.
+    health: Health,
 }
 
 fn unix_millis() -> u64 {
@@ -138,16 +147,19 @@ impl Agent {
             .failsafe
             .filter(|f| !options.dry_run && !f.window.is_zero())
             .map(Failsafe::new);
+        let metrics = AgentMetrics::new();
+        let health = health::servers(&options, &metrics);
         Agent {
             options,
             applier: Arc::new(Mutex::new(applier)),
             held: None,
             was_connected: false,
             progress: Arc::default(),
-            metrics: AgentMetrics::new(),
+            metrics,
             recorder: None,
             failsafe,
             reverted: None,
+            health,
         }
     }
 
@@ -170,7 +182,9 @@ impl Agent {
     }
 
     /// Connects, serves, reconnects; returns only if the task is dropped.
+    /// The proxy health server, when configured, runs as long.
     pub async fn run(mut self) {
+        let _proxy_health = self.serve_proxy_health();
         self.resume().await;
         let mut backoff = Duration::from_millis(200);
         loop {
@@ -237,6 +251,7 @@ impl Agent {
         {
             Some(Ok(view)) => {
                 self.record_applied(revision, &state);
+                self.health_applied(&state).await;
                 self.held = Some(Verified {
                     revision,
                     state,

@@ -62,6 +62,7 @@ impl Agent {
             Some(ControlBody::Snapshot(s)) => {
                 self.note(|p| p.snapshots += 1);
                 self.metrics.snapshots.inc();
+                self.metrics.proxy_health.received();
                 // Parts are decoded through the process's cache: a part
                 // this process already holds (another revision's, or in
                 // the fleet benchmark another node's) is not decoded again.
@@ -82,6 +83,7 @@ impl Agent {
             Some(ControlBody::Delta(d)) => {
                 self.note(|p| p.deltas += 1);
                 self.metrics.deltas.inc();
+                self.metrics.proxy_health.received();
                 // The control plane acknowledges a revision that leaves this
                 // node's state unchanged on the agent's behalf, so a delta's
                 // base may be a newer revision of the very state held: the
@@ -180,6 +182,7 @@ impl Agent {
                 let took = started.elapsed();
                 let digest = state.digest();
                 self.record_applied(revision, &state);
+                self.health_applied(&state).await;
                 let before = self.held.replace(Verified {
                     revision,
                     state,

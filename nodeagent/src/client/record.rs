@@ -83,6 +83,7 @@ impl Agent {
             Some(Ok(held)) => {
                 tracing::info!(revision, "the kernel still holds the recorded state");
                 self.note(|p| p.revision = revision);
+                self.health_applied(&held.state).await;
                 self.held = Some(held);
             }
             Some(Err(e)) => {

@@ -12,6 +12,7 @@ use setpoint_dataplane::{
     Chain, ChainKey, Family, Fragment, NodeDataplane, Rule, SetEntry, SetSpec, SetType, Table, diff,
 };
 
+mod health;
 mod kernel_link;
 mod vm_ipvs;
 
