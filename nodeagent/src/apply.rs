@@ -24,15 +24,20 @@
 //! untouched.
 
 use std::borrow::Cow;
+use std::collections::BTreeSet;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use setpoint_dataplane::diff::{apply_to_fragment, diff_fragments};
 use setpoint_dataplane::template::{self, Collision};
-use setpoint_dataplane::validate::{summary, validate_fragment, validate_step};
-use setpoint_dataplane::{Change, Diff, Digest, Fragment, Invalid, NodeDataplane};
+use setpoint_dataplane::validate::{
+    summary, validate_fragment, validate_node_facts, validate_step,
+};
+use setpoint_dataplane::{Change, Diff, Digest, Family, Fragment, Invalid, NodeDataplane};
 
 use crate::ipset::IpsetError;
 use crate::iptables::{IptablesError, RawRules};
+use crate::node_addresses::{LeftOut, NodeAddresses};
 use crate::plan::{Op, PlanError, plan};
 
 mod node;
@@ -83,6 +88,21 @@ pub fn kernel_view(state: &NodeDataplane) -> Result<Fragment, ApplyError> {
     Ok(template::expand(&state.flatten())?)
 }
 
+/// [`kernel_view`] with the node-port address sets filled from the node's
+/// own addresses where `local` chose them ([`NodeAddresses::overlay`]);
+/// what the overlay left out.
+pub fn local_view(
+    state: &NodeDataplane,
+    local: &NodeAddresses,
+) -> Result<(Fragment, LeftOut), ApplyError> {
+    if local.is_none() {
+        return Ok((kernel_view(state)?, LeftOut::default()));
+    }
+    let mut flat = state.flatten();
+    let left_out = local.overlay(state, &mut flat);
+    Ok((template::expand(&flat)?, left_out))
+}
+
 /// [`kernel_view`] of a state the agent was sent, refused unless every
 /// atom passes the contract's checks: what is sent is not trusted.
 /// (Disjointness of the fragments is the control plane's concern; the
@@ -90,6 +110,8 @@ pub fn kernel_view(state: &NodeDataplane) -> Result<Fragment, ApplyError> {
 pub fn checked_view(state: &NodeDataplane) -> Result<Fragment, ApplyError> {
     let view = kernel_view(state)?;
     refuse(validate_fragment(&view))?;
+    // The health servers read the facts the kernel view leaves out.
+    refuse(validate_node_facts(state))?;
     Ok(view)
 }
 
@@ -162,24 +184,60 @@ pub struct Plan<'a> {
 /// does not fit. Refused when the changes break the contract's checks:
 /// `held.view` passed them, so the changed atoms and what they can break
 /// are all that is checked, in time that grows with the change.
-fn kernel_step(held: &Verified, want: &NodeDataplane) -> Result<(Diff, Fragment), ApplyError> {
-    let (changes, goal) = kernel_changes(held, want)?;
+fn kernel_step(
+    held: &Verified,
+    want: &NodeDataplane,
+    local: &NodeAddresses,
+) -> Result<(Diff, Fragment, LeftOut), ApplyError> {
+    let (changes, goal, left_out) = kernel_changes(held, want, local)?;
     refuse(validate_step(&goal, &changes))?;
-    Ok((changes, goal))
+    // A few per node (one per Local load balancer): checked whole.
+    refuse(validate_node_facts(want))?;
+    Ok((changes, goal, left_out))
 }
 
-fn kernel_changes(held: &Verified, want: &NodeDataplane) -> Result<(Diff, Fragment), ApplyError> {
-    let contract = setpoint_dataplane::diff(&held.state, want);
-    if let Some(changes) = template::expand_diff(&held.view, &contract) {
-        let mut goal = held.view.clone();
-        // Not fitting means a collision (or a view that is not `held`'s):
-        // the whole expansion below names it, or gets it right.
-        if apply_to_fragment(&mut goal, &changes).is_ok() {
-            return Ok((changes, goal));
+fn kernel_changes(
+    held: &Verified,
+    want: &NodeDataplane,
+    local: &NodeAddresses,
+) -> Result<(Diff, Fragment, LeftOut), ApplyError> {
+    // The node's own addresses fill a set where `local` chose them: the
+    // held view's templates expand over what it held, so a step from it
+    // holds only while `want` gets those same addresses.
+    let mut left_out = LeftOut::default();
+    let mut same_addresses = true;
+    for family in Family::ALL {
+        let held_entries: BTreeSet<IpAddr> = template::node_port_addresses(&held.view, family)
+            .into_iter()
+            .collect();
+        let wanted = match local.entries(want, family) {
+            Some(overlaid) => {
+                left_out.service_addresses += overlaid.left_out.service_addresses;
+                left_out.over_limit += overlaid.left_out.over_limit;
+                overlaid.entries
+            }
+            // The control plane's list (a change to it is a change to the
+            // set, which `expand_diff` declines below).
+            None => want
+                .parts()
+                .flat_map(|(_, part)| template::node_port_addresses(part, family))
+                .collect(),
+        };
+        same_addresses &= held_entries == wanted;
+    }
+    if same_addresses {
+        let contract = setpoint_dataplane::diff(&held.state, want);
+        if let Some(changes) = template::expand_diff(&held.view, &contract) {
+            let mut goal = held.view.clone();
+            // Not fitting means a collision (or a view that is not `held`'s):
+            // the whole expansion below names it, or gets it right.
+            if apply_to_fragment(&mut goal, &changes).is_ok() {
+                return Ok((changes, goal, left_out));
+            }
         }
     }
-    let goal = kernel_view(want)?;
-    Ok((diff_fragments(&held.view, &goal), goal))
+    let (goal, left_out) = local_view(want, local)?;
+    Ok((diff_fragments(&held.view, &goal), goal, left_out))
 }
 
 /// What plans run on: the node's kernel ([`NodeKernel`]) or none
@@ -273,6 +331,11 @@ pub struct ApplyReport {
 /// Plans and applies wanted states on one [`Kernel`].
 pub struct Applier {
     kernel: Box<dyn Kernel + Send>,
+    /// The node's own addresses for the node-port address sets, where
+    /// `--nodeport-addresses` chose them; none: the control plane's.
+    local: NodeAddresses,
+    /// What the last view left out of those sets (logged when it changes).
+    left_out: LeftOut,
 }
 
 impl Applier {
@@ -288,7 +351,64 @@ impl Applier {
     }
 
     pub fn on(kernel: Box<dyn Kernel + Send>) -> Applier {
-        Applier { kernel }
+        Applier {
+            kernel,
+            local: NodeAddresses::default(),
+            left_out: LeftOut::default(),
+        }
+    }
+
+    /// The node's own addresses to fill the node-port address sets with
+    /// from now on (a local overlay: states keep their digests, only the
+    /// kernel's view changes). Whether they differ from before; the caller
+    /// then re-applies what it holds (a step from [`Base::Held`] sees the
+    /// sets' entries change and expands whole).
+    pub fn set_node_addresses(&mut self, local: NodeAddresses) -> bool {
+        let changed = self.local != local;
+        self.local = local;
+        changed
+    }
+
+    /// What the last planned view left out of the node-port address sets.
+    pub fn left_out(&self) -> LeftOut {
+        self.left_out
+    }
+
+    fn note_left_out(&mut self, left_out: LeftOut) {
+        if left_out != self.left_out {
+            if left_out != LeftOut::default() {
+                tracing::warn!(
+                    service_addresses = left_out.service_addresses,
+                    over_limit = left_out.over_limit,
+                    limit = crate::node_addresses::NODE_PORT_ADDRESS_LIMIT,
+                    "NodePort addresses: local addresses left out of the node-port address sets \
+                     (a Service's address, or past the set's maxelem or the agent's limit)"
+                );
+            }
+            self.left_out = left_out;
+        }
+    }
+
+    /// `state`'s kernel view on this node: [`checked_view`] with the
+    /// node's own addresses where they were chosen.
+    pub fn view(&mut self, state: &NodeDataplane) -> Result<Fragment, ApplyError> {
+        let (view, left_out) = local_view(state, &self.local)?;
+        self.note_left_out(left_out);
+        refuse(validate_fragment(&view))?;
+        refuse(validate_node_facts(state))?;
+        Ok(view)
+    }
+
+    /// `state` checked whole, with its kernel view on this node
+    /// ([`Applier::view`]): [`Verified::check`] with the node's own
+    /// addresses.
+    pub fn check(&mut self, revision: u64, state: NodeDataplane) -> Result<Verified, ApplyError> {
+        let view = self.view(&state)?;
+        Ok(Verified {
+            revision,
+            state,
+            view,
+        })
     }
 
     /// The operations that would take the kernel from `base` to `want`;
@@ -312,9 +432,10 @@ impl Applier {
         refuse_unsupported: bool,
     ) -> Result<Plan<'a>, ApplyError> {
         let (goal, step) = match base {
-            Base::Kernel => (checked_view(want)?, None),
+            Base::Kernel => (self.view(want)?, None),
             Base::Held(held) => {
-                let (changes, goal) = kernel_step(held, want)?;
+                let (changes, goal, left_out) = kernel_step(held, want, &self.local)?;
+                self.note_left_out(left_out);
                 (goal, Some((held, changes)))
             }
         };
@@ -597,5 +718,32 @@ pub(crate) mod tests {
                 Err(ApplyError::Refused { .. })
             ));
         }
+    }
+
+    #[test]
+    fn malformed_health_checks_are_refused_with_the_state() {
+        let state = |namespace: &str| {
+            let mut f = Fragment::new();
+            f.put_health_check(
+                32000,
+                setpoint_dataplane::HealthCheck {
+                    namespace: namespace.to_string(),
+                    name: "web".to_string(),
+                    local_endpoints: 1,
+                },
+            );
+            NodeDataplane::from_fragment(f)
+        };
+        assert!(Verified::check(1, state("shop")).is_ok());
+        let refused = Verified::check(1, state("Not_A_Label"));
+        assert!(
+            matches!(refused, Err(ApplyError::Refused { .. })),
+            "{refused:?}"
+        );
+        let mut applier = Applier::dry_run();
+        assert!(matches!(
+            applier.check(1, state("Not_A_Label")),
+            Err(ApplyError::Refused { .. })
+        ));
     }
 }

@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use setpoint_dataplane::{Diff, NodeDataplane, diff};
 
 use setpoint_agent::apply::{Applier, Base, kernel_view};
+use setpoint_agent::node_addresses::NodePortAddresses;
 use setpoint_agent::plan::{Op, phase};
 use setpoint_agent::services::IpvsMode;
 use setpoint_agent::target::Target;
@@ -105,6 +106,13 @@ struct RunArgs {
     /// never in a dry run). `false`: leave them to another proxy.
     #[arg(long, env = "SETPOINT_HEALTH_CHECK_PORTS", default_value_t = true, action = clap::ArgAction::Set)]
     health_check_ports: bool,
+    /// Which addresses serve NodePorts (kube-proxy's flag): `primary` (the
+    /// default) the Node object's, as the control plane sends them; `all`
+    /// every address of this node's interfaces but loopback, link-local and
+    /// the service interface's; or comma-separated CIDRs, those inside them
+    /// (a family no CIDR names: all of it). Followed as addresses change.
+    #[arg(long, env = "SETPOINT_NODEPORT_ADDRESSES", default_value = "primary")]
+    nodeport_addresses: NodePortAddresses,
 }
 
 /// A listen address, or none (the empty string).
@@ -222,6 +230,7 @@ fn run_agent(args: RunArgs) -> anyhow::Result<bool> {
             window: std::time::Duration::from_secs(args.failsafe_window),
             after: std::time::Duration::from_secs(args.failsafe_after),
         }),
+        node_port_addresses: args.nodeport_addresses,
         health: setpoint_agent::health::HealthConfig {
             stale_after: std::time::Duration::from_secs(args.healthz_stale_after.max(1)),
             proxy_listen: args.healthz_bind_address.0,

@@ -24,6 +24,7 @@ pub mod link;
 pub mod local_state;
 pub mod metrics;
 mod netlink;
+pub mod node_addresses;
 pub use netlink::in_netns;
 pub mod plan;
 pub mod services;

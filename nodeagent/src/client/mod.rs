@@ -23,9 +23,11 @@ use rand::Rng;
 use crate::apply::{Applier, Base, Verified};
 use crate::health::{Health, HealthConfig};
 use crate::metrics::AgentMetrics;
+use crate::node_addresses::{NodeAddresses, NodePortAddresses};
 use crate::services::{IpvsMode, for_target};
 use crate::target::Target;
 
+mod addresses;
 mod connect;
 mod failsafe;
 mod health;
@@ -63,6 +65,9 @@ pub struct AgentOptions {
     /// `/healthz`, `/livez`), in `target`'s network namespace; none by
     /// default. The health-check ports are not opened in a dry run.
     pub health: HealthConfig,
+    /// Where the node-port address sets come from: the control plane's
+    /// list (`primary`), or the node's own addresses, followed.
+    pub node_port_addresses: NodePortAddresses,
 }
 
 impl AgentOptions {
@@ -85,6 +90,7 @@ impl AgentOptions {
             silence_limit: Duration::from_secs(45),
             failsafe: Some(FailsafeConfig::default()),
             health: HealthConfig::default(),
+            node_port_addresses: NodePortAddresses::Primary,
         }
     }
 }
@@ -123,6 +129,8 @@ pub struct Agent {
     reverted: Option<Reverted>,
     /// Told of every revision applied.
     health: Health,
+    /// The node's own NodePort addresses as they change, when followed.
+    addresses: Option<tokio::sync::watch::Receiver<NodeAddresses>>,
 }
 
 fn unix_millis() -> u64 {
@@ -159,6 +167,7 @@ impl Agent {
             recorder: None,
             failsafe,
             reverted: None,
+            addresses: None,
             health,
         }
     }
@@ -185,6 +194,7 @@ impl Agent {
     /// The proxy health server, when configured, runs as long.
     pub async fn run(mut self) {
         let _proxy_health = self.serve_proxy_health();
+        self.follow_addresses().await;
         self.resume().await;
         let mut backoff = Duration::from_millis(200);
         loop {
@@ -213,7 +223,7 @@ impl Agent {
             if let Some(due) = self.failsafe.as_ref().and_then(Failsafe::due_at) {
                 wake = wake.min(due);
             }
-            tokio::time::sleep_until(wake.into()).await;
+            self.sleep_following_addresses(wake).await;
             self.revert_if_due().await;
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }

@@ -79,6 +79,7 @@ impl Agent {
         drift.tick().await;
         let mut reap = tokio::time::interval(Duration::from_secs(1));
         let mut reassembly = Reassembly::default();
+        let mut addresses = self.addresses.clone();
         // A control plane whose packets stop arriving (a blackholed path)
         // leaves the stream open; its heartbeats tell.
         let silence = tokio::time::sleep(self.options.silence_limit);
@@ -110,6 +111,9 @@ impl Agent {
                     "nothing heard from the control plane for {:?}",
                     self.options.silence_limit
                 ),
+                next = super::addresses::changed(&mut addresses) => {
+                    self.addresses_changed(next).await;
+                }
                 _ = drift.tick() => self.repair_drift().await,
                 _ = reap.tick() => {
                     if !self.options.dry_run {

@@ -14,6 +14,7 @@ use setpoint_dataplane::{
 
 mod health;
 mod kernel_link;
+mod node_addresses;
 mod vm_ipvs;
 
 fn example_objects() -> Vec<ClusterObject> {
