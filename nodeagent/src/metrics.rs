@@ -26,6 +26,8 @@ pub struct AgentMetrics {
     pub drained: Counter,
     pub failsafe_reverts: Counter,
     pub apply_seconds: Histogram,
+    /// Failed reads of the node's addresses (`--nodeport-addresses`).
+    pub nodeport_address_failures: Counter,
     pub health: HealthMetrics,
     /// The proxy's health the health servers answer from, written by the
     /// client; exported as `setpoint_agent_proxy_healthy`.
@@ -120,6 +122,7 @@ impl AgentMetrics {
             failsafe_reverts: Counter::default(),
             // 0.5 ms … ~16 s.
             apply_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            nodeport_address_failures: Counter::default(),
             health: HealthMetrics::default(),
             proxy_health: crate::health::Tracker::new(crate::health::DEFAULT_STALE_AFTER),
         };
@@ -169,6 +172,11 @@ impl AgentMetrics {
             "setpoint_agent_apply_duration_seconds",
             "Apply including read-back",
             m.apply_seconds.clone(),
+        );
+        r.register(
+            "setpoint_agent_nodeport_address_read_failures",
+            "Failed reads of, or subscriptions to, the node's interface addresses for --nodeport-addresses (retried)",
+            m.nodeport_address_failures.clone(),
         );
         r.register(
             "setpoint_agent_health_requests",

@@ -150,7 +150,20 @@ pub struct Follower {
 /// with [`NodeAddresses::default`] — the control plane's list — until a
 /// read succeeds.
 pub fn follow(netns: Option<String>, flag: NodePortAddresses) -> Follower {
-    let failures = prometheus_client::metrics::counter::Counter::default();
+    follow_counting(
+        netns,
+        flag,
+        prometheus_client::metrics::counter::Counter::default(),
+    )
+}
+
+/// [`follow`], counting failures in `failures` (the agent's exported
+/// counter).
+pub fn follow_counting(
+    netns: Option<String>,
+    flag: NodePortAddresses,
+    failures: prometheus_client::metrics::counter::Counter,
+) -> Follower {
     let mut state = Reader {
         netns,
         flag,
