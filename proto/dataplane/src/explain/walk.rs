@@ -116,9 +116,14 @@ impl Walk<'_> {
             );
         };
         if vs.real_servers.is_empty() {
+            // ip_vs_leave: no destination scheduled, so IPVS answers ICMP
+            // port unreachable itself (a connect is refused, not left to
+            // time out), as the matrix's packets show.
             return (
-                Verdict::Drop,
-                format!("virtual server {key} has no real server"),
+                Verdict::Reject,
+                format!(
+                    "virtual server {key} has no real server: IPVS answers ICMP port unreachable"
+                ),
                 Some(self.hit(&key, &vs, Vec::new())),
             );
         }
