@@ -216,11 +216,13 @@ fn wait_converged(
                 return Ok(status.head);
             }
             if status.head > after
-                && lowest >= want
                 && status.nodes.len() >= ports.len()
                 && status.nodes.iter().all(|n| n.at_head)
             {
-                // The head changed no state of some node's.
+                // The head changed no state of some node's: that agent
+                // stays at an older revision whose state's digest is the
+                // head's (`at_head` compares digests), so the agents'
+                // lowest revision never reaches the head.
                 return Ok(status.head);
             }
             want = want.max(status.head);
@@ -297,7 +299,8 @@ fn start_pods(topology: &Topology) -> anyhow::Result<()> {
                 for &a in &addrs {
                     let at = SocketAddr::new(a, port);
                     match proto {
-                        Proto::Tcp => listeners.push(TcpListener::bind(at)?),
+                        // containerPorts are TCP, UDP or SCTP; never http.
+                        Proto::Tcp | Proto::Http => listeners.push(TcpListener::bind(at)?),
                         Proto::Sctp => listeners.push(probe::sctp_listen(at)?),
                         Proto::Udp => sockets.push(UdpSocket::bind(at)?),
                     }
@@ -439,6 +442,9 @@ enum Explained {
     Reply(BTreeSet<String>),
     Refused,
     Dropped,
+    /// Accepted to the node's own address: a socket of the node answers
+    /// (an `http` probe of a health-check node port or the proxy health).
+    NodeSocket,
     Other(String),
 }
 
@@ -452,6 +458,7 @@ impl std::fmt::Display for Explained {
             ),
             Explained::Refused => f.write_str("refused"),
             Explained::Dropped => f.write_str("dropped"),
+            Explained::NodeSocket => f.write_str("accepted to the node's own socket"),
             Explained::Other(why) => f.write_str(why),
         }
     }
@@ -462,6 +469,8 @@ fn show_expect(e: &Expect) -> String {
         Expect::Reply { from, seen } => format!("reply from {} seen-source {seen}", from.join("|")),
         Expect::Refused => "refused".into(),
         Expect::Dropped => "dropped".into(),
+        Expect::Http { status, body } if body.is_empty() => format!("HTTP {status}"),
+        Expect::Http { status, body } => format!("HTTP {status} with {body:?}"),
     }
 }
 
@@ -490,7 +499,7 @@ impl Ctx<'_> {
         leg2_src: IpAddr,
     ) -> Result<Explained, String> {
         let protocol = match probe.protocol {
-            Proto::Tcp => setpoint_dataplane::Protocol::Tcp,
+            Proto::Tcp | Proto::Http => setpoint_dataplane::Protocol::Tcp,
             Proto::Udp => setpoint_dataplane::Protocol::Udp,
             Proto::Sctp => setpoint_dataplane::Protocol::Sctp,
         };
@@ -549,6 +558,12 @@ impl Ctx<'_> {
                         .get(entry)
                         .is_some_and(|s| s.flatten().addresses().any(|a| *a == dst))
                 {
+                    // An `http` probe asks a socket of the node's own (a
+                    // health-check node port, the proxy health): accepted
+                    // to it, the node answers.
+                    if probe.protocol == Proto::Http {
+                        return Ok(Explained::NodeSocket);
+                    }
                     // A node address, or a service address on the node's
                     // interface: nothing of the node's own listens there.
                     return Ok(Explained::Refused);
@@ -643,6 +658,14 @@ impl Ctx<'_> {
                     }
                     Err(o) => vec![o],
                 }
+            } else if probe.protocol == Proto::Http {
+                let path = probe.path.clone().unwrap_or_else(|| "/".into());
+                setpoint_agent::in_netns(Some(&src.netns), move || {
+                    (0..repeat)
+                        .map(|_| probe::http_get(to, &path, PROBE_TIMEOUT))
+                        .collect()
+                })
+                .map_err(|e| format!("entering {}: {e}", src.netns))?
             } else if let Some(name) = &probe.over {
                 let stream = self
                     .kept
@@ -720,6 +743,17 @@ impl Ctx<'_> {
                     }
                 }
             }
+            Expect::Http { status, body } => {
+                for o in &observed {
+                    match o {
+                        Observed::Http {
+                            status: got,
+                            body: text,
+                        } if got == status && body.iter().all(|b| probe::body_holds(text, b)) => {}
+                        other => problems.push(other.to_string()),
+                    }
+                }
+            }
         }
         let got = summarize(&observed);
 
@@ -735,9 +769,9 @@ impl Ctx<'_> {
                 (Expect::Reply { from, .. }, Explained::Reply(pods)) => {
                     pods == &from.iter().cloned().collect::<BTreeSet<_>>()
                 }
-                (Expect::Refused, Explained::Refused) | (Expect::Dropped, Explained::Dropped) => {
-                    true
-                }
+                (Expect::Refused, Explained::Refused)
+                | (Expect::Dropped, Explained::Dropped)
+                | (Expect::Http { .. }, Explained::NodeSocket) => true,
                 _ => false,
             };
             if !agrees {

@@ -20,6 +20,11 @@ pub enum Observed {
         after: Duration,
         errno: String,
     },
+    /// An HTTP response (`protocol: http`): its status code and body.
+    Http {
+        status: u16,
+        body: String,
+    },
     /// Nothing within the timeout.
     Dropped,
     /// Something else went wrong (a garbled reply, a local error).
@@ -33,6 +38,7 @@ impl std::fmt::Display for Observed {
             Observed::Refused { after, errno } => {
                 write!(f, "refused ({errno} after {} ms)", after.as_millis())
             }
+            Observed::Http { status, body } => write!(f, "HTTP {status} {body:?}"),
             Observed::Dropped => f.write_str("dropped"),
             Observed::Error(e) => write!(f, "error: {e}"),
         }
@@ -307,6 +313,65 @@ pub fn ask(stream: &mut TcpStream, timeout: Duration) -> Observed {
     parse_reply(&String::from_utf8_lossy(&line))
 }
 
+/// The most of a response an HTTP probe reads (a health check's is ~150 bytes).
+const HTTP_MAX: u64 = 64 * 1024;
+
+/// One `GET path` over a fresh TCP connection to `to`, `Connection: close`,
+/// read to the server's close within `timeout` per read. No retries: what
+/// the first connection gets is the observation.
+pub fn http_get(to: SocketAddr, path: &str, timeout: Duration) -> Observed {
+    let started = Instant::now();
+    let mut stream = match TcpStream::connect_timeout(&to, timeout) {
+        Ok(s) => s,
+        Err(e) => return classify(&e, started),
+    };
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let mut response = Vec::new();
+    let result = stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .and_then(|()| stream.write_all(request.as_bytes()))
+        .and_then(|()| (&mut stream).take(HTTP_MAX).read_to_end(&mut response));
+    match result {
+        // A server that answered and then reset is still an answer.
+        Err(_) | Ok(_) if !response.is_empty() => parse_http(&response),
+        Ok(_) => Observed::Refused {
+            after: started.elapsed(),
+            errno: "closed".into(),
+        },
+        Err(e) => classify(&e, started),
+    }
+}
+
+/// The status code and body of an HTTP/1.x response (the body as sent:
+/// a health check's is neither chunked nor compressed).
+pub fn parse_http(response: &[u8]) -> Observed {
+    let text = String::from_utf8_lossy(response);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return Observed::Error(format!("HTTP response without a header end: {text:?}"));
+    };
+    let status_line = head.lines().next().unwrap_or_default();
+    let mut words = status_line.split_whitespace();
+    match (words.next(), words.next().map(str::parse::<u16>)) {
+        (Some(version), Some(Ok(status)))
+            if version.starts_with("HTTP/1.") && (100..=599).contains(&status) =>
+        {
+            Observed::Http {
+                status,
+                body: body.to_string(),
+            }
+        }
+        _ => Observed::Error(format!("bad HTTP status line {status_line:?}")),
+    }
+}
+
+/// Whether an HTTP body holds `want`, whitespace ignored on both sides:
+/// `"localEndpoints":1,` matches kube-proxy's indented `"localEndpoints": 1,`.
+pub fn body_holds(body: &str, want: &str) -> bool {
+    let squeeze = |s: &str| s.split_whitespace().collect::<String>();
+    squeeze(body).contains(&squeeze(want))
+}
+
 /// Opens a stream (TCP or SCTP) to `to`; the error already classified.
 pub fn connect(proto: Proto, to: SocketAddr, timeout: Duration) -> Result<TcpStream, Observed> {
     let started = Instant::now();
@@ -314,6 +379,7 @@ pub fn connect(proto: Proto, to: SocketAddr, timeout: Duration) -> Result<TcpStr
         Proto::Tcp => TcpStream::connect_timeout(&to, timeout),
         Proto::Sctp => sctp_connect(to, timeout),
         Proto::Udp => return Err(Observed::Error("UDP has no stream".into())),
+        Proto::Http => return Err(Observed::Error("HTTP probes use http_get".into())),
     };
     stream.map_err(|e| classify(&e, started))
 }
@@ -342,6 +408,7 @@ pub fn once(proto: Proto, to: SocketAddr, timeout: Duration) -> Observed {
                 Err(e) => classify(&e, started),
             }
         }
+        Proto::Http => http_get(to, "/", timeout),
         _ => match connect(proto, to, timeout) {
             Ok(mut stream) => ask(&mut stream, timeout),
             Err(observed) => observed,
@@ -427,4 +494,96 @@ pub fn measure_flow(
         }
         answers
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn http_responses_parse_to_status_and_body() {
+        let http = |status, body: &str| Observed::Http {
+            status,
+            body: body.into(),
+        };
+        let cases: &[(&[u8], Result<Observed, &str>)] = &[
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"localEndpoints\":1}",
+                Ok(http(200, "{\"localEndpoints\":1}")),
+            ),
+            (
+                b"HTTP/1.1 503 Service Unavailable\r\n\r\n",
+                Ok(http(503, "")),
+            ),
+            (b"HTTP/1.0 404 Not Found\r\n\r\nno", Ok(http(404, "no"))),
+            (b"HTTP/1.1 200 OK\r\nX: y\r\n", Err("without a header end")),
+            (b"SSH-2.0-x\r\n\r\n", Err("bad HTTP status line")),
+            (b"HTTP/1.1 2000 Huh\r\n\r\n", Err("bad HTTP status line")),
+            (b"web-a 10.0.0.1\n", Err("without a header end")),
+        ];
+        for (raw, want) in cases {
+            let got = parse_http(raw);
+            match (want, &got) {
+                (Ok(w), g) => assert_eq!(g, w, "{raw:?}"),
+                (Err(w), Observed::Error(e)) => assert!(e.contains(w), "{raw:?}: {e}"),
+                (Err(w), g) => panic!("{raw:?}: want error {w:?}, got {g:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bodies_match_whitespace_blind() {
+        let body = "{\n\t\"service\": {\n\t\t\"namespace\": \"default\",\n\t\t\"name\": \"web\"\n\t},\n\t\"localEndpoints\": 10,\n\t\"serviceProxyHealthy\": true\n}";
+        let cases = [
+            ("\"localEndpoints\":10,", true),
+            ("\"localEndpoints\": 10", true),
+            ("\"localEndpoints\":1,", false),
+            ("\"name\":\"web\"", true),
+            ("\"serviceProxyHealthy\":false", false),
+            ("", true),
+        ];
+        for (want, holds) in cases {
+            assert_eq!(body_holds(body, want), holds, "{want:?}");
+        }
+    }
+
+    /// A real socket: the request as sent, the response as read to close.
+    #[test]
+    fn http_get_sends_one_request_and_reads_to_close() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let at = listener.local_addr().expect("local address");
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().expect("accept");
+            let mut request = Vec::new();
+            let mut byte = [0u8; 1];
+            while !request.ends_with(b"\r\n\r\n") {
+                conn.read_exact(&mut byte).expect("request");
+                request.push(byte[0]);
+            }
+            conn.write_all(b"HTTP/1.1 503 Service Unavailable\r\n\r\n{\"localEndpoints\":0}")
+                .expect("response");
+            String::from_utf8_lossy(&request).into_owned()
+        });
+        let got = http_get(at, "/healthz", Duration::from_secs(5));
+        assert_eq!(
+            got,
+            Observed::Http {
+                status: 503,
+                body: "{\"localEndpoints\":0}".into()
+            }
+        );
+        assert_eq!(
+            server.join().expect("server"),
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        // Nothing listening: refused at once.
+        let closed = {
+            let l = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+            l.local_addr().expect("local address")
+        };
+        assert!(matches!(
+            http_get(closed, "/", Duration::from_secs(5)),
+            Observed::Refused { .. }
+        ));
+    }
 }

@@ -49,6 +49,8 @@ pub enum Proto {
     Tcp,
     Udp,
     Sctp,
+    /// One HTTP/1.1 GET over TCP (`path`), e.g. a health-check node port.
+    Http,
 }
 
 impl Proto {
@@ -57,12 +59,13 @@ impl Proto {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
             Proto::Sctp => "sctp",
+            Proto::Http => "http",
         }
     }
 }
 
-/// What a probe must see: `{reply: [pods], seen: SOURCE}`, `refused` or
-/// `dropped`.
+/// What a probe must see: `{reply: [pods], seen: SOURCE}`, `refused`,
+/// `dropped` or, for `protocol: http`, `{status: CODE, body: [TEXT]}`.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "ExpectText")]
 pub enum Expect {
@@ -77,6 +80,9 @@ pub enum Expect {
     Refused,
     /// No answer within the probe's timeout.
     Dropped,
+    /// An HTTP response (`protocol: http`) with this status code whose body
+    /// holds each of these strings (whitespace ignored on both sides).
+    Http { status: u16, body: Vec<String> },
 }
 
 #[derive(Deserialize)]
@@ -88,6 +94,11 @@ enum ExpectText {
         reply: Vec<String>,
         seen: String,
     },
+    Http {
+        status: u16,
+        #[serde(default)]
+        body: Vec<String>,
+    },
 }
 
 impl TryFrom<ExpectText> for Expect {
@@ -97,12 +108,16 @@ impl TryFrom<ExpectText> for Expect {
             ExpectText::Word(w) if w == "refused" => Ok(Expect::Refused),
             ExpectText::Word(w) if w == "dropped" => Ok(Expect::Dropped),
             ExpectText::Word(w) => Err(format!(
-                "expect {w:?}: want refused, dropped or {{reply: [pods], seen: client|node:NAME|pod:NAME|ADDRESS}}"
+                "expect {w:?}: want refused, dropped, {{reply: [pods], seen: client|node:NAME|pod:NAME|ADDRESS}} or {{status: CODE, body: [TEXT]}}"
             )),
             ExpectText::Reply { reply, .. } if reply.is_empty() => {
                 Err("expect reply from no pod".into())
             }
             ExpectText::Reply { reply, seen } => Ok(Expect::Reply { from: reply, seen }),
+            ExpectText::Http { status, .. } if !(100..=599).contains(&status) => {
+                Err(format!("expect status {status}: not an HTTP status code"))
+            }
+            ExpectText::Http { status, body } => Ok(Expect::Http { status, body }),
         }
     }
 }
@@ -144,6 +159,40 @@ pub struct Probe {
     /// which conntrack routes, not the rules.
     #[serde(default)]
     pub no_explain: Option<String>,
+    /// `protocol: http` only: the request's path (default `/`).
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+impl Probe {
+    /// What the fields cannot say alone: an HTTP probe expects a response
+    /// (or refused / dropped) and is one request per connection; the other
+    /// protocols expect no HTTP response and have no path.
+    fn check(&self) -> Result<(), String> {
+        let http = self.protocol == Proto::Http;
+        match (&self.expect, http) {
+            (Expect::Http { .. }, false) => {
+                return Err("expect {status, body} needs protocol: http".into());
+            }
+            (Expect::Reply { .. }, true) => {
+                return Err("protocol http expects {status, body}, refused or dropped".into());
+            }
+            _ => {}
+        }
+        if http {
+            if self.keep.is_some() || self.over.is_some() || self.spread || self.same_backend {
+                return Err("protocol http takes no keep, over, spread or same-backend".into());
+            }
+            if let Some(path) = &self.path
+                && (!path.starts_with('/') || path.bytes().any(|b| b.is_ascii_whitespace()))
+            {
+                return Err(format!("path {path:?}: want /PATH without spaces"));
+            }
+        } else if self.path.is_some() {
+            return Err("path is for protocol: http".into());
+        }
+        Ok(())
+    }
 }
 
 fn one() -> u32 {
@@ -226,6 +275,12 @@ fn load_scenario(dir: &Path) -> Result<Scenario, ScenarioError> {
                     path: probes_path.clone(),
                     source,
                 })?;
+            for probe in &file.probes {
+                probe.check().map_err(|why| ScenarioError::Invalid {
+                    path: probes_path.clone(),
+                    why: format!("probe {}: {why}", probe.name),
+                })?;
+            }
             file.probes
         } else {
             Vec::new()
@@ -302,7 +357,22 @@ mod tests {
                 "{reply: [web-a], seen: \"node:node-a\"}",
                 Ok(reply(&["web-a"], "node:node-a")),
             ),
-            ("accepted", Err("want refused, dropped or")),
+            (
+                "{status: 200, body: [\"\\\"localEndpoints\\\":1\"]}",
+                Ok(Expect::Http {
+                    status: 200,
+                    body: vec!["\"localEndpoints\":1".into()],
+                }),
+            ),
+            (
+                "{status: 503}",
+                Ok(Expect::Http {
+                    status: 503,
+                    body: vec![],
+                }),
+            ),
+            ("{status: 42}", Err("not an HTTP status code")),
+            ("accepted", Err("want refused, dropped,")),
             ("{reply: [], seen: client}", Err("expect reply from no pod")),
         ];
         for (text, want) in cases {
@@ -310,6 +380,51 @@ mod tests {
                 serde_yaml_ng::from_str(text).map_err(|e| e.to_string());
             match (want, got) {
                 (Ok(w), Ok(g)) => assert_eq!(&g, w, "{text}"),
+                (Err(w), Err(g)) => assert!(g.contains(w), "{text}: {g}"),
+                (w, g) => panic!("{text}: want {w:?}, got {g:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn probes_fit_their_protocol() {
+        let base = "{name: p, from: client, to: node:node-a, port: 32100, ";
+        let cases: &[(&str, Result<(), &str>)] = &[
+            (
+                "protocol: http, path: /healthz, expect: {status: 200}}",
+                Ok(()),
+            ),
+            ("protocol: http, expect: refused}", Ok(())),
+            (
+                "protocol: tcp, expect: {reply: [web-a], seen: client}}",
+                Ok(()),
+            ),
+            (
+                "protocol: tcp, expect: {status: 200}}",
+                Err("needs protocol: http"),
+            ),
+            (
+                "protocol: http, expect: {reply: [web-a], seen: client}}",
+                Err("protocol http expects"),
+            ),
+            (
+                "protocol: http, keep: k, expect: {status: 200}}",
+                Err("takes no keep"),
+            ),
+            (
+                "protocol: http, path: healthz, expect: {status: 200}}",
+                Err("want /PATH"),
+            ),
+            (
+                "protocol: udp, path: /, expect: dropped}",
+                Err("path is for protocol: http"),
+            ),
+        ];
+        for (rest, want) in cases {
+            let text = format!("{base}{rest}");
+            let probe: Probe = serde_yaml_ng::from_str(&text).expect(&text);
+            match (want, probe.check()) {
+                (Ok(()), Ok(())) => {}
                 (Err(w), Err(g)) => assert!(g.contains(w), "{text}: {g}"),
                 (w, g) => panic!("{text}: want {w:?}, got {g:?}"),
             }
