@@ -11,7 +11,7 @@ use tokio::sync::watch;
 
 use super::Agent;
 use crate::apply::Base;
-use crate::node_addresses::{NodeAddresses, watch::follow_counting};
+use crate::node_addresses::{NodeAddresses, watch::follow};
 
 /// The next choice of addresses once it changes; never without a follower.
 pub(super) async fn changed(
@@ -38,8 +38,7 @@ impl Agent {
         let flag = self.options.node_port_addresses.clone();
         tracing::info!(%flag, "NodePorts on the node's own addresses (--nodeport-addresses)");
         let failures = self.metrics.nodeport_address_failures.clone();
-        let Ok(follower) =
-            tokio::task::spawn_blocking(move || follow_counting(netns, flag, failures)).await
+        let Ok(follower) = tokio::task::spawn_blocking(move || follow(netns, flag, failures)).await
         else {
             tracing::error!("cannot start following the node's addresses");
             return;

@@ -139,8 +139,6 @@ impl Subscription {
 pub struct Follower {
     /// The chosen addresses, newest first; changes only when they do.
     pub addresses: watch::Receiver<NodeAddresses>,
-    /// Failed reads and subscriptions so far (the thread retries).
-    pub failures: prometheus_client::metrics::counter::Counter,
 }
 
 /// Follows the addresses of `netns` as `flag` chooses them. Subscribes,
@@ -148,18 +146,9 @@ pub struct Follower {
 /// leaves a thread that follows changes until every receiver is dropped.
 /// A failed first read is logged and counted; the receiver then starts
 /// with [`NodeAddresses::default`] — the control plane's list — until a
-/// read succeeds.
-pub fn follow(netns: Option<String>, flag: NodePortAddresses) -> Follower {
-    follow_counting(
-        netns,
-        flag,
-        prometheus_client::metrics::counter::Counter::default(),
-    )
-}
-
-/// [`follow`], counting failures in `failures` (the agent's exported
-/// counter).
-pub fn follow_counting(
+/// read succeeds. Failed reads and subscriptions count in `failures` (the
+/// thread retries).
+pub fn follow(
     netns: Option<String>,
     flag: NodePortAddresses,
     failures: prometheus_client::metrics::counter::Counter,
@@ -180,10 +169,7 @@ pub fn follow_counting(
         tracing::error!("cannot start following the node's addresses: {e}");
         failures.inc();
     }
-    Follower {
-        addresses,
-        failures,
-    }
+    Follower { addresses }
 }
 
 struct Reader {

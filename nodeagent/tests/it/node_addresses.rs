@@ -9,6 +9,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
+
 use setpoint_agent::apply::{Applier, Base, Verified};
 use setpoint_agent::kernel_model::ModelServices;
 use setpoint_agent::node_addresses::watch::{Follower, follow, read};
@@ -169,7 +171,7 @@ fn the_node_port_sets_follow_the_namespaces_addresses() {
     let all = select(&"all".parse().expect("flag"), &interfaces);
     assert_eq!(all, both(&["10.1.0.1", "192.168.50.1"], &["fd00:1::1"]));
 
-    let mut follower = follow(netns.clone(), flag);
+    let mut follower = follow(netns.clone(), flag, Counter::default());
     assert_eq!(
         *follower.addresses.borrow_and_update(),
         both(&["10.1.0.1"], &["fd00:1::1"]),
@@ -276,10 +278,15 @@ fn the_node_port_sets_follow_the_namespaces_addresses() {
 fn a_missing_namespace_is_a_read_error_and_the_follower_starts_empty_handed() {
     let missing = Some("sp-no-such-namespace");
     assert!(read(missing).is_err());
-    let follower = follow(missing.map(str::to_string), "all".parse().expect("flag"));
+    let failures = Counter::default();
+    let follower = follow(
+        missing.map(str::to_string),
+        "all".parse().expect("flag"),
+        failures.clone(),
+    );
     assert!(
         follower.addresses.borrow().is_none(),
         "the control plane's list"
     );
-    assert!(follower.failures.get() >= 1);
+    assert!(failures.get() >= 1);
 }
