@@ -109,10 +109,15 @@ pub fn local_view(
 /// kernel sees their union.)
 pub fn checked_view(state: &NodeDataplane) -> Result<Fragment, ApplyError> {
     let view = kernel_view(state)?;
-    refuse(validate_fragment(&view))?;
-    // The health servers read the facts the kernel view leaves out.
-    refuse(validate_node_facts(state))?;
+    refuse_invalid(state, &view)?;
     Ok(view)
+}
+
+/// `state`'s kernel view checked whole, and its node facts, which the
+/// kernel view leaves out but the health servers read.
+fn refuse_invalid(state: &NodeDataplane, view: &Fragment) -> Result<(), ApplyError> {
+    refuse(validate_fragment(view))?;
+    refuse(validate_node_facts(state))
 }
 
 fn refuse(problems: Vec<Invalid>) -> Result<(), ApplyError> {
@@ -394,8 +399,7 @@ impl Applier {
     pub fn view(&mut self, state: &NodeDataplane) -> Result<Fragment, ApplyError> {
         let (view, left_out) = local_view(state, &self.local)?;
         self.note_left_out(left_out);
-        refuse(validate_fragment(&view))?;
-        refuse(validate_node_facts(state))?;
+        refuse_invalid(state, &view)?;
         Ok(view)
     }
 
