@@ -33,13 +33,16 @@ struct RunArgs {
     /// This node's name, as the control plane knows it.
     #[arg(long, env = "SETPOINT_NODE")]
     node: Option<String>,
-    /// The control plane's agent endpoint.
+    /// The control plane's agent endpoint; one per replica when there are
+    /// several (repeated, or comma-separated): the agent starts at a
+    /// random one and moves to the next whenever its stream ends.
     #[arg(
         long,
         env = "SETPOINT_CONTROLPLANE",
+        value_delimiter = ',',
         default_value = "http://127.0.0.1:7443"
     )]
-    controlplane: String,
+    controlplane: Vec<String>,
     /// Apply inside this named network namespace (`ip netns`).
     #[arg(long)]
     netns: Option<String>,
@@ -207,7 +210,7 @@ fn run_agent(args: RunArgs) -> anyhow::Result<bool> {
     }
     let options = AgentOptions {
         node,
-        controlplane: args.controlplane,
+        controlplanes: args.controlplane,
         target: Target { netns: args.netns },
         dry_run: args.dry_run,
         state_dir: args.state_dir,
@@ -384,5 +387,34 @@ pub fn run() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_plane_endpoints_are_repeated_or_comma_separated() {
+        let endpoints = |args: &[&str]| -> Vec<String> {
+            let mut argv = vec!["setpoint-agent", "--node", "n1"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv).expect("parses").run.controlplane
+        };
+        assert_eq!(endpoints(&[]), ["http://127.0.0.1:7443"]);
+        let two = ["https://cp-a:7443", "https://cp-b:7443"];
+        assert_eq!(
+            endpoints(&["--controlplane", "https://cp-a:7443,https://cp-b:7443"]),
+            two
+        );
+        assert_eq!(
+            endpoints(&[
+                "--controlplane",
+                "https://cp-a:7443",
+                "--controlplane",
+                "https://cp-b:7443"
+            ]),
+            two
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! The channel to the control plane: plaintext to a loopback control
 //! plane only, otherwise mTLS from the certificate files as they are at
-//! each connection.
+//! each connection. With several endpoints (one per replica), the run
+//! loop keeps the one to try first at the front of the list: each
+//! connection goes to `controlplanes[0]`.
 
 use std::path::PathBuf;
 
@@ -16,7 +18,7 @@ pub struct AgentTls {
     pub key: PathBuf,
     pub ca: PathBuf,
     /// The name the control plane's certificate must carry (default: the
-    /// host of the `controlplane` URL).
+    /// host of the endpoint's URL).
     pub server_name: Option<String>,
 }
 
@@ -24,22 +26,38 @@ pub struct AgentTls {
 /// over a network: plaintext is for a loopback control plane only, and TLS
 /// needs an `https://` URL.
 pub fn check_transport(options: &AgentOptions) -> anyhow::Result<()> {
-    let uri: tonic::transport::Uri = options
-        .controlplane
+    anyhow::ensure!(
+        !options.controlplanes.is_empty(),
+        "no control plane endpoint given"
+    );
+    anyhow::ensure!(
+        options.controlplanes.len() <= MAX_ENDPOINTS,
+        "{} control plane endpoints given; at most {MAX_ENDPOINTS} (one per replica)",
+        options.controlplanes.len()
+    );
+    options
+        .controlplanes
+        .iter()
+        .try_for_each(|url| check_endpoint(url, options.tls.is_some()))
+}
+
+/// Control plane endpoints an agent takes (one per replica; a handful).
+pub const MAX_ENDPOINTS: usize = 16;
+
+fn check_endpoint(url: &str, tls: bool) -> anyhow::Result<()> {
+    let uri: tonic::transport::Uri = url
         .parse()
-        .map_err(|e| anyhow::anyhow!("the control plane URL {:?}: {e}", options.controlplane))?;
+        .map_err(|e| anyhow::anyhow!("the control plane URL {url:?}: {e}"))?;
     let host = uri.host().unwrap_or_default();
-    match (&options.tls, uri.scheme_str()) {
-        (Some(_), Some("https")) => Ok(()),
-        (Some(_), _) => anyhow::bail!(
-            "with --tls-cert the control plane URL must be https://, not {}",
-            options.controlplane
-        ),
-        (None, Some("http")) if is_loopback_host(host) => Ok(()),
-        (None, _) => anyhow::bail!(
-            "refusing to talk to the control plane at {} without TLS: give --tls-cert, --tls-key and --ca \
-             (plaintext is for a loopback control plane only, in development)",
-            options.controlplane
+    match (tls, uri.scheme_str()) {
+        (true, Some("https")) => Ok(()),
+        (true, _) => {
+            anyhow::bail!("with --tls-cert the control plane URL must be https://, not {url}")
+        }
+        (false, Some("http")) if is_loopback_host(host) => Ok(()),
+        (false, _) => anyhow::bail!(
+            "refusing to talk to the control plane at {url} without TLS: give --tls-cert, --tls-key and --ca \
+             (plaintext is for a loopback control plane only, in development)"
         ),
     }
 }
@@ -53,13 +71,17 @@ fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// A channel to the control plane: plaintext, or mTLS from the files as
-/// they are now.
+/// A channel to the control plane endpoint first in the list: plaintext,
+/// or mTLS from the files as they are now.
 pub(super) async fn connect(options: &AgentOptions) -> anyhow::Result<tonic::transport::Channel> {
     use anyhow::Context;
     use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
-    let endpoint = Endpoint::from_shared(options.controlplane.clone())
-        .with_context(|| format!("the control plane URL {}", options.controlplane))?;
+    let url = options
+        .controlplanes
+        .first()
+        .context("no control plane endpoint given")?;
+    let endpoint = Endpoint::from_shared(url.clone())
+        .with_context(|| format!("the control plane URL {url}"))?;
     let endpoint = match &options.tls {
         None => endpoint,
         Some(tls) => {
@@ -78,5 +100,5 @@ pub(super) async fn connect(options: &AgentOptions) -> anyhow::Result<tonic::tra
     endpoint
         .connect()
         .await
-        .with_context(|| format!("connecting to {}", options.controlplane))
+        .with_context(|| format!("connecting to {url}"))
 }

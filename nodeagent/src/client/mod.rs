@@ -29,28 +29,34 @@ use crate::target::Target;
 
 mod addresses;
 mod connect;
+mod endpoints;
 mod failsafe;
 mod health;
 mod receive;
 mod record;
 mod session;
 
-pub use connect::{AgentTls, check_transport};
+pub use connect::{AgentTls, MAX_ENDPOINTS, check_transport};
+pub use endpoints::Endpoints;
 pub use failsafe::{Failsafe, FailsafeConfig, Held, Reverted};
 use record::Recorder;
 
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
     pub node: String,
-    /// `http://host:port` of the control plane's agent listener.
-    pub controlplane: String,
+    /// `https://host:port` of the control plane's agent listener: one
+    /// per replica when there are several (or one name or load balancer in
+    /// front of them). Each agent starts at a random one of the list, so a
+    /// fleet spreads over the replicas, and moves to the next whenever a
+    /// stream ends or a connection fails (see [`Endpoints`]).
+    pub controlplanes: Vec<String>,
     pub target: Target,
     /// Plan and report, touch nothing; acks mean "accepted".
     pub dry_run: bool,
     pub state_dir: Option<PathBuf>,
     pub ipvs: IpvsMode,
     pub drift_interval: Duration,
-    /// mTLS to the control plane (`controlplane` must then be `https://`).
+    /// mTLS to the control plane (every endpoint must then be `https://`).
     /// Without it the control plane must be on loopback.
     pub tls: Option<AgentTls>,
     /// How often the agent says it is alive (the rollout's canary check
@@ -79,7 +85,7 @@ impl AgentOptions {
     pub fn new(node: impl Into<String>, controlplane: impl Into<String>) -> AgentOptions {
         AgentOptions {
             node: node.into(),
-            controlplane: controlplane.into(),
+            controlplanes: vec![controlplane.into()],
             target: Target::default(),
             dry_run: false,
             state_dir: None,
@@ -196,7 +202,9 @@ impl Agent {
         let _proxy_health = self.serve_proxy_health();
         self.follow_addresses().await;
         self.resume().await;
-        let mut backoff = Duration::from_millis(200);
+        let mut endpoints = Endpoints::default();
+        let draw = rand::rng().random_range(0..self.options.controlplanes.len().max(1));
+        Endpoints::start(&mut self.options.controlplanes, draw);
         loop {
             let started = Instant::now();
             match self.session().await {
@@ -211,21 +219,23 @@ impl Agent {
             if let Some(f) = &mut self.failsafe {
                 f.lost(Instant::now());
             }
-            // A stream that was up starts the backoff over; repeated
-            // failures to connect grow it.
-            if self.was_connected || started.elapsed() > Duration::from_secs(30) {
-                backoff = Duration::from_millis(200);
-            }
+            // The next endpoint, after a jittered wait: a stream that was
+            // up starts the backoff over; failures to connect to every
+            // endpoint in turn grow it.
+            let wait = endpoints.ended(
+                &mut self.options.controlplanes,
+                self.was_connected,
+                started.elapsed(),
+                rand::rng().random_range(0.5..1.5),
+            );
             self.was_connected = false;
-            let jitter = rand::rng().random_range(0.5..1.5);
-            let mut wake = Instant::now() + backoff.mul_f64(jitter);
+            let mut wake = Instant::now() + wait;
             // The revert comes when due, not after a long backoff.
             if let Some(due) = self.failsafe.as_ref().and_then(Failsafe::due_at) {
                 wake = wake.min(due);
             }
             self.sleep_following_addresses(wake).await;
             self.revert_if_due().await;
-            backoff = (backoff * 2).min(Duration::from_secs(30));
         }
     }
 
