@@ -29,10 +29,10 @@ use std::time::Duration;
 use setpoint_dataplane::Format;
 use setpoint_proto::admin::admin_server::Admin;
 use setpoint_proto::admin::{
-    DiffNodeRequest, DiffNodeResponse, ExplainRequest, ExplainResponse, FleetSummary,
-    ListRevisionsRequest, ListRevisionsResponse, NodeStatus, PauseRequest, ResumeRequest, Revision,
-    RollbackRequest, ShowNodeRequest, ShowNodeResponse, StatusRequest, StatusResponse,
-    WriteResponse,
+    ConvergenceRequest, ConvergenceResponse, DiffNodeRequest, DiffNodeResponse, ExplainRequest,
+    ExplainResponse, FleetSummary, ListRevisionsRequest, ListRevisionsResponse, NodeLatency,
+    NodeStatus, PauseRequest, ResumeRequest, Revision, RevisionProgress, RollbackRequest,
+    ShowNodeRequest, ShowNodeResponse, StatusRequest, StatusResponse, WriteResponse,
 };
 use setpoint_store::{
     AgentResult, Epoch, RevisionAction, RevisionId, RollbackRequest as StoreRollback, Store,
@@ -184,6 +184,8 @@ pub struct AdminService {
     rollout: Option<watch::Receiver<RolloutStatus>>,
     /// The leader's compute problems, for `Explain`.
     address_problems: Option<watch::Receiver<Option<Arc<AddressProblems>>>>,
+    /// Revisions' progress through this replica's agents.
+    sli: Option<crate::sli::Sli>,
 }
 
 impl AdminService {
@@ -198,7 +200,22 @@ impl AdminService {
             role,
             rollout: None,
             address_problems: None,
+            sli: None,
         }
+    }
+
+    /// Reports revisions' progress in `Status` and `Convergence`.
+    pub fn with_sli(mut self, sli: crate::sli::Sli) -> AdminService {
+        self.sli = Some(sli);
+        self
+    }
+
+    /// The newest `limit` revisions' progress, newest first.
+    fn progress(&self, limit: usize) -> Vec<RevisionProgress> {
+        self.sli
+            .as_ref()
+            .map(|s| s.reports(limit).iter().map(progress_message).collect())
+            .unwrap_or_default()
     }
 
     /// `Explain` lists what compute refused about the destination address
@@ -252,6 +269,44 @@ impl AdminService {
             .await
             .map_err(store_status)?
             .ok_or_else(|| Status::failed_precondition("no revision committed yet"))
+    }
+}
+
+/// Revisions `Status` shows; `Convergence` answers at most the tracker's.
+const STATUS_PROGRESS: usize = 5;
+const DEFAULT_PROGRESS: usize = 10;
+
+fn progress_message(r: &crate::sli::Report) -> RevisionProgress {
+    let ms = r
+        .start
+        .at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0);
+    let [p50, p99, p100] = r.reached.map(|d| d.map(|d| d.as_secs_f64()));
+    RevisionProgress {
+        revision: r.revision,
+        started_at_ms: ms,
+        started_by: r.start.by.as_str().to_string(),
+        total: r.total,
+        acked: r.acked,
+        pending: r.pending,
+        nacks: r.nacks,
+        unchanged: r.unchanged,
+        left: r.left,
+        p50_seconds: p50,
+        p99_seconds: p99,
+        p100_seconds: p100,
+        waiting: r.waiting.clone(),
+        failing: r.failing.clone(),
+        slowest: r
+            .slowest
+            .iter()
+            .map(|(node, d)| NodeLatency {
+                node: node.clone(),
+                seconds: d.as_secs_f64(),
+            })
+            .collect(),
     }
 }
 
@@ -488,6 +543,21 @@ impl Admin for AdminService {
             nodes,
             fleet: Some(fleet),
             rollout: Some(rollout),
+            progress: self.progress(STATUS_PROGRESS),
+        }))
+    }
+
+    async fn convergence(
+        &self,
+        request: Request<ConvergenceRequest>,
+    ) -> Result<Response<ConvergenceResponse>, Status> {
+        require(&request, Access::Read)?;
+        let limit = match request.into_inner().limit {
+            0 => DEFAULT_PROGRESS,
+            n => usize::try_from(n).unwrap_or(usize::MAX).min(crate::sli::KEEP),
+        };
+        Ok(Response::new(ConvergenceResponse {
+            revisions: self.progress(limit),
         }))
     }
 

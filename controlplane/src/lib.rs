@@ -14,6 +14,7 @@ pub mod peer_limits;
 pub mod reload;
 pub mod rollout;
 pub mod serve;
+pub mod sli;
 pub mod status;
 pub mod stream;
 pub mod tls;

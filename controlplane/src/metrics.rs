@@ -5,7 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -18,6 +20,9 @@ pub struct Metrics {
     pub snapshots_sent: Counter,
     pub deltas_sent: Counter,
     pub delta_bytes: Counter,
+    /// Revisions a session never sent because a newer head superseded
+    /// them first (coalescing: merged into one delta, not queued).
+    pub revisions_coalesced: Counter,
     pub nacks: Counter,
     pub store_errors: Counter,
     /// Agent connections that failed the TLS handshake (no or a bad
@@ -42,7 +47,14 @@ pub struct Metrics {
     pub commit_seconds: Histogram,
     pub apply_seconds: Histogram,
     pub round_trip: Histogram,
+    /// The SLI, one observation per node and revision (see `crate::sli`).
     pub programming: Histogram,
+    /// Per revision: the time until a share of the counted nodes acked.
+    pub convergence: Family<ShareLabel, Histogram, fn() -> Histogram>,
+    /// Counted nodes that have not acked the newest revision.
+    pub convergence_pending_nodes: Gauge,
+    /// SLI events that did not fit the tracker's queue.
+    pub sli_events_dropped: Counter,
     pub rollouts_promoted: Counter,
     pub rollouts_halted: Counter,
     pub rollout_rollbacks: Counter,
@@ -62,6 +74,28 @@ fn seconds() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
+/// The share of a revision's counted nodes: "0.5", "0.99" or "1".
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShareLabel {
+    pub share: &'static str,
+}
+
+/// kube-proxy's `network_programming_duration_seconds` buckets (0.25 s,
+/// 0.5 s, 1–59 s by 1 s, 60–115 s by 5 s, 120–300 s by 30 s), so histograms
+/// of both compare bucket for bucket, with finer ones below 250 ms where
+/// Setpoint's figures are.
+pub fn programming_buckets() -> Vec<f64> {
+    let mut b = vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.5];
+    b.extend((1..=59).map(f64::from));
+    b.extend((0..12).map(|i| f64::from(60 + 5 * i)));
+    b.extend((0..7).map(|i| f64::from(120 + 30 * i)));
+    b
+}
+
+fn programming() -> Histogram {
+    Histogram::new(programming_buckets())
+}
+
 impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let mut registry = Registry::default();
@@ -73,6 +107,7 @@ impl Metrics {
             snapshots_sent: Counter::default(),
             deltas_sent: Counter::default(),
             delta_bytes: Counter::default(),
+            revisions_coalesced: Counter::default(),
             nacks: Counter::default(),
             store_errors: Counter::default(),
             tls_handshake_failures: Counter::default(),
@@ -86,7 +121,10 @@ impl Metrics {
             commit_seconds: seconds(),
             apply_seconds: seconds(),
             round_trip: seconds(),
-            programming: seconds(),
+            programming: programming(),
+            convergence: Family::new_with_constructor(programming),
+            convergence_pending_nodes: Gauge::default(),
+            sli_events_dropped: Counter::default(),
             rollouts_promoted: Counter::default(),
             rollouts_halted: Counter::default(),
             rollout_rollbacks: Counter::default(),
@@ -120,6 +158,11 @@ impl Metrics {
             "setpoint_delta_bytes",
             "Bytes of delta payloads sent",
             m.delta_bytes.clone(),
+        );
+        r.register(
+            "setpoint_revisions_coalesced",
+            "Revisions an agent was never sent because a newer one superseded them first (merged into one delta, not queued)",
+            m.revisions_coalesced.clone(),
         );
         r.register(
             "setpoint_nacks",
@@ -186,11 +229,27 @@ impl Metrics {
             "From sending a revision to its ack",
             m.round_trip.clone(),
         );
-        // kube-proxy's SLI name, so existing dashboards read it.
+        // kube-proxy's `kubeproxy_network_programming_duration_seconds`
+        // under this project's prefix: same meaning, same buckets.
         r.register(
-            "network_programming_duration_seconds",
-            "From an object change being seen to an agent's ack of the revision carrying it",
+            "setpoint_network_programming_duration_seconds",
+            "From the change (an EndpointSlice's last-change-trigger-time, else when the control plane saw it) to a node's ack of a revision carrying it; one per node and revision",
             m.programming.clone(),
+        );
+        r.register(
+            "setpoint_revision_convergence_seconds",
+            "Per revision, from its start to when this share of the nodes it counts had acked",
+            m.convergence.clone(),
+        );
+        r.register(
+            "setpoint_convergence_pending_nodes",
+            "Nodes counted for the newest revision that have not acked it",
+            m.convergence_pending_nodes.clone(),
+        );
+        r.register(
+            "setpoint_sli_events_dropped",
+            "Acks and session events the programming-latency tracker had no room for",
+            m.sli_events_dropped.clone(),
         );
         r.register(
             "setpoint_rollouts_promoted",

@@ -92,8 +92,19 @@ pub enum Verb {
         from: u64,
         to: u64,
     },
-    /// Per node: applied revision, digest, last result, last contact; fleet summary.
-    Status,
+    /// Per node: applied revision, digest, last result, last contact; fleet
+    /// summary; the newest revisions' time until 50%, 99% and 100% of the
+    /// nodes acked.
+    Status {
+        /// Follow the newest revision live until every counted node acked
+        /// it (or Ctrl-C): a progress bar on a terminal, a line per change
+        /// otherwise (a JSON object per line with -o json).
+        #[arg(long)]
+        watch: bool,
+        /// How often --watch asks, in milliseconds.
+        #[arg(long, default_value_t = 500, requires = "watch")]
+        interval_ms: u64,
+    },
     /// Give nodes (default: all) their states of revision R back, pinned
     /// there until `resume`.
     Rollback {
@@ -202,6 +213,23 @@ mod tests {
             assert_eq!(cli.server, *server, "{argv:?}");
             assert_eq!(cli.timeout, *timeout, "{argv:?}");
         }
+    }
+
+    #[test]
+    fn status_watches_only_when_asked() {
+        let cli = parse(&["status", "--watch", "-o", "json"]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(
+            cli.verb,
+            Verb::Status {
+                watch: true,
+                interval_ms: 500
+            }
+        ));
+        assert!(matches!(
+            parse(&["status"]).map(|c| c.verb),
+            Ok(Verb::Status { watch: false, .. })
+        ));
+        assert!(parse(&["status", "--interval-ms", "100"]).is_err());
     }
 
     #[test]

@@ -32,7 +32,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             format,
         } => verbs::show(client, output, node, revision, format).await,
         Verb::Diff { node, from, to } => verbs::diff(client, output, node, from, to).await,
-        Verb::Status => verbs::status(client, output).await,
+        Verb::Status {
+            watch: false,
+            interval_ms: _,
+        } => verbs::status(client, output).await,
+        Verb::Status {
+            watch: true,
+            interval_ms,
+        } => verbs::watch(client, output, interval_ms).await,
         Verb::Rollback { to, nodes, reason } => {
             verbs::rollback(client, output, to, nodes, reason).await
         }

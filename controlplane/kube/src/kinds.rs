@@ -21,6 +21,8 @@ use kube::runtime::watcher;
 use serde::de::DeserializeOwned;
 use setpoint_compute::{ClusterObject, Kind, ObjectKey};
 
+use crate::trigger::TRIGGER_ANNOTATION;
+
 /// The kinds, in the order snapshots list them.
 pub const KINDS: [&str; 7] = [
     "Namespace",
@@ -101,6 +103,25 @@ impl Watched for Service {
 impl Watched for EndpointSlice {
     const KIND: Kind = Kind::EndpointSlice;
     const NAMESPACED: bool = true;
+    /// Compute reads a slice's name, namespace and labels (the Service it
+    /// belongs to, its proxy) besides the endpoints and ports; the leader
+    /// reads the trigger annotation. Other annotations, owner references
+    /// and timestamps are dropped.
+    fn trim(&mut self) {
+        let meta = std::mem::take(&mut self.metadata);
+        let annotations = meta.annotations.and_then(|mut a| {
+            let trigger = a.remove(TRIGGER_ANNOTATION)?;
+            Some([(TRIGGER_ANNOTATION.to_owned(), trigger)].into())
+        });
+        self.metadata = ObjectMeta {
+            name: meta.name,
+            namespace: meta.namespace,
+            uid: meta.uid,
+            labels: meta.labels,
+            annotations,
+            ..ObjectMeta::default()
+        };
+    }
     fn wrap(self) -> ClusterObject {
         ClusterObject::EndpointSlice(self)
     }
@@ -327,6 +348,49 @@ mod tests {
                     .all(|t| t.key == "ToBeDeletedByClusterAutoscaler")
             );
         }
+    }
+
+    /// The trim keeps what compute reads and the trigger annotation the
+    /// programming latency starts from.
+    #[test]
+    fn trimmed_slices_convert_the_same_and_keep_the_trigger_time() {
+        let full: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-abc", "namespace": "shop", "uid": "u2",
+                "resourceVersion": "7", "generation": 3,
+                "labels": {"kubernetes.io/service-name": "web",
+                    "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"},
+                "annotations": {TRIGGER_ANNOTATION: "2026-12-07T17:19:57Z", "other": "x"},
+                "ownerReferences": [{"apiVersion": "v1", "kind": "Service", "name": "web", "uid": "s1"}]},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.0.0.5"], "conditions": {"ready": true}, "nodeName": "n1"}],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+        }))
+        .unwrap();
+        let ClusterObject::EndpointSlice(trimmed) = prepare(full.clone()) else {
+            panic!("not a slice")
+        };
+        let outcome = convert::endpoint_slice(&full, "default");
+        assert!(
+            matches!(outcome, convert::SliceOutcome::Used(_, ref r) if r.is_empty()),
+            "{outcome:?}"
+        );
+        assert_eq!(outcome, convert::endpoint_slice(&trimmed, "default"));
+        let annotations = trimmed.metadata.annotations.clone().unwrap_or_default();
+        assert_eq!(
+            annotations.into_iter().collect::<Vec<_>>(),
+            [(
+                TRIGGER_ANNOTATION.to_string(),
+                "2026-12-07T17:19:57Z".to_string()
+            )]
+        );
+        assert!(trimmed.metadata.owner_references.is_none());
+        // Without the annotation there is no annotation map at all.
+        let mut bare = full;
+        bare.metadata.annotations = Some([("other".to_string(), "x".to_string())].into());
+        let ClusterObject::EndpointSlice(trimmed) = prepare(bare) else {
+            panic!("not a slice")
+        };
+        assert!(trimmed.metadata.annotations.is_none());
     }
 
     #[test]

@@ -15,7 +15,9 @@
 //! serve them, or forbids listing them, counts as having none),
 //! cluster-wide. An object that does not decode is left out with its reason
 //! ([`Snapshot::skipped`]) and counted; the rest of its list is kept.
-//! Objects are trimmed to what compute reads (see `kinds`).
+//! Objects are trimmed to what compute reads (see `kinds`), and
+//! EndpointSlices keep [`TRIGGER_ANNOTATION`], where the control plane's
+//! programming latency starts.
 //!
 //! A consumer feeds [`Snapshot::objects`] to the leader exactly as it feeds
 //! a manifest load's objects, once [`Snapshot::ready`] is true.
@@ -25,10 +27,12 @@ pub mod lease;
 mod lenient;
 mod snapshot;
 mod source;
+mod trigger;
 
 pub use kinds::{KINDS, POD_FIELD_SELECTOR};
 pub use snapshot::{KindStatus, Snapshot};
 pub use source::{BackoffPolicy, KubeSource, Options};
+pub use trigger::{TRIGGER_ANNOTATION, parse_time, trigger_time};
 
 /// The client crate, re-exported so a caller builds the `Client` with the
 /// same kube version (`setpoint_kube::kube::Client::try_default()`).

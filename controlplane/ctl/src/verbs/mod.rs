@@ -13,4 +13,4 @@ pub use explain::explain;
 pub use pins::{pause, resume, rollback};
 pub use revisions::revisions;
 pub use show::show;
-pub use status::status;
+pub use status::{status, watch};

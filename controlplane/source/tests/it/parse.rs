@@ -508,3 +508,35 @@ fn no_input_panics() {
         }
     }
 }
+
+/// A manifest's EndpointSlice keeps the trigger annotation its writer set
+/// (a generator, a benchmark): the control plane's programming latency
+/// starts there, as it does for the Kubernetes API's slices.
+#[test]
+fn an_endpoint_slice_keeps_its_last_change_trigger_time() {
+    let report = parse_str(
+        "apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-abc
+  namespace: shop
+  labels: {kubernetes.io/service-name: web}
+  annotations:
+    endpoints.kubernetes.io/last-change-trigger-time: \"2026-12-07T17:19:57.250Z\"
+addressType: IPv4
+endpoints: [{addresses: [10.0.0.5]}]
+",
+        Path::new("slice.yaml"),
+    );
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    let [ClusterObject::EndpointSlice(slice)] = report.objects.as_slice() else {
+        panic!("{:?}", report.objects)
+    };
+    let annotations = slice.metadata.annotations.clone().unwrap_or_default();
+    assert_eq!(
+        annotations
+            .get("endpoints.kubernetes.io/last-change-trigger-time")
+            .map(String::as_str),
+        Some("2026-12-07T17:19:57.250Z")
+    );
+}
