@@ -9,7 +9,7 @@ use setpoint_dataplane::{Digest, Fragment};
 use super::codec::ChunkWriter;
 use super::manifest::{FragmentHeader, Manifest, manifest_tree};
 use super::order::{AtomKey, AtomRef, atoms_after, changed_keys};
-use super::{MAX_CHUNK_ATOMS, MAX_CHUNK_BYTES, MIN_CHUNK_BYTES, TARGET_CHUNK_BYTES, sha256};
+use super::{Cuts, sha256};
 
 /// One encoded chunk: its key (SHA-256 of `body`), its bytes, and how many
 /// atoms it holds.
@@ -32,14 +32,16 @@ pub(super) struct Span {
 
 /// Builds chunks from a stream of atoms.
 struct Chunker {
+    cuts: Cuts,
     w: ChunkWriter,
     atoms: usize,
     last: Option<AtomKey>,
 }
 
 impl Chunker {
-    fn new() -> Self {
+    fn new(cuts: Cuts) -> Self {
         Chunker {
+            cuts,
             w: ChunkWriter::new(),
             atoms: 0,
             last: None,
@@ -51,15 +53,16 @@ impl Chunker {
         let atom_len = self.w.push(&atom) as u128;
         self.atoms += 1;
         let len = self.w.len();
-        let cut = if len >= MAX_CHUNK_BYTES || self.atoms >= MAX_CHUNK_ATOMS {
+        let cuts = &self.cuts;
+        let cut = if len >= cuts.max_chunk_bytes || self.atoms >= cuts.max_chunk_atoms {
             true
-        } else if len < MIN_CHUNK_BYTES {
+        } else if len < cuts.min_chunk_bytes {
             false
         } else {
             let hash = atom.hash();
             let mut h = [0u8; 8];
             h.copy_from_slice(&hash[24..32]);
-            let threshold = (atom_len << 64) / TARGET_CHUNK_BYTES as u128;
+            let threshold = (atom_len << 64) / cuts.chunk_cut_bytes.max(1) as u128;
             u128::from(u64::from_le_bytes(h)) < threshold
         };
         if cut {
@@ -71,7 +74,7 @@ impl Chunker {
     }
 
     fn finish(&mut self, last: AtomKey, closed: bool) -> Option<(Span, Chunk)> {
-        let done = std::mem::replace(self, Chunker::new());
+        let done = std::mem::replace(self, Chunker::new(self.cuts));
         if done.atoms == 0 {
             return None;
         }
@@ -99,6 +102,7 @@ impl Chunker {
 /// atoms that changed.
 #[derive(Clone, Debug)]
 pub struct ChunkedFragment {
+    cuts: Cuts,
     fragment: Arc<Fragment>,
     pub(super) spans: Vec<Span>,
     manifests: Vec<Manifest>,
@@ -106,11 +110,18 @@ pub struct ChunkedFragment {
 }
 
 impl ChunkedFragment {
-    /// Chunks a whole fragment. Returns every chunk.
+    /// Chunks a whole fragment under [`Cuts::CURRENT`], what a store
+    /// writes. Returns every chunk.
     pub fn new(fragment: Arc<Fragment>) -> (ChunkedFragment, Vec<Chunk>) {
+        Self::with_cuts(fragment, Cuts::CURRENT)
+    }
+
+    /// Chunks a whole fragment under `cuts` (tests: what a store under an
+    /// earlier rule wrote). Returns every chunk.
+    pub fn with_cuts(fragment: Arc<Fragment>, cuts: Cuts) -> (ChunkedFragment, Vec<Chunk>) {
         let mut spans = Vec::new();
         let mut chunks = Vec::new();
-        let mut chunker = Chunker::new();
+        let mut chunker = Chunker::new(cuts);
         for atom in atoms_after(&fragment, None) {
             if let Some((span, chunk)) = chunker.push(atom) {
                 spans.push(span);
@@ -121,12 +132,12 @@ impl ChunkedFragment {
             spans.push(span);
             chunks.push(chunk);
         }
-        (Self::with_spans(fragment, spans), chunks)
+        (Self::with_spans(cuts, fragment, spans), chunks)
     }
 
-    fn with_spans(fragment: Arc<Fragment>, spans: Vec<Span>) -> ChunkedFragment {
+    fn with_spans(cuts: Cuts, fragment: Arc<Fragment>, spans: Vec<Span>) -> ChunkedFragment {
         let keys: Vec<Digest> = spans.iter().map(|s| s.key).collect();
-        let manifests = manifest_tree(&keys);
+        let manifests = manifest_tree(&cuts, &keys);
         let (root, height) = manifests
             .last()
             .map_or((Digest([0; 32]), 1), |m| (m.key, m.level));
@@ -137,6 +148,7 @@ impl ChunkedFragment {
             atoms: fragment.atom_count(),
         };
         ChunkedFragment {
+            cuts,
             fragment,
             spans,
             manifests,
@@ -147,7 +159,8 @@ impl ChunkedFragment {
     /// The chunking of `next`, reusing this one's chunks where the atoms
     /// did not change. Returns the chunks that were encoded anew (a chunk
     /// equal to one of this version's is not returned). The result is the
-    /// same as [`ChunkedFragment::new`] of `next`.
+    /// same as [`ChunkedFragment::with_cuts`] of `next` under this one's
+    /// rule.
     pub fn update(&self, next: Arc<Fragment>) -> (ChunkedFragment, Vec<Chunk>) {
         if Arc::ptr_eq(&self.fragment, &next) {
             return (self.clone(), Vec::new());
@@ -159,7 +172,7 @@ impl ChunkedFragment {
             return (same, Vec::new());
         }
         if self.spans.is_empty() {
-            return Self::new(next);
+            return Self::with_cuts(next, self.cuts);
         }
         let old = &self.spans;
         let mut spans: Vec<Span> = Vec::with_capacity(old.len() + 1);
@@ -174,7 +187,7 @@ impl ChunkedFragment {
             }
             spans.extend_from_slice(&old[i..j]);
             let start = j.checked_sub(1).map(|p| &old[p].last);
-            let mut chunker = Chunker::new();
+            let mut chunker = Chunker::new(self.cuts);
             let mut resynced = false;
             for atom in atoms_after(&next, start) {
                 let Some((span, chunk)) = chunker.push(atom) else {
@@ -206,7 +219,7 @@ impl ChunkedFragment {
         spans.extend_from_slice(&old[i..]);
         let known: HashSet<Digest> = old.iter().map(|s| s.key).collect();
         chunks.retain(|ch| !known.contains(&ch.key));
-        (Self::with_spans(next, spans), chunks)
+        (Self::with_spans(self.cuts, next, spans), chunks)
     }
 
     pub fn fragment(&self) -> &Arc<Fragment> {

@@ -3,7 +3,7 @@
 
 use setpoint_dataplane::Digest;
 
-use super::{CHUNK_FORMAT, ChunkError, MAX_FANOUT, ManifestError, TARGET_FANOUT, sha256};
+use super::{CHUNK_FORMAT, ChunkError, Cuts, ManifestError, sha256};
 
 /// One node of a fragment's manifest tree: the ordered keys of its children
 /// (chunks at level 1, manifests of level − 1 above).
@@ -61,15 +61,19 @@ pub fn decode_manifest(key: &Digest, level: u8, body: &[u8]) -> Result<Vec<Diges
 
 /// Groups `children` into manifests of one level, boundaries chosen by the
 /// children's keys.
-fn manifest_level(level: u8, children: &[Digest]) -> Vec<Manifest> {
-    let threshold = u64::MAX / TARGET_FANOUT;
+fn manifest_level(cuts: &Cuts, level: u8, children: &[Digest]) -> Vec<Manifest> {
+    let threshold = u64::MAX / cuts.fanout_cut.max(1);
+    // At least two children before a boundary, so each level is at most
+    // half the one below.
+    let min = cuts.min_fanout.max(2);
+    let max = cuts.max_fanout.max(min);
     let mut out = Vec::new();
     let mut start = 0;
     for (i, child) in children.iter().enumerate() {
         let n = i + 1 - start;
         let mut h = [0u8; 8];
         h.copy_from_slice(&child.0[16..24]);
-        if n >= MAX_FANOUT || (n >= 2 && u64::from_le_bytes(h) < threshold) {
+        if n >= max || (n >= min && u64::from_le_bytes(h) < threshold) {
             out.push(Manifest::new(level, &children[start..=i]));
             start = i + 1;
         }
@@ -81,17 +85,17 @@ fn manifest_level(level: u8, children: &[Digest]) -> Vec<Manifest> {
 }
 
 /// The manifest tree over `chunks`: every node, root last.
-pub(super) fn manifest_tree(chunks: &[Digest]) -> Vec<Manifest> {
+pub(super) fn manifest_tree(cuts: &Cuts, chunks: &[Digest]) -> Vec<Manifest> {
     let mut all = Vec::new();
     let mut level = 1u8;
-    let mut current = manifest_level(level, chunks);
+    let mut current = manifest_level(cuts, level, chunks);
     // Every node but the last of a level has at least two children, so each
     // level is at most half the one below: 64 levels cannot be exceeded.
     while current.len() > 1 && level < u8::MAX {
         let keys: Vec<Digest> = current.iter().map(|m| m.key).collect();
         all.append(&mut current);
         level += 1;
-        current = manifest_level(level, &keys);
+        current = manifest_level(cuts, level, &keys);
     }
     all.append(&mut current);
     all

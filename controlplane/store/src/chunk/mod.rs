@@ -18,13 +18,13 @@
 //!   LEB128 lengths) and a chunk's decoding, through the contract's
 //!   `AtomRun`, which hashes the atoms and checks their order.
 //! - `chunker`: where chunks end, and [`ChunkedFragment`], which re-encodes
-//!   only the chunks around an edit. A chunk ends after an atom whose
-//!   digest-derived hash falls under a threshold proportional to the atom's
-//!   encoded size (so chunks average [`TARGET_CHUNK_BYTES`]), or when it
-//!   reaches [`MAX_CHUNK_BYTES`] or [`MAX_CHUNK_ATOMS`]. Boundaries depend
-//!   on content, not on position, so an edit moves at most the boundaries
-//!   next to it, and the same fragment always gives the same chunks,
-//!   whatever its history.
+//!   only the chunks around an edit. Past a minimum size, a chunk ends
+//!   after an atom whose digest-derived hash falls under a threshold
+//!   proportional to the atom's encoded size, or when it reaches a maximum
+//!   size or atom count ([`Cuts`]). Boundaries depend on content, not on
+//!   position, so an edit moves at most the boundaries next to it, and the
+//!   same fragment always gives the same chunks under one rule, whatever
+//!   its history.
 //! - `manifest`: the tree of manifests over the chunks, and the
 //!   [`FragmentHeader`] naming its root.
 //!
@@ -51,18 +51,66 @@ pub use order::{AtomKey, AtomRef, atoms_after, changed_keys};
 
 /// Format byte at the start of every chunk, manifest and header body.
 pub const CHUNK_FORMAT: u8 = 1;
-/// Average encoded size of a chunk the boundary rule aims at.
-pub const TARGET_CHUNK_BYTES: usize = 2048;
-/// No content-defined boundary before a chunk has this many bytes.
-pub const MIN_CHUNK_BYTES: usize = 256;
-/// A chunk is cut once it reaches this size (one atom may exceed it alone).
-pub const MAX_CHUNK_BYTES: usize = 8192;
-/// A chunk is cut once it holds this many atoms.
-pub const MAX_CHUNK_ATOMS: usize = 1024;
-/// Average number of children of a manifest node.
-pub const TARGET_FANOUT: u64 = 32;
-/// Most children a manifest node has.
-pub const MAX_FANOUT: usize = 128;
+/// Where chunks and manifests end: the boundary rule's sizes. Readers do
+/// not depend on it (a fragment is its chunks in order, whatever cut them),
+/// so stores written under an earlier rule read unchanged; only the writer
+/// uses it, and a writer under a new rule stores each fragment it writes
+/// once more in full before edits share chunks again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cuts {
+    /// No content-defined boundary before a chunk has this many bytes.
+    pub min_chunk_bytes: usize,
+    /// Past `min_chunk_bytes`, an atom ends its chunk with a probability of
+    /// its encoded size over this (its digest-derived hash under a
+    /// threshold): chunks average about `min_chunk_bytes` plus this.
+    pub chunk_cut_bytes: usize,
+    /// A chunk is cut once it reaches this size (one atom may exceed it
+    /// alone).
+    pub max_chunk_bytes: usize,
+    /// A chunk is cut once it holds this many atoms.
+    pub max_chunk_atoms: usize,
+    /// No content-defined boundary before a manifest has this many
+    /// children.
+    pub min_fanout: usize,
+    /// Past `min_fanout`, a child ends its manifest with a probability of
+    /// one over this (its key under a threshold): manifests average about
+    /// `min_fanout` plus this many children.
+    pub fanout_cut: u64,
+    /// Most children a manifest node has.
+    pub max_fanout: usize,
+}
+
+impl Cuts {
+    /// The rule of stores written before [`Cuts::CURRENT`]: boundaries
+    /// from 256 bytes and 2 children on, chunks of about 2 KiB and
+    /// manifests of about 32 children. Sizes spread widely, and the chunk
+    /// and manifest a random edit lands in are about twice the average
+    /// (3.5 KiB chunks, 1.7 KiB manifests measured): a LoadBalancer
+    /// Service's one-endpoint change, three separate atoms of `services`,
+    /// grew a store by 15–23 KiB.
+    pub const FIRST: Cuts = Cuts {
+        min_chunk_bytes: 256,
+        chunk_cut_bytes: 2048,
+        max_chunk_bytes: 8192,
+        max_chunk_atoms: 1024,
+        min_fanout: 2,
+        fanout_cut: 32,
+        max_fanout: 128,
+    };
+
+    /// What a store writes: chunks of about 1 KiB and manifests of about
+    /// 16 children, neither cut before half of that, so sizes spread
+    /// little and what an edit rewrites is close to the average.
+    pub const CURRENT: Cuts = Cuts {
+        min_chunk_bytes: 512,
+        chunk_cut_bytes: 512,
+        max_chunk_bytes: 4096,
+        max_chunk_atoms: 1024,
+        min_fanout: 8,
+        fanout_cut: 8,
+        max_fanout: 64,
+    };
+}
 
 /// Why stored bytes could not be turned back into a fragment. Every variant
 /// names the object (by its key) that is wrong.

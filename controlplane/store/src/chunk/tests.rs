@@ -174,12 +174,12 @@ fn chunks_stay_within_bounds() {
     let (_, chunks) = ChunkedFragment::new(Arc::new(sample(2000)));
     let mean = chunks.iter().map(|c| c.body.len()).sum::<usize>() / chunks.len();
     assert!(
-        (TARGET_CHUNK_BYTES / 4..TARGET_CHUNK_BYTES * 3).contains(&mean),
+        (Cuts::CURRENT.min_chunk_bytes..Cuts::CURRENT.max_chunk_bytes).contains(&mean),
         "mean chunk {mean} bytes"
     );
     for c in &chunks {
-        assert!(c.body.len() < MAX_CHUNK_BYTES + 1024);
-        assert!(c.atoms as usize <= MAX_CHUNK_ATOMS);
+        assert!(c.body.len() < Cuts::CURRENT.max_chunk_bytes + 1024);
+        assert!(c.atoms as usize <= Cuts::CURRENT.max_chunk_atoms);
     }
 }
 

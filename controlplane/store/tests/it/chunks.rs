@@ -1,9 +1,13 @@
 //! The chunk format: pinned, and its decoders under fire.
 //!
 //! Stored revisions must read back, so the bytes a store writes for a
-//! fragment are pinned by a fingerprint; a change to it means stored
-//! chunks no longer match what the store would write: bump `CHUNK_FORMAT`
-//! and plan the migration, don't just paste the new value.
+//! fragment are pinned by a fingerprint, under the boundary rule it writes
+//! with (`Cuts::CURRENT`) and under every earlier one (`Cuts::FIRST`). A
+//! change to a body's encoding changes both: bump `CHUNK_FORMAT` and plan
+//! the migration, don't just paste the new value. A new boundary rule
+//! (where chunks and manifests end, not what they hold) is a new `Cuts`
+//! constant with its own pin; the earlier pins stay, and stores written
+//! under them must keep reading (`sharing::reads_what_an_earlier_rule_wrote`).
 //!
 //! Chunk and manifest bodies get arbitrary bytes and valid encodings with
 //! a few bytes changed. Each decoder must answer with a value or an error —
@@ -18,7 +22,7 @@ use setpoint_dataplane::{
     Chain, ChainKey, Digest, Family, Forward, Fragment, Jump, Protocol, RealServer, Rule,
     Scheduler, SetEntry, SetSpec, SetType, Table, VirtualServer, VirtualServerKey,
 };
-use setpoint_store::chunk::{CHUNK_FORMAT, ChunkedFragment, decode_chunk, decode_manifest};
+use setpoint_store::chunk::{CHUNK_FORMAT, ChunkedFragment, Cuts, decode_chunk, decode_manifest};
 use sha2::{Digest as _, Sha256};
 
 use crate::hostile::{arbitrary_bytes, assert_bounded, edited, edits, measure};
@@ -178,10 +182,10 @@ fn every_kind(entries: u32) -> Fragment {
     f
 }
 
-/// SHA-256 over every byte a store writes for `f`: chunk bodies, manifest
-/// levels and bodies, the header.
-fn stored_fingerprint(f: Fragment) -> String {
-    let (chunked, chunks) = ChunkedFragment::new(Arc::new(f));
+/// SHA-256 over every byte a store writes for `f` under `cuts`: chunk
+/// bodies, manifest levels and bodies, the header.
+fn stored_fingerprint(f: Fragment, cuts: Cuts) -> String {
+    let (chunked, chunks) = ChunkedFragment::with_cuts(Arc::new(f), cuts);
     let mut h = Sha256::new();
     for c in &chunks {
         h.update(&c.body);
@@ -195,19 +199,40 @@ fn stored_fingerprint(f: Fragment) -> String {
 }
 
 /// Written by the chunk format of `setpoint/dataplane/v1` (checked equal
-/// to what the format wrote when it lived in the contract crate).
+/// to what the format wrote when it lived in the contract crate), under
+/// the first boundary rule, which stores wrote until it was replaced.
 #[test]
-fn stored_bytes_are_pinned() {
+fn stored_bytes_are_pinned_under_the_first_rule() {
     assert_eq!(CHUNK_FORMAT, 1);
     let small = every_kind(0);
     assert_eq!(small.atom_count(), 44);
     assert_eq!(
-        stored_fingerprint(small),
+        stored_fingerprint(small, Cuts::FIRST),
         "ff81567e6aaf257cfa417d3cb98762e4ff507945be2f3519726431a09c58a170"
     );
     assert_eq!(
-        stored_fingerprint(every_kind(20_000)),
+        stored_fingerprint(every_kind(20_000), Cuts::FIRST),
         "ae6b5a145e038c8bd53cc4ca028a3e1d125397335c7ee2f68922782b100e5509"
+    );
+}
+
+/// What a store writes now: the same bodies' encoding, chunks of about
+/// 1 KiB and manifests of about 16 children, neither cut before half of
+/// that (smaller rewrites per edit; see `Cuts::CURRENT`).
+#[test]
+fn stored_bytes_are_pinned() {
+    assert_eq!(CHUNK_FORMAT, 1);
+    assert_eq!(
+        ChunkedFragment::new(Arc::new(every_kind(0))).1,
+        ChunkedFragment::with_cuts(Arc::new(every_kind(0)), Cuts::CURRENT).1
+    );
+    assert_eq!(
+        stored_fingerprint(every_kind(0), Cuts::CURRENT),
+        "7f7eaa23065e2801da5a0169c996f4a3b4750a590f177f65d2b1c574807e1616"
+    );
+    assert_eq!(
+        stored_fingerprint(every_kind(20_000), Cuts::CURRENT),
+        "aecaaa597f6d9a241ff2cbd53d6e810d3b626fb76c24ce8e21d17634446c15af"
     );
 }
 
