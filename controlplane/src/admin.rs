@@ -554,7 +554,9 @@ impl Admin for AdminService {
         require(&request, Access::Read)?;
         let limit = match request.into_inner().limit {
             0 => DEFAULT_PROGRESS,
-            n => usize::try_from(n).unwrap_or(usize::MAX).min(crate::sli::KEEP),
+            n => usize::try_from(n)
+                .unwrap_or(usize::MAX)
+                .min(crate::sli::KEEP),
         };
         Ok(Response::new(ConvergenceResponse {
             revisions: self.progress(limit),

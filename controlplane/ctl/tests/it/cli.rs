@@ -717,3 +717,129 @@ async fn tls_admin_api_with_https_and_ca() {
     }
     ctl_as(&f, Some("read"), &["--ca", &ca, "status"], 4).await;
 }
+
+/// `t` as RFC 3339 with milliseconds, as the EndpointSlice controller
+/// writes its trigger annotation.
+fn rfc3339(t: std::time::SystemTime) -> String {
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_millis() as i64;
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
+/// A Service and its EndpointSlice whose trigger annotation says the
+/// change happened at `trigger`.
+fn watched_service(trigger: std::time::SystemTime) -> String {
+    format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: watched, namespace: default}}
+spec: {{clusterIP: 10.96.7.7, ports: [{{port: 80, protocol: TCP}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: watched-abc
+  namespace: default
+  labels: {{kubernetes.io/service-name: watched}}
+  annotations: {{endpoints.kubernetes.io/last-change-trigger-time: \"{}\"}}
+addressType: IPv4
+ports: [{{port: 8080, protocol: TCP}}]
+endpoints: [{{addresses: [10.244.1.77], conditions: {{ready: true}}}}]
+",
+        rfc3339(trigger)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_watch_follows_a_revision_timed_from_its_trigger() {
+    assert_eq!(
+        rfc3339(std::time::UNIX_EPOCH + Duration::from_millis(1_796_663_997_250)),
+        "2026-12-07T17:19:57.250Z"
+    );
+    let f = control_plane(true).await;
+    let first = wait_head(&f.running, 0).await;
+    let nodes = ["node-a", "node-b", "node-c"];
+    for node in nodes {
+        spawn_dry_run_agent(&f.running, node);
+    }
+    wait_all_at_head(&f, nodes.len()).await;
+    // Trigger times from before the leader started are ignored (as
+    // kube-proxy ignores those from before it started).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let trigger = std::time::SystemTime::now() - Duration::from_secs(1);
+    std::fs::write(f.manifests().join("watched.yaml"), watched_service(trigger)).expect("write");
+    let second = wait_head(&f.running, first).await;
+
+    // Not a terminal: a JSON object per change, the last one complete.
+    let watched = ctl_as(
+        &f,
+        Some("read"),
+        &["status", "--watch", "--interval-ms", "100", "-o", "json"],
+        0,
+    )
+    .await;
+    let last: Value = watched
+        .stdout
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| panic!("JSON lines: {}", watched.stdout));
+    assert_eq!(last["revision"].as_u64(), Some(second), "{last}");
+    assert_eq!(last["complete"], true, "{last}");
+    assert_eq!(last["started_by"], "trigger", "{last}");
+    assert_eq!(last["total"].as_u64(), Some(3), "{last}");
+    assert_eq!(last["acked"].as_u64(), Some(3), "{last}");
+    let p100 = last["p100_seconds"].as_f64().expect("100% reached");
+    let p50 = last["p50_seconds"].as_f64().expect("50% reached");
+    // Measured from the trigger, a second before the file was written.
+    assert!((1.0..30.0).contains(&p100) && p50 <= p100, "{last}");
+    assert_eq!(last["slowest"].as_array().map(Vec::len), Some(3), "{last}");
+
+    // Plain lines: the summary names the slowest nodes.
+    let plain = ctl_as(&f, Some("read"), &["status", "--watch"], 0).await;
+    plain.says(&[
+        &format!("revision {second}: all 3 node(s) acked in"),
+        "from the trigger",
+        "slowest: node-",
+    ]);
+    // `status` shows the newest revisions' convergence.
+    let table = ctl_as(&f, Some("read"), &["status"], 0).await;
+    table.says(&[
+        "REVISION", "FROM", "ACKED", "50%", "99%", "100%", "trigger", "3/3",
+    ]);
+    let status = ctl_as(&f, Some("read"), &["-o", "json", "status"], 0).await;
+    assert_eq!(
+        status.json()["progress"][0]["revision"].as_u64(),
+        Some(second),
+        "{}",
+        status.stdout
+    );
+    // The control plane's metrics say the same.
+    let metrics = f.running.metrics.encode();
+    for line in [
+        "setpoint_revision_convergence_seconds_count{share=\"1\"}",
+        "setpoint_network_programming_duration_seconds_count",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
+    }
+}
