@@ -6,10 +6,10 @@
 //! nodes'); sessions read them instead of the store, and fall back to the
 //! store for anything not published (a follower, an old revision; a
 //! pinned node's held state is loaded with the pins, in bulk). Encodings are memoized: a part's
-//! snapshot encoding by (name, digest), a part's delta by (name, digest
-//! before, digest after), so the `services` part of one revision is
-//! encoded once for all nodes, not once per node. Each memo lives while
-//! its fragment does.
+//! snapshot encoding by (name, digest, encoding: JSON or deflated), a
+//! part's delta by (name, digest before, digest after), so the `services`
+//! part of one revision is encoded (and compressed) once for all nodes, not
+//! once per node. Each memo lives while its fragment does.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::Hash;
@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use imbl::OrdMap;
 use setpoint_dataplane::{Digest, Fragment, NodeDataplane};
-use setpoint_proto::parts::{delta_of_parts, encode_part, encode_part_diff, snapshot_of_parts};
+use setpoint_proto::parts::{
+    PartsEncoding, delta_of_parts, encode_part_as, encode_part_diff, snapshot_of_parts_as,
+};
 use setpoint_proto::{PayloadError, v1};
 use setpoint_store::Store;
 use tokio::sync::{Semaphore, watch};
@@ -44,7 +46,7 @@ pub struct Fanout {
     /// before its first); `None` when it does not lead (then sessions read
     /// the store at once).
     published_up_to: watch::Sender<Option<u64>>,
-    parts: Memo<(String, Digest)>,
+    parts: Memo<(String, Digest, PartsEncoding)>,
     diffs: Memo<(String, Option<Digest>, Option<Digest>)>,
     /// Permits to send a snapshot; see [`SNAPSHOTS_IN_FLIGHT`].
     pub snapshots: Arc<Semaphore>,
@@ -186,20 +188,39 @@ impl Fanout {
             .await
     }
 
-    /// `state` as a snapshot of `revision`, from memoized part encodings.
+    /// `state` as a JSON snapshot of `revision`, from memoized part
+    /// encodings: what every agent decodes.
     pub fn snapshot(
         &self,
         revision: u64,
         state: &NodeDataplane,
     ) -> Result<v1::Snapshot, EncodeError> {
+        self.snapshot_as(revision, state, PartsEncoding::Json)
+    }
+
+    /// `state` as a snapshot of `revision` in `encoding` (what the agent's
+    /// hello accepts: [`PartsEncoding::accepted_by`]), from memoized part
+    /// encodings.
+    pub fn snapshot_as(
+        &self,
+        revision: u64,
+        state: &NodeDataplane,
+        encoding: PartsEncoding,
+    ) -> Result<v1::Snapshot, EncodeError> {
         let parts = state
             .parts()
             .map(|(name, f)| {
-                self.parts
-                    .get((name.clone(), f.digest()), f, || encode_part(name, f))
+                self.parts.get((name.clone(), f.digest(), encoding), f, || {
+                    encode_part_as(name, f, encoding)
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(snapshot_of_parts(revision, &state.digest(), &parts))
+        Ok(snapshot_of_parts_as(
+            revision,
+            &state.digest(),
+            &parts,
+            encoding,
+        ))
     }
 
     /// The delta from `old` at `from` to `new` at `to`, from memoized
@@ -376,6 +397,21 @@ mod tests {
         let memo = fanout.diffs.map.lock().expect("lock").0.len();
         assert_eq!(memo, 1, "one diff encoded for both nodes");
         assert_eq!(apply_delta(&got_a, &da, &cache).expect("applies"), a2);
+
+        // Deflated for agents that accept it: the shared part compressed
+        // once, beside its JSON encoding, and decoding to the same states.
+        let ca = fanout
+            .snapshot_as(1, &a1, PartsEncoding::Deflate)
+            .expect("snapshot");
+        let cb = fanout
+            .snapshot_as(1, &b1, PartsEncoding::Deflate)
+            .expect("snapshot");
+        assert_eq!(ca.encoding, PartsEncoding::Deflate.name());
+        let fresh = FragmentCache::default();
+        assert_eq!(snapshot_state_cached(&ca, &fresh).expect("decodes"), a1);
+        assert_eq!(snapshot_state_cached(&cb, &fresh).expect("decodes"), b1);
+        let memo = fanout.parts.map.lock().expect("lock").0.len();
+        assert_eq!(memo, 6, "services and two node parts, in each encoding");
     }
 
     #[test]

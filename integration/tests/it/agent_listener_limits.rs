@@ -223,6 +223,7 @@ async fn an_oversized_upstream_message_is_refused() {
             agent_version: "v".repeat(big),
             applied_revision: 0,
             applied_digest: Vec::new(),
+            accept_encodings: Vec::new(),
         }))
     };
     let (_tx, answer) = open_stream(addr, vec![oversized("node-b")]).await;

@@ -230,6 +230,7 @@ pub(crate) fn hello(node: &str) -> AgentBody {
         agent_version: "raw test client".to_string(),
         applied_revision: 0,
         applied_digest: Vec::new(),
+        accept_encodings: Vec::new(),
     })
 }
 

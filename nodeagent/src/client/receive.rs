@@ -66,7 +66,8 @@ impl Agent {
                 // Parts are decoded through the process's cache: a part
                 // this process already holds (another revision's, or in
                 // the fleet benchmark another node's) is not decoded again.
-                // Megabytes of JSON: decoded off the async threads.
+                // Megabytes of JSON (inflated first when the parts come
+                // deflated): decoded off the async threads.
                 let revision = s.revision;
                 let decoded = tokio::task::spawn_blocking(move || {
                     snapshot_state_cached(&s, FragmentCache::process()).map_err(|e| e.to_string())

@@ -1,6 +1,7 @@
 //! The agent ⇄ control plane protocol (`v1/agent.proto`), and how its
 //! payloads carry the contract: states and diffs in the contract's JSON
-//! encoding, digests as their 32 bytes. Also the operators' admin API
+//! encoding (snapshot parts deflated for agents that accept it, see
+//! [`parts`]), digests as their 32 bytes. Also the operators' admin API
 //! (`v1/admin.proto`, module [`admin`]).
 
 pub mod v1 {
@@ -40,6 +41,13 @@ pub const MAX_DOWNSTREAM_MESSAGE_BYTES: usize = 4 << 20;
 /// below a snapshot of a 10,000-Service cluster; an agent refusing its
 /// snapshot would reconnect and be sent it again forever.
 pub const MAX_REASSEMBLED_BYTES: usize = 1 << 30;
+/// The most a compact payload's parts inflate to, all parts together
+/// (each part is also held to the length it declares). The same bound as a
+/// JSON payload's, so both encodings carry the same states; a part that
+/// declares more, or inflates past what it declares, is refused before
+/// more is inflated (a decompression bomb costs its declared length at
+/// most, never more than this).
+pub const MAX_INFLATED_BYTES: usize = MAX_REASSEMBLED_BYTES;
 /// The old single limit, kept for the admin client until it takes a limit
 /// of its own.
 pub const MAX_MESSAGE_BYTES: usize = MAX_REASSEMBLED_BYTES;
@@ -56,6 +64,26 @@ pub enum PayloadError {
     DigestLength(usize),
     #[error("the state's content has digest {content}, the message says {claimed}")]
     DigestMismatch { content: Digest, claimed: Digest },
+    #[error("compact payload does not decode: {0}")]
+    Frame(#[from] prost::DecodeError),
+    #[error(
+        "part {part:?} declares {declared} bytes once inflated, over the {left} bytes left of the payload's limit ({MAX_INFLATED_BYTES}); not inflated"
+    )]
+    InflatedTooLarge {
+        part: String,
+        declared: u64,
+        left: usize,
+    },
+    #[error("part {part:?} inflates past the {declared} bytes it declares; refused")]
+    InflatesPastDeclared { part: String, declared: usize },
+    #[error("part {part:?} inflates to {got} bytes, it declares {declared}")]
+    InflatedShort {
+        part: String,
+        got: usize,
+        declared: usize,
+    },
+    #[error("part {part:?} does not inflate: {reason}")]
+    Inflate { part: String, reason: String },
 }
 
 pub fn digest_bytes(d: &Digest) -> Vec<u8> {

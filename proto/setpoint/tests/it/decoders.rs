@@ -1,6 +1,6 @@
 //! Decoders a peer reaches, under fire: the gRPC messages both ends decode,
-//! the reassembly of pieces, and the parts and plain JSON payloads of
-//! snapshots and deltas. Fed arbitrary bytes and valid encodings with a few
+//! the reassembly of pieces, and the parts (JSON and deflated) and plain
+//! JSON payloads of snapshots and deltas. Fed arbitrary bytes and valid encodings with a few
 //! bytes changed, each answers with a value or an error — never a panic —
 //! and allocates in proportion to what it was given.
 
@@ -14,8 +14,9 @@ use setpoint_dataplane::{NodeDataplane, diff};
 
 use crate::hostile;
 use setpoint_proto::parts::{
-    DIFF_PARTS_ENCODING, FragmentCache, STATE_PARTS_ENCODING, apply_delta, decode_state,
-    delta_of_parts, encode_part, encode_part_diff, encode_state, snapshot_of_parts,
+    DIFF_PARTS_ENCODING, FragmentCache, PartsEncoding, STATE_PARTS_DEFLATE_ENCODING,
+    STATE_PARTS_ENCODING, apply_delta, decode_state, decode_state_deflated, delta_of_parts,
+    encode_part, encode_part_as, encode_part_diff, encode_state, snapshot_of_parts,
     snapshot_state_cached,
 };
 use setpoint_proto::pieces::{Reassembly, into_pieces};
@@ -52,6 +53,14 @@ fn after() -> NodeDataplane {
 /// The parts payload of `after`.
 fn state_parts() -> Vec<u8> {
     encode_state(&after()).expect("encodes")
+}
+
+/// The compact (deflated) parts payload of `after`.
+fn state_parts_deflated() -> Vec<u8> {
+    after()
+        .parts()
+        .flat_map(|(n, f)| encode_part_as(n, f, PartsEncoding::Deflate).expect("encodes"))
+        .collect()
 }
 
 /// One part of `state` as a state of its own.
@@ -108,6 +117,7 @@ fn agent_messages() -> Vec<AgentMessage> {
             agent_version: "0.1.0".into(),
             applied_revision: 7,
             applied_digest: digest.clone(),
+            accept_encodings: vec![setpoint_proto::parts::STATE_PARTS_DEFLATE_ENCODING.into()],
         }),
         agent_message::Body::Ack(Ack {
             revision: 7,
@@ -135,7 +145,13 @@ fn check_payload(bytes: &[u8]) {
     let digest = after().digest().0.to_vec();
     let (_, allocated) = measure(|| {
         let _ = decode_state(bytes, None, &cache);
-        for encoding in [STATE_PARTS_ENCODING, STATE_ENCODING, "other"] {
+        let _ = decode_state_deflated(bytes, None, &cache);
+        for encoding in [
+            STATE_PARTS_ENCODING,
+            STATE_PARTS_DEFLATE_ENCODING,
+            STATE_ENCODING,
+            "other",
+        ] {
             let snapshot = v1::Snapshot {
                 revision: 2,
                 digest: digest.clone(),
@@ -215,8 +231,12 @@ proptest! {
     }
 
     #[test]
-    fn payloads_edited(delta in any::<bool>(), edits in edits()) {
-        let valid = if delta { diff_parts().changes } else { state_parts() };
+    fn payloads_edited(which in 0..3u8, edits in edits()) {
+        let valid = match which {
+            0 => diff_parts().changes,
+            1 => state_parts(),
+            _ => state_parts_deflated(),
+        };
         check_payload(&edited(&valid, &edits));
     }
 
@@ -282,6 +302,13 @@ proptest! {
 fn the_valid_encodings_decode() {
     let cache = FragmentCache::default();
     let state = decode_state(&state_parts(), Some(after().digest()), &cache).expect("decodes");
+    assert_eq!(state.digest(), after().digest());
+    let state = decode_state_deflated(
+        &state_parts_deflated(),
+        Some(after().digest()),
+        &FragmentCache::default(),
+    )
+    .expect("decodes");
     assert_eq!(state.digest(), after().digest());
     let applied = apply_delta(&before(), &diff_parts(), &cache).expect("applies");
     assert_eq!(applied.digest(), after().digest());
