@@ -8,19 +8,20 @@
 //! Only the leader runs this; the epoch it acquired fences its commits, so
 //! a deposed leader's late commit is refused by the store.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::Context;
+use imbl::ordmap::DiffItem;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use setpoint_compute::admit::{LeftOutReason, RefusalReason};
 use setpoint_compute::index::ProblemKind;
-use setpoint_compute::{ClusterObject, ComputeConfig, Index, ObjectKey};
+use setpoint_compute::{ClusterObject, ComputeConfig, Index, ObjectMap};
 use setpoint_dataplane::NodeDataplane;
 use setpoint_store::{Cause, CommitRequest, Epoch, OWN_PART_PREFIX, RevisionId, Store};
 use tokio::sync::watch;
@@ -35,16 +36,19 @@ pub struct Committed {
     pub objects_changed: usize,
     pub compute: Duration,
     pub commit: Duration,
-    /// When the oldest change in this batch was seen (programming latency
-    /// is measured from here to the agents' acks).
+    /// When the oldest change in this batch was seen.
     pub seen_at: SystemTime,
+    /// Where programming latency is measured from: the earliest trigger
+    /// annotation of the batch's EndpointSlices, else `seen_at`.
+    pub start: crate::sli::Start,
 }
 
 pub struct Leader {
     store: Store,
     epoch: Epoch,
     index: Index,
-    objects: BTreeMap<ObjectKey, ClusterObject>,
+    /// The view last synced; the next one is diffed against it.
+    objects: ObjectMap,
     nodes: BTreeSet<String>,
     /// A commit failed: the index is ahead of the store, so the next sync
     /// commits every node even if no object changed since.
@@ -57,6 +61,11 @@ pub struct Leader {
     logged: BTreeSet<String>,
     /// Where the address problems are published for `explain`.
     address_problems: Option<watch::Sender<Option<Arc<AddressProblems>>>>,
+    /// Told each revision's start before the head moves.
+    sli: Option<crate::sli::Sli>,
+    /// Trigger times older than this leader are ignored (kube-proxy's
+    /// tracker start time): its first sync carries every object.
+    started_at: SystemTime,
 }
 
 /// A compute problem about a Service's addresses: what `explain` says
@@ -192,7 +201,7 @@ impl Leader {
             store,
             epoch,
             index: Index::new(config),
-            objects: BTreeMap::new(),
+            objects: ObjectMap::new(),
             nodes: BTreeSet::new(),
             dirty: false,
             head,
@@ -200,7 +209,14 @@ impl Leader {
             gauges: None,
             logged: BTreeSet::new(),
             address_problems: None,
+            sli: None,
+            started_at: SystemTime::now(),
         })
+    }
+
+    /// From now on, each revision's start is announced to `sli`.
+    pub fn measure_with(&mut self, sli: crate::sli::Sli) {
+        self.sli = Some(sli);
     }
 
     /// From now on, the address problems of each revision this leader
@@ -314,32 +330,39 @@ impl Leader {
         objects: Vec<ClusterObject>,
         seen_at: SystemTime,
     ) -> anyhow::Result<Option<Committed>> {
+        self.sync_view(setpoint_compute::object_map(objects), seen_at)
+            .await
+    }
+
+    /// [`Leader::sync`] from a persistent view: only the objects that
+    /// differ from the last view synced are looked at, so a view derived
+    /// from that one by a few edits (the manifest cache's, the Kubernetes
+    /// source's) costs what changed, not the cluster's size.
+    pub async fn sync_view(
+        &mut self,
+        objects: ObjectMap,
+        seen_at: SystemTime,
+    ) -> anyhow::Result<Option<Committed>> {
         let started = Instant::now();
-        // Objects are large structs and tens of thousands: compared in
-        // place and moved only when they changed (sorting them into a map
-        // first was most of a sync's time).
         let mut changed: Vec<String> = Vec::new();
-        let mut present: HashSet<ObjectKey> = HashSet::with_capacity(objects.len());
-        for object in objects {
-            let key = object.key();
-            if self.objects.get(&key) != Some(&object) {
-                self.index.upsert(object.clone());
-                changed.push(key.to_string());
-                self.objects.insert(key.clone(), object);
+        let mut triggers: Vec<SystemTime> = Vec::new();
+        for item in self.objects.diff(&objects) {
+            match item {
+                DiffItem::Add(key, object)
+                | DiffItem::Update {
+                    new: (key, object), ..
+                } => {
+                    triggers.extend(crate::sli::trigger_time(object));
+                    self.index.upsert((**object).clone());
+                    changed.push(key.to_string());
+                }
+                DiffItem::Remove(key, _) => {
+                    self.index.delete(key);
+                    changed.push(key.to_string());
+                }
             }
-            present.insert(key);
         }
-        let gone: Vec<ObjectKey> = self
-            .objects
-            .keys()
-            .filter(|k| !present.contains(*k))
-            .cloned()
-            .collect();
-        for key in gone {
-            self.index.delete(&key);
-            self.objects.remove(&key);
-            changed.push(key.to_string());
-        }
+        self.objects = objects;
         if changed.is_empty() && !self.dirty {
             return Ok(None);
         }
@@ -402,6 +425,10 @@ impl Leader {
             });
         }
         self.nodes = live;
+        let start = crate::sli::batch_start(triggers, seen_at, self.started_at);
+        if let Some(sli) = &self.sli {
+            sli.started(revision.0, start);
+        }
         self.head.send_replace(revision.0);
         Ok(Some(Committed {
             revision,
@@ -410,6 +437,7 @@ impl Leader {
             compute,
             commit: committing.elapsed(),
             seen_at,
+            start,
         }))
     }
 }

@@ -321,10 +321,14 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         listener.serve(
             AdminService::new(store.clone(), admin_tx, role.clone())
                 .with_rollout(rollout.clone())
-                .with_address_problems(address_problems.clone()),
+                .with_address_problems(address_problems.clone())
+                .with_sli(service.sli.clone()),
         );
     }
     let replica = Replica {
+        manifest_cache: tokio::sync::Mutex::new(setpoint_source::ManifestCache::with_limits(
+            config.manifest_limits,
+        )),
         config,
         store: store.clone(),
         head: head.clone(),

@@ -119,8 +119,8 @@ pub struct AgentService {
     next_session: Arc<std::sync::atomic::AtomicU64>,
     pub fleet: Arc<Mutex<BTreeMap<String, AgentView>>>,
     metrics: Arc<Metrics>,
-    /// When the change behind each revision was first seen.
-    pub seen: Arc<Mutex<BTreeMap<u64, SystemTime>>>,
+    /// Programming latency and each revision's progress (`crate::sli`).
+    pub sli: crate::sli::Sli,
     /// States the leader published, and memoized encodings.
     pub fanout: Arc<Fanout>,
     statuses: StatusWriter,
@@ -148,6 +148,7 @@ fn message(body: ControlBody) -> ControlMessage {
 impl AgentService {
     pub fn new(store: Store, head: watch::Receiver<u64>, metrics: Arc<Metrics>) -> AgentService {
         let statuses = StatusWriter::start(store.clone(), metrics.clone());
+        let sli = crate::sli::Sli::start(metrics.clone(), head.clone());
         AgentService {
             store,
             head,
@@ -155,7 +156,7 @@ impl AgentService {
             next_session: Arc::default(),
             fleet: Arc::default(),
             metrics,
-            seen: Arc::default(),
+            sli,
             fanout: Arc::default(),
             statuses,
             limits: AgentLimits::default(),
@@ -242,15 +243,22 @@ impl AgentStream for AgentService {
             id,
             node: hello.node.clone(),
             agent_version: hello.agent_version.clone(),
+            encoding: setpoint_proto::parts::PartsEncoding::accepted_by(&hello),
             tx,
             delivery: Delivery::new(None),
             snapshot_slot: None,
             rollout: None,
             _on_connection: peer.as_ref().map(AgentPeer::session),
             last_report: Default::default(),
+            coalescing: Coalescing::default(),
         };
         self.metrics.agents_connected.inc();
-        let (metrics, sessions) = (self.metrics.clone(), self.sessions.clone());
+        self.sli.joined(&hello.node, id);
+        let (metrics, sessions, sli) = (
+            self.metrics.clone(),
+            self.sessions.clone(),
+            self.sli.clone(),
+        );
         let errors = session.tx.clone();
         tokio::spawn(async move {
             let node = session.node.clone();
@@ -270,6 +278,7 @@ impl AgentStream for AgentService {
                 s.remove(&node);
             }
             metrics.agents_connected.dec();
+            sli.left(&node, id);
         });
         // Large messages go out as pieces, cut as tonic pulls them, so a
         // session never waits on a slow agent with a snapshot half sent.
@@ -290,6 +299,8 @@ struct Session {
     id: u64,
     node: String,
     agent_version: String,
+    /// How its snapshots are encoded: deflated when its hello accepts it.
+    encoding: setpoint_proto::parts::PartsEncoding,
     tx: mpsc::Sender<Result<ControlMessage, Status>>,
     /// What to send next; the rest of the session does the I/O.
     delivery: Delivery,
@@ -301,6 +312,33 @@ struct Session {
     _on_connection: Option<SessionOnConnection>,
     /// The last report recorded, stamped again by heartbeats.
     last_report: std::sync::Mutex<Option<AgentStatus>>,
+    coalescing: Coalescing,
+}
+
+/// Heads a session saw but never sent because a newer one came first:
+/// with one revision in flight, a burst of commits becomes one delta.
+#[derive(Default)]
+struct Coalescing {
+    newest_seen: u64,
+    last_sent: u64,
+    superseded: u64,
+}
+
+impl Coalescing {
+    fn saw(&mut self, head: u64) {
+        if head > self.newest_seen {
+            if self.newest_seen > self.last_sent {
+                self.superseded += 1;
+            }
+            self.newest_seen = head;
+        }
+    }
+
+    /// `head` went out (or needed nothing): the heads superseded before it.
+    fn sent(&mut self, head: u64) -> u64 {
+        self.last_sent = self.last_sent.max(head);
+        std::mem::take(&mut self.superseded)
+    }
 }
 
 /// One of the [`crate::fanout::SNAPSHOTS_IN_FLIGHT`] slots, held while an agent has a
@@ -396,6 +434,7 @@ impl Session {
                 return Err(Status::aborted("a newer stream for this node took over"));
             }
             let target = *head.borrow_and_update();
+            self.coalescing.saw(target);
             if self.delivery.wants(target, Instant::now()) {
                 self.send_next(target).await?;
             }
@@ -447,13 +486,20 @@ impl Session {
             .await
             .map_err(store_error)?;
         let body = match self.delivery.toward(head, state, Instant::now()) {
-            Next::NotANode => return Ok(()),
+            Next::NotANode => {
+                self.service.sli.unchanged(&self.node, head);
+                return Ok(());
+            }
             Next::Unchanged { revision, digest } => {
+                self.coalescing.sent(head);
+                self.service.sli.unchanged(&self.node, revision);
                 self.update_fleet(revision, None, None);
                 tracing::debug!(node = %self.node, head, %digest, "unchanged");
                 return Ok(());
             }
             Next::Send(Outgoing::Delta { from, to }) => {
+                let merged = self.coalescing.sent(head);
+                self.service.metrics.revisions_coalesced.inc_by(merged);
                 let d = self
                     .service
                     .fanout
@@ -467,6 +513,7 @@ impl Session {
                 ControlBody::Delta(d)
             }
             Next::Send(Outgoing::Snapshot { to }) => {
+                self.coalescing.sent(head);
                 if self.snapshot_slot.is_none() {
                     let permit = self.service.fanout.snapshots.clone().acquire_owned().await;
                     self.snapshot_slot = permit.ok().map(|p| {
@@ -481,7 +528,7 @@ impl Session {
                 let s = self
                     .service
                     .fanout
-                    .snapshot(to.revision, &to.state)
+                    .snapshot_as(to.revision, &to.state, self.encoding)
                     .map_err(|e| Status::internal(e.to_string()))?;
                 self.service.metrics.snapshots_sent.inc();
                 ControlBody::Snapshot(s)
@@ -536,7 +583,7 @@ impl Session {
                         .round_trip
                         .observe(round_trip.as_secs_f64());
                 }
-                self.observe_programming(ack.revision);
+                self.service.sli.acked(&self.node, ack.revision);
                 let apply = Duration::from_micros(ack.apply_micros);
                 self.service
                     .metrics
@@ -553,6 +600,7 @@ impl Session {
                     .on_nack(nack.revision, Instant::now())
                     .map_err(|e| Status::invalid_argument(e.to_string()))?;
                 self.service.metrics.nacks.inc();
+                self.service.sli.nacked(&self.node, nack.revision);
                 // What the agent wrote goes to logs and the fleet view
                 // (and, cleaned the same way, to the store): one line,
                 // bounded.
@@ -582,23 +630,6 @@ impl Session {
             None => return Err(Status::invalid_argument("empty message")),
         }
         Ok(())
-    }
-
-    fn observe_programming(&self, revision: u64) {
-        let seen = self
-            .service
-            .seen
-            .lock()
-            .ok()
-            .and_then(|s| s.get(&revision).copied());
-        if let Some(seen) = seen
-            && let Ok(latency) = SystemTime::now().duration_since(seen)
-        {
-            self.service
-                .metrics
-                .programming
-                .observe(latency.as_secs_f64());
-        }
     }
 
     fn update_fleet(&self, revision: u64, degraded: Option<String>, apply: Option<Duration>) {

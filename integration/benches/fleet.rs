@@ -15,16 +15,20 @@
 //! SETPOINT_BENCH_AGENTS (200), _SERVICES (1,000), _ENDPOINTS (5 per
 //! Service), _CHANGES (50). Needs PostgreSQL (SETPOINT_TEST_POSTGRES).
 
+use std::collections::BTreeMap;
 use std::io::{BufRead as _, Write as _};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use setpoint_agent::client::{Agent, AgentOptions};
+use setpoint_agent::client::{Agent, AgentOptions, AgentTls};
 use setpoint_agent::services::IpvsMode;
 use setpoint_compute::synthetic::{self, ClusterShape};
 use setpoint_controlplane::admin::AdminConfig;
 use setpoint_controlplane::serve::{Running, ServeConfig, start};
+use setpoint_controlplane::tls::ServerTls;
+use setpoint_integration::measure::{cpu_seconds, peak_rss_mib, percentile, raise_nofile, rss_mib};
+use setpoint_integration::pki::Pki;
 use setpoint_integration::postgres::fresh_postgres_database;
 use setpoint_proto::admin::RollbackRequest;
 use setpoint_proto::admin::admin_client::AdminClient;
@@ -40,60 +44,10 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-/// Lifts the open-file limit to its hard maximum (one socket per agent).
-fn raise_nofile() {
-    let mut limit = std::mem::MaybeUninit::<libc::rlimit>::zeroed();
-    // SAFETY: getrlimit fills the struct; setrlimit reads it.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, limit.as_mut_ptr()) == 0 {
-            let mut limit = limit.assume_init();
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
-fn cpu_seconds() -> f64 {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage writes a full rusage into the pointer it is given.
-    let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
-        usage.assume_init()
-    };
-    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    t(usage.ru_utime) + t(usage.ru_stime)
-}
-
-fn peak_rss_mib() -> f64 {
-    rss_mib("VmHWM:")
-}
-
-/// A memory line of /proc/self/status (`VmHWM:` peak, `VmRSS:` now), in MiB.
-fn rss_mib(line: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(line))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map(|kib| kib / 1024.0)
-        .unwrap_or(0.0)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
 /// Every agent holds `revision`: acked it, or the control plane found its
 /// state unchanged at that revision (then nothing is sent).
 fn all_at(
-    fleet: &Mutex<std::collections::BTreeMap<String, setpoint_controlplane::stream::AgentView>>,
+    fleet: &Mutex<BTreeMap<String, setpoint_controlplane::stream::AgentView>>,
     agents: usize,
     revision: u64,
 ) -> bool {
@@ -127,15 +81,25 @@ fn main() {
 fn agents() {
     let n = env_or("SETPOINT_BENCH_AGENTS", 200);
     let url = std::env::var("SETPOINT_BENCH_CONTROLPLANE").expect("control plane URL");
+    // With mTLS: the parent wrote `ca.pem` and `<node>.crt/.key` here.
+    let pki = std::env::var_os("SETPOINT_BENCH_PKI").map(std::path::PathBuf::from);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let started = Instant::now();
     runtime.block_on(async {
         for i in 0..n {
+            let node = synthetic::node_name(i);
+            let tls = pki.as_ref().map(|dir| AgentTls {
+                cert: dir.join(format!("{node}.crt")),
+                key: dir.join(format!("{node}.key")),
+                ca: dir.join("ca.pem"),
+                server_name: None,
+            });
             let agent = Agent::new(AgentOptions {
                 dry_run: true,
                 ipvs: IpvsMode::Simulated,
                 drift_interval: Duration::from_secs(3600),
-                ..AgentOptions::new(synthetic::node_name(i), url.clone())
+                tls,
+                ..AgentOptions::new(node, url.clone())
             });
             tokio::spawn(agent.run());
         }
@@ -185,12 +149,136 @@ async fn wait_all_at(running: &Running, agents: usize, revision: u64, limit: Dur
 }
 
 fn count_at(
-    fleet: &Mutex<std::collections::BTreeMap<String, setpoint_controlplane::stream::AgentView>>,
+    fleet: &Mutex<BTreeMap<String, setpoint_controlplane::stream::AgentView>>,
     revision: u64,
 ) -> usize {
     fleet
         .lock()
         .map(|f| f.values().filter(|v| v.acked_revision >= revision).count())
+        .unwrap_or(0)
+}
+
+/// `rate` one-endpoint changes a second for `seconds`, each to a Service
+/// the earlier phase left alone: for each change, the time from its write
+/// until every agent acked the first revision whose load began after the
+/// write (an upper bound: an earlier revision may already have carried
+/// it); how many revisions carried them, and the control plane's memory
+/// meanwhile. Returns the revision before the last one.
+async fn churn(
+    running: &Running,
+    manifests: &std::path::Path,
+    shape: &ClusterShape,
+    offset: usize,
+    rate: usize,
+    seconds: usize,
+) -> u64 {
+    let total = rate * seconds;
+    let mut commits = running.commits.subscribe();
+    let revisions_before = running.metrics.revisions.get();
+    let deltas_before = running.metrics.deltas_sent.get();
+    let merged_before = running.metrics.revisions_coalesced.get();
+    let cpu_before = cpu_seconds();
+    let phase = Instant::now();
+    let writer = {
+        let (manifests, shape) = (manifests.to_path_buf(), *shape);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+            let mut written = Vec::with_capacity(total);
+            for k in offset..offset + total {
+                tick.tick().await;
+                let i = (k * 7919) % shape.services;
+                write_slice(&manifests, i, &shape, 2 * k + 1);
+                written.push(SystemTime::now());
+            }
+            written
+        })
+    };
+    // Revision → when its load began, and when every agent held it.
+    let mut seen: BTreeMap<u64, SystemTime> = BTreeMap::new();
+    let mut converged: BTreeMap<u64, SystemTime> = BTreeMap::new();
+    let mut rss = Vec::new();
+    let mut sample_at = Instant::now();
+    let mut writer = Some(writer);
+    let mut written = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(seconds as u64 + 120);
+    loop {
+        while let Ok(c) = commits.try_recv() {
+            seen.insert(c.revision.0, c.seen_at);
+        }
+        let low = min_acked(&running.service.fleet, shape.nodes);
+        let now = SystemTime::now();
+        for r in seen.keys().filter(|r| **r <= low) {
+            converged.entry(*r).or_insert(now);
+        }
+        if Instant::now() >= sample_at {
+            sample_at += Duration::from_secs(5);
+            rss.push(rss_mib("VmRSS:"));
+        }
+        if let Some(w) = writer.take_if(|w| w.is_finished()) {
+            written = w.await.expect("writer");
+        }
+        let head = *running.head.borrow();
+        if writer.is_none() && low >= head && seen.contains_key(&head) {
+            let last = written.last().copied().unwrap_or(now);
+            if seen.range(..).any(|(_, at)| *at >= last) {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the churn did not converge");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let cpu = cpu_seconds() - cpu_before;
+    let mut latencies: Vec<Duration> = written
+        .iter()
+        .filter_map(|t| {
+            let (r, _) = seen.iter().find(|(_, at)| *at >= t)?;
+            converged.get(r)?.duration_since(*t).ok()
+        })
+        .collect();
+    latencies.sort();
+    let revisions = running.metrics.revisions.get() - revisions_before;
+    let deltas = running.metrics.deltas_sent.get() - deltas_before;
+    println!(
+        "churn: {total} one-endpoint changes at {rate}/s for {seconds} s, write → every agent acked (upper bound): p50 {:.2?}, p99 {:.2?}, max {:.2?} ({} of {total} attributed)",
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+        percentile(&latencies, 1.0),
+        latencies.len(),
+    );
+    println!(
+        "churn: {revisions} revisions carried them ({:.1} changes each); {deltas} deltas ({:.1} per agent), {} revisions merged into later ones by sessions; control plane CPU {:.1} s over {:.1?} ({:.0}% of one core), {:.3} CPU-s per change",
+        total as f64 / revisions.max(1) as f64,
+        deltas as f64 / shape.nodes.max(1) as f64,
+        running.metrics.revisions_coalesced.get() - merged_before,
+        cpu,
+        phase.elapsed(),
+        100.0 * cpu / phase.elapsed().as_secs_f64(),
+        cpu / total.max(1) as f64,
+    );
+    println!(
+        "churn: control plane RSS every 5 s (MiB): {}",
+        rss.iter()
+            .map(|m| format!("{m:.0}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let head = *running.head.borrow();
+    seen.range(..head)
+        .next_back()
+        .map(|(r, _)| *r)
+        .unwrap_or(head)
+}
+
+/// The lowest revision any of the `agents` acked (0 until all reported).
+fn min_acked(
+    fleet: &Mutex<BTreeMap<String, setpoint_controlplane::stream::AgentView>>,
+    agents: usize,
+) -> u64 {
+    fleet
+        .lock()
+        .ok()
+        .filter(|f| f.len() == agents)
+        .and_then(|f| f.values().map(|v| v.acked_revision).min())
         .unwrap_or(0)
 }
 
@@ -210,11 +298,36 @@ fn control_plane() {
     write_cluster(&manifests, &shape);
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, format!("{ADMIN_TOKEN}\n")).expect("tokens");
+    // As deployed: every agent with its own client certificate.
+    let pki = (env_or("SETPOINT_BENCH_TLS", 0) != 0).then(|| {
+        let pki = Pki::new();
+        let t0 = Instant::now();
+        for i in 0..shape.nodes {
+            let node = synthetic::node_name(i);
+            pki.node(&node, &node);
+        }
+        eprintln!(
+            "{} node certificates issued in {:.1?}",
+            shape.nodes,
+            t0.elapsed()
+        );
+        pki
+    });
+    let tls = pki.as_ref().map(|pki| {
+        let (cert, key) = pki.server_files();
+        ServerTls {
+            cert,
+            key,
+            client_ca: pki.ca_file.clone(),
+            reload_every: Duration::from_secs(60),
+        }
+    });
     println!(
-        "fleet: {} agents (dry run, in a child process), {} services × {} endpoints, PostgreSQL",
+        "fleet: {} agents (dry run, in a child process), {} services × {} endpoints, PostgreSQL, {}",
         shape.nodes,
         shape.services,
-        shape.endpoints / shape.services.max(1)
+        shape.endpoints / shape.services.max(1),
+        if tls.is_some() { "mTLS" } else { "plaintext" },
     );
 
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
@@ -232,7 +345,7 @@ fn control_plane() {
             poll: Duration::from_millis(50),
             compute: Default::default(),
             rollout: None,
-            tls: None,
+            tls: tls.clone(),
             // Every agent of the fleet connects from this one address.
             agents: setpoint_controlplane::stream::AgentLimits::default()
                 .with_connections_per_peer(1 << 20),
@@ -245,13 +358,21 @@ fn control_plane() {
         })
         .await
         .expect("control plane");
-        let mut child = Command::new(std::env::current_exe().expect("this binary"))
+        let mut agents = Command::new(std::env::current_exe().expect("this binary"));
+        agents
             .env("SETPOINT_BENCH_ROLE", "agents")
-            .env("SETPOINT_BENCH_AGENTS", shape.nodes.to_string())
-            .env(
+            .env("SETPOINT_BENCH_AGENTS", shape.nodes.to_string());
+        match &pki {
+            Some(pki) => agents.env("SETPOINT_BENCH_PKI", pki.dir.path()).env(
+                "SETPOINT_BENCH_CONTROLPLANE",
+                format!("https://localhost:{}", running.agent_addr.port()),
+            ),
+            None => agents.env(
                 "SETPOINT_BENCH_CONTROLPLANE",
                 format!("http://{}", running.agent_addr),
-            )
+            ),
+        };
+        let mut child = agents
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -313,6 +434,12 @@ fn control_plane() {
             phase.elapsed(),
             100.0 * cpu / phase.elapsed().as_secs_f64(),
         );
+
+        let rate = env_or("SETPOINT_BENCH_CHURN", 0);
+        if rate > 0 {
+            let seconds = env_or("SETPOINT_BENCH_CHURN_SECONDS", 60);
+            before_last = churn(&running, &manifests, &shape, changes, rate, seconds).await;
+        }
 
         let addr = running.admin_addr.expect("admin API");
         let mut admin = AdminClient::connect(format!("http://{addr}"))

@@ -4,7 +4,9 @@
 use std::process::{Command, Output};
 
 pub mod cluster;
+pub mod measure;
 pub mod netns_agent;
+pub mod pki;
 pub mod postgres;
 pub mod service_matrix;
 pub mod vm;

@@ -21,4 +21,4 @@ pub mod synthetic;
 
 pub use index::{CommitOutcome, Index, Problem};
 pub use layout::ComputeConfig;
-pub use object::{ClusterObject, Kind, ObjectKey};
+pub use object::{ClusterObject, Kind, ObjectKey, ObjectMap, SharedObject, object_map};

@@ -159,3 +159,52 @@ mod tests {
         }
     }
 }
+
+/// One object as sources hand it on: cloning counts a reference, and two
+/// handles to one allocation are equal without looking inside, so a
+/// source that re-publishes an unchanged object costs nothing to compare.
+#[derive(Clone, Debug)]
+pub struct SharedObject(std::sync::Arc<ClusterObject>);
+
+impl SharedObject {
+    pub fn new(object: ClusterObject) -> SharedObject {
+        SharedObject(std::sync::Arc::new(object))
+    }
+
+    /// The object itself, copied only if another handle shares it.
+    pub fn into_object(self) -> ClusterObject {
+        std::sync::Arc::unwrap_or_clone(self.0)
+    }
+}
+
+impl From<ClusterObject> for SharedObject {
+    fn from(object: ClusterObject) -> Self {
+        SharedObject::new(object)
+    }
+}
+
+impl std::ops::Deref for SharedObject {
+    type Target = ClusterObject;
+    fn deref(&self) -> &ClusterObject {
+        &self.0
+    }
+}
+
+impl PartialEq for SharedObject {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0) || *self.0 == *other.0
+    }
+}
+
+/// The cluster as a source sees it, by key. Persistent: a view derived
+/// from the previous one by the objects that changed shares everything
+/// else with it, so `diff` between the two costs what changed.
+pub type ObjectMap = imbl::OrdMap<ObjectKey, SharedObject>;
+
+/// `objects` as a map, the later of two with one key winning.
+pub fn object_map(objects: impl IntoIterator<Item = ClusterObject>) -> ObjectMap {
+    objects
+        .into_iter()
+        .map(|o| (o.key(), SharedObject::new(o)))
+        .collect()
+}

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::time::SystemTime;
 
 use imbl::{OrdMap, Vector};
-use setpoint_compute::{ClusterObject, ObjectKey};
+use setpoint_compute::{ClusterObject, ObjectKey, ObjectMap};
 
 use crate::kinds::KINDS;
 
@@ -34,6 +34,10 @@ pub struct Snapshot {
     /// counts again).
     pub skipped_total: u64,
     pub(crate) kinds: BTreeMap<&'static str, KindView>,
+    /// Every listed object of every kind, edited with the kinds' maps: a
+    /// publication shares all but the changed objects with the previous
+    /// one, so the leader's diff costs what changed.
+    pub(crate) all: ObjectMap,
     /// `(generation, seen_at)` of the newest publications, oldest first.
     pub(crate) history: Vector<(u64, SystemTime)>,
 }
@@ -41,7 +45,7 @@ pub struct Snapshot {
 /// One kind's part of a snapshot.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct KindView {
-    pub(crate) objects: OrdMap<ObjectKey, ClusterObject>,
+    pub(crate) objects: ObjectMap,
     pub(crate) skipped: OrdMap<ObjectKey, String>,
     pub(crate) status: KindStatus,
 }
@@ -70,6 +74,7 @@ impl Snapshot {
                 .iter()
                 .map(|kind| (*kind, KindView::default()))
                 .collect(),
+            all: ObjectMap::new(),
             history: Vector::new(),
         }
     }
@@ -82,12 +87,18 @@ impl Snapshot {
         self.iter().cloned().collect()
     }
 
+    /// Every object as one persistent map (cheap to clone, and to diff
+    /// against an earlier publication's).
+    pub fn object_map(&self) -> ObjectMap {
+        self.all.clone()
+    }
+
     /// The same objects, without cloning.
     pub fn iter(&self) -> impl Iterator<Item = &ClusterObject> {
         KINDS
             .iter()
             .filter_map(|kind| self.kinds.get(kind))
-            .flat_map(|view| view.objects.values())
+            .flat_map(|view| view.objects.values().map(|o| &**o))
     }
 
     /// Number of objects.
@@ -100,7 +111,11 @@ impl Snapshot {
     }
 
     pub fn get(&self, key: &ObjectKey) -> Option<&ClusterObject> {
-        self.kinds.get(key.kind.as_str())?.objects.get(key)
+        self.kinds
+            .get(key.kind.as_str())?
+            .objects
+            .get(key)
+            .map(|o| &**o)
     }
 
     /// Objects currently left out because they did not decode, with the

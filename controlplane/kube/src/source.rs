@@ -3,13 +3,14 @@
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
+use imbl::ordmap::DiffItem;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, ServiceCIDR};
 use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, DefaultBackoff, Event};
 use kube::{Api, Client};
-use setpoint_compute::{ClusterObject, ObjectKey};
+use setpoint_compute::{ClusterObject, ObjectKey, ObjectMap, SharedObject};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::Instrument;
@@ -314,7 +315,8 @@ impl State {
             }
             Update::Event(kind, event) => (kind, event),
         };
-        let Some(view) = self.snapshot.kinds.get_mut(kind) else {
+        let Snapshot { kinds, all, .. } = &mut self.snapshot;
+        let Some(view) = kinds.get_mut(kind) else {
             return false;
         };
         match event {
@@ -328,7 +330,7 @@ impl State {
             }
             Event::InitApply(entry) => {
                 if let Some(listing) = self.listing.get_mut(kind) {
-                    let (_, skipped) = store(listing, entry, kind);
+                    let (_, skipped) = store(listing, None, entry, kind);
                     self.snapshot.skipped_total += u64::from(skipped);
                 }
                 false
@@ -343,21 +345,34 @@ impl State {
                     skipped = listing.skipped.len(),
                     "listed"
                 );
-                let changed = !view.status.listed
-                    || listing.objects != view.objects
-                    || listing.skipped != view.skipped;
+                let mut changed = !view.status.listed || listing.skipped != view.skipped;
+                for item in view.objects.diff(&listing.objects) {
+                    changed = true;
+                    match item {
+                        DiffItem::Add(key, object)
+                        | DiffItem::Update {
+                            new: (key, object), ..
+                        } => {
+                            all.insert(key.clone(), object.clone());
+                        }
+                        DiffItem::Remove(key, _) => {
+                            all.remove(key);
+                        }
+                    }
+                }
                 view.objects = listing.objects;
                 view.skipped = listing.skipped;
                 view.status.listed = true;
                 changed
             }
             Event::Apply(entry) => {
-                let (changed, skipped) = store(view, entry, kind);
+                let (changed, skipped) = store(view, Some(all), entry, kind);
                 self.snapshot.skipped_total += u64::from(skipped);
                 changed
             }
             Event::Delete(entry) => {
                 let key = entry.key();
+                all.remove(key);
                 let had = view.objects.remove(key).is_some();
                 let was_skipped = view.skipped.remove(key).is_some();
                 had || was_skipped
@@ -390,19 +405,33 @@ impl State {
     }
 }
 
-/// Puts `entry` in `view`: (whether the view changed, whether it was a skip).
-fn store(view: &mut KindView, entry: Entry, kind: &'static str) -> (bool, bool) {
+/// Puts `entry` in `view` (and in `all`, the published view of every
+/// kind, unless it goes to a listing in progress): (whether the view
+/// changed, whether it was a skip).
+fn store(
+    view: &mut KindView,
+    all: Option<&mut ObjectMap>,
+    entry: Entry,
+    kind: &'static str,
+) -> (bool, bool) {
     match entry {
         Entry::Object(key, object) => {
             let mut changed = view.skipped.remove(&key).is_some();
-            if view.objects.get(&key) != Some(&*object) {
-                view.objects.insert(key, *object);
+            if view.objects.get(&key).is_none_or(|o| **o != *object) {
+                let object = SharedObject::new(*object);
+                if let Some(all) = all {
+                    all.insert(key.clone(), object.clone());
+                }
+                view.objects.insert(key, object);
                 changed = true;
             }
             (changed, false)
         }
         Entry::Bad(key, reason) => {
             tracing::warn!(kind, object = %key, %reason, "skipping an object that does not decode");
+            if let Some(all) = all {
+                all.remove(&key);
+            }
             let mut changed = view.objects.remove(&key).is_some();
             if view.skipped.get(&key) != Some(&reason) {
                 view.skipped.insert(key, reason);

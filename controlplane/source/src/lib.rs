@@ -28,7 +28,7 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use setpoint_compute::{ClusterObject, ObjectKey};
+use setpoint_compute::{ClusterObject, ObjectKey, ObjectMap, SharedObject};
 
 pub use report::{LoadReport, Skipped, SourceError};
 pub use watch::ManifestWatch;
@@ -104,22 +104,51 @@ pub fn load_path_with(path: &Path, limits: &Limits) -> Result<LoadReport, Source
 /// size or modification time changed since the last load: a one-object
 /// edit in a large tree costs one file's parse, not the tree's. The result
 /// is what [`load_path`] would return.
+///
+/// It also keeps the merged objects as a persistent [`ObjectMap`], edited
+/// only at the keys of files that changed: [`ManifestCache::view_if_changed`]
+/// hands it on in O(1), and whoever holds the previous view finds what
+/// changed by `diff` in time that grows with the change, not the tree.
 #[derive(Default)]
 pub struct ManifestCache {
     files: HashMap<PathBuf, CachedFile>,
     /// A load happened (an empty tree then is not "changed" any more).
     loaded: bool,
     limits: Limits,
+    /// Every key's winning object (the last definition in path order).
+    view: ObjectMap,
+    /// The files defining each key, in path order; two or more are
+    /// duplicates, the last one wins.
+    definers: HashMap<ObjectKey, Vec<PathBuf>>,
 }
 
 struct CachedFile {
     len: u64,
     modified: Option<std::time::SystemTime>,
     /// The file's objects with their origins, after its own duplicates.
-    objects: Vec<(ClusterObject, String)>,
+    objects: Vec<(SharedObject, String)>,
+    /// Where each key is in `objects`.
+    positions: HashMap<ObjectKey, usize>,
     skipped: Vec<Skipped>,
     ignored: Vec<(String, usize)>,
     warnings: Vec<String>,
+}
+
+impl CachedFile {
+    fn object(&self, key: &ObjectKey) -> Option<&(SharedObject, String)> {
+        self.objects.get(*self.positions.get(key)?)
+    }
+}
+
+/// What [`ManifestCache::view_if_changed`] found: the merged objects and
+/// what the files reported, as a [`LoadReport`] has them (cross-file
+/// duplicate warnings come last, ordered by key).
+#[derive(Clone, Debug, Default)]
+pub struct ManifestView {
+    pub objects: ObjectMap,
+    pub skipped: Vec<Skipped>,
+    pub ignored_kinds: std::collections::BTreeMap<String, usize>,
+    pub warnings: Vec<String>,
 }
 
 /// A manifest file's path, size and modification time: what decides
@@ -157,6 +186,63 @@ impl ManifestCache {
     /// `stat` per file and nothing else, so a large tree can be looked at
     /// often.
     pub fn load_if_changed(&mut self, path: &Path) -> Result<Option<LoadReport>, SourceError> {
+        match self.scan_if_changed(path)? {
+            None => Ok(None),
+            Some(scanned) => self.load_scanned(scanned).map(Some),
+        }
+    }
+
+    /// The merged objects as a persistent map (see the type's note), with
+    /// what the files reported; `None` as for
+    /// [`ManifestCache::load_if_changed`], unless `force`.
+    pub fn view_if_changed(
+        &mut self,
+        path: &Path,
+        force: bool,
+    ) -> Result<Option<ManifestView>, SourceError> {
+        let scanned = if force {
+            scan(path)?
+        } else {
+            match self.scan_if_changed(path)? {
+                None => return Ok(None),
+                Some(scanned) => scanned,
+            }
+        };
+        let order = self.update(scanned)?;
+        let mut view = ManifestView {
+            objects: self.view.clone(),
+            ..ManifestView::default()
+        };
+        for file in &order {
+            let Some(cached) = self.files.get(file) else {
+                continue;
+            };
+            view.skipped.extend(cached.skipped.iter().cloned());
+            for (kind, n) in &cached.ignored {
+                *view.ignored_kinds.entry(kind.clone()).or_default() += n;
+            }
+            view.warnings.extend(cached.warnings.iter().cloned());
+        }
+        let mut duplicated: Vec<(&ObjectKey, &Vec<PathBuf>)> = self
+            .definers
+            .iter()
+            .filter(|(_, files)| files.len() > 1)
+            .collect();
+        duplicated.sort();
+        for (key, files) in duplicated {
+            let origins: Vec<&str> = files
+                .iter()
+                .filter_map(|f| Some(self.files.get(f)?.object(key)?.1.as_str()))
+                .collect();
+            for pair in origins.windows(2) {
+                view.warnings
+                    .push(format!("duplicate {key}: {} replaces {}", pair[1], pair[0]));
+            }
+        }
+        Ok(Some(view))
+    }
+
+    fn scan_if_changed(&mut self, path: &Path) -> Result<Option<Vec<Scanned>>, SourceError> {
         let scanned = scan(path)?;
         let unchanged = self.loaded
             && scanned.len() == self.files.len()
@@ -165,41 +251,18 @@ impl ManifestCache {
                     .get(file)
                     .is_some_and(|c| c.len == *len && c.modified == *modified)
             });
-        if unchanged {
-            return Ok(None);
-        }
-        self.load_scanned(scanned).map(Some)
+        Ok((!unchanged).then_some(scanned))
     }
 
     fn load_scanned(&mut self, scanned: Vec<Scanned>) -> Result<LoadReport, SourceError> {
+        let order = self.update(scanned)?;
         let mut merged = Loader::new(self.limits);
-        let mut live = HashMap::with_capacity(scanned.len());
-        for (file, len, modified) in scanned {
-            let cached = match self.files.remove(&file) {
-                Some(c) if c.len == len && c.modified == modified => c,
-                _ => {
-                    let mut one = Loader::new(self.limits);
-                    one.read(&file)?;
-                    let mut origins: Vec<(usize, String)> = one.seen.into_values().collect();
-                    origins.sort();
-                    let objects = one
-                        .report
-                        .objects
-                        .into_iter()
-                        .zip(origins.into_iter().map(|(_, o)| o))
-                        .collect();
-                    CachedFile {
-                        len,
-                        modified,
-                        objects,
-                        skipped: one.report.skipped,
-                        ignored: one.report.ignored_kinds.into_iter().collect(),
-                        warnings: one.report.warnings,
-                    }
-                }
+        for file in &order {
+            let Some(cached) = self.files.get(file) else {
+                continue;
             };
             for (object, origin) in &cached.objects {
-                merged.add(object.clone(), origin.clone());
+                merged.add((**object).clone(), origin.clone());
             }
             merged.report.skipped.extend(cached.skipped.iter().cloned());
             for (kind, n) in &cached.ignored {
@@ -209,11 +272,119 @@ impl ManifestCache {
                 .report
                 .warnings
                 .extend(cached.warnings.iter().cloned());
+        }
+        Ok(merged.finish())
+    }
+
+    /// Parses the files that changed and edits the merged view at their
+    /// keys; returns the files in load order. A file that cannot be read
+    /// fails the load and forgets everything, so the next load starts over.
+    fn update(&mut self, scanned: Vec<Scanned>) -> Result<Vec<PathBuf>, SourceError> {
+        match self.update_inner(scanned) {
+            Ok(order) => Ok(order),
+            Err(e) => {
+                *self = ManifestCache::with_limits(self.limits);
+                Err(e)
+            }
+        }
+    }
+
+    fn update_inner(&mut self, scanned: Vec<Scanned>) -> Result<Vec<PathBuf>, SourceError> {
+        let mut live = HashMap::with_capacity(scanned.len());
+        let mut order = Vec::with_capacity(scanned.len());
+        // (file, keys it defined, keys it defines now)
+        let mut edits: Vec<(PathBuf, Vec<ObjectKey>, Vec<ObjectKey>)> = Vec::new();
+        for (file, len, modified) in scanned {
+            let cached = match self.files.remove(&file) {
+                Some(c) if c.len == len && c.modified == modified => c,
+                old => {
+                    let fresh = self.parse(&file, len, modified)?;
+                    let before = old
+                        .map(|o| o.positions.into_keys().collect())
+                        .unwrap_or_default();
+                    edits.push((
+                        file.clone(),
+                        before,
+                        fresh.positions.keys().cloned().collect(),
+                    ));
+                    fresh
+                }
+            };
+            order.push(file.clone());
             live.insert(file, cached);
+        }
+        for (file, gone) in self.files.drain() {
+            edits.push((file, gone.positions.into_keys().collect(), Vec::new()));
         }
         self.files = live;
         self.loaded = true;
-        Ok(merged.finish())
+        let mut affected: HashSet<ObjectKey> = HashSet::new();
+        for (file, before, now) in edits {
+            for key in before {
+                if let Some(files) = self.definers.get_mut(&key) {
+                    files.retain(|f| *f != file);
+                }
+                affected.insert(key);
+            }
+            for key in now {
+                let files = self.definers.entry(key.clone()).or_default();
+                if let Err(at) = files.binary_search(&file) {
+                    files.insert(at, file.clone());
+                }
+                affected.insert(key);
+            }
+        }
+        for key in affected {
+            let winner = self
+                .definers
+                .get(&key)
+                .and_then(|files| files.last())
+                .and_then(|file| self.files.get(file)?.object(&key))
+                .map(|(object, _)| object.clone());
+            match winner {
+                Some(object) => {
+                    self.view.insert(key, object);
+                }
+                None => {
+                    self.view.remove(&key);
+                    self.definers.remove(&key);
+                }
+            }
+        }
+        Ok(order)
+    }
+
+    fn parse(
+        &self,
+        file: &Path,
+        len: u64,
+        modified: Option<std::time::SystemTime>,
+    ) -> Result<CachedFile, SourceError> {
+        let mut one = Loader::new(self.limits);
+        one.read(file)?;
+        let mut origins: Vec<(usize, String)> = one.seen.into_values().collect();
+        origins.sort();
+        let objects: Vec<(SharedObject, String)> = one
+            .report
+            .objects
+            .into_iter()
+            .map(SharedObject::new)
+            .zip(origins.into_iter().map(|(_, o)| o))
+            .collect();
+        let positions = objects
+            .iter()
+            .enumerate()
+            .map(|(at, (object, _))| (object.key(), at))
+            .collect();
+        Ok(CachedFile {
+            len,
+            modified,
+            objects,
+            positions,
+            skipped: one.report.skipped,
+            ignored: one.report.ignored_kinds.into_iter().collect(),
+            warnings: one.report.warnings,
+        })
     }
 }
 

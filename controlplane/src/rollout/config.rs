@@ -8,11 +8,11 @@ use std::time::Duration;
 use sha2::{Digest as _, Sha256};
 
 /// The labels of every Node among `objects`, by node name.
-pub fn node_labels(
-    objects: &[setpoint_compute::ClusterObject],
+pub fn node_labels<'a>(
+    objects: impl IntoIterator<Item = &'a setpoint_compute::ClusterObject>,
 ) -> BTreeMap<String, BTreeMap<String, String>> {
     objects
-        .iter()
+        .into_iter()
         .filter_map(|o| match o {
             setpoint_compute::ClusterObject::Node(n) => Some((
                 n.metadata.name.clone().unwrap_or_default(),

@@ -29,14 +29,10 @@ async fn load_manifests(
     cache: &mut setpoint_source::ManifestCache,
     path: &std::path::Path,
     force: bool,
-) -> anyhow::Result<Option<setpoint_source::LoadReport>> {
+) -> anyhow::Result<Option<setpoint_source::ManifestView>> {
     let (path, mut taken) = (path.to_path_buf(), std::mem::take(cache));
     let (back, loaded) = tokio::task::spawn_blocking(move || {
-        let loaded = if force {
-            taken.load(&path).map(Some)
-        } else {
-            taken.load_if_changed(&path)
-        };
+        let loaded = taken.view_if_changed(&path, force);
         (taken, loaded)
     })
     .await
@@ -58,6 +54,9 @@ pub(super) struct Replica {
     /// Admin writes, run by whichever term of leadership is current.
     pub(super) admin: tokio::sync::Mutex<mpsc::Receiver<AdminCommand>>,
     pub(super) rollout: watch::Sender<RolloutStatus>,
+    /// The parsed manifests, kept up to date while following too: a
+    /// follower that takes over parses only the files changed since.
+    pub(super) manifest_cache: tokio::sync::Mutex<setpoint_source::ManifestCache>,
 }
 
 impl Replica {
@@ -65,6 +64,7 @@ impl Replica {
     /// again. A deposed leader's late commit is refused by the epoch fence.
     pub(super) async fn run(self) {
         let campaign = Campaign::new(&self.config.election, self.store.clone());
+        let mut warmed = None;
         loop {
             match campaign.try_lead().await {
                 Ok(Some(mut leadership)) => {
@@ -79,6 +79,7 @@ impl Replica {
                             leader.publish_to(self.service.fanout.clone()).await;
                             leader.report_to(self.metrics.service_problems.clone());
                             leader.publish_problems_to(self.address_problems.clone());
+                            leader.measure_with(self.service.sli.clone());
                             tracing::info!(epoch = leader.epoch().0, "leading");
                             self.role.send_replace(Role::Leader);
                             match self.config.kube.clone() {
@@ -96,7 +97,10 @@ impl Replica {
                     }
                     self.role.send_replace(Role::Follower);
                 }
-                Ok(None) => self.metrics.set_ready(true),
+                Ok(None) => {
+                    self.metrics.set_ready(true);
+                    self.keep_warm(&mut warmed).await;
+                }
                 Err(e) => {
                     self.metrics.set_ready(false);
                     if campaign.by_store() {
@@ -109,14 +113,40 @@ impl Replica {
         }
     }
 
+    /// While following, parses the manifest files that changed (when the
+    /// head moved, and every `MANIFEST_RESCAN`), so that taking over after
+    /// the leader's death loads only what changed since, not the whole
+    /// tree (seconds at 10,000 Services, while every agent waits).
+    /// `warmed`: the head and time of the last look.
+    async fn keep_warm(&self, warmed: &mut Option<(u64, tokio::time::Instant)>) {
+        if self.config.kube.is_some() {
+            return;
+        }
+        let head = *self.head.borrow();
+        if warmed.is_some_and(|(h, at)| h == head && at.elapsed() < MANIFEST_RESCAN) {
+            return;
+        }
+        *warmed = Some((head, tokio::time::Instant::now()));
+        let mut cache = self.manifest_cache.lock().await;
+        if let Err(e) = load_manifests(&mut cache, &self.config.manifests, false).await {
+            // The leader reports the manifests' problems; a follower only
+            // prepares.
+            tracing::debug!("following: cannot read the manifests: {e:#}");
+        }
+    }
+
     /// Looks at the manifests when inotify says something changed (every
     /// `poll` without it, every `MANIFEST_RESCAN` anyway); a change is
     /// loaded again after `batch` until nothing newer appears (so an
     /// editor's burst of writes is one revision) and committed.
     async fn watch_manifests(&self, mut leader: Leader, leadership: &mut Term) {
         let (config, problems) = (&self.config, &self.problems);
-        // Only files that changed are parsed again.
-        let mut cache = setpoint_source::ManifestCache::with_limits(config.manifest_limits);
+        // Only files that changed are parsed again (since the last look
+        // while following, too).
+        let mut cache = self.manifest_cache.lock().await;
+        // The term's first look loads everything, changed or not: this
+        // leader has synced nothing yet.
+        let mut first = true;
         let mut failing = false;
         let mut admin = self.admin.lock().await;
         let mut rollout = self.start_rollout().await;
@@ -153,7 +183,9 @@ impl Replica {
                 rescan_at = tokio::time::Instant::now() + rescan;
                 let seen_at = SystemTime::now();
                 // After a failed commit the same objects are synced again.
-                let mut found = load_manifests(&mut cache, &config.manifests, failing).await;
+                let mut found =
+                    load_manifests(&mut cache, &config.manifests, failing || first).await;
+                first = false;
                 // A burst of writes is one revision: load again after
                 // `batch` until a look finds nothing newer (with inotify,
                 // only when an event came meanwhile).
@@ -241,7 +273,12 @@ impl Replica {
                         .collect(),
                 );
                 let outcome = self
-                    .sync(&mut leader, rollout.as_mut(), snapshot.objects(), seen_at)
+                    .sync(
+                        &mut leader,
+                        rollout.as_mut(),
+                        snapshot.object_map(),
+                        seen_at,
+                    )
                     .await;
                 failing = !self.record(outcome);
                 if !failing {
@@ -271,23 +308,16 @@ impl Replica {
         }
     }
 
-    /// Records a sync's outcome in metrics, the seen-at map and the commit
-    /// feed; returns whether it succeeded (a failed commit is retried).
+    /// Records a sync's outcome in metrics and the commit feed; returns
+    /// whether it succeeded (a failed commit is retried).
     fn record(&self, outcome: anyhow::Result<Option<Committed>>) -> bool {
-        let (service, metrics, commits) = (&self.service, &self.metrics, &self.commits);
+        let (metrics, commits) = (&self.metrics, &self.commits);
         match outcome {
             Ok(Some(c)) => {
                 metrics.set_ready(true);
                 metrics.revisions.inc();
                 metrics.compute_seconds.observe(c.compute.as_secs_f64());
                 metrics.commit_seconds.observe(c.commit.as_secs_f64());
-                if let Ok(mut s) = service.seen.lock() {
-                    s.insert(c.revision.0, c.seen_at);
-                    // Only recent revisions are ever acked.
-                    while s.len() > 1024 {
-                        s.pop_first();
-                    }
-                }
                 tracing::info!(
                     revision = c.revision.0,
                     nodes = c.nodes_changed,
@@ -326,9 +356,13 @@ impl Replica {
     /// Publishes a revision written outside a sync (admin, rollout): pins
     /// changed, so the leader re-derives the states it serves.
     async fn wrote(&self, leader: &mut Leader, revision: setpoint_store::RevisionId) {
-        if let Ok(mut s) = self.service.seen.lock() {
-            s.insert(revision.0, SystemTime::now());
-        }
+        self.service.sli.started(
+            revision.0,
+            crate::sli::Start {
+                at: SystemTime::now(),
+                by: crate::sli::StartedBy::Write,
+            },
+        );
         // The head first, so that what reported the write (the rollout's
         // status, say) is not seen ahead of it; sessions it wakes wait for
         // the publication below.
@@ -355,21 +389,21 @@ impl Replica {
         &self,
         leader: &mut Leader,
         rollout: Option<&mut Rollout>,
-        objects: Vec<setpoint_compute::ClusterObject>,
+        objects: setpoint_compute::ObjectMap,
         seen_at: SystemTime,
     ) -> anyhow::Result<Option<Committed>> {
         if self.config.rollout.is_some() && rollout.is_none() {
             anyhow::bail!("the rollout is configured but not running: not committing");
         }
         let Some(rollout) = rollout else {
-            return leader.sync(objects, seen_at).await;
+            return leader.sync_view(objects, seen_at).await;
         };
-        let labels = node_labels(&objects);
+        let labels = node_labels(objects.values().map(|o| &**o));
         if let Some(r) = rollout.hold(&self.store, leader.epoch(), &labels).await? {
             self.wrote(leader, r).await;
         }
         let since_ms = crate::rollout::now_ms();
-        let outcome = leader.sync(objects, seen_at).await?;
+        let outcome = leader.sync_view(objects, seen_at).await?;
         if let Some(c) = &outcome {
             match rollout
                 .committed(&self.store, leader.epoch(), c.revision, since_ms)

@@ -5,14 +5,11 @@
 //! certificate, or in plaintext, is refused at the handshake; rotated
 //! files are used without a restart; plaintext off loopback is refused.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
-};
+use rcgen::ExtendedKeyUsagePurpose;
 use setpoint_agent::client::{Agent, AgentOptions, AgentTls, check_transport};
 use setpoint_agent::services::IpvsMode;
 use setpoint_controlplane::serve::{Running, ServeConfig, start};
@@ -22,94 +19,17 @@ use tokio_rustls::rustls;
 
 use crate::e2e_support::{Progress, copy_examples, progress};
 
-/// A CA that issues server and node certificates.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
+pub(crate) use setpoint_integration::pki::Pki;
+use setpoint_integration::pki::{Ca, write_pair};
 
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let key = KeyPair::generate().expect("key");
-        Ca {
-            issuer: CertifiedIssuer::self_signed(params, key).expect("CA"),
-        }
-    }
-
-    /// A leaf for `names` (SAN DNS names, or IP addresses), for `usage`;
-    /// returns (certificate PEM, key PEM, certificate DER).
-    fn issue(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String, Vec<u8>) {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut params = CertificateParams::new(names).expect("params");
-        params.extended_key_usages = vec![usage];
-        let key = KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &self.issuer).expect("sign");
-        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
-    }
-
-    fn write(&self, dir: &Path) -> PathBuf {
-        let path = dir.join("ca.pem");
-        std::fs::write(&path, self.issuer.pem()).expect("write CA");
-        path
-    }
-}
-
-/// Writes a certificate and key as `<name>.crt` / `<name>.key`.
-fn write_pair(dir: &Path, name: &str, cert: &str, key: &str) -> (PathBuf, PathBuf) {
-    let (c, k) = (
-        dir.join(format!("{name}.crt")),
-        dir.join(format!("{name}.key")),
-    );
-    // Write to a temporary name and rename, as kubelet swaps a Secret.
-    for (path, text) in [(&c, cert), (&k, key)] {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text).expect("write");
-        std::fs::rename(&tmp, path).expect("rename");
-    }
-    (c, k)
-}
-
-pub(crate) struct Pki {
-    dir: tempfile::TempDir,
-    ca: Ca,
-    ca_file: PathBuf,
-}
-
-impl Pki {
-    pub(crate) fn new() -> Pki {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let ca = Ca::new("setpoint test CA");
-        let ca_file = ca.write(dir.path());
-        Pki { dir, ca, ca_file }
-    }
-
-    /// The control plane's certificate (for `localhost`).
-    pub(crate) fn server(&self) -> ServerTls {
-        let (cert, key, _) = self
-            .ca
-            .issue(&["localhost"], ExtendedKeyUsagePurpose::ServerAuth);
-        let (cert, key) = write_pair(self.dir.path(), "server", &cert, &key);
-        ServerTls {
-            cert,
-            key,
-            client_ca: self.ca_file.clone(),
-            reload_every: Duration::from_millis(100),
-        }
-    }
-
-    /// Files of a certificate naming `node`, under `file`.
-    pub(crate) fn node(&self, file: &str, node: &str) -> AgentTls {
-        let (cert, key, _) = self.ca.issue(&[node], ExtendedKeyUsagePurpose::ClientAuth);
-        let (cert, key) = write_pair(self.dir.path(), file, &cert, &key);
-        AgentTls {
-            cert,
-            key,
-            ca: self.ca_file.clone(),
-            server_name: None,
-        }
+/// The control plane's TLS settings from `pki`'s server certificate.
+pub(crate) fn server_tls(pki: &Pki) -> ServerTls {
+    let (cert, key) = pki.server_files();
+    ServerTls {
+        cert,
+        key,
+        client_ca: pki.ca_file.clone(),
+        reload_every: Duration::from_millis(100),
     }
 }
 
@@ -133,7 +53,7 @@ async fn serve_tls() -> Fixture {
     );
     copy_examples(manifests.path());
     let pki = Pki::new();
-    let server = pki.server();
+    let server = server_tls(&pki);
     let running = start(ServeConfig {
         tls: Some(server.clone()),
         ..ServeConfig::local(manifests.path(), sqlite(data.path()))

@@ -21,7 +21,7 @@ use setpoint_integration::netns_agent::NetnsAgent;
 use setpoint_integration::{Netns, require_root_and_tools};
 use setpoint_store::AgentResult;
 
-use crate::agent_identity::Pki;
+use crate::agent_identity::{Pki, server_tls};
 use crate::e2e_support::{copy_examples, fresh_postgres_database};
 use crate::running_failures::{ControlPlane, config, open_store, wait_for};
 
@@ -106,7 +106,7 @@ impl Rig {
         listen: SocketAddr,
     ) -> ControlPlane {
         ControlPlane::launch(ServeConfig {
-            tls: Some(pki.server()),
+            tls: Some(server_tls(pki)),
             ..config(manifests, database, listen)
         })
         .await

@@ -257,3 +257,81 @@ fn load_if_changed_answers_none_until_a_file_changes() {
         );
     }
 }
+
+/// The cache's persistent view agrees with a fresh load through edits,
+/// duplicates across files (the later file wins, and wins again when the
+/// earlier one changes), removals and a file turned bad; an unchanged
+/// object stays the same allocation from one view to the next.
+#[test]
+fn the_cache_view_agrees_with_a_fresh_load_through_edits() {
+    use setpoint_compute::{ObjectKey, ObjectMap, object_map};
+    use setpoint_source::ManifestCache;
+    let dir = tree(&[
+        ("a.yaml", node("n1").as_bytes()),
+        (
+            "b.yaml",
+            format!("{}---\n{}", node("n2"), node("n1")).as_bytes(),
+        ),
+    ]);
+    let mut cache = ManifestCache::default();
+    let mut previous: Option<ObjectMap> = None;
+    let mut check = |cache: &mut ManifestCache, what: &str| {
+        let view = cache
+            .view_if_changed(dir.path(), false)
+            .expect("view")
+            .unwrap_or_else(|| panic!("{what}: a change is seen"));
+        let fresh = load_path(dir.path()).expect("fresh load");
+        assert!(
+            view.objects == object_map(fresh.objects.clone()),
+            "{what}: the same objects"
+        );
+        assert_eq!(view.skipped, fresh.skipped, "{what}");
+        assert_eq!(view.ignored_kinds, fresh.ignored_kinds, "{what}");
+        let (mut a, mut b) = (view.warnings.clone(), fresh.warnings.clone());
+        a.sort();
+        b.sort();
+        assert_eq!(a, b, "{what}: the same warnings");
+        assert!(
+            cache
+                .view_if_changed(dir.path(), false)
+                .expect("look")
+                .is_none(),
+            "{what}: nothing new after it was seen"
+        );
+        if let Some(before) = &previous {
+            // Objects of files that did not change are the same handles.
+            let n2 = ObjectKey {
+                kind: setpoint_compute::Kind::Node,
+                namespace: String::new(),
+                name: "n2".into(),
+            };
+            if let (Some(x), Some(y)) = (before.get(&n2), view.objects.get(&n2))
+                && what != "edit b"
+            {
+                assert!(std::ptr::eq(&**x, &**y), "{what}: n2 not copied");
+            }
+        }
+        previous = Some(view.objects);
+    };
+    check(&mut cache, "first");
+    fs::write(
+        dir.path().join("a.yaml"),
+        format!("{}---\n{}", node("n3"), node("n1")),
+    )
+    .expect("edit");
+    check(&mut cache, "edit a");
+    fs::write(dir.path().join("c.yaml"), node("n3")).expect("add");
+    check(&mut cache, "add c");
+    fs::write(dir.path().join("b.yaml"), node("n2")).expect("edit");
+    check(&mut cache, "edit b");
+    fs::remove_file(dir.path().join("c.yaml")).expect("remove");
+    check(&mut cache, "remove c");
+    fs::write(
+        dir.path().join("a.yaml"),
+        "kind: Node\nmetadata: [not, a, map]\n",
+    )
+    .expect("break");
+    check(&mut cache, "break a");
+    fs::remove_file(dir.path().join("a.yaml")).expect("remove");
+    check(&mut cache, "remove a");
+}
