@@ -209,11 +209,15 @@ fn progress_line(p: &RevisionProgress, now_ms: i64, with_bar: bool) -> String {
         line.push_str(&bar(p.acked, p.total, 30));
     }
     line.push_str(&format!(
-        " {}/{} acked, {} nack(s), {elapsed:.1}s since the {}",
+        " {}/{} acked, {} nack(s), {elapsed:.1}s since {}",
         p.acked,
         p.total,
         p.nacks,
-        start_name(&p.started_by)
+        match p.started_by.as_str() {
+            "trigger" => "the trigger",
+            "write" => "the write",
+            _ => "the change was seen",
+        }
     ));
     if p.pending > 0 {
         line.push_str(&format!("; waiting: {}", waiting(p)));
@@ -221,11 +225,12 @@ fn progress_line(p: &RevisionProgress, now_ms: i64, with_bar: bool) -> String {
     line
 }
 
-fn start_name(by: &str) -> &'static str {
+/// What the clock started at, for a finished revision's line.
+fn timed_from(by: &str) -> &'static str {
     match by {
-        "trigger" => "trigger",
-        "write" => "write",
-        _ => "change was seen",
+        "trigger" => "the trigger annotation",
+        "write" => "the write",
+        _ => "when the change was seen",
     }
 }
 
@@ -243,13 +248,13 @@ fn done_line(p: &RevisionProgress) -> String {
         .map(|n| format!("{} {:.3}s", n.node, n.seconds))
         .collect();
     format!(
-        "revision {}: all {} node(s) acked in {} (50% {}, 99% {}; from the {}), {} nack(s); slowest: {}",
+        "revision {}: all {} node(s) acked in {} (50% {}, 99% {}; timed from {}), {} nack(s); slowest: {}",
         p.revision,
         p.total,
         secs(p.p100_seconds),
         secs(p.p50_seconds),
         secs(p.p99_seconds),
-        start_name(&p.started_by),
+        timed_from(&p.started_by),
         p.nacks,
         slowest.join(", ")
     )
@@ -406,7 +411,7 @@ mod tests {
         }];
         assert_eq!(
             done_line(&done),
-            "revision 12: all 3 node(s) acked in 0.250s (50% 0.100s, 99% 0.250s; from the trigger), 1 nack(s); slowest: node-y 0.250s"
+            "revision 12: all 3 node(s) acked in 0.250s (50% 0.100s, 99% 0.250s; timed from the trigger annotation), 1 nack(s); slowest: node-y 0.250s"
         );
         assert_eq!(waiting(&done), "-");
         assert!(done_line(&progress(0, 0)).contains("no node to wait for"));

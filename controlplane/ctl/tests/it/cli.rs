@@ -819,7 +819,7 @@ async fn status_watch_follows_a_revision_timed_from_its_trigger() {
     let plain = ctl_as(&f, Some("read"), &["status", "--watch"], 0).await;
     plain.says(&[
         &format!("revision {second}: all 3 node(s) acked in"),
-        "from the trigger",
+        "timed from the trigger annotation",
         "slowest: node-",
     ]);
     // `status` shows the newest revisions' convergence.
