@@ -23,7 +23,7 @@ mod objects;
 mod report;
 mod watch;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use setpoint_compute::{ClusterObject, ObjectKey, ObjectMap, SharedObject};
 
 pub use report::{LoadReport, Skipped, SourceError};
-pub use watch::ManifestWatch;
+pub use watch::{Look, ManifestWatch};
 
 /// Bounds on what one manifest file may cost to read. Exceeding one skips
 /// that file or document with a [`Skipped`] entry naming the limit; other
@@ -111,7 +111,8 @@ pub fn load_path_with(path: &Path, limits: &Limits) -> Result<LoadReport, Source
 /// changed by `diff` in time that grows with the change, not the tree.
 #[derive(Default)]
 pub struct ManifestCache {
-    files: HashMap<PathBuf, CachedFile>,
+    /// By path, so iterating is load order.
+    files: BTreeMap<PathBuf, CachedFile>,
     /// A load happened (an empty tree then is not "changed" any more).
     loaded: bool,
     limits: Limits,
@@ -140,6 +141,27 @@ impl CachedFile {
     }
 }
 
+/// One file re-read: the keys it defined before and defines now.
+struct Edit {
+    file: PathBuf,
+    before: Vec<ObjectKey>,
+    now: Vec<ObjectKey>,
+}
+
+impl Edit {
+    fn new(file: &Path, before: Option<&CachedFile>, now: Option<&CachedFile>) -> Edit {
+        let keys = |c: Option<&CachedFile>| {
+            c.map(|c| c.positions.keys().cloned().collect())
+                .unwrap_or_default()
+        };
+        Edit {
+            file: file.to_path_buf(),
+            before: keys(before),
+            now: keys(now),
+        }
+    }
+}
+
 /// What [`ManifestCache::view_if_changed`] found: the merged objects and
 /// what the files reported, as a [`LoadReport`] has them (cross-file
 /// duplicate warnings come last, ordered by key).
@@ -154,6 +176,9 @@ pub struct ManifestView {
 /// A manifest file's path, size and modification time: what decides
 /// whether it is parsed again.
 type Scanned = (PathBuf, u64, Option<std::time::SystemTime>);
+
+/// A file's size and modification time.
+type Stat = (u64, Option<std::time::SystemTime>);
 
 fn scan(path: &Path) -> Result<Vec<Scanned>, SourceError> {
     manifest_files(path)?
@@ -208,15 +233,70 @@ impl ManifestCache {
                 Some(scanned) => scanned,
             }
         };
-        let order = self.update(scanned)?;
+        self.update(scanned)?;
+        Ok(Some(self.current_view()))
+    }
+
+    /// [`ManifestCache::view_if_changed`] after `files` alone may have
+    /// changed under `root` (what a [`Look::Files`] names): only they are
+    /// looked at, so an edit costs one `stat` and one parse however many
+    /// files the tree holds. Before the first load, or for a path this
+    /// cannot place (not below `root`, now a directory), the whole tree is
+    /// looked at. Files in hidden directories are not manifests, as for a
+    /// load.
+    pub fn view_of_files(
+        &mut self,
+        root: &Path,
+        files: &[PathBuf],
+    ) -> Result<Option<ManifestView>, SourceError> {
+        if !self.loaded || !root.is_dir() {
+            return self.view_if_changed(root, false);
+        }
+        let mut changed = Vec::new();
+        for file in files {
+            let Ok(below) = file.strip_prefix(root) else {
+                return self.view_if_changed(root, false);
+            };
+            let hidden = below
+                .components()
+                .any(|c| c.as_os_str().as_encoded_bytes().starts_with(b"."));
+            if hidden || !is_manifest(file) {
+                continue;
+            }
+            let now: Option<Stat> = match fs::metadata(file) {
+                Ok(meta) if meta.is_file() => Some((meta.len(), meta.modified().ok())),
+                Ok(_) => return self.view_if_changed(root, false),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(source) => {
+                    return Err(SourceError::Read {
+                        path: file.clone(),
+                        source,
+                    });
+                }
+            };
+            let cached = self.files.get(file).map(|c| (c.len, c.modified));
+            if now != cached {
+                changed.push((file.clone(), now));
+            }
+        }
+        if changed.is_empty() {
+            return Ok(None);
+        }
+        let result = self.update_files(changed);
+        if let Err(e) = result {
+            *self = ManifestCache::with_limits(self.limits);
+            return Err(e);
+        }
+        Ok(Some(self.current_view()))
+    }
+
+    /// The merged objects and, in load order, what the files reported.
+    fn current_view(&self) -> ManifestView {
         let mut view = ManifestView {
             objects: self.view.clone(),
             ..ManifestView::default()
         };
-        for file in &order {
-            let Some(cached) = self.files.get(file) else {
-                continue;
-            };
+        for cached in self.files.values() {
             view.skipped.extend(cached.skipped.iter().cloned());
             for (kind, n) in &cached.ignored {
                 *view.ignored_kinds.entry(kind.clone()).or_default() += n;
@@ -239,7 +319,7 @@ impl ManifestCache {
                     .push(format!("duplicate {key}: {} replaces {}", pair[1], pair[0]));
             }
         }
-        Ok(Some(view))
+        view
     }
 
     fn scan_if_changed(&mut self, path: &Path) -> Result<Option<Vec<Scanned>>, SourceError> {
@@ -255,12 +335,9 @@ impl ManifestCache {
     }
 
     fn load_scanned(&mut self, scanned: Vec<Scanned>) -> Result<LoadReport, SourceError> {
-        let order = self.update(scanned)?;
+        self.update(scanned)?;
         let mut merged = Loader::new(self.limits);
-        for file in &order {
-            let Some(cached) = self.files.get(file) else {
-                continue;
-            };
+        for cached in self.files.values() {
             for (object, origin) in &cached.objects {
                 merged.add((**object).clone(), origin.clone());
             }
@@ -277,49 +354,62 @@ impl ManifestCache {
     }
 
     /// Parses the files that changed and edits the merged view at their
-    /// keys; returns the files in load order. A file that cannot be read
-    /// fails the load and forgets everything, so the next load starts over.
-    fn update(&mut self, scanned: Vec<Scanned>) -> Result<Vec<PathBuf>, SourceError> {
-        match self.update_inner(scanned) {
-            Ok(order) => Ok(order),
-            Err(e) => {
-                *self = ManifestCache::with_limits(self.limits);
-                Err(e)
-            }
+    /// keys. A file that cannot be read fails the load and forgets
+    /// everything, so the next load starts over.
+    fn update(&mut self, scanned: Vec<Scanned>) -> Result<(), SourceError> {
+        let result = self.update_scanned(scanned);
+        if result.is_err() {
+            *self = ManifestCache::with_limits(self.limits);
         }
+        result
     }
 
-    fn update_inner(&mut self, scanned: Vec<Scanned>) -> Result<Vec<PathBuf>, SourceError> {
-        let mut live = HashMap::with_capacity(scanned.len());
-        let mut order = Vec::with_capacity(scanned.len());
-        // (file, keys it defined, keys it defines now)
-        let mut edits: Vec<(PathBuf, Vec<ObjectKey>, Vec<ObjectKey>)> = Vec::new();
+    fn update_scanned(&mut self, scanned: Vec<Scanned>) -> Result<(), SourceError> {
+        let mut live = BTreeMap::new();
+        let mut edits: Vec<Edit> = Vec::new();
         for (file, len, modified) in scanned {
             let cached = match self.files.remove(&file) {
                 Some(c) if c.len == len && c.modified == modified => c,
                 old => {
                     let fresh = self.parse(&file, len, modified)?;
-                    let before = old
-                        .map(|o| o.positions.into_keys().collect())
-                        .unwrap_or_default();
-                    edits.push((
-                        file.clone(),
-                        before,
-                        fresh.positions.keys().cloned().collect(),
-                    ));
+                    edits.push(Edit::new(&file, old.as_ref(), Some(&fresh)));
                     fresh
                 }
             };
-            order.push(file.clone());
             live.insert(file, cached);
         }
-        for (file, gone) in self.files.drain() {
-            edits.push((file, gone.positions.into_keys().collect(), Vec::new()));
+        for (file, gone) in std::mem::take(&mut self.files) {
+            edits.push(Edit::new(&file, Some(&gone), None));
         }
         self.files = live;
         self.loaded = true;
+        self.apply(edits);
+        Ok(())
+    }
+
+    /// Re-reads `changed` files (`None`: removed) into the cache.
+    fn update_files(&mut self, changed: Vec<(PathBuf, Option<Stat>)>) -> Result<(), SourceError> {
+        let mut edits = Vec::with_capacity(changed.len());
+        for (file, now) in changed {
+            let old = self.files.remove(&file);
+            let fresh = match now {
+                Some((len, modified)) => Some(self.parse(&file, len, modified)?),
+                None => None,
+            };
+            edits.push(Edit::new(&file, old.as_ref(), fresh.as_ref()));
+            if let Some(fresh) = fresh {
+                self.files.insert(file, fresh);
+            }
+        }
+        self.apply(edits);
+        Ok(())
+    }
+
+    /// Moves each edited file's keys between definers and puts every
+    /// affected key's winner (the last definer in path order) in the view.
+    fn apply(&mut self, edits: Vec<Edit>) {
         let mut affected: HashSet<ObjectKey> = HashSet::new();
-        for (file, before, now) in edits {
+        for Edit { file, before, now } in edits {
             for key in before {
                 if let Some(files) = self.definers.get_mut(&key) {
                     files.retain(|f| *f != file);
@@ -351,7 +441,6 @@ impl ManifestCache {
                 }
             }
         }
-        Ok(order)
     }
 
     fn parse(

@@ -9,9 +9,9 @@
 //! Callers keep a slow rescan for what inotify cannot see (network file
 //! systems, a watch limit reached).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use notify::event::{AccessKind, AccessMode};
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{Event, EventKind, RecursiveMode, Watcher};
 
 /// Keeps the watch alive; dropping it stops the events.
@@ -25,33 +25,76 @@ impl std::fmt::Debug for ManifestWatch {
     }
 }
 
-/// Whether an event can mean the manifests changed. Reads (the loader's
-/// own, or anyone's) open and close files without writing: ignored, else
-/// every load would wake the next.
-fn may_change(event: &Event) -> bool {
+/// What an event asks the loader to look at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Look {
+    /// These manifest files may have been written, added or removed
+    /// (the loader stats just them).
+    Files(Vec<PathBuf>),
+    /// Anything may have changed: a directory, a link, a hidden name
+    /// that is not a plain file (a ConfigMap volume swaps its `..data`
+    /// link), an event without paths, a lost event.
+    Everything,
+}
+
+/// What `event` asks to look at; `None` when it cannot be a change.
+/// Reads (the loader's own, or anyone's) open and close files without
+/// writing: ignored, else every load would wake the next. Hidden plain
+/// files (an editor's swap file, a `.tmp` renamed into place) are never
+/// manifests: ignored; the rename's target is what is looked at.
+pub fn look_for(event: &notify::Result<Event>) -> Option<Look> {
+    let event = match event {
+        Ok(e) => e,
+        // An error (an overflowed queue, say) may hide a change.
+        Err(_) => return Some(Look::Everything),
+    };
     match event.kind {
-        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-        EventKind::Access(_) => false,
-        _ => true,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => {}
+        EventKind::Access(_) => return None,
+        _ => {}
     }
+    if event.paths.is_empty() {
+        return Some(Look::Everything);
+    }
+    let moved_away = matches!(
+        event.kind,
+        EventKind::Modify(ModifyKind::Name(RenameMode::From))
+    );
+    let mut files = Vec::new();
+    for path in &event.paths {
+        let hidden = path
+            .file_name()
+            .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."));
+        if hidden {
+            // A hidden name moved away comes back as the rename's target.
+            let plain_file = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file());
+            if moved_away || plain_file {
+                continue;
+            }
+            return Some(Look::Everything);
+        }
+        if !crate::is_manifest(path) {
+            return Some(Look::Everything);
+        }
+        files.push(path.clone());
+    }
+    (!files.is_empty()).then_some(Look::Files(files))
 }
 
 impl ManifestWatch {
     /// Calls `changed` (on the watcher's own thread) after an event under
-    /// `path` that may be a change: anything below it when it is a
-    /// directory, the file's directory when it is a file (editors and
-    /// Kubernetes ConfigMap volumes replace files by renaming, which a
-    /// watch on the file itself would not survive). An error when the
-    /// platform cannot watch (then poll).
+    /// `path` that may be a change, with what to look at: anything below
+    /// it when it is a directory, the file's directory when it is a file
+    /// (editors and Kubernetes ConfigMap volumes replace files by
+    /// renaming, which a watch on the file itself would not survive). An
+    /// error when the platform cannot watch (then poll).
     pub fn start(
         path: &Path,
-        changed: impl Fn() + Send + 'static,
+        changed: impl Fn(Look) + Send + 'static,
     ) -> Result<ManifestWatch, notify::Error> {
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
-            match event {
-                Ok(e) if !may_change(&e) => {}
-                // An error (an overflowed queue, say) may hide a change.
-                _ => changed(),
+            if let Some(look) = look_for(&event) {
+                changed(look);
             }
         })?;
         if path.is_dir() {
@@ -80,7 +123,7 @@ mod tests {
     fn counted(path: &Path) -> (ManifestWatch, Arc<AtomicUsize>) {
         let count = Arc::new(AtomicUsize::new(0));
         let seen = count.clone();
-        let watch = ManifestWatch::start(path, move || {
+        let watch = ManifestWatch::start(path, move |_| {
             seen.fetch_add(1, Ordering::SeqCst);
         })
         .expect("inotify works here");
@@ -143,6 +186,98 @@ mod tests {
             let before = settled(&count);
             step();
             assert!(woken(&count, before), "{what} wakes the loader");
+        }
+    }
+
+    /// What each kind of event asks to look at.
+    #[test]
+    fn events_name_the_files_to_look_at_or_everything() {
+        use notify::event::{CreateKind, DataChange};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let at = |name: &str| dir.path().join(name);
+        std::fs::write(at(".tmp"), "a: 1\n").expect("hidden file");
+        std::fs::create_dir(at("..2026_12_07")).expect("hidden dir");
+        std::os::unix::fs::symlink(at("..2026_12_07"), at("..data")).expect("link");
+        std::fs::create_dir(at("team-a")).expect("dir");
+        let event = |kind: EventKind, paths: &[&str]| -> notify::Result<Event> {
+            Ok(Event {
+                kind,
+                paths: paths.iter().map(|p| at(p)).collect(),
+                attrs: Default::default(),
+            })
+        };
+        let files = |names: &[&str]| Some(Look::Files(names.iter().map(|n| at(n)).collect()));
+        let write = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        let cases: Vec<(&str, notify::Result<Event>, Option<Look>)> = vec![
+            (
+                "a read",
+                event(
+                    EventKind::Access(AccessKind::Open(AccessMode::Read)),
+                    &["a.yaml"],
+                ),
+                None,
+            ),
+            (
+                "a closed write",
+                event(
+                    EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                    &["a.yaml"],
+                ),
+                files(&["a.yaml"]),
+            ),
+            ("a write", event(write, &["a.yaml"]), files(&["a.yaml"])),
+            (
+                "a removal",
+                event(
+                    EventKind::Remove(notify::event::RemoveKind::File),
+                    &["b.json"],
+                ),
+                files(&["b.json"]),
+            ),
+            (
+                "a hidden temporary file",
+                event(EventKind::Create(CreateKind::File), &[".tmp"]),
+                None,
+            ),
+            (
+                "moved away under a hidden name",
+                event(
+                    EventKind::Modify(ModifyKind::Name(RenameMode::From)),
+                    &[".gone"],
+                ),
+                None,
+            ),
+            (
+                "renamed into place",
+                event(
+                    EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+                    &[".tmp", "a.yaml"],
+                ),
+                files(&["a.yaml"]),
+            ),
+            (
+                "a ConfigMap's link swapped",
+                event(EventKind::Create(CreateKind::Any), &["..data"]),
+                Some(Look::Everything),
+            ),
+            (
+                "a directory",
+                event(EventKind::Create(CreateKind::Folder), &["team-a"]),
+                Some(Look::Everything),
+            ),
+            (
+                "an event without paths",
+                event(write, &[]),
+                Some(Look::Everything),
+            ),
+            (
+                "a lost event",
+                Err(notify::Error::generic("queue overflow")),
+                Some(Look::Everything),
+            ),
+        ];
+        for (what, event, want) in cases {
+            assert_eq!(look_for(&event), want, "{what}");
         }
     }
 

@@ -3,10 +3,12 @@
 //! change, run the admin writes and the rollout between commits; step down
 //! when the term ends, and campaign again.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use setpoint_source::Look;
 use setpoint_store::Store;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::task::AbortOnDropHandle;
@@ -23,22 +25,71 @@ use crate::stream::AgentService;
 /// (events can be missed: network file systems, a full event queue).
 const MANIFEST_RESCAN: Duration = Duration::from_secs(10);
 
-/// The manifests, when they changed since `cache` last loaded them (or
-/// always, with `force`), read off the async threads.
+/// How much of the manifest tree a look reads.
+enum Reach {
+    /// Everything, changed or not (a term's first look, after a failure).
+    Force,
+    /// Every file's size and modification time; changed files parsed.
+    Changed,
+    /// Only these files (what inotify named).
+    Files(Vec<PathBuf>),
+}
+
+/// The manifests, when a look as far as `reach` found them changed since
+/// `cache` last loaded them, read off the async threads.
 async fn load_manifests(
     cache: &mut setpoint_source::ManifestCache,
     path: &std::path::Path,
-    force: bool,
+    reach: Reach,
 ) -> anyhow::Result<Option<setpoint_source::ManifestView>> {
     let (path, mut taken) = (path.to_path_buf(), std::mem::take(cache));
     let (back, loaded) = tokio::task::spawn_blocking(move || {
-        let loaded = taken.view_if_changed(&path, force);
+        let loaded = match reach {
+            Reach::Force => taken.view_if_changed(&path, true),
+            Reach::Changed => taken.view_if_changed(&path, false),
+            Reach::Files(files) => taken.view_of_files(&path, &files),
+        };
         (taken, loaded)
     })
     .await
     .map_err(|e| anyhow::anyhow!("the manifest loader failed: {e}"))?;
     *cache = back;
     Ok(loaded?)
+}
+
+/// What inotify asked to look at since the last look.
+#[derive(Default)]
+struct Asked {
+    everything: bool,
+    files: BTreeSet<PathBuf>,
+}
+
+impl Asked {
+    fn add(&mut self, look: Look) {
+        match look {
+            Look::Everything => self.everything = true,
+            Look::Files(files) => self.files.extend(files),
+        }
+    }
+
+    /// How far the next look must reach; `None` when nothing was asked.
+    fn take(&mut self) -> Option<Reach> {
+        let taken = std::mem::take(self);
+        if taken.everything {
+            Some(Reach::Changed)
+        } else if taken.files.is_empty() {
+            None
+        } else {
+            Some(Reach::Files(taken.files.into_iter().collect()))
+        }
+    }
+}
+
+fn take_asked(asked: &Mutex<Asked>) -> Option<Reach> {
+    asked
+        .lock()
+        .map(|mut a| a.take())
+        .unwrap_or(Some(Reach::Changed))
 }
 
 pub(super) struct Replica {
@@ -128,7 +179,7 @@ impl Replica {
         }
         *warmed = Some((head, tokio::time::Instant::now()));
         let mut cache = self.manifest_cache.lock().await;
-        if let Err(e) = load_manifests(&mut cache, &self.config.manifests, false).await {
+        if let Err(e) = load_manifests(&mut cache, &self.config.manifests, Reach::Changed).await {
             // The leader reports the manifests' problems; a follower only
             // prepares.
             tracing::debug!("following: cannot read the manifests: {e:#}");
@@ -153,11 +204,16 @@ impl Replica {
         // With inotify, the tree is looked at when an event says so
         // (and every MANIFEST_RESCAN for what events miss); without, on
         // every poll.
-        let woken = Arc::new(AtomicBool::new(true));
+        let asked = Arc::new(Mutex::new(Asked {
+            everything: true,
+            ..Asked::default()
+        }));
         let watch = {
-            let woken = woken.clone();
-            setpoint_source::ManifestWatch::start(&config.manifests, move || {
-                woken.store(true, Ordering::SeqCst);
+            let asked = asked.clone();
+            setpoint_source::ManifestWatch::start(&config.manifests, move |look| {
+                if let Ok(mut a) = asked.lock() {
+                    a.add(look);
+                }
             })
         };
         let rescan = match &watch {
@@ -176,25 +232,31 @@ impl Replica {
             if !leadership.still_held().await {
                 return;
             }
-            let due = woken.swap(false, Ordering::SeqCst)
-                || tokio::time::Instant::now() >= rescan_at
-                || failing;
-            if due {
-                rescan_at = tokio::time::Instant::now() + rescan;
-                let seen_at = SystemTime::now();
+            let rescan_due = tokio::time::Instant::now() >= rescan_at;
+            let reach = match take_asked(&asked) {
                 // After a failed commit the same objects are synced again.
-                let mut found =
-                    load_manifests(&mut cache, &config.manifests, failing || first).await;
+                _ if failing || first => Some(Reach::Force),
+                _ if rescan_due => Some(Reach::Changed),
+                reach => reach,
+            };
+            if let Some(reach) = reach {
+                if !matches!(reach, Reach::Files(_)) {
+                    rescan_at = tokio::time::Instant::now() + rescan;
+                }
+                let seen_at = SystemTime::now();
+                let mut found = load_manifests(&mut cache, &config.manifests, reach).await;
                 first = false;
                 // A burst of writes is one revision: load again after
                 // `batch` until a look finds nothing newer (with inotify,
                 // only when an event came meanwhile).
                 while let Ok(Some(_)) = &found {
                     tokio::time::sleep(config.batch).await;
-                    if !woken.swap(false, Ordering::SeqCst) && watch.is_ok() {
-                        break;
-                    }
-                    match load_manifests(&mut cache, &config.manifests, false).await {
+                    let reach = match take_asked(&asked) {
+                        None if watch.is_err() => Reach::Changed,
+                        None => break,
+                        Some(reach) => reach,
+                    };
+                    match load_manifests(&mut cache, &config.manifests, reach).await {
                         Ok(None) => break,
                         newer => found = newer,
                     }

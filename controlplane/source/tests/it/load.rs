@@ -335,3 +335,74 @@ fn the_cache_view_agrees_with_a_fresh_load_through_edits() {
     fs::remove_file(dir.path().join("a.yaml")).expect("remove");
     check(&mut cache, "remove a");
 }
+
+/// Looking at named files only agrees with a fresh load: an edit, an
+/// addition, a removal, a file in a hidden directory (never a manifest),
+/// and a name outside the tree (then the whole tree is looked at).
+#[test]
+fn looking_at_named_files_agrees_with_a_fresh_load() {
+    use setpoint_compute::object_map;
+    use setpoint_source::ManifestCache;
+    let dir = tree(&[
+        ("a.yaml", node("n1").as_bytes()),
+        ("b.yaml", node("n2").as_bytes()),
+    ]);
+    let at = |name: &str| dir.path().join(name);
+    let mut cache = ManifestCache::default();
+    let agrees = |view: Option<setpoint_source::ManifestView>, what: &str| {
+        let view = view.unwrap_or_else(|| panic!("{what}: a change is seen"));
+        let fresh = load_path(dir.path()).expect("fresh load");
+        assert!(
+            view.objects == object_map(fresh.objects),
+            "{what}: the same objects"
+        );
+        assert_eq!(view.skipped, fresh.skipped, "{what}");
+    };
+    agrees(
+        cache.view_of_files(dir.path(), &[]).expect("first look"),
+        "first look loads the tree",
+    );
+    assert!(
+        cache
+            .view_of_files(dir.path(), &[at("a.yaml")])
+            .expect("look")
+            .is_none(),
+        "a named file that did not change is no change"
+    );
+    fs::write(at("a.yaml"), format!("{}---\n{}", node("n1"), node("n3"))).expect("edit");
+    agrees(
+        cache
+            .view_of_files(dir.path(), &[at("a.yaml")])
+            .expect("look"),
+        "edit",
+    );
+    fs::write(at("c.yaml"), node("n4")).expect("add");
+    agrees(
+        cache
+            .view_of_files(dir.path(), &[at("c.yaml")])
+            .expect("look"),
+        "addition",
+    );
+    fs::remove_file(at("b.yaml")).expect("remove");
+    agrees(
+        cache
+            .view_of_files(dir.path(), &[at("b.yaml")])
+            .expect("look"),
+        "removal",
+    );
+    fs::create_dir(at("..2026")).expect("hidden dir");
+    fs::write(at("..2026/d.yaml"), node("n5")).expect("hidden file");
+    assert!(
+        cache
+            .view_of_files(dir.path(), &[at("..2026/d.yaml")])
+            .expect("look")
+            .is_none(),
+        "a file in a hidden directory is not a manifest"
+    );
+    fs::write(at("e.yaml"), node("n6")).expect("add unnamed");
+    let elsewhere = std::env::temp_dir().join("not-below-the-tree.yaml");
+    agrees(
+        cache.view_of_files(dir.path(), &[elsewhere]).expect("look"),
+        "a name outside the tree looks at the whole tree",
+    );
+}
