@@ -38,6 +38,11 @@ impl std::fmt::Debug for Election {
     }
 }
 
+/// How often a follower tries the store's leader lock: a try is one
+/// query on a pooled connection, and the survivor of a leader's crash
+/// leads at most this long after PostgreSQL released the lock.
+pub(crate) const STORE_RETRY: Duration = Duration::from_millis(250);
+
 /// Whether this replica computes and commits, or only serves streams.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -74,7 +79,9 @@ pub(crate) struct Campaign {
 impl Campaign {
     pub(crate) fn new(election: &Election, store: Store) -> Campaign {
         let (elector, retry) = match election {
-            Election::Store => (None, Duration::from_secs(2)),
+            // A lock held by a dead process is free as soon as PostgreSQL
+            // sees its connection close: a follower notices within this.
+            Election::Store => (None, STORE_RETRY),
             Election::Lease { client, settings } => (
                 Some(Arc::new(tokio::sync::Mutex::new(LeaseElector::new(
                     client.clone(),

@@ -32,18 +32,18 @@ impl Db {
         let Db::Postgres(pool) = self else {
             return Ok(Some(Leadership { connection: None }));
         };
-        let mut connection = pool
-            .acquire()
-            .await
-            .what("connecting for leadership")?
-            .detach();
+        let mut connection = pool.acquire().await.what("connecting for leadership")?;
         let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
             .bind(LEADER_LOCK)
-            .fetch_one(&mut connection)
+            .fetch_one(&mut *connection)
             .await
             .what("trying the leader lock")?;
-        Ok(got.then_some(Leadership {
-            connection: Some(connection),
+        // Won: the lock lives as long as this session, kept out of the
+        // pool. Lost: the connection goes back to the pool (a follower
+        // tries every few hundred milliseconds; a new session each time
+        // would cost PostgreSQL a backend per try).
+        Ok(got.then(|| Leadership {
+            connection: Some(connection.detach()),
         }))
     }
 
