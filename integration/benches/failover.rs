@@ -376,17 +376,25 @@ fn parent() {
     write_slice(&manifests, 0, &shape, 1);
     let mut leads = None;
     let mut all_connected = None;
-    let mut peak_connected = 0;
+    let mut old_head_confirmed = None;
+    let mut committed = None;
     let limit = Duration::from_secs(600);
     let at_head = loop {
         let s = second.status();
         let now = killed.elapsed();
-        peak_connected = peak_connected.max(s.connected);
         if s.leader && leads.is_none() {
             leads = Some(now);
         }
         if s.connected >= shape.nodes as i64 && all_connected.is_none() {
             all_connected = Some(now);
+        }
+        // Every agent back, at the head it held, before the survivor
+        // committed anything (a follower confirms hellos too).
+        if s.head == before.head && s.at_head >= shape.nodes && old_head_confirmed.is_none() {
+            old_head_confirmed = Some(now);
+        }
+        if s.head > before.head && committed.is_none() {
+            committed = Some(now);
         }
         if s.leader && s.head > before.head && s.at_head >= shape.nodes {
             break s;
@@ -400,11 +408,14 @@ fn parent() {
     let confirmed = killed.elapsed();
     let fmt = |d: Option<Duration>| d.map_or("—".to_string(), |d| format!("{d:.2?}"));
     println!(
-        "leader SIGKILLed ({} agents on it) and one Service changed: the survivor led after {}, had all {} agents connected after {}, and confirmed every agent at its head {} (the change) after {confirmed:.2?}",
+        "leader SIGKILLed ({} agents on it) and one Service changed: the survivor led after {}, had all {} agents connected after {} (all confirmed at the old head {} after {}), committed the change after {}, and confirmed every agent at its head {} after {confirmed:.2?}",
         a.connected,
         fmt(leads),
         shape.nodes,
         fmt(all_connected),
+        before.head,
+        fmt(old_head_confirmed),
+        fmt(committed),
         at_head.head,
     );
     println!(
