@@ -55,14 +55,27 @@ fn one_leader_then_the_follower_takes_over_with_rising_revisions() {
         )
     });
     let _agent = runtime.spawn(agent.run());
-    let acked = |running: &setpoint_controlplane::serve::Running| {
+    // An agent given both replicas, as an operator gives them: it starts
+    // at either, and moves to the other when its stream ends.
+    let both = setpoint_agent::client::Agent::new(setpoint_agent::client::AgentOptions {
+        dry_run: true,
+        ipvs: setpoint_agent::services::IpvsMode::Simulated,
+        controlplanes: vec![
+            format!("http://{}", first.agent_addr),
+            format!("http://{}", second.agent_addr),
+        ],
+        ..setpoint_agent::client::AgentOptions::new("node-b", String::new())
+    });
+    let _both = runtime.spawn(both.run());
+    let acked_by = |running: &setpoint_controlplane::serve::Running, node: &str| {
         running
             .service
             .fleet
             .lock()
-            .map(|f| f.get("node-a").map_or(0, |v| v.acked_revision))
+            .map(|f| f.get(node).map_or(0, |v| v.acked_revision))
             .unwrap_or(0)
     };
+    let acked = |running: &setpoint_controlplane::serve::Running| acked_by(running, "node-a");
     let first_head = runtime.block_on(async {
         // The follower learns the head from the store; it never commits.
         wait_for("the follower to see the head", || {
@@ -92,8 +105,13 @@ fn one_leader_then_the_follower_takes_over_with_rising_revisions() {
             second.service.fanout.published(head, "node-a").is_some(),
             "the follower published revision {head}"
         );
+        wait_for("node-b on either replica at the head", || {
+            acked_by(&first, "node-b").max(acked_by(&second, "node-b")) >= head
+        })
+        .await;
         head
     });
+    let snapshots_before = second.metrics.snapshots_sent.get();
 
     drop(first_runtime);
     runtime.block_on(async {
@@ -113,6 +131,17 @@ fn one_leader_then_the_follower_takes_over_with_rising_revisions() {
             acked(&second) >= head
         })
         .await;
+        // node-b, on whichever replica, is now on the survivor, at the
+        // head, by delta: its hello's revision and digest were trusted.
+        wait_for("node-b on the survivor at the new head", || {
+            acked_by(&second, "node-b") >= head
+        })
+        .await;
+        assert_eq!(
+            second.metrics.snapshots_sent.get(),
+            snapshots_before,
+            "no snapshot after the failover"
+        );
         let revisions = second.store.list_revisions(100, None).await.expect("list");
         let numbers: Vec<u64> = revisions.iter().map(|r| r.revision.0).collect();
         let mut sorted = numbers.clone();
