@@ -6,8 +6,9 @@
 //! revision and digest the store confirms gets a delta; any doubt gets a
 //! snapshot. A nacking node counts as degraded until it acks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -103,6 +104,9 @@ pub fn valid_node_name(node: &str) -> bool {
         && bytes.iter().all(|b| alnum(b) || *b == b'-' || *b == b'.')
 }
 
+/// Node → its live session's id and "replaced" flag.
+type LiveSessions = HashMap<String, (u64, Arc<AtomicBool>)>;
+
 /// What the fleet looks like right now, for progress displays and readiness.
 #[derive(Clone, Debug, Default)]
 pub struct AgentView {
@@ -115,7 +119,9 @@ pub struct AgentView {
 pub struct AgentService {
     store: Store,
     head: watch::Receiver<u64>,
-    sessions: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// The live session of each node, and the flag that tells it a newer
+    /// one replaced it (checked on every turn of its loop: no lock).
+    sessions: Arc<Mutex<LiveSessions>>,
     next_session: Arc<std::sync::atomic::AtomicU64>,
     pub fleet: Arc<Mutex<BTreeMap<String, AgentView>>>,
     metrics: Arc<Metrics>,
@@ -234,13 +240,16 @@ impl AgentStream for AgentService {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // A newer stream for the node replaces the older one (the agent
         // restarted); the older session notices and ends.
-        if let Ok(mut s) = self.sessions.lock() {
-            s.insert(hello.node.clone(), id);
+        let replaced = Arc::new(AtomicBool::new(false));
+        if let Ok(mut s) = self.sessions.lock()
+            && let Some((_, older)) = s.insert(hello.node.clone(), (id, replaced.clone()))
+        {
+            older.store(true, Ordering::Relaxed);
         }
         let (tx, rx) = mpsc::channel(4);
         let session = Session {
             service: self.clone(),
-            id,
+            replaced,
             node: hello.node.clone(),
             agent_version: hello.agent_version.clone(),
             encoding: setpoint_proto::parts::PartsEncoding::accepted_by(&hello),
@@ -273,7 +282,7 @@ impl AgentStream for AgentService {
             }
             // Only live sessions are remembered.
             if let Ok(mut s) = sessions.lock()
-                && s.get(&node) == Some(&id)
+                && s.get(&node).is_some_and(|(live, _)| *live == id)
             {
                 s.remove(&node);
             }
@@ -296,7 +305,8 @@ impl AgentStream for AgentService {
 
 struct Session {
     service: AgentService,
-    id: u64,
+    /// Set when a newer stream for this node took over.
+    replaced: Arc<AtomicBool>,
     node: String,
     agent_version: String,
     /// How its snapshots are encoded: deflated when its hello accepts it.
@@ -374,11 +384,7 @@ impl SnapshotSlot {
 
 impl Session {
     fn current(&self) -> bool {
-        self.service
-            .sessions
-            .lock()
-            .map(|s| s.get(&self.node) == Some(&self.id))
-            .unwrap_or(false)
+        !self.replaced.load(Ordering::Relaxed)
     }
 
     async fn record(&self, applied: Option<&Held>, result: AgentResult) {
@@ -535,14 +541,19 @@ impl Session {
             }
         };
         let mut m = message(body);
-        // The rollout of this revision to this node, open until the agent
-        // answers; exported (with the agent's apply span as its child)
-        // when OTLP is configured.
+        // The rollout of this revision to this node: the derived context
+        // (any replica derives the same), and with OTLP configured a span
+        // open until the agent answers (the agent's apply span its child).
         let derived = Traceparent::of_rollout(head, &self.node).to_string();
-        let rollout = tracing::info_span!("rollout", revision = head, node = %self.node);
-        setpoint_runtime::telemetry::set_remote_parent(&rollout, &derived);
-        m.traceparent = setpoint_runtime::telemetry::traceparent_of(&rollout).unwrap_or(derived);
-        self.rollout = Some(rollout);
+        m.traceparent = if setpoint_runtime::telemetry::exporting() {
+            let rollout = tracing::info_span!("rollout", revision = head, node = %self.node);
+            setpoint_runtime::telemetry::set_remote_parent(&rollout, &derived);
+            let traceparent = setpoint_runtime::telemetry::traceparent_of(&rollout);
+            self.rollout = Some(rollout);
+            traceparent.unwrap_or(derived)
+        } else {
+            derived
+        };
         tracing::debug!(node = %self.node, revision = head, traceparent = %m.traceparent, "sent");
         self.send(m).await
     }
@@ -634,7 +645,13 @@ impl Session {
 
     fn update_fleet(&self, revision: u64, degraded: Option<String>, apply: Option<Duration>) {
         if let Ok(mut fleet) = self.service.fleet.lock() {
-            let view = fleet.entry(self.node.clone()).or_default();
+            // Found without copying the name: every node acks every revision.
+            if !fleet.contains_key(&self.node) {
+                fleet.insert(self.node.clone(), AgentView::default());
+            }
+            let Some(view) = fleet.get_mut(&self.node) else {
+                return;
+            };
             if revision > 0 {
                 view.acked_revision = revision;
             }

@@ -86,6 +86,16 @@ pub fn endpoint(flag: Option<String>) -> Option<String> {
         .filter(|e| !e.trim().is_empty())
 }
 
+/// Whether this process exports spans (set once by [`init`]).
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether spans leave this process: without an exporter, a span made only
+/// to carry a trace context costs its allocation and bookkeeping for
+/// nothing (the control plane would make one per node per revision).
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Installs logging (`RUST_LOG`, else `default_filter`) and, with an
 /// endpoint, span export as `service` over OTLP/gRPC.
 pub fn init(
@@ -136,6 +146,7 @@ pub fn init(
         .with(logs)
         .with(export)
         .try_init()?;
+    EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
     Ok(Telemetry {
         provider: Some(provider),
         runtime: Some(runtime),
