@@ -33,6 +33,10 @@ const RECENT: usize = 64;
 /// and decodes the state from the store, and thousands doing so at once
 /// each hold their own copy.
 const PUBLICATION_WAIT: Duration = Duration::from_secs(5);
+/// Revisions read whole from the store for sessions, besides the
+/// published ones (agents reconnecting after a failover holding a revision
+/// this replica never published).
+const LOADED: usize = 4;
 /// Snapshots being sent at once (a snapshot holds its whole encoding
 /// until the agent acks it; this bounds that memory).
 pub const SNAPSHOTS_IN_FLIGHT: usize = 32;
@@ -42,6 +46,10 @@ pub type States = OrdMap<String, NodeDataplane>;
 
 pub struct Fanout {
     recent: Mutex<VecDeque<(u64, States)>>,
+    /// Revisions not published here, each read once for every session
+    /// that asks (thousands of hellos at once after a failover: one read
+    /// per distinct revision, shared, instead of one per node).
+    loaded: Mutex<VecDeque<(u64, Loaded)>>,
     /// While this process leads, the newest revision it published (0
     /// before its first); `None` when it does not lead (then sessions read
     /// the store at once).
@@ -56,6 +64,7 @@ impl Default for Fanout {
     fn default() -> Self {
         Fanout {
             recent: Mutex::default(),
+            loaded: Mutex::default(),
             published_up_to: watch::Sender::new(None),
             parts: Memo::default(),
             diffs: Memo::default(),
@@ -65,6 +74,10 @@ impl Default for Fanout {
 }
 
 type Encoded = Arc<OnceLock<Result<Arc<[u8]>, EncodeError>>>;
+/// A revision's node states read from the store once for every session
+/// waiting on it; `None`: the read failed (each session then reads its
+/// own node).
+type Loaded = Arc<tokio::sync::OnceCell<Option<States>>>;
 
 /// A part that could not be encoded for the wire. Shared by every session
 /// that wanted the same encoding (the memo keeps the first outcome).
@@ -183,9 +196,57 @@ impl Fanout {
         if let Some(state) = self.published(revision, node) {
             return Ok(Some(state));
         }
+        if let Some(states) = self.load(store, revision).await {
+            return Ok(states.get(node).cloned());
+        }
         store
             .node_state(node, setpoint_store::RevisionId(revision))
             .await
+    }
+
+    /// Every node's state at `revision`, read from the store in a few
+    /// queries by the first session that asks and shared with every other
+    /// (they wait for that read); the [`LOADED`] revisions asked last are
+    /// kept. `None` when the read failed.
+    async fn load(&self, store: &Store, revision: u64) -> Option<States> {
+        let cell = {
+            let mut loaded = self.loaded.lock().ok()?;
+            match loaded.iter().find(|(r, _)| *r == revision) {
+                Some((_, cell)) => cell.clone(),
+                None => {
+                    let cell = Loaded::default();
+                    loaded.push_back((revision, cell.clone()));
+                    while loaded.len() > LOADED {
+                        loaded.pop_front();
+                    }
+                    cell
+                }
+            }
+        };
+        let states = cell
+            .get_or_init(|| async {
+                match store
+                    .node_states(setpoint_store::RevisionId(revision), None)
+                    .await
+                {
+                    Ok(states) => Some(states.into_iter().collect::<States>()),
+                    Err(e) => {
+                        tracing::warn!(
+                            "cannot read revision {revision} for reconnecting agents: {e}"
+                        );
+                        None
+                    }
+                }
+            })
+            .await
+            .clone();
+        if states.is_none()
+            && let Ok(mut loaded) = self.loaded.lock()
+        {
+            // Tried again by the next session that asks.
+            loaded.retain(|(r, c)| *r != revision || !Arc::ptr_eq(c, &cell));
+        }
+        states
     }
 
     /// `state` as a JSON snapshot of `revision`, from memoized part
@@ -434,6 +495,53 @@ mod tests {
         publisher.publish(3, &live, Some(&BTreeSet::new()), |_| Some(v2.clone()));
         assert_eq!(fanout.published(3, "a"), Some(v2.clone()));
         assert_eq!(fanout.published(3, "b"), Some(v2));
+    }
+
+    /// Sessions asking for a revision this replica never published (agents
+    /// reconnecting after a failover) share one read of all its nodes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unpublished_revision_is_read_once_for_every_session() {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("db").display());
+        let store = Store::open(&url).await.expect("store");
+        let epoch = store.acquire_epoch().await.expect("epoch");
+        let nodes: Vec<String> = (0..20).map(|i| format!("node-{i}")).collect();
+        let state = |ip: &str| NodeDataplane::from_parts([("services", fragment(&[ip]))]);
+        let mut request = setpoint_store::CommitRequest::new(
+            epoch,
+            setpoint_store::Cause {
+                objects: Vec::new(),
+                summary: "test".into(),
+            },
+        );
+        for node in &nodes {
+            request.add_node_state(node.clone(), &state("10.0.0.1"));
+        }
+        let revision = store.commit(request).await.expect("commit").0;
+        let fanout = Arc::new(Fanout::default());
+        let mut asked = nodes.clone();
+        asked.push("node-gone".to_string());
+        let asks: Vec<_> = asked
+            .into_iter()
+            .map(|node| {
+                let (fanout, store) = (fanout.clone(), store.clone());
+                tokio::spawn(async move { fanout.state(&store, &node, revision).await })
+            })
+            .collect();
+        for (i, ask) in asks.into_iter().enumerate() {
+            let got = ask.await.expect("task").expect("read");
+            if i < nodes.len() {
+                assert_eq!(got, Some(state("10.0.0.1")), "{}", nodes[i]);
+            } else {
+                assert_eq!(got, None, "not a node at that revision");
+            }
+        }
+        let loaded = fanout.loaded.lock().expect("lock");
+        assert_eq!(loaded.len(), 1, "one read of the revision, shared");
+        assert_eq!(
+            loaded[0].1.get().and_then(|s| s.as_ref()).map(|s| s.len()),
+            Some(nodes.len())
+        );
     }
 
     #[tokio::test]
