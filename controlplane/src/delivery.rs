@@ -339,6 +339,19 @@ mod tests {
                 ],
             ),
             (
+                "a failover: the survivor trusts the hello, its first commit (the same state) \
+                 needs no message, the change after it is one delta from what the agent holds",
+                Some(held(5, 5)),
+                vec![
+                    Wants(5, 0, false),
+                    Toward(6, Some(5), "unchanged 6"),
+                    Holds(Some(6)),
+                    Toward(7, Some(7), "delta 6→7"),
+                    Ack(7, 7, holds(7)),
+                    Holds(Some(7)),
+                ],
+            ),
+            (
                 "revisions coalesce: the head moved twice while one was in flight",
                 Some(held(1, 1)),
                 vec![
