@@ -20,6 +20,7 @@ pub struct Metrics {
     pub snapshots_sent: Counter,
     pub deltas_sent: Counter,
     pub delta_bytes: Counter,
+    pub snapshot_bytes: Counter,
     /// Revisions a session never sent because a newer head superseded
     /// them first (coalescing: merged into one delta, not queued).
     pub revisions_coalesced: Counter,
@@ -107,6 +108,7 @@ impl Metrics {
             snapshots_sent: Counter::default(),
             deltas_sent: Counter::default(),
             delta_bytes: Counter::default(),
+            snapshot_bytes: Counter::default(),
             revisions_coalesced: Counter::default(),
             nacks: Counter::default(),
             store_errors: Counter::default(),
@@ -158,6 +160,11 @@ impl Metrics {
             "setpoint_delta_bytes",
             "Bytes of delta payloads sent",
             m.delta_bytes.clone(),
+        );
+        r.register(
+            "setpoint_snapshot_bytes",
+            "Bytes of snapshot payloads sent (as encoded for each agent: deflated parts or JSON)",
+            m.snapshot_bytes.clone(),
         );
         r.register(
             "setpoint_revisions_coalesced",

@@ -537,6 +537,10 @@ impl Session {
                     .snapshot_as(to.revision, &to.state, self.encoding)
                     .map_err(|e| Status::internal(e.to_string()))?;
                 self.service.metrics.snapshots_sent.inc();
+                self.service
+                    .metrics
+                    .snapshot_bytes
+                    .inc_by(u64::try_from(s.state.len()).unwrap_or(0));
                 ControlBody::Snapshot(s)
             }
         };

@@ -386,8 +386,11 @@ fn control_plane() {
         let first = *head.borrow();
         let snapshots = wait_all_at(&running, shape.nodes, first, Duration::from_secs(1800)).await;
         println!(
-            "first revision committed after {committed:.2?} (load, compute, commit); then {} snapshots acked in {snapshots:.2?}",
+            "first revision committed after {committed:.2?} (load, compute, commit); then {} snapshots acked in {snapshots:.2?}, {:.0} KiB per snapshot on the wire",
             shape.nodes,
+            running.metrics.snapshot_bytes.get() as f64
+                / running.metrics.snapshots_sent.get().max(1) as f64
+                / 1024.0,
         );
         println!(
             "control plane after the snapshots: peak RSS {:.0} MiB",
