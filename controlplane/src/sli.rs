@@ -288,13 +288,9 @@ impl Tracker {
                 }
             }
             Event::Acked { node, revision, at } => {
-                for p in self
-                    .revisions
-                    .iter_mut()
-                    .take_while(|p| p.revision <= revision)
-                {
+                for p in self.answered_by(revision) {
                     if p.pending.remove(&node).is_none() {
-                        continue;
+                        break;
                     }
                     p.failing.remove(&node);
                     let latency = since(p.start, at);
@@ -310,31 +306,40 @@ impl Tracker {
                 }
             }
             Event::Nacked { node, revision } => {
-                for p in self
-                    .revisions
-                    .iter_mut()
-                    .take_while(|p| p.revision <= revision)
-                {
-                    if p.pending.contains(&node) {
-                        p.nacks += 1;
-                        p.failing.insert(node.clone());
+                for p in self.answered_by(revision) {
+                    if !p.pending.contains(&node) {
+                        break;
                     }
+                    p.nacks += 1;
+                    p.failing.insert(node.clone());
                 }
             }
             Event::Unchanged { node, revision } => {
-                for p in self
-                    .revisions
-                    .iter_mut()
-                    .take_while(|p| p.revision <= revision)
-                {
-                    if p.pending.remove(&node).is_some() {
-                        p.failing.remove(&node);
-                        p.unchanged += 1;
-                        p.check(out);
+                for p in self.answered_by(revision) {
+                    if p.pending.remove(&node).is_none() {
+                        break;
                     }
+                    p.failing.remove(&node);
+                    p.unchanged += 1;
+                    p.check(out);
                 }
             }
         }
+    }
+
+    /// The revisions an answer about `revision` answers, newest first.
+    ///
+    /// A node is pending in a run of consecutive revisions ending with the
+    /// newest created while it was connected: each was created with it
+    /// connected, an answer resolves every older one, and its stream's end
+    /// resolves all. So a walk stops at the first revision that does not
+    /// hold it pending — an ack costs the revisions it answers, not all
+    /// KEEP of them.
+    fn answered_by(&mut self, revision: u64) -> impl Iterator<Item = &mut Progress> {
+        self.revisions
+            .iter_mut()
+            .rev()
+            .skip_while(move |p| p.revision > revision)
     }
 
     fn get_mut(&mut self, revision: u64) -> Option<&mut Progress> {
@@ -749,15 +754,15 @@ mod tests {
         assert_eq!(
             out,
             [
-                Observation::Programming(ms(300)),
-                Observation::Converged {
-                    share: "0.5",
-                    after: ms(300)
-                },
                 Observation::Programming(ms(200)),
                 Observation::Converged {
                     share: "0.5",
                     after: ms(200)
+                },
+                Observation::Programming(ms(300)),
+                Observation::Converged {
+                    share: "0.5",
+                    after: ms(300)
                 },
             ]
         );
