@@ -21,60 +21,14 @@ use std::io::{BufRead as _, BufReader, Write as _};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use setpoint_agent::client::{Agent, AgentOptions};
-use setpoint_agent::services::IpvsMode;
-use setpoint_compute::synthetic::{self, ClusterShape};
+use setpoint_compute::synthetic::ClusterShape;
 use setpoint_controlplane::serve::{Role, ServeConfig, start};
+use setpoint_integration::measure::{cpu_seconds, env_or, raise_nofile, rss_mib};
 use setpoint_integration::postgres::fresh_postgres_database;
 
 #[path = "../synthetic_manifests.rs"]
 mod synthetic_manifests;
 use synthetic_manifests::{write_cluster, write_slice};
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-/// Lifts the open-file limit to its hard maximum (one socket per agent).
-fn raise_nofile() {
-    let mut limit = std::mem::MaybeUninit::<libc::rlimit>::zeroed();
-    // SAFETY: getrlimit fills the struct; setrlimit reads it.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, limit.as_mut_ptr()) == 0 {
-            let mut limit = limit.assume_init();
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
-}
-
-fn cpu_seconds() -> f64 {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage writes a full rusage into the pointer it is given.
-    let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
-        usage.assume_init()
-    };
-    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    t(usage.ru_utime) + t(usage.ru_stime)
-}
-
-/// A memory line of /proc/self/status (`VmHWM:` peak, `VmRSS:` now), in MiB.
-fn rss_mib(line: &str) -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(line))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .map(|kib| kib / 1024.0)
-        .unwrap_or(0.0)
-}
 
 fn main() {
     raise_nofile();
@@ -87,50 +41,10 @@ fn main() {
             .init();
     }
     match std::env::var("SETPOINT_BENCH_ROLE").as_deref() {
-        Ok("agents") => agents(),
+        Ok("agents") => setpoint_integration::fleet_agents::run_until_stdin_closes(),
         Ok("replica") => replica(),
         _ => parent(),
     }
-}
-
-/// The agents child: N agents against the endpoints in
-/// SETPOINT_BENCH_CONTROLPLANE (comma-separated) until stdin closes; then
-/// prints its CPU time and peak memory.
-fn agents() {
-    let n = env_or("SETPOINT_BENCH_AGENTS", 500);
-    let urls: Vec<String> = std::env::var("SETPOINT_BENCH_CONTROLPLANE")
-        .expect("control plane URLs")
-        .split(',')
-        .map(str::to_string)
-        .collect();
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let started = Instant::now();
-    runtime.block_on(async {
-        for i in 0..n {
-            let agent = Agent::new(AgentOptions {
-                dry_run: true,
-                ipvs: IpvsMode::Simulated,
-                drift_interval: Duration::from_secs(3600),
-                controlplanes: urls.clone(),
-                ..AgentOptions::new(synthetic::node_name(i), String::new())
-            });
-            tokio::spawn(agent.run());
-        }
-        let _ = tokio::task::spawn_blocking(|| {
-            let mut line = String::new();
-            while std::io::stdin().lock().read_line(&mut line).unwrap_or(0) > 0 {
-                line.clear();
-            }
-        })
-        .await;
-    });
-    println!(
-        "agents process: CPU {:.1} s over {:.1?}, peak RSS {:.0} MiB",
-        cpu_seconds(),
-        started.elapsed(),
-        rss_mib("VmHWM:")
-    );
-    std::process::exit(0);
 }
 
 /// What a replica says of itself when asked (one line on its stdout).

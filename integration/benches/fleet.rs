@@ -21,13 +21,13 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
-use setpoint_agent::client::{Agent, AgentOptions, AgentTls};
-use setpoint_agent::services::IpvsMode;
 use setpoint_compute::synthetic::{self, ClusterShape};
 use setpoint_controlplane::admin::AdminConfig;
 use setpoint_controlplane::serve::{Running, ServeConfig, start};
 use setpoint_controlplane::tls::ServerTls;
-use setpoint_integration::measure::{cpu_seconds, peak_rss_mib, percentile, raise_nofile, rss_mib};
+use setpoint_integration::measure::{
+    cpu_seconds, env_or, peak_rss_mib, percentile, raise_nofile, rss_mib,
+};
 use setpoint_integration::pki::Pki;
 use setpoint_integration::postgres::fresh_postgres_database;
 use setpoint_proto::admin::RollbackRequest;
@@ -36,13 +36,6 @@ use setpoint_proto::admin::admin_client::AdminClient;
 #[path = "../synthetic_manifests.rs"]
 mod synthetic_manifests;
 use synthetic_manifests::{write_cluster, write_slice};
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Every agent holds `revision`: acked it, or the control plane found its
 /// state unchanged at that revision (then nothing is sent).
@@ -70,54 +63,10 @@ fn main() {
             .init();
     }
     if std::env::var("SETPOINT_BENCH_ROLE").as_deref() == Ok("agents") {
-        agents();
+        setpoint_integration::fleet_agents::run_until_stdin_closes();
     } else {
         control_plane();
     }
-}
-
-/// The child: N agents against SETPOINT_BENCH_CONTROLPLANE until stdin
-/// closes; then prints its CPU time and peak memory.
-fn agents() {
-    let n = env_or("SETPOINT_BENCH_AGENTS", 200);
-    let url = std::env::var("SETPOINT_BENCH_CONTROLPLANE").expect("control plane URL");
-    // With mTLS: the parent wrote `ca.pem` and `<node>.crt/.key` here.
-    let pki = std::env::var_os("SETPOINT_BENCH_PKI").map(std::path::PathBuf::from);
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let started = Instant::now();
-    runtime.block_on(async {
-        for i in 0..n {
-            let node = synthetic::node_name(i);
-            let tls = pki.as_ref().map(|dir| AgentTls {
-                cert: dir.join(format!("{node}.crt")),
-                key: dir.join(format!("{node}.key")),
-                ca: dir.join("ca.pem"),
-                server_name: None,
-            });
-            let agent = Agent::new(AgentOptions {
-                dry_run: true,
-                ipvs: IpvsMode::Simulated,
-                drift_interval: Duration::from_secs(3600),
-                tls,
-                ..AgentOptions::new(node, url.clone())
-            });
-            tokio::spawn(agent.run());
-        }
-        let _ = tokio::task::spawn_blocking(|| {
-            let mut line = String::new();
-            while std::io::stdin().lock().read_line(&mut line).unwrap_or(0) > 0 {
-                line.clear();
-            }
-        })
-        .await;
-    });
-    println!(
-        "agents process: CPU {:.1} s over {:.1?}, peak RSS {:.0} MiB",
-        cpu_seconds(),
-        started.elapsed(),
-        peak_rss_mib()
-    );
-    std::process::exit(0);
 }
 
 async fn wait_all_at(running: &Running, agents: usize, revision: u64, limit: Duration) -> Duration {

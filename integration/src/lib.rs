@@ -4,6 +4,7 @@
 use std::process::{Command, Output};
 
 pub mod cluster;
+pub mod fleet_agents;
 pub mod measure;
 pub mod netns_agent;
 pub mod pki;

@@ -3,6 +3,14 @@
 
 use std::time::Duration;
 
+/// A number from the environment, else `default`.
+pub fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Lifts the open-file limit to its hard maximum (one socket per agent).
 pub fn raise_nofile() {
     let mut limit = std::mem::MaybeUninit::<libc::rlimit>::zeroed();
