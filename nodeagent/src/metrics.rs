@@ -26,6 +26,8 @@ pub struct AgentMetrics {
     pub drained: Counter,
     pub failsafe_reverts: Counter,
     pub apply_seconds: Histogram,
+    /// Writing the applied state to the state directory (after the ack).
+    pub record_seconds: Histogram,
     /// Failed reads of the node's addresses (`--nodeport-addresses`).
     pub nodeport_address_failures: Counter,
     pub health: HealthMetrics,
@@ -122,6 +124,7 @@ impl AgentMetrics {
             failsafe_reverts: Counter::default(),
             // 0.5 ms … ~16 s.
             apply_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            record_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
             nodeport_address_failures: Counter::default(),
             health: HealthMetrics::default(),
             proxy_health: crate::health::Tracker::new(crate::health::DEFAULT_STALE_AFTER),
@@ -172,6 +175,11 @@ impl AgentMetrics {
             "setpoint_agent_apply_duration_seconds",
             "Apply including read-back",
             m.apply_seconds.clone(),
+        );
+        r.register(
+            "setpoint_agent_record_duration_seconds",
+            "Writing the applied state to the state directory after the ack (encode, write, fsync, rename)",
+            m.record_seconds.clone(),
         );
         r.register(
             "setpoint_agent_nodeport_address_read_failures",

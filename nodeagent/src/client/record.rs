@@ -9,6 +9,7 @@ use setpoint_dataplane::NodeDataplane;
 use super::{Agent, unix_millis};
 use crate::apply::ApplyError;
 use crate::local_state::{Applied, LocalState};
+use crate::metrics::AgentMetrics;
 
 /// Records applied states in the state directory after the ack, the newest
 /// one when several arrive during a write. The record only lets a
@@ -21,7 +22,7 @@ pub(super) struct Recorder {
 }
 
 impl Recorder {
-    fn start(local: LocalState) -> Recorder {
+    fn start(local: LocalState, metrics: Arc<AgentMetrics>) -> Recorder {
         let (latest, mut pending) = tokio::sync::watch::channel(None);
         let local = Arc::new(local);
         tokio::spawn(async move {
@@ -31,11 +32,18 @@ impl Recorder {
                     continue;
                 };
                 let local = local.clone();
-                let saved =
-                    tokio::task::spawn_blocking(move || local.save_with_state(&record, &state))
-                        .await;
+                let saved = tokio::task::spawn_blocking(move || {
+                    let started = std::time::Instant::now();
+                    let saved = local
+                        .save_with_state(&record, &state)
+                        .map(|()| started.elapsed());
+                    drop(state);
+                    give_back_freed_memory();
+                    saved
+                })
+                .await;
                 match saved {
-                    Ok(Ok(())) => {}
+                    Ok(Ok(took)) => metrics.record_seconds.observe(took.as_secs_f64()),
                     Ok(Err(e)) => tracing::warn!("cannot record the applied state: {e}"),
                     Err(e) => tracing::warn!("the state recorder failed: {e}"),
                 }
@@ -46,6 +54,19 @@ impl Recorder {
 
     fn record(&self, applied: Applied, state: NodeDataplane) {
         self.latest.send_replace(Some((applied, state)));
+    }
+}
+
+/// Returns the heap's free pages to the system. The apply before a record
+/// and the record's encoding of the whole state (megabytes) free memory
+/// in glibc's per-thread arenas that it keeps unless asked: without this
+/// the agent's resident memory grew with every delta (32 → 99 MiB over
+/// ten one-endpoint deltas of a 10,000-Service state in the VM benchmark).
+fn give_back_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases memory malloc holds free.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -103,8 +124,9 @@ impl Agent {
                 digest: state.digest(),
                 applied_at: unix_millis() / 1000,
             };
+            let metrics = &self.metrics;
             self.recorder
-                .get_or_insert_with(|| Recorder::start(local))
+                .get_or_insert_with(|| Recorder::start(local, metrics.clone()))
                 .record(record, state.clone());
         }
     }
