@@ -66,12 +66,20 @@ pub fn look_for(event: &notify::Result<Event>) -> Option<Look> {
             .file_name()
             .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."));
         if hidden {
-            // A hidden name moved away comes back as the rename's target.
-            let plain_file = std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file());
-            if moved_away || plain_file {
-                continue;
+            // A ConfigMap volume's writer swaps `..data` to a new `..<time>`
+            // directory, changing what the visible links resolve to:
+            // everything may have changed; so may a hidden directory or
+            // link. Other hidden names are an editor's or a writer's files
+            // (`.x.tmp`, often renamed away before this event is read); a
+            // name moved away comes back as the rename's target.
+            let configmap = path
+                .file_name()
+                .is_some_and(|n| n.as_encoded_bytes().starts_with(b".."));
+            let dir_or_link = std::fs::symlink_metadata(path).is_ok_and(|m| !m.is_file());
+            if configmap || (dir_or_link && !moved_away) {
+                return Some(Look::Everything);
             }
-            return Some(Look::Everything);
+            continue;
         }
         if !crate::is_manifest(path) {
             return Some(Look::Everything);
@@ -245,6 +253,11 @@ mod tests {
                     EventKind::Modify(ModifyKind::Name(RenameMode::From)),
                     &[".gone"],
                 ),
+                None,
+            ),
+            (
+                "a hidden file gone before its event is read",
+                event(EventKind::Create(CreateKind::File), &[".x.yaml.tmp"]),
                 None,
             ),
             (
