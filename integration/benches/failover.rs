@@ -21,9 +21,10 @@ use std::io::{BufRead as _, BufReader, Write as _};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use setpoint_compute::synthetic::ClusterShape;
 use setpoint_controlplane::serve::{Role, ServeConfig, start};
-use setpoint_integration::measure::{cpu_seconds, env_or, raise_nofile, rss_mib};
+use setpoint_integration::measure::{
+    cluster_shape_from_env, cpu_seconds, env_or, raise_nofile, rss_mib,
+};
 use setpoint_integration::postgres::fresh_postgres_database;
 
 #[path = "../synthetic_manifests.rs"]
@@ -212,14 +213,7 @@ impl Replica {
 }
 
 fn parent() {
-    let agents_n = env_or("SETPOINT_BENCH_AGENTS", 500);
-    let services = env_or("SETPOINT_BENCH_SERVICES", 1_000);
-    let shape = ClusterShape {
-        nodes: agents_n,
-        services,
-        endpoints: services * env_or("SETPOINT_BENCH_ENDPOINTS", 5),
-        zones: 3,
-    };
+    let shape = cluster_shape_from_env(500, 1_000);
     let changes = env_or("SETPOINT_BENCH_CHANGES", 3);
     let dir = tempfile::tempdir().expect("tempdir");
     let manifests = dir.path().join("manifests");

@@ -26,7 +26,7 @@ use setpoint_controlplane::admin::AdminConfig;
 use setpoint_controlplane::serve::{Running, ServeConfig, start};
 use setpoint_controlplane::tls::ServerTls;
 use setpoint_integration::measure::{
-    cpu_seconds, env_or, peak_rss_mib, percentile, raise_nofile, rss_mib,
+    cluster_shape_from_env, cpu_seconds, env_or, peak_rss_mib, percentile, raise_nofile, rss_mib,
 };
 use setpoint_integration::pki::Pki;
 use setpoint_integration::postgres::fresh_postgres_database;
@@ -232,14 +232,7 @@ fn min_acked(
 }
 
 fn control_plane() {
-    let agents_n = env_or("SETPOINT_BENCH_AGENTS", 200);
-    let services = env_or("SETPOINT_BENCH_SERVICES", 1_000);
-    let shape = ClusterShape {
-        nodes: agents_n,
-        services,
-        endpoints: services * env_or("SETPOINT_BENCH_ENDPOINTS", 5),
-        zones: 3,
-    };
+    let shape = cluster_shape_from_env(200, 1_000);
     let changes = env_or("SETPOINT_BENCH_CHANGES", 50);
     let dir = tempfile::tempdir().expect("tempdir");
     let manifests = dir.path().join("manifests");

@@ -3,12 +3,27 @@
 
 use std::time::Duration;
 
+use setpoint_compute::synthetic::ClusterShape;
+
 /// A number from the environment, else `default`.
 pub fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// The benchmarks' synthetic cluster: `SETPOINT_BENCH_AGENTS` nodes (one
+/// agent each), `_SERVICES` Services with `_ENDPOINTS` (5) endpoints each,
+/// in 3 zones.
+pub fn cluster_shape_from_env(agents: usize, services: usize) -> ClusterShape {
+    let services = env_or("SETPOINT_BENCH_SERVICES", services);
+    ClusterShape {
+        nodes: env_or("SETPOINT_BENCH_AGENTS", agents),
+        services,
+        endpoints: services * env_or("SETPOINT_BENCH_ENDPOINTS", 5),
+        zones: 3,
+    }
 }
 
 /// Lifts the open-file limit to its hard maximum (one socket per agent).
