@@ -166,12 +166,15 @@ async fn churn(
         if let Some(w) = writer.take_if(|w| w.is_finished()) {
             written = w.await.expect("writer");
         }
+        // Done when every write went out and every agent has held the
+        // head for a second with nothing newer committed: that head
+        // carries every write.
         let head = *running.head.borrow();
-        if writer.is_none() && low >= head && seen.contains_key(&head) {
-            let last = written.last().copied().unwrap_or(now);
-            if seen.range(..).any(|(_, at)| *at >= last) {
-                break;
-            }
+        let settled = converged.get(&head).is_some_and(|at| {
+            now.duration_since(*at).unwrap_or_default() >= Duration::from_secs(1)
+        });
+        if writer.is_none() && settled {
+            break;
         }
         assert!(Instant::now() < deadline, "the churn did not converge");
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -180,7 +183,13 @@ async fn churn(
     let mut latencies: Vec<Duration> = written
         .iter()
         .filter_map(|t| {
-            let (r, _) = seen.iter().find(|(_, at)| *at >= t)?;
+            // The first revision whose load began after the write, else
+            // the last one (which carries everything).
+            let r = seen
+                .iter()
+                .find(|(_, at)| *at >= t)
+                .or_else(|| seen.iter().next_back())?
+                .0;
             converged.get(r)?.duration_since(*t).ok()
         })
         .collect();
