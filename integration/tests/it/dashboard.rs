@@ -275,15 +275,27 @@ async fn every_dashboard_query_names_a_metric_the_binaries_export() {
     );
 
     // A revision went through: the agent acked it, so the SLI's
-    // histograms (and the per-share family) have samples.
+    // histograms (and the per-share family) have samples. The first
+    // revision counts no node when the agent connected after it was
+    // committed (the SLI counts the nodes connected when a revision
+    // became the head), so once the agent holds it, one more Service
+    // makes a revision that counts it.
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut changed = false;
     let (controlplane, agent) = loop {
         let c = scrape(controlplane_metrics).await.unwrap_or_default();
         let a = scrape(agent_metrics).await.unwrap_or_default();
-        if c.contains("setpoint_revision_convergence_seconds_count{share=\"1\"}")
-            && a.contains("setpoint_agent_apply_duration_seconds_count")
-        {
+        let applied = a.contains("setpoint_agent_apply_duration_seconds_count");
+        if c.contains("setpoint_revision_convergence_seconds_count{share=\"1\"}") && applied {
             break (c, a);
+        }
+        if applied && !changed {
+            changed = true;
+            std::fs::write(
+                manifests.join("zz-dashboard.yaml"),
+                "apiVersion: v1\nkind: Service\nmetadata:\n  name: dashboard-probe\n  namespace: default\nspec:\n  clusterIP: 10.96.0.250\n  clusterIPs: [10.96.0.250]\n  ports:\n  - port: 80\n    protocol: TCP\n",
+            )
+            .expect("write a Service");
         }
         assert!(
             Instant::now() < deadline,
