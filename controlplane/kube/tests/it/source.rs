@@ -30,7 +30,16 @@ async fn until(
         .await
         .map(|r| r.map(|s| s.clone()));
     match outcome {
-        Ok(Ok(snapshot)) => snapshot,
+        Ok(Ok(snapshot)) => {
+            // The one map of every kind is kept beside the kinds' maps:
+            // it must hold exactly their objects, whatever the events.
+            assert!(
+                snapshot.object_map() == setpoint_compute::object_map(snapshot.objects()),
+                "{what}: the map of every kind disagrees with the kinds: {}",
+                describe(&snapshot)
+            );
+            snapshot
+        }
         Ok(Err(_)) => panic!("source ended while waiting for: {what}"),
         Err(_) => panic!(
             "timed out waiting for: {what}; last snapshot: {}",
