@@ -283,10 +283,7 @@ impl ManifestCache {
             return Ok(None);
         }
         let result = self.update_files(changed);
-        if let Err(e) = result {
-            *self = ManifestCache::with_limits(self.limits);
-            return Err(e);
-        }
+        self.forget_on_error(result)?;
         Ok(Some(self.current_view()))
     }
 
@@ -354,10 +351,15 @@ impl ManifestCache {
     }
 
     /// Parses the files that changed and edits the merged view at their
-    /// keys. A file that cannot be read fails the load and forgets
-    /// everything, so the next load starts over.
+    /// keys.
     fn update(&mut self, scanned: Vec<Scanned>) -> Result<(), SourceError> {
         let result = self.update_scanned(scanned);
+        self.forget_on_error(result)
+    }
+
+    /// A file that could not be read failed the load: everything is
+    /// forgotten, so the next load starts over.
+    fn forget_on_error(&mut self, result: Result<(), SourceError>) -> Result<(), SourceError> {
         if result.is_err() {
             *self = ManifestCache::with_limits(self.limits);
         }
