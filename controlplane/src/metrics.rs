@@ -22,7 +22,7 @@ pub struct Metrics {
     pub delta_bytes: Counter,
     pub snapshot_bytes: Counter,
     /// Revisions a session never sent because a newer head superseded
-    /// them first (coalescing: merged into one delta, not queued).
+    /// them first (coalescing: merged into the next send, not queued).
     pub revisions_coalesced: Counter,
     pub nacks: Counter,
     pub store_errors: Counter,
@@ -168,7 +168,7 @@ impl Metrics {
         );
         r.register(
             "setpoint_revisions_coalesced",
-            "Revisions an agent was never sent because a newer one superseded them first (merged into one delta, not queued)",
+            "Revisions an agent was never sent because a newer one superseded them first (merged into the next delta or snapshot, not queued)",
             m.revisions_coalesced.clone(),
         );
         r.register(

@@ -491,21 +491,23 @@ impl Session {
             .state(&self.service.store, &self.node, head)
             .await
             .map_err(store_error)?;
-        let body = match self.delivery.toward(head, state, Instant::now()) {
+        let next = self.delivery.toward(head, state, Instant::now());
+        // Whatever goes out (or nothing, when nothing is needed) is for
+        // `head`: the heads seen before it were merged into it.
+        let merged = self.coalescing.sent(head);
+        self.service.metrics.revisions_coalesced.inc_by(merged);
+        let body = match next {
             Next::NotANode => {
                 self.service.sli.unchanged(&self.node, head);
                 return Ok(());
             }
             Next::Unchanged { revision, digest } => {
-                self.coalescing.sent(head);
                 self.service.sli.unchanged(&self.node, revision);
                 self.update_fleet(revision, None, None);
                 tracing::debug!(node = %self.node, head, %digest, "unchanged");
                 return Ok(());
             }
             Next::Send(Outgoing::Delta { from, to }) => {
-                let merged = self.coalescing.sent(head);
-                self.service.metrics.revisions_coalesced.inc_by(merged);
                 let d = self
                     .service
                     .fanout
@@ -519,7 +521,6 @@ impl Session {
                 ControlBody::Delta(d)
             }
             Next::Send(Outgoing::Snapshot { to }) => {
-                self.coalescing.sent(head);
                 if self.snapshot_slot.is_none() {
                     let permit = self.service.fanout.snapshots.clone().acquire_owned().await;
                     self.snapshot_slot = permit.ok().map(|p| {
