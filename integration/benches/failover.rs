@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use setpoint_controlplane::serve::{Role, ServeConfig, start};
 use setpoint_integration::measure::{
-    cluster_shape_from_env, cpu_seconds, env_or, raise_nofile, rss_mib,
+    cluster_shape_from_env, cpu_seconds, env_or, rss_mib, start_bench_process,
 };
 use setpoint_integration::postgres::fresh_postgres_database;
 
@@ -32,15 +32,7 @@ mod synthetic_manifests;
 use synthetic_manifests::{write_cluster, write_slice};
 
 fn main() {
-    raise_nofile();
-    // Logs only when asked (RUST_LOG), on stderr: the children's stdout
-    // is the parent's pipe.
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    start_bench_process();
     match std::env::var("SETPOINT_BENCH_ROLE").as_deref() {
         Ok("agents") => setpoint_integration::fleet_agents::run_until_stdin_closes(),
         Ok("replica") => replica(),

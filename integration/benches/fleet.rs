@@ -26,7 +26,8 @@ use setpoint_controlplane::admin::AdminConfig;
 use setpoint_controlplane::serve::{Running, ServeConfig, start};
 use setpoint_controlplane::tls::ServerTls;
 use setpoint_integration::measure::{
-    cluster_shape_from_env, cpu_seconds, env_or, peak_rss_mib, percentile, raise_nofile, rss_mib,
+    cluster_shape_from_env, cpu_seconds, env_or, peak_rss_mib, percentile, rss_mib,
+    start_bench_process,
 };
 use setpoint_integration::pki::Pki;
 use setpoint_integration::postgres::fresh_postgres_database;
@@ -53,15 +54,7 @@ fn all_at(
 const ADMIN_TOKEN: &str = "fleet-bench-admin-token-0123456789";
 
 fn main() {
-    raise_nofile();
-    // Logs only when asked (RUST_LOG), on stderr: the agents' stdout is
-    // the parent's pipe.
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .init();
-    }
+    start_bench_process();
     if std::env::var("SETPOINT_BENCH_ROLE").as_deref() == Ok("agents") {
         setpoint_integration::fleet_agents::run_until_stdin_closes();
     } else {

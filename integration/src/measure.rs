@@ -5,6 +5,19 @@ use std::time::Duration;
 
 use setpoint_compute::synthetic::ClusterShape;
 
+/// What a benchmark process with a fleet does first: an open-file limit
+/// for one socket per agent, and logs only when asked (`RUST_LOG`), on
+/// stderr, since the children's stdout is the parent's pipe.
+pub fn start_bench_process() {
+    raise_nofile();
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+}
+
 /// A number from the environment, else `default`.
 pub fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)

@@ -50,17 +50,13 @@ use setpoint_agent::local_state::{Applied, LocalState};
 use setpoint_agent::plan::Op;
 use setpoint_compute::synthetic::{self, ClusterShape};
 use setpoint_compute::{ComputeConfig, Index};
+use setpoint_integration::measure::env_or;
 use setpoint_integration::vm::{Vm, VmJob};
 
+#[path = "common/describe.rs"]
+mod describe;
 #[path = "../../integration/synthetic_manifests.rs"]
 mod synthetic_manifests;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// The cluster: three nodes, one zone, as `benches/apply.rs` and
 /// `benches/vm_apply.rs` build it.
@@ -241,28 +237,20 @@ fn host() {
         local.save_with_state(&applied, &state).expect("record");
     });
     let record_bytes = dir_bytes(local.dir());
-    let flat = state.flatten();
-    let vs = flat.virtual_server_count();
-    let rs: usize = flat
-        .virtual_servers()
-        .map(|(_, v)| v.real_servers.len())
-        .sum();
-    let entries: usize = flat.all_entries().map(|(_, e)| e.len()).sum();
-    let rules: usize = flat.chains().map(|(_, c)| c.rules.len()).sum();
+    let summary = describe::describe(&state);
+    let entries = summary.entries;
     println!(
-        "state of {node} ({} services × {} endpoints): {vs} virtual servers / {rs} real servers, {} addresses, {} sets / {entries} entries, {} chains / {rules} rules",
+        "state of {node} ({} services × {} endpoints): {}",
         shape.services,
         shape.endpoints / shape.services.max(1),
-        flat.addresses().count(),
-        flat.sets().count(),
-        flat.chains().count(),
+        summary.text,
     );
     println!(
         "one-endpoint delta: {} kernel operations ({} IPVS, {} set entries, {} iptables restores)",
         one.total, one.ipvs, one.entries, one.iptables
     );
     drop(plan);
-    drop((held, index, flat));
+    drop((held, index));
 
     // The cluster as manifest files for the guest's control plane.
     let manifests = dir.path().join("manifests");

@@ -28,14 +28,12 @@ use std::time::{Duration, Instant};
 use setpoint_compute::synthetic::{self, ClusterShape};
 use setpoint_compute::{ComputeConfig, Index};
 use setpoint_dataplane::{NodeDataplane, render};
+use setpoint_integration::measure::env_or;
 use setpoint_integration::vm::{Vm, VmJob, VmOutput};
 
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+#[path = "common/describe.rs"]
+mod describe;
+use describe::describe;
 
 struct Cluster {
     shape: ClusterShape,
@@ -77,25 +75,6 @@ fn cluster(services: usize, endpoints_per_service: usize) -> Cluster {
         state,
         successor,
     }
-}
-
-/// Virtual servers, real servers, and a one-line description.
-fn describe(state: &NodeDataplane) -> (usize, usize, String) {
-    let flat = state.flatten();
-    let vs = flat.virtual_server_count();
-    let rs: usize = flat
-        .virtual_servers()
-        .map(|(_, v)| v.real_servers.len())
-        .sum();
-    let entries: usize = flat.all_entries().map(|(_, e)| e.len()).sum();
-    let rules: usize = flat.chains().map(|(_, c)| c.rules.len()).sum();
-    let text = format!(
-        "{vs} virtual servers / {rs} real servers, {} addresses, {} sets / {entries} entries, {} chains / {rules} rules",
-        flat.addresses().count(),
-        flat.sets().count(),
-        flat.chains().count(),
-    );
-    (vs, rs, text)
 }
 
 /// `ipvsadm-save -n` lines of the first `n` virtual servers and their real
@@ -254,8 +233,18 @@ fn main() {
     let started = Instant::now();
     let large = cluster(services, per_service);
     let small = cluster(small_services, per_service);
-    let (vs, rs, large_text) = describe(&large.state);
-    let (small_vs, small_rs, small_text) = describe(&small.state);
+    let large_summary = describe(&large.state);
+    let small_summary = describe(&small.state);
+    let (vs, rs, large_text) = (
+        large_summary.virtual_servers,
+        large_summary.real_servers,
+        large_summary.text,
+    );
+    let (small_vs, small_rs, small_text) = (
+        small_summary.virtual_servers,
+        small_summary.real_servers,
+        small_summary.text,
+    );
     println!(
         "state of {} ({} services × {} endpoints): {large_text}",
         synthetic::node_name(0),
