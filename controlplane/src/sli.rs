@@ -107,14 +107,20 @@ pub use setpoint_kube::{parse_time, trigger_time};
 
 /// The start of a batch: the earliest trigger time among its changed
 /// EndpointSlices that is not before `not_before` (when this leader
-/// started: older ones belong to changes some earlier process programmed),
-/// else `seen_at`.
+/// started: older ones belong to changes some earlier process programmed)
+/// nor after `seen_at` (a change is not triggered after it was seen: such
+/// an annotation is a skewed clock or anyone's manifest, and would make
+/// the latency look shorter than it was), else `seen_at`.
 pub fn batch_start(
     triggers: impl IntoIterator<Item = SystemTime>,
     seen_at: SystemTime,
     not_before: SystemTime,
 ) -> Start {
-    match triggers.into_iter().filter(|t| *t >= not_before).min() {
+    match triggers
+        .into_iter()
+        .filter(|t| *t >= not_before && *t <= seen_at)
+        .min()
+    {
         Some(at) => Start {
             at,
             by: StartedBy::Trigger,
@@ -689,6 +695,9 @@ mod tests {
         // Older than this leader: a change an earlier process programmed.
         assert_eq!(batch_start([t(500)], seen, leader), start(5000));
         assert_eq!(batch_start([t(500), t(2000)], seen, leader).at, t(2000));
+        // After it was seen: a skewed clock or a made-up annotation.
+        assert_eq!(batch_start([t(9000)], seen, leader), start(5000));
+        assert_eq!(batch_start([t(9000), t(4000)], seen, leader).at, t(4000));
     }
 
     #[test]
