@@ -285,7 +285,12 @@ async fn every_dashboard_query_names_a_metric_the_binaries_export() {
     let (controlplane, agent) = loop {
         let c = scrape(controlplane_metrics).await.unwrap_or_default();
         let a = scrape(agent_metrics).await.unwrap_or_default();
-        let applied = a.contains("setpoint_agent_apply_duration_seconds_count");
+        // The histogram prints its count from the start: at least one.
+        let applied = a.lines().any(|l| {
+            l.strip_prefix("setpoint_agent_apply_duration_seconds_count ")
+                .and_then(|n| n.trim().parse::<f64>().ok())
+                .is_some_and(|n| n >= 1.0)
+        });
         if c.contains("setpoint_revision_convergence_seconds_count{share=\"1\"}") && applied {
             break (c, a);
         }
