@@ -21,7 +21,7 @@ use crate::convert::{
     check_labels, check_port_name, identify, parse_protocol, printable,
 };
 
-fn selector(sel: Option<&LabelSelector>) -> Result<Selector, String> {
+pub(super) fn selector(sel: Option<&LabelSelector>) -> Result<Selector, String> {
     let Some(sel) = sel else {
         return Ok(Selector::everything());
     };

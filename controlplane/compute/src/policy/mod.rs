@@ -18,6 +18,7 @@
 //! below (failing closed); `chains` builds one node's fragment from it.
 
 mod chains;
+pub mod cluster;
 mod convert;
 
 use std::collections::{BTreeMap, BTreeSet};
