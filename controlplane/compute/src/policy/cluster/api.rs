@@ -15,15 +15,42 @@ use serde::{Deserialize, Serialize};
 pub const API_VERSION: &str = "policy.networking.k8s.io/v1alpha2";
 pub const KIND: &str = "ClusterNetworkPolicy";
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// `apiVersion` and `kind` are not fields: they are written on output
+/// (as k8s-openapi types write theirs) and not checked on input, where the
+/// source has already dispatched on them.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterNetworkPolicy {
     #[serde(default)]
     pub metadata: ObjectMeta,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub spec: Option<ClusterNetworkPolicySpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub status: Option<ClusterNetworkPolicyStatus>,
+}
+
+impl Serialize for ClusterNetworkPolicy {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Written<'a> {
+            api_version: &'static str,
+            kind: &'static str,
+            metadata: &'a ObjectMeta,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            spec: &'a Option<ClusterNetworkPolicySpec>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            status: &'a Option<ClusterNetworkPolicyStatus>,
+        }
+        Written {
+            api_version: API_VERSION,
+            kind: KIND,
+            metadata: &self.metadata,
+            spec: &self.spec,
+            status: &self.status,
+        }
+        .serialize(serializer)
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

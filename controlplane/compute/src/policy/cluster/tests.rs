@@ -1372,6 +1372,11 @@ fn the_api_round_trips_through_json() {
     );
     let written: api::ClusterNetworkPolicy =
         serde_json::from_value(value).unwrap_or_else(|e| panic!("{e}"));
+    let out = serde_json::to_value(&written).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        (&out["apiVersion"], &out["kind"]),
+        (&json!(api::API_VERSION), &json!(api::KIND))
+    );
     let again: api::ClusterNetworkPolicy = serde_json::to_value(&written)
         .and_then(serde_json::from_value)
         .unwrap_or_else(|e| panic!("{e}"));
