@@ -3,6 +3,7 @@
 
 use std::process::{Command, Output};
 
+pub mod binaries;
 pub mod cluster;
 pub mod fleet_agents;
 pub mod measure;

@@ -9,11 +9,12 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use setpoint_integration::binaries::workspace_binary;
 
 use crate::running_failures::free_addr;
 use crate::sigkill::{Serve, controlplane_binary};
@@ -22,28 +23,9 @@ fn dashboard_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/setpoint.json")
 }
 
-/// The agent binary of this build (built here when `cargo test` was not
-/// asked to build it), next to the control plane's.
-fn agent_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let profile_dir = controlplane_binary()
-            .parent()
-            .expect("binaries in target/<profile>")
-            .to_path_buf();
-        let binary = profile_dir.join("setpoint-agent");
-        if binary.exists() {
-            return binary;
-        }
-        let mut build = Command::new(env!("CARGO"));
-        build.args(["build", "-p", "setpoint-agent", "--bin", "setpoint-agent"]);
-        if profile_dir.ends_with("release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo build");
-        assert!(status.success(), "building setpoint-agent failed");
-        binary
-    })
+/// The agent binary of this build.
+fn agent_binary() -> PathBuf {
+    workspace_binary("setpoint-agent")
 }
 
 /// Every query (`expr`) of every panel, rows' nested panels included.

@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use setpoint_integration::binaries::workspace_binary;
+
 #[test]
 fn every_service_behaviour_on_real_packets() {
     // SAFETY: geteuid has no preconditions and cannot fail.
@@ -15,28 +17,12 @@ fn every_service_behaviour_on_real_packets() {
         "the matrix boots qemu through integration/vm/prepare: run as root (scripts/test)"
     );
     let matrix = PathBuf::from(env!("CARGO_BIN_EXE_setpoint-service-matrix"));
-    // The control plane and the agent are other packages'
-    // binaries: built here into the same target directory.
-    let bin_dir = matrix
+    // The control plane and the agent are other packages' binaries.
+    let bin_dir = workspace_binary("setpoint-controlplane")
         .parent()
-        .expect("the matrix binary has a directory")
+        .expect("binaries in target/<profile>")
         .to_path_buf();
-    let built = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--bins",
-            "-p",
-            "setpoint-controlplane",
-            "-p",
-            "setpoint-agent",
-        ])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .status()
-        .expect("run cargo build");
-    assert!(
-        built.success(),
-        "cargo build of the Setpoint binaries failed"
-    );
+    assert!(bin_dir.join("setpoint-agent").exists(), "setpoint-agent built");
 
     let scenarios = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/services");
     let keep = tempfile::tempdir().expect("temporary directory");

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use setpoint_integration::binaries::workspace_binary;
 use setpoint_integration::{Netns, require_root_and_tools};
 use setpoint_store::Store;
 
@@ -19,42 +20,10 @@ use crate::e2e_support::{
 };
 use crate::running_failures::{free_addr, open_store, wait_for};
 
-/// The control-plane binary of this build (built here when `cargo test`
-/// was not asked to build it).
+/// The control-plane binary of this build.
 pub(crate) fn controlplane_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test executable path");
-        // target/<profile>/deps/it-… → target/<profile>/
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("test executable in target/<profile>/deps");
-        let binary = profile_dir.join("setpoint-controlplane");
-        if binary.exists() {
-            // Built by this `cargo test` (the workspace's binaries are).
-            return binary;
-        }
-        let mut build = Command::new(env!("CARGO"));
-        build.args([
-            "build",
-            "-p",
-            "setpoint-controlplane",
-            "--bin",
-            "setpoint-controlplane",
-        ]);
-        if profile_dir.ends_with("release") {
-            build.arg("--release");
-        }
-        let status = build.status().expect("run cargo build");
-        assert!(status.success(), "building setpoint-controlplane failed");
-        assert!(
-            binary.exists(),
-            "{} missing after the build",
-            binary.display()
-        );
-        binary
-    })
+    BINARY.get_or_init(|| workspace_binary("setpoint-controlplane"))
 }
 
 /// A `serve` process; killed with SIGKILL when dropped.
