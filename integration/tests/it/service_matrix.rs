@@ -22,7 +22,10 @@ fn every_service_behaviour_on_real_packets() {
         .parent()
         .expect("binaries in target/<profile>")
         .to_path_buf();
-    assert!(bin_dir.join("setpoint-agent").exists(), "setpoint-agent built");
+    assert!(
+        bin_dir.join("setpoint-agent").exists(),
+        "setpoint-agent built"
+    );
 
     let scenarios = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/services");
     let keep = tempfile::tempdir().expect("temporary directory");
