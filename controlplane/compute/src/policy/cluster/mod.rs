@@ -23,6 +23,8 @@ mod convert;
 mod evaluate;
 
 #[cfg(test)]
+mod oracle_tests;
+#[cfg(test)]
 mod tests;
 
 use ipnet::IpNet;
