@@ -190,3 +190,30 @@ pub struct PortRange {
     #[serde(default)]
     pub end: i64,
 }
+
+/// What the Kubernetes client needs to list and watch the CRD (kube's
+/// `Resource` follows from these), as k8s-openapi has for its own types.
+impl k8s_openapi::Resource for ClusterNetworkPolicy {
+    const API_VERSION: &'static str = API_VERSION;
+    const GROUP: &'static str = "policy.networking.k8s.io";
+    const KIND: &'static str = KIND;
+    const VERSION: &'static str = "v1alpha2";
+    const URL_PATH_SEGMENT: &'static str = "clusternetworkpolicies";
+    type Scope = k8s_openapi::ClusterResourceScope;
+}
+
+impl k8s_openapi::ListableResource for ClusterNetworkPolicy {
+    const LIST_KIND: &'static str = "ClusterNetworkPolicyList";
+}
+
+impl k8s_openapi::Metadata for ClusterNetworkPolicy {
+    type Ty = ObjectMeta;
+
+    fn metadata(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+
+    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}

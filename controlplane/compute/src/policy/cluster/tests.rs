@@ -1381,6 +1381,18 @@ fn the_api_round_trips_through_json() {
         .and_then(serde_json::from_value)
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(again, written);
+    // What the Kubernetes client builds its URLs and list kinds from.
+    use k8s_openapi::Resource as _;
+    assert_eq!(
+        format!(
+            "{}/{} {}",
+            api::ClusterNetworkPolicy::GROUP,
+            api::ClusterNetworkPolicy::VERSION,
+            api::ClusterNetworkPolicy::URL_PATH_SEGMENT
+        ),
+        "policy.networking.k8s.io/v1alpha2 clusternetworkpolicies"
+    );
+    assert_eq!(api::ClusterNetworkPolicy::API_VERSION, api::API_VERSION);
 }
 
 // ---- properties ------------------------------------------------------
