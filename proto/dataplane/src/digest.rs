@@ -78,14 +78,27 @@ impl<'de> Deserialize<'de> for Digest {
 }
 
 /// The running sum of atom hashes of a fragment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct Accumulator {
     lanes: [u64; 4],
     count: u64,
+    /// [`Accumulator::finish`] of the sum as it stands: the control plane
+    /// asks a fragment's digest several times per agent per revision, and
+    /// a SHA-256 each time was a measurable share of a change's CPU.
+    /// Forgotten by every change to the sum.
+    finished: std::sync::OnceLock<Digest>,
 }
+
+impl PartialEq for Accumulator {
+    fn eq(&self, other: &Self) -> bool {
+        self.lanes == other.lanes && self.count == other.count
+    }
+}
+impl Eq for Accumulator {}
 
 impl Accumulator {
     pub fn add(&mut self, atom: &[u8; 32]) {
+        self.finished.take();
         for (lane, chunk) in self.lanes.iter_mut().zip(atom.chunks_exact(8)) {
             *lane = lane.wrapping_add(u64::from_le_bytes(chunk_array(chunk)));
         }
@@ -93,6 +106,7 @@ impl Accumulator {
     }
 
     pub fn remove(&mut self, atom: &[u8; 32]) {
+        self.finished.take();
         for (lane, chunk) in self.lanes.iter_mut().zip(atom.chunks_exact(8)) {
             *lane = lane.wrapping_sub(u64::from_le_bytes(chunk_array(chunk)));
         }
@@ -100,6 +114,7 @@ impl Accumulator {
     }
 
     pub fn merge(&mut self, other: &Accumulator) {
+        self.finished.take();
         for (lane, o) in self.lanes.iter_mut().zip(other.lanes) {
             *lane = lane.wrapping_add(o);
         }
@@ -112,6 +127,10 @@ impl Accumulator {
     }
 
     pub fn finish(&self) -> Digest {
+        *self.finished.get_or_init(|| self.hash())
+    }
+
+    fn hash(&self) -> Digest {
         let mut h = Sha256::new();
         h.update(DIGEST_DOMAIN);
         for lane in self.lanes {

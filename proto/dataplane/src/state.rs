@@ -22,6 +22,9 @@ use crate::wire::WireState;
 #[derive(Clone, Debug, Default)]
 pub struct NodeDataplane {
     parts: BTreeMap<String, Arc<Fragment>>,
+    /// The parts' sum, kept: its digest is asked on every send and ack.
+    /// Forgotten by every change to the parts.
+    sum: std::sync::OnceLock<Accumulator>,
 }
 
 /// The part name used for a state that was not split.
@@ -36,7 +39,10 @@ impl NodeDataplane {
     pub fn from_fragment(fragment: Fragment) -> Self {
         let mut parts = BTreeMap::new();
         parts.insert(WHOLE.to_string(), Arc::new(fragment));
-        NodeDataplane { parts }
+        NodeDataplane {
+            parts,
+            sum: Default::default(),
+        }
     }
 
     pub fn from_parts<I, S>(parts: I) -> Self
@@ -46,6 +52,7 @@ impl NodeDataplane {
     {
         NodeDataplane {
             parts: parts.into_iter().map(|(n, f)| (n.into(), f)).collect(),
+            sum: Default::default(),
         }
     }
 
@@ -58,28 +65,36 @@ impl NodeDataplane {
     }
 
     pub fn set_part(&mut self, name: impl Into<String>, fragment: Arc<Fragment>) {
+        self.sum.take();
         self.parts.insert(name.into(), fragment);
     }
 
     pub fn remove_part(&mut self, name: &str) -> Option<Arc<Fragment>> {
+        self.sum.take();
         self.parts.remove(name)
     }
 
     pub fn accumulator(&self) -> Accumulator {
-        let mut acc = Accumulator::default();
-        for part in self.parts.values() {
-            acc.merge(part.accumulator());
-        }
-        acc
+        self.sum().clone()
+    }
+
+    fn sum(&self) -> &Accumulator {
+        self.sum.get_or_init(|| {
+            let mut acc = Accumulator::default();
+            for part in self.parts.values() {
+                acc.merge(part.accumulator());
+            }
+            acc
+        })
     }
 
     /// The stable digest of the state: equal exactly when the states are.
     pub fn digest(&self) -> Digest {
-        self.accumulator().finish()
+        self.sum().finish()
     }
 
     pub fn atom_count(&self) -> u64 {
-        self.accumulator().count()
+        self.sum().count()
     }
 
     /// The union of all fragments as one. O(1) for a single fragment.
