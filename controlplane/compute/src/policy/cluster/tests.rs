@@ -1802,3 +1802,129 @@ mod properties {
         }
     }
 }
+
+/// `base/baseline_tier/standard-egress-udp-rules.yaml` and
+/// `tests/baseline-admin-network-policy-standard-egress-udp-rules.go`,
+/// which then swaps rules 0 and 1 to show rule order decides.
+#[test]
+fn conformance_baseline_egress_udp_rule_order() {
+    let view = world();
+    let baseline = |swap: bool| {
+        let mut rules = vec![
+            json!({"name": "allow-to-ravenclaw-everything", "action": "Accept",
+                   "to": [{"namespaces": ns_name_selector("ravenclaw")}]}),
+            json!({"name": "deny-to-ravenclaw-everything", "action": "Deny",
+                   "to": [{"namespaces": ns_name_selector("ravenclaw")}]}),
+            json!({"name": "deny-to-slytherin-at-port-5353", "action": "Deny",
+                   "to": [{"namespaces": ns_name_selector("slytherin")}],
+                   "protocols": [{"udp": {"destinationPort": {"number": 5353}}}]}),
+            json!({"name": "allow-to-gryffindor-at-port-53", "action": "Accept",
+                   "to": [{"namespaces": ns_name_selector("gryffindor")}],
+                   "protocols": [{"udp": {"destinationPort": {"number": 53}}}]}),
+            json!({"name": "deny-to-gryffindor-everything-else", "action": "Deny",
+                   "to": [{"namespaces": ns_name_selector("gryffindor")}]}),
+        ];
+        if swap {
+            rules.swap(0, 1);
+        }
+        cnp(policy(
+            "default",
+            "Baseline",
+            10,
+            json!({"namespaces": ns_name_selector("hufflepuff")}),
+            json!([]),
+            Value::Array(rules),
+        ))
+    };
+    let b = "Baseline:default";
+    check(
+        &view,
+        &[baseline(false)],
+        &[
+            (
+                "hufflepuff-0",
+                "ravenclaw-0",
+                "udp",
+                53,
+                &format!("allow egress={b}#0"),
+            ),
+            (
+                "hufflepuff-1",
+                "ravenclaw-0",
+                "udp",
+                5353,
+                &format!("allow egress={b}#0"),
+            ),
+            (
+                "hufflepuff-0",
+                "slytherin-0",
+                "udp",
+                5353,
+                &format!("deny egress={b}#2"),
+            ),
+            ("hufflepuff-1", "slytherin-0", "udp", 53, "allow"),
+            (
+                "hufflepuff-0",
+                "gryffindor-0",
+                "udp",
+                53,
+                &format!("allow egress={b}#3"),
+            ),
+            (
+                "hufflepuff-1",
+                "gryffindor-0",
+                "udp",
+                5353,
+                &format!("deny egress={b}#4"),
+            ),
+            (
+                "hufflepuff-1",
+                "gryffindor-0",
+                "tcp",
+                53,
+                &format!("deny egress={b}#4"),
+            ),
+        ],
+    );
+    // Swapped: the Deny (now first, still written as rule 0) decides.
+    check(
+        &view,
+        &[baseline(true)],
+        &[
+            (
+                "hufflepuff-0",
+                "ravenclaw-0",
+                "udp",
+                53,
+                &format!("deny egress={b}#0"),
+            ),
+            (
+                "hufflepuff-1",
+                "ravenclaw-0",
+                "udp",
+                5353,
+                &format!("deny egress={b}#0"),
+            ),
+        ],
+    );
+    // A NetworkPolicy selecting the pods takes the decision from Baseline.
+    let mut view = world();
+    add_network_policy(
+        &mut view,
+        json!({
+            "metadata": {"name": "allow-egress", "namespace": namespace("hufflepuff")},
+            "spec": {"podSelector": {}, "policyTypes": ["Egress"], "egress": [{}]},
+        }),
+    );
+    check(
+        &view,
+        &[baseline(true)],
+        &[(
+            "hufflepuff-0",
+            "ravenclaw-0",
+            "udp",
+            53,
+            "allow egress=NetworkPolicy",
+        )],
+    );
+}
