@@ -212,7 +212,7 @@ impl Index {
     /// same as `node_state(name)?.digest()`.
     pub fn node_digest(&self, name: &str) -> Option<Digest> {
         let node = self.nodes.get(name)?;
-        let mut acc = *self.base.accumulator();
+        let mut acc = self.base.accumulator().clone();
         acc.merge(self.global.fragment.accumulator());
         if let Some(zone) = self.zones.get(&node.zone) {
             acc.merge(zone.fragment.accumulator());
