@@ -23,8 +23,11 @@ use crate::wire::WireState;
 pub struct NodeDataplane {
     parts: BTreeMap<String, Arc<Fragment>>,
     /// The parts' sum, kept: its digest is asked on every send and ack.
-    /// Forgotten by every change to the parts.
-    sum: std::sync::OnceLock<Accumulator>,
+    /// Shared by clones, which hold the same parts until one changes
+    /// (thousands of sessions clone a revision's state and ask its
+    /// digest: one SHA-256 for all); a change to the parts takes a new
+    /// cell.
+    sum: Arc<std::sync::OnceLock<Accumulator>>,
 }
 
 /// The part name used for a state that was not split.
@@ -65,12 +68,12 @@ impl NodeDataplane {
     }
 
     pub fn set_part(&mut self, name: impl Into<String>, fragment: Arc<Fragment>) {
-        self.sum.take();
+        self.sum = Arc::default();
         self.parts.insert(name.into(), fragment);
     }
 
     pub fn remove_part(&mut self, name: &str) -> Option<Arc<Fragment>> {
-        self.sum.take();
+        self.sum = Arc::default();
         self.parts.remove(name)
     }
 
