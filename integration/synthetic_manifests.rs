@@ -18,6 +18,7 @@ pub fn yaml(object: &ClusterObject) -> String {
         ClusterObject::Namespace(o) => serde_yaml_ng::to_string(o),
         ClusterObject::NetworkPolicy(o) => serde_yaml_ng::to_string(o),
         ClusterObject::ServiceCidr(o) => serde_yaml_ng::to_string(o),
+        ClusterObject::ClusterNetworkPolicy(o) => serde_yaml_ng::to_string(o),
     };
     text.expect("k8s objects serialise")
 }

@@ -5,6 +5,8 @@ use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{NetworkPolicy, ServiceCIDR};
 
+use crate::policy::cluster::api::ClusterNetworkPolicy;
+
 /// One Kubernetes object of a kind Setpoint reads.
 // Objects are moved once from a source into the index; boxing would only
 // add an allocation per object.
@@ -19,6 +21,8 @@ pub enum ClusterObject {
     NetworkPolicy(NetworkPolicy),
     /// networking.k8s.io/v1: ranges ClusterIPs are allocated from.
     ServiceCidr(ServiceCIDR),
+    /// policy.networking.k8s.io/v1alpha2: cluster-wide policy tiers.
+    ClusterNetworkPolicy(ClusterNetworkPolicy),
 }
 
 /// The kinds of object Setpoint reads.
@@ -28,6 +32,7 @@ pub enum ClusterObject {
 /// the same order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
+    ClusterNetworkPolicy,
     EndpointSlice,
     Namespace,
     NetworkPolicy,
@@ -38,7 +43,8 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
+        Kind::ClusterNetworkPolicy,
         Kind::EndpointSlice,
         Kind::Namespace,
         Kind::NetworkPolicy,
@@ -51,6 +57,7 @@ impl Kind {
     /// The API kind, as written in manifests.
     pub const fn as_str(self) -> &'static str {
         match self {
+            Kind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
             Kind::EndpointSlice => "EndpointSlice",
             Kind::Namespace => "Namespace",
             Kind::NetworkPolicy => "NetworkPolicy",
@@ -61,9 +68,13 @@ impl Kind {
         }
     }
 
-    /// Nodes, Namespaces and ServiceCIDRs have no namespace.
+    /// Nodes, Namespaces, ServiceCIDRs and ClusterNetworkPolicies have no
+    /// namespace.
     pub const fn is_namespaced(self) -> bool {
-        !matches!(self, Kind::Node | Kind::Namespace | Kind::ServiceCidr)
+        !matches!(
+            self,
+            Kind::Node | Kind::Namespace | Kind::ServiceCidr | Kind::ClusterNetworkPolicy
+        )
     }
 }
 
@@ -90,6 +101,7 @@ impl ClusterObject {
             ClusterObject::Namespace(_) => Kind::Namespace,
             ClusterObject::NetworkPolicy(_) => Kind::NetworkPolicy,
             ClusterObject::ServiceCidr(_) => Kind::ServiceCidr,
+            ClusterObject::ClusterNetworkPolicy(_) => Kind::ClusterNetworkPolicy,
         }
     }
 
@@ -105,6 +117,7 @@ impl ClusterObject {
             ClusterObject::Namespace(o) => &o.metadata,
             ClusterObject::NetworkPolicy(o) => &o.metadata,
             ClusterObject::ServiceCidr(o) => &o.metadata,
+            ClusterObject::ClusterNetworkPolicy(o) => &o.metadata,
         };
         let kind = self.kind();
         let namespace = if kind.is_namespaced() {

@@ -230,6 +230,7 @@ fn meta_mut(object: &mut ClusterObject) -> &mut ObjectMeta {
         ClusterObject::Namespace(o) => &mut o.metadata,
         ClusterObject::NetworkPolicy(o) => &mut o.metadata,
         ClusterObject::ServiceCidr(o) => &mut o.metadata,
+        ClusterObject::ClusterNetworkPolicy(o) => &mut o.metadata,
     }
 }
 

@@ -22,6 +22,7 @@
 mod builder;
 mod check;
 mod claims;
+mod cluster_network_policy;
 mod commit;
 mod endpoints;
 mod fragments;
@@ -49,6 +50,7 @@ use crate::layout::{ComputeConfig, base_fragment};
 use crate::model::{EndpointSlice, Node, Service, ServiceId};
 use crate::object::{ClusterObject, Kind, ObjectKey};
 use crate::plan::{Atom, Frontend, NodeScope, ServicePlan};
+use crate::policy::cluster::api::ClusterNetworkPolicy;
 use crate::policy::{PeerUse, Pod as PolicyPod, PolicyView};
 
 use builder::Builder;
@@ -176,6 +178,7 @@ impl Index {
             ClusterObject::Namespace(o) => self.apply(&key, o),
             ClusterObject::NetworkPolicy(o) => self.apply(&key, o),
             ClusterObject::ServiceCidr(o) => self.apply(&key, o),
+            ClusterObject::ClusterNetworkPolicy(o) => self.apply(&key, o),
         }
     }
 
@@ -193,6 +196,7 @@ impl Index {
             Kind::Namespace => IndexResource::<core::Namespace>::delete(self, key),
             Kind::NetworkPolicy => IndexResource::<networking::NetworkPolicy>::delete(self, key),
             Kind::ServiceCidr => IndexResource::<networking::ServiceCIDR>::delete(self, key),
+            Kind::ClusterNetworkPolicy => IndexResource::<ClusterNetworkPolicy>::delete(self, key),
         }
     }
 

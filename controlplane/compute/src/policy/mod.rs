@@ -168,6 +168,8 @@ pub struct PolicyView {
     pub pods: BTreeMap<(String, String), Pod>,
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     pub policies: BTreeMap<(String, String), Policy>,
+    /// ClusterNetworkPolicies by name (cluster-scoped).
+    pub cluster_policies: BTreeMap<String, cluster::ClusterPolicy>,
 }
 
 impl PolicyView {

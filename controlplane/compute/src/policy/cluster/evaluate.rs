@@ -111,20 +111,31 @@ impl NetworkPolicyTier for PolicyView {
                 Direction::Ingress => Some(pod),
                 Direction::Egress => peer_pod,
             };
-            let allows = |rule: &PolicyRule| {
-                let peer_ok = rule.peers.is_empty()
-                    || rule.peers.iter().any(|p| match p {
-                        Peer::Pods(pp) => peer_pod.is_some_and(|q| self.pod_in(pp, q)),
-                        Peer::Block { cidr, except } => {
-                            cidr.contains(&peer) && !except.iter().any(|e| e.contains(&peer))
-                        }
-                    });
-                let port_ok = rule.ports.is_empty()
-                    || rule
-                        .ports
-                        .iter()
-                        .any(|spec| np_port_matches(spec, destination, protocol, port));
-                peer_ok && port_ok
+            let peer_matches = |p: &Peer| match p {
+                Peer::Pods(pp) => peer_pod.is_some_and(|q| self.pod_in(pp, q)),
+                Peer::Block { cidr, except } => {
+                    cidr.contains(&peer) && !except.iter().any(|e| e.contains(&peer))
+                }
+            };
+            let port_matches = |spec: &PortSpec| np_port_matches(spec, destination, protocol, port);
+            // As the node chains match: an egress named port is the
+            // destination pod's, known only for pod peers (and for a rule
+            // without peers, any pod); an ipBlock with a named port
+            // matches nothing.
+            let pair_matches = |p: &Peer, spec: &PortSpec| {
+                let block_named = direction == Direction::Egress
+                    && matches!(p, Peer::Block { .. })
+                    && matches!(spec.port, Some(PortRef::Name(_)));
+                !block_named && peer_matches(p) && port_matches(spec)
+            };
+            let allows = |rule: &PolicyRule| match (rule.peers.is_empty(), rule.ports.is_empty()) {
+                (true, true) => true,
+                (true, false) => rule.ports.iter().any(port_matches),
+                (false, true) => rule.peers.iter().any(peer_matches),
+                (false, false) => rule
+                    .peers
+                    .iter()
+                    .any(|p| rule.ports.iter().any(|spec| pair_matches(p, spec))),
             };
             if rules.iter().any(allows) {
                 return NetworkPolicyVerdict::Allowed;
