@@ -21,7 +21,9 @@ use crate::wire::WireState;
 /// sit in one fragment only. [`NodeDataplane::validate`] checks it.
 #[derive(Clone, Debug, Default)]
 pub struct NodeDataplane {
-    parts: BTreeMap<String, Arc<Fragment>>,
+    /// Shared by clones until one changes (copy on write): the control
+    /// plane clones a revision's state for every session that sends it.
+    parts: Arc<BTreeMap<String, Arc<Fragment>>>,
     /// The parts' sum, kept: its digest is asked on every send and ack.
     /// Shared by clones, which hold the same parts until one changes
     /// (thousands of sessions clone a revision's state and ask its
@@ -43,7 +45,7 @@ impl NodeDataplane {
         let mut parts = BTreeMap::new();
         parts.insert(WHOLE.to_string(), Arc::new(fragment));
         NodeDataplane {
-            parts,
+            parts: Arc::new(parts),
             sum: Default::default(),
         }
     }
@@ -54,7 +56,7 @@ impl NodeDataplane {
         S: Into<String>,
     {
         NodeDataplane {
-            parts: parts.into_iter().map(|(n, f)| (n.into(), f)).collect(),
+            parts: Arc::new(parts.into_iter().map(|(n, f)| (n.into(), f)).collect()),
             sum: Default::default(),
         }
     }
@@ -69,12 +71,12 @@ impl NodeDataplane {
 
     pub fn set_part(&mut self, name: impl Into<String>, fragment: Arc<Fragment>) {
         self.sum = Arc::default();
-        self.parts.insert(name.into(), fragment);
+        Arc::make_mut(&mut self.parts).insert(name.into(), fragment);
     }
 
     pub fn remove_part(&mut self, name: &str) -> Option<Arc<Fragment>> {
         self.sum = Arc::default();
-        self.parts.remove(name)
+        Arc::make_mut(&mut self.parts).remove(name)
     }
 
     pub fn accumulator(&self) -> Accumulator {
@@ -162,11 +164,14 @@ pub(crate) fn flatten<'a>(parts: impl Iterator<Item = &'a Arc<Fragment>>) -> Fra
 
 impl PartialEq for NodeDataplane {
     fn eq(&self, other: &Self) -> bool {
+        if Arc::ptr_eq(&self.parts, &other.parts) {
+            return true;
+        }
         if self.parts.len() == other.parts.len()
             && self
                 .parts
                 .iter()
-                .zip(&other.parts)
+                .zip(other.parts.iter())
                 .all(|((na, a), (nb, b))| na == nb && (Arc::ptr_eq(a, b) || a == b))
         {
             return true;
