@@ -4,6 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::de::DeserializeOwned;
 use serde_yaml_ng::{Mapping, Value};
 use setpoint_compute::ClusterObject;
+use setpoint_compute::policy::cluster::api as cluster_api;
 
 /// What became of one object of a document.
 #[derive(Debug)]
@@ -53,6 +54,7 @@ enum Known {
     Namespace,
     NetworkPolicy,
     ServiceCidr,
+    ClusterNetworkPolicy,
 }
 
 impl Known {
@@ -65,6 +67,7 @@ impl Known {
             "Namespace" => Known::Namespace,
             "NetworkPolicy" => Known::NetworkPolicy,
             "ServiceCIDR" => Known::ServiceCidr,
+            "ClusterNetworkPolicy" => Known::ClusterNetworkPolicy,
             _ => return None,
         })
     }
@@ -74,11 +77,15 @@ impl Known {
             Known::Service | Known::Node | Known::Pod | Known::Namespace => "v1",
             Known::EndpointSlice => "discovery.k8s.io/v1",
             Known::NetworkPolicy | Known::ServiceCidr => "networking.k8s.io/v1",
+            Known::ClusterNetworkPolicy => cluster_api::API_VERSION,
         }
     }
 
     fn namespaced(self) -> bool {
-        !matches!(self, Known::Node | Known::Namespace | Known::ServiceCidr)
+        !matches!(
+            self,
+            Known::Node | Known::Namespace | Known::ServiceCidr | Known::ClusterNetworkPolicy
+        )
     }
 
     fn deserialize(self, value: &Value) -> Result<ClusterObject, String> {
@@ -90,6 +97,7 @@ impl Known {
             Known::Namespace => ClusterObject::Namespace(typed(value)?),
             Known::NetworkPolicy => ClusterObject::NetworkPolicy(typed(value)?),
             Known::ServiceCidr => ClusterObject::ServiceCidr(typed(value)?),
+            Known::ClusterNetworkPolicy => ClusterObject::ClusterNetworkPolicy(typed(value)?),
         })
     }
 }

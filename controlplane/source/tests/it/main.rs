@@ -1,6 +1,7 @@
 //! Integration tests of the manifest source: in-memory text (`parse`) and
 //! files on disk (`load`).
 
+mod cluster_network_policy;
 mod decoders;
 #[path = "../../../../proto/dataplane/tests/it/hostile.rs"]
 mod hostile;

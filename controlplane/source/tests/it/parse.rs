@@ -95,6 +95,11 @@ apiVersion: networking.k8s.io/v1
 kind: ServiceCIDR
 metadata: {name: kubernetes, namespace: ignored}
 spec: {cidrs: [10.96.0.0/12, 'fd00:96::/112']}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: baseline, namespace: ignored}
+spec: {tier: Baseline, priority: 0, subject: {namespaces: {}}}
 ",
         "
         object Service/default/s
@@ -104,6 +109,7 @@ spec: {cidrs: [10.96.0.0/12, 'fd00:96::/112']}
         object Namespace/shop
         object NetworkPolicy/default/deny
         object ServiceCIDR/kubernetes
+        object ClusterNetworkPolicy/baseline
         ",
     );
 }
