@@ -33,7 +33,7 @@
 //!
 //! Run as root (the VM's cache is prepared with apt):
 //! `cargo bench -p setpoint-agent --bench vm_agent`; sizes from
-//! SETPOINT_BENCH_SERVICES (10,000) / _ENDPOINTS (5) / _DELTAS (20) /
+//! SETPOINT_BENCH_SERVICES (10,000) / _ENDPOINTS (5) / _DELTAS (50) /
 //! _BASELINE_VIRTUAL_SERVERS (300) / _BASELINE_ENTRIES (1,000); the guest's
 //! deadline from SETPOINT_BENCH_VM_TIMEOUT (seconds), its memory from
 //! SETPOINT_BENCH_VM_MIB.
@@ -46,7 +46,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use setpoint_agent::apply::{Applier, Base, Verified, checked_view};
-use setpoint_agent::local_state::{Applied, LocalState};
+use setpoint_agent::local_state::{Applied, Journal, LocalState, Written};
 use setpoint_agent::plan::Op;
 use setpoint_compute::synthetic::{self, ClusterShape};
 use setpoint_compute::{ComputeConfig, Index};
@@ -198,7 +198,7 @@ fn host() {
         "integration/vm/prepare installs qemu and fills /var/cache/setpoint-vm: run as root"
     );
     let shape = shape();
-    let deltas = env_or("SETPOINT_BENCH_DELTAS", 20);
+    let deltas = env_or("SETPOINT_BENCH_DELTAS", 50);
     let timeout = Duration::from_secs(env_or("SETPOINT_BENCH_VM_TIMEOUT", 1_800) as u64);
     let memory = u32::try_from(env_or("SETPOINT_BENCH_VM_MIB", 2_048)).unwrap_or(2_048);
 
@@ -224,19 +224,41 @@ fn host() {
     let check_native = min_time(3, || {
         checked_view(&state).expect("valid");
     });
-    // The record write natively, on this machine's disk (fsync).
+    // The record write natively, on this machine's disk (fsync): the
+    // whole state (a new journal's base) and a one-endpoint delta's frame
+    // appended to it.
     let dir = tempfile::tempdir().expect("temporary directory");
     let local = LocalState::new(dir.path().join("agent"));
+    let applied = |revision: u64, s: &setpoint_dataplane::NodeDataplane| Applied {
+        node: node.clone(),
+        revision,
+        digest: s.digest(),
+        applied_at: 0,
+    };
     let record_native = min_time(3, || {
-        let applied = Applied {
-            node: node.clone(),
-            revision: 1,
-            digest: state.digest(),
-            applied_at: 0,
-        };
-        local.save_with_state(&applied, &state).expect("record");
+        local
+            .save_with_state(&applied(1, &state), &state)
+            .expect("record");
     });
     let record_bytes = dir_bytes(local.dir());
+    let mut journal = Journal::new(local.clone());
+    journal.record(&applied(1, &state), &state).expect("base");
+    let mut frame_bytes = 0;
+    let mut revision = 1;
+    let frame_native = min_time(9, || {
+        revision += 1;
+        // Back and forth between the two states: a frame each time.
+        let s = if revision % 2 == 0 {
+            &successor
+        } else {
+            &state
+        };
+        match journal.record(&applied(revision, s), s).expect("frame") {
+            Written::Frame(bytes) => frame_bytes = bytes,
+            Written::Base(_) => panic!("a one-endpoint record rewrote the base"),
+        }
+    });
+    drop(journal);
     let summary = describe::describe(&state);
     let entries = summary.entries;
     println!(
@@ -373,17 +395,24 @@ fn host() {
         f.get("delta_children_cpu_ms")
     );
     println!(
-        "record write (the applied state to --state-dir, after the ack; agent's metric, guest RAM disk): mean {:.0} ms over {} writes; natively on this host's disk with fsync {:.1?} for {:.1} MiB",
+        "record write (the applied state to --state-dir, after the ack; agent's metric, guest RAM disk): the cold apply's whole state {:.0} ms; per delta mean {:.1} ms over {} writes; natively on this host's disk with fsync: the whole state {:.1?} for {:.1} MiB, a one-endpoint frame {:.2?} for {} bytes",
+        f.get("record_cold_ms"),
         f.get("record_mean_ms"),
         f.get("record_count"),
         record_native,
-        record_bytes as f64 / (1024.0 * 1024.0)
+        record_bytes as f64 / (1024.0 * 1024.0),
+        frame_native,
+        frame_bytes,
     );
     println!(
-        "agent memory after the deltas: VmRSS {:.1} MiB ({}), VmHWM {:.1} MiB",
+        "agent memory after the deltas: VmRSS {:.1} MiB ({}; anonymous {:.1}, file {:.1}), VmHWM {:.1} MiB; over the second half of the deltas {:+.0} KiB per delta (VmRSS by delta: {})",
         f.get("after_rss_mib"),
         budget(f.get("after_rss_mib")),
+        f.get("after_anon_mib"),
+        f.get("after_file_mib"),
         f.get("after_hwm_mib"),
+        f.get("growth_kib_per_delta"),
+        rss_by_delta(&f, deltas),
     );
     let per_ipvsadm = f.get("ipvsadm_each_ms");
     let per_ipset = f.get("ipset_each_ms");
@@ -412,6 +441,24 @@ fn host() {
         one.entries,
         f.get("delta_cpu_ms")
     );
+}
+
+/// VmRSS in MiB after a few of the deltas, `k: MiB`.
+fn rss_by_delta(f: &Figures, deltas: usize) -> String {
+    let mut at: Vec<usize> = [1, deltas / 4, deltas / 2, 3 * deltas / 4, deltas]
+        .into_iter()
+        .filter(|k| *k >= 1)
+        .collect();
+    at.dedup();
+    at.iter()
+        .filter_map(|k| {
+            Some(format!(
+                "{k}: {:.1}",
+                f.0.get(&format!("rss_mib_after_{k}"))?
+            ))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The fastest of `n` runs of `f`.
@@ -597,7 +644,7 @@ fn say(line: &str) {
 /// figures as `name value` lines.
 fn measure(place: &Where) -> anyhow::Result<String> {
     let shape = shape();
-    let deltas = env_or("SETPOINT_BENCH_DELTAS", 20);
+    let deltas = env_or("SETPOINT_BENCH_DELTAS", 50);
     let node = synthetic::node_name(0);
     let manifests = place.manifests.clone();
     let work = place.work.clone();
@@ -733,8 +780,19 @@ fn measure(place: &Where) -> anyhow::Result<String> {
         / idle_for.as_secs_f64();
     put("idle_cpu_ms_per_s", idle_rate * 1000.0);
 
+    // The cold apply's record (the whole state), apart from the deltas'.
+    let text = agent_metrics(metrics_at)?;
+    let record_sum =
+        |text: &str| metric(text, "setpoint_agent_record_duration_seconds_sum").unwrap_or(f64::NAN);
+    let record_count = |text: &str| {
+        metric(text, "setpoint_agent_record_duration_seconds_count").unwrap_or(f64::NAN)
+    };
+    let (cold_sum, cold_count) = (record_sum(&text), record_count(&text));
+    put("record_cold_ms", cold_sum / cold_count * 1000.0);
+
     let mut ack_ms = Vec::with_capacity(deltas);
     let mut apply_ms = Vec::with_capacity(deltas);
+    let mut rss_mid = f64::NAN;
     let before = sample(pid)?;
     let phase = Instant::now();
     for k in 0..deltas {
@@ -764,6 +822,14 @@ fn measure(place: &Where) -> anyhow::Result<String> {
         wait("a delta's record", Duration::from_secs(300), || {
             recorded(now)
         })?;
+        let done = k + 1;
+        if [1, deltas / 4, deltas / 2, 3 * deltas / 4, deltas].contains(&done) {
+            let rss = sample(pid)?.rss_mib;
+            put(&format!("rss_mib_after_{done}"), rss);
+            if done == deltas / 2 {
+                rss_mid = rss;
+            }
+        }
     }
     let phase = phase.elapsed().as_secs_f64();
     let after = sample(pid)?;
@@ -790,18 +856,41 @@ fn measure(place: &Where) -> anyhow::Result<String> {
     let end = sample(pid)?;
     put("after_rss_mib", end.rss_mib);
     put("after_hwm_mib", end.hwm_mib);
+    put("after_anon_mib", end.anon_mib);
+    put("after_file_mib", end.file_mib);
+    let second_half = (deltas - deltas / 2).max(1) as f64;
+    put(
+        "growth_kib_per_delta",
+        (end.rss_mib - rss_mid) * 1024.0 / second_half,
+    );
     say(&format!("agent after the deltas: {end:?}"));
+    if let Ok(rollup) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
+        say(&format!(
+            "smaps_rollup: {}",
+            rollup.split_whitespace().collect::<Vec<_>>().join(" ")
+        ));
+    }
     let text = agent_metrics(metrics_at)?;
-    let sum = metric(&text, "setpoint_agent_record_duration_seconds_sum").unwrap_or(f64::NAN);
-    let count = metric(&text, "setpoint_agent_record_duration_seconds_count").unwrap_or(f64::NAN);
-    put("record_mean_ms", sum / count * 1000.0);
+    let count = record_count(&text) - cold_count;
+    put(
+        "record_mean_ms",
+        (record_sum(&text) - cold_sum) / count * 1000.0,
+    );
     put("record_count", count);
 
     // The whole-state check, timed here and on the host: the emulation's
     // factor.
-    let state = local
-        .load_state()?
+    // The journal as a restart reads it: the newest record, its state.
+    let (applied, state) = local
+        .load_recorded()?
         .ok_or_else(|| anyhow::anyhow!("no recorded state"))?;
+    let newest = local.load()?.map(|r| r.revision);
+    anyhow::ensure!(
+        Some(applied.revision) == newest && applied.digest == state.digest(),
+        "the journal reads back revision {} (digest {}), not the newest recorded, {newest:?}",
+        applied.revision,
+        applied.digest,
+    );
     let check = min_time(3, || {
         let _ = checked_view(&state);
     });
