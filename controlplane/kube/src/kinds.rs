@@ -1,4 +1,4 @@
-//! The seven kinds Setpoint reads: how each is watched, and what of it is kept.
+//! The eight kinds Setpoint reads: how each is watched, and what of it is kept.
 //!
 //! Objects are trimmed to the fields compute reads before they are stored,
 //! and `resourceVersion` and `managedFields` are dropped from all of them,
@@ -19,12 +19,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Resource;
 use kube::runtime::watcher;
 use serde::de::DeserializeOwned;
+use setpoint_compute::policy::cluster::api::ClusterNetworkPolicy;
 use setpoint_compute::{ClusterObject, Kind, ObjectKey};
 
 use crate::trigger::TRIGGER_ANNOTATION;
 
 /// The kinds, in the order snapshots list them.
-pub const KINDS: [&str; 7] = [
+pub const KINDS: [&str; 8] = [
     "Namespace",
     "Node",
     "Service",
@@ -32,6 +33,7 @@ pub const KINDS: [&str; 7] = [
     "Pod",
     "NetworkPolicy",
     "ServiceCIDR",
+    "ClusterNetworkPolicy",
 ];
 
 /// A kind the source watches.
@@ -169,6 +171,34 @@ impl Watched for ServiceCIDR {
     }
     fn wrap(self) -> ClusterObject {
         ClusterObject::ServiceCidr(self)
+    }
+}
+
+/// policy.networking.k8s.io/v1alpha2, a CRD (kubernetes-sigs/network-policy-api)
+/// that most clusters do not have: 404 until it is installed, 403 while the
+/// ClusterRole predates it. Either way there are no cluster-wide tiers, and
+/// NetworkPolicy alone decides.
+impl Watched for ClusterNetworkPolicy {
+    const KIND: Kind = Kind::ClusterNetworkPolicy;
+    const NAMESPACED: bool = false;
+    const OPTIONAL: bool = true;
+    /// Compute reads the name and the spec. The status is dropped: it is
+    /// where implementations (Setpoint too, later) write their conditions,
+    /// and a write there must not recompute every node's policy.
+    /// `generation` is kept: it names the spec revision a status reports on.
+    fn trim(&mut self) {
+        let meta = std::mem::take(&mut self.metadata);
+        self.metadata = ObjectMeta {
+            name: meta.name,
+            uid: meta.uid,
+            generation: meta.generation,
+            labels: meta.labels,
+            ..ObjectMeta::default()
+        };
+        self.status = None;
+    }
+    fn wrap(self) -> ClusterObject {
+        ClusterObject::ClusterNetworkPolicy(self)
     }
 }
 
@@ -401,6 +431,43 @@ mod tests {
             status.conditions = None;
         }
         assert_eq!(prepare(node()), prepare(later));
+    }
+
+    /// A status write (another implementation's conditions, or Setpoint's
+    /// own later) is no change; a spec edit is.
+    #[test]
+    fn a_cluster_network_policy_keeps_its_spec_and_drops_its_status() {
+        let written = |priority: i64, status: &str| -> ClusterNetworkPolicy {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "policy.networking.k8s.io/v1alpha2",
+                "kind": "ClusterNetworkPolicy",
+                "metadata": {"name": "p", "namespace": "bogus", "uid": "u3",
+                    "generation": 2, "resourceVersion": "11",
+                    "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"},
+                    "managedFields": [{"manager": "kubectl"}]},
+                "spec": {"tier": "Admin", "priority": priority,
+                    "subject": {"namespaces": {}},
+                    "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]},
+                "status": {"conditions": [{"type": "Ready", "status": status, "reason": "r",
+                    "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}
+            }))
+            .unwrap()
+        };
+        let ClusterObject::ClusterNetworkPolicy(trimmed) = prepare(written(5, "True")) else {
+            panic!("not a ClusterNetworkPolicy")
+        };
+        assert_eq!(trimmed.spec, written(5, "True").spec);
+        assert!(trimmed.status.is_none());
+        assert_eq!(trimmed.metadata.namespace, None);
+        assert_eq!(trimmed.metadata.generation, Some(2));
+        assert!(trimmed.metadata.annotations.is_none());
+        assert!(trimmed.metadata.managed_fields.is_none());
+        assert_eq!(prepare(written(5, "True")), prepare(written(5, "False")));
+        assert_ne!(prepare(written(5, "True")), prepare(written(6, "True")));
+        assert_eq!(
+            prepare(written(5, "True")).key().to_string(),
+            "ClusterNetworkPolicy/p"
+        );
     }
 
     #[test]

@@ -10,10 +10,13 @@
 //! ```
 //!
 //! Kinds: Namespaces, Nodes, Services, EndpointSlices (discovery.k8s.io/v1),
-//! Pods (terminal ones excluded by a field selector), NetworkPolicies and
-//! ServiceCIDRs (networking.k8s.io/v1; optional: a server that does not
-//! serve them, or forbids listing them, counts as having none),
-//! cluster-wide. An object that does not decode is left out with its reason
+//! Pods (terminal ones excluded by a field selector), NetworkPolicies,
+//! ServiceCIDRs (networking.k8s.io/v1) and ClusterNetworkPolicies
+//! (policy.networking.k8s.io/v1alpha2, a CRD), cluster-wide. ServiceCIDRs
+//! and ClusterNetworkPolicies are optional: a server that does not serve
+//! them (404), or forbids listing them (403), counts as having none, says
+//! so once ([`Snapshot::not_served`]), and is asked again after the backoff;
+//! the other kinds' snapshot never waits for them. An object that does not decode is left out with its reason
 //! ([`Snapshot::skipped`]) and counted; the rest of its list is kept.
 //! Objects are trimmed to what compute reads (see `kinds`), and
 //! EndpointSlices keep [`TRIGGER_ANNOTATION`], where the control plane's

@@ -61,6 +61,13 @@ pub struct KindStatus {
     pub errors: u64,
     /// The last such error, as text.
     pub last_error: Option<String>,
+    /// An optional kind (ServiceCIDR, ClusterNetworkPolicy) whose last list
+    /// or watch was answered 404 (not served: the API or CRD is not
+    /// installed) or 403 (the ClusterRole does not grant it): the code. It
+    /// counts as listed, is asked again after the backoff (at most 30 s
+    /// apart in production), and is not counted in `errors`. `None` once a
+    /// list succeeds.
+    pub not_served: Option<u16>,
 }
 
 impl Snapshot {
@@ -82,7 +89,8 @@ impl Snapshot {
     /// Every object, as the manifest loader's `LoadReport::objects` would
     /// hold them: one per key, namespaced ones with a namespace. Grouped by
     /// kind (`Namespace`, `Node`, `Service`, `EndpointSlice`, `Pod`,
-    /// `NetworkPolicy`, `ServiceCIDR`), sorted by key within a kind.
+    /// `NetworkPolicy`, `ServiceCIDR`, `ClusterNetworkPolicy`), sorted by
+    /// key within a kind.
     pub fn objects(&self) -> Vec<ClusterObject> {
         self.iter().cloned().collect()
     }
@@ -127,6 +135,15 @@ impl Snapshot {
             .filter_map(|kind| self.kinds.get(kind))
             .flat_map(|view| view.skipped.iter())
             .map(|(key, reason)| format!("{key}: {reason}"))
+            .collect()
+    }
+
+    /// The optional kinds the API server does not serve (or forbids) now,
+    /// with the status code it answered; what `/readyz` and logs may show.
+    pub fn not_served(&self) -> Vec<(&'static str, u16)> {
+        KINDS
+            .iter()
+            .filter_map(|kind| Some((*kind, self.kinds.get(kind)?.status.not_served?)))
             .collect()
     }
 

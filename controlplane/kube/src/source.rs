@@ -10,6 +10,7 @@ use k8s_openapi::api::networking::v1::{NetworkPolicy, ServiceCIDR};
 use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, DefaultBackoff, Event};
 use kube::{Api, Client};
+use setpoint_compute::policy::cluster::api::ClusterNetworkPolicy;
 use setpoint_compute::{ClusterObject, ObjectKey, ObjectMap, SharedObject};
 use tokio::sync::{mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -20,8 +21,9 @@ use crate::lenient::Lenient;
 use crate::snapshot::{HISTORY, KindView, Snapshot};
 
 /// Watches Services, EndpointSlices (discovery.k8s.io/v1), Pods,
-/// Namespaces, Nodes, NetworkPolicies and ServiceCIDRs cluster-wide and
-/// publishes the whole view as [`Snapshot`]s.
+/// Namespaces, Nodes, NetworkPolicies, ServiceCIDRs and
+/// ClusterNetworkPolicies cluster-wide and publishes the whole view as
+/// [`Snapshot`]s.
 pub struct KubeSource;
 
 /// Tuning; [`Options::default`] is what production uses.
@@ -138,9 +140,14 @@ enum Update {
         error: String,
         expired: bool,
     },
-    /// An optional kind's list was answered 404 or 403: the server does
-    /// not serve it (or lets us list it); it counts as listed, empty.
-    Absent(&'static str),
+    /// An optional kind's list or watch was answered 404 (`code`: the
+    /// server does not serve it) or 403 (we may not list it); it counts as
+    /// listed, empty. Not an error: a cluster without the CRD is normal.
+    Absent {
+        kind: &'static str,
+        code: u16,
+        error: String,
+    },
 }
 
 fn entry<K: Watched>(object: Lenient<K>) -> Entry {
@@ -168,7 +175,7 @@ async fn watch_kind<K: Watched>(
     tx: mpsc::Sender<Update>,
 ) {
     let api: Api<Lenient<K>> = Api::all(client);
-    let mut events = watcher::watcher(api, K::config()).boxed();
+    let mut events = watcher::watcher(api.clone(), K::config()).boxed();
     while let Some(item) = events.next().await {
         let (update, delay) = match item {
             Ok(event) => {
@@ -181,20 +188,29 @@ async fn watch_kind<K: Watched>(
                 )
             }
             Err(err) => {
-                let absent = K::OPTIONAL
-                    && matches!(&err, watcher::Error::InitialListFailed(kube::Error::Api(status))
-                        if matches!(status.code, 403 | 404));
-                if absent && tx.send(Update::Absent(K::KIND.as_str())).await.is_err() {
-                    return;
-                }
-                (
-                    Update::Error {
+                let update = match absent_code::<K>(&err) {
+                    Some((code, listing)) => {
+                        if !listing {
+                            // The API went away under an open watch (its
+                            // CRD deleted): the watcher would retry the
+                            // watch alone forever. Start over from a list,
+                            // so the kind is relisted whole once it is
+                            // served again.
+                            events = watcher::watcher(api.clone(), K::config()).boxed();
+                        }
+                        Update::Absent {
+                            kind: K::KIND.as_str(),
+                            code,
+                            error: err.to_string(),
+                        }
+                    }
+                    None => Update::Error {
                         kind: K::KIND.as_str(),
                         expired: matches!(&err, watcher::Error::WatchError(status) if status.code == 410),
                         error: err.to_string(),
                     },
-                    Some(backoff.next().unwrap_or(MAX_DELAY)),
-                )
+                };
+                (update, Some(backoff.next().unwrap_or(MAX_DELAY)))
             }
         };
         if tx.send(update).await.is_err() {
@@ -204,6 +220,21 @@ async fn watch_kind<K: Watched>(
             tokio::time::sleep(delay).await;
         }
     }
+}
+
+/// For an optional kind, the status code of an answer that means "not
+/// served" (404) or "not ours to list" (403), and whether it answered the
+/// list (else the start of a watch).
+fn absent_code<K: Watched>(err: &watcher::Error) -> Option<(u16, bool)> {
+    if !K::OPTIONAL {
+        return None;
+    }
+    let (status, listing) = match err {
+        watcher::Error::InitialListFailed(kube::Error::Api(status)) => (status, true),
+        watcher::Error::WatchStartFailed(kube::Error::Api(status)) => (status, false),
+        _ => return None,
+    };
+    matches!(status.code, 403 | 404).then_some((status.code, listing))
 }
 
 /// The retry delay if a backoff policy runs out.
@@ -243,6 +274,7 @@ async fn run(client: Client, options: Options, tx: watch::Sender<Snapshot>) {
     spawn_kind::<Pod>(&mut tasks, &client, &options, &updates_tx);
     spawn_kind::<NetworkPolicy>(&mut tasks, &client, &options, &updates_tx);
     spawn_kind::<ServiceCIDR>(&mut tasks, &client, &options, &updates_tx);
+    spawn_kind::<ClusterNetworkPolicy>(&mut tasks, &client, &options, &updates_tx);
     drop(updates_tx);
 
     let mut state = State::new(tx.borrow().clone());
@@ -301,15 +333,37 @@ impl State {
                 }
                 return false;
             }
-            Update::Absent(kind) => {
+            Update::Absent { kind, code, error } => {
                 let Some(view) = self.snapshot.kinds.get_mut(kind) else {
                     return false;
                 };
+                // Said once per absence (and when its cause changes), not
+                // at every retry.
+                if view.status.not_served != Some(code) {
+                    if code == 403 {
+                        tracing::warn!(
+                            kind,
+                            %error,
+                            "forbidden to list (the ClusterRole lacks it?); counted as listed \
+                             with no objects; asking again after backoff"
+                        );
+                    } else {
+                        tracing::info!(
+                            kind,
+                            "not served by the API server (not installed); counted as listed \
+                             with no objects; asking again after backoff"
+                        );
+                    }
+                } else {
+                    tracing::debug!(kind, %error, "still not served");
+                }
+                view.status.not_served = Some(code);
+                // A relist started for this attempt never completes.
+                self.listing.remove(kind);
                 if view.status.listed {
                     // Listed before: kept until a list says otherwise.
                     return false;
                 }
-                tracing::info!(kind, "not served; counted as listed with no objects");
                 view.status.listed = true;
                 return true;
             }
@@ -321,7 +375,8 @@ impl State {
         };
         match event {
             Event::Init => {
-                if view.status.listed {
+                // Retrying a kind that is not served is not a relist.
+                if view.status.listed && view.status.not_served.is_none() {
                     view.status.relists += 1;
                     tracing::info!(kind, "relisting");
                 }
@@ -345,6 +400,9 @@ impl State {
                     skipped = listing.skipped.len(),
                     "listed"
                 );
+                if view.status.not_served.take().is_some() {
+                    tracing::info!(kind, "served now");
+                }
                 let mut changed = !view.status.listed || listing.skipped != view.skipped;
                 for item in view.objects.diff(&listing.objects) {
                     changed = true;

@@ -60,8 +60,22 @@ pub fn mk_service_cidr(name: &str, cidrs: &[&str]) -> Value {
             "message": "", "lastTransitionTime": "2025-01-01T00:00:00Z"}]}})
 }
 
-/// One object of every kind, in namespace `shop` (ServiceCIDRs are
-/// cluster-scoped).
+/// An Admin-tier policy denying ingress to `app: web` pods from
+/// namespace `from`, with a status as another implementation writes it.
+pub fn mk_cluster_network_policy(name: &str, priority: i64, from: &str) -> Value {
+    json!({"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+        "metadata": {"name": name, "generation": 1},
+        "spec": {"tier": "Admin", "priority": priority,
+            "subject": {"pods": {"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "web"}}}},
+            "ingress": [{"name": "deny-from", "action": "Deny",
+                "from": [{"namespaces": {"matchLabels": {"kubernetes.io/metadata.name": from}}}],
+                "protocols": [{"tcp": {"destinationPort": {"range": {"start": 8000, "end": 9000}}}}]}]},
+        "status": {"conditions": [{"type": "Accepted", "status": "True", "reason": "Setup",
+            "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}})
+}
+
+/// One object of every kind but ClusterNetworkPolicy (a CRD most clusters
+/// lack), in namespace `shop` (ServiceCIDRs are cluster-scoped).
 pub fn small_cluster() -> Vec<Value> {
     vec![
         mk_namespace("shop"),

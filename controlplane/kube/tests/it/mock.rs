@@ -69,10 +69,12 @@ struct Resource {
     failing_lists: usize,
     /// Answered 404 (the server does not serve the resource).
     unserved: bool,
+    /// Answered 403 (RBAC does not grant the resource).
+    forbidden: bool,
 }
 
 /// plural → (kind, apiVersion).
-const RESOURCES: [(&str, &str, &str); 7] = [
+const RESOURCES: [(&str, &str, &str); 8] = [
     ("namespaces", "Namespace", "v1"),
     ("nodes", "Node", "v1"),
     ("services", "Service", "v1"),
@@ -80,6 +82,11 @@ const RESOURCES: [(&str, &str, &str); 7] = [
     ("pods", "Pod", "v1"),
     ("networkpolicies", "NetworkPolicy", "networking.k8s.io/v1"),
     ("servicecidrs", "ServiceCIDR", "networking.k8s.io/v1"),
+    (
+        "clusternetworkpolicies",
+        "ClusterNetworkPolicy",
+        "policy.networking.k8s.io/v1alpha2",
+    ),
 ];
 
 fn plural_of(kind: &str) -> &'static str {
@@ -281,9 +288,18 @@ impl ApiServer {
         self.lock().resource(kind).unserved = true;
     }
 
-    /// `kind` is served again.
+    /// `kind` is served again (and allowed, if it was forbidden).
     pub fn serve(&self, kind: &str) {
-        self.lock().resource(kind).unserved = false;
+        let mut inner = self.lock();
+        let resource = inner.resource(kind);
+        resource.unserved = false;
+        resource.forbidden = false;
+    }
+
+    /// Lists and watches of `kind` are answered 403, as for a ClusterRole
+    /// that does not grant them.
+    pub fn forbid(&self, kind: &str) {
+        self.lock().resource(kind).forbidden = true;
     }
 
     /// The next `n` lists of `kind` fail with 500.
@@ -454,6 +470,10 @@ impl Inner {
                         .boxed(),
                 )
                 .unwrap();
+        }
+        if resource.forbidden {
+            let message = format!("{plural} is forbidden: cannot list resource {plural:?}");
+            return full(StatusCode::FORBIDDEN, status(403, "Forbidden", &message));
         }
         if !watch {
             if resource.failing_lists > 0 {

@@ -129,12 +129,12 @@ async fn not_ready_until_every_initial_list_completed() {
     server.fail_lists("NetworkPolicy", 1_000_000);
     let (mut rx, task) = start(client);
     // Every other kind lists; the snapshot holds them but is not ready.
-    let partial = until(&mut rx, "six kinds listed", |s| {
+    let partial = until(&mut rx, "every other kind listed", |s| {
         KINDS
             .iter()
             .filter(|k| s.status(k).is_some_and(|st| st.listed))
             .count()
-            == 6
+            == KINDS.len() - 1
     })
     .await;
     assert!(!partial.ready);
@@ -188,13 +188,16 @@ async fn a_server_without_service_cidrs_is_ready_without_them() {
     assert!(has(&snapshot, "NetworkPolicy/shop/web-ingress"));
     let status = snapshot.status("ServiceCIDR").unwrap();
     assert!(status.listed);
-    // A required kind that is not served is never taken as listed.
+    assert_eq!(status.not_served, Some(404));
+    // Absence is not an error: nothing is counted against the kind.
+    assert_eq!((status.errors, status.relists), (0, 0));
     server.serve("ServiceCIDR");
     let snapshot = until(&mut rx, "the ServiceCIDR once served", |s| {
         has(s, "ServiceCIDR/kubernetes")
     })
     .await;
-    assert!(snapshot.status("ServiceCIDR").unwrap().errors >= 1);
+    assert_eq!(snapshot.status("ServiceCIDR").unwrap().not_served, None);
+    assert!(snapshot.not_served().is_empty());
     task.abort();
 }
 
@@ -426,4 +429,225 @@ async fn the_task_ends_when_every_receiver_is_dropped() {
         .await
         .expect("source task ended")
         .expect("source task did not panic");
+}
+
+/// ClusterNetworkPolicies (a CRD) are listed and watched like the built-in
+/// kinds once served: cluster-scoped, their status dropped.
+#[tokio::test]
+async fn cluster_network_policies_arrive_when_served() {
+    let mut objects = small_cluster();
+    objects.push(mk_cluster_network_policy("deny-ops", 10, "ops"));
+    let (server, client) = ApiServer::start(objects);
+    let (mut rx, task) = start(client);
+    let snapshot = ready(&mut rx).await;
+    assert!(
+        has(&snapshot, "ClusterNetworkPolicy/deny-ops"),
+        "{}",
+        describe(&snapshot)
+    );
+    assert_eq!(snapshot.len(), 8);
+    assert!(snapshot.not_served().is_empty());
+    let Some(ClusterObject::ClusterNetworkPolicy(policy)) =
+        snapshot.iter().find(|o| o.kind() == "ClusterNetworkPolicy")
+    else {
+        panic!("no ClusterNetworkPolicy: {}", describe(&snapshot));
+    };
+    assert!(policy.status.is_none());
+    assert!(policy.metadata.resource_version.is_none());
+    let spec = policy.spec.as_ref().expect("spec");
+    assert_eq!((spec.tier.as_str(), spec.priority), ("Admin", Some(10)));
+    // Listed and watched at the CRD's path, as every kind is.
+    let requests = server.requests("ClusterNetworkPolicy");
+    assert!(requests.iter().any(|r| !r.watch), "{requests:?}");
+
+    // Watch events: a new policy, an edit, a deletion.
+    server.apply(mk_cluster_network_policy("deny-dev", 20, "dev"));
+    server.apply(mk_cluster_network_policy("deny-ops", 5, "ops"));
+    let snapshot = until(&mut rx, "added and edited", |s| {
+        has(s, "ClusterNetworkPolicy/deny-dev")
+            && s.iter().any(|o| {
+                matches!(o, ClusterObject::ClusterNetworkPolicy(p)
+                    if p.spec.as_ref().and_then(|s| s.priority) == Some(5))
+            })
+    })
+    .await;
+    assert_eq!(snapshot.len(), 9);
+    // A status write alone (another implementation's conditions) is no
+    // change.
+    let generation = snapshot.generation;
+    let mut restated = mk_cluster_network_policy("deny-dev", 20, "dev");
+    restated["status"]["conditions"][0]["status"] = "False".into();
+    server.apply(restated);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        rx.borrow().generation,
+        generation,
+        "a status write woke the consumer"
+    );
+    server.delete("ClusterNetworkPolicy", "", "deny-ops");
+    let snapshot = until(&mut rx, "deleted", |s| {
+        !has(s, "ClusterNetworkPolicy/deny-ops")
+    })
+    .await;
+    assert!(has(&snapshot, "ClusterNetworkPolicy/deny-dev"));
+    task.abort();
+}
+
+/// Without the CRD (404) the rest of the cluster is ready at once; the
+/// absence is said in the status, not counted as errors or relists however
+/// often it is asked again, and the policies arrive once it is installed.
+#[tokio::test]
+async fn a_cluster_without_the_cluster_network_policy_crd_is_ready_without_it() {
+    let mut objects = small_cluster();
+    objects.push(mk_cluster_network_policy("deny-ops", 10, "ops"));
+    let (server, client) = ApiServer::start(objects);
+    server.unserve("ClusterNetworkPolicy");
+    let (mut rx, task) = start(client);
+    let snapshot = ready(&mut rx).await;
+    assert_eq!(snapshot.len(), 7, "{}", describe(&snapshot));
+    assert!(!has(&snapshot, "ClusterNetworkPolicy/deny-ops"));
+    assert_eq!(snapshot.not_served(), [("ClusterNetworkPolicy", 404)]);
+    // Asked again after the backoff, quietly.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server.requests("ClusterNetworkPolicy").len() < 4 {
+        assert!(tokio::time::Instant::now() < deadline, "not asked again");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let status = rx.borrow().status("ClusterNetworkPolicy").cloned().unwrap();
+    assert!(status.listed);
+    assert_eq!(status.not_served, Some(404));
+    assert_eq!((status.errors, status.relists), (0, 0), "{status:?}");
+    // The other kinds' watches go on meanwhile.
+    server.apply(mk_service("shop", "api", "10.96.0.11"));
+    until(&mut rx, "a service while the CRD is absent", |s| {
+        has(s, "Service/shop/api")
+    })
+    .await;
+
+    // The CRD is installed.
+    server.serve("ClusterNetworkPolicy");
+    let snapshot = until(&mut rx, "the policy once served", |s| {
+        has(s, "ClusterNetworkPolicy/deny-ops")
+    })
+    .await;
+    assert!(snapshot.not_served().is_empty());
+    assert_eq!(snapshot.status("ClusterNetworkPolicy").unwrap().errors, 0);
+    task.abort();
+}
+
+/// A ClusterRole without the grant (403) is the same: ready without the
+/// policies, and the status names the code.
+#[tokio::test]
+async fn a_forbidden_cluster_network_policy_list_does_not_hold_the_rest_back() {
+    let mut objects = small_cluster();
+    objects.push(mk_cluster_network_policy("deny-ops", 10, "ops"));
+    let (server, client) = ApiServer::start(objects);
+    server.forbid("ClusterNetworkPolicy");
+    let (mut rx, task) = start(client);
+    let snapshot = ready(&mut rx).await;
+    assert_eq!(snapshot.len(), 7, "{}", describe(&snapshot));
+    assert_eq!(snapshot.not_served(), [("ClusterNetworkPolicy", 403)]);
+    server.serve("ClusterNetworkPolicy");
+    until(&mut rx, "the policy once allowed", |s| {
+        has(s, "ClusterNetworkPolicy/deny-ops") && s.not_served().is_empty()
+    })
+    .await;
+    task.abort();
+}
+
+/// The CRD removed under an open watch: the kind is asked for whole again
+/// (not a watch resumed forever), and when it is back the list replaces
+/// what was held.
+#[tokio::test]
+async fn a_crd_removed_under_a_watch_is_listed_again_when_back() {
+    let mut objects = small_cluster();
+    objects.push(mk_cluster_network_policy("old", 10, "ops"));
+    let (server, client) = ApiServer::start(objects);
+    let (mut rx, task) = start(client);
+    let snapshot = ready(&mut rx).await;
+    assert!(has(&snapshot, "ClusterNetworkPolicy/old"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server.open_watches("ClusterNetworkPolicy") == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no watch");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.unserve("ClusterNetworkPolicy");
+    server.drop_watches("ClusterNetworkPolicy", false);
+    let started = tokio::time::Instant::now();
+    while rx.borrow().not_served().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "absence not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Changes the source cannot see while it is not served.
+    server.delete("ClusterNetworkPolicy", "", "old");
+    server.apply(mk_cluster_network_policy("new", 20, "dev"));
+    let lists_before = server
+        .requests("ClusterNetworkPolicy")
+        .iter()
+        .filter(|r| !r.watch)
+        .count();
+    server.serve("ClusterNetworkPolicy");
+    let snapshot = until(&mut rx, "relisted policies", |s| {
+        has(s, "ClusterNetworkPolicy/new") && !has(s, "ClusterNetworkPolicy/old")
+    })
+    .await;
+    assert!(snapshot.not_served().is_empty());
+    let lists_after = server
+        .requests("ClusterNetworkPolicy")
+        .iter()
+        .filter(|r| !r.watch)
+        .count();
+    assert!(lists_after > lists_before, "not relisted");
+    task.abort();
+}
+
+/// A policy that does not decode is left out with its reason and counted;
+/// the other policies of the list are kept.
+#[tokio::test]
+async fn a_cluster_network_policy_that_does_not_decode_is_skipped_and_counted() {
+    let mut objects = small_cluster();
+    let mut bad = mk_cluster_network_policy("broken", 10, "ops");
+    bad["spec"]["priority"] = "high".into();
+    objects.push(bad);
+    objects.push(mk_cluster_network_policy("fine", 20, "dev"));
+    let (server, client) = ApiServer::start(objects);
+    let (mut rx, task) = start(client);
+    let snapshot = ready(&mut rx).await;
+    assert!(has(&snapshot, "ClusterNetworkPolicy/fine"));
+    assert!(!has(&snapshot, "ClusterNetworkPolicy/broken"));
+    assert_eq!(snapshot.skipped_total, 1);
+    let skipped = snapshot.skipped();
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(
+        skipped[0].starts_with("ClusterNetworkPolicy/broken: spec.priority: invalid type"),
+        "{skipped:?}"
+    );
+    // Broken by a watch event: dropped, with its reason; fixed: back.
+    let mut broken = mk_cluster_network_policy("fine", 20, "dev");
+    broken["spec"]["ingress"] = serde_json::json!({"action": "Deny"});
+    server.apply(broken);
+    let snapshot = until(&mut rx, "fine skipped", |s| {
+        !has(s, "ClusterNetworkPolicy/fine")
+    })
+    .await;
+    assert_eq!(snapshot.skipped_total, 2);
+    assert!(
+        snapshot
+            .skipped()
+            .iter()
+            .any(|s| s.starts_with("ClusterNetworkPolicy/fine: spec.ingress:")),
+        "{:?}",
+        snapshot.skipped()
+    );
+    server.apply(mk_cluster_network_policy("fine", 20, "dev"));
+    server.delete("ClusterNetworkPolicy", "", "broken");
+    let snapshot = until(&mut rx, "fixed", |s| {
+        has(s, "ClusterNetworkPolicy/fine") && s.skipped().is_empty()
+    })
+    .await;
+    assert_eq!(snapshot.len(), 8);
+    task.abort();
 }
