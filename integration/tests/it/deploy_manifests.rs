@@ -24,9 +24,9 @@ use serde::de::{Deserialize, DeserializeOwned};
 use serde_json::Value;
 
 /// What `--source kube` lists and watches, as (API group, resource): the
-/// seven kinds of `controlplane/kube/src/kinds.rs` (`KINDS`). A kind added
+/// eight kinds of `controlplane/kube/src/kinds.rs` (`KINDS`). A kind added
 /// there must be added here and to `deploy/kubernetes/rbac.yaml`.
-const WATCHED: [(&str, &str); 7] = [
+const WATCHED: [(&str, &str); 8] = [
     ("", "namespaces"),
     ("", "nodes"),
     ("", "services"),
@@ -34,6 +34,7 @@ const WATCHED: [(&str, &str); 7] = [
     ("", "pods"),
     ("networking.k8s.io", "networkpolicies"),
     ("networking.k8s.io", "servicecidrs"),
+    ("policy.networking.k8s.io", "clusternetworkpolicies"),
 ];
 
 /// Verbs a read-only watcher may hold; `list` and `watch` are required.
