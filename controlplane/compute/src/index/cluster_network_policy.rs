@@ -1,6 +1,8 @@
 //! ClusterNetworkPolicies: converted and kept beside the NetworkPolicies;
 //! a change rebuilds every node's policy fragment, as a NetworkPolicy
-//! change does.
+//! change does. Node labels are kept here too, for `nodes` peers.
+
+use std::collections::BTreeMap;
 
 use super::{Index, IndexResource};
 use crate::object::ObjectKey;
@@ -29,6 +31,28 @@ impl IndexResource<api::ClusterNetworkPolicy> for Index {
             .cluster_policies
             .remove(&key.name)
             .is_some();
+    }
+}
+
+impl Index {
+    /// Keeps a Node's labels for `nodes` peers; a change rebuilds every
+    /// node's policy fragment (its addresses are the Node module's).
+    pub(super) fn note_node_labels(
+        &mut self,
+        name: &str,
+        labels: Option<BTreeMap<String, String>>,
+    ) {
+        let changed = match labels.filter(|l| !l.is_empty()) {
+            Some(labels) => {
+                let old = self
+                    .policy_view
+                    .node_labels
+                    .insert(name.to_string(), labels.clone());
+                old != Some(labels)
+            }
+            None => self.policy_view.node_labels.remove(name).is_some(),
+        };
+        self.policy_full |= changed;
     }
 }
 

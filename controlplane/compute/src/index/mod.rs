@@ -173,7 +173,10 @@ impl Index {
         match object {
             ClusterObject::Service(o) => self.apply(&key, o),
             ClusterObject::EndpointSlice(o) => self.apply(&key, o),
-            ClusterObject::Node(o) => self.apply(&key, o),
+            ClusterObject::Node(o) => {
+                self.note_node_labels(&key.name, o.metadata.labels.clone());
+                self.apply(&key, o)
+            }
             ClusterObject::Pod(o) => self.apply(&key, o),
             ClusterObject::Namespace(o) => self.apply(&key, o),
             ClusterObject::NetworkPolicy(o) => self.apply(&key, o),
@@ -191,7 +194,10 @@ impl Index {
         match key.kind {
             Kind::Service => IndexResource::<core::Service>::delete(self, key),
             Kind::EndpointSlice => IndexResource::<discovery::EndpointSlice>::delete(self, key),
-            Kind::Node => IndexResource::<core::Node>::delete(self, key),
+            Kind::Node => {
+                self.note_node_labels(&key.name, None);
+                IndexResource::<core::Node>::delete(self, key)
+            }
             Kind::Pod => IndexResource::<core::Pod>::delete(self, key),
             Kind::Namespace => IndexResource::<core::Namespace>::delete(self, key),
             Kind::NetworkPolicy => IndexResource::<networking::NetworkPolicy>::delete(self, key),

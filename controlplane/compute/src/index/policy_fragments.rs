@@ -1,5 +1,5 @@
 //! The `policy/<node>` fragments: rebuilt whole when a Namespace,
-//! NetworkPolicy or Node changes, and only on the nodes a pod change can
+//! NetworkPolicy, ClusterNetworkPolicy or Node (addresses or labels) changes, and only on the nodes a pod change can
 //! alter otherwise.
 
 use std::collections::BTreeSet;
@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use setpoint_dataplane::Fragment;
 
 use super::Index;
+use crate::policy::cluster::NodePeer;
 use crate::policy::{self, PeerUse};
 
 impl Index {
@@ -71,11 +72,21 @@ impl Index {
         let police = self.config.police_node_traffic;
         let by_node = view.pods_by_node();
         let members = policy::MemberCache::default();
+        let empty = std::collections::BTreeMap::new();
+        let nodes: Vec<NodePeer> = self
+            .nodes
+            .values()
+            .map(|n| NodePeer {
+                name: n.name.to_string(),
+                labels: view.node_labels.get(&*n.name).unwrap_or(&empty).clone(),
+                addresses: n.addresses.clone(),
+            })
+            .collect();
         let fresh: Vec<(Arc<str>, Fragment, Vec<PeerUse>)> = targets
             .par_iter()
             .map(|name| {
                 let local = by_node.get(&**name).map(Vec::as_slice).unwrap_or(&[]);
-                let (fragment, used) = view.node_fragment(local, police, &members);
+                let (fragment, used) = view.node_fragment(local, &nodes, police, &members);
                 (name.clone(), fragment, used)
             })
             .collect();

@@ -1,5 +1,6 @@
 //! One node's policy fragment: the `SP-POLICY` dispatch chain, a chain
-//! per isolated local pod and direction, and the peer sets they match.
+//! per policed local pod and direction (the tiers around the NetworkPolicy
+//! rules are `tiers`'), and the peer sets they match.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -12,6 +13,7 @@ use setpoint_dataplane::{
 };
 use sha2::{Digest as _, Sha256};
 
+use super::cluster::{self, ClusterPolicy, ClusterRule, NodePeer, Tier};
 use super::{
     MemberCache, Namespaces, Peer, PeerUse, Pod, PodPeer, Policy, PolicyRule, PolicyView, PortRef,
     PortSpec,
@@ -21,12 +23,12 @@ pub const CHAIN_POLICY: &str = "SP-POLICY";
 /// Longest set comment: what iptables allows a rule comment.
 const MAX_SET_COMMENT_BYTES: usize = setpoint_dataplane::validate::MAX_RULE_WORD_BYTES;
 
-fn short_hash(text: &str) -> String {
+pub(super) fn short_hash(text: &str) -> String {
     let digest = Sha256::digest(text.as_bytes());
     hex::encode(&digest[..8]).to_uppercase()
 }
 
-fn family_tag(family: Family) -> &'static str {
+pub(super) fn family_tag(family: Family) -> &'static str {
     match family {
         Family::Inet => "",
         Family::Inet6 => "6",
@@ -40,33 +42,59 @@ impl PolicyView {
     pub fn node_fragment(
         &self,
         local: &[&Pod],
+        nodes: &[NodePeer],
         police_node_traffic: bool,
         members: &MemberCache,
     ) -> (Fragment, Vec<PeerUse>) {
         let mut builder = NodePolicy {
             view: self,
+            nodes,
             fragment: Fragment::new(),
             dispatch: BTreeMap::new(),
             members,
             used: Vec::new(),
         };
+        let ordered = self.cluster_policies_ordered();
         for pod in local.iter().copied() {
             if pod.host_network {
                 continue;
             }
             let policies: Vec<&Policy> = self.selecting(pod).collect();
-            let ingress: Vec<&PolicyRule> = policies
+            let network_policy = |direction: Direction| -> Option<Vec<&PolicyRule>> {
+                let mut isolated = false;
+                let mut rules = Vec::new();
+                for p in &policies {
+                    let own = match direction {
+                        Direction::Ingress => p.ingress.as_ref(),
+                        Direction::Egress => p.egress.as_ref(),
+                    };
+                    if let Some(own) = own {
+                        isolated = true;
+                        rules.extend(own);
+                    }
+                }
+                isolated.then_some(rules)
+            };
+            let subject_of: Vec<&ClusterPolicy> = ordered
                 .iter()
-                .filter_map(|p| p.ingress.as_ref())
-                .flatten()
+                .copied()
+                .filter(|p| self.pod_in(&p.subject, pod))
                 .collect();
-            let egress: Vec<&PolicyRule> = policies
-                .iter()
-                .filter_map(|p| p.egress.as_ref())
-                .flatten()
-                .collect();
-            let isolated_in = policies.iter().any(|p| p.ingress.is_some());
-            let isolated_out = policies.iter().any(|p| p.egress.is_some());
+            let tiers = [Direction::Egress, Direction::Ingress].map(|direction| {
+                let tier = |tier: Tier| -> Vec<(&ClusterPolicy, &ClusterRule)> {
+                    subject_of
+                        .iter()
+                        .filter(|p| p.tier == tier)
+                        .flat_map(|p| p.rules(direction.cluster()).iter().map(move |r| (*p, r)))
+                        .collect()
+                };
+                Tiers {
+                    direction,
+                    admin: tier(Tier::Admin),
+                    network_policy: network_policy(direction),
+                    baseline: tier(Tier::Baseline),
+                }
+            });
             for family in Family::ALL {
                 let ips: Vec<IpAddr> = pod
                     .ips
@@ -77,20 +105,44 @@ impl PolicyView {
                 if ips.is_empty() {
                     continue;
                 }
-                if isolated_out {
-                    builder.isolate(pod, family, &ips, &egress, Direction::Egress);
-                }
-                if isolated_in {
-                    builder.isolate(pod, family, &ips, &ingress, Direction::Ingress);
+                for tiers in &tiers {
+                    if !tiers.is_empty() {
+                        builder.police(pod, family, &ips, tiers);
+                    }
                 }
             }
         }
         let used = std::mem::take(&mut builder.used);
         (builder.finish(police_node_traffic), used)
     }
+
+    /// ClusterNetworkPolicies in evaluation order: by priority, then name
+    /// (as the evaluator orders them).
+    fn cluster_policies_ordered(&self) -> Vec<&ClusterPolicy> {
+        let mut out: Vec<&ClusterPolicy> = self.cluster_policies.values().collect();
+        out.sort_by(|a, b| (a.priority, &a.name).cmp(&(b.priority, &b.name)));
+        out
+    }
 }
 
-fn host(ip: &IpAddr) -> String {
+/// What decides one direction of one local pod, tier by tier.
+pub(super) struct Tiers<'a> {
+    pub(super) direction: Direction,
+    /// Admin rules of the policies selecting the pod, in evaluation order.
+    pub(super) admin: Vec<(&'a ClusterPolicy, &'a ClusterRule)>,
+    /// `Some` when a NetworkPolicy isolates the pod in this direction.
+    pub(super) network_policy: Option<Vec<&'a PolicyRule>>,
+    pub(super) baseline: Vec<(&'a ClusterPolicy, &'a ClusterRule)>,
+}
+
+impl Tiers<'_> {
+    /// Nothing to police: every tier lets the direction through.
+    fn is_empty(&self) -> bool {
+        self.admin.is_empty() && self.network_policy.is_none() && self.baseline.is_empty()
+    }
+}
+
+pub(super) fn host(ip: &IpAddr) -> String {
     match ip {
         IpAddr::V4(_) => format!("{ip}/32"),
         IpAddr::V6(_) => format!("{ip}/128"),
@@ -98,32 +150,35 @@ fn host(ip: &IpAddr) -> String {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Direction {
+pub(super) enum Direction {
     Ingress,
     Egress,
 }
 
-struct NodePolicy<'a> {
-    view: &'a PolicyView,
-    fragment: Fragment,
+impl Direction {
+    pub(super) fn cluster(self) -> cluster::Direction {
+        match self {
+            Direction::Ingress => cluster::Direction::Ingress,
+            Direction::Egress => cluster::Direction::Egress,
+        }
+    }
+}
+
+pub(super) struct NodePolicy<'a> {
+    pub(super) view: &'a PolicyView,
+    pub(super) nodes: &'a [NodePeer],
+    pub(super) fragment: Fragment,
     /// SP-POLICY rules per family: (stage, rule); egress checks first.
     dispatch: BTreeMap<Family, Vec<(u8, Rule)>>,
-    members: &'a MemberCache,
-    used: Vec<PeerUse>,
+    pub(super) members: &'a MemberCache,
+    pub(super) used: Vec<PeerUse>,
 }
 
 impl NodePolicy<'_> {
-    /// The chain of `pod` in `direction` for `family`, with `rules`, and
-    /// the SP-POLICY rules sending its addresses there (egress first).
-    fn isolate(
-        &mut self,
-        pod: &Pod,
-        family: Family,
-        ips: &[IpAddr],
-        rules: &[&PolicyRule],
-        direction: Direction,
-    ) {
-        let (prefix, stage, address) = match direction {
+    /// The chain(s) of `pod` in one direction for `family`, and the
+    /// SP-POLICY rules sending its addresses there (egress first).
+    fn police(&mut self, pod: &Pod, family: Family, ips: &[IpAddr], tiers: &Tiers) {
+        let (prefix, stage, address) = match tiers.direction {
             Direction::Egress => ("SP-E", 0, "-s"),
             Direction::Ingress => ("SP-I", 1, "-d"),
         };
@@ -131,19 +186,31 @@ impl NodePolicy<'_> {
             "{prefix}-{}",
             short_hash(&format!("{}/{}", pod.namespace, pod.name))
         );
-        let rules = self.rules(pod, family, rules, direction);
-        self.pod_chain(family, &chain, rules);
+        let rules = self.tiered_rules(pod, family, &chain, tiers);
+        self.put_chain(family, &chain, rules);
         for ip in ips {
             self.dispatch(family, stage, Rule::new([address, &host(ip), "-j", &chain]));
         }
+    }
+
+    /// The NetworkPolicy tier: RETURN for what the rules allow, then DROP.
+    pub(super) fn network_policy_rules(
+        &mut self,
+        pod: &Pod,
+        family: Family,
+        rules: &[&PolicyRule],
+        direction: Direction,
+    ) -> Vec<Rule> {
+        let mut out = self.rules(pod, family, rules, direction);
+        out.push(Rule::new(["-j", "DROP"]));
+        out
     }
 
     fn dispatch(&mut self, family: Family, stage: u8, rule: Rule) {
         self.dispatch.entry(family).or_default().push((stage, rule));
     }
 
-    fn pod_chain(&mut self, family: Family, name: &str, mut rules: Vec<Rule>) {
-        rules.push(Rule::new(["-j", "DROP"]));
+    pub(super) fn put_chain(&mut self, family: Family, name: &str, rules: Vec<Rule>) {
         self.fragment.put_chain(
             ChainKey {
                 family,
@@ -155,7 +222,11 @@ impl NodePolicy<'_> {
     }
 
     /// Set contents from the cache, computed by `compute` on a miss.
-    fn cached(&self, name: &str, compute: impl FnOnce() -> Vec<SetEntry>) -> Arc<Vec<SetEntry>> {
+    pub(super) fn cached(
+        &self,
+        name: &str,
+        compute: impl FnOnce() -> Vec<SetEntry>,
+    ) -> Arc<Vec<SetEntry>> {
         if let Ok(cache) = self.members.lock()
             && let Some(hit) = cache.get(name)
         {
@@ -168,7 +239,7 @@ impl NodePolicy<'_> {
         entries
     }
 
-    fn ensure_set(
+    pub(super) fn ensure_set(
         &mut self,
         name: &str,
         kind: SetType,
@@ -197,7 +268,7 @@ impl NodePolicy<'_> {
     }
 
     /// The set of IPs of a pod peer, created on first use.
-    fn pod_set(&mut self, peer: &PodPeer, family: Family) -> String {
+    pub(super) fn pod_set(&mut self, peer: &PodPeer, family: Family) -> String {
         let key = match &peer.namespaces {
             Namespaces::Own(ns) => format!("ns={ns}|pods={}", peer.pods.canonical()),
             Namespaces::Selected(sel) => {
@@ -284,7 +355,12 @@ impl NodePolicy<'_> {
     }
 
     /// The set of an ipBlock; `None` when the block is of the other family.
-    fn block_set(&mut self, cidr: &IpNet, except: &[IpNet], family: Family) -> Option<String> {
+    pub(super) fn block_set(
+        &mut self,
+        cidr: &IpNet,
+        except: &[IpNet],
+        family: Family,
+    ) -> Option<String> {
         if Family::of_net(cidr) != family {
             return None;
         }

@@ -1,17 +1,24 @@
-//! NetworkPolicy → per-node ipsets and filter chains, for the pods on that
-//! node.
+//! NetworkPolicy and ClusterNetworkPolicy → per-node ipsets and filter
+//! chains, for the pods on that node.
 //!
 //! ```text
 //!  FORWARD, OUTPUT ─▶ SP-POLICY ─┬─ established/related: RETURN
-//!                                ├─ -s <pod ip> ─▶ SP-E-<pod>   egress of an isolated local pod
-//!                                └─ -d <pod ip> ─▶ SP-I-<pod>   ingress of an isolated local pod
-//!  SP-E/SP-I-<pod>: one rule per (policy rule, peer, port) → RETURN when allowed; last rule DROP
+//!                                ├─ -s <pod ip> ─▶ SP-E-<pod>   egress of a policed local pod
+//!                                └─ -d <pod ip> ─▶ SP-I-<pod>   ingress of a policed local pod
+//!  SP-E/SP-I-<pod>: Admin rules (RETURN / DROP / -g tail for Pass), then
+//!    NetworkPolicy: one rule per (policy rule, peer, port) → RETURN when allowed; DROP
+//!    or, not isolated: Baseline rules (RETURN / DROP); the end returns (allowed)
 //! ```
+//!
+//! A pod is policed in a direction when a NetworkPolicy isolates it there
+//! or a ClusterNetworkPolicy selecting it has rules for it (`tiers`).
 //!
 //! Peers are sets, never rules per address: one `hash:ip` set per distinct
 //! pod selector (named after the selector, so its name stays when members
 //! change), one `hash:net` set per ipBlock (except-ranges as `nomatch`), and
-//! for named ports in egress one `hash:ip,port` set of (peer IP, its port).
+//! for named ports in egress one `hash:ip,port` set of (peer IP, its port);
+//! ClusterNetworkPolicy `nodes` peers a `hash:ip` set of node addresses
+//! per selector, `networks` a `hash:net` set per CIDR list.
 //! Chains are bounded by the node's pods, never by the cluster.
 //!
 //! `convert` reads NetworkPolicies, pods and namespaces into the model
@@ -20,6 +27,7 @@
 mod chains;
 pub mod cluster;
 mod convert;
+mod tiers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -170,6 +178,9 @@ pub struct PolicyView {
     pub policies: BTreeMap<(String, String), Policy>,
     /// ClusterNetworkPolicies by name (cluster-scoped).
     pub cluster_policies: BTreeMap<String, cluster::ClusterPolicy>,
+    /// Node labels by node name, for `nodes` peers (addresses come from
+    /// the nodes compute knows).
+    pub node_labels: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl PolicyView {

@@ -126,6 +126,39 @@ pub struct ClusterPolicy {
     pub egress: Vec<ClusterRule>,
 }
 
+impl RuleRef {
+    /// The reference to `rule` of `policy`, as the evaluator reports it.
+    pub fn of(policy: &ClusterPolicy, rule: &ClusterRule, direction: Direction) -> RuleRef {
+        RuleRef {
+            tier: policy.tier,
+            policy: policy.name.clone(),
+            priority: policy.priority,
+            direction,
+            index: rule.index,
+            name: rule.name.clone(),
+            action: rule.action,
+        }
+    }
+
+    /// The comment the node chains give the rule's iptables rules, so
+    /// `explain` (and a log prefix) names it: `cnp:<tier>/<policy>/<direction>
+    /// rule <index>: <action>`, one bounded line.
+    pub fn comment(&self) -> String {
+        let text = format!(
+            "cnp:{}/{}/{} rule {}: {}",
+            self.tier.as_str(),
+            self.policy,
+            self.direction.as_str(),
+            self.index,
+            self.action.as_str()
+        );
+        setpoint_dataplane::text::clean_text(
+            &text,
+            setpoint_dataplane::validate::MAX_RULE_WORD_BYTES,
+        )
+    }
+}
+
 impl ClusterPolicy {
     pub fn rules(&self, direction: Direction) -> &[ClusterRule] {
         match direction {
