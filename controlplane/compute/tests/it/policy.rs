@@ -1,4 +1,4 @@
-//! NetworkPolicy compute, the pure part: which node gets which sets and
+//! NetworkPolicy and ClusterNetworkPolicy compute, the pure part: which node gets which sets and
 //! chains, set naming and sharing, bad policies. Packets are proven in
 //! `integration/tests/it/policy_matrix.rs`.
 
@@ -773,4 +773,108 @@ mod arbitrary_text {
             }
         }
     }
+}
+
+const TIERS: &str = "
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: guard}
+spec:
+  tier: Admin
+  priority: 10
+  subject: {namespaces: {matchLabels: {ns: x}}}
+  egress:
+  - {name: no-nodes, action: Deny, to: [{nodes: {}}]}
+  - {name: to-y, action: Pass, to: [{namespaces: {matchLabels: {ns: y}}}]}
+  - {name: web, action: Accept, to: [{pods: {podSelector: {}}}], protocols: [{destinationNamedPort: web}]}
+  ingress:
+  - {name: web, action: Accept, from: [{namespaces: {}}], protocols: [{destinationNamedPort: web}]}
+---
+apiVersion: policy.networking.k8s.io/v1alpha2
+kind: ClusterNetworkPolicy
+metadata: {name: floor}
+spec:
+  tier: Baseline
+  priority: 0
+  subject: {namespaces: {}}
+  egress:
+  - {name: outside, action: Deny, to: [{networks: [0.0.0.0/0]}], protocols: [{tcp: {destinationPort: {range: {start: 1, end: 1023}}}}]}
+";
+
+/// A pod chain's rules with set names shown as their kind and members.
+fn chain_text(f: &Fragment, family: Family, name: &str) -> Vec<String> {
+    let Some((_, chain)) = f
+        .chains()
+        .find(|(k, _)| k.family == family && k.name == name)
+    else {
+        return Vec::new();
+    };
+    chain
+        .rules
+        .iter()
+        .map(|r| {
+            r.0.iter()
+                .map(|w| match f.entries(w) {
+                    Some(entries) => {
+                        let kind: String = w.split('-').take(2).collect::<Vec<_>>().join("-");
+                        let members: Vec<String> =
+                            entries.iter().map(SetEntry::to_string).collect();
+                        format!("{kind}[{}]", members.join(","))
+                    }
+                    None => w.clone(),
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect()
+}
+
+/// The layout in one place: Admin rules in order (Deny DROP, Pass a goto
+/// to the tail, Accept RETURN), the tail with Baseline (no NetworkPolicy
+/// isolates x/a), each rule's comment naming its tier, policy and rule;
+/// the IPv6 chain has only what has IPv6 members.
+#[test]
+fn cluster_network_policy_tiers_become_one_chain_per_pod_and_direction() {
+    let index = index(TIERS);
+    let node1 = flat(&index, "node-1");
+    let Some(egress) = pod_chain_rules(&index, "node-1", "10.0.1.1", "E") else {
+        panic!("x/a has an egress chain");
+    };
+    let chain = egress
+        .iter()
+        .find_map(|r| r.strip_prefix("-g "))
+        .unwrap_or_default();
+    assert!(chain.ends_with("-T"), "{egress:?}");
+    let main = chain.trim_end_matches("-T");
+    assert_eq!(
+        chain_text(&node1, Family::Inet, main),
+        [
+            "-m set --match-set SP-H[192.168.0.1,192.168.0.2] dst -m comment --comment cnp:Admin/guard/egress rule 0: Deny -j DROP",
+            "-m set --match-set SP-P[10.0.2.2] dst -m comment --comment cnp:Admin/guard/egress rule 1: Pass -g SP-E-TAIL",
+            "-m set --match-set SP-P[10.0.1.1,10.0.2.1,10.0.2.2] dst -m set --match-set SP-N[10.0.1.1,tcp:8080,10.0.2.1,tcp:9090] dst,dst -m comment --comment cnp:Admin/guard/egress rule 2: Accept -j RETURN",
+            "-g SP-E-TAIL",
+        ]
+        .map(|r| r.replace("SP-E-TAIL", chain))
+    );
+    assert_eq!(
+        chain_text(&node1, Family::Inet, chain),
+        [
+            "-m set --match-set SP-C[0.0.0.0/1,128.0.0.0/1] dst -p tcp --dport 1:1023 -m comment --comment cnp:Baseline/floor/egress rule 0: Deny -j DROP"
+        ]
+    );
+    // IPv6: no node or pod of x has an IPv6 peer address but x/a itself;
+    // the IPv4 networks leave the Baseline tail empty, so Pass returns.
+    let v6: Vec<String> = chain_text(&node1, Family::Inet6, main);
+    assert_eq!(v6.len(), 3, "{v6:?}");
+    assert!(v6[1].ends_with("rule 1: Pass -j RETURN"), "{v6:?}");
+    assert!(chain_text(&node1, Family::Inet6, chain).is_empty());
+    // Ingress: the named port is x/a's own.
+    let Some(ingress) = pod_chain_rules(&index, "node-1", "10.0.1.1", "I") else {
+        panic!("x/a has an ingress chain");
+    };
+    assert_eq!(ingress.len(), 1, "{ingress:?}");
+    assert!(
+        ingress[0].ends_with("-p tcp --dport 8080 -m comment --comment cnp:Admin/guard/ingress rule 0: Accept -j RETURN"),
+        "{ingress:?}"
+    );
 }
