@@ -320,3 +320,35 @@ spec: {tier: Admin, priority: 2}
         ",
     );
 }
+
+/// The example cluster's policies (`deploy/examples`, what the demo
+/// serves) load whole.
+#[test]
+fn the_example_policies_load() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../deploy/examples/clusternetworkpolicies.yaml");
+    let report = setpoint_source::load_path(&file).expect("the example file reads");
+    assert_eq!(
+        render(&report),
+        "object ClusterNetworkPolicy/deny-cloud-metadata\n\
+         object ClusterNetworkPolicy/shop-ingress-guardrail\n"
+    );
+    let tiers: Vec<(String, Option<i64>)> = report
+        .objects
+        .iter()
+        .filter_map(|o| match o {
+            ClusterObject::ClusterNetworkPolicy(p) => {
+                let spec = p.spec.as_ref()?;
+                Some((spec.tier.clone(), spec.priority))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        tiers,
+        [
+            ("Admin".to_owned(), Some(10)),
+            ("Baseline".to_owned(), Some(100))
+        ]
+    );
+}
