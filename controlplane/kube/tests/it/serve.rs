@@ -155,8 +155,25 @@ async fn kube_objects_reach_an_agent_and_watch_events_make_new_revisions() {
 
     // A deleted Service leaves the namespace's sets.
     server.delete("Service", "shop", "api");
-    converge_past(&running, &a, third).await;
+    let fourth = converge_past(&running, &a, third).await;
     let sets = ns.exec(&["ipset", "save"], None).expect("ipset save");
     assert!(!sets.contains("10.96.0.20"), "{sets}");
     assert!(sets.contains("10.96.0.10"), "{sets}");
+
+    // A ClusterNetworkPolicy from the watch (the CRD is served here) is in
+    // node-a's policy chains, applied; deleted, it leaves them.
+    let tier_rule = "cnp:Admin/deny-ops/";
+    server.apply(mk_cluster_network_policy("deny-ops", 10, "ops"));
+    let fifth = converge_past(&running, &a, fourth).await;
+    let rules = rendered(&running, fifth, Format::Iptables).await;
+    assert!(rules.contains(tier_rule), "{rules}");
+    let applied = ns.exec(&["iptables-save"], None).expect("iptables-save");
+    assert!(applied.contains(tier_rule), "{applied}");
+    server.delete("ClusterNetworkPolicy", "", "deny-ops");
+    let sixth = converge_past(&running, &a, fifth).await;
+    let rules = rendered(&running, sixth, Format::Iptables).await;
+    assert!(!rules.contains(tier_rule), "{rules}");
+    // Nothing skipped from the watch but the broken slice.
+    let problems = running.problems.borrow().clone();
+    assert_eq!(problems.len(), 1, "{problems:?}");
 }
