@@ -1,11 +1,13 @@
-//! The evaluator's NetworkPolicy tier against the node chains compute
-//! already builds (read by `setpoint_dataplane::explain`): with no
-//! ClusterNetworkPolicy the oracle must agree with the chains proven on
-//! packets, connection by connection. The same harness is where compiled
-//! tiers will be held to the oracle.
+//! The evaluator against the node chains compute builds (read by
+//! `setpoint_dataplane::explain`), connection by connection over a little
+//! dual-stack cluster: with NetworkPolicies only, the evaluator's
+//! NetworkPolicy tier must agree with the chains proven on packets; with
+//! random ClusterNetworkPolicies of both tiers beside them, the compiled
+//! tiers must give the evaluator's verdict, and the walk must match the
+//! rules (by their comments) the evaluator says passed and decided.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -22,6 +24,24 @@ use crate::policy::{PolicyView, convert_namespace, convert_pod, convert_policy};
 
 const NAMESPACES: usize = 3;
 const PODS: usize = 2;
+
+/// Every pod's second address: the pods are dual-stack.
+fn pod_ip6(ns: usize, pod: usize) -> IpAddr {
+    IpAddr::V6(Ipv6Addr::new(
+        0xfd00,
+        0,
+        0,
+        0,
+        0,
+        0,
+        ns as u16,
+        pod as u16 + 1,
+    ))
+}
+
+/// node-2's IPv6 address.
+const NODE_2_IP6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfd01, 0, 0, 0, 0, 0, 0, 2));
+const OUTSIDE6: IpAddr = IpAddr::V6(Ipv6Addr::new(0xfd02, 0, 0, 0, 0, 0, 0, 5));
 
 fn pod_ip(ns: usize, pod: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(10, 1, ns as u8, pod as u8 + 1))
@@ -46,7 +66,10 @@ fn node_peers() -> Vec<NodePeer> {
         .map(|(name, role, ip)| NodePeer {
             name: name.to_string(),
             labels: BTreeMap::from([("role".to_string(), role.to_string())]),
-            addresses: vec![IpAddr::V4(*ip)],
+            addresses: match *name {
+                "node-2" => vec![IpAddr::V4(*ip), NODE_2_IP6],
+                _ => vec![IpAddr::V4(*ip)],
+            },
         })
         .collect()
 }
@@ -57,11 +80,13 @@ fn cluster(teams: &[usize], apps: &[usize]) -> Vec<ClusterObject> {
     let mut out: Vec<ClusterObject> = NODES
         .iter()
         .enumerate()
-        .map(|(i, (name, role, ip))| {
+        .map(|(i, (name, role, _))| {
             ClusterObject::Node(decode(json!({
                 "metadata": {"name": name, "labels": {"role": role}},
                 "spec": {"podCIDR": format!("10.{}.0.0/16", i + 1)},
-                "status": {"addresses": [{"type": "InternalIP", "address": ip.to_string()}]},
+                "status": {"addresses": node_peers()[i].addresses.iter()
+                    .map(|a| json!({"type": "InternalIP", "address": a.to_string()}))
+                    .collect::<Vec<_>>()},
             })))
         })
         .collect();
@@ -81,7 +106,8 @@ fn cluster(teams: &[usize], apps: &[usize]) -> Vec<ClusterObject> {
                 "metadata": {"name": format!("pod{p}"), "namespace": format!("ns{n}"),
                              "labels": {"app": app}},
                 "spec": {"nodeName": "node-1", "containers": [{"name": "c", "ports": ports}]},
-                "status": {"phase": "Running", "podIP": pod_ip(n, p).to_string()},
+                "status": {"phase": "Running", "podIP": pod_ip(n, p).to_string(),
+                           "podIPs": [{"ip": pod_ip(n, p).to_string()}, {"ip": pod_ip6(n, p).to_string()}]},
             }))));
         }
     }
@@ -222,6 +248,8 @@ fn cnp_egress_peer() -> impl Strategy<Value = Value> {
             vec!["0.0.0.0/0"],
             vec!["192.168.0.0/30"],
             vec!["fd00::/8"],
+            vec!["fd00::1:0/112", "172.16.0.0/12"],
+            vec!["::/0"],
             vec!["not-a-cidr"],
         ]).prop_map(|networks| json!({"networks": networks})),
     ]
@@ -338,65 +366,79 @@ fn chains_agree_with_the_evaluator(objects: &[ClusterObject]) -> Result<(), Test
         nodes: &nodes,
         policies: &policies,
     };
-    let pods: Vec<IpAddr> = (0..NAMESPACES)
-        .flat_map(|n| (0..PODS).map(move |p| pod_ip(n, p)))
-        .collect();
+    let pods = |ip: fn(usize, usize) -> IpAddr| -> Vec<IpAddr> {
+        (0..NAMESPACES)
+            .flat_map(|n| (0..PODS).map(move |p| ip(n, p)))
+            .collect()
+    };
+    let (pods4, pods6) = (pods(pod_ip), pods(pod_ip6));
     // node-1's own address is local: INPUT, which SP-POLICY does not hook.
-    let others: Vec<IpAddr> = pods
+    let others4: Vec<IpAddr> = pods4
         .iter()
         .copied()
         .chain([IpAddr::V4(NODES[1].2), OUTSIDE])
         .collect();
+    let others6: Vec<IpAddr> = pods6
+        .iter()
+        .copied()
+        .chain([NODE_2_IP6, OUTSIDE6])
+        .collect();
+    let pairs = pods4
+        .iter()
+        .flat_map(|s| others4.iter().map(move |d| (s, d)))
+        .chain(
+            pods6
+                .iter()
+                .flat_map(|s| others6.iter().map(move |d| (s, d))),
+        );
     let mut differ = Vec::new();
     let mut rows = 0;
-    for source in &pods {
-        for destination in &others {
-            if source == destination {
-                continue;
-            }
-            for (protocol, port) in [
-                (Protocol::Tcp, 80),
-                (Protocol::Tcp, 8080),
-                (Protocol::Udp, 53),
-                (Protocol::Sctp, 9000),
-            ] {
-                let connection = Connection {
-                    source: *source,
-                    destination: *destination,
-                    protocol,
-                    port,
-                };
-                let decision = tiered.decide(&connection, &view);
-                let packet = Packet {
-                    protocol,
-                    src: connection.source,
-                    src_port: None,
-                    dst: connection.destination,
-                    dst_port: port,
-                    from: Origin::Pod,
-                };
-                let e = explain(&state, &packet).map_err(|e| TestCaseError::fail(e.to_string()))?;
-                prop_assert!(e.not_evaluated.is_empty(), "{:?}", e.not_evaluated);
-                let chains = !matches!(e.verdict, Fate::Drop | Fate::Reject);
-                let matched: Vec<&str> = e
-                    .steps
+    for (source, destination) in pairs {
+        if source == destination {
+            continue;
+        }
+        for (protocol, port) in [
+            (Protocol::Tcp, 80),
+            (Protocol::Tcp, 8080),
+            (Protocol::Udp, 53),
+            (Protocol::Sctp, 9000),
+        ] {
+            let connection = Connection {
+                source: *source,
+                destination: *destination,
+                protocol,
+                port,
+            };
+            let decision = tiered.decide(&connection, &view);
+            let packet = Packet {
+                protocol,
+                src: connection.source,
+                src_port: None,
+                dst: connection.destination,
+                dst_port: port,
+                from: Origin::Pod,
+            };
+            let e = explain(&state, &packet).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert!(e.not_evaluated.is_empty(), "{:?}", e.not_evaluated);
+            let chains = !matches!(e.verdict, Fate::Drop | Fate::Reject);
+            let matched: Vec<&str> = e
+                .steps
+                .iter()
+                .filter(|s| s.outcome == "match" && s.text.contains("cnp:"))
+                .map(|s| s.text.as_str())
+                .collect();
+            let expected = expected_comments(&decision);
+            let same_rules = matched.len() == expected.len()
+                && matched
                     .iter()
-                    .filter(|s| s.outcome == "match" && s.text.contains("cnp:"))
-                    .map(|s| s.text.as_str())
-                    .collect();
-                let expected = expected_comments(&decision);
-                let same_rules = matched.len() == expected.len()
-                    && matched
-                        .iter()
-                        .zip(&expected)
-                        .all(|(text, c)| text.contains(c.as_str()));
-                rows += 1;
-                if decision.allowed != chains || !same_rules {
-                    differ.push(format!(
+                    .zip(&expected)
+                    .all(|(text, c)| text.contains(c.as_str()));
+            rows += 1;
+            if decision.allowed != chains || !same_rules {
+                differ.push(format!(
                         "{source} -> {destination} {protocol:?}/{port}: evaluator {} {expected:?}, chains {chains} {matched:?}",
                         decision.allowed
                     ));
-                }
             }
         }
     }
