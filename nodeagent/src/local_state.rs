@@ -393,9 +393,9 @@ impl LocalState {
             .write(true)
             .open(&tmp)
             .map_err(write_err)?;
-        let written =
-            file.write_all(text)
-                .and_then(|()| if durable { file.sync_all() } else { Ok(()) });
+        let written = file
+            .write_all(text)
+            .and_then(|()| if durable { file.sync_all() } else { Ok(()) });
         if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, &path)) {
             let _ = std::fs::remove_file(&tmp);
             return Err(write_err(e));
