@@ -41,6 +41,11 @@ pub fn workspace_binary(name: &str) -> PathBuf {
         build
             .args(BUILD_ARGS)
             .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
+        for (name, _) in std::env::vars_os() {
+            if name.to_str().is_some_and(set_by_cargo_for_this_test) {
+                build.env_remove(name);
+            }
+        }
         if profile_dir().ends_with("release") {
             build.arg("--release");
         }
@@ -54,4 +59,56 @@ pub fn workspace_binary(name: &str) -> PathBuf {
         binary.display()
     );
     binary
+}
+
+/// What cargo sets for the test it runs and not for itself. Build scripts
+/// that read one of these declare it with `rerun-if-env-changed` (ring's
+/// reads `CARGO_PKG_NAME`, `CARGO_MANIFEST_DIR`, `OUT_DIR`), so a build
+/// started with them saw them "changed", ran those scripts again and
+/// rebuilt ring, rustls, tonic and everything above them (and the next
+/// `cargo test` did it back).
+fn set_by_cargo_for_this_test(name: &str) -> bool {
+    matches!(
+        name,
+        "OUT_DIR"
+            | "CARGO_MANIFEST_DIR"
+            | "CARGO_MANIFEST_PATH"
+            | "CARGO_MANIFEST_LINKS"
+            | "CARGO_CRATE_NAME"
+            | "CARGO_BIN_NAME"
+            | "CARGO_PRIMARY_PACKAGE"
+            | "CARGO_TARGET_TMPDIR"
+            | "CARGO_RUSTC_CURRENT_DIR"
+    ) || name.starts_with("CARGO_PKG_")
+        || name.starts_with("CARGO_BIN_EXE_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::set_by_cargo_for_this_test;
+
+    #[test]
+    fn only_what_cargo_sets_for_a_test_is_left_out_of_the_build() {
+        for name in [
+            "CARGO_PKG_NAME",
+            "CARGO_PKG_VERSION_MAJOR",
+            "CARGO_MANIFEST_DIR",
+            "OUT_DIR",
+            "CARGO_BIN_EXE_setpoint-service-matrix",
+            "CARGO_TARGET_TMPDIR",
+        ] {
+            assert!(set_by_cargo_for_this_test(name), "{name}");
+        }
+        for name in [
+            "CARGO_HOME",
+            "CARGO_TARGET_DIR",
+            "CARGO_BUILD_JOBS",
+            "CARGO_INCREMENTAL",
+            "RUSTFLAGS",
+            "PATH",
+            "CC",
+        ] {
+            assert!(!set_by_cargo_for_this_test(name), "{name}");
+        }
+    }
 }
