@@ -878,3 +878,41 @@ fn cluster_network_policy_tiers_become_one_chain_per_pod_and_direction() {
         "{ingress:?}"
     );
 }
+
+/// `explain`'s one-line reason names the ClusterNetworkPolicy rule that
+/// dropped the packet: the tier, the policy and the rule, as the chain's
+/// comment writes them.
+#[test]
+fn explain_names_the_tier_policy_and_rule_that_dropped_a_packet() {
+    use setpoint_dataplane::explain::{Origin, Packet, Verdict, explain};
+    use setpoint_dataplane::model::Protocol;
+
+    let index = index(TIERS);
+    let state = state_of(&index, "node-1");
+    let packet = |dst: &str, port: u16| Packet {
+        protocol: Protocol::Tcp,
+        src: "10.0.1.1".parse().expect("address"),
+        src_port: Some(40000),
+        dst: dst.parse().expect("address"),
+        dst_port: port,
+        from: Origin::Pod,
+    };
+    // x/a to node-2's address: Admin guard's rule 0 denies nodes.
+    let e = explain(&state, &packet("192.168.0.2", 22)).expect("explains");
+    assert_eq!(e.verdict, Verdict::Drop, "{e:?}");
+    assert!(
+        e.reason.contains("(cnp:Admin/guard/egress rule 0: Deny)"),
+        "{}",
+        e.reason
+    );
+    // x/a to an outside address on port 443: passes Admin, then the
+    // Baseline floor denies TCP 1-1023 to 0.0.0.0/0.
+    let e = explain(&state, &packet("203.0.113.9", 443)).expect("explains");
+    assert_eq!(e.verdict, Verdict::Drop, "{e:?}");
+    assert!(
+        e.reason
+            .contains("(cnp:Baseline/floor/egress rule 0: Deny)"),
+        "{}",
+        e.reason
+    );
+}

@@ -292,7 +292,12 @@ impl Walk<'_> {
         let Some((goto, target, args)) = target(rule) else {
             return Flow::Continue;
         };
-        let at = format!("{} {chain} rule {index}", table.as_str());
+        // The rule's comment says whose rule it is (a ClusterNetworkPolicy
+        // rule's names its tier, policy and rule): the reason quotes it.
+        let at = match comment(rule) {
+            Some(c) => format!("{} {chain} rule {index} ({c})", table.as_str()),
+            None => format!("{} {chain} rule {index}", table.as_str()),
+        };
         match target {
             "ACCEPT" => Flow::Final(Verdict::Accept, format!("ACCEPT at {at}")),
             "DROP" => Flow::Final(Verdict::Drop, format!("DROP at {at}")),
@@ -548,4 +553,13 @@ fn parse_mark(text: &str) -> Option<(u32, u32)> {
         Some((v, m)) => Some((num(v)?, num(m)?)),
         None => Some((num(text)?, u32::MAX)),
     }
+}
+
+/// The text of a rule's `-m comment --comment`, if it has one.
+fn comment(rule: &Rule) -> Option<&str> {
+    rule.0
+        .iter()
+        .position(|a| a == "--comment")
+        .and_then(|i| rule.0.get(i + 1))
+        .map(String::as_str)
 }
