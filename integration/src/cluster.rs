@@ -3,11 +3,13 @@
 //! ```text
 //!   pod netns (eth0 10.244.1.N/32, default via 169.254.1.1)
 //!        │ veth
-//!   node netns (route 10.244.1.N/32 dev vhN, proxy_arp, ip_forward) ── veth ── outside netns (192.168.250.2)
+//!   node netns (route 10.244.1.N/32 dev vhN, proxy_arp, ip_forward) ── veth ── outside netns (192.168.250.2,
+//!                                                                                          and 203.0.113.10 on lo)
 //! ```
 //!
-//! Each pod runs TCP and UDP echo listeners in-process (sockets created in
-//! the pod's namespace); probes connect from inside a source namespace. The
+//! Each pod, and the outside host on both its addresses, runs TCP and UDP
+//! echo listeners in-process (sockets created in its namespace); probes
+//! connect from inside a source namespace. The
 //! node namespace gets Setpoint's rendered state via the real `ipset` and
 //! `iptables-restore`.
 
@@ -25,6 +27,15 @@ use crate::Netns;
 
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 250, 1);
 pub const OUTSIDE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 250, 2);
+/// A second address of the outside host, off the node's subnet: a host
+/// somewhere beyond the cluster (TEST-NET-3), reached by the node's
+/// default route.
+pub const WORLD_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+
+/// The destinations beyond the pods that [`NodeNet::probe_with_outside`]
+/// adds to the matrix, by the name their column gets.
+pub const OUTSIDE_DESTINATIONS: [(&str, Ipv4Addr); 2] =
+    [("outside", OUTSIDE_IP), ("world", WORLD_IP)];
 
 /// Runs `f` on a fresh thread that has entered the named network namespace;
 /// sockets made there stay in that namespace wherever they are used later.
@@ -97,6 +108,10 @@ impl NodeNet {
         )?;
         outside.exec(
             &["ip", "route", "add", "default", "via", &NODE_IP.to_string()],
+            None,
+        )?;
+        outside.exec(
+            &["ip", "addr", "add", &format!("{WORLD_IP}/32"), "dev", "lo"],
             None,
         )?;
         // Proxy ARP answers for 169.254.1.1 only if the node can route it.
@@ -195,9 +210,16 @@ impl NodeNet {
     }
 
     fn start_listeners(&mut self) -> anyhow::Result<()> {
-        for pod in &self.pods {
-            let ip = pod.ip;
-            let sockets = in_netns(pod.netns.name(), move || -> anyhow::Result<Vec<Socket>> {
+        let mut hosts: Vec<(String, Ipv4Addr)> = self
+            .pods
+            .iter()
+            .map(|p| (p.netns.name().to_string(), p.ip))
+            .collect();
+        for (_, ip) in OUTSIDE_DESTINATIONS {
+            hosts.push((self.outside.name().to_string(), ip));
+        }
+        for (netns, ip) in hosts {
+            let sockets = in_netns(&netns, move || -> anyhow::Result<Vec<Socket>> {
                 let mut out = Vec::new();
                 for (proto, port) in PORTS {
                     let addr = SocketAddr::from((ip, port));
@@ -247,18 +269,39 @@ impl NodeNet {
     /// Probes every (source, destination pod, port) at once; sources are
     /// the pods and `outside`. Returns reachability by (source, dest, port).
     pub fn probe_all(&self) -> anyhow::Result<Matrix> {
+        self.probe(false)
+    }
+
+    /// [`NodeNet::probe_all`], and from every pod to the outside host's
+    /// addresses too: destinations `outside` ([`OUTSIDE_IP`]) and `world`
+    /// ([`WORLD_IP`]).
+    pub fn probe_with_outside(&self) -> anyhow::Result<Matrix> {
+        self.probe(true)
+    }
+
+    fn probe(&self, to_outside: bool) -> anyhow::Result<Matrix> {
         let mut sources: Vec<(String, String)> = self
             .pods
             .iter()
             .map(|p| (p.id.clone(), p.netns.name().to_string()))
             .collect();
         sources.push(("outside".to_string(), self.outside.name().to_string()));
+        let mut targets: Vec<(String, Ipv4Addr)> =
+            self.pods.iter().map(|p| (p.id.clone(), p.ip)).collect();
+        if to_outside {
+            targets.extend(OUTSIDE_DESTINATIONS.map(|(id, ip)| (id.to_string(), ip)));
+        }
+        let outside_ids = OUTSIDE_DESTINATIONS.map(|(id, _)| id);
         let mut handles = Vec::new();
         for (src, netns) in &sources {
-            for dst in &self.pods {
+            for (dst_id, ip) in &targets {
+                // The outside host is not probed from itself.
+                if src == "outside" && outside_ids.contains(&dst_id.as_str()) {
+                    continue;
+                }
                 for (proto, port) in PORTS {
                     let (src, netns, dst_id, ip) =
-                        (src.clone(), netns.clone(), dst.id.clone(), dst.ip);
+                        (src.clone(), netns.clone(), dst_id.clone(), *ip);
                     handles.push(std::thread::spawn(move || {
                         let ok =
                             in_netns(&netns, move || probe(proto, SocketAddr::from((ip, port))));
@@ -401,7 +444,8 @@ fn probe(proto: Proto, dst: SocketAddr) -> bool {
     }
 }
 
-/// Observed or expected reachability: (source, destination pod, protocol, port) → allowed.
+/// Observed or expected reachability: (source, destination pod or outside
+/// address, protocol, port) → allowed.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Matrix(pub BTreeMap<(String, String, Proto, u16), bool>);
 

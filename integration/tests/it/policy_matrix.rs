@@ -1,32 +1,38 @@
 //! NetworkPolicy on real packets: the upstream e2e layout (namespaces x, y,
 //! z; pods a, b, c; labels `pod=<name>`, `ns=<name>`), one node namespace,
-//! every (source, destination, port) probed, the whole matrix asserted.
+//! every (source, destination, port) probed, the whole matrix asserted,
+//! and every cell's verdict also asked of `explain` on the same state.
+//! The helpers here serve `cluster_policy_matrix` too.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 
 use setpoint_compute::{ClusterObject, ComputeConfig, Index};
-use setpoint_dataplane::{Format, render};
-use setpoint_integration::cluster::{Matrix, NodeNet, PORTS, Proto};
+use setpoint_dataplane::explain::{Origin, Packet, Verdict, explain};
+use setpoint_dataplane::{Format, NodeDataplane, Protocol, render};
+use setpoint_integration::cluster::{
+    Matrix, NodeNet, OUTSIDE_DESTINATIONS, OUTSIDE_IP, PORTS, Proto,
+};
 use setpoint_integration::require_root_and_tools;
 
 const NAMESPACES: [&str; 3] = ["x", "y", "z"];
 const PODS: [&str; 3] = ["a", "b", "c"];
 
-fn pod_ip(ns: usize, pod: usize) -> Ipv4Addr {
+pub(super) fn pod_ip(ns: usize, pod: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, 1, (10 + ns * 3 + pod) as u8)
 }
 
-fn pod_id(ns: usize, pod: usize) -> String {
+pub(super) fn pod_id(ns: usize, pod: usize) -> String {
     format!("{}/{}", NAMESPACES[ns], PODS[pod])
 }
 
-/// The cluster without policies, as manifests.
-fn cluster_yaml() -> String {
+/// The cluster without policies, as manifests: node-1 (the node under
+/// test) and its pods.
+pub(super) fn cluster_yaml() -> String {
     let mut out = format!(
         "apiVersion: v1
 kind: Node
-metadata: {{name: node-1}}
+metadata: {{name: node-1, labels: {{kubernetes.io/os: linux, zone: core}}}}
 spec: {{podCIDR: 10.244.1.0/24}}
 status: {{addresses: [{{type: InternalIP, address: {}}}]}}
 ",
@@ -64,7 +70,7 @@ status: {{phase: Running, podIP: {ip}, podIPs: [{{ip: {ip}}}]}}
     out
 }
 
-fn objects(yaml: &str) -> Vec<ClusterObject> {
+pub(super) fn objects(yaml: &str) -> Vec<ClusterObject> {
     let report = setpoint_source::parse_str(yaml, Path::new("scenario.yaml"));
     assert!(
         report.skipped.is_empty(),
@@ -74,7 +80,7 @@ fn objects(yaml: &str) -> Vec<ClusterObject> {
     report.objects
 }
 
-fn pods() -> Vec<(String, Ipv4Addr)> {
+pub(super) fn pods() -> Vec<(String, Ipv4Addr)> {
     let mut out = Vec::new();
     for n in 0..3 {
         for p in 0..3 {
@@ -85,10 +91,10 @@ fn pods() -> Vec<(String, Ipv4Addr)> {
 }
 
 /// Expected reachability, built by rules over (source, destination, port).
-struct Expect(Matrix);
+pub(super) struct Expect(Matrix);
 
 impl Expect {
-    fn all(allowed: bool) -> Expect {
+    pub(super) fn all(allowed: bool) -> Expect {
         let mut m = Matrix::default();
         let mut sources: Vec<String> = pods().into_iter().map(|p| p.0).collect();
         sources.push("outside".to_string());
@@ -105,9 +111,25 @@ impl Expect {
         Expect(m)
     }
 
+    /// [`Expect::all`] with the pods' connections to the outside host's
+    /// addresses too (destinations `outside` and `world`, see
+    /// `cluster::OUTSIDE_DESTINATIONS`); the outside host is not probed
+    /// from itself.
+    pub(super) fn all_with_outside(allowed: bool) -> Expect {
+        let mut m = Expect::all(allowed).0;
+        for (src, _) in pods() {
+            for (dst, _) in OUTSIDE_DESTINATIONS {
+                for (proto, port) in PORTS {
+                    m.0.insert((src.clone(), dst.to_string(), proto, port), allowed);
+                }
+            }
+        }
+        Expect(m)
+    }
+
     /// Sets every cell that all three filters accept; a pod reaching itself
     /// never leaves its namespace and stays allowed.
-    fn set(
+    pub(super) fn set(
         mut self,
         src: impl Fn(&str) -> bool,
         dst: impl Fn(&str) -> bool,
@@ -123,21 +145,44 @@ impl Expect {
     }
 }
 
-fn any(_: &str) -> bool {
+pub(super) fn any(_: &str) -> bool {
     true
 }
-fn any_port(_: Proto, _: u16) -> bool {
+pub(super) fn any_port(_: Proto, _: u16) -> bool {
     true
 }
-fn in_ns(ns: &'static str) -> impl Fn(&str) -> bool {
+pub(super) fn in_ns(ns: &'static str) -> impl Fn(&str) -> bool {
     move |id| id.starts_with(&format!("{ns}/"))
 }
-fn is(id: &'static str) -> impl Fn(&str) -> bool {
+pub(super) fn is(id: &'static str) -> impl Fn(&str) -> bool {
     move |x| x == id
 }
 
 /// Applies `policies` (YAML) on the node and compares the probed matrix.
-fn check(net: &NodeNet, policies: &str, expected: &Expect) {
+pub(super) fn check(net: &NodeNet, policies: &str, expected: &Expect) {
+    check_full(net, policies, expected, &[], &[]);
+}
+
+/// A cell and what its `explain` must name: a rule comment (such as
+/// `cnp:Admin/p/ingress rule 0: Deny`) or any text of the reason.
+pub(super) struct Decided {
+    pub(super) src: &'static str,
+    pub(super) dst: &'static str,
+    pub(super) proto: Proto,
+    pub(super) port: u16,
+    pub(super) names: &'static str,
+}
+
+/// [`check`], where the manifests' problems must be exactly one per
+/// entry of `warnings` (each containing it), and each of `decided` must be
+/// explained by a rule naming what it says.
+pub(super) fn check_full(
+    net: &NodeNet,
+    policies: &str,
+    expected: &Expect,
+    warnings: &[&str],
+    decided: &[Decided],
+) {
     let mut index = Index::new(ComputeConfig::default());
     for o in objects(&cluster_yaml()) {
         index.upsert(o);
@@ -149,30 +194,133 @@ fn check(net: &NodeNet, policies: &str, expected: &Expect) {
     }
     index.commit();
     let problems: Vec<String> = index.problems().map(|p| p.rejection.to_string()).collect();
-    assert!(problems.is_empty(), "{problems:?}");
+    assert!(
+        problems.len() == warnings.len()
+            && warnings
+                .iter()
+                .all(|w| problems.iter().any(|p| p.contains(w))),
+        "problems {problems:?}, expected {warnings:?}"
+    );
     let state = index.node_state("node-1").expect("node-1");
     assert!(state.validate().is_empty(), "{:?}", state.validate());
+    let rules = || {
+        render(&state, Format::Iptables)
+            .lines()
+            .filter(|l| l.contains("SP-I-") || l.contains("SP-E-") || l.contains("SP-POLICY"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    // What `explain` says of each cell must be what the packets will show.
+    let explained = explain_disagrees(&state, expected);
+    assert!(
+        explained.is_empty(),
+        "explain disagrees with the expected matrix:\n{}\nrules:\n{}",
+        explained.join("\n"),
+        rules()
+    );
+    for d in decided {
+        let e = explain(&state, &packet(d.src, d.dst, d.proto, d.port)).expect("explains");
+        let named = e.reason.contains(d.names)
+            || e.steps
+                .iter()
+                .any(|s| s.outcome == "match" && s.text.contains(d.names));
+        assert!(
+            named,
+            "{} -> {} {}/{}: explain does not name {:?}:\n{}",
+            d.src,
+            d.dst,
+            d.proto,
+            d.port,
+            d.names,
+            setpoint_dataplane::explain::render_text(&e)
+        );
+    }
     net.apply(
         &render(&state, Format::Ipset),
         &render(&state, Format::Iptables),
     )
     .expect("rendered state applies");
-    let observed = net.probe_all().expect("probes run");
+    let to_outside = expected.0.0.keys().any(|k| k.1 == "outside");
+    let observed = if to_outside {
+        net.probe_with_outside()
+    } else {
+        net.probe_all()
+    }
+    .expect("probes run");
     if observed != expected.0 {
         panic!(
             "reachability differs\nexpected:\n{}\nobserved:\n{}\nrules:\n{}",
             expected.0.render(),
             observed.render(),
-            render(&state, Format::Iptables)
-                .lines()
-                .filter(|l| l.contains("SP-I-") || l.contains("SP-E-") || l.contains("SP-POLICY"))
-                .collect::<Vec<_>>()
-                .join("\n")
+            rules()
         );
     }
 }
 
-fn net() -> NodeNet {
+/// A probe's end by its matrix name.
+fn address(id: &str) -> IpAddr {
+    if id == "outside" {
+        return IpAddr::V4(OUTSIDE_IP);
+    }
+    if let Some((_, ip)) = OUTSIDE_DESTINATIONS.iter().find(|(name, _)| *name == id) {
+        return IpAddr::V4(*ip);
+    }
+    pods()
+        .into_iter()
+        .find(|(p, _)| p == id)
+        .map(|(_, ip)| IpAddr::V4(ip))
+        .unwrap_or_else(|| panic!("no endpoint {id}"))
+}
+
+fn packet(src: &str, dst: &str, proto: Proto, port: u16) -> Packet {
+    Packet {
+        protocol: match proto {
+            Proto::Tcp => Protocol::Tcp,
+            Proto::Udp => Protocol::Udp,
+        },
+        src: address(src),
+        src_port: None,
+        dst: address(dst),
+        dst_port: port,
+        from: if src == "outside" {
+            Origin::Outside
+        } else {
+            Origin::Pod
+        },
+    }
+}
+
+/// The cells (a pod to itself aside: it never reaches the node) whose
+/// `explain` verdict is not the expected one, or that it could not fully
+/// evaluate.
+fn explain_disagrees(state: &NodeDataplane, expected: &Expect) -> Vec<String> {
+    let mut out = Vec::new();
+    for ((src, dst, proto, port), allowed) in &expected.0.0 {
+        if src == dst {
+            continue;
+        }
+        let e = match explain(state, &packet(src, dst, *proto, *port)) {
+            Ok(e) => e,
+            Err(e) => {
+                out.push(format!("{src} -> {dst} {proto}/{port}: {e}"));
+                continue;
+            }
+        };
+        let passes = !matches!(e.verdict, Verdict::Drop | Verdict::Reject);
+        if passes != *allowed || !e.not_evaluated.is_empty() {
+            out.push(format!(
+                "{src} -> {dst} {proto}/{port}: expected {}, explain: {} ({}) {:?}",
+                if *allowed { "allowed" } else { "blocked" },
+                e.verdict.as_str(),
+                e.reason,
+                e.not_evaluated
+            ));
+        }
+    }
+    out
+}
+
+pub(super) fn net() -> NodeNet {
     require_root_and_tools();
     NodeNet::build(&pods()).expect("namespaces build")
 }
@@ -467,7 +615,7 @@ status: {{phase: Running, podIP: {ip}}}
     );
 }
 
-fn policy(name: &str, namespace: &str, spec: &str) -> String {
+pub(super) fn policy(name: &str, namespace: &str, spec: &str) -> String {
     format!(
         "---\napiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n{spec}"
     )
