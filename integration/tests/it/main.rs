@@ -5,6 +5,7 @@ mod admin_api;
 mod agent_identity;
 mod agent_listener_limits;
 mod agent_refuses;
+mod cluster_policy_matrix;
 mod dashboard;
 mod dependency_graph;
 mod deploy_manifests;
