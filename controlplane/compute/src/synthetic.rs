@@ -353,3 +353,160 @@ pub fn policy_cluster(shape: &PolicyShape) -> Vec<ClusterObject> {
     out.extend((0..shape.policies).map(|i| policy(i, shape)));
     out
 }
+
+/// ClusterNetworkPolicy `i` of a policy workload (`generation` 0 as
+/// created; each later generation moves its first rule to another port and
+/// peer app, a one-policy change). A mix in turn over `i`: two of every
+/// three in the Admin tier (Accept, Deny and Pass), the third Baseline
+/// (Accept and Deny); priorities spread over 0–1000; subjects every
+/// namespace (one in twenty), a team's namespaces, or an app's pods in a
+/// team's namespaces; ingress from namespaces and pods, egress to
+/// namespaces, pods, `networks` and `nodes` (by zone); protocols TCP and
+/// UDP with ports, ranges and `destinationNamedPort`.
+pub fn cluster_policy(i: usize, generation: usize) -> ClusterObject {
+    use crate::policy::cluster::api;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    let labels = |key: &str, value: String| LabelSelector {
+        match_labels: Some([(key.to_string(), value)].into()),
+        ..Default::default()
+    };
+    let team = |k: usize| labels("team", format!("team-{}", k % 10));
+    let app = |k: usize| labels("app", format!("app-{}", k % 5));
+    let pods = |k: usize| api::NamespacedPod {
+        namespace_selector: Some(team(k)),
+        pod_selector: Some(app(k)),
+    };
+    let admin = i % 3 != 2;
+    let subject = if i.is_multiple_of(20) {
+        api::Subject {
+            namespaces: Some(LabelSelector::default()),
+            ..Default::default()
+        }
+    } else if i.is_multiple_of(2) {
+        api::Subject {
+            namespaces: Some(team(i / 2)),
+            ..Default::default()
+        }
+    } else {
+        api::Subject {
+            pods: Some(pods(i / 2)),
+            ..Default::default()
+        }
+    };
+    let port = |number: i64| api::ProtocolPort {
+        destination_port: Some(api::Port {
+            number: Some(number),
+            range: None,
+        }),
+    };
+    let tcp = |number: i64| api::ProtocolMatch {
+        tcp: Some(port(number)),
+        ..Default::default()
+    };
+    let tcp_range = |start: i64, end: i64| api::ProtocolMatch {
+        tcp: Some(api::ProtocolPort {
+            destination_port: Some(api::Port {
+                number: None,
+                range: Some(api::PortRange { start, end }),
+            }),
+        }),
+        ..Default::default()
+    };
+    let udp = |number: i64| api::ProtocolMatch {
+        udp: Some(port(number)),
+        ..Default::default()
+    };
+    let named = || api::ProtocolMatch {
+        destination_named_port: Some("http".to_string()),
+        ..Default::default()
+    };
+    // Actions the tier allows, in turn.
+    let action = |k: usize| {
+        match (admin, k % 3) {
+            (true, 0) => "Deny",
+            (true, 1) => "Pass",
+            (false, 1) => "Deny",
+            _ => "Accept",
+        }
+        .to_string()
+    };
+    let g = generation;
+    let ingress = vec![
+        api::IngressRule {
+            name: "from-team-pods".to_string(),
+            action: action(i),
+            from: Some(vec![api::IngressPeer {
+                pods: Some(pods(i + g)),
+                ..Default::default()
+            }]),
+            protocols: Some(vec![tcp(8000 + (i + g) as i64 % 1000), named()]),
+        },
+        api::IngressRule {
+            name: "from-team-namespaces".to_string(),
+            action: action(i + 1),
+            from: Some(vec![api::IngressPeer {
+                namespaces: Some(team(i + 3)),
+                ..Default::default()
+            }]),
+            protocols: Some(vec![tcp_range(9000, 9100 + (i % 100) as i64)]),
+        },
+    ];
+    let egress = vec![
+        api::EgressRule {
+            name: "to-pods-and-namespaces".to_string(),
+            action: action(i + 2),
+            to: Some(vec![
+                api::EgressPeer {
+                    pods: Some(pods(i + 1 + g)),
+                    ..Default::default()
+                },
+                api::EgressPeer {
+                    namespaces: Some(team(i + 5)),
+                    ..Default::default()
+                },
+            ]),
+            protocols: Some(vec![tcp(5432 + (g % 100) as i64), udp(53)]),
+        },
+        api::EgressRule {
+            name: "to-networks".to_string(),
+            action: action(i),
+            to: Some(vec![api::EgressPeer {
+                networks: Some(vec![
+                    format!("192.168.{}.0/24", i % 256),
+                    "169.254.169.254/32".to_string(),
+                ]),
+                ..Default::default()
+            }]),
+            protocols: None,
+        },
+        api::EgressRule {
+            name: "to-nodes".to_string(),
+            action: action(i + 1),
+            to: Some(vec![api::EgressPeer {
+                nodes: Some(labels(
+                    "topology.kubernetes.io/zone",
+                    format!("zone-{}", i % 3),
+                )),
+                ..Default::default()
+            }]),
+            protocols: Some(vec![tcp(10250), tcp_range(30000, 32767)]),
+        },
+    ];
+    // Ingress only, egress only or both, in turn.
+    let (ingress, egress) = match i % 4 {
+        0 => (Some(ingress), None),
+        1 => (None, Some(egress)),
+        _ => (Some(ingress), Some(egress)),
+    };
+    ClusterObject::ClusterNetworkPolicy(api::ClusterNetworkPolicy {
+        metadata: meta(None, &format!("cnp-{i:04}")),
+        spec: Some(api::ClusterNetworkPolicySpec {
+            tier: if admin { "Admin" } else { "Baseline" }.to_string(),
+            priority: Some(((i * 389) % 1001) as i64),
+            subject,
+            ingress,
+            egress,
+        }),
+        status: None,
+    })
+}
