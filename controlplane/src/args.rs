@@ -4,6 +4,7 @@
 use clap::Args;
 use ipnet::IpNet;
 use setpoint_compute::ComputeConfig;
+use setpoint_compute::layout::VerdictLog;
 use setpoint_dataplane::Scheduler;
 
 /// Settings of the computation shared by every command that computes.
@@ -69,6 +70,22 @@ pub struct ComputeArgs {
     /// out whole.
     #[arg(long, default_value_t = setpoint_compute::layout::DEFAULT_MAX_SERVICE_ENDPOINTS, env = "SETPOINT_MAX_SERVICE_ENDPOINTS")]
     pub max_service_endpoints: usize,
+    /// Log policy verdicts through NFLOG, read by the agents: every
+    /// ClusterNetworkPolicy Deny and NetworkPolicy drop, and the Accept and
+    /// Pass rules of ClusterNetworkPolicies annotated
+    /// `setpoint.io/log-accepted: "true"`. Off: no log rule exists.
+    #[arg(long, env = "SETPOINT_LOG_POLICY_VERDICTS")]
+    pub log_policy_verdicts: bool,
+    /// The NFLOG group of the verdict log.
+    #[arg(long, default_value_t = setpoint_compute::layout::DEFAULT_VERDICT_LOG_GROUP, env = "SETPOINT_POLICY_LOG_GROUP")]
+    pub policy_log_group: u16,
+    /// Verdicts logged per second per rule (after the burst); more are
+    /// counted by no one, at no cost to the packets.
+    #[arg(long, default_value_t = setpoint_compute::layout::DEFAULT_VERDICT_LOG_RATE, value_parser = clap::value_parser!(u32).range(1..=10_000), env = "SETPOINT_POLICY_LOG_RATE")]
+    pub policy_log_rate: u32,
+    /// Verdicts logged at once per rule before the rate applies.
+    #[arg(long, default_value_t = setpoint_compute::layout::DEFAULT_VERDICT_LOG_BURST, value_parser = clap::value_parser!(u32).range(1..=10_000), env = "SETPOINT_POLICY_LOG_BURST")]
+    pub policy_log_burst: u32,
 }
 
 /// A `--service-cidr`: a CIDR (host bits cut off, as kube-apiserver's
@@ -95,6 +112,10 @@ impl ComputeArgs {
             allow_node_external_ips,
             max_service_frontends,
             max_service_endpoints,
+            log_policy_verdicts,
+            policy_log_group,
+            policy_log_rate,
+            policy_log_burst,
         } = self.clone();
         ComputeConfig {
             default_scheduler: ipvs_scheduler,
@@ -108,6 +129,11 @@ impl ComputeArgs {
             allow_node_external_ips,
             max_service_frontends,
             max_service_endpoints,
+            verdict_log: log_policy_verdicts.then_some(VerdictLog {
+                group: policy_log_group,
+                per_second: policy_log_rate,
+                burst: policy_log_burst,
+            }),
             ..ComputeConfig::default()
         }
     }

@@ -30,3 +30,4 @@ pub mod plan;
 pub mod services;
 pub mod sysctl;
 pub mod target;
+pub mod verdicts;

@@ -34,6 +34,8 @@ pub struct AgentMetrics {
     /// The proxy's health the health servers answer from, written by the
     /// client; exported as `setpoint_agent_proxy_healthy`.
     pub proxy_health: crate::health::Tracker,
+    /// The policy verdict log ([`crate::verdicts`]).
+    pub verdicts: crate::verdicts::VerdictMetrics,
 }
 
 /// Which kind of health server.
@@ -128,6 +130,7 @@ impl AgentMetrics {
             nodeport_address_failures: Counter::default(),
             health: HealthMetrics::default(),
             proxy_health: crate::health::Tracker::new(crate::health::DEFAULT_STALE_AFTER),
+            verdicts: crate::verdicts::VerdictMetrics::default(),
         };
         let r = &mut registry;
         r.register(
@@ -200,6 +203,31 @@ impl AgentMetrics {
             "setpoint_agent_health_check_servers",
             "Services' health-check node ports listening",
             m.health.service_servers.clone(),
+        );
+        r.register(
+            "setpoint_agent_policy_verdicts",
+            "Policy verdicts the kernel logged (control plane --log-policy-verdicts), by policy, rule and verdict; rate-limited per rule in the kernel",
+            m.verdicts.verdicts.clone(),
+        );
+        r.register(
+            "setpoint_agent_policy_verdicts_unmatched",
+            "Logged packets whose prefix names no rule of the applied state, or that could not be read",
+            m.verdicts.unmatched.clone(),
+        );
+        r.register(
+            "setpoint_agent_policy_verdicts_lost",
+            "Times the kernel dropped logged packets because the agent's NFLOG queue was full",
+            m.verdicts.lost.clone(),
+        );
+        r.register(
+            "setpoint_agent_policy_verdict_lines_suppressed",
+            "Verdicts counted but not written as a log line (line rate limit)",
+            m.verdicts.lines_suppressed.clone(),
+        );
+        r.register(
+            "setpoint_agent_policy_verdict_log_errors",
+            "Failures to open, bind or read an NFLOG group (retried)",
+            m.verdicts.errors.clone(),
         );
         r.register_collector(Box::new(m.proxy_health.clone()));
         Arc::new(AgentMetrics { registry, ..m })

@@ -10,6 +10,7 @@ use std::fmt::Debug;
 use std::fs::File;
 use std::io::{self, Cursor};
 use std::os::fd::AsRawFd;
+use std::time::Duration;
 
 use neli::consts::genl::{CtrlAttr, CtrlCmd, NlAttrType};
 use neli::consts::nl::{GenlId, NlType, NlmF};
@@ -159,6 +160,53 @@ impl Netlink {
             seq: 0,
             buffer: vec![0; RECEIVE_BUFFER],
         })
+    }
+
+    /// Waits up to `timeout` for one datagram the kernel sends unasked (an
+    /// NFLOG instance's packets): `Ok(None)` when none came. A datagram
+    /// lost to a full receive buffer is `ENOBUFS`, for the caller to count.
+    pub(crate) fn receive(&mut self, timeout: Duration) -> Result<Option<&[u8]>, NetlinkError> {
+        let micros = i64::try_from(timeout.as_micros()).unwrap_or(i64::MAX);
+        let tv = libc::timeval {
+            tv_sec: micros / 1_000_000,
+            tv_usec: micros % 1_000_000,
+        };
+        // SAFETY: setsockopt on our open socket with a timeval it copies.
+        let set = unsafe {
+            libc::setsockopt(
+                self.socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                std::ptr::from_ref(&tv).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if set != 0 {
+            return Err(NetlinkError::Io(io::Error::last_os_error()));
+        }
+        let len = loop {
+            match self.socket.recv(&mut self.buffer[..], Msg::empty()) {
+                Ok((len, _)) => break len,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    return Ok(None);
+                }
+                Err(e) => return Err(NetlinkError::Io(e)),
+            }
+        };
+        Ok(self.buffer.get(..len))
+    }
+
+    /// Asks the kernel to queue up to `bytes` for this socket.
+    pub(crate) fn set_receive_buffer(&self, bytes: usize) -> Result<(), NetlinkError> {
+        self.socket
+            .set_recv_buffer_size(bytes)
+            .map_err(NetlinkError::Io)
     }
 
     /// Sends one request and returns the payloads of the data messages that

@@ -57,6 +57,40 @@ pub struct ComputeConfig {
     /// A Service with more endpoints than this over all its
     /// EndpointSlices is left out whole.
     pub max_service_endpoints: usize,
+    /// Log policy verdicts through NFLOG: every Deny of a
+    /// ClusterNetworkPolicy and NetworkPolicy's drop, and the Accept and
+    /// Pass rules of a ClusterNetworkPolicy annotated
+    /// [`crate::policy::cluster::LOG_ACCEPTED_ANNOTATION`]. Off (`None`)
+    /// by default: then no log rule exists.
+    pub verdict_log: Option<VerdictLog>,
+}
+
+/// How policy verdicts reach the agent: an NFLOG group, and a rate limit
+/// per rule (`-m limit`) so that a flood costs the kernel little and the
+/// agent a bounded number of packets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VerdictLog {
+    pub group: u16,
+    /// Packets logged per second per rule, after the burst.
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+/// The NFLOG group when none is given; not 0 or 1, which ulogd and
+/// friends use by default.
+pub const DEFAULT_VERDICT_LOG_GROUP: u16 = 1800;
+/// Logged packets per second per rule, and the burst, when not given.
+pub const DEFAULT_VERDICT_LOG_RATE: u32 = 10;
+pub const DEFAULT_VERDICT_LOG_BURST: u32 = 20;
+
+impl Default for VerdictLog {
+    fn default() -> Self {
+        VerdictLog {
+            group: DEFAULT_VERDICT_LOG_GROUP,
+            per_second: DEFAULT_VERDICT_LOG_RATE,
+            burst: DEFAULT_VERDICT_LOG_BURST,
+        }
+    }
 }
 
 impl Default for ComputeConfig {
@@ -74,6 +108,7 @@ impl Default for ComputeConfig {
             allow_node_external_ips: false,
             max_service_frontends: DEFAULT_MAX_SERVICE_FRONTENDS,
             max_service_endpoints: DEFAULT_MAX_SERVICE_ENDPOINTS,
+            verdict_log: None,
         }
     }
 }

@@ -186,13 +186,20 @@ impl Watched for ClusterNetworkPolicy {
     /// where implementations (Setpoint too, later) write their conditions,
     /// and a write there must not recompute every node's policy.
     /// `generation` is kept: it names the spec revision a status reports on.
+    /// Of the annotations, only the one asking to log accepted verdicts.
     fn trim(&mut self) {
+        use setpoint_compute::policy::cluster::LOG_ACCEPTED_ANNOTATION;
         let meta = std::mem::take(&mut self.metadata);
+        let annotations = meta.annotations.and_then(|mut a| {
+            let log = a.remove(LOG_ACCEPTED_ANNOTATION)?;
+            Some([(LOG_ACCEPTED_ANNOTATION.to_owned(), log)].into())
+        });
         self.metadata = ObjectMeta {
             name: meta.name,
             uid: meta.uid,
             generation: meta.generation,
             labels: meta.labels,
+            annotations,
             ..ObjectMeta::default()
         };
         self.status = None;

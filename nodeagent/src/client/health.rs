@@ -51,10 +51,15 @@ fn checks(state: &NodeDataplane) -> std::collections::BTreeMap<u16, ServiceCheck
 impl Agent {
     /// The kernel holds `state`: the proxy is up to date, and the
     /// health-check ports answer from it.
+    /// Tells what follows the applied state (the health servers, the
+    /// verdict log) that `state` is now applied.
     pub(super) async fn health_applied(&mut self, state: &NodeDataplane) {
         self.health
             .applied(&checks(state), state.node_draining())
             .await;
+        if let Some(v) = &mut self.verdicts {
+            v.applied(state);
+        }
     }
 
     /// The proxy health server, when configured, until the handle drops.

@@ -137,6 +137,9 @@ pub struct Agent {
     health: Health,
     /// The node's own NodePort addresses as they change, when followed.
     addresses: Option<tokio::sync::watch::Receiver<NodeAddresses>>,
+    /// Reads the policy verdicts the applied state logs; none in a dry
+    /// run, which has no kernel.
+    verdicts: Option<crate::verdicts::VerdictLog>,
 }
 
 fn unix_millis() -> u64 {
@@ -163,7 +166,11 @@ impl Agent {
             .map(Failsafe::new);
         let metrics = AgentMetrics::new();
         let health = health::servers(&options, &metrics);
+        let verdicts = (!options.dry_run).then(|| {
+            crate::verdicts::VerdictLog::new(options.target.netns.clone(), metrics.verdicts.clone())
+        });
         Agent {
+            verdicts,
             options,
             applier: Arc::new(Mutex::new(applier)),
             held: None,

@@ -640,6 +640,7 @@ pub const BUILTIN_TARGETS: &[&str] = &[
     "SNAT",
     "DNAT",
     "LOG",
+    "NFLOG",
     "NOTRACK",
     "CT",
 ];

@@ -70,6 +70,7 @@ impl Index {
         };
         let view = &self.policy_view;
         let police = self.config.police_node_traffic;
+        let verdict_log = self.config.verdict_log;
         let by_node = view.pods_by_node();
         let members = policy::MemberCache::default();
         let empty = std::collections::BTreeMap::new();
@@ -86,7 +87,8 @@ impl Index {
             .par_iter()
             .map(|name| {
                 let local = by_node.get(&**name).map(Vec::as_slice).unwrap_or(&[]);
-                let (fragment, used) = view.node_fragment(local, &nodes, police, &members);
+                let (fragment, used) =
+                    view.node_fragment(local, &nodes, police, verdict_log, &members);
                 (name.clone(), fragment, used)
             })
             .collect();

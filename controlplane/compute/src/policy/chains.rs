@@ -18,10 +18,35 @@ use super::{
     MemberCache, Namespaces, Peer, PeerUse, Pod, PodPeer, Policy, PolicyRule, PolicyView, PortRef,
     PortSpec,
 };
+use crate::layout::VerdictLog;
 
 pub const CHAIN_POLICY: &str = "SP-POLICY";
 /// Longest set comment: what iptables allows a rule comment.
 const MAX_SET_COMMENT_BYTES: usize = setpoint_dataplane::validate::MAX_RULE_WORD_BYTES;
+
+/// What a logged rule decides, as its NFLOG prefix says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LoggedVerdict {
+    Drop,
+    Accept,
+    Pass,
+}
+
+impl LoggedVerdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LoggedVerdict::Drop => "drop",
+            LoggedVerdict::Accept => "accept",
+            LoggedVerdict::Pass => "pass",
+        }
+    }
+}
+
+/// `sp:<verdict>:<hash of the rule's comment>`: at most 28 bytes, within
+/// NFLOG's 63.
+pub fn verdict_log_prefix(verdict: LoggedVerdict, comment: &str) -> String {
+    format!("sp:{}:{}", verdict.as_str(), short_hash(comment))
+}
 
 pub(super) fn short_hash(text: &str) -> String {
     let digest = Sha256::digest(text.as_bytes());
@@ -44,11 +69,13 @@ impl PolicyView {
         local: &[&Pod],
         nodes: &[NodePeer],
         police_node_traffic: bool,
+        verdict_log: Option<VerdictLog>,
         members: &MemberCache,
     ) -> (Fragment, Vec<PeerUse>) {
         let mut builder = NodePolicy {
             view: self,
             nodes,
+            verdict_log,
             fragment: Fragment::new(),
             dispatch: BTreeMap::new(),
             members,
@@ -167,6 +194,7 @@ impl Direction {
 pub(super) struct NodePolicy<'a> {
     pub(super) view: &'a PolicyView,
     pub(super) nodes: &'a [NodePeer],
+    pub(super) verdict_log: Option<VerdictLog>,
     pub(super) fragment: Fragment,
     /// SP-POLICY rules per family: (stage, rule); egress checks first.
     dispatch: BTreeMap<Family, Vec<(u8, Rule)>>,
@@ -202,8 +230,51 @@ impl NodePolicy<'_> {
         direction: Direction,
     ) -> Vec<Rule> {
         let mut out = self.rules(pod, family, rules, direction);
-        out.push(Rule::new(["-j", "DROP"]));
+        let comment = format!(
+            "np:{}/{}: no NetworkPolicy rule allows",
+            pod.namespace,
+            direction.cluster().as_str()
+        );
+        let comment = clean_text(&comment, MAX_SET_COMMENT_BYTES);
+        let matched = ["-m", "comment", "--comment", &comment].map(String::from);
+        out.extend(self.log_rule(&matched, LoggedVerdict::Drop, &comment));
+        let mut drop = matched.to_vec();
+        drop.extend(["-j", "DROP"].map(String::from));
+        out.push(Rule(drop));
         out
+    }
+
+    /// The NFLOG rule logging what `matched` matches, put before the rule
+    /// deciding it; none when verdicts are not logged. Its prefix names
+    /// the rule by a hash of `comment`, which the agent maps back through
+    /// the rule's own comment (a prefix holds 63 bytes, a comment 255).
+    pub(super) fn log_rule(
+        &self,
+        matched: &[String],
+        verdict: LoggedVerdict,
+        comment: &str,
+    ) -> Option<Rule> {
+        let log = self.verdict_log?;
+        let mut args = matched.to_vec();
+        let prefix = verdict_log_prefix(verdict, comment);
+        args.extend(
+            [
+                "-m",
+                "limit",
+                "--limit",
+                &format!("{}/second", log.per_second.max(1)),
+                "--limit-burst",
+                &log.burst.max(1).to_string(),
+                "-j",
+                "NFLOG",
+                "--nflog-group",
+                &log.group.to_string(),
+                "--nflog-prefix",
+                &prefix,
+            ]
+            .map(String::from),
+        );
+        Some(Rule(args))
     }
 
     fn dispatch(&mut self, family: Family, stage: u8, rule: Rule) {

@@ -36,7 +36,7 @@ use std::sync::Arc;
 use ipnet::IpNet;
 use setpoint_dataplane::{Protocol, SetEntry};
 
-pub use chains::CHAIN_POLICY;
+pub use chains::{CHAIN_POLICY, LoggedVerdict, verdict_log_prefix};
 pub use convert::{convert_namespace, convert_pod, convert_pod_reporting, convert_policy};
 
 /// A label selector, validated.

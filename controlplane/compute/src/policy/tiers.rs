@@ -22,7 +22,7 @@ use std::collections::BTreeSet;
 use ipnet::IpNet;
 use setpoint_dataplane::{Family, Protocol, Rule, SetEntry, SetType};
 
-use super::chains::{Direction, NodePolicy, Tiers, family_tag, short_hash};
+use super::chains::{Direction, LoggedVerdict, NodePolicy, Tiers, family_tag, short_hash};
 use super::cluster::{Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, RuleRef};
 use super::{PeerUse, Pod, Selector};
 
@@ -170,12 +170,21 @@ impl NodePolicy<'_> {
             }
         }
         let comment = RuleRef::of(policy, rule, direction.cluster()).comment();
+        let logged = match rule.action {
+            Action::Deny => Some(LoggedVerdict::Drop),
+            Action::Accept if policy.log_accepted => Some(LoggedVerdict::Accept),
+            Action::Pass if policy.log_accepted => Some(LoggedVerdict::Pass),
+            _ => None,
+        };
         let mut out = Vec::new();
         for peer in &peers {
             for port in &ports {
                 let mut args = peer.clone();
                 args.extend(port.iter().cloned());
                 args.extend(["-m", "comment", "--comment", &comment].map(String::from));
+                if let Some(verdict) = logged {
+                    out.extend(self.log_rule(&args, verdict, &comment));
+                }
                 args.extend(target.map(String::from));
                 out.push(Rule(args));
             }

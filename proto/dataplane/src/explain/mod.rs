@@ -180,6 +180,7 @@ pub fn explain(state: &NodeDataplane, packet: &Packet) -> Result<Explanation, Ex
         sets: BTreeSet::new(),
         not_evaluated: Vec::new(),
         local,
+        allowed_by: Vec::new(),
     };
     let (verdict, reason, vs) = walk.run();
     Ok(Explanation {

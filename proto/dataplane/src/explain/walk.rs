@@ -62,10 +62,24 @@ pub(super) struct Walk<'a> {
     /// Addresses known to be the node's own: bound service addresses and
     /// virtual servers' addresses (node ports).
     pub(super) local: BTreeSet<IpAddr>,
+    /// Policy rules that let the packet on (an Accept's RETURN, a Pass's
+    /// goto), by their comments, in the order they matched.
+    pub(super) allowed_by: Vec<String>,
 }
 
 impl Walk<'_> {
+    /// The verdict and its reason; a packet that policy let through says
+    /// which rules did (a drop's reason already names its rule).
     pub(super) fn run(&mut self) -> (Verdict, String, Option<VirtualServerHit>) {
+        let (verdict, reason, hit) = self.walk();
+        if matches!(verdict, Verdict::Drop | Verdict::Reject) || self.allowed_by.is_empty() {
+            return (verdict, reason, hit);
+        }
+        let by = self.allowed_by.join("; then ");
+        (verdict, format!("{reason} (policy: {by})"), hit)
+    }
+
+    fn walk(&mut self) -> (Verdict, String, Option<VirtualServerHit>) {
         let from = self.packet.from;
         let nat_hook = if from == Origin::Node {
             "OUTPUT"
@@ -294,6 +308,12 @@ impl Walk<'_> {
         };
         // The rule's comment says whose rule it is (a ClusterNetworkPolicy
         // rule's names its tier, policy and rule): the reason quotes it.
+        if let Some(c) = comment(rule).filter(|c| is_policy_rule(c))
+            && (target == "RETURN" || goto)
+            && !self.allowed_by.iter().any(|seen| seen == c)
+        {
+            self.allowed_by.push(c.to_string());
+        }
         let at = match comment(rule) {
             Some(c) => format!("{} {chain} rule {index} ({c})", table.as_str()),
             None => format!("{} {chain} rule {index}", table.as_str()),
@@ -303,6 +323,8 @@ impl Walk<'_> {
             "DROP" => Flow::Final(Verdict::Drop, format!("DROP at {at}")),
             "REJECT" => Flow::Final(Verdict::Reject, format!("REJECT at {at}: {text}")),
             "RETURN" => Flow::Return,
+            // Non-terminating: a verdict log (rate-limited by its `-m limit`).
+            "NFLOG" | "LOG" => Flow::Continue,
             "MASQUERADE" | "SNAT" => Flow::Final(Verdict::Accept, format!("{target} at {at}")),
             "MARK" => {
                 self.apply_mark(args);
@@ -364,9 +386,11 @@ impl Walk<'_> {
                 ("-m" | "--match", Some(module)) => match module {
                     "comment" | "set" | "addrtype" | "mark" | "conntrack" | "tcp" | "udp"
                     | "sctp" => None,
+                    // A rate: explain speaks of one packet, within it.
+                    "limit" => None,
                     other => Some(Err(NotUnderstood::Module(other.to_string()))),
                 },
-                ("--comment", Some(_)) => None,
+                ("--comment" | "--limit" | "--limit-burst", Some(_)) => None,
                 ("-s" | "--source", Some(v)) => Some(net(v).map(|n| n.contains(&self.packet.src))),
                 ("-d" | "--destination", Some(v)) => {
                     Some(net(v).map(|n| n.contains(&self.packet.dst)))
@@ -553,6 +577,12 @@ fn parse_mark(text: &str) -> Option<(u32, u32)> {
         Some((v, m)) => Some((num(v)?, num(m)?)),
         None => Some((num(text)?, u32::MAX)),
     }
+}
+
+/// A rule of a policy tier (ClusterNetworkPolicy `cnp:`, NetworkPolicy
+/// `np:`), by its comment.
+fn is_policy_rule(comment: &str) -> bool {
+    comment.starts_with("cnp:") || comment.starts_with("np:")
 }
 
 /// The text of a rule's `-m comment --comment`, if it has one.

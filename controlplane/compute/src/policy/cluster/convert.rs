@@ -138,6 +138,12 @@ pub fn convert_cluster_policy(
             reader.rule(Direction::Egress, i, written)
         })
         .collect();
+    let log_accepted = p
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(super::LOG_ACCEPTED_ANNOTATION))
+        .is_some_and(|v| v == "true");
     let policy = ClusterPolicy {
         name: name.to_string(),
         tier,
@@ -145,6 +151,7 @@ pub fn convert_cluster_policy(
         subject,
         ingress,
         egress,
+        log_accepted,
     };
     Ok((policy, reader.warnings))
 }

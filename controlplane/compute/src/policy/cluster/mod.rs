@@ -124,7 +124,14 @@ pub struct ClusterPolicy {
     pub subject: PodPeer,
     pub ingress: Vec<ClusterRule>,
     pub egress: Vec<ClusterRule>,
+    /// Its Accept and Pass verdicts are logged too, when verdict logging
+    /// is on ([`LOG_ACCEPTED_ANNOTATION`] is `"true"`).
+    pub log_accepted: bool,
 }
+
+/// The annotation asking for a ClusterNetworkPolicy's accepted
+/// connections to be logged beside every denied one.
+pub const LOG_ACCEPTED_ANNOTATION: &str = "setpoint.io/log-accepted";
 
 impl RuleRef {
     /// The reference to `rule` of `policy`, as the evaluator reports it.

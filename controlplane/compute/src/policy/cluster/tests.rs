@@ -1534,6 +1534,7 @@ mod properties {
                         subject,
                         ingress,
                         egress,
+                        log_accepted: false,
                     },
                 )
                 .collect()
@@ -1671,6 +1672,7 @@ mod properties {
                 subject: everyone,
                 ingress: vec![deny.clone()],
                 egress: vec![deny],
+                log_accepted: false,
             });
             for d in decide_all(&view, &policies) {
                 if d.same_pod {
