@@ -10,6 +10,10 @@
 //!                                                                               Store::rollback / resume with the leader's epoch
 //! ```
 //!
+//! `ClusterPolicies` also reads what the leader publishes of its
+//! computation (each ClusterNetworkPolicy's `since` revision, see
+//! [`policies`]); a follower says it does not know.
+//!
 //! Tokens: `serve --admin-token-file F`. Each non-empty line not starting
 //! with `#` is `<role> <token>` (role `read` or `admin`) or just `<token>`
 //! (role `admin`). Tokens are compared in constant time. Without a token
@@ -18,6 +22,7 @@
 //! previous tokens. A file group or others may read is warned about.
 
 mod listener;
+pub mod policies;
 mod tokens;
 
 use std::collections::BTreeSet;
@@ -29,10 +34,11 @@ use std::time::Duration;
 use setpoint_dataplane::Format;
 use setpoint_proto::admin::admin_server::Admin;
 use setpoint_proto::admin::{
-    ConvergenceRequest, ConvergenceResponse, DiffNodeRequest, DiffNodeResponse, ExplainRequest,
-    ExplainResponse, FleetSummary, ListRevisionsRequest, ListRevisionsResponse, NodeLatency,
-    NodeStatus, PauseRequest, ResumeRequest, Revision, RevisionProgress, RollbackRequest,
-    ShowNodeRequest, ShowNodeResponse, StatusRequest, StatusResponse, WriteResponse,
+    ClusterPoliciesRequest, ClusterPoliciesResponse, ConvergenceRequest, ConvergenceResponse,
+    DiffNodeRequest, DiffNodeResponse, ExplainRequest, ExplainResponse, FleetSummary,
+    ListRevisionsRequest, ListRevisionsResponse, NodeLatency, NodeStatus, PauseRequest,
+    ResumeRequest, Revision, RevisionProgress, RollbackRequest, ShowNodeRequest, ShowNodeResponse,
+    StatusRequest, StatusResponse, WriteResponse,
 };
 use setpoint_store::{
     AgentResult, Epoch, RevisionAction, RevisionId, RollbackRequest as StoreRollback, Store,
@@ -186,6 +192,8 @@ pub struct AdminService {
     address_problems: Option<watch::Receiver<Option<Arc<AddressProblems>>>>,
     /// Revisions' progress through this replica's agents.
     sli: Option<crate::sli::Sli>,
+    /// The leader's ClusterNetworkPolicy revisions, for `ClusterPolicies`.
+    cluster_policies: Option<watch::Receiver<Option<Arc<policies::PolicyRevisions>>>>,
 }
 
 impl AdminService {
@@ -201,7 +209,18 @@ impl AdminService {
             rollout: None,
             address_problems: None,
             sli: None,
+            cluster_policies: None,
         }
+    }
+
+    /// `ClusterPolicies` answers from what the leader publishes here (a
+    /// follower's receiver holds `None`).
+    pub fn with_cluster_policies(
+        mut self,
+        published: watch::Receiver<Option<Arc<policies::PolicyRevisions>>>,
+    ) -> AdminService {
+        self.cluster_policies = Some(published);
+        self
     }
 
     /// Reports revisions' progress in `Status` and `Convergence`.
@@ -657,5 +676,94 @@ impl Admin for AdminService {
             Err(why) => response.problems_unknown = why.to_string(),
         }
         Ok(Response::new(response))
+    }
+
+    async fn cluster_policies(
+        &self,
+        request: Request<ClusterPoliciesRequest>,
+    ) -> Result<Response<ClusterPoliciesResponse>, Status> {
+        require(&request, Access::Read)?;
+        let ClusterPoliciesRequest { name } = request.into_inner();
+        if !name.is_empty() {
+            check_name("the policy name", &name)?;
+        }
+        let head = self.store.head().await.map_err(store_status)?;
+        let head_id = head.map(|h| h.0).unwrap_or(0);
+        let published = self
+            .cluster_policies
+            .as_ref()
+            .and_then(|p| p.borrow().clone());
+        let unknown = |why: &str| {
+            Ok(Response::new(ClusterPoliciesResponse {
+                head: head_id,
+                unknown: why.to_string(),
+                ..ClusterPoliciesResponse::default()
+            }))
+        };
+        if *self.role.borrow() != Role::Leader {
+            return unknown(
+                "this replica does not lead: ClusterNetworkPolicy revisions are known to the leader",
+            );
+        }
+        let Some(published) = published else {
+            return unknown("the leader has not computed yet");
+        };
+        let names = match head {
+            Some(h) => self.store.node_names(h).await.map_err(store_status)?,
+            None => BTreeSet::new(),
+        };
+        let agents = self.store.agent_statuses().await.map_err(store_status)?;
+        let agents: std::collections::HashMap<&str, _> =
+            agents.iter().map(|a| (a.node.as_str(), a)).collect();
+        let pins = self.store.pins().await.map_err(store_status)?;
+        let pins: std::collections::HashMap<&str, _> =
+            pins.iter().map(|p| (p.node.as_str(), p)).collect();
+        // A node's desired state is read only when its ack is older than a
+        // policy's `since`: then whether it runs the head's state matters.
+        let newest = published
+            .policies
+            .values()
+            .map(|p| p.since)
+            .max()
+            .unwrap_or(0);
+        let mut nodes = std::collections::BTreeMap::new();
+        for node in names {
+            let agent = agents.get(node.as_str()).copied();
+            let at_head = match (head, agent.and_then(|a| a.applied_digest)) {
+                (Some(h), Some(applied))
+                    if agent
+                        .and_then(|a| a.applied_revision)
+                        .is_some_and(|r| r.0 < newest) =>
+                {
+                    self.store
+                        .node_state(&node, h)
+                        .await
+                        .map_err(store_status)?
+                        .is_some_and(|s| s.digest() == applied)
+                }
+                _ => false,
+            };
+            let reach = policies::reach(
+                agent,
+                pins.get(node.as_str()).copied(),
+                published.held.contains(&node),
+                head_id,
+                || at_head,
+            );
+            nodes.insert(node, reach);
+        }
+        let only = (!name.is_empty()).then_some(name.as_str());
+        let policies = policies::realizations(&published, &nodes, only);
+        if only.is_some() && policies.is_empty() {
+            return Err(Status::not_found(format!(
+                "no ClusterNetworkPolicy {name} in the leader's computation"
+            )));
+        }
+        Ok(Response::new(ClusterPoliciesResponse {
+            head: head_id,
+            nodes: nodes.len() as u64,
+            policies,
+            unknown: String::new(),
+        }))
     }
 }

@@ -66,6 +66,8 @@ pub struct Leader {
     /// Trigger times older than this leader are ignored (kube-proxy's
     /// tracker start time): its first sync carries every object.
     started_at: SystemTime,
+    /// From which revision each ClusterNetworkPolicy's spec is in force.
+    cluster_policies: crate::admin::policies::Tracker,
 }
 
 /// A compute problem about a Service's addresses: what `explain` says
@@ -211,6 +213,7 @@ impl Leader {
             address_problems: None,
             sli: None,
             started_at: SystemTime::now(),
+            cluster_policies: Default::default(),
         })
     }
 
@@ -250,6 +253,15 @@ impl Leader {
                 _ => false,
             });
         }
+    }
+
+    /// From now on, each sync publishes from which revision every
+    /// ClusterNetworkPolicy's current spec is in force to `to`.
+    pub fn publish_cluster_policies_to(
+        &mut self,
+        to: watch::Sender<Option<Arc<crate::admin::policies::PolicyRevisions>>>,
+    ) {
+        self.cluster_policies.publish_to(to);
     }
 
     /// From now on, every sync sets `gauges` to the compute problems.
@@ -353,10 +365,12 @@ impl Leader {
                     new: (key, object), ..
                 } => {
                     triggers.extend(crate::sli::trigger_time(object));
+                    self.cluster_policies.changed(key, Some(&**object));
                     self.index.upsert((**object).clone());
                     changed.push(key.to_string());
                 }
                 DiffItem::Remove(key, _) => {
+                    self.cluster_policies.changed(key, None);
                     self.index.delete(key);
                     changed.push(key.to_string());
                 }
@@ -403,6 +417,8 @@ impl Leader {
         if nodes_changed == 0 && removed.is_empty() {
             // The head's states are what compute makes of the objects now.
             self.publish_problems(RevisionId(*self.head.borrow()));
+            self.cluster_policies
+                .settled(*self.head.borrow(), &self.index);
             self.nodes = live;
             return Ok(None);
         }
@@ -413,6 +429,7 @@ impl Leader {
         let revision = self.store.commit(request).await.context("committing")?;
         self.dirty = false;
         self.publish_problems(revision);
+        self.cluster_policies.settled(revision.0, &self.index);
         if let Some(publisher) = self.publisher.as_mut() {
             let changed: BTreeSet<String> = outcome
                 .changed_nodes

@@ -311,6 +311,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
     let (commits, _) = broadcast::channel(64);
     let (problems_tx, problems) = watch::channel(Vec::new());
     let (address_problems_tx, address_problems) = watch::channel(None);
+    let (cluster_policies_tx, cluster_policies) = watch::channel(None);
     let (role_tx, role) = watch::channel(Role::Follower);
     let (admin_tx, admin_rx) = mpsc::channel(16);
     let (rollout_tx, rollout) = watch::channel(RolloutStatus {
@@ -322,6 +323,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
             AdminService::new(store.clone(), admin_tx, role.clone())
                 .with_rollout(rollout.clone())
                 .with_address_problems(address_problems.clone())
+                .with_cluster_policies(cluster_policies)
                 .with_sli(service.sli.clone()),
         );
     }
@@ -337,6 +339,7 @@ pub async fn start(config: ServeConfig) -> anyhow::Result<Running> {
         commits: commits.clone(),
         problems: problems_tx,
         address_problems: address_problems_tx,
+        cluster_policies: cluster_policies_tx,
         role: role_tx,
         admin: tokio::sync::Mutex::new(admin_rx),
         rollout: rollout_tx,

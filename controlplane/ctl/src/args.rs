@@ -20,7 +20,7 @@ either alone or as `<role> <token>` (the control plane's own file works).";
 #[command(
     name = "setpointctl",
     version,
-    about = "Operate a Setpoint control plane: revisions, show, diff, status, rollback, pause, resume, explain",
+    about = "Operate a Setpoint control plane: revisions, show, diff, status, rollback, pause, resume, explain, cluster-policies",
     after_help = EXIT_CODES
 )]
 /// Global flags may come before or after the verb, as with kubectl
@@ -139,6 +139,15 @@ pub enum Verb {
     /// How a node's state treats one packet: set entries, chains and rules,
     /// IPVS virtual server, verdict.
     Explain(ExplainArgs),
+    /// Per ClusterNetworkPolicy: tier, priority, the revision its current
+    /// spec is in force from, and how many nodes enforce it (an ack of that
+    /// revision or newer, not pinned older, no nack); the others named.
+    #[command(visible_alias = "cnp")]
+    ClusterPolicies {
+        /// Only this policy.
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 // No doc comment: the `Explain` variant's is the verb's help.

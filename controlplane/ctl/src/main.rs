@@ -1,5 +1,5 @@
 //! `setpointctl`: revisions, node states, diffs, rollout status, rollback,
-//! pause and resume over the control plane's admin API
+//! pause, resume, explain and ClusterNetworkPolicy realization over the control plane's admin API
 //! (`proto/setpoint/v1/admin.proto`). Human tables by default, `-o json`
 //! for scripts; exit codes in `setpointctl --help`.
 //!
@@ -49,6 +49,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         // With --all, `nodes` is empty.
         Verb::Resume { nodes, all: _ } => verbs::resume(client, output, nodes).await,
         Verb::Explain(args) => verbs::explain(client, output, args).await,
+        Verb::ClusterPolicies { name } => verbs::cluster_policies(client, output, name).await,
     }
 }
 

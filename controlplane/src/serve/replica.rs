@@ -101,6 +101,8 @@ pub(super) struct Replica {
     pub(super) commits: broadcast::Sender<Committed>,
     pub(super) problems: watch::Sender<Vec<String>>,
     pub(super) address_problems: watch::Sender<Option<Arc<AddressProblems>>>,
+    pub(super) cluster_policies:
+        watch::Sender<Option<Arc<crate::admin::policies::PolicyRevisions>>>,
     pub(super) role: watch::Sender<Role>,
     /// Admin writes, run by whichever term of leadership is current.
     pub(super) admin: tokio::sync::Mutex<mpsc::Receiver<AdminCommand>>,
@@ -130,6 +132,7 @@ impl Replica {
                             leader.publish_to(self.service.fanout.clone()).await;
                             leader.report_to(self.metrics.service_problems.clone());
                             leader.publish_problems_to(self.address_problems.clone());
+                            leader.publish_cluster_policies_to(self.cluster_policies.clone());
                             leader.measure_with(self.service.sli.clone());
                             tracing::info!(epoch = leader.epoch().0, "leading");
                             self.role.send_replace(Role::Leader);
@@ -142,6 +145,7 @@ impl Replica {
                             self.service.fanout.retire();
                             // Another replica's computation may differ.
                             self.address_problems.send_replace(None);
+                            self.cluster_policies.send_replace(None);
                             tracing::warn!("leadership lost");
                         }
                         Err(e) => tracing::warn!("cannot start leading: {e:#}"),

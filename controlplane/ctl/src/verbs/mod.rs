@@ -1,6 +1,7 @@
 //! One module per verb: the admin call it makes and what it prints, as a
 //! table (the default) or JSON (`-o json`).
 
+mod cluster_policies;
 mod diff;
 mod explain;
 mod pins;
@@ -8,6 +9,7 @@ mod revisions;
 mod show;
 mod status;
 
+pub use cluster_policies::cluster_policies;
 pub use diff::diff;
 pub use explain::explain;
 pub use pins::{pause, resume, rollback};

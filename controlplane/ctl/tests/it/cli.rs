@@ -843,3 +843,167 @@ async fn status_watch_follows_a_revision_timed_from_its_trigger() {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }
 }
+
+/// Polls `cluster-policies -o json` until `done` holds of it.
+async fn policies_until(f: &Fixture, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = ctl_as(f, Some("read"), &["-o", "json", "cluster-policies"], 0)
+            .await
+            .json();
+        if done(&out) {
+            return out;
+        }
+        assert!(Instant::now() < deadline, "{what}: {out}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn policy<'a>(out: &'a Value, name: &str) -> &'a Value {
+    out["policies"]
+        .as_array()
+        .and_then(|l| l.iter().find(|p| p["name"] == name))
+        .unwrap_or_else(|| panic!("{name} listed: {out}"))
+}
+
+/// (enforced, nodes, pending node names) of one policy.
+fn realized(out: &Value, name: &str) -> (u64, u64, Vec<String>) {
+    let p = policy(out, name);
+    let pending = p["pending"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .map(|n| {
+                    format!(
+                        "{} ({})",
+                        n["node"].as_str().unwrap_or("?"),
+                        n["reason"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    (
+        p["enforced"].as_u64().unwrap_or(u64::MAX),
+        p["nodes"].as_u64().unwrap_or(u64::MAX),
+        pending,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_policies_count_the_nodes_enforcing_them_as_agents_ack() {
+    const DENY: &str = "deny-cloud-metadata";
+    const GUARD: &str = "shop-ingress-guardrail";
+    let f = control_plane(true).await;
+    let first = wait_head(&f.running, 0).await;
+
+    // No agent yet: both example policies are in force from the first
+    // revision and enforced nowhere.
+    let out = policies_until(&f, "the leader computed", |o| {
+        o["policies"].as_array().is_some_and(|l| l.len() == 2)
+    })
+    .await;
+    assert_eq!(out["nodes"].as_u64(), Some(3), "{out}");
+    for name in [DENY, GUARD] {
+        assert_eq!(policy(&out, name)["since"].as_u64(), Some(first), "{out}");
+        let no_report = ["node-a", "node-b", "node-c"].map(|n| format!("{n} (no report)"));
+        assert_eq!(realized(&out, name), (0, 3, no_report.to_vec()), "{out}");
+    }
+    assert_eq!(policy(&out, DENY)["tier"], "Admin");
+    assert_eq!(policy(&out, GUARD)["priority"].as_u64(), Some(100));
+
+    // One agent acks: one node of three.
+    spawn_dry_run_agent(&f.running, "node-a");
+    let out = policies_until(&f, "node-a enforces", |o| realized(o, DENY).0 == 1).await;
+    assert_eq!(
+        realized(&out, DENY),
+        (
+            1,
+            3,
+            vec!["node-b (no report)".into(), "node-c (no report)".into()]
+        ),
+        "{out}"
+    );
+    spawn_dry_run_agent(&f.running, "node-b");
+    spawn_dry_run_agent(&f.running, "node-c");
+    let out = policies_until(&f, "all enforce", |o| {
+        realized(o, DENY).0 == 3 && realized(o, GUARD).0 == 3
+    })
+    .await;
+    assert_eq!(policy(&out, DENY)["complete"], true, "{out}");
+    let table = ctl_as(&f, Some("read"), &["cluster-policies"], 0).await;
+    table.says(&[
+        "POLICY",
+        "SINCE",
+        "ENFORCED",
+        DENY,
+        "Admin",
+        GUARD,
+        "Baseline",
+        "3/3",
+        "2 ClusterNetworkPolicy(ies), 2 enforced on all 3 node(s)",
+    ]);
+
+    // node-b is paused (pinned at the head), then one policy changes: its
+    // new spec is in force from the new revision, which node-b does not
+    // get; the other policy's spec is older than the pin and still holds.
+    let paused = ctl_as(
+        &f,
+        Some("admin"),
+        &[
+            "-o",
+            "json",
+            "pause",
+            "--nodes",
+            "node-b",
+            "--reason",
+            "investigating",
+        ],
+        0,
+    )
+    .await
+    .json()["revision"]
+        .as_u64()
+        .expect("the pause's revision");
+    wait_all_at_head(&f, 3).await;
+    let path = f.manifests().join("clusternetworkpolicies.yaml");
+    let text = std::fs::read_to_string(&path).expect("read");
+    let edited = text.replacen(
+        "- 169.254.169.254/32",
+        "- 169.254.169.254/32\n            - 100.100.100.200/32",
+        1,
+    );
+    assert_ne!(edited, text, "the example policy has the metadata CIDR");
+    std::fs::write(&path, edited).expect("edit");
+    let changed = wait_head(&f.running, paused).await;
+    let out = policies_until(&f, "node-a and node-c enforce the new spec", |o| {
+        policy(o, DENY)["since"].as_u64() >= Some(changed) && realized(o, DENY).0 == 2
+    })
+    .await;
+    assert_eq!(
+        realized(&out, DENY),
+        (2, 3, vec![format!("node-b (pinned at {first})")]),
+        "{out}"
+    );
+    assert_eq!(policy(&out, GUARD)["since"].as_u64(), Some(first), "{out}");
+    assert_eq!(realized(&out, GUARD), (3, 3, vec![]), "{out}");
+    let one = ctl_as(
+        &f,
+        Some("read"),
+        &["-o", "json", "cluster-policies", "--name", DENY],
+        0,
+    )
+    .await
+    .json();
+    assert_eq!(one["policies"].as_array().map(Vec::len), Some(1), "{one}");
+    ctl_as(&f, Some("read"), &["cluster-policies", "--name", "nope"], 1).await;
+    let table = ctl_as(&f, Some("read"), &["cnp"], 0).await;
+    table.says(&["2/3", &format!("node-b (pinned at {first})")]);
+
+    // Resumed, node-b gets the head's state and acks it.
+    ctl_as(&f, Some("admin"), &["resume", "--all"], 0).await;
+    policies_until(&f, "node-b enforces once resumed", |o| {
+        realized(o, DENY).0 == 3
+    })
+    .await;
+}
