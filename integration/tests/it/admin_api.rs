@@ -15,8 +15,8 @@ use setpoint_controlplane::serve::{Role, Running, ServeConfig, start};
 use setpoint_integration::{Netns, require_root_and_tools};
 use setpoint_proto::admin::admin_client::AdminClient;
 use setpoint_proto::admin::{
-    ExplainRequest, ExplainResponse, ListRevisionsRequest, ResumeRequest, RollbackRequest,
-    StatusRequest,
+    ClusterPoliciesRequest, ExplainRequest, ExplainResponse, ListRevisionsRequest, ResumeRequest,
+    RollbackRequest, StatusRequest,
 };
 use setpoint_store::RevisionId;
 use tonic::transport::Channel;
@@ -206,6 +206,46 @@ async fn rollback_pins_nodes_until_resume_and_refuses_the_unauthorized() {
         ("", 0),
         "{explained:?}"
     );
+    // The same for ClusterNetworkPolicy realization: the follower does not
+    // know; on the leader both example policies are enforced by the two
+    // nodes whose agents applied them (node-b has none).
+    let asked = || with_token(ClusterPoliciesRequest::default(), Some(READ_TOKEN));
+    let on_follower = client(&follower)
+        .await
+        .cluster_policies(asked())
+        .await
+        .expect("the follower answers")
+        .into_inner();
+    assert!(
+        on_follower.unknown.contains("does not lead") && on_follower.policies.is_empty(),
+        "{on_follower:?}"
+    );
+    // The agents' reports reach the store shortly after they apply.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let on_leader = admin
+            .cluster_policies(asked())
+            .await
+            .expect("the leader answers")
+            .into_inner();
+        let realized: Vec<(&str, u64, u64, u64, Vec<&str>)> = on_leader
+            .policies
+            .iter()
+            .map(|p| {
+                let pending = p.pending.iter().map(|n| n.node.as_str()).collect();
+                (p.name.as_str(), p.since, p.enforced, p.nodes, pending)
+            })
+            .collect();
+        let want = [
+            ("deny-cloud-metadata", first, 2, 3, vec!["node-b"]),
+            ("shop-ingress-guardrail", first, 2, 3, vec!["node-b"]),
+        ];
+        if realized == want {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{on_leader:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // The rollback, every node: a new revision with revision 1's states.
     let started = Instant::now();
