@@ -229,6 +229,11 @@ impl AgentMetrics {
             "Failures to open, bind or read an NFLOG group (retried)",
             m.verdicts.errors.clone(),
         );
+        r.register(
+            "setpoint_agent_policy_verdict_groups_read",
+            "NFLOG groups of the policy verdict log bound and read now",
+            m.verdicts.groups_read.clone(),
+        );
         r.register_collector(Box::new(m.proxy_health.clone()));
         Arc::new(AgentMetrics { registry, ..m })
     }

@@ -28,6 +28,7 @@ use neli::types::Buffer;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use setpoint_dataplane::NodeDataplane;
 
 use crate::netlink::{Netlink, NetlinkError};
@@ -40,6 +41,10 @@ const NFGENMSG: usize = 4;
 const COPY_RANGE: u32 = 80;
 /// The socket's queue: about 2,000 logged packets before the kernel drops.
 const RECEIVE_BUFFER: usize = 1 << 20;
+/// Logged packets per batch the kernel sends, and its longest wait
+/// (hundredths of a second) before sending a smaller one.
+const QUEUE_THRESHOLD: u32 = 32;
+const FLUSH_HUNDREDTHS: u32 = 10;
 /// How often a reader looks whether it should stop.
 const WAKE: Duration = Duration::from_millis(500);
 /// After a failure to open or bind, the reader tries again this much later.
@@ -287,6 +292,8 @@ pub struct VerdictMetrics {
     pub lines_suppressed: Counter,
     /// Failures to open or bind an NFLOG group (retried).
     pub errors: Counter,
+    /// NFLOG groups bound and read now.
+    pub groups_read: Gauge,
 }
 
 impl VerdictMetrics {
@@ -388,6 +395,16 @@ fn bind(netlink: &mut Netlink, group: u16) -> Result<(), NetlinkError> {
     body.extend((libc::NFULA_CFG_MODE as u16).to_ne_bytes());
     body.extend(COPY_RANGE.to_be_bytes());
     body.extend([libc::NFULNL_COPY_PACKET as u8, 0, 0, 0]);
+    // Packets reach the socket in batches of up to QUEUE_THRESHOLD, or
+    // after FLUSH_HUNDREDTHS (the kernel's default waits a second).
+    for (attribute, value) in [
+        (libc::NFULA_CFG_QTHRESH, QUEUE_THRESHOLD),
+        (libc::NFULA_CFG_TIMEOUT, FLUSH_HUNDREDTHS),
+    ] {
+        body.extend(8u16.to_ne_bytes());
+        body.extend((attribute as u16).to_ne_bytes());
+        body.extend(value.to_be_bytes());
+    }
     netlink.request(NetfilterMsg::LogConfig, NlmF::empty(), Buffer::from(body))?;
     Ok(())
 }
@@ -423,6 +440,10 @@ fn read_group(
         };
         tracing::info!(group, "policy verdict log: reading NFLOG group {group}");
         warned = false;
+        metrics.groups_read.inc();
+        let _read = scopeguard(|| {
+            metrics.groups_read.dec();
+        });
         while !stop.load(Ordering::Relaxed) {
             match netlink.receive(WAKE) {
                 Ok(None) => {}
@@ -450,6 +471,17 @@ fn read_group(
             }
         }
     }
+}
+
+/// Runs `f` when dropped.
+fn scopeguard<F: FnMut()>(f: F) -> impl Drop {
+    struct Guard<F: FnMut()>(F);
+    impl<F: FnMut()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            (self.0)();
+        }
+    }
+    Guard(f)
 }
 
 fn sleep_unless(stop: &AtomicBool, total: Duration) {

@@ -22,4 +22,5 @@ mod running_system;
 mod service_hijacks;
 mod service_matrix;
 mod sigkill;
+mod verdict_log;
 mod vm_smoke;
