@@ -1089,10 +1089,11 @@ fn admin_egress_node_peers() {
 }
 
 /// CNPBaselineTierEgressNodePeers: nodes chosen by their labels — an
-/// Accept to `zone: core` (node-1 only) does not cover node-2, so the
-/// Deny of TCP to `zone In [edge]` takes z's TCP to the outside host; z/c
-/// is isolated by a NetworkPolicy allowing all its egress, which the
-/// Baseline does not override.
+/// Accept to `zone: core` (node-1 only) does not cover node-2; a Baseline
+/// egress Pass of TCP 81 to `zone In [edge]` skips the rest of the tier
+/// (allowed), and the Deny of TCP after it takes z's TCP 80 to the outside
+/// host; z/c is isolated by a NetworkPolicy allowing all its egress, which
+/// the Baseline does not override.
 #[test]
 fn baseline_egress_node_peers_by_label() {
     let baseline = cnp(
@@ -1103,6 +1104,10 @@ fn baseline_egress_node_peers_by_label() {
     namespaces: {matchLabels: {ns: z}}
   egress:
   - {name: allow-to-core-nodes, action: Accept, to: [{nodes: {matchLabels: {zone: core}}}]}
+  - name: pass-tcp-81-to-edge-nodes
+    action: Pass
+    to: [{nodes: {matchExpressions: [{key: zone, operator: In, values: [edge]}]}}]
+    protocols: [{tcp: {destinationPort: {number: 81}}}]
   - name: deny-tcp-to-edge-nodes
     action: Deny
     to: [{nodes: {matchExpressions: [{key: zone, operator: In, values: [edge]}]}}]
@@ -1119,16 +1124,25 @@ fn baseline_egress_node_peers_by_label() {
         &Expect::all_with_outside(true).set(
             one_of(&["z/a", "z/b"]),
             is("outside"),
-            protocol(Tcp),
+            port(Tcp, 80),
             false,
         ),
-        &[decided(
-            "z/a",
-            "outside",
-            Tcp,
-            81,
-            "cnp:Baseline/nodes-by-label/egress rule 1: Deny",
-        )],
+        &[
+            decided(
+                "z/a",
+                "outside",
+                Tcp,
+                81,
+                "cnp:Baseline/nodes-by-label/egress rule 1: Pass",
+            ),
+            decided(
+                "z/b",
+                "outside",
+                Tcp,
+                80,
+                "cnp:Baseline/nodes-by-label/egress rule 2: Deny",
+            ),
+        ],
     );
 }
 
