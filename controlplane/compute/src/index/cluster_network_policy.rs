@@ -1,40 +1,73 @@
-//! ClusterNetworkPolicies: converted and kept beside the NetworkPolicies;
-//! a change rebuilds every node's policy fragment, as a NetworkPolicy
-//! change does. Node labels are kept here too, for `nodes` peers.
+//! ClusterNetworkPolicies: converted and kept beside the NetworkPolicies.
+//! A policy's rules live only in the chains of the pods it is about, so a
+//! change rebuilds the policy fragment of the nodes holding a pod the old
+//! or the new policy is about, and no other. Node labels are kept here
+//! too, for `nodes` peers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use super::{Index, IndexResource};
 use crate::object::ObjectKey;
-use crate::policy::cluster::{self, api};
+use crate::policy::cluster::{self, ClusterPolicy, api};
 
 impl IndexResource<api::ClusterNetworkPolicy> for Index {
     fn apply(&mut self, key: &ObjectKey, policy: api::ClusterNetworkPolicy) {
-        match cluster::convert_cluster_policy(&policy) {
+        let old = self.policy_view.cluster_policies.remove(&key.name);
+        let new = match cluster::convert_cluster_policy(&policy) {
             Ok((model, warnings)) => {
                 self.note(key, warnings, false);
+                Some(model)
+            }
+            Err(r) => {
+                self.note(key, vec![r], true);
+                None
+            }
+        };
+        if old == new {
+            if let Some(model) = new {
                 self.policy_view
                     .cluster_policies
                     .insert(key.name.clone(), model);
             }
-            Err(r) => {
-                self.note(key, vec![r], true);
-                self.policy_view.cluster_policies.remove(&key.name);
-            }
+            return;
         }
-        self.policy_full = true;
+        let reached = self.subject_nodes([old.as_ref(), new.as_ref()]);
+        self.policy_subject_nodes.extend(reached);
+        if let Some(model) = new {
+            self.policy_view
+                .cluster_policies
+                .insert(key.name.clone(), model);
+        }
     }
 
     fn delete(&mut self, key: &ObjectKey) {
-        self.policy_full |= self
-            .policy_view
-            .cluster_policies
-            .remove(&key.name)
-            .is_some();
+        if let Some(old) = self.policy_view.cluster_policies.remove(&key.name) {
+            let reached = self.subject_nodes([Some(&old)]);
+            self.policy_subject_nodes.extend(reached);
+        }
     }
 }
 
 impl Index {
+    /// The nodes holding a local pod that one of `policies` is about.
+    fn subject_nodes<'a>(
+        &self,
+        policies: impl IntoIterator<Item = Option<&'a ClusterPolicy>>,
+    ) -> BTreeSet<Arc<str>> {
+        let view = &self.policy_view;
+        let mut out = BTreeSet::new();
+        for policy in policies.into_iter().flatten() {
+            out.extend(
+                view.pods
+                    .values()
+                    .filter(|pod| view.pod_in(&policy.subject, pod))
+                    .filter_map(|pod| pod.node.clone()),
+            );
+        }
+        out
+    }
+
     /// Keeps a Node's labels for `nodes` peers; a change rebuilds every
     /// node's policy fragment (its addresses are the Node module's).
     pub(super) fn note_node_labels(
@@ -114,5 +147,57 @@ mod tests {
         index.delete(&key);
         assert!(index.policy_view.cluster_policies.is_empty());
         assert_eq!(index.problems().count(), 0);
+    }
+
+    /// A policy about namespace x's pods (all on node-1): its change, its
+    /// deletion and an unchanged re-apply rebuild node-1's policy fragment
+    /// at most, not node-2's.
+    #[test]
+    fn a_policy_change_rebuilds_only_the_nodes_of_its_subjects() {
+        use serde_json::json;
+        fn of<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+            serde_json::from_value(v).unwrap_or_else(|e| panic!("{e}"))
+        }
+        let policy = |action: &str| {
+            ClusterObject::ClusterNetworkPolicy(of(json!({
+                "apiVersion": api::API_VERSION,
+                "kind": api::KIND,
+                "metadata": {"name": "about-x"},
+                "spec": {"tier": "Admin", "priority": 5,
+                         "subject": {"namespaces": {"matchLabels": {"ns": "x"}}},
+                         "ingress": [{"action": action,
+                                      "from": [{"namespaces": {"matchLabels": {"ns": "y"}}}]}]},
+            })))
+        };
+        let mut index = Index::new(ComputeConfig::default());
+        for (n, ns) in [("node-1", "x"), ("node-2", "y")] {
+            index.upsert(ClusterObject::Node(of(json!({"metadata": {"name": n}}))));
+            index.upsert(ClusterObject::Namespace(of(
+                json!({"metadata": {"name": ns, "labels": {"ns": ns}}}),
+            )));
+            let ip = if ns == "x" { "10.0.1.1" } else { "10.0.2.1" };
+            index.upsert(ClusterObject::Pod(of(json!({
+                "metadata": {"name": "a", "namespace": ns},
+                "spec": {"nodeName": n, "containers": [{"name": "c"}]},
+                "status": {"phase": "Running", "podIP": ip},
+            }))));
+        }
+        index.upsert(policy("Deny"));
+        index.commit();
+        assert_eq!(index.policy_rebuilt, 2, "the first commit builds both");
+        index.upsert(policy("Accept"));
+        let outcome = index.commit();
+        assert_eq!(index.policy_rebuilt, 1);
+        let changed: Vec<&str> = outcome.changed_nodes.iter().map(|n| &**n).collect();
+        assert_eq!(changed, vec!["node-1"]);
+        // The same policy again: nothing to rebuild.
+        index.policy_rebuilt = 0;
+        index.upsert(policy("Accept"));
+        index.commit();
+        assert_eq!(index.policy_rebuilt, 0);
+        let key = policy("Accept").key();
+        index.delete(&key);
+        index.commit();
+        assert_eq!(index.policy_rebuilt, 1);
     }
 }

@@ -116,7 +116,8 @@ impl Index {
             || self.nodes_changed
             || self.service_cidrs_changed
             || self.policy_full
-            || !self.policy_pod_changes.is_empty();
+            || !self.policy_pod_changes.is_empty()
+            || !self.policy_subject_nodes.is_empty();
         if !pending || self.left_out_invalid.is_empty() {
             return None;
         }

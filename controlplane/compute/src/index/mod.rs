@@ -92,6 +92,11 @@ pub struct Index {
     policy_full: bool,
     /// Pods changed since the last commit: (before, after).
     policy_pod_changes: Vec<(Option<PolicyPod>, Option<PolicyPod>)>,
+    /// Nodes a ClusterNetworkPolicy change reaches: those with a local pod
+    /// it was or is about.
+    policy_subject_nodes: BTreeSet<Arc<str>>,
+    /// Policy fragments the last commit rebuilt (changed or not).
+    policy_rebuilt: usize,
     policy_fragments: BTreeMap<Arc<str>, Arc<Fragment>>,
     /// Which nodes have sets drawn from each peer, so that a pod change
     /// rebuilds only the nodes whose sets it enters or leaves.

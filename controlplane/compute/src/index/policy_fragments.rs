@@ -1,6 +1,6 @@
 //! The `policy/<node>` fragments: rebuilt whole when a Namespace,
-//! NetworkPolicy, ClusterNetworkPolicy or Node (addresses or labels) changes, and only on the nodes a pod change can
-//! alter otherwise.
+//! NetworkPolicy or Node (addresses or labels) changes, and otherwise only
+//! on the nodes a pod or ClusterNetworkPolicy change can alter.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -14,14 +14,16 @@ use crate::policy::{self, PeerUse};
 
 impl Index {
     /// Rebuilds the policy fragments pending changes alter: every node's
-    /// after a Namespace, NetworkPolicy or Node change, else those pod
-    /// changes reach.
+    /// after a Namespace, NetworkPolicy or Node change, else those pod and
+    /// ClusterNetworkPolicy changes reach.
     pub(super) fn refresh_policy(&mut self, touched: &mut Vec<Arc<str>>) {
         if self.policy_full || self.nodes_changed {
             self.policy_pod_changes.clear();
+            self.policy_subject_nodes.clear();
             touched.extend(self.recompute_policy(None));
-        } else if !self.policy_pod_changes.is_empty() {
-            let affected = self.nodes_affected_by_pod_changes();
+        } else if !self.policy_pod_changes.is_empty() || !self.policy_subject_nodes.is_empty() {
+            let mut affected = self.nodes_affected_by_pod_changes();
+            affected.append(&mut self.policy_subject_nodes);
             touched.extend(self.recompute_policy(Some(affected)));
         }
     }
@@ -68,6 +70,7 @@ impl Index {
                 .cloned()
                 .collect(),
         };
+        self.policy_rebuilt = targets.len();
         let view = &self.policy_view;
         let police = self.config.police_node_traffic;
         let verdict_log = self.config.verdict_log;
