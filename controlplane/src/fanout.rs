@@ -16,7 +16,6 @@ use std::hash::Hash;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
-use imbl::OrdMap;
 use setpoint_dataplane::{Digest, Fragment, NodeDataplane};
 use setpoint_proto::parts::{
     PartsEncoding, delta_of_parts, encode_part_as, encode_part_diff, snapshot_of_parts_as,
@@ -41,8 +40,11 @@ const LOADED: usize = 4;
 /// until the agent acks it; this bounds that memory).
 pub const SNAPSHOTS_IN_FLIGHT: usize = 32;
 
-/// Node name → state, for one revision.
-pub type States = OrdMap<String, NodeDataplane>;
+/// Node name → state, for one revision: persistent (a revision shares
+/// the unchanged nodes' entries with the one before), hashed (every send
+/// looks its node up here; an ordered map costs a dozen string
+/// comparisons per lookup at 5,000 nodes).
+pub type States = imbl::HashMap<String, NodeDataplane>;
 
 pub struct Fanout {
     recent: Mutex<VecDeque<(u64, States)>>,
@@ -293,10 +295,36 @@ impl Fanout {
         to: u64,
         new: &NodeDataplane,
     ) -> Result<v1::Delta, EncodeError> {
-        let names: BTreeSet<&String> = old.parts().chain(new.parts()).map(|(n, _)| n).collect();
         let mut parts = Vec::new();
-        for name in names {
-            let (a, b) = (old.part(name), new.part(name));
+        // Both states' parts in name order, walked side by side (no set
+        // of names built per session).
+        let (mut olds, mut news) = (old.parts().peekable(), new.parts().peekable());
+        loop {
+            let (name, a, b) = match (olds.peek(), news.peek()) {
+                (None, None) => break,
+                (Some((n, _)), Some((m, _))) if n == m => {
+                    let (Some((name, a)), Some((_, b))) = (olds.next(), news.next()) else {
+                        break;
+                    };
+                    // Shared by both states (or equal): unchanged.
+                    if Arc::ptr_eq(a, b) {
+                        continue;
+                    }
+                    (name, Some(a), Some(b))
+                }
+                (Some((n, _)), Some((m, _))) if n > m => match news.next() {
+                    Some((name, b)) => (name, None, Some(b)),
+                    None => break,
+                },
+                (Some(_), _) => match olds.next() {
+                    Some((name, a)) => (name, Some(a), None),
+                    None => break,
+                },
+                (None, Some(_)) => match news.next() {
+                    Some((name, b)) => (name, None, Some(b)),
+                    None => break,
+                },
+            };
             let (da, db) = (a.map(|f| f.digest()), b.map(|f| f.digest()));
             if da == db {
                 continue;

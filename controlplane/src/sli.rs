@@ -550,21 +550,21 @@ impl Sli {
         self.send(Event::Started { revision, start });
     }
 
-    pub fn joined(&self, node: &str, session: u64) {
+    pub fn joined(&self, node: impl Into<Arc<str>>, session: u64) {
         self.send(Event::Joined {
             node: node.into(),
             session,
         });
     }
 
-    pub fn left(&self, node: &str, session: u64) {
+    pub fn left(&self, node: impl Into<Arc<str>>, session: u64) {
         self.send(Event::Left {
             node: node.into(),
             session,
         });
     }
 
-    pub fn acked(&self, node: &str, revision: u64) {
+    pub fn acked(&self, node: impl Into<Arc<str>>, revision: u64) {
         self.send(Event::Acked {
             node: node.into(),
             revision,
@@ -572,14 +572,14 @@ impl Sli {
         });
     }
 
-    pub fn nacked(&self, node: &str, revision: u64) {
+    pub fn nacked(&self, node: impl Into<Arc<str>>, revision: u64) {
         self.send(Event::Nacked {
             node: node.into(),
             revision,
         });
     }
 
-    pub fn unchanged(&self, node: &str, revision: u64) {
+    pub fn unchanged(&self, node: impl Into<Arc<str>>, revision: u64) {
         self.send(Event::Unchanged {
             node: node.into(),
             revision,

@@ -6,7 +6,7 @@
 //! revision and digest the store confirms gets a delta; any doubt gets a
 //! snapshot. A nacking node counts as degraded until it acks.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -123,7 +123,10 @@ pub struct AgentService {
     /// one replaced it (checked on every turn of its loop: no lock).
     sessions: Arc<Mutex<LiveSessions>>,
     next_session: Arc<std::sync::atomic::AtomicU64>,
-    pub fleet: Arc<Mutex<BTreeMap<String, AgentView>>>,
+    /// Each node's view by name; hashed, not ordered: every ack looks
+    /// its node up here, and a 5,000-entry B-tree of names costs a dozen
+    /// string comparisons (cache misses) per lookup.
+    pub fleet: Arc<Mutex<HashMap<String, AgentView>>>,
     metrics: Arc<Metrics>,
     /// Programming latency and each revision's progress (`crate::sli`).
     pub sli: crate::sli::Sli,
@@ -251,6 +254,7 @@ impl AgentStream for AgentService {
             service: self.clone(),
             replaced,
             node: hello.node.clone(),
+            node_arc: Arc::from(hello.node.as_str()),
             agent_version: hello.agent_version.clone(),
             encoding: setpoint_proto::parts::PartsEncoding::accepted_by(&hello),
             tx,
@@ -258,17 +262,23 @@ impl AgentStream for AgentService {
             snapshot_slot: None,
             rollout: None,
             _on_connection: peer.as_ref().map(AgentPeer::session),
-            last_report: Default::default(),
+            last_ack: None,
+            // Nothing sent yet: the first tick's heartbeat goes out at
+            // once, as before.
+            last_sent: Instant::now()
+                .checked_sub(KEEPALIVE)
+                .unwrap_or_else(Instant::now),
             coalescing: Coalescing::default(),
         };
         self.metrics.agents_connected.inc();
-        self.sli.joined(&hello.node, id);
+        self.sli.joined(session.node_arc.clone(), id);
         let (metrics, sessions, sli) = (
             self.metrics.clone(),
             self.sessions.clone(),
             self.sli.clone(),
         );
         let errors = session.tx.clone();
+        let node_arc = session.node_arc.clone();
         tokio::spawn(async move {
             let node = session.node.clone();
             match session.run(hello, inbound).await {
@@ -287,7 +297,7 @@ impl AgentStream for AgentService {
                 s.remove(&node);
             }
             metrics.agents_connected.dec();
-            sli.left(&node, id);
+            sli.left(node_arc, id);
         });
         // Large messages go out as pieces, cut as tonic pulls them, so a
         // session never waits on a slow agent with a snapshot half sent.
@@ -308,6 +318,9 @@ struct Session {
     /// Set when a newer stream for this node took over.
     replaced: Arc<AtomicBool>,
     node: String,
+    /// The node's name for the SLI tracker's events: shared, not copied
+    /// per ack.
+    node_arc: Arc<str>,
     agent_version: String,
     /// How its snapshots are encoded: deflated when its hello accepts it.
     encoding: setpoint_proto::parts::PartsEncoding,
@@ -320,8 +333,13 @@ struct Session {
     rollout: Option<tracing::Span>,
     /// Keeps the connection open while this session lives.
     _on_connection: Option<SessionOnConnection>,
-    /// The last report recorded, stamped again by heartbeats.
-    last_report: std::sync::Mutex<Option<AgentStatus>>,
+    /// What the last ack reported (revision and digest held), stamped
+    /// again by heartbeats; `None` before it or after a nack.
+    last_ack: Option<(Option<RevisionId>, Option<Digest>)>,
+    /// When this session last queued a message: a keepalive tick right
+    /// after one sends no heartbeat (any message tells the agent the
+    /// control plane is there).
+    last_sent: Instant,
     coalescing: Coalescing,
 }
 
@@ -387,19 +405,27 @@ impl Session {
         !self.replaced.load(Ordering::Relaxed)
     }
 
-    async fn record(&self, applied: Option<&Held>, result: AgentResult) {
-        let status = AgentStatus {
+    /// Hands the agent's report to the status writer; an ack's is kept
+    /// for heartbeats to stamp again.
+    fn record(&mut self, result: AgentResult) {
+        let applied = self.delivery.acked().filter(|_| result == AgentResult::Ack);
+        let (revision, digest) = (
+            applied.map(|h| RevisionId(h.revision)),
+            applied.map(|h| h.state.digest()),
+        );
+        self.last_ack = (result == AgentResult::Ack).then_some((revision, digest));
+        self.report(revision, digest, result);
+    }
+
+    fn report(&self, revision: Option<RevisionId>, digest: Option<Digest>, result: AgentResult) {
+        self.service.statuses.record(AgentStatus {
             node: self.node.clone(),
-            applied_revision: applied.map(|h| RevisionId(h.revision)),
-            applied_digest: applied.map(|h| h.state.digest()),
+            applied_revision: revision,
+            applied_digest: digest,
             result,
             contact_ms: now_ms(),
             agent_version: self.agent_version.clone(),
-        };
-        if let Ok(mut last) = self.last_report.lock() {
-            *last = Some(status.clone());
-        }
-        self.service.statuses.record(status);
+        });
     }
 
     /// What the store confirms of the agent's claim: its revision's state
@@ -431,7 +457,7 @@ impl Session {
             // Reconnected holding a state the store confirms: it is there.
             self.update_fleet(acked.revision, None, None);
         }
-        self.record(self.delivery.acked(), AgentResult::Ack).await;
+        self.record(AgentResult::Ack);
         let mut head = self.service.head.clone();
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         let mut last_heard = Instant::now();
@@ -472,6 +498,11 @@ impl Session {
                     if last_heard.elapsed() > SILENCE_LIMIT {
                         return Err(Status::deadline_exceeded("agent silent"));
                     }
+                    // A message went out since the last tick: the agent
+                    // heard from this control plane without a heartbeat.
+                    if self.last_sent.elapsed() < KEEPALIVE / 2 {
+                        continue;
+                    }
                     let beat = message(ControlBody::Heartbeat(Heartbeat {
                         unix_millis: u64::try_from(now_ms()).unwrap_or(0),
                     }));
@@ -498,11 +529,11 @@ impl Session {
         self.service.metrics.revisions_coalesced.inc_by(merged);
         let body = match next {
             Next::NotANode => {
-                self.service.sli.unchanged(&self.node, head);
+                self.service.sli.unchanged(self.node_arc.clone(), head);
                 return Ok(());
             }
             Next::Unchanged { revision, digest } => {
-                self.service.sli.unchanged(&self.node, revision);
+                self.service.sli.unchanged(self.node_arc.clone(), revision);
                 self.update_fleet(revision, None, None);
                 tracing::debug!(node = %self.node, head, %digest, "unchanged");
                 return Ok(());
@@ -565,9 +596,16 @@ impl Session {
 
     /// Queues `m` for the agent; an agent that reads nothing for the
     /// silence limit (its queue stays full) is gone.
-    async fn send(&self, m: ControlMessage) -> Result<(), Status> {
-        use tokio::sync::mpsc::error::SendTimeoutError;
-        match self.tx.send_timeout(Ok(m), SILENCE_LIMIT).await {
+    async fn send(&mut self, m: ControlMessage) -> Result<(), Status> {
+        use tokio::sync::mpsc::error::{SendTimeoutError, TrySendError};
+        self.last_sent = Instant::now();
+        // Room in the queue (nearly always): no timer is set up.
+        let m = match self.tx.try_send(Ok(m)) {
+            Ok(()) => return Ok(()),
+            Err(TrySendError::Closed(_)) => return Err(Status::cancelled("agent gone")),
+            Err(TrySendError::Full(m)) => m,
+        };
+        match self.tx.send_timeout(m, SILENCE_LIMIT).await {
             Ok(()) => Ok(()),
             Err(SendTimeoutError::Timeout(_)) => Err(Status::deadline_exceeded(
                 "the agent reads nothing of what it is sent",
@@ -599,14 +637,14 @@ impl Session {
                         .round_trip
                         .observe(round_trip.as_secs_f64());
                 }
-                self.service.sli.acked(&self.node, ack.revision);
+                self.service.sli.acked(self.node_arc.clone(), ack.revision);
                 let apply = Duration::from_micros(ack.apply_micros);
                 self.service
                     .metrics
                     .apply_seconds
                     .observe(apply.as_secs_f64());
                 self.update_fleet(ack.revision, None, Some(apply));
-                self.record(self.delivery.acked(), AgentResult::Ack).await;
+                self.record(AgentResult::Ack);
             }
             Some(AgentBody::Nack(nack)) => {
                 self.snapshot_slot = None;
@@ -616,7 +654,9 @@ impl Session {
                     .on_nack(nack.revision, Instant::now())
                     .map_err(|e| Status::invalid_argument(e.to_string()))?;
                 self.service.metrics.nacks.inc();
-                self.service.sli.nacked(&self.node, nack.revision);
+                self.service
+                    .sli
+                    .nacked(self.node_arc.clone(), nack.revision);
                 // What the agent wrote goes to logs and the fleet view
                 // (and, cleaned the same way, to the store): one line,
                 // bounded.
@@ -625,19 +665,14 @@ impl Session {
                 tracing::warn!(node = %self.node, revision = nack.revision, "nack: {error} ({operation})");
                 let reason = format!("{error} ({operation})");
                 self.update_fleet(0, Some(reason), None);
-                self.record(None, AgentResult::Nack { error, operation })
-                    .await;
+                self.record(AgentResult::Nack { error, operation });
             }
             Some(AgentBody::Heartbeat(_)) => {
                 // The contact, for the rollout's canary liveness: the last
                 // ack's report stamped again (never a nack's, which would
                 // then look new).
-                let last = self.last_report.lock().ok().and_then(|l| l.clone());
-                if let Some(status) = last.filter(|s| s.result == AgentResult::Ack) {
-                    self.service.statuses.record(AgentStatus {
-                        contact_ms: now_ms(),
-                        ..status
-                    });
+                if let Some((revision, digest)) = self.last_ack {
+                    self.report(revision, digest, AgentResult::Ack);
                 }
             }
             Some(AgentBody::Hello(_)) => {
@@ -649,20 +684,21 @@ impl Session {
     }
 
     fn update_fleet(&self, revision: u64, degraded: Option<String>, apply: Option<Duration>) {
-        if let Ok(mut fleet) = self.service.fleet.lock() {
-            // Found without copying the name: every node acks every revision.
-            if !fleet.contains_key(&self.node) {
-                fleet.insert(self.node.clone(), AgentView::default());
-            }
-            let Some(view) = fleet.get_mut(&self.node) else {
-                return;
-            };
+        let update = |view: &mut AgentView| {
             if revision > 0 {
                 view.acked_revision = revision;
             }
             view.degraded = degraded;
             if let Some(a) = apply {
                 view.last_apply = a;
+            }
+        };
+        if let Ok(mut fleet) = self.service.fleet.lock() {
+            // Found without copying the name (one lookup): every node acks
+            // every revision.
+            match fleet.get_mut(&self.node) {
+                Some(view) => update(view),
+                None => update(fleet.entry(self.node.clone()).or_default()),
             }
         }
     }

@@ -6,7 +6,9 @@
 //! connection each, so the control plane's CPU and memory are measured
 //! apart from theirs. Measures the time until every agent holds the first
 //! revision, then one-endpoint changes: programming latency (file written
-//! → every agent acked), bytes per agent per change, CPU and peak memory;
+//! → every agent acked), bytes per agent per change, CPU (the control
+//! plane's per change and per agent, the agents process's per change:
+//! on one machine both share its cores) and peak memory;
 //! then a rollback of every node through the admin API to the revision
 //! before the last change (held in memory) and to the first revision
 //! (read from the store): time until every agent acked it.
@@ -15,7 +17,7 @@
 //! SETPOINT_BENCH_AGENTS (200), _SERVICES (1,000), _ENDPOINTS (5 per
 //! Service), _CHANGES (50). Needs PostgreSQL (SETPOINT_TEST_POSTGRES).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead as _, Write as _};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -41,7 +43,7 @@ use synthetic_manifests::{write_cluster, write_slice};
 /// Every agent holds `revision`: acked it, or the control plane found its
 /// state unchanged at that revision (then nothing is sent).
 fn all_at(
-    fleet: &Mutex<BTreeMap<String, setpoint_controlplane::stream::AgentView>>,
+    fleet: &Mutex<HashMap<String, setpoint_controlplane::stream::AgentView>>,
     agents: usize,
     revision: u64,
 ) -> bool {
@@ -91,7 +93,7 @@ async fn wait_all_at(running: &Running, agents: usize, revision: u64, limit: Dur
 }
 
 fn count_at(
-    fleet: &Mutex<BTreeMap<String, setpoint_controlplane::stream::AgentView>>,
+    fleet: &Mutex<HashMap<String, setpoint_controlplane::stream::AgentView>>,
     revision: u64,
 ) -> usize {
     fleet
@@ -220,9 +222,28 @@ async fn churn(
         .unwrap_or(head)
 }
 
+/// CPU seconds (user and system) process `pid` has used, from
+/// `/proc/<pid>/stat`; 0 when it cannot be read.
+fn process_cpu_seconds(pid: u32) -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name (which may hold spaces): state
+            // is field 3, utime and stime fields 14 and 15.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .unwrap_or(0.0)
+}
+
 /// The lowest revision any of the `agents` acked (0 until all reported).
 fn min_acked(
-    fleet: &Mutex<BTreeMap<String, setpoint_controlplane::stream::AgentView>>,
+    fleet: &Mutex<HashMap<String, setpoint_controlplane::stream::AgentView>>,
     agents: usize,
 ) -> u64 {
     fleet
@@ -344,6 +365,7 @@ fn control_plane() {
         let bytes_before = running.metrics.delta_bytes.get();
         let deltas_before = running.metrics.deltas_sent.get();
         let cpu_before = cpu_seconds();
+        let agents_cpu_before = process_cpu_seconds(child.id());
         let phase = Instant::now();
         let mut latencies = Vec::with_capacity(changes);
         let mut before_last = first;
@@ -365,6 +387,7 @@ fn control_plane() {
             latencies.push(t0.elapsed());
         }
         let cpu = cpu_seconds() - cpu_before;
+        let agents_cpu = process_cpu_seconds(child.id()) - agents_cpu_before;
         let deltas = running.metrics.deltas_sent.get() - deltas_before;
         let bytes = running.metrics.delta_bytes.get() - bytes_before;
         latencies.sort();
@@ -375,11 +398,18 @@ fn control_plane() {
             percentile(&latencies, 1.0)
         );
         println!(
-            "{deltas} deltas, {:.0} bytes per agent per change (payload); control plane CPU {:.1} s over {:.1?} ({:.0}% of one core)",
+            "{deltas} deltas, {:.0} bytes per agent per change (payload); control plane CPU {:.1} s over {:.1?} ({:.0}% of one core), {:.3} CPU-s per change ({:.1} µs per agent); the agents process {:.3} CPU-s per change; load average {}",
             bytes as f64 / deltas.max(1) as f64,
             cpu,
             phase.elapsed(),
             100.0 * cpu / phase.elapsed().as_secs_f64(),
+            cpu / changes.max(1) as f64,
+            1e6 * cpu / (changes.max(1) * shape.nodes.max(1)) as f64,
+            agents_cpu / changes.max(1) as f64,
+            std::fs::read_to_string("/proc/loadavg")
+                .ok()
+                .and_then(|l| l.split_whitespace().next().map(str::to_string))
+                .unwrap_or_default(),
         );
 
         let rate = env_or("SETPOINT_BENCH_CHURN", 0);
