@@ -61,6 +61,10 @@ pub struct Metrics {
     pub rollout_rollbacks: Counter,
     /// Compute's refusals: addresses, Services left out, invalid states.
     pub service_problems: crate::leader::ProblemGauges,
+    /// 1 for a kind the Kubernetes API does not serve to this replica (404:
+    /// not installed, 403: not allowed by its ClusterRole), counted as
+    /// empty; 0 once it is.
+    pub kube_kinds_not_served: Family<KindLabel, Gauge>,
     /// Connections a listener closed before or instead of serving them
     /// (limits, handshakes, silence), by listener and reason.
     pub connections_dropped: crate::peer_limits::Drops,
@@ -79,6 +83,12 @@ fn seconds() -> Histogram {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ShareLabel {
     pub share: &'static str,
+}
+
+/// A kind of object the Kubernetes source watches.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
 }
 
 /// kube-proxy's `network_programming_duration_seconds` buckets (0.25 s,
@@ -131,6 +141,7 @@ impl Metrics {
             rollouts_halted: Counter::default(),
             rollout_rollbacks: Counter::default(),
             service_problems: Default::default(),
+            kube_kinds_not_served: Family::default(),
             connections_dropped: Default::default(),
             admin_token_reloads: Counter::default(),
             admin_tls_reloads: Counter::default(),
@@ -287,6 +298,11 @@ impl Metrics {
             "setpoint_admin_tls_reloads",
             "Reloads of the admin listener's certificate files",
             m.admin_tls_reloads.clone(),
+        );
+        r.register(
+            "setpoint_kube_kind_not_served",
+            "1 for a kind the Kubernetes API answers 404 or 403 for (an optional CRD not installed, a ClusterRole older than the control plane): watched as empty and asked again after a backoff",
+            m.kube_kinds_not_served.clone(),
         );
         m.service_problems.register(r);
         Arc::new(Metrics { registry, ..m })

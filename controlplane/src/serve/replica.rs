@@ -331,6 +331,14 @@ impl Replica {
                 tokio::time::sleep(config.batch).await;
                 let snapshot = snapshots.borrow_and_update().clone();
                 let seen_at = snapshot.seen_since(synced).unwrap_or(snapshot.seen_at);
+                let not_served = snapshot.not_served();
+                for kind in setpoint_kube::KINDS {
+                    let absent = not_served.iter().any(|(k, _)| *k == kind);
+                    self.metrics
+                        .kube_kinds_not_served
+                        .get_or_create(&crate::metrics::KindLabel { kind })
+                        .set(i64::from(absent));
+                }
                 self.problems.send_replace(
                     snapshot
                         .skipped()

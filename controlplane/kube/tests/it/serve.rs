@@ -177,3 +177,54 @@ async fn kube_objects_reach_an_agent_and_watch_events_make_new_revisions() {
     let problems = running.problems.borrow().clone();
     assert_eq!(problems.len(), 1, "{problems:?}");
 }
+
+/// A cluster without the ClusterNetworkPolicy CRD: the control plane
+/// computes without it and says so in `setpoint_kube_kind_not_served`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kind_the_api_does_not_serve_is_exported_as_not_served() {
+    use setpoint_controlplane::metrics::KindLabel;
+    let (server, client) = ApiServer::start(small_cluster());
+    server.unserve("ClusterNetworkPolicy");
+    let db = tempfile::tempdir().expect("tempdir");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    let mut running = start(ServeConfig {
+        manifests: PathBuf::from("/nonexistent: the Kubernetes API is the source"),
+        manifest_limits: Default::default(),
+        kube: Some(client),
+        database: format!(
+            "sqlite://{}?mode=rwc",
+            db.path().join("setpoint.db").display()
+        ),
+        listen: any,
+        metrics_listen: any,
+        batch: Duration::from_millis(50),
+        poll: Duration::from_millis(100),
+        compute: Default::default(),
+        rollout: None,
+        admin: Default::default(),
+        tls: None,
+        agents: Default::default(),
+        election: Default::default(),
+    })
+    .await
+    .expect("control plane starts");
+    tokio::time::timeout(Duration::from_secs(30), running.head.wait_for(|h| *h > 0))
+        .await
+        .expect("a first revision in time")
+        .expect("the head is published");
+    let not_served = |kind: &'static str| {
+        running
+            .metrics
+            .kube_kinds_not_served
+            .get_or_create(&KindLabel { kind })
+            .get()
+    };
+    assert_eq!(not_served("ClusterNetworkPolicy"), 1);
+    assert_eq!(not_served("Pod"), 0);
+    assert_eq!(not_served("ServiceCIDR"), 0);
+    let exported = running.metrics.encode();
+    assert!(
+        exported.contains("setpoint_kube_kind_not_served{kind=\"ClusterNetworkPolicy\"} 1"),
+        "{exported}"
+    );
+}
