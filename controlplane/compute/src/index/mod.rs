@@ -95,13 +95,16 @@ pub struct Index {
     /// Nodes a ClusterNetworkPolicy change reaches: those with a local pod
     /// it was or is about.
     policy_subject_nodes: BTreeSet<Arc<str>>,
-    /// Policy fragments the last commit rebuilt (changed or not).
+    /// Policy fragments the last commit rebuilt (changed or not), and
+    /// those whose sets alone it recomputed.
     policy_rebuilt: usize,
+    policy_patched: usize,
     policy_fragments: BTreeMap<Arc<str>, Arc<Fragment>>,
     /// Which nodes have sets drawn from each peer, so that a pod change
     /// rebuilds only the nodes whose sets it enters or leaves.
     peer_nodes: HashMap<PeerUse, BTreeSet<Arc<str>>>,
-    node_peers: HashMap<Arc<str>, Vec<PeerUse>>,
+    /// Each node's sets drawn from pods, by name.
+    node_sets: HashMap<Arc<str>, Vec<(String, crate::policy::SetSource)>>,
     problems: BTreeMap<ObjectKey, Vec<Problem>>,
     ignored: BTreeMap<ObjectKey, &'static str>,
 

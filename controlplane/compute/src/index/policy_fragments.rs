@@ -2,48 +2,61 @@
 //! NetworkPolicy or Node (addresses or labels) changes, and otherwise only
 //! on the nodes a pod or ClusterNetworkPolicy change can alter.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 
 use rayon::prelude::*;
-use setpoint_dataplane::Fragment;
+use setpoint_dataplane::{Fragment, SetEntry};
 
 use super::Index;
 use crate::policy::cluster::NodePeer;
-use crate::policy::{self, PeerUse};
+use crate::policy::{self, PeerUse, SetSource};
 
 impl Index {
     /// Rebuilds the policy fragments pending changes alter: every node's
-    /// after a Namespace, NetworkPolicy or Node change, else those pod and
-    /// ClusterNetworkPolicy changes reach.
+    /// after a Namespace, NetworkPolicy or Node change. Otherwise the nodes
+    /// of the changed pods and those a ClusterNetworkPolicy change reaches
+    /// are rebuilt, and the other nodes with a set a changed pod enters,
+    /// leaves or moves in get only those sets' entries recomputed: their
+    /// chains depend on their own pods alone.
     pub(super) fn refresh_policy(&mut self, touched: &mut Vec<Arc<str>>) {
         if self.policy_full || self.nodes_changed {
             self.policy_pod_changes.clear();
             self.policy_subject_nodes.clear();
+            self.policy_patched = 0;
             touched.extend(self.recompute_policy(None));
         } else if !self.policy_pod_changes.is_empty() || !self.policy_subject_nodes.is_empty() {
-            let mut affected = self.nodes_affected_by_pod_changes();
-            affected.append(&mut self.policy_subject_nodes);
-            touched.extend(self.recompute_policy(Some(affected)));
+            let (mut rebuild, peers) = self.pod_change_reach();
+            rebuild.append(&mut self.policy_subject_nodes);
+            let patch: BTreeSet<Arc<str>> = peers
+                .iter()
+                .filter_map(|peer| self.peer_nodes.get(peer))
+                .flatten()
+                .filter(|n| !rebuild.contains(*n))
+                .cloned()
+                .collect();
+            touched.extend(self.recompute_policy(Some(rebuild)));
+            touched.extend(self.patch_policy_sets(&patch, &peers));
         }
     }
 
-    /// Nodes whose policy fragment a pod change can alter: the pod's node
-    /// (before and after) and the nodes with sets whose members change — the
-    /// pod enters or leaves them, or a member's addresses or ports change.
-    fn nodes_affected_by_pod_changes(&mut self) -> BTreeSet<Arc<str>> {
-        let mut affected = BTreeSet::new();
+    /// The nodes of the changed pods (before and after), and the peers
+    /// whose members change: a pod enters or leaves them, or a member's
+    /// addresses or named ports change.
+    fn pod_change_reach(&mut self) -> (BTreeSet<Arc<str>>, HashSet<PeerUse>) {
+        let mut nodes = BTreeSet::new();
+        let mut peers = HashSet::new();
         for (old, new) in std::mem::take(&mut self.policy_pod_changes) {
             for pod in [&old, &new].into_iter().flatten() {
                 if let Some(node) = &pod.node {
-                    affected.insert(node.clone());
+                    nodes.insert(node.clone());
                 }
             }
             let same_addresses = match (&old, &new) {
                 (Some(a), Some(b)) => a.ips == b.ips && a.named_ports == b.named_ports,
                 _ => false,
             };
-            for (peer, nodes) in &self.peer_nodes {
+            for peer in self.peer_nodes.keys() {
                 let was = old
                     .as_ref()
                     .is_some_and(|p| self.policy_view.peer_has(peer, p));
@@ -51,11 +64,75 @@ impl Index {
                     .as_ref()
                     .is_some_and(|p| self.policy_view.peer_has(peer, p));
                 if was != is || (is && !same_addresses) {
-                    affected.extend(nodes.iter().cloned());
+                    peers.insert(peer.clone());
                 }
             }
         }
-        affected
+        (nodes, peers)
+    }
+
+    /// Recomputes, on each of `nodes`, the entries of the sets drawn from
+    /// `peers`; returns the nodes whose fragment changed.
+    fn patch_policy_sets(
+        &mut self,
+        nodes: &BTreeSet<Arc<str>>,
+        peers: &HashSet<PeerUse>,
+    ) -> Vec<Arc<str>> {
+        self.policy_patched = nodes.len();
+        let view = &self.policy_view;
+        let members = policy::MemberCache::default();
+        let entries_of = |name: &str, source: &SetSource| -> Arc<Vec<SetEntry>> {
+            if let Ok(cache) = members.lock()
+                && let Some(hit) = cache.get(name)
+            {
+                return hit.clone();
+            }
+            let entries = Arc::new(source.entries(view));
+            if let Ok(mut cache) = members.lock() {
+                cache.insert(name.to_string(), entries.clone());
+            }
+            entries
+        };
+        let patched: Vec<(Arc<str>, Fragment)> = nodes
+            .par_iter()
+            .filter_map(|node| {
+                let old = self.policy_fragments.get(node)?;
+                let sources = self.node_sets.get(node)?;
+                let mut fragment: Option<Fragment> = None;
+                for (name, source) in sources {
+                    if !peers.contains(&source.peer()) {
+                        continue;
+                    }
+                    let want = entries_of(name, source);
+                    let f = fragment.get_or_insert_with(|| (**old).clone());
+                    let wanted: BTreeSet<&SetEntry> = want.iter().collect();
+                    let gone: Vec<SetEntry> = f
+                        .entries(name)
+                        .into_iter()
+                        .flatten()
+                        .filter(|e| !wanted.contains(e))
+                        .cloned()
+                        .collect();
+                    for e in &gone {
+                        f.remove_entry(name, e);
+                    }
+                    for e in want.iter() {
+                        if !f.entries(name).is_some_and(|have| have.contains(e)) {
+                            f.add_entry(name, e.clone());
+                        }
+                    }
+                }
+                let f = fragment?;
+                (f.digest() != old.digest()).then(|| (node.clone(), f))
+            })
+            .collect();
+        let mut changed = Vec::new();
+        for (node, fragment) in patched {
+            self.policy_fragments
+                .insert(node.clone(), Arc::new(fragment));
+            changed.push(node);
+        }
+        changed
     }
 
     /// Rebuilds the policy fragment of `only` those nodes, or of every node;
@@ -86,7 +163,7 @@ impl Index {
                 addresses: n.addresses.clone(),
             })
             .collect();
-        let fresh: Vec<(Arc<str>, Fragment, Vec<PeerUse>)> = targets
+        let fresh: Vec<(Arc<str>, Fragment, Vec<(String, SetSource)>)> = targets
             .par_iter()
             .map(|name| {
                 let local = by_node.get(&**name).map(Vec::as_slice).unwrap_or(&[]);
@@ -98,7 +175,7 @@ impl Index {
         if only.is_none() {
             // Nodes that are gone lose their fragment and their peer uses.
             let gone: Vec<Arc<str>> = self
-                .node_peers
+                .node_sets
                 .keys()
                 .chain(self.policy_fragments.keys())
                 .filter(|n| !self.nodes.contains_key(*n))
@@ -110,15 +187,15 @@ impl Index {
             }
         }
         let mut changed = Vec::new();
-        for (name, fragment, used) in fresh {
+        for (name, fragment, sources) in fresh {
             self.forget_peers(&name);
-            for peer in &used {
+            for (_, source) in &sources {
                 self.peer_nodes
-                    .entry(peer.clone())
+                    .entry(source.peer())
                     .or_default()
                     .insert(name.clone());
             }
-            self.node_peers.insert(name.clone(), used);
+            self.node_sets.insert(name.clone(), sources);
             let same = self
                 .policy_fragments
                 .get(&name)
@@ -132,7 +209,8 @@ impl Index {
     }
 
     fn forget_peers(&mut self, node: &Arc<str>) {
-        for peer in self.node_peers.remove(node).unwrap_or_default() {
+        for (_, source) in self.node_sets.remove(node).unwrap_or_default() {
+            let peer = source.peer();
             if let Some(nodes) = self.peer_nodes.get_mut(&peer) {
                 nodes.remove(node);
                 if nodes.is_empty() {

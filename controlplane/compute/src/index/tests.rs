@@ -144,6 +144,7 @@ fn incremental_cluster_policy_equals_from_scratch() {
     let mut index = committed(&objects);
     let first_pod = shape.nodes + shape.namespaces;
     let mut fewer_than_all = 0;
+    let mut patched = 0;
     for step in 0..18 {
         let what = match step % 3 {
             0 => {
@@ -190,9 +191,16 @@ fn incremental_cluster_policy_equals_from_scratch() {
         if what == "pod labels" && outcome.changed_nodes.len() < shape.nodes {
             fewer_than_all += 1;
         }
+        if what == "pod labels" {
+            patched += index.policy_patched;
+        }
     }
     assert!(
         fewer_than_all > 0,
         "some pod label change rebuilt fewer than every node"
+    );
+    assert!(
+        patched > 0,
+        "some pod label change patched another node's sets instead of rebuilding it"
     );
 }

@@ -14,9 +14,9 @@ use setpoint_dataplane::{
 use sha2::{Digest as _, Sha256};
 
 use super::cluster::{self, ClusterPolicy, ClusterRule, NodePeer, Tier};
+use super::sets::SetSource;
 use super::{
-    MemberCache, Namespaces, Peer, PeerUse, Pod, PodPeer, Policy, PolicyRule, PolicyView, PortRef,
-    PortSpec,
+    MemberCache, Namespaces, Peer, Pod, PodPeer, Policy, PolicyRule, PolicyView, PortRef, PortSpec,
 };
 use crate::layout::VerdictLog;
 
@@ -71,7 +71,7 @@ impl PolicyView {
         police_node_traffic: bool,
         verdict_log: Option<VerdictLog>,
         members: &MemberCache,
-    ) -> (Fragment, Vec<PeerUse>) {
+    ) -> (Fragment, Vec<(String, SetSource)>) {
         let mut builder = NodePolicy {
             view: self,
             nodes,
@@ -79,7 +79,7 @@ impl PolicyView {
             fragment: Fragment::new(),
             dispatch: BTreeMap::new(),
             members,
-            used: Vec::new(),
+            sources: Vec::new(),
         };
         let ordered = self.cluster_policies_ordered();
         for pod in local.iter().copied() {
@@ -139,8 +139,8 @@ impl PolicyView {
                 }
             }
         }
-        let used = std::mem::take(&mut builder.used);
-        (builder.finish(police_node_traffic), used)
+        let sources = std::mem::take(&mut builder.sources);
+        (builder.finish(police_node_traffic), sources)
     }
 
     /// ClusterNetworkPolicies in evaluation order: by priority, then name
@@ -199,7 +199,8 @@ pub(super) struct NodePolicy<'a> {
     /// SP-POLICY rules per family: (stage, rule); egress checks first.
     dispatch: BTreeMap<Family, Vec<(u8, Rule)>>,
     pub(super) members: &'a MemberCache,
-    pub(super) used: Vec<PeerUse>,
+    /// The sets drawn from pods, by name: what a pod change can alter.
+    pub(super) sources: Vec<(String, SetSource)>,
 }
 
 impl NodePolicy<'_> {
@@ -350,15 +351,12 @@ impl NodePolicy<'_> {
         if self.fragment.set(&name).is_some() {
             return name;
         }
-        self.used.push(PeerUse::Pods(peer.clone()));
-        let view = self.view;
-        let entries = self.cached(&name, || {
-            view.peer_pods(peer)
-                .flat_map(|p| p.ips.iter().copied())
-                .filter(|ip| Family::of(ip) == family)
-                .map(SetEntry::Ip)
-                .collect()
-        });
+        let source = SetSource::PodIps {
+            peer: peer.clone(),
+            family,
+        };
+        let entries = self.cached(&name, || source.entries(self.view));
+        self.sources.push((name.clone(), source));
         self.ensure_set(
             &name,
             SetType::HashIp,
@@ -391,30 +389,14 @@ impl NodePolicy<'_> {
         if self.fragment.set(&name).is_some() {
             return name;
         }
-        self.used.push(match peer {
-            None => PeerUse::AllPods,
-            Some(peer) => PeerUse::Pods(peer.clone()),
-        });
-        let view = self.view;
-        let entries = self.cached(&name, || {
-            let pods: Vec<&Pod> = match peer {
-                None => view.pods.values().filter(|p| !p.host_network).collect(),
-                Some(peer) => view.peer_pods(peer).collect(),
-            };
-            pods.into_iter()
-                .filter_map(|p| p.named_port(port, protocol).map(|n| (p, n)))
-                .flat_map(|(p, n)| {
-                    p.ips
-                        .iter()
-                        .filter(move |ip| Family::of(ip) == family)
-                        .map(move |ip| SetEntry::IpPort {
-                            ip: *ip,
-                            protocol,
-                            port: n,
-                        })
-                })
-                .collect()
-        });
+        let source = SetSource::NamedPort {
+            peer: peer.cloned(),
+            port: port.to_string(),
+            protocol,
+            family,
+        };
+        let entries = self.cached(&name, || source.entries(self.view));
+        self.sources.push((name.clone(), source));
         self.ensure_set(
             &name,
             SetType::HashIpPort,

@@ -24,7 +24,8 @@ use setpoint_dataplane::{Family, Protocol, Rule, SetEntry, SetType};
 
 use super::chains::{Direction, LoggedVerdict, NodePolicy, Tiers, family_tag, short_hash};
 use super::cluster::{Action, ClusterPeer, ClusterPolicy, ClusterPort, ClusterRule, RuleRef};
-use super::{PeerUse, Pod, Selector};
+use super::sets::SetSource;
+use super::{Pod, Selector};
 
 const PROTOCOLS: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
 
@@ -252,27 +253,12 @@ impl NodePolicy<'_> {
         if self.fragment.set(&name).is_some() {
             return name;
         }
-        self.used.push(PeerUse::AllPods);
-        let view = self.view;
-        let entries =
-            self.cached(&name, || {
-                let mut out = Vec::new();
-                for pod in view.pods.values().filter(|p| !p.host_network) {
-                    for protocol in PROTOCOLS {
-                        let Some(n) = pod.named_port(port, protocol) else {
-                            continue;
-                        };
-                        out.extend(pod.ips.iter().filter(|ip| Family::of(ip) == family).map(
-                            |ip| SetEntry::IpPort {
-                                ip: *ip,
-                                protocol,
-                                port: n,
-                            },
-                        ));
-                    }
-                }
-                out
-            });
+        let source = SetSource::NamedPortAnyProtocol {
+            port: port.to_string(),
+            family,
+        };
+        let entries = self.cached(&name, || source.entries(self.view));
+        self.sources.push((name.clone(), source));
         self.ensure_set(
             &name,
             SetType::HashIpPort,
