@@ -104,7 +104,7 @@ pub struct Index {
     /// rebuilds only the nodes whose sets it enters or leaves.
     peer_nodes: HashMap<PeerUse, BTreeSet<Arc<str>>>,
     /// Each node's sets drawn from pods, by name.
-    node_sets: HashMap<Arc<str>, Vec<(String, crate::policy::SetSource)>>,
+    node_sets: HashMap<Arc<str>, crate::policy::NamedSets>,
     problems: BTreeMap<ObjectKey, Vec<Problem>>,
     ignored: BTreeMap<ObjectKey, &'static str>,
 

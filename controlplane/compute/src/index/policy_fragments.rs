@@ -10,7 +10,7 @@ use setpoint_dataplane::{Fragment, SetEntry};
 
 use super::Index;
 use crate::policy::cluster::NodePeer;
-use crate::policy::{self, PeerUse, SetSource};
+use crate::policy::{self, NamedSets, PeerUse, SetSource};
 
 impl Index {
     /// Rebuilds the policy fragments pending changes alter: every node's
@@ -163,7 +163,7 @@ impl Index {
                 addresses: n.addresses.clone(),
             })
             .collect();
-        let fresh: Vec<(Arc<str>, Fragment, Vec<(String, SetSource)>)> = targets
+        let fresh: Vec<(Arc<str>, Fragment, NamedSets)> = targets
             .par_iter()
             .map(|name| {
                 let local = by_node.get(&**name).map(Vec::as_slice).unwrap_or(&[]);

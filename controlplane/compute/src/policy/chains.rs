@@ -14,7 +14,7 @@ use setpoint_dataplane::{
 use sha2::{Digest as _, Sha256};
 
 use super::cluster::{self, ClusterPolicy, ClusterRule, NodePeer, Tier};
-use super::sets::SetSource;
+use super::sets::{NamedSets, SetSource};
 use super::{
     MemberCache, Namespaces, Peer, Pod, PodPeer, Policy, PolicyRule, PolicyView, PortRef, PortSpec,
 };
@@ -71,7 +71,7 @@ impl PolicyView {
         police_node_traffic: bool,
         verdict_log: Option<VerdictLog>,
         members: &MemberCache,
-    ) -> (Fragment, Vec<(String, SetSource)>) {
+    ) -> (Fragment, NamedSets) {
         let mut builder = NodePolicy {
             view: self,
             nodes,
@@ -200,7 +200,7 @@ pub(super) struct NodePolicy<'a> {
     dispatch: BTreeMap<Family, Vec<(u8, Rule)>>,
     pub(super) members: &'a MemberCache,
     /// The sets drawn from pods, by name: what a pod change can alter.
-    pub(super) sources: Vec<(String, SetSource)>,
+    pub(super) sources: NamedSets,
 }
 
 impl NodePolicy<'_> {

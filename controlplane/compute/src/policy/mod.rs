@@ -39,7 +39,7 @@ use setpoint_dataplane::{Protocol, SetEntry};
 
 pub use chains::{CHAIN_POLICY, LoggedVerdict, verdict_log_prefix};
 pub use convert::{convert_namespace, convert_pod, convert_pod_reporting, convert_policy};
-pub use sets::SetSource;
+pub use sets::{NamedSets, SetSource};
 
 /// A label selector, validated.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

@@ -8,6 +8,9 @@ use super::{PeerUse, Pod, PodPeer, PolicyView};
 
 const PROTOCOLS: [Protocol; 3] = [Protocol::Tcp, Protocol::Udp, Protocol::Sctp];
 
+/// A node's sets drawn from pods: (set name, its source).
+pub type NamedSets = Vec<(String, SetSource)>;
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum SetSource {
     /// The addresses of the pods a peer selects.
