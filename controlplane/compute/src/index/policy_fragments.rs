@@ -2,7 +2,7 @@
 //! NetworkPolicy or Node (addresses or labels) changes, and otherwise only
 //! on the nodes a pod or ClusterNetworkPolicy change can alter.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -93,6 +93,11 @@ impl Index {
             }
             entries
         };
+        // Every node's copy of a set holds the same entries: the change is
+        // worked out once per set, against the first copy met, and applied
+        // to each; a copy that does not come out at the wanted size is
+        // compared whole instead.
+        let diffs: std::sync::Mutex<HashMap<String, Arc<SetDiff>>> = Default::default();
         let patched: Vec<(Arc<str>, Fragment)> = nodes
             .par_iter()
             .filter_map(|node| {
@@ -105,21 +110,20 @@ impl Index {
                     }
                     let want = entries_of(name, source);
                     let f = fragment.get_or_insert_with(|| (**old).clone());
-                    let wanted: BTreeSet<&SetEntry> = want.iter().collect();
-                    let gone: Vec<SetEntry> = f
-                        .entries(name)
-                        .into_iter()
-                        .flatten()
-                        .filter(|e| !wanted.contains(e))
-                        .cloned()
-                        .collect();
-                    for e in &gone {
-                        f.remove_entry(name, e);
-                    }
-                    for e in want.iter() {
-                        if !f.entries(name).is_some_and(|have| have.contains(e)) {
-                            f.add_entry(name, e.clone());
+                    let known = diffs.lock().ok().and_then(|d| d.get(name).cloned());
+                    let diff = match known {
+                        Some(diff) => diff,
+                        None => {
+                            let diff = Arc::new(SetDiff::between(f, name, &want));
+                            if let Ok(mut d) = diffs.lock() {
+                                d.insert(name.clone(), diff.clone());
+                            }
+                            diff
                         }
+                    };
+                    diff.apply(f, name);
+                    if f.entry_count(name) != want.len() {
+                        SetDiff::between(f, name, &want).apply(f, name);
                     }
                 }
                 let f = fragment?;
@@ -217,6 +221,42 @@ impl Index {
                     self.peer_nodes.remove(&peer);
                 }
             }
+        }
+    }
+}
+
+/// How one set's entries change.
+struct SetDiff {
+    gone: Vec<SetEntry>,
+    added: Vec<SetEntry>,
+}
+
+impl SetDiff {
+    /// From what `fragment` holds in `set` to `want`.
+    fn between(fragment: &Fragment, set: &str, want: &[SetEntry]) -> SetDiff {
+        let wanted: BTreeSet<&SetEntry> = want.iter().collect();
+        let have = fragment.entries(set);
+        SetDiff {
+            gone: have
+                .into_iter()
+                .flatten()
+                .filter(|e| !wanted.contains(e))
+                .cloned()
+                .collect(),
+            added: want
+                .iter()
+                .filter(|e| !have.is_some_and(|h| h.contains(*e)))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    fn apply(&self, fragment: &mut Fragment, set: &str) {
+        for e in &self.gone {
+            fragment.remove_entry(set, e);
+        }
+        for e in &self.added {
+            fragment.add_entry(set, e.clone());
         }
     }
 }
