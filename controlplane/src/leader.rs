@@ -8,7 +8,7 @@
 //! Only the leader runs this; the epoch it acquired fences its commits, so
 //! a deposed leader's late commit is refused by the store.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -400,6 +400,9 @@ impl Leader {
         );
         let mut nodes_changed = 0;
         let mut held: Vec<&String> = Vec::new();
+        // The states committed, handed to the publisher as they are: a
+        // clone shares the state's digest, which sessions ask for.
+        let mut built: HashMap<&str, NodeDataplane> = HashMap::new();
         for node in &live {
             if !(first || outcome.changed_nodes.contains(node.as_str())) {
                 continue;
@@ -408,6 +411,9 @@ impl Leader {
                 held.push(node);
             } else if let Some(state) = self.index.node_state(node) {
                 request.add_node_state(node.clone(), &state);
+                if self.publisher.is_some() {
+                    built.insert(node.as_str(), state);
+                }
                 nodes_changed += 1;
             }
         }
@@ -438,7 +444,7 @@ impl Leader {
                 .collect();
             let index = &self.index;
             publisher.publish(revision.0, &live, (!first).then_some(&changed), |n| {
-                publishable(index, n)
+                built.get(n).cloned().or_else(|| publishable(index, n))
             });
         }
         self.nodes = live;
