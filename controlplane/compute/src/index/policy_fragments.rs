@@ -10,7 +10,7 @@ use setpoint_dataplane::{Fragment, SetEntry};
 
 use super::Index;
 use crate::policy::cluster::NodePeer;
-use crate::policy::{self, NamedSets, PeerUse, SetSource};
+use crate::policy::{self, NamedSets, PeerUse};
 
 impl Index {
     /// Rebuilds the policy fragments pending changes alter: every node's
@@ -81,18 +81,6 @@ impl Index {
         self.policy_patched = nodes.len();
         let view = &self.policy_view;
         let members = policy::MemberCache::default();
-        let entries_of = |name: &str, source: &SetSource| -> Arc<Vec<SetEntry>> {
-            if let Ok(cache) = members.lock()
-                && let Some(hit) = cache.get(name)
-            {
-                return hit.clone();
-            }
-            let entries = Arc::new(source.entries(view));
-            if let Ok(mut cache) = members.lock() {
-                cache.insert(name.to_string(), entries.clone());
-            }
-            entries
-        };
         // Every node's copy of a set holds the same entries: the change is
         // worked out once per set, against the first copy met, and applied
         // to each; a copy that does not come out at the wanted size is
@@ -108,7 +96,7 @@ impl Index {
                     if !peers.contains(&source.peer()) {
                         continue;
                     }
-                    let want = entries_of(name, source);
+                    let want = members.get_or_compute(name, || source.entries(view));
                     let f = fragment.get_or_insert_with(|| (**old).clone());
                     let known = diffs.lock().ok().and_then(|d| d.get(name).cloned());
                     let diff = match known {

@@ -293,22 +293,33 @@ impl NodePolicy<'_> {
         );
     }
 
-    /// Set contents from the cache, computed by `compute` on a miss.
+    /// Set contents from the pass's cache, computed by `compute` on a miss.
     pub(super) fn cached(
         &self,
         name: &str,
         compute: impl FnOnce() -> Vec<SetEntry>,
     ) -> Arc<Vec<SetEntry>> {
-        if let Ok(cache) = self.members.lock()
-            && let Some(hit) = cache.get(name)
-        {
-            return hit.clone();
+        self.members.get_or_compute(name, compute)
+    }
+
+    /// Set `name` drawn from pods, created on first use from what
+    /// `describe` gives (its source and comment, made only then) and
+    /// remembered so a pod change can patch it.
+    pub(super) fn pod_drawn_set(
+        &mut self,
+        name: String,
+        kind: SetType,
+        describe: impl FnOnce() -> (SetSource, String),
+    ) -> String {
+        if self.fragment.set(&name).is_some() {
+            return name;
         }
-        let entries = Arc::new(compute());
-        if let Ok(mut cache) = self.members.lock() {
-            cache.insert(name.to_string(), entries.clone());
-        }
-        entries
+        let (source, comment) = describe();
+        let family = source.family();
+        let entries = self.cached(&name, || source.entries(self.view));
+        self.sources.push((name.clone(), source));
+        self.ensure_set(&name, kind, family, comment, &entries);
+        name
     }
 
     pub(super) fn ensure_set(
@@ -348,23 +359,13 @@ impl NodePolicy<'_> {
             }
         };
         let name = format!("SP-P{}-{}", family_tag(family), short_hash(&key));
-        if self.fragment.set(&name).is_some() {
-            return name;
-        }
-        let source = SetSource::PodIps {
-            peer: peer.clone(),
-            family,
-        };
-        let entries = self.cached(&name, || source.entries(self.view));
-        self.sources.push((name.clone(), source));
-        self.ensure_set(
-            &name,
-            SetType::HashIp,
-            family,
-            format!("pods: {key}"),
-            &entries,
-        );
-        name
+        self.pod_drawn_set(name, SetType::HashIp, || {
+            let source = SetSource::PodIps {
+                peer: peer.clone(),
+                family,
+            };
+            (source, format!("pods: {key}"))
+        })
     }
 
     /// (IP, port) of the pods a peer selects that name `port` for `protocol`.
@@ -386,25 +387,15 @@ impl NodePolicy<'_> {
         };
         let key = format!("{scope}|port={port}/{}", protocol.as_str());
         let name = format!("SP-N{}-{}", family_tag(family), short_hash(&key));
-        if self.fragment.set(&name).is_some() {
-            return name;
-        }
-        let source = SetSource::NamedPort {
-            peer: peer.cloned(),
-            port: port.to_string(),
-            protocol,
-            family,
-        };
-        let entries = self.cached(&name, || source.entries(self.view));
-        self.sources.push((name.clone(), source));
-        self.ensure_set(
-            &name,
-            SetType::HashIpPort,
-            family,
-            format!("named port: {key}"),
-            &entries,
-        );
-        name
+        self.pod_drawn_set(name, SetType::HashIpPort, || {
+            let source = SetSource::NamedPort {
+                peer: peer.cloned(),
+                port: port.to_string(),
+                protocol,
+                family,
+            };
+            (source, format!("named port: {key}"))
+        })
     }
 
     /// The set of an ipBlock; `None` when the block is of the other family.

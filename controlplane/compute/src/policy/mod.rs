@@ -251,4 +251,25 @@ pub enum PeerUse {
 
 /// Set contents by set name, computed once per pass and shared by every
 /// node that has the set.
-pub type MemberCache = std::sync::Mutex<std::collections::HashMap<String, Arc<Vec<SetEntry>>>>;
+#[derive(Default)]
+pub struct MemberCache(std::sync::Mutex<std::collections::HashMap<String, Arc<Vec<SetEntry>>>>);
+
+impl MemberCache {
+    /// The contents of set `name`, computed by `compute` on a miss.
+    pub fn get_or_compute(
+        &self,
+        name: &str,
+        compute: impl FnOnce() -> Vec<SetEntry>,
+    ) -> Arc<Vec<SetEntry>> {
+        if let Ok(cache) = self.0.lock()
+            && let Some(hit) = cache.get(name)
+        {
+            return hit.clone();
+        }
+        let entries = Arc::new(compute());
+        if let Ok(mut cache) = self.0.lock() {
+            cache.insert(name.to_string(), entries.clone());
+        }
+        entries
+    }
+}

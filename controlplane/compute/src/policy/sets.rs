@@ -29,6 +29,14 @@ pub enum SetSource {
 }
 
 impl SetSource {
+    pub fn family(&self) -> Family {
+        match self {
+            SetSource::PodIps { family, .. }
+            | SetSource::NamedPort { family, .. }
+            | SetSource::NamedPortAnyProtocol { family, .. } => *family,
+        }
+    }
+
     /// The pods whose changes can alter the entries.
     pub fn peer(&self) -> PeerUse {
         match self {

@@ -250,22 +250,12 @@ impl NodePolicy<'_> {
     fn named_port_any_protocol_set(&mut self, port: &str, family: Family) -> String {
         let key = format!("all|port={port}/any");
         let name = format!("SP-N{}-{}", family_tag(family), short_hash(&key));
-        if self.fragment.set(&name).is_some() {
-            return name;
-        }
-        let source = SetSource::NamedPortAnyProtocol {
-            port: port.to_string(),
-            family,
-        };
-        let entries = self.cached(&name, || source.entries(self.view));
-        self.sources.push((name.clone(), source));
-        self.ensure_set(
-            &name,
-            SetType::HashIpPort,
-            family,
-            format!("named port: {key}"),
-            &entries,
-        );
-        name
+        self.pod_drawn_set(name, SetType::HashIpPort, || {
+            let source = SetSource::NamedPortAnyProtocol {
+                port: port.to_string(),
+                family,
+            };
+            (source, format!("named port: {key}"))
+        })
     }
 }
