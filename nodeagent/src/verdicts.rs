@@ -441,9 +441,6 @@ fn read_group(
         tracing::info!(group, "policy verdict log: reading NFLOG group {group}");
         warned = false;
         metrics.groups_read.inc();
-        let _read = scopeguard(|| {
-            metrics.groups_read.dec();
-        });
         while !stop.load(Ordering::Relaxed) {
             match netlink.receive(WAKE) {
                 Ok(None) => {}
@@ -470,18 +467,8 @@ fn read_group(
                 }
             }
         }
+        metrics.groups_read.dec();
     }
-}
-
-/// Runs `f` when dropped.
-fn scopeguard<F: FnMut()>(f: F) -> impl Drop {
-    struct Guard<F: FnMut()>(F);
-    impl<F: FnMut()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            (self.0)();
-        }
-    }
-    Guard(f)
 }
 
 fn sleep_unless(stop: &AtomicBool, total: Duration) {
