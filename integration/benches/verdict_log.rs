@@ -11,15 +11,14 @@
 //! (`SETPOINT_BENCH_DATAGRAMS`, default 200,000).
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use setpoint_agent::metrics::AgentMetrics;
 use setpoint_agent::verdicts::VerdictLog;
+use setpoint_compute::ComputeConfig;
 use setpoint_compute::layout::VerdictLog as VerdictLogConfig;
-use setpoint_compute::{ComputeConfig, Index};
 use setpoint_dataplane::{Format, NodeDataplane, render};
-use setpoint_integration::cluster::{NODE_IP, NodeNet, in_netns};
+use setpoint_integration::cluster::{NodeNet, in_netns, node_1_state, one_node_manifests};
 use setpoint_integration::require_root_and_tools;
 
 const DENIED: &str = "cnp:Admin/guard/ingress rule 0: Deny";
@@ -32,35 +31,7 @@ fn pods() -> Vec<(String, Ipv4Addr)> {
 }
 
 fn state(log: Option<VerdictLogConfig>) -> NodeDataplane {
-    let mut yaml = format!(
-        "apiVersion: v1
-kind: Node
-metadata: {{name: node-1}}
-spec: {{podCIDR: 10.244.1.0/24}}
-status: {{addresses: [{{type: InternalIP, address: {NODE_IP}}}]}}
-"
-    );
-    for ns in ["x", "y"] {
-        yaml.push_str(&format!(
-            "---
-apiVersion: v1
-kind: Namespace
-metadata: {{name: {ns}, labels: {{kubernetes.io/metadata.name: {ns}}}}}
-"
-        ));
-    }
-    for (id, ip) in pods() {
-        let (ns, name) = id.split_once('/').unwrap_or_default();
-        yaml.push_str(&format!(
-            "---
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, namespace: {ns}}}
-spec: {{nodeName: node-1, containers: [{{name: c}}]}}
-status: {{phase: Running, podIP: {ip}, podIPs: [{{ip: {ip}}}]}}
-"
-        ));
-    }
+    let mut yaml = one_node_manifests(&pods());
     yaml.push_str(
         "---
 apiVersion: policy.networking.k8s.io/v1alpha2
@@ -77,17 +48,13 @@ spec:
     protocols: [{udp: {destinationPort: {number: 81}}}]
 ",
     );
-    let mut index = Index::new(ComputeConfig {
-        verdict_log: log,
-        ..ComputeConfig::default()
-    });
-    let report = setpoint_source::parse_str(&yaml, Path::new("bench.yaml"));
-    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
-    for o in report.objects {
-        index.upsert(o);
-    }
-    index.commit();
-    index.node_state("node-1").expect("node-1")
+    node_1_state(
+        &yaml,
+        ComputeConfig {
+            verdict_log: log,
+            ..ComputeConfig::default()
+        },
+    )
 }
 
 /// System, irq and softirq jiffies of the whole machine.

@@ -37,6 +37,67 @@ pub const WORLD_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 pub const OUTSIDE_DESTINATIONS: [(&str, Ipv4Addr); 2] =
     [("outside", OUTSIDE_IP), ("world", WORLD_IP)];
 
+/// node-1 (at [`NODE_IP`], podCIDR 10.244.1.0/24) holding `pods`
+/// (`namespace/name`, IP), each labelled `pod: <name>`, and their
+/// namespaces (labelled `kubernetes.io/metadata.name`), as manifests.
+pub fn one_node_manifests(pods: &[(String, Ipv4Addr)]) -> String {
+    let mut out = format!(
+        "apiVersion: v1
+kind: Node
+metadata: {{name: node-1}}
+spec: {{podCIDR: 10.244.1.0/24}}
+status: {{addresses: [{{type: InternalIP, address: {NODE_IP}}}]}}
+"
+    );
+    let namespaces: std::collections::BTreeSet<&str> = pods
+        .iter()
+        .filter_map(|(id, _)| id.split_once('/').map(|(ns, _)| ns))
+        .collect();
+    for ns in namespaces {
+        out.push_str(&format!(
+            "---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {ns}, labels: {{kubernetes.io/metadata.name: {ns}}}}}
+"
+        ));
+    }
+    for (id, ip) in pods {
+        let (ns, name) = id.split_once('/').unwrap_or_default();
+        out.push_str(&format!(
+            "---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {ns}, labels: {{pod: {name}}}}}
+spec: {{nodeName: node-1, containers: [{{name: c}}]}}
+status: {{phase: Running, podIP: {ip}, podIPs: [{{ip: {ip}}}]}}
+"
+        ));
+    }
+    out
+}
+
+/// node-1's state as compute makes it of `manifests` with `config`;
+/// panics when a manifest is skipped, an object has a problem or the
+/// state is invalid (test support).
+pub fn node_1_state(
+    manifests: &str,
+    config: setpoint_compute::ComputeConfig,
+) -> setpoint_dataplane::NodeDataplane {
+    let report = setpoint_source::parse_str(manifests, std::path::Path::new("node-1.yaml"));
+    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
+    let mut index = setpoint_compute::Index::new(config);
+    for o in report.objects {
+        index.upsert(o);
+    }
+    index.commit();
+    let problems: Vec<String> = index.problems().map(|p| p.rejection.to_string()).collect();
+    assert!(problems.is_empty(), "{problems:?}");
+    let state = index.node_state("node-1").expect("node-1 is a node");
+    assert!(state.validate().is_empty(), "{:?}", state.validate());
+    state
+}
+
 /// Runs `f` on a fresh thread that has entered the named network namespace;
 /// sockets made there stay in that namespace wherever they are used later.
 pub fn in_netns<T, F>(netns: &str, f: F) -> anyhow::Result<T>

@@ -3,7 +3,6 @@
 //! that namespace and counts each verdict under the rule `explain` names.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use setpoint_agent::apply::{Applier, Base};
@@ -11,12 +10,14 @@ use setpoint_agent::kernel_model::ModelServices;
 use setpoint_agent::metrics::AgentMetrics;
 use setpoint_agent::target::Target;
 use setpoint_agent::verdicts::VerdictLog;
+use setpoint_compute::ComputeConfig;
 use setpoint_compute::layout::VerdictLog as VerdictLogConfig;
-use setpoint_compute::{ComputeConfig, Index};
 use setpoint_dataplane::NodeDataplane;
 use setpoint_dataplane::explain::{Origin, Packet, explain};
 use setpoint_dataplane::model::Protocol;
-use setpoint_integration::cluster::{NODE_IP, NodeNet, connected, in_netns};
+use setpoint_integration::cluster::{
+    NodeNet, connected, in_netns, node_1_state, one_node_manifests,
+};
 use setpoint_integration::require_root_and_tools;
 
 const RATE: u32 = 5;
@@ -31,35 +32,7 @@ fn pods() -> Vec<(String, Ipv4Addr)> {
 }
 
 fn manifests() -> String {
-    let mut out = format!(
-        "apiVersion: v1
-kind: Node
-metadata: {{name: node-1}}
-spec: {{podCIDR: 10.244.1.0/24}}
-status: {{addresses: [{{type: InternalIP, address: {NODE_IP}}}]}}
-"
-    );
-    for ns in ["x", "y"] {
-        out.push_str(&format!(
-            "---
-apiVersion: v1
-kind: Namespace
-metadata: {{name: {ns}, labels: {{kubernetes.io/metadata.name: {ns}}}}}
-"
-        ));
-    }
-    for (id, ip) in pods() {
-        let (ns, name) = id.split_once('/').unwrap_or_default();
-        out.push_str(&format!(
-            "---
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, namespace: {ns}, labels: {{pod: {name}}}}}
-spec: {{nodeName: node-1, containers: [{{name: c}}]}}
-status: {{phase: Running, podIP: {ip}, podIPs: [{{ip: {ip}}}]}}
-"
-        ));
-    }
+    let mut out = one_node_manifests(&pods());
     // y's pods refuse port 81 from x (Admin, not annotated: only the Deny
     // is logged); x's pods accept y in Baseline (annotated: the Accept is
     // logged too); x/b is isolated by a NetworkPolicy that allows nothing.
@@ -100,25 +73,17 @@ spec: {podSelector: {matchLabels: {pod: b}}, policyTypes: [Ingress]}
 }
 
 fn state() -> NodeDataplane {
-    let mut index = Index::new(ComputeConfig {
-        verdict_log: Some(VerdictLogConfig {
-            group: 1800,
-            per_second: RATE,
-            burst: BURST,
-        }),
-        ..ComputeConfig::default()
-    });
-    let report = setpoint_source::parse_str(&manifests(), Path::new("verdicts.yaml"));
-    assert!(report.skipped.is_empty(), "{:?}", report.skipped);
-    for o in report.objects {
-        index.upsert(o);
-    }
-    index.commit();
-    let problems: Vec<String> = index.problems().map(|p| p.rejection.to_string()).collect();
-    assert!(problems.is_empty(), "{problems:?}");
-    let state = index.node_state("node-1").expect("node-1");
-    assert!(state.validate().is_empty(), "{:?}", state.validate());
-    state
+    node_1_state(
+        &manifests(),
+        ComputeConfig {
+            verdict_log: Some(VerdictLogConfig {
+                group: 1800,
+                per_second: RATE,
+                burst: BURST,
+            }),
+            ..ComputeConfig::default()
+        },
+    )
 }
 
 fn ip_of(id: &str) -> Ipv4Addr {
