@@ -43,6 +43,31 @@ async fn converge_past(running: &Running, agent: &Progress, after: u64) -> u64 {
     }
 }
 
+/// `serve` on the mock API server's `client`, SQLite in `db`, every
+/// listener on a free loopback port, short batch and poll intervals.
+fn serve_config(client: kube::Client, db: &tempfile::TempDir) -> ServeConfig {
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    ServeConfig {
+        manifests: PathBuf::from("/nonexistent: the Kubernetes API is the source"),
+        manifest_limits: Default::default(),
+        kube: Some(client),
+        database: format!(
+            "sqlite://{}?mode=rwc",
+            db.path().join("setpoint.db").display()
+        ),
+        listen: any,
+        metrics_listen: any,
+        batch: Duration::from_millis(50),
+        poll: Duration::from_millis(100),
+        compute: Default::default(),
+        rollout: None,
+        admin: Default::default(),
+        tls: None,
+        agents: Default::default(),
+        election: Default::default(),
+    }
+}
+
 /// node-a's state at `revision`, rendered as `format`.
 async fn rendered(running: &Running, revision: u64, format: Format) -> String {
     let state = running
@@ -66,28 +91,9 @@ async fn kube_objects_reach_an_agent_and_watch_events_make_new_revisions() {
     // 0.8 s): until it completes nothing is computed and /readyz says no.
     server.fail_lists("Pod", 1);
     let db = tempfile::tempdir().expect("tempdir");
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let running = start(ServeConfig {
-        manifests: PathBuf::from("/nonexistent: the Kubernetes API is the source"),
-        manifest_limits: Default::default(),
-        kube: Some(client),
-        database: format!(
-            "sqlite://{}?mode=rwc",
-            db.path().join("setpoint.db").display()
-        ),
-        listen: any,
-        metrics_listen: any,
-        batch: Duration::from_millis(50),
-        poll: Duration::from_millis(100),
-        compute: Default::default(),
-        rollout: None,
-        admin: Default::default(),
-        tls: None,
-        agents: Default::default(),
-        election: Default::default(),
-    })
-    .await
-    .expect("control plane starts");
+    let running = start(serve_config(client, &db))
+        .await
+        .expect("control plane starts");
     assert_eq!(readyz(running.metrics_addr).await, 503);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(readyz(running.metrics_addr).await, 503);
@@ -186,28 +192,9 @@ async fn a_kind_the_api_does_not_serve_is_exported_as_not_served() {
     let (server, client) = ApiServer::start(small_cluster());
     server.unserve("ClusterNetworkPolicy");
     let db = tempfile::tempdir().expect("tempdir");
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
-    let mut running = start(ServeConfig {
-        manifests: PathBuf::from("/nonexistent: the Kubernetes API is the source"),
-        manifest_limits: Default::default(),
-        kube: Some(client),
-        database: format!(
-            "sqlite://{}?mode=rwc",
-            db.path().join("setpoint.db").display()
-        ),
-        listen: any,
-        metrics_listen: any,
-        batch: Duration::from_millis(50),
-        poll: Duration::from_millis(100),
-        compute: Default::default(),
-        rollout: None,
-        admin: Default::default(),
-        tls: None,
-        agents: Default::default(),
-        election: Default::default(),
-    })
-    .await
-    .expect("control plane starts");
+    let mut running = start(serve_config(client, &db))
+        .await
+        .expect("control plane starts");
     tokio::time::timeout(Duration::from_secs(30), running.head.wait_for(|h| *h > 0))
         .await
         .expect("a first revision in time")
