@@ -824,6 +824,19 @@ spec:
   - {name: outside, action: Deny, to: [{networks: [0.0.0.0/0]}], protocols: [{tcp: {destinationPort: {range: {start: 1, end: 1023}}}}]}
 ";
 
+/// A TCP connection from x/a (10.0.1.1 on node-1) to `dst`:`port`.
+fn packet(dst: &str, port: u16) -> setpoint_dataplane::explain::Packet {
+    use setpoint_dataplane::explain::{Origin, Packet};
+    Packet {
+        protocol: setpoint_dataplane::model::Protocol::Tcp,
+        src: "10.0.1.1".parse().expect("address"),
+        src_port: Some(40000),
+        dst: dst.parse().expect("address"),
+        dst_port: port,
+        from: Origin::Pod,
+    }
+}
+
 /// A pod chain's rules with set names shown as their kind and members.
 fn chain_text(f: &Fragment, family: Family, name: &str) -> Vec<String> {
     let Some((_, chain)) = f
@@ -907,19 +920,10 @@ fn cluster_network_policy_tiers_become_one_chain_per_pod_and_direction() {
 /// comment writes them.
 #[test]
 fn explain_names_the_tier_policy_and_rule_that_dropped_a_packet() {
-    use setpoint_dataplane::explain::{Origin, Packet, Verdict, explain};
-    use setpoint_dataplane::model::Protocol;
+    use setpoint_dataplane::explain::{Verdict, explain};
 
     let index = index(TIERS);
     let state = state_of(&index, "node-1");
-    let packet = |dst: &str, port: u16| Packet {
-        protocol: Protocol::Tcp,
-        src: "10.0.1.1".parse().expect("address"),
-        src_port: Some(40000),
-        dst: dst.parse().expect("address"),
-        dst_port: port,
-        from: Origin::Pod,
-    };
     // x/a to node-2's address: Admin guard's rule 0 denies nodes.
     let e = explain(&state, &packet("192.168.0.2", 22)).expect("explains");
     assert_eq!(e.verdict, Verdict::Drop, "{e:?}");
@@ -945,19 +949,10 @@ fn explain_names_the_tier_policy_and_rule_that_dropped_a_packet() {
 /// reason of an allowed packet names the rules that let it on.
 #[test]
 fn explain_names_the_rules_that_accepted_or_passed_a_packet() {
-    use setpoint_dataplane::explain::{Origin, Packet, Verdict, explain};
-    use setpoint_dataplane::model::Protocol;
+    use setpoint_dataplane::explain::{Verdict, explain};
 
     let index = index(TIERS);
     let state = state_of(&index, "node-1");
-    let packet = |dst: &str, port: u16| Packet {
-        protocol: Protocol::Tcp,
-        src: "10.0.1.1".parse().expect("address"),
-        src_port: Some(40000),
-        dst: dst.parse().expect("address"),
-        dst_port: port,
-        from: Origin::Pod,
-    };
     let e = explain(&state, &packet("10.0.2.2", 8080)).expect("explains");
     assert_ne!(e.verdict, Verdict::Drop, "{e:?}");
     assert!(
@@ -1003,8 +998,7 @@ fn index_logging(policies: &str) -> Index {
 #[test]
 fn verdict_logging_puts_a_limited_nflog_rule_before_each_logged_verdict() {
     use setpoint_compute::policy::{LoggedVerdict, verdict_log_prefix};
-    use setpoint_dataplane::explain::{Origin, Packet, explain};
-    use setpoint_dataplane::model::Protocol;
+    use setpoint_dataplane::explain::explain;
 
     let annotated = TIERS.replacen(
         "metadata: {name: floor}",
@@ -1121,14 +1115,7 @@ spec:
         ("10.0.2.2", 8080),
         ("10.0.2.1", 9090),
     ] {
-        let packet = Packet {
-            protocol: Protocol::Tcp,
-            src: "10.0.1.1".parse().expect("address"),
-            src_port: Some(40000),
-            dst: dst.parse().expect("address"),
-            dst_port: port,
-            from: Origin::Pod,
-        };
+        let packet = packet(dst, port);
         let a = explain(&with, &packet).expect("explains");
         let b = explain(&without, &packet).expect("explains");
         assert_eq!(a.verdict, b.verdict, "{dst}:{port}");
