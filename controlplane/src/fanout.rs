@@ -404,7 +404,7 @@ impl Publisher {
         &mut self,
         revision: u64,
         live: &BTreeSet<String>,
-        changed: Option<&BTreeSet<String>>,
+        changed: Option<&BTreeSet<&str>>,
         computed: impl Fn(&str) -> Option<NodeDataplane>,
     ) {
         let everything = !self.ready || changed.is_none();
@@ -420,15 +420,16 @@ impl Publisher {
         for node in gone {
             self.states.remove(&node);
         }
-        let touched: Box<dyn Iterator<Item = &String>> = match changed {
+        let touched: Box<dyn Iterator<Item = &str>> = match changed {
             Some(c) if !everything => Box::new(
                 c.iter()
-                    .chain(self.pinned.keys())
-                    .chain(self.unpinned.iter()),
+                    .copied()
+                    .chain(self.pinned.keys().map(String::as_str))
+                    .chain(self.unpinned.iter().map(String::as_str)),
             ),
-            _ => Box::new(live.iter()),
+            _ => Box::new(live.iter().map(String::as_str)),
         };
-        let touched: BTreeSet<&String> = touched.filter(|n| live.contains(*n)).collect();
+        let touched: BTreeSet<&str> = touched.filter(|n| live.contains(*n)).collect();
         for node in touched {
             let state = match self.pinned.get(node) {
                 Some(held) => Some(held.clone()),
@@ -436,7 +437,7 @@ impl Publisher {
             };
             match state {
                 Some(s) => {
-                    self.states.insert(node.clone(), s);
+                    self.states.insert(node.to_string(), s);
                 }
                 None => {
                     self.states.remove(node);
@@ -513,7 +514,7 @@ mod tests {
         let v2 = state(&["10.0.0.2"]);
         publisher.publish(1, &live, None, |_| Some(v1.clone()));
         publisher.pinned.insert("a".into(), v1.clone());
-        let changed = live.clone();
+        let changed: BTreeSet<&str> = live.iter().map(String::as_str).collect();
         publisher.publish(2, &live, Some(&changed), |_| Some(v2.clone()));
         assert_eq!(fanout.published(2, "a"), Some(v1.clone()));
         assert_eq!(fanout.published(2, "b"), Some(v2.clone()));

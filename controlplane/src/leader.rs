@@ -50,6 +50,11 @@ pub struct Leader {
     /// The view last synced; the next one is diffed against it.
     objects: ObjectMap,
     nodes: BTreeSet<String>,
+    /// Nodes whose computed state the store does not hold (it was invalid
+    /// when it changed: held at its last state, or never committed). Each
+    /// is listed whole in the first commit where it is valid again, even
+    /// when it changed only through a shared part.
+    unlisted: BTreeSet<String>,
     /// A commit failed: the index is ahead of the store, so the next sync
     /// commits every node even if no object changed since.
     dirty: bool,
@@ -205,6 +210,7 @@ impl Leader {
             index: Index::new(config),
             objects: ObjectMap::new(),
             nodes: BTreeSet::new(),
+            unlisted: BTreeSet::new(),
             dirty: false,
             head,
             publisher: None,
@@ -382,11 +388,20 @@ impl Leader {
         }
         let outcome = self.index.commit();
         self.report_problems();
-        // Never committed nor published: such a node keeps its last valid
-        // state (compute already left out every Service that explains an
-        // invalid state; what remains is no Service's fault).
-        let live: BTreeSet<String> = self.index.node_names().map(|n| n.to_string()).collect();
-        let removed: BTreeSet<String> = self.nodes.difference(&live).cloned().collect();
+        // The node set, rebuilt only when it changed (names compared in
+        // order; no copies).
+        let same_nodes = self
+            .nodes
+            .iter()
+            .map(String::as_str)
+            .eq(self.index.node_names().map(|n| &**n));
+        let (live, removed) = if same_nodes {
+            (None, BTreeSet::new())
+        } else {
+            let live: BTreeSet<String> = self.index.node_names().map(|n| n.to_string()).collect();
+            let removed = self.nodes.difference(&live).cloned().collect();
+            (Some(live), removed)
+        };
         // A restarted leader has no memory of what the store holds: its
         // first commit carries every node.
         let first = self.nodes.is_empty() || self.dirty;
@@ -398,34 +413,78 @@ impl Leader {
                 summary,
             },
         );
-        let mut nodes_changed = 0;
-        let mut held: Vec<&String> = Vec::new();
+        // The shared parts go in once: a node that changed only through
+        // them (one endpoint of a Service on every node) is not listed,
+        // and the store keeps its composition.
+        request.shared.extend(self.index.shared_parts());
+        let invalid = self.index.invalid_nodes();
+        let changed_node = |node: &str| first || outcome.changed_nodes.contains(node);
+        let listed: BTreeSet<&str> = if first {
+            self.index.node_names().map(|n| &**n).collect()
+        } else {
+            outcome
+                .recomposed_nodes
+                .iter()
+                .map(|n| &**n)
+                .chain(self.unlisted.iter().map(String::as_str))
+                .filter(|n| self.index.node(n).is_some())
+                .collect()
+        };
+        let mut listed_states = 0;
         // The states committed, handed to the publisher as they are: a
         // clone shares the state's digest, which sessions ask for.
         let mut built: HashMap<&str, NodeDataplane> = HashMap::new();
-        for node in &live {
-            if !(first || outcome.changed_nodes.contains(node.as_str())) {
+        for &node in &listed {
+            if invalid.contains_key(node) {
                 continue;
             }
-            if self.index.invalid_nodes().contains_key(node.as_str()) {
-                held.push(node);
-            } else if let Some(state) = self.index.node_state(node) {
-                request.add_node_state(node.clone(), &state);
+            if let Some(state) = self.index.node_state(node) {
+                request.add_node_state(node, &state);
+                listed_states += 1;
                 if self.publisher.is_some() {
-                    built.insert(node.as_str(), state);
+                    built.insert(node, state);
                 }
-                nodes_changed += 1;
             }
         }
-        if !held.is_empty() {
-            nodes_changed += self.hold(&held, &mut request).await?;
-        }
+        // A node whose computed state is invalid keeps its last one, also
+        // when only a shared part changed under it.
+        let held: Vec<String> = invalid
+            .keys()
+            .filter(|n| changed_node(n))
+            .map(|n| n.to_string())
+            .collect();
+        let kept = if held.is_empty() {
+            0
+        } else {
+            self.hold(&held.iter().collect::<Vec<_>>(), &mut request)
+                .await?
+        };
+        let computed_changed = if first {
+            listed_states
+        } else {
+            outcome.changed_nodes.len().saturating_sub(held.len())
+        };
+        let nodes_changed = computed_changed + kept;
+        // What the store will lack once this request is committed.
+        let unlisted: BTreeSet<String> = self
+            .unlisted
+            .iter()
+            .map(String::as_str)
+            .chain(held.iter().map(String::as_str))
+            .filter(|n| invalid.contains_key(*n) || !listed.contains(n))
+            .filter(|n| !removed.contains(*n))
+            .map(str::to_string)
+            .collect();
         if nodes_changed == 0 && removed.is_empty() {
             // The head's states are what compute makes of the objects now.
             self.publish_problems(RevisionId(*self.head.borrow()));
             self.cluster_policies
                 .settled(*self.head.borrow(), &self.index);
-            self.nodes = live;
+            if let Some(live) = live {
+                self.nodes = live;
+            }
+            // Nothing was committed: what the store lacks, it still lacks.
+            self.unlisted.extend(held);
             return Ok(None);
         }
         request.removed_nodes = removed;
@@ -436,18 +495,17 @@ impl Leader {
         self.dirty = false;
         self.publish_problems(revision);
         self.cluster_policies.settled(revision.0, &self.index);
+        if let Some(live) = live {
+            self.nodes = live;
+        }
         if let Some(publisher) = self.publisher.as_mut() {
-            let changed: BTreeSet<String> = outcome
-                .changed_nodes
-                .iter()
-                .map(|n| n.to_string())
-                .collect();
+            let changed: BTreeSet<&str> = outcome.changed_nodes.iter().map(|n| &**n).collect();
             let index = &self.index;
-            publisher.publish(revision.0, &live, (!first).then_some(&changed), |n| {
+            publisher.publish(revision.0, &self.nodes, (!first).then_some(&changed), |n| {
                 built.get(n).cloned().or_else(|| publishable(index, n))
             });
         }
-        self.nodes = live;
+        self.unlisted = unlisted;
         let start = crate::sli::batch_start(triggers, seen_at, self.started_at);
         if let Some(sli) = &self.sli {
             sli.started(revision.0, start);

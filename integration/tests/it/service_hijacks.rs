@@ -304,6 +304,76 @@ async fn the_leader_commits_neighbours_of_an_invalid_service_and_never_an_invali
         .expect("node-b");
     assert_eq!(b.validate(), Vec::new());
     assert_eq!(backends(&b, "10.96.0.1", 443), None, "node-b moved on");
+    assert_store_holds_computed(&store, &leader, second.revision, "node-b").await;
+
+    // A change only to the shared part: node-a, still invalid, stays held;
+    // node-b takes it.
+    let with_kubernetes = |manifests: &str| -> Vec<_> {
+        load(manifests)
+            .into_iter()
+            .filter(|o| o.kind() == "Node" || o.key().to_string().contains("default/kubernetes"))
+            .collect()
+    };
+    let third = leader
+        .sync(
+            with_kubernetes(&two_addresses),
+            std::time::SystemTime::now(),
+        )
+        .await
+        .expect("sync")
+        .expect("a revision");
+    assert!(leader.index().invalid_nodes().contains_key("node-a"));
+    let kept = store
+        .node_state("node-a", third.revision)
+        .await
+        .expect("read")
+        .expect("node-a keeps a state");
+    assert_eq!(
+        backends(&kept, "10.96.0.1", 443),
+        Some(node_a()),
+        "node-a still keeps the state of the first revision"
+    );
+    assert_store_holds_computed(&store, &leader, third.revision, "node-b").await;
+    assert_eq!(
+        backends(
+            &store
+                .node_state("node-b", third.revision)
+                .await
+                .expect("read")
+                .expect("node-b"),
+            "10.96.0.1",
+            443
+        ),
+        Some(node_a()),
+        "node-b took the shared change"
+    );
+
+    // node-a's own fault mended: it takes its computed state again.
+    let fourth = leader
+        .sync(with_kubernetes(&manifests), std::time::SystemTime::now())
+        .await
+        .expect("sync")
+        .expect("a revision");
+    assert!(leader.index().invalid_nodes().is_empty());
+    for node in ["node-a", "node-b"] {
+        assert_store_holds_computed(&store, &leader, fourth.revision, node).await;
+    }
+}
+
+/// The store's state of `node` at `revision` is the leader's computed one.
+async fn assert_store_holds_computed(
+    store: &Store,
+    leader: &Leader,
+    revision: setpoint_store::RevisionId,
+    node: &str,
+) {
+    let stored = store
+        .node_state(node, revision)
+        .await
+        .expect("read")
+        .unwrap_or_else(|| panic!("{node} at {revision:?}"));
+    let computed = leader.index().node_state(node).expect("computed");
+    assert_eq!(stored.digest(), computed.digest(), "{node} at {revision:?}");
 }
 
 fn load(manifests: &str) -> Vec<setpoint_compute::ClusterObject> {

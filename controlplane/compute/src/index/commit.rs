@@ -32,6 +32,11 @@ pub(super) struct PlanChange {
 pub struct CommitOutcome {
     /// Nodes whose state differs from the previous commit.
     pub changed_nodes: BTreeSet<Arc<str>>,
+    /// Of those, the nodes that may differ in more than the shared parts
+    /// ([`Index::shared_parts`]): their own parts, or which parts they
+    /// have. The others changed only through a shared part, which a store
+    /// records once for all of them.
+    pub recomposed_nodes: BTreeSet<Arc<str>>,
     pub replanned_services: usize,
 }
 
@@ -53,6 +58,15 @@ impl PassChanges {
         self.global |= other.global;
         self.zones.extend(other.zones);
         self.touched.extend(other.touched);
+    }
+
+    /// The live nodes whose own parts or composition these changes touch.
+    fn recomposed(&self, index: &Index) -> BTreeSet<Arc<str>> {
+        self.touched
+            .iter()
+            .filter(|n| index.nodes.contains_key(*n))
+            .cloned()
+            .collect()
     }
 
     /// The live nodes whose state these changes touch, sorted.
@@ -102,6 +116,11 @@ impl Index {
             changed.retain(|n| before.get(n) != self.node_digest(n).as_ref());
         }
         outcome.changed_nodes = changed.into_iter().collect();
+        outcome.recomposed_nodes = changes
+            .recomposed(self)
+            .into_iter()
+            .filter(|n| outcome.changed_nodes.contains(n))
+            .collect();
         outcome
     }
 

@@ -196,8 +196,7 @@ impl Index {
             (PART_SERVICES.to_string(), self.global.fragment.clone()),
         ];
         if let Some(zone) = self.zones.get(&node.zone) {
-            let label = node.zone.as_deref().unwrap_or("-");
-            parts.push((format!("zone/{label}"), zone.fragment.clone()));
+            parts.push((zone_part(&node.zone), zone.fragment.clone()));
         }
         if let Some(own) = self.node_fragments.get(name) {
             parts.push((format!("node/{name}"), own.fragment.clone()));
@@ -206,6 +205,21 @@ impl Index {
             parts.push((format!("policy/{name}"), policy.clone()));
         }
         Some(NodeDataplane::from_parts(parts))
+    }
+
+    /// Every part that nodes share, by name: `base`, `services` and each
+    /// zone's `zone/<z>`. A node's state is the shared parts it uses
+    /// (`base`, `services`, its zone's) and its own (`node/<n>`,
+    /// `policy/<n>`).
+    pub fn shared_parts(&self) -> Vec<(String, Arc<Fragment>)> {
+        let mut parts = vec![
+            (PART_BASE.to_string(), self.base.clone()),
+            (PART_SERVICES.to_string(), self.global.fragment.clone()),
+        ];
+        for (zone, builder) in &self.zones {
+            parts.push((zone_part(zone), builder.fragment.clone()));
+        }
+        parts
     }
 
     /// The digest of one node's state, without building the state: the
@@ -230,4 +244,9 @@ impl Index {
     pub fn shared_virtual_servers(&self) -> usize {
         self.global.fragment.virtual_server_count()
     }
+}
+
+/// The name of a zone's shared part (`-` stands for no zone).
+fn zone_part(zone: &Option<Arc<str>>) -> String {
+    format!("zone/{}", zone.as_deref().unwrap_or("-"))
 }

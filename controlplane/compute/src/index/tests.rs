@@ -1,5 +1,6 @@
 use super::*;
 use crate::synthetic::{self, ClusterShape, Kind};
+use setpoint_dataplane::Digest;
 
 /// An index with `objects` committed.
 fn committed(objects: &[ClusterObject]) -> Index {
@@ -26,6 +27,50 @@ fn assert_equals_fresh(index: &Index, objects: &[ClusterObject], what: &str) {
     }
 }
 
+/// What a node holds beyond the shared parts' contents: every part's
+/// name, and its own parts' digests.
+type PrivateView = std::collections::BTreeMap<Arc<str>, Vec<(String, Option<Digest>)>>;
+
+fn private_view(index: &Index) -> PrivateView {
+    let shared: BTreeMap<String, Arc<Fragment>> = index.shared_parts().into_iter().collect();
+    index
+        .node_names()
+        .map(|name| {
+            let state = index.node_state(name).unwrap();
+            let parts = state
+                .parts()
+                .map(|(part, fragment)| match shared.get(part) {
+                    Some(s) => {
+                        assert!(Arc::ptr_eq(s, fragment), "node {name} part {part}");
+                        (part.clone(), None)
+                    }
+                    None => (part.clone(), Some(fragment.digest())),
+                })
+                .collect();
+            (name.clone(), parts)
+        })
+        .collect()
+}
+
+/// A node outside `recomposed_nodes` changed at most through shared parts.
+fn assert_recomposed_covers(
+    before: &PrivateView,
+    index: &Index,
+    outcome: &CommitOutcome,
+) -> PrivateView {
+    let after = private_view(index);
+    for (name, view) in &after {
+        if before.get(name) != Some(view) {
+            assert!(
+                outcome.recomposed_nodes.contains(name),
+                "node {name} changed beyond the shared parts but is not reported recomposed"
+            );
+        }
+    }
+    assert!(outcome.recomposed_nodes.is_subset(&outcome.changed_nodes));
+    after
+}
+
 /// Every incremental commit leaves each node exactly as a fresh index
 /// built from the same objects would, including NodePort virtual servers
 /// that live in per-node fragments.
@@ -39,6 +84,7 @@ fn incremental_equals_from_scratch_on_synthetic_cluster() {
     };
     let mut objects = synthetic::cluster(&shape);
     let mut index = committed(&objects);
+    let mut view = private_view(&index);
     let mut generation = std::collections::HashMap::new();
     for (step, i) in [0usize, 5, 6, 7, 8, 12, 0, 5].into_iter().enumerate() {
         let kind = synthetic::kind_of(i);
@@ -50,6 +96,7 @@ fn incremental_equals_from_scratch_on_synthetic_cluster() {
         index.upsert(slice);
         let outcome = index.commit();
         assert_equals_fresh(&index, &objects, &format!("step {step} ({kind:?})"));
+        view = assert_recomposed_covers(&view, &index, &outcome);
         if kind != Kind::InternalLocal {
             assert!(!outcome.changed_nodes.is_empty(), "step {step} ({kind:?})");
         }
@@ -69,6 +116,7 @@ fn incremental_policy_equals_from_scratch() {
     };
     let mut objects = synthetic::policy_cluster(&shape);
     let mut index = committed(&objects);
+    let mut view = private_view(&index);
     let first_pod = shape.nodes + shape.namespaces;
     for step in 0..15 {
         let i = (step * 7) % shape.pods;
@@ -77,6 +125,7 @@ fn incremental_policy_equals_from_scratch() {
         index.upsert(pod);
         let outcome = index.commit();
         assert_equals_fresh(&index, &objects, &format!("step {step}"));
+        view = assert_recomposed_covers(&view, &index, &outcome);
         assert!(
             outcome.changed_nodes.len() < shape.nodes,
             "step {step}: not every node"
@@ -142,6 +191,7 @@ fn incremental_cluster_policy_equals_from_scratch() {
     let first_cnp = objects.len();
     objects.extend((0..5).map(|i| cluster_policy(i, 0)));
     let mut index = committed(&objects);
+    let mut view = private_view(&index);
     let first_pod = shape.nodes + shape.namespaces;
     let mut fewer_than_all = 0;
     let mut patched = 0;
@@ -188,6 +238,7 @@ fn incremental_cluster_policy_equals_from_scratch() {
         };
         let outcome = index.commit();
         assert_equals_fresh(&index, &objects, &format!("step {step} ({what})"));
+        view = assert_recomposed_covers(&view, &index, &outcome);
         if what == "pod labels" && outcome.changed_nodes.len() < shape.nodes {
             fewer_than_all += 1;
         }

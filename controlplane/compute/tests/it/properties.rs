@@ -257,6 +257,7 @@ fn run(p: Pool, batches: Vec<Vec<Op>>) -> Result<(), TestCaseError> {
         index.commit();
     }
     let mut before = digests(&index);
+    let mut before_private = private_view(&index);
     for batch in batches {
         for op in batch {
             match op {
@@ -295,6 +296,21 @@ fn run(p: Pool, batches: Vec<Vec<Op>>) -> Result<(), TestCaseError> {
         for node in &outcome.changed_nodes {
             prop_assert!(after.contains_key(&**node), "unknown node {node} reported");
         }
+        // Only these nodes' compositions are committed; the others take
+        // the shared parts, recorded once.
+        let after_private = private_view(&index);
+        for (node, view) in &after_private {
+            if before_private.get(node) != Some(view) {
+                prop_assert!(
+                    outcome.recomposed_nodes.iter().any(|n| &**n == node),
+                    "node {} changed beyond the shared parts but is not in {:?}",
+                    node,
+                    outcome.recomposed_nodes
+                );
+            }
+        }
+        prop_assert!(outcome.recomposed_nodes.is_subset(&outcome.changed_nodes));
+        before_private = after_private;
         before = after;
     }
     Ok(())

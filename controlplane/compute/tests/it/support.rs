@@ -624,3 +624,32 @@ pub fn cluster(objects: Vec<ClusterObject>) -> Vec<ClusterObject> {
     all.extend(objects);
     all
 }
+
+/// What each node holds beyond the shared parts' contents: every part's
+/// name, and the digests of its own parts. A node whose view changes in
+/// a commit must be among the commit's `recomposed_nodes`.
+pub fn private_view(
+    index: &Index,
+) -> BTreeMap<String, Vec<(String, Option<setpoint_dataplane::Digest>)>> {
+    let shared: BTreeMap<String, std::sync::Arc<setpoint_dataplane::Fragment>> =
+        index.shared_parts().into_iter().collect();
+    index
+        .node_names()
+        .map(|name| {
+            let parts = state_of(index, name)
+                .parts()
+                .map(|(part, fragment)| match shared.get(part) {
+                    Some(s) => {
+                        assert!(
+                            std::sync::Arc::ptr_eq(s, fragment),
+                            "node {name}'s part {part} is not the shared one"
+                        );
+                        (part.clone(), None)
+                    }
+                    None => (part.clone(), Some(fragment.digest())),
+                })
+                .collect();
+            (name.to_string(), parts)
+        })
+        .collect()
+}
