@@ -11,9 +11,11 @@
 //!  not in by `handshake` after accept, or no byte came for `idle`.
 //! ```
 //!
-//! The server's HTTP/2 keepalive pings are answered by every live client,
-//! so `idle` must be longer than the keepalive interval plus its timeout:
-//! then only a peer that stopped talking is cut off.
+//! Every live client sends something more often than `idle`: the admin
+//! listener's HTTP/2 keepalive pings are answered by every live client (so
+//! there `idle` is longer than the interval plus its timeout), and every
+//! agent heartbeats on its stream every 10 s. Only a peer that stopped
+//! talking is cut off.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -130,7 +132,11 @@ pub struct Guarded<IO> {
     preface_left: usize,
     preface_by: Pin<Box<Sleep>>,
     idle: Duration,
+    /// Armed for `idle` after the last read it knows of; a read only
+    /// notes its time (`last_read`), and the timer is moved when it fires
+    /// early: no timer-wheel update per message.
     idle_by: Pin<Box<Sleep>>,
+    last_read: Instant,
     timed_out: Option<DropReason>,
     drops: Drops,
     listener: &'static str,
@@ -170,8 +176,12 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
                 if this.preface_left > 0 && this.preface_by.as_mut().poll(cx).is_ready() {
                     return this.time_out(DropReason::PrefaceTimeout);
                 }
-                if this.idle_by.as_mut().poll(cx).is_ready() {
-                    return this.time_out(DropReason::IdleTimeout);
+                while this.idle_by.as_mut().poll(cx).is_ready() {
+                    let due = this.last_read + this.idle;
+                    if due <= Instant::now() {
+                        return this.time_out(DropReason::IdleTimeout);
+                    }
+                    this.idle_by.as_mut().reset(due);
                 }
                 Poll::Pending
             }
@@ -179,8 +189,7 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
                 let read = buf.filled().len() - before;
                 if read > 0 {
                     this.preface_left = this.preface_left.saturating_sub(read);
-                    let next = Instant::now() + this.idle;
-                    this.idle_by.as_mut().reset(next);
+                    this.last_read = Instant::now();
                 }
                 Poll::Ready(Ok(()))
             }
@@ -307,6 +316,7 @@ where
                     preface_by: Box::pin(tokio::time::sleep_until(accepted_at + limits.handshake)),
                     idle: limits.idle,
                     idle_by: Box::pin(tokio::time::sleep(limits.idle)),
+                    last_read: Instant::now(),
                     timed_out: None,
                     drops,
                     listener: name,

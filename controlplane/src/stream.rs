@@ -66,8 +66,8 @@ impl Default for AgentLimits {
                 total: 65_536,
                 pending_handshakes: 1024,
                 handshake: Duration::from_secs(10),
-                // Longer than the server's HTTP/2 keepalive interval plus
-                // its timeout, which every live client answers.
+                // Longer than the agents' heartbeat (10 s) and the
+                // session's silence limit (45 s).
                 idle: Duration::from_secs(60),
             },
             streams_per_connection: 4,

@@ -40,7 +40,9 @@ fn agent_row(r: AgentRaw) -> AgentRow {
 }
 
 /// Replaces a node's report unless the stored one is newer.
-const AGENT_UPSERT: &str = " ON CONFLICT (node) DO UPDATE SET
+macro_rules! agent_upsert {
+    () => {
+        " ON CONFLICT (node) DO UPDATE SET
      applied_revision = excluded.applied_revision,
      applied_digest = excluded.applied_digest,
      result = excluded.result,
@@ -48,7 +50,20 @@ const AGENT_UPSERT: &str = " ON CONFLICT (node) DO UPDATE SET
      operation = excluded.operation,
      contact_ms = excluded.contact_ms,
      agent_version = excluded.agent_version
- WHERE agent_status.contact_ms <= excluded.contact_ms";
+ WHERE agent_status.contact_ms <= excluded.contact_ms"
+    };
+}
+const AGENT_UPSERT: &str = agent_upsert!();
+/// PostgreSQL: every batch in one statement of eight arrays, the same
+/// text whatever the batch's size (prepared once, not once per size with
+/// eight parameters per row).
+const AGENT_UPSERT_ARRAYS: &str = concat!(
+    "INSERT INTO agent_status (node, applied_revision, applied_digest, result,
+                               error, operation, contact_ms, agent_version)
+     SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::bytea[], $4::text[],
+                          $5::text[], $6::text[], $7::bigint[], $8::text[])",
+    agent_upsert!()
+);
 const AGENT_COLUMNS: &str = "SELECT node, applied_revision, applied_digest, result, error, operation, contact_ms, agent_version FROM agent_status";
 
 impl Db {
@@ -73,6 +88,26 @@ impl Db {
     async fn upsert_rows(&self, rows: &[AgentRow]) -> Result<u64> {
         if rows.is_empty() {
             return Ok(0);
+        }
+        if let Db::Postgres(p) = self {
+            let column = |f: fn(&AgentRow) -> Option<&str>| rows.iter().map(f).collect::<Vec<_>>();
+            return sqlx::query(AGENT_UPSERT_ARRAYS)
+                .bind(column(|a| Some(&a.node)))
+                .bind(rows.iter().map(|a| a.applied_revision).collect::<Vec<_>>())
+                .bind(
+                    rows.iter()
+                        .map(|a| a.applied_digest.as_deref())
+                        .collect::<Vec<_>>(),
+                )
+                .bind(column(|a| Some(&a.result)))
+                .bind(column(|a| a.error.as_deref()))
+                .bind(column(|a| a.operation.as_deref()))
+                .bind(rows.iter().map(|a| a.contact_ms).collect::<Vec<_>>())
+                .bind(column(|a| Some(&a.agent_version)))
+                .execute(p)
+                .await
+                .map(|r| r.rows_affected())
+                .what("recording agent status");
         }
         on_pool!(self, p => {
             let mut q = sqlx::QueryBuilder::new(
