@@ -269,6 +269,9 @@ async fn the_leader_commits_neighbours_of_an_invalid_service_and_never_an_invali
     )
     .await
     .expect("a second leader");
+    // Its sessions' view: what it publishes must be what it commits.
+    let fanout = std::sync::Arc::new(setpoint_controlplane::fanout::Fanout::default());
+    leader.publish_to(fanout.clone()).await;
     let two_addresses = manifests.replacen(
         "status: {addresses: [{type: InternalIP, address: 192.168.10.11}]}",
         "status: {addresses: [{type: InternalIP, address: 192.168.10.11}, \
@@ -305,6 +308,7 @@ async fn the_leader_commits_neighbours_of_an_invalid_service_and_never_an_invali
     assert_eq!(b.validate(), Vec::new());
     assert_eq!(backends(&b, "10.96.0.1", 443), None, "node-b moved on");
     assert_store_holds_computed(&store, &leader, second.revision, "node-b").await;
+    assert_published(&fanout, &store, second.revision, &["node-b"]).await;
 
     // A change only to the shared part: node-a, still invalid, stays held;
     // node-b takes it.
@@ -334,6 +338,7 @@ async fn the_leader_commits_neighbours_of_an_invalid_service_and_never_an_invali
         "node-a still keeps the state of the first revision"
     );
     assert_store_holds_computed(&store, &leader, third.revision, "node-b").await;
+    assert_published(&fanout, &store, third.revision, &["node-b"]).await;
     assert_eq!(
         backends(
             &store
@@ -357,6 +362,31 @@ async fn the_leader_commits_neighbours_of_an_invalid_service_and_never_an_invali
     assert!(leader.index().invalid_nodes().is_empty());
     for node in ["node-a", "node-b"] {
         assert_store_holds_computed(&store, &leader, fourth.revision, node).await;
+    }
+    assert_published(&fanout, &store, fourth.revision, &["node-a", "node-b"]).await;
+}
+
+/// The fanout serves each of `valid` the store's state at `revision`, and
+/// nothing for another node (its computed state is invalid: its sessions
+/// read the store).
+async fn assert_published(
+    fanout: &setpoint_controlplane::fanout::Fanout,
+    store: &Store,
+    revision: setpoint_store::RevisionId,
+    valid: &[&str],
+) {
+    for node in ["node-a", "node-b"] {
+        let published = fanout.published(revision.0, node).map(|s| s.digest());
+        if valid.contains(&node) {
+            let stored = store.node_state(node, revision).await.expect("read");
+            assert_eq!(
+                published,
+                stored.map(|s| s.digest()),
+                "{node} at {revision:?}"
+            );
+        } else {
+            assert_eq!(published, None, "{node} at {revision:?}");
+        }
     }
 }
 
