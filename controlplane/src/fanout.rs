@@ -1,9 +1,10 @@
 //! Serving thousands of agents from memory.
 //!
 //! The leader publishes each revision's node states here as it commits
-//! them (persistent maps: a revision shares all unchanged states with the
-//! previous one, and every state shares its fragments with the other
-//! nodes'); sessions read them instead of the store, and fall back to the
+//! them ([`States`]: the revision's shared parts beside each node's own
+//! parts, in persistent maps, so a revision shares every unchanged entry
+//! with the previous one and a change to a shared part touches no node's
+//! entry); sessions read them instead of the store, and fall back to the
 //! store for anything not published (a follower, an old revision; a
 //! pinned node's held state is loaded with the pins, in bulk). Encodings are memoized: a part's
 //! snapshot encoding by (name, digest, encoding: JSON or deflated), a
