@@ -1,10 +1,9 @@
 //! Serving thousands of agents from memory.
 //!
 //! The leader publishes each revision's node states here as it commits
-//! them ([`States`]: the revision's shared parts beside each node's own
-//! parts, in persistent maps, so a revision shares every unchanged entry
-//! with the previous one and a change to a shared part touches no node's
-//! entry); sessions read them instead of the store, and fall back to the
+//! them (persistent maps: a revision shares all unchanged states with the
+//! previous one, and every state shares its fragments with the other
+//! nodes'); sessions read them instead of the store, and fall back to the
 //! store for anything not published (a follower, an old revision; a
 //! pinned node's held state is loaded with the pins, in bulk). Encodings are memoized: a part's
 //! snapshot encoding by (name, digest, encoding: JSON or deflated), a
@@ -41,95 +40,11 @@ const LOADED: usize = 4;
 /// until the agent acks it; this bounds that memory).
 pub const SNAPSHOTS_IN_FLIGHT: usize = 32;
 
-/// Every node's state at one revision. Each node is kept as its own
-/// parts plus the names of the shared parts it uses, and the revision's
-/// shared parts beside them: a change to a shared part (one endpoint of a
-/// Service on every node) replaces that map and touches no node's entry,
-/// and a session composes its node's state when it asks. The node map is
-/// persistent (a revision shares the unchanged entries with the one
-/// before) and hashed (every send looks its node up here; an ordered map
-/// costs a dozen string comparisons per lookup at 5,000 nodes).
-#[derive(Clone, Default)]
-pub struct States {
-    shared: Arc<HashMap<String, Arc<Fragment>>>,
-    nodes: imbl::HashMap<String, Entry>,
-}
-
-#[derive(Clone)]
-enum Entry {
-    /// A state that follows no shared part (pinned, read from the store).
-    Whole(NodeDataplane),
-    Composed(Arc<Composition>),
-}
-
-struct Composition {
-    /// Shared parts by name, found in the revision's map.
-    shared: Vec<String>,
-    own: Vec<(String, Arc<Fragment>)>,
-}
-
-impl States {
-    /// `node`'s state; `None` for a node not here (or, which no
-    /// publication makes, one using a shared part the revision lacks).
-    pub fn get(&self, node: &str) -> Option<NodeDataplane> {
-        match self.nodes.get(node)? {
-            Entry::Whole(state) => Some(state.clone()),
-            Entry::Composed(c) => {
-                let mut parts = c.own.clone();
-                for name in &c.shared {
-                    parts.push((name.clone(), self.shared.get(name)?.clone()));
-                }
-                Some(NodeDataplane::from_parts(parts))
-            }
-        }
-    }
-
-    /// Keeps `state` as it is, following no shared part.
-    pub fn insert_whole(&mut self, node: String, state: NodeDataplane) {
-        self.nodes.insert(node, Entry::Whole(state));
-    }
-
-    /// Keeps `state` as the shared parts of this revision it uses (the
-    /// same fragments, by pointer) and the rest as its own.
-    fn insert_composed(&mut self, node: String, state: &NodeDataplane) {
-        let mut composition = Composition {
-            shared: Vec::new(),
-            own: Vec::new(),
-        };
-        for (name, fragment) in state.parts() {
-            match self.shared.get(name) {
-                Some(shared) if Arc::ptr_eq(shared, fragment) => {
-                    composition.shared.push(name.clone())
-                }
-                _ => composition.own.push((name.clone(), fragment.clone())),
-            }
-        }
-        self.nodes
-            .insert(node, Entry::Composed(Arc::new(composition)));
-    }
-
-    fn remove(&mut self, node: &str) {
-        self.nodes.remove(node);
-    }
-
-    pub fn len(&self) -> usize {
-        self.nodes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.nodes.is_empty()
-    }
-}
-
-impl FromIterator<(String, NodeDataplane)> for States {
-    fn from_iter<I: IntoIterator<Item = (String, NodeDataplane)>>(iter: I) -> Self {
-        let mut states = States::default();
-        for (node, state) in iter {
-            states.insert_whole(node, state);
-        }
-        states
-    }
-}
+/// Node name → state, for one revision: persistent (a revision shares
+/// the unchanged nodes' entries with the one before), hashed (every send
+/// looks its node up here; an ordered map costs a dozen string
+/// comparisons per lookup at 5,000 nodes).
+pub type States = imbl::HashMap<String, NodeDataplane>;
 
 pub struct Fanout {
     recent: Mutex<VecDeque<(u64, States)>>,
@@ -266,7 +181,7 @@ impl Fanout {
     pub fn published(&self, revision: u64, node: &str) -> Option<NodeDataplane> {
         let recent = self.recent.lock().ok()?;
         let (_, states) = recent.iter().rev().find(|(r, _)| *r == revision)?;
-        states.get(node)
+        states.get(node).cloned()
     }
 
     /// `node`'s state at `revision`: published, else from the store.
@@ -284,7 +199,7 @@ impl Fanout {
             return Ok(Some(state));
         }
         if let Some(states) = self.load(store, revision).await {
-            return Ok(states.get(node));
+            return Ok(states.get(node).cloned());
         }
         store
             .node_state(node, setpoint_store::RevisionId(revision))
@@ -446,7 +361,7 @@ impl Publisher {
     pub fn new(fanout: Arc<Fanout>) -> Publisher {
         Publisher {
             fanout,
-            states: States::default(),
+            states: States::new(),
             pinned: BTreeMap::new(),
             unpinned: BTreeSet::new(),
             ready: false,
@@ -477,32 +392,27 @@ impl Publisher {
                 tracing::warn!("cannot read pins; serving from the store: {e}");
                 self.ready = false;
                 self.pinned.clear();
-                self.states = States::default();
+                self.states = States::new();
             }
         }
     }
 
-    /// Publishes `revision`, whose shared parts are `shared`: `touched`
-    /// nodes (every live node when this publisher has not published yet)
-    /// take `computed` states, or are left out when it has none; every
-    /// other node keeps its own parts and takes the new shared ones. `live`
+    /// Publishes `revision`: `changed` nodes (every live node when this
+    /// publisher has not published yet) take `computed` states, `live`
     /// bounds the node set; pinned nodes keep the state they are held at.
     pub fn publish(
         &mut self,
         revision: u64,
         live: &BTreeSet<String>,
-        shared: Vec<(String, Arc<Fragment>)>,
-        touched: Option<&BTreeSet<&str>>,
+        changed: Option<&BTreeSet<&str>>,
         computed: impl Fn(&str) -> Option<NodeDataplane>,
     ) {
-        let everything = !self.ready || touched.is_none();
+        let everything = !self.ready || changed.is_none();
         if everything {
-            self.states = States::default();
+            self.states = States::new();
         }
-        self.states.shared = Arc::new(shared.into_iter().collect());
         let gone: Vec<String> = self
             .states
-            .nodes
             .keys()
             .filter(|n| !live.contains(*n))
             .cloned()
@@ -510,9 +420,9 @@ impl Publisher {
         for node in gone {
             self.states.remove(&node);
         }
-        let touched: Box<dyn Iterator<Item = &str>> = match touched {
-            Some(t) if !everything => Box::new(
-                t.iter()
+        let touched: Box<dyn Iterator<Item = &str>> = match changed {
+            Some(c) if !everything => Box::new(
+                c.iter()
                     .copied()
                     .chain(self.pinned.keys().map(String::as_str))
                     .chain(self.unpinned.iter().map(String::as_str)),
@@ -521,13 +431,17 @@ impl Publisher {
         };
         let touched: BTreeSet<&str> = touched.filter(|n| live.contains(*n)).collect();
         for node in touched {
-            if let Some(held) = self.pinned.get(node) {
-                self.states.insert_whole(node.to_string(), held.clone());
-                continue;
-            }
-            match computed(node) {
-                Some(s) => self.states.insert_composed(node.to_string(), &s),
-                None => self.states.remove(node),
+            let state = match self.pinned.get(node) {
+                Some(held) => Some(held.clone()),
+                None => computed(node),
+            };
+            match state {
+                Some(s) => {
+                    self.states.insert(node.to_string(), s);
+                }
+                None => {
+                    self.states.remove(node);
+                }
             }
         }
         self.unpinned.clear();
@@ -590,61 +504,26 @@ mod tests {
         assert_eq!(memo, 6, "services and two node parts, in each encoding");
     }
 
-    /// A change to a shared part asks for no node's state: every node not
-    /// pinned keeps its own parts and takes the new shared one.
     #[test]
-    fn pinned_nodes_keep_the_state_they_are_held_at_and_the_others_follow_the_shared_parts() {
+    fn pinned_nodes_keep_the_state_they_are_held_at() {
         let fanout = Arc::new(Fanout::default());
         let mut publisher = Publisher::new(fanout.clone());
         let live: BTreeSet<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
-        let services: Vec<Arc<Fragment>> = ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
-            .iter()
-            .map(|ip| fragment(&[ip]))
-            .collect();
-        let shared = |i: usize| vec![("services".to_string(), services[i].clone())];
-        let own: BTreeMap<&str, Arc<Fragment>> = [
-            ("a", fragment(&["10.1.0.1"])),
-            ("b", fragment(&["10.1.0.2"])),
-        ]
-        .into_iter()
-        .collect();
-        let state = |i: usize, node: &str| {
-            NodeDataplane::from_parts([
-                ("services".to_string(), services[i].clone()),
-                (format!("node/{node}"), own[node].clone()),
-            ])
-        };
-        publisher.publish(1, &live, shared(0), None, |n| Some(state(0, n)));
-        assert_eq!(fanout.published(1, "b"), Some(state(0, "b")));
-        publisher.pinned.insert("a".into(), state(0, "a"));
-        let all: BTreeSet<&str> = live.iter().map(String::as_str).collect();
-        publisher.publish(2, &live, shared(1), Some(&all), |n| Some(state(1, n)));
-        assert_eq!(fanout.published(2, "a"), Some(state(0, "a")));
-        assert_eq!(fanout.published(2, "b"), Some(state(1, "b")));
-        // Only the shared part changed: no node is recomputed.
-        publisher.publish(3, &live, shared(2), Some(&BTreeSet::new()), |n| {
-            panic!("{n} recomputed for a change to a shared part")
-        });
-        assert_eq!(fanout.published(3, "a"), Some(state(0, "a")), "pinned");
-        assert_eq!(fanout.published(3, "b"), Some(state(2, "b")));
-        assert_eq!(
-            fanout.published(2, "b"),
-            Some(state(1, "b")),
-            "revision 2 as it was"
-        );
+        let state = |ips: &[&str]| NodeDataplane::from_parts([("services", fragment(ips))]);
+        let v1 = state(&["10.0.0.1"]);
+        let v2 = state(&["10.0.0.2"]);
+        publisher.publish(1, &live, None, |_| Some(v1.clone()));
+        publisher.pinned.insert("a".into(), v1.clone());
+        let changed: BTreeSet<&str> = live.iter().map(String::as_str).collect();
+        publisher.publish(2, &live, Some(&changed), |_| Some(v2.clone()));
+        assert_eq!(fanout.published(2, "a"), Some(v1.clone()));
+        assert_eq!(fanout.published(2, "b"), Some(v2.clone()));
         // Unpinned: back to its computed state at the next publication.
         publisher.pinned.clear();
         publisher.unpinned.insert("a".into());
-        publisher.publish(4, &live, shared(2), Some(&BTreeSet::new()), |n| {
-            Some(state(2, n))
-        });
-        assert_eq!(fanout.published(4, "a"), Some(state(2, "a")));
-        assert_eq!(fanout.published(4, "b"), Some(state(2, "b")));
-        // A node without a state is left out.
-        publisher.publish(5, &live, shared(2), Some(&all), |n| {
-            (n == "a").then(|| state(2, n))
-        });
-        assert_eq!(fanout.published(5, "b"), None);
+        publisher.publish(3, &live, Some(&BTreeSet::new()), |_| Some(v2.clone()));
+        assert_eq!(fanout.published(3, "a"), Some(v2.clone()));
+        assert_eq!(fanout.published(3, "b"), Some(v2));
     }
 
     /// Sessions asking for a revision this replica never published (agents
@@ -710,7 +589,7 @@ mod tests {
                 let (fanout, state) = (fanout.clone(), state.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    fanout.publish(revision, States::from_iter([("a".to_string(), state)]));
+                    fanout.publish(revision, States::unit("a".to_string(), state));
                 })
             };
             fanout.until_published(revision).await;

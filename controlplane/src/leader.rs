@@ -323,13 +323,9 @@ impl Leader {
         };
         publisher.load_pins(&self.store).await;
         let index = &self.index;
-        publisher.publish(
-            revision.0,
-            &self.nodes,
-            index.shared_parts(),
-            Some(&BTreeSet::new()),
-            |n| publishable(index, n),
-        );
+        publisher.publish(revision.0, &self.nodes, Some(&BTreeSet::new()), |n| {
+            publishable(index, n)
+        });
     }
 
     pub fn epoch(&self) -> Epoch {
@@ -420,8 +416,7 @@ impl Leader {
         // The shared parts go in once: a node that changed only through
         // them (one endpoint of a Service on every node) is not listed,
         // and the store keeps its composition.
-        let shared = self.index.shared_parts();
-        request.shared.extend(shared.iter().cloned());
+        request.shared.extend(self.index.shared_parts());
         let invalid = self.index.invalid_nodes();
         let changed_node = |node: &str| first || outcome.changed_nodes.contains(node);
         let listed: BTreeSet<&str> = if first {
@@ -504,21 +499,11 @@ impl Leader {
             self.nodes = live;
         }
         if let Some(publisher) = self.publisher.as_mut() {
-            // The nodes handled one by one; every other changed node took
-            // only the shared parts, and its published entry follows them.
-            let touched: BTreeSet<&str> = listed
-                .iter()
-                .copied()
-                .chain(held.iter().map(String::as_str))
-                .collect();
+            let changed: BTreeSet<&str> = outcome.changed_nodes.iter().map(|n| &**n).collect();
             let index = &self.index;
-            publisher.publish(
-                revision.0,
-                &self.nodes,
-                shared,
-                (!first).then_some(&touched),
-                |n| built.get(n).cloned().or_else(|| publishable(index, n)),
-            );
+            publisher.publish(revision.0, &self.nodes, (!first).then_some(&changed), |n| {
+                built.get(n).cloned().or_else(|| publishable(index, n))
+            });
         }
         self.unlisted = unlisted;
         let start = crate::sli::batch_start(triggers, seen_at, self.started_at);
