@@ -137,6 +137,10 @@ pub struct Guarded<IO> {
     /// early: no timer-wheel update per message.
     idle_by: Pin<Box<Sleep>>,
     last_read: Instant,
+    /// The waker `idle_by` was last polled with: while the connection's
+    /// task stays the same, the timer holds its waker and is not polled
+    /// again until it has fired (a poll per read showed in profiles).
+    idle_waker: Option<std::task::Waker>,
     timed_out: Option<DropReason>,
     drops: Drops,
     listener: &'static str,
@@ -176,12 +180,19 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Guarded<IO> {
                 if this.preface_left > 0 && this.preface_by.as_mut().poll(cx).is_ready() {
                     return this.time_out(DropReason::PrefaceTimeout);
                 }
-                while this.idle_by.as_mut().poll(cx).is_ready() {
-                    let due = this.last_read + this.idle;
-                    if due <= Instant::now() {
-                        return this.time_out(DropReason::IdleTimeout);
+                let armed = this
+                    .idle_waker
+                    .as_ref()
+                    .is_some_and(|w| w.will_wake(cx.waker()));
+                if !armed || this.idle_by.is_elapsed() {
+                    while this.idle_by.as_mut().poll(cx).is_ready() {
+                        let due = this.last_read + this.idle;
+                        if due <= Instant::now() {
+                            return this.time_out(DropReason::IdleTimeout);
+                        }
+                        this.idle_by.as_mut().reset(due);
                     }
-                    this.idle_by.as_mut().reset(due);
+                    this.idle_waker = Some(cx.waker().clone());
                 }
                 Poll::Pending
             }
@@ -317,6 +328,7 @@ where
                     idle: limits.idle,
                     idle_by: Box::pin(tokio::time::sleep(limits.idle)),
                     last_read: Instant::now(),
+                    idle_waker: None,
                     timed_out: None,
                     drops,
                     listener: name,

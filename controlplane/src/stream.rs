@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use setpoint_dataplane::Digest;
-use setpoint_proto::pieces::{PIECE_BYTES, into_pieces};
+use setpoint_proto::pieces::{PIECE_BYTES, fits_one_piece, into_pieces};
 use setpoint_proto::traceparent::Traceparent;
 use setpoint_proto::v1::agent_message::Body as AgentBody;
 use setpoint_proto::v1::agent_stream_server::AgentStream;
@@ -26,7 +26,6 @@ use setpoint_store::{
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::delivery::{Acked, Delivery, Held, Next, Outgoing};
@@ -299,17 +298,40 @@ impl AgentStream for AgentService {
             metrics.agents_connected.dec();
             sli.left(node_arc, id);
         });
-        // Large messages go out as pieces, cut as tonic pulls them, so a
-        // session never waits on a slow agent with a snapshot half sent.
-        use futures::StreamExt as _;
-        let outbound = ReceiverStream::new(rx).flat_map(|m| {
-            let pieces: Vec<Result<ControlMessage, Status>> = match m {
-                Ok(m) => into_pieces(m, PIECE_BYTES).into_iter().map(Ok).collect(),
-                Err(e) => vec![Err(e)],
-            };
-            futures::stream::iter(pieces)
-        });
-        Ok(Response::new(Box::pin(outbound)))
+        Ok(Response::new(Box::pin(Outbound {
+            queue: rx,
+            pieces: Vec::new().into_iter(),
+        })))
+    }
+}
+
+/// What tonic sends a session's agent: its queue, with a large message
+/// cut into pieces as tonic pulls them (a session never waits on a slow
+/// agent with a snapshot half sent); a small one (every delta, every
+/// heartbeat) goes out as it is, with no allocation.
+struct Outbound {
+    queue: mpsc::Receiver<Result<ControlMessage, Status>>,
+    pieces: std::vec::IntoIter<ControlMessage>,
+}
+
+impl Stream for Outbound {
+    type Item = Result<ControlMessage, Status>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if let Some(piece) = self.pieces.next() {
+            return Poll::Ready(Some(Ok(piece)));
+        }
+        match self.queue.poll_recv(cx) {
+            Poll::Ready(Some(Ok(m))) if !fits_one_piece(&m, PIECE_BYTES) => {
+                self.pieces = into_pieces(m, PIECE_BYTES).into_iter();
+                Poll::Ready(self.pieces.next().map(Ok))
+            }
+            other => other,
+        }
     }
 }
 

@@ -19,6 +19,12 @@ use crate::{MAX_REASSEMBLED_BYTES, PROTOCOL_VERSION};
 /// messages.
 pub const PIECE_BYTES: usize = 16 * 1024;
 
+/// Whether `message` goes out whole (at most `piece_bytes` encoded): what
+/// [`into_pieces`] would return alone.
+pub fn fits_one_piece(message: &ControlMessage, piece_bytes: usize) -> bool {
+    message.encoded_len() <= piece_bytes.max(1)
+}
+
 /// `message` as it goes on the wire: itself when its encoding fits in
 /// `piece_bytes`, else pieces of its encoding (slices of one buffer).
 pub fn into_pieces(message: ControlMessage, piece_bytes: usize) -> Vec<ControlMessage> {
