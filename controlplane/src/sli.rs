@@ -42,15 +42,16 @@
 //! `setpoint_revision_convergence_seconds{share}`.
 //!
 //! **Bounds.** The newest [`KEEP`] revisions are tracked; a revision's
-//! record holds its pending set (a persistent set shared with the
-//! connected set), one latency per ack and a few names. Events that do not
+//! record holds its pending set (a copy of the connected set when the
+//! revision is tracked, hashed: every ack removes a name), one latency per
+//! ack and a few names. Events that do not
 //! fit the channel are dropped and counted (`setpoint_sli_events_dropped`).
 //!
 //! **Replicas.** Each replica measures the agents connected to it. A
 //! follower learns a revision from the store (NOTIFY or poll), so its
 //! start is when it learnt of it: later than the truth.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -187,8 +188,10 @@ pub enum Observation {
 struct Progress {
     revision: u64,
     start: Start,
-    /// Counted nodes that have not acked.
-    pending: OrdSet<Arc<str>>,
+    /// Counted nodes that have not acked: hashed, every ack removes one
+    /// (a persistent ordered set copied a path per removal, 2% of the
+    /// control plane's CPU at 5,000 agents); named in order when reported.
+    pending: HashSet<Arc<str>>,
     /// Latencies of the acks so far, ascending.
     acks: Vec<Duration>,
     /// The slowest acks, slowest first, at most NAMED.
@@ -235,7 +238,7 @@ impl Report {
 pub struct Tracker {
     /// Nodes with a stream now, and the session that counts.
     sessions: BTreeMap<Arc<str>, u64>,
-    connected: OrdSet<Arc<str>>,
+    connected: HashSet<Arc<str>>,
     /// Ascending by revision, at most KEEP.
     revisions: VecDeque<Progress>,
 }
@@ -286,7 +289,7 @@ impl Tracker {
                 self.sessions.remove(&node);
                 self.connected.remove(&node);
                 for p in &mut self.revisions {
-                    if p.pending.remove(&node).is_some() {
+                    if p.pending.remove(&node) {
                         p.failing.remove(&node);
                         p.left += 1;
                         p.check(out);
@@ -295,7 +298,7 @@ impl Tracker {
             }
             Event::Acked { node, revision, at } => {
                 for p in self.answered_by(revision) {
-                    if p.pending.remove(&node).is_none() {
+                    if !p.pending.remove(&node) {
                         break;
                     }
                     p.failing.remove(&node);
@@ -322,7 +325,7 @@ impl Tracker {
             }
             Event::Unchanged { node, revision } => {
                 for p in self.answered_by(revision) {
-                    if p.pending.remove(&node).is_none() {
+                    if !p.pending.remove(&node) {
                         break;
                     }
                     p.failing.remove(&node);
@@ -425,12 +428,19 @@ impl Progress {
         };
         let failing = names(&self.failing);
         let mut waiting = failing.clone();
+        // The first few pending names in order, without sorting them all.
+        let mut first: BTreeSet<&str> = BTreeSet::new();
+        for n in self.pending.iter().filter(|n| !self.failing.contains(*n)) {
+            first.insert(n);
+            if first.len() > NAMED {
+                first.pop_last();
+            }
+        }
         waiting.extend(
-            self.pending
-                .iter()
-                .filter(|n| !self.failing.contains(*n))
+            first
+                .into_iter()
                 .take(NAMED.saturating_sub(waiting.len()))
-                .map(|n| n.to_string()),
+                .map(str::to_string),
         );
         Report {
             revision: self.revision,
