@@ -50,10 +50,11 @@ pub struct Leader {
     /// The view last synced; the next one is diffed against it.
     objects: ObjectMap,
     nodes: BTreeSet<String>,
-    /// Nodes whose computed state the store does not hold (it was invalid
-    /// when it changed: held at its last state, or never committed). Each
-    /// is listed whole in the first commit where it is valid again, even
-    /// when it changed only through a shared part.
+    /// Nodes whose computed composition the store does not hold: invalid
+    /// when it changed (held at its last state, or never committed), or
+    /// recomposed in a sync that committed nothing (its state stayed the
+    /// same). Each is listed whole in the next commit where it is valid,
+    /// even when it changed only through a shared part.
     unlisted: BTreeSet<String>,
     /// A commit failed: the index is ahead of the store, so the next sync
     /// commits every node even if no object changed since.
@@ -456,8 +457,7 @@ impl Leader {
         let kept = if held.is_empty() {
             0
         } else {
-            self.hold(&held.iter().collect::<Vec<_>>(), &mut request)
-                .await?
+            self.hold(&held, &mut request).await?
         };
         let computed_changed = if first {
             listed_states
@@ -483,7 +483,10 @@ impl Leader {
             if let Some(live) = live {
                 self.nodes = live;
             }
-            // Nothing was committed: what the store lacks, it still lacks.
+            // Nothing was committed: what the store lacks, it still lacks,
+            // and so it does the compositions listed here.
+            let pending: Vec<String> = listed.iter().map(|n| n.to_string()).collect();
+            self.unlisted.extend(pending);
             self.unlisted.extend(held);
             return Ok(None);
         }
@@ -530,7 +533,7 @@ impl Leader {
     /// combine its old parts with the new shared ones — a state nobody
     /// validated; instead its state is recorded whole as its own part.
     /// A node never committed has nothing to keep and stays absent.
-    async fn hold(&self, nodes: &[&String], request: &mut CommitRequest) -> anyhow::Result<usize> {
+    async fn hold(&self, nodes: &[String], request: &mut CommitRequest) -> anyhow::Result<usize> {
         let Some(head) = self.store.head().await? else {
             return Ok(0);
         };
@@ -548,7 +551,7 @@ impl Leader {
                 format!("{OWN_PART_PREFIX}{node}"),
                 Arc::new(last.flatten()),
             )]);
-            request.add_node_state((*node).clone(), &whole);
+            request.add_node_state(node.as_str(), &whole);
             held += 1;
         }
         Ok(held)

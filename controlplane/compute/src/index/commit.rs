@@ -32,10 +32,12 @@ pub(super) struct PlanChange {
 pub struct CommitOutcome {
     /// Nodes whose state differs from the previous commit.
     pub changed_nodes: BTreeSet<Arc<str>>,
-    /// Of those, the nodes that may differ in more than the shared parts
-    /// ([`Index::shared_parts`]): their own parts, or which parts they
-    /// have. The others changed only through a shared part, which a store
-    /// records once for all of them.
+    /// The nodes whose own parts, or which parts they have, may differ
+    /// from the previous commit; every other node changed at most through
+    /// the shared parts ([`Index::shared_parts`]), which a store records
+    /// once for all of them. Not always among `changed_nodes`: an atom can
+    /// move between a node's own part and a shared one (a Service left out
+    /// and readmitted) and leave the node's state as it was.
     pub recomposed_nodes: BTreeSet<Arc<str>>,
     pub replanned_services: usize,
 }
@@ -116,11 +118,7 @@ impl Index {
             changed.retain(|n| before.get(n) != self.node_digest(n).as_ref());
         }
         outcome.changed_nodes = changed.into_iter().collect();
-        outcome.recomposed_nodes = changes
-            .recomposed(self)
-            .into_iter()
-            .filter(|n| outcome.changed_nodes.contains(n))
-            .collect();
+        outcome.recomposed_nodes = changes.recomposed(self);
         outcome
     }
 
