@@ -232,17 +232,9 @@ async fn the_leader_commits_neighbours_of_an_invalid_service_and_never_an_invali
     let mut leader = Leader::start(store.clone(), config, watch::Sender::new(0))
         .await
         .expect("leader");
-    let committed = leader
-        .sync(objects.clone(), std::time::SystemTime::now())
-        .await
-        .expect("sync")
-        .expect("a revision");
+    let committed = synced(&mut leader, objects.clone()).await;
     for node in ["node-a", "node-b"] {
-        let state = store
-            .node_state(node, committed.revision)
-            .await
-            .expect("read")
-            .expect("committed");
+        let state = stored(&store, node, committed.revision).await;
         assert_eq!(state.validate(), Vec::new(), "{node}");
         assert_eq!(backends(&state, "10.96.0.1", 443), Some(node_a()));
         assert!(backends(&state, "203.0.113.7", 10250).is_some());
@@ -283,28 +275,16 @@ async fn the_leader_commits_neighbours_of_an_invalid_service_and_never_an_invali
         .into_iter()
         .filter(|o| o.kind() == "Node")
         .collect();
-    let second = leader
-        .sync(objects, std::time::SystemTime::now())
-        .await
-        .expect("sync")
-        .expect("a revision");
+    let second = synced(&mut leader, objects).await;
     assert!(leader.index().invalid_nodes().contains_key("node-a"));
-    let kept = store
-        .node_state("node-a", second.revision)
-        .await
-        .expect("read")
-        .expect("node-a keeps a state");
+    let kept = stored(&store, "node-a", second.revision).await;
     assert_eq!(kept.validate(), Vec::new());
     assert_eq!(
         backends(&kept, "10.96.0.1", 443),
         Some(node_a()),
         "node-a keeps the state of the first revision"
     );
-    let b = store
-        .node_state("node-b", second.revision)
-        .await
-        .expect("read")
-        .expect("node-b");
+    let b = stored(&store, "node-b", second.revision).await;
     assert_eq!(b.validate(), Vec::new());
     assert_eq!(backends(&b, "10.96.0.1", 443), None, "node-b moved on");
     assert_store_holds_computed(&store, &leader, second.revision, "node-b").await;
@@ -318,20 +298,9 @@ async fn the_leader_commits_neighbours_of_an_invalid_service_and_never_an_invali
             .filter(|o| o.kind() == "Node" || o.key().to_string().contains("default/kubernetes"))
             .collect()
     };
-    let third = leader
-        .sync(
-            with_kubernetes(&two_addresses),
-            std::time::SystemTime::now(),
-        )
-        .await
-        .expect("sync")
-        .expect("a revision");
+    let third = synced(&mut leader, with_kubernetes(&two_addresses)).await;
     assert!(leader.index().invalid_nodes().contains_key("node-a"));
-    let kept = store
-        .node_state("node-a", third.revision)
-        .await
-        .expect("read")
-        .expect("node-a keeps a state");
+    let kept = stored(&store, "node-a", third.revision).await;
     assert_eq!(
         backends(&kept, "10.96.0.1", 443),
         Some(node_a()),
@@ -341,11 +310,7 @@ async fn the_leader_commits_neighbours_of_an_invalid_service_and_never_an_invali
     assert_published(&fanout, &store, third.revision, &["node-b"]).await;
     assert_eq!(
         backends(
-            &store
-                .node_state("node-b", third.revision)
-                .await
-                .expect("read")
-                .expect("node-b"),
+            &stored(&store, "node-b", third.revision).await,
             "10.96.0.1",
             443
         ),
@@ -354,11 +319,7 @@ async fn the_leader_commits_neighbours_of_an_invalid_service_and_never_an_invali
     );
 
     // node-a's own fault mended: it takes its computed state again.
-    let fourth = leader
-        .sync(with_kubernetes(&manifests), std::time::SystemTime::now())
-        .await
-        .expect("sync")
-        .expect("a revision");
+    let fourth = synced(&mut leader, with_kubernetes(&manifests)).await;
     assert!(leader.index().invalid_nodes().is_empty());
     for node in ["node-a", "node-b"] {
         assert_store_holds_computed(&store, &leader, fourth.revision, node).await;
@@ -378,16 +339,36 @@ async fn assert_published(
     for node in ["node-a", "node-b"] {
         let published = fanout.published(revision.0, node).map(|s| s.digest());
         if valid.contains(&node) {
-            let stored = store.node_state(node, revision).await.expect("read");
             assert_eq!(
                 published,
-                stored.map(|s| s.digest()),
+                Some(stored(store, node, revision).await.digest()),
                 "{node} at {revision:?}"
             );
         } else {
             assert_eq!(published, None, "{node} at {revision:?}");
         }
     }
+}
+
+/// `objects` synced: the revision it committed.
+async fn synced(
+    leader: &mut Leader,
+    objects: Vec<setpoint_compute::ClusterObject>,
+) -> setpoint_controlplane::leader::Committed {
+    leader
+        .sync(objects, std::time::SystemTime::now())
+        .await
+        .expect("sync")
+        .expect("a revision")
+}
+
+/// The store's state of `node` at `revision`; it has one.
+async fn stored(store: &Store, node: &str, revision: setpoint_store::RevisionId) -> NodeDataplane {
+    store
+        .node_state(node, revision)
+        .await
+        .expect("read")
+        .unwrap_or_else(|| panic!("{node} has a state at {revision:?}"))
 }
 
 /// The store's state of `node` at `revision` is the leader's computed one.
@@ -397,13 +378,12 @@ async fn assert_store_holds_computed(
     revision: setpoint_store::RevisionId,
     node: &str,
 ) {
-    let stored = store
-        .node_state(node, revision)
-        .await
-        .expect("read")
-        .unwrap_or_else(|| panic!("{node} at {revision:?}"));
     let computed = leader.index().node_state(node).expect("computed");
-    assert_eq!(stored.digest(), computed.digest(), "{node} at {revision:?}");
+    assert_eq!(
+        stored(store, node, revision).await.digest(),
+        computed.digest(),
+        "{node} at {revision:?}"
+    );
 }
 
 fn load(manifests: &str) -> Vec<setpoint_compute::ClusterObject> {
